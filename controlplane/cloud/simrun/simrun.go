@@ -1,0 +1,27 @@
+// Package simrun is the seam between a cloud simulator and whatever "runs"
+// its instances. With no Runtime a simulated instance simply turns active;
+// `devpilot dev` plugs in a runtime that executes the instance's user-data
+// as a sandboxed process, and the e2e suite one that boots a container.
+package simrun
+
+import "context"
+
+// Machine is what a cloud's metadata service would tell a new instance.
+type Machine struct {
+	Provider          string // "digitalocean" or "vultr"
+	ID                string // droplet id or instance UUID
+	Hostname          string
+	Region            string
+	PublicIPv4        string
+	Tags              []string
+	SSHAuthorizedKeys []string // OpenSSH authorized_keys lines
+	UserData          []byte   // as the user supplied it (Vultr's base64 already decoded)
+}
+
+// Runtime boots and destroys simulated instances. Boot returns once the
+// machine has started (not when its user-data finished); Destroy stops it and
+// removes everything it left behind. Both must be safe for concurrent use.
+type Runtime interface {
+	Boot(ctx context.Context, m Machine) error
+	Destroy(ctx context.Context, id string) error
+}
