@@ -1,0 +1,313 @@
+// Package api is the control plane's admin HTTP API: JSON over HTTPS,
+// bearer tokens, one error body shape, and a route per verb of DESIGN.md's
+// contract. Handlers are thin: they authorise, decode, call a service and
+// encode.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/controlplane/auth"
+	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/integrations"
+	"github.com/devpilot/devpilot/controlplane/problem"
+	"github.com/devpilot/devpilot/controlplane/store"
+)
+
+// KeyRotator re-encrypts every stored secret under a new master key.
+type KeyRotator func(ctx context.Context) (RotateResult, error)
+
+// RotateResult reports a master key rotation.
+type RotateResult struct {
+	KeyID       string   `json:"key_id"`
+	Reencrypted int      `json:"reencrypted"`
+	Retired     []string `json:"retired_key_ids"`
+}
+
+// Options wire the API to its services.
+type Options struct {
+	Store        *store.Store
+	Integrations *integrations.Service
+	RotateKeys   KeyRotator
+	Logger       *zap.Logger
+	Registry     *prometheus.Registry // where the API registers its metrics; also served at /metrics
+	Gatherer     prometheus.Gatherer  // what /metrics serves; default Registry
+	Now          func() time.Time
+}
+
+// API is the admin HTTP handler.
+type API struct {
+	o       Options
+	log     *zap.Logger
+	mux     *http.ServeMux
+	metrics *metrics
+}
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	authFail prometheus.Counter
+}
+
+// New builds the handler.
+func New(o Options) *API {
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	if o.Gatherer == nil {
+		o.Gatherer = o.Registry
+	}
+	a := &API{o: o, log: o.Logger.Named("api"), mux: http.NewServeMux()}
+	a.metrics = &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devpilot_http_requests_total", Help: "Admin API requests by route and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "devpilot_http_request_duration_seconds", Help: "Admin API latency by route.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"route"}),
+		authFail: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devpilot_http_auth_failures_total", Help: "Requests refused for a missing, unknown or revoked token.",
+		}),
+	}
+	o.Registry.MustRegister(a.metrics.requests, a.metrics.duration, a.metrics.authFail)
+	a.routes()
+	return a
+}
+
+// ServeHTTP implements http.Handler.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// handlerFunc is a handler that returns its error for writeError.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// access is what a route requires of the caller.
+type access int
+
+const (
+	public    access = iota
+	read             // any valid token with access to the workspace
+	write            // owner or admin
+	ownerOnly        // instance-wide actions
+)
+
+func (a *API) handle(pattern string, need access, h func(w http.ResponseWriter, r *http.Request, c *call) error) {
+	route := pattern
+	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		err := a.serve(sw, r, need, h)
+		if err != nil {
+			a.writeError(sw, r, err)
+		}
+		a.metrics.requests.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
+		a.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		lvl := zap.DebugLevel
+		if sw.status >= 500 {
+			lvl = zap.WarnLevel
+		}
+		a.log.Check(lvl, "request").Write(zap.String("route", route), zap.String("path", r.URL.Path),
+			zap.Int("status", sw.status), zap.Duration("took", time.Since(start)))
+	})
+}
+
+// call is what a handler knows about the request's caller.
+type call struct {
+	p  auth.Principal
+	ws store.Workspace // zero for routes without {ws}
+}
+
+func (c *call) actor() integrations.Actor { return integrations.Actor(c.p.Actor()) }
+
+func (a *API) serve(w http.ResponseWriter, r *http.Request, need access, h func(http.ResponseWriter, *http.Request, *call) error) error {
+	c := &call{}
+	if need == public {
+		return h(w, r, c)
+	}
+	p, err := a.authenticate(r)
+	if err != nil {
+		a.metrics.authFail.Inc()
+		w.Header().Set("WWW-Authenticate", `Bearer realm="devpilot"`)
+		return err
+	}
+	c.p = p
+	if slug := r.PathValue("ws"); slug != "" {
+		ws, err := a.o.Store.Q().WorkspaceBySlug(r.Context(), slug)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && !p.CanAccess(ws.ID)) {
+			// Another workspace's existence is not revealed: same answer as a missing one.
+			return problem.NotFound("workspace " + slug)
+		}
+		if err != nil {
+			return err
+		}
+		c.ws = ws
+	}
+	switch {
+	case need == write && !p.CanWrite():
+		return problem.Forbidden("Ask an admin for a token with the admin role.", "this token (role %s) can read but not change anything", p.Role)
+	case need == ownerOnly && p.Role != auth.RoleOwner:
+		return problem.Forbidden("Use the owner token (stored in the data directory as owner.token).", "only the owner token may do this")
+	}
+	return h(w, r, c)
+}
+
+var errUnauthorized = &problem.Error{Status: http.StatusUnauthorized, Code: "unauthorized",
+	Message: "a valid API token is required", Hint: "Send Authorization: Bearer <token>; `devpilot tokens create` makes one."}
+
+func (a *API) authenticate(r *http.Request) (auth.Principal, error) {
+	h := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok {
+		return auth.Principal{}, errUnauthorized
+	}
+	id, secret, ok := auth.Parse(strings.TrimSpace(tok))
+	if !ok {
+		return auth.Principal{}, errUnauthorized
+	}
+	t, err := a.o.Store.Q().TokenByID(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return auth.Principal{}, errUnauthorized
+	}
+	if err != nil {
+		return auth.Principal{}, err
+	}
+	if !auth.Matches(t.SecretHash, secret) || t.RevokedAt != nil {
+		return auth.Principal{}, errUnauthorized
+	}
+	now := a.o.Now()
+	if t.LastUsedAt == nil || now.Sub(*t.LastUsedAt) > time.Minute {
+		if err := a.o.Store.Q().TouchToken(r.Context(), t.ID, now); err != nil {
+			a.log.Warn("record token use", zap.Error(err))
+		}
+	}
+	return auth.Principal{TokenID: t.ID, TokenName: t.Name, Role: t.Role, WorkspaceID: t.WorkspaceID}, nil
+}
+
+// --- encoding
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+const maxBody = 1 << 20
+
+// decode reads a JSON body into v, refusing unknown fields and trailing data.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return problem.Validation("", "request body is larger than %d bytes", maxBody)
+		}
+		// encoding/json errors name fields and types, never values.
+		return problem.Validation("Send a JSON object; see the API reference in the README.", "malformed JSON body: %s", jsonErrorText(err))
+	}
+	if dec.More() {
+		return problem.Validation("", "malformed JSON body: more than one JSON value")
+	}
+	return nil
+}
+
+func jsonErrorText(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("syntax error at byte %d", se.Offset)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("field %q must be %s", te.Field, te.Type)
+	}
+	if strings.HasPrefix(err.Error(), "json: unknown field ") {
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+	if errors.Is(err, io.EOF) {
+		return "empty body"
+	}
+	return "cannot be decoded"
+}
+
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Hint    string `json:"hint,omitempty"`
+}
+
+// cloudStatus is the HTTP status for a provider failure.
+func cloudStatus(c cloud.Code) int {
+	switch c {
+	case cloud.CodeRateLimited:
+		return http.StatusTooManyRequests
+	case cloud.CodeProviderError:
+		return http.StatusBadGateway
+	default:
+		// The provider refused: the request was understood but the
+		// credential, account or choice cannot serve it.
+		return http.StatusUnprocessableEntity
+	}
+}
+
+func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var (
+		pe *problem.Error
+		ce *cloud.Error
+	)
+	switch {
+	case errors.As(err, &pe):
+		_ = writeJSON(w, pe.Status, errorBody{errorDetail{pe.Code, pe.Message, pe.Hint}})
+	case errors.As(err, &ce):
+		if ce.RetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(ce.RetryAfter.Round(time.Second)/time.Second)))
+		}
+		_ = writeJSON(w, cloudStatus(ce.Code), errorBody{errorDetail{string(ce.Code), ce.Error(), ce.Hint}})
+	case errors.Is(err, context.Canceled):
+		// The client went away; nobody reads this.
+		w.WriteHeader(499)
+	default:
+		a.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
+		_ = writeJSON(w, http.StatusInternalServerError, errorBody{errorDetail{"internal",
+			"the control plane failed to handle the request", "See the control plane log; the request may be retried."}})
+	}
+}

@@ -1,0 +1,316 @@
+package api
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/devpilot/devpilot/controlplane/auth"
+	"github.com/devpilot/devpilot/controlplane/ids"
+	"github.com/devpilot/devpilot/controlplane/problem"
+	"github.com/devpilot/devpilot/controlplane/secrets"
+	"github.com/devpilot/devpilot/controlplane/store"
+)
+
+func (a *API) routes() {
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_ = writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	a.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.o.Store.Ping(r.Context()); err != nil {
+			_ = writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "database unavailable"})
+			return
+		}
+		_ = writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.o.Gatherer, promhttp.HandlerOpts{}))
+
+	a.handle("GET /v1/whoami", read, a.whoami)
+	a.handle("GET /v1/workspaces", read, a.listWorkspaces)
+	a.handle("POST /v1/workspaces", ownerOnly, a.createWorkspace)
+	a.handle("POST /v1/keys/rotate", ownerOnly, a.rotateKeys)
+
+	a.handle("GET /v1/workspaces/{ws}/tokens", read, a.listTokens)
+	a.handle("POST /v1/workspaces/{ws}/tokens", write, a.createToken)
+	a.handle("DELETE /v1/workspaces/{ws}/tokens/{id}", write, a.revokeToken)
+	a.handle("GET /v1/workspaces/{ws}/audit", read, a.listAudit)
+
+	a.handle("GET /v1/workspaces/{ws}/integrations", read, a.listIntegrations)
+	a.handle("POST /v1/workspaces/{ws}/integrations", write, a.connectIntegration)
+	a.handle("GET /v1/workspaces/{ws}/integrations/{id}", read, a.getIntegration)
+	a.handle("PATCH /v1/workspaces/{ws}/integrations/{id}", write, a.renameIntegration)
+	a.handle("DELETE /v1/workspaces/{ws}/integrations/{id}", write, a.removeIntegration)
+	a.handle("POST /v1/workspaces/{ws}/integrations/{id}/test", write, a.testIntegration)
+	a.handle("PUT /v1/workspaces/{ws}/integrations/{id}/secret", write, a.rotateIntegration)
+	a.handle("GET /v1/workspaces/{ws}/integrations/{id}/catalog", read, a.catalog)
+
+	a.handle("/", read, func(w http.ResponseWriter, r *http.Request, c *call) error {
+		return problem.NotFound("route " + r.Method + " " + r.URL.Path)
+	})
+}
+
+func (a *API) whoami(w http.ResponseWriter, r *http.Request, c *call) error {
+	ws, err := a.o.Store.Q().WorkspaceByID(r.Context(), c.p.WorkspaceID)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]string{"token_id": c.p.TokenID, "name": c.p.TokenName,
+		"role": c.p.Role, "workspace": ws.Slug})
+}
+
+func (a *API) listWorkspaces(w http.ResponseWriter, r *http.Request, c *call) error {
+	all, err := a.o.Store.Q().ListWorkspaces(r.Context())
+	if err != nil {
+		return err
+	}
+	out := []store.Workspace{}
+	for _, ws := range all {
+		if c.p.CanAccess(ws.ID) {
+			out = append(out, ws)
+		}
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"workspaces": out})
+}
+
+func (a *API) createWorkspace(w http.ResponseWriter, r *http.Request, c *call) error {
+	var req struct {
+		Slug string `json:"slug"`
+		Name string `json:"name"`
+	}
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if !ValidSlug(req.Slug) {
+		return problem.Validation("Use 1-40 lowercase letters, digits and dashes, starting with a letter.", "invalid workspace slug %q", req.Slug)
+	}
+	if req.Name == "" {
+		req.Name = req.Slug
+	}
+	ws := store.Workspace{ID: ids.New("ws"), Slug: req.Slug, Name: req.Name, CreatedAt: a.o.Now().UTC()}
+	err := a.o.Store.InTx(r.Context(), func(q *store.Queries) error {
+		if err := q.CreateWorkspace(r.Context(), ws); err != nil {
+			return err
+		}
+		return q.AddAudit(r.Context(), store.AuditEntry{WorkspaceID: ws.ID, Actor: c.p.Actor(), Action: "workspace.create",
+			Target: ws.Slug, At: ws.CreatedAt})
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return problem.Conflict("", "workspace %q already exists", req.Slug)
+	}
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, ws)
+}
+
+// ValidSlug reports whether s can name a workspace (it also becomes a
+// cloud tag, devpilot-ws-<slug>, so it stays within both providers' rules).
+func ValidSlug(s string) bool {
+	if len(s) < 1 || len(s) > 40 || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for _, ch := range s {
+		if !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || ch == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, c *call) error {
+	if a.o.RotateKeys == nil {
+		return problem.Forbidden("", "key rotation is not available")
+	}
+	res, err := a.o.RotateKeys(r.Context())
+	if err != nil {
+		return err
+	}
+	_ = a.o.Store.Q().AddAudit(r.Context(), store.AuditEntry{WorkspaceID: c.p.WorkspaceID, Actor: c.p.Actor(),
+		Action: "keys.rotate", Target: res.KeyID, At: a.o.Now()})
+	return writeJSON(w, http.StatusOK, res)
+}
+
+// --- tokens
+
+type tokenView struct {
+	store.Token
+	Workspace string `json:"workspace"`
+}
+
+func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c *call) error {
+	ts, err := a.o.Store.Q().ListTokens(r.Context(), c.ws.ID)
+	if err != nil {
+		return err
+	}
+	out := make([]tokenView, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, tokenView{t, c.ws.Slug})
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
+}
+
+func (a *API) createToken(w http.ResponseWriter, r *http.Request, c *call) error {
+	var req struct {
+		Name string `json:"name"`
+		Role string `json:"role"`
+	}
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if !auth.ValidRole(req.Role) {
+		return problem.Validation("Use role admin (read and change) or viewer (read only).", "invalid role %q", req.Role)
+	}
+	if req.Name == "" || len(req.Name) > 100 {
+		return problem.Validation("Name the token after who or what will use it.", "name is required (at most 100 characters)")
+	}
+	id, secret, hash := auth.NewToken()
+	t := store.Token{ID: id, WorkspaceID: c.ws.ID, Name: req.Name, Role: req.Role, SecretHash: hash,
+		CreatedBy: c.p.Actor(), CreatedAt: a.o.Now().UTC()}
+	err := a.o.Store.InTx(r.Context(), func(q *store.Queries) error {
+		if err := q.CreateToken(r.Context(), t); err != nil {
+			return err
+		}
+		return q.AddAudit(r.Context(), store.AuditEntry{WorkspaceID: c.ws.ID, Actor: c.p.Actor(), Action: "token.create",
+			Target: id, DetailJSON: `{"role":"` + req.Role + `"}`, At: t.CreatedAt})
+	})
+	if err != nil {
+		return err
+	}
+	// The only time the token is ever shown.
+	return writeJSON(w, http.StatusCreated, struct {
+		tokenView
+		Secret string `json:"token"`
+	}{tokenView{t, c.ws.Slug}, secret.Reveal()})
+}
+
+func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, c *call) error {
+	id := r.PathValue("id")
+	err := a.o.Store.InTx(r.Context(), func(q *store.Queries) error {
+		if err := q.RevokeToken(r.Context(), c.ws.ID, id, a.o.Now()); err != nil {
+			return err
+		}
+		return q.AddAudit(r.Context(), store.AuditEntry{WorkspaceID: c.ws.ID, Actor: c.p.Actor(), Action: "token.revoke",
+			Target: id, At: a.o.Now()})
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return problem.NotFound("token " + id)
+	}
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) listAudit(w http.ResponseWriter, r *http.Request, c *call) error {
+	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+	if limit <= 0 || limit > 500 {
+		limit = 100
+	}
+	before, _ := strconv.ParseInt(r.URL.Query().Get("before"), 10, 64)
+	es, err := a.o.Store.Q().ListAudit(r.Context(), c.ws.ID, before, limit)
+	if err != nil {
+		return err
+	}
+	type entry struct {
+		store.AuditEntry
+		Detail rawJSON `json:"detail"`
+	}
+	out := make([]entry, 0, len(es))
+	for _, e := range es {
+		out = append(out, entry{e, rawJSON(e.DetailJSON)})
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"entries": out})
+}
+
+type rawJSON string
+
+func (r rawJSON) MarshalJSON() ([]byte, error) { return []byte(r), nil }
+
+// --- integrations
+
+func (a *API) listIntegrations(w http.ResponseWriter, r *http.Request, c *call) error {
+	list, err := a.o.Integrations.List(r.Context(), c.ws.ID)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"integrations": list})
+}
+
+func (a *API) connectIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
+	var req struct {
+		Provider  string `json:"provider"`
+		AccessKey string `json:"access_key"`
+		SecretKey string `json:"secret_key"`
+	}
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	in, err := a.o.Integrations.Connect(r.Context(), c.actor(), c.ws.ID, req.Provider, req.AccessKey, secrets.New(req.SecretKey))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, in)
+}
+
+func (a *API) getIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
+	in, err := a.o.Integrations.Get(r.Context(), c.ws.ID, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, in)
+}
+
+func (a *API) renameIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
+	var req struct {
+		AccessKey string `json:"access_key"`
+	}
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	in, err := a.o.Integrations.Rename(r.Context(), c.actor(), c.ws.ID, r.PathValue("id"), req.AccessKey)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, in)
+}
+
+func (a *API) removeIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
+	if err := a.o.Integrations.Remove(r.Context(), c.actor(), c.ws.ID, r.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) testIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
+	in, err := a.o.Integrations.Test(r.Context(), c.actor(), c.ws.ID, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, in)
+}
+
+func (a *API) rotateIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
+	var req struct {
+		SecretKey string `json:"secret_key"`
+	}
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	in, err := a.o.Integrations.Rotate(r.Context(), c.actor(), c.ws.ID, r.PathValue("id"), secrets.New(req.SecretKey))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, in)
+}
+
+func (a *API) catalog(w http.ResponseWriter, r *http.Request, c *call) error {
+	cat, err := a.o.Integrations.Catalog(r.Context(), c.ws.ID, r.PathValue("id"), r.URL.Query().Get("refresh") == "1")
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, cat)
+}

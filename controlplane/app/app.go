@@ -1,0 +1,328 @@
+// Package app assembles the control plane: data directory, store, master
+// keys, TLS, the admin API, and the HTTP server with graceful shutdown.
+// `devpilot serve` and `devpilot dev` both run an App.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/controlplane/api"
+	"github.com/devpilot/devpilot/controlplane/auth"
+	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean"
+	"github.com/devpilot/devpilot/controlplane/cloud/vultr"
+	"github.com/devpilot/devpilot/controlplane/ids"
+	"github.com/devpilot/devpilot/controlplane/integrations"
+	"github.com/devpilot/devpilot/controlplane/secrets"
+	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/controlplane/tlsauto"
+)
+
+// TLS modes.
+const (
+	TLSAuto  = "auto"  // a CA and server certificate generated into the data dir
+	TLSFiles = "files" // certificate and key files the operator provides
+	TLSOff   = "off"   // plain HTTP, behind a TLS-terminating proxy
+)
+
+// Files in the data directory.
+const (
+	DBFile         = "devpilot.db"
+	OwnerTokenFile = "owner.token" // 0600; lets the local CLI work without copying the token
+	URLFile        = "url"         // where the local CLI reaches the API
+	TLSDir         = "tls"
+	DefaultWS      = "default"
+)
+
+// Config is everything `devpilot serve` takes from flags and environment.
+type Config struct {
+	DataDir       string
+	Listen        string // host:port; port 0 picks a free one
+	PublicURL     string // what agents and the CLI dial; default derived from Listen
+	TLS           string // auto, files or off
+	TLSCertFile   string
+	TLSKeyFile    string
+	Database      string // "" or "sqlite" (in DataDir); postgres:// is not supported yet
+	MasterKeyFile string // default DataDir/master.key
+
+	// API base URLs per provider; empty means the real cloud.
+	DigitalOceanAPIURL string
+	VultrAPIURL        string
+
+	Logger *zap.Logger
+	Out    io.Writer // where the first start prints the owner token once (default stdout)
+}
+
+// App is a running control plane.
+type App struct {
+	cfg          Config
+	log          *zap.Logger
+	Store        *store.Store
+	Keys         *secrets.Keyring
+	Integrations *integrations.Service
+	handler      http.Handler
+	tlsConfig    *tls.Config
+	CACertPEM    []byte // TLS auto only
+	CAPin        string // TLS auto only
+
+	ln  net.Listener
+	srv *http.Server
+	URL string // the API's URL, known once Listen returned
+}
+
+// New opens the data directory and builds the control plane; it does not
+// listen yet.
+func New(ctx context.Context, cfg Config) (*App, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Out == nil {
+		cfg.Out = os.Stdout
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "devpilot-data"
+	}
+	if cfg.TLS == "" {
+		cfg.TLS = TLSAuto
+	}
+	if cfg.Database != "" && cfg.Database != "sqlite" {
+		return nil, fmt.Errorf("database %q: only the embedded SQLite database is supported in this version", redactURL(cfg.Database))
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	a := &App{cfg: cfg, log: cfg.Logger}
+	var err error
+	if a.Store, err = store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, DBFile)); err != nil {
+		return nil, err
+	}
+	keyPath := cfg.MasterKeyFile
+	if keyPath == "" {
+		keyPath = secrets.DefaultKeyringPath(cfg.DataDir)
+	}
+	if a.Keys, err = secrets.LoadOrCreateKeyring(keyPath); err != nil {
+		_ = a.Store.Close()
+		return nil, fmt.Errorf("master key: %w", err)
+	}
+	a.Integrations = integrations.New(integrations.Options{
+		Store: a.Store, Keys: a.Keys, Connect: a.connector(), Logger: cfg.Logger,
+	})
+	if err := a.bootstrap(ctx); err != nil {
+		_ = a.Store.Close()
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.handler = api.New(api.Options{
+		Store: a.Store, Integrations: a.Integrations, RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
+	})
+	return a, nil
+}
+
+// connector builds provider clients, pointed at simulators when configured.
+func (a *App) connector() integrations.Connector {
+	return func(provider string, secret secrets.Value) (cloud.Provider, error) {
+		c := cloud.Config{Secret: secret, Logger: a.log.Named(provider)}
+		switch provider {
+		case cloud.DigitalOcean:
+			c.BaseURL = a.cfg.DigitalOceanAPIURL
+			return digitalocean.New(c)
+		case cloud.Vultr:
+			c.BaseURL = a.cfg.VultrAPIURL
+			return vultr.New(c)
+		}
+		return nil, fmt.Errorf("unknown provider %q", provider)
+	}
+}
+
+// bootstrap creates the default workspace and, on the very first start,
+// the owner token: printed once and kept 0600 in the data directory.
+func (a *App) bootstrap(ctx context.Context) error {
+	now := time.Now().UTC()
+	ws, err := a.Store.Q().WorkspaceBySlug(ctx, DefaultWS)
+	if errors.Is(err, store.ErrNotFound) {
+		ws = store.Workspace{ID: ids.New("ws"), Slug: DefaultWS, Name: "Default", CreatedAt: now}
+		err = a.Store.Q().CreateWorkspace(ctx, ws)
+	}
+	if err != nil {
+		return fmt.Errorf("default workspace: %w", err)
+	}
+	n, err := a.Store.Q().CountTokens(ctx)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil
+	}
+	id, token, hash := auth.NewToken()
+	path := filepath.Join(a.cfg.DataDir, OwnerTokenFile)
+	// Write the file first: a crash after the insert would leave an owner
+	// token nobody has.
+	if err := os.WriteFile(path, []byte(token.Reveal()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write owner token: %w", err)
+	}
+	err = a.Store.InTx(ctx, func(q *store.Queries) error {
+		if err := q.CreateToken(ctx, store.Token{ID: id, WorkspaceID: ws.ID, Name: "owner", Role: auth.RoleOwner,
+			SecretHash: hash, CreatedBy: "first start", CreatedAt: now}); err != nil {
+			return err
+		}
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: ws.ID, Actor: "system", Action: "token.create", Target: id,
+			DetailJSON: `{"role":"owner"}`, At: now})
+	})
+	if err != nil {
+		return fmt.Errorf("create owner token: %w", err)
+	}
+	fmt.Fprintf(a.cfg.Out, "\nOwner API token (shown once; also saved to %s, mode 0600):\n\n  %s\n\n", path, token.Reveal())
+	a.log.Info("owner token created", zap.String("token_id", id), zap.String("file", path))
+	return nil
+}
+
+// rotateKeys puts every secret under a new master key and retires the old
+// keys nothing uses any more.
+func (a *App) rotateKeys(ctx context.Context) (api.RotateResult, error) {
+	id, err := a.Keys.Rotate()
+	if err != nil {
+		return api.RotateResult{}, err
+	}
+	n, err := a.Integrations.Reencrypt(ctx)
+	if err != nil {
+		return api.RotateResult{KeyID: id, Reencrypted: n}, fmt.Errorf("re-encrypt: %w", err)
+	}
+	res := api.RotateResult{KeyID: id, Reencrypted: n, Retired: []string{}}
+	for _, k := range a.Keys.Keys() {
+		if k.ID == id {
+			continue
+		}
+		if err := a.Keys.Retire(k.ID); err != nil {
+			return res, fmt.Errorf("retire key %s: %w", k.ID, err)
+		}
+		res.Retired = append(res.Retired, k.ID)
+	}
+	a.log.Info("master key rotated", zap.String("key_id", id), zap.Int("reencrypted", n))
+	return res, nil
+}
+
+// Handler is the API (for tests that serve it themselves).
+func (a *App) Handler() http.Handler { return a.handler }
+
+// Listen binds the listener and prepares TLS; URL is set afterwards.
+func (a *App) Listen() error {
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	addr := ln.Addr().(*net.TCPAddr)
+	scheme := "https"
+	if a.cfg.TLS == TLSOff {
+		scheme = "http"
+	}
+	host := addr.IP.String()
+	if addr.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	a.URL = scheme + "://" + net.JoinHostPort(host, fmt.Sprint(addr.Port))
+	hosts := []string{host}
+	if a.cfg.PublicURL != "" {
+		u, err := url.Parse(a.cfg.PublicURL)
+		if err != nil || u.Host == "" {
+			_ = ln.Close()
+			return fmt.Errorf("public url %q is not an absolute URL", a.cfg.PublicURL)
+		}
+		hosts = append(hosts, u.Hostname())
+	}
+	switch a.cfg.TLS {
+	case TLSAuto:
+		b, err := tlsauto.Ensure(filepath.Join(a.cfg.DataDir, TLSDir), hosts, time.Now())
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("tls: %w", err)
+		}
+		a.tlsConfig, a.CACertPEM, a.CAPin = b.ServerConfig(), b.CACertPEM, b.CAPin
+	case TLSFiles:
+		c, err := tlsauto.LoadFiles(a.cfg.TLSCertFile, a.cfg.TLSKeyFile)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("tls: %w", err)
+		}
+		a.tlsConfig = c
+	case TLSOff:
+	default:
+		_ = ln.Close()
+		return fmt.Errorf("tls mode %q: use auto, files or off", a.cfg.TLS)
+	}
+	if a.tlsConfig != nil {
+		ln = tls.NewListener(ln, a.tlsConfig)
+	}
+	a.ln = ln
+	// The local CLI finds the API here.
+	if err := os.WriteFile(filepath.Join(a.cfg.DataDir, URLFile), []byte(a.URL+"\n"), 0o600); err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("write url file: %w", err)
+	}
+	return nil
+}
+
+// Serve answers requests until ctx is cancelled, then shuts down
+// gracefully: in-flight requests get up to 30 s to finish.
+func (a *App) Serve(ctx context.Context) error {
+	a.srv = &http.Server{
+		Handler:           a.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          zap.NewStdLog(a.log.Named("http")),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- a.srv.Serve(a.ln) }()
+	a.log.Info("control plane listening", zap.String("url", a.URL), zap.String("tls", a.cfg.TLS),
+		zap.String("data_dir", a.cfg.DataDir))
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	a.log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := a.srv.Shutdown(sctx)
+	<-errc
+	return err
+}
+
+// Close releases the store.
+func (a *App) Close() error { return a.Store.Close() }
+
+// Run is `devpilot serve`: New, Listen, Serve, Close.
+func Run(ctx context.Context, cfg Config) error {
+	a, err := New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	if err := a.Listen(); err != nil {
+		return err
+	}
+	return a.Serve(ctx)
+}
+
+// redactURL drops credentials from a database URL before it is shown.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}
