@@ -80,6 +80,7 @@ type Keyring struct {
 	mu     sync.RWMutex
 	active string
 	keys   map[string]*masterKey // by id
+	order  []string              // ids, oldest first (as in the file)
 }
 
 type masterKey struct {
@@ -166,7 +167,8 @@ func LoadOrCreateKeyring(path string) (*Keyring, error) {
 	}
 	k.keys[mk.id] = mk
 	k.active = mk.id
-	data, err := k.marshalLocked(k.active, k.keys)
+	k.order = []string{mk.id}
+	data, err := marshalKeyring(k.active, k.order, k.keys)
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +212,7 @@ func parseKeyring(data []byte) (*Keyring, error) {
 			return nil, err
 		}
 		k.keys[e.ID] = mk
+		k.order = append(k.order, e.ID)
 	}
 	if _, ok := k.keys[kf.Active]; !ok {
 		return nil, fmt.Errorf("%w: active key %q is not in the keys list", ErrKeyringInvalid, kf.Active)
@@ -368,21 +371,12 @@ func (k *Keyring) Path() string { return k.path }
 func (k *Keyring) Keys() []KeyInfo {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	out := make([]KeyInfo, 0, len(k.keys))
-	for _, mk := range k.keys {
+	out := make([]KeyInfo, 0, len(k.order))
+	for _, id := range k.order {
+		mk := k.keys[id]
 		out = append(out, KeyInfo{ID: mk.id, CreatedAt: mk.created, Active: mk.id == k.active})
 	}
-	sortKeyInfos(out)
 	return out
-}
-
-func sortKeyInfos(ks []KeyInfo) {
-	slices.SortFunc(ks, func(a, b KeyInfo) int {
-		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
 }
 
 // NeedsReencrypt reports whether a ciphertext is not under the active key
@@ -427,10 +421,11 @@ func (k *Keyring) Rotate() (newID string, err error) {
 		keys[id] = v
 	}
 	keys[mk.id] = mk
-	if err := k.saveLocked(mk.id, keys); err != nil {
+	order := append(slices.Clone(k.order), mk.id)
+	if err := k.saveLocked(mk.id, order, keys); err != nil {
 		return "", err
 	}
-	k.keys, k.active = keys, mk.id
+	k.keys, k.order, k.active = keys, order, mk.id
 	return mk.id, nil
 }
 
@@ -452,22 +447,18 @@ func (k *Keyring) Retire(id string) error {
 			keys[kid] = v
 		}
 	}
-	if err := k.saveLocked(k.active, keys); err != nil {
+	order := slices.DeleteFunc(slices.Clone(k.order), func(s string) bool { return s == id })
+	if err := k.saveLocked(k.active, order, keys); err != nil {
 		return err
 	}
-	k.keys = keys
+	k.keys, k.order = keys, order
 	return nil
 }
 
-func (k *Keyring) marshalLocked(active string, keys map[string]*masterKey) ([]byte, error) {
+func marshalKeyring(active string, order []string, keys map[string]*masterKey) ([]byte, error) {
 	kf := keyringFile{Version: 1, Active: active}
-	infos := make([]KeyInfo, 0, len(keys))
-	for _, mk := range keys {
-		infos = append(infos, KeyInfo{ID: mk.id, CreatedAt: mk.created})
-	}
-	sortKeyInfos(infos)
-	for _, in := range infos {
-		mk := keys[in.ID]
+	for _, id := range order {
+		mk := keys[id]
 		kf.Keys = append(kf.Keys, keyFileEntry{
 			ID:        mk.id,
 			Key:       base64.StdEncoding.EncodeToString(mk.raw),
@@ -481,11 +472,11 @@ func (k *Keyring) marshalLocked(active string, keys map[string]*masterKey) ([]by
 	return append(data, '\n'), nil
 }
 
-func (k *Keyring) saveLocked(active string, keys map[string]*masterKey) error {
+func (k *Keyring) saveLocked(active string, order []string, keys map[string]*masterKey) error {
 	if k.path == "" {
 		return errors.New("secrets: keyring has no file to save to")
 	}
-	data, err := k.marshalLocked(active, keys)
+	data, err := marshalKeyring(active, order, keys)
 	if err != nil {
 		return err
 	}
