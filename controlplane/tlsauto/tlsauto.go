@@ -73,6 +73,8 @@ type Bundle struct {
 
 	caKey *ecdsa.PrivateKey
 
+	issueMu sync.Mutex // serialises writes of server.crt/server.key
+
 	mu       sync.RWMutex
 	hosts    []string // normalised SANs
 	cert     *tls.Certificate
@@ -134,7 +136,7 @@ func (b *Bundle) Certificate() *tls.Certificate {
 }
 
 // Refresh re-runs the server half of Ensure for the same hosts at time now
-// (call it e.g. daily from serve): it re-issues the certificate if it nears
+// (call it e.g. daily from serve; safe to call while serving): it re-issues the certificate if it nears
 // expiry, or loads server.crt/server.key if they changed on disk. New TLS
 // handshakes on ServerConfig use the result at once.
 func (b *Bundle) Refresh(now time.Time) (reissued bool, err error) {
@@ -350,6 +352,8 @@ func (b *Bundle) setCA(cert *x509.Certificate, certPEM []byte, key *ecdsa.Privat
 // ---- server certificate ----
 
 func (b *Bundle) ensureServer(names []string, ips []net.IP, now time.Time) (bool, error) {
+	b.issueMu.Lock()
+	defer b.issueMu.Unlock()
 	certPath := filepath.Join(b.Dir, ServerCertFile)
 	keyPath := filepath.Join(b.Dir, ServerKeyFile)
 	want := hostList(names, ips)

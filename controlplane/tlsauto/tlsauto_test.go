@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -292,6 +293,18 @@ func TestRefreshReloadsWhileServing(t *testing.T) {
 	}
 	if after.SerialNumber.Cmp(before.SerialNumber) == 0 || !after.NotAfter.After(before.NotAfter) {
 		t.Fatal("running server did not pick up the renewed certificate")
+	}
+
+	// Concurrent refreshes and handshakes leave a consistent pair on disk.
+	much := later.Add(ServerValidity - 10*24*time.Hour)
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() { _, _ = b.Refresh(much) })
+		wg.Go(func() { _, _ = dial(addr, cfg, "localhost") })
+	}
+	wg.Wait()
+	if _, err := LoadFiles(filepath.Join(b.Dir, ServerCertFile), filepath.Join(b.Dir, ServerKeyFile)); err != nil {
+		t.Fatalf("pair on disk after concurrent refreshes: %v", err)
 	}
 }
 
