@@ -22,7 +22,11 @@ var (
 
 func (s *Sim) routes(mux *http.ServeMux) {
 	h := func(f func(*call)) http.HandlerFunc {
-		return func(_ http.ResponseWriter, r *http.Request) { f(callOf(r)) }
+		return func(_ http.ResponseWriter, r *http.Request) {
+			c := callOf(r)
+			c.r = r // the routed request carries the path values
+			f(c)
+		}
 	}
 	mux.Handle("GET /v2/account", h(s.getAccount))
 

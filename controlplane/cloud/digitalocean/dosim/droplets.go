@@ -222,6 +222,8 @@ func (s *Sim) createDroplet(c *call) {
 		s.startBoot(dp)
 	}
 	body := s.dropletJSON(dp)
+	body["status"] = "new" // the 202 answer always shows the droplet being created
+	body["networks"] = map[string]any{"v4": []any{}, "v6": []any{}}
 	actionID := d.actionID
 	s.mu.Unlock()
 
