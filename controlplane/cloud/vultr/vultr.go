@@ -28,6 +28,8 @@ type Provider struct {
 	client *govultr.Client
 	secret secrets.Value
 	log    *zap.Logger
+
+	pageSize int // per_page of list calls; tests shrink it to walk pages
 }
 
 var _ cloud.Provider = (*Provider)(nil)
@@ -61,7 +63,7 @@ func New(cfg cloud.Config) (*Provider, error) {
 			return nil, fmt.Errorf("vultr: base url: %w", err)
 		}
 	}
-	return &Provider{client: c, secret: cfg.Secret, log: log}, nil
+	return &Provider{client: c, secret: cfg.Secret, log: log, pageSize: perPage}, nil
 }
 
 // Name returns cloud.Vultr.
@@ -209,7 +211,7 @@ func listAll[T any](ctx context.Context, p *Provider, op string, list func(conte
 func listAllWith[T any](ctx context.Context, p *Provider, op string, base govultr.ListOptions, list func(context.Context, *govultr.ListOptions) ([]T, *govultr.Meta, error)) ([]T, error) {
 	var all []T
 	lo := base
-	lo.PerPage = perPage
+	lo.PerPage = p.pageSize
 	seen := map[string]bool{}
 	for {
 		cctx, capt := cloud.WithCapture(ctx)
