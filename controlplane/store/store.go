@@ -136,3 +136,6 @@ func affected(res sql.Result, err error) error {
 	}
 	return nil
 }
+
+// DB exposes the database handle for diagnostics and tests.
+func (s *Store) DB() *sql.DB { return s.db }

@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/devpilot/devpilot/controlplane/app"
+	"github.com/devpilot/devpilot/controlplane/devenv"
+)
+
+// newLogger builds the process logger: JSON lines for machines (default
+// under systemd and in production), console text for people.
+func newLogger(env Env, level, format string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
+	}
+	var enc zapcore.Encoder
+	switch format {
+	case "json":
+		ec := zap.NewProductionEncoderConfig()
+		ec.EncodeTime = zapcore.ISO8601TimeEncoder
+		enc = zapcore.NewJSONEncoder(ec)
+	case "console":
+		ec := zap.NewDevelopmentEncoderConfig()
+		ec.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
+		enc = zapcore.NewConsoleEncoder(ec)
+	default:
+		return nil, usagef("--log-format %q: use json or console", format)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(env.Stderr), lvl)), nil
+}
+
+func logFlags(fs interface {
+	StringVar(*string, string, string, string)
+}, level, format *string) {
+	fs.StringVar(level, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(format, "log-format", "json", "json or console")
+}
+
+func runServe(ctx context.Context, env Env, args []string) error {
+	fs := newFlags("serve", env)
+	var cfg app.Config
+	var level, format string
+	fs.StringVar(&cfg.DataDir, "data-dir", "devpilot-data", "where the database, keys and TLS files live")
+	fs.StringVar(&cfg.Listen, "listen", ":8443", "address to serve the API on")
+	fs.StringVar(&cfg.PublicURL, "public-url", "", "URL agents and clients dial (default: derived from --listen)")
+	fs.StringVar(&cfg.TLS, "tls", app.TLSAuto, "auto (self-made CA in the data dir), files (--tls-cert/--tls-key) or off (behind a TLS proxy)")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "certificate file for --tls files")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "key file for --tls files")
+	fs.StringVar(&cfg.Database, "database", "", "database; empty for SQLite in the data dir")
+	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "master keyring file (default: DATA_DIR/master.key)")
+	fs.StringVar(&cfg.DigitalOceanAPIURL, "digitalocean-api-url", "", "DigitalOcean API base URL (default: the real API)")
+	fs.StringVar(&cfg.VultrAPIURL, "vultr-api-url", "", "Vultr API base URL (default: the real API)")
+	logFlags(fs, &level, &format)
+	if pos, err := parse(fs, env, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return usagef("serve takes no arguments")
+	}
+	log, err := newLogger(env, level, format)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	cfg.Logger, cfg.Out = log, env.Stdout
+	return app.Run(ctx, cfg)
+}
+
+func runDev(ctx context.Context, env Env, args []string) error {
+	fs := newFlags("dev", env)
+	var cfg devenv.Config
+	var level, format string
+	fs.StringVar(&cfg.DataDir, "data-dir", ".devpilot-dev", "where the dev control plane keeps its data and writes dev.env")
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "address to serve the API on")
+	logFlags(fs, &level, &format)
+	fs.Lookup("log-format").DefValue = "console"
+	format = "console"
+	if pos, err := parse(fs, env, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return usagef("dev takes no arguments")
+	}
+	log, err := newLogger(env, level, format)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	cfg.Logger, cfg.Out = log, env.Stdout
+	d, err := devenv.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "devpilot dev is running at %s\nEnvironment for scripts: %s (source it: set -a; . %s; set +a)\n",
+		d.App.URL, d.EnvFile, d.EnvFile)
+	<-ctx.Done()
+	return d.Close()
+}
+

@@ -1,0 +1,329 @@
+package cli
+
+import (
+	"slices"
+	"flag"
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/integrations"
+	"github.com/devpilot/devpilot/shared/version"
+)
+
+func runVersion(ctx context.Context, env Env, args []string) error {
+	fmt.Fprintln(env.Stdout, "devpilot", version.String())
+	return nil
+}
+
+// wsPath is the API prefix of a workspace.
+func wsPath(ws string) string { return "/v1/workspaces/" + url.PathEscape(ws) }
+
+func subcommand(env Env, group string, args []string, verbs map[string]func([]string) error, order []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintf(env.Stderr, "Usage: devpilot %s <%s> [flags]\n", group, strings.Join(order, "|"))
+		if len(args) == 0 {
+			return usagef("%s: missing verb", group)
+		}
+		return nil
+	}
+	f, ok := verbs[args[0]]
+	if !ok {
+		return usagef("%s: unknown verb %q (use %s)", group, args[0], strings.Join(order, ", "))
+	}
+	return f(args[1:])
+}
+
+func ts(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04:05")
+}
+
+// --- integrations
+
+func runIntegrations(ctx context.Context, env Env, args []string) error {
+	common := func(name string) (*connOpts, *output, *string, *flag.FlagSet) {
+		fs := newFlags("integrations "+name, env)
+		c := connFlags(fs)
+		o := outFlags(fs, env)
+		ws := fs.String("workspace", "default", "workspace slug")
+		return c, o, ws, fs
+	}
+	one := func(name string, pos []string) (string, error) {
+		if len(pos) != 1 {
+			return "", usagef("integrations %s: give exactly one integration id", name)
+		}
+		return pos[0], nil
+	}
+	showOne := func(o *output, raw []byte, in *integrations.Integration) {
+		if o.json {
+			o.raw(raw)
+			return
+		}
+		kv := [][2]string{{"id", in.ID}, {"provider", in.Provider}, {"access key", in.AccessKey},
+			{"secret key", "…" + orDash(in.SecretKeyHint)}, {"status", in.Status}, {"write access", in.WriteAccess},
+			{"last validated", ts(in.LastValidatedAt)}}
+		if in.Account != nil {
+			kv = append(kv, [2]string{"account", strings.TrimSpace(in.Account.Name + " " + in.Account.Email)})
+		}
+		if in.LastError != nil {
+			kv = append(kv, [2]string{"last error", in.LastError.Code + ": " + in.LastError.Message},
+				[2]string{"hint", orDash(in.LastError.Hint)})
+		}
+		o.fields(kv)
+	}
+	verbs := map[string]func([]string) error{
+		"connect": func(args []string) error {
+			c, o, ws, fs := common("connect")
+			provider := fs.String("provider", "", "digitalocean or vultr")
+			accessKey := fs.String("access-key", "", "a label for this key, e.g. the token's name at the provider")
+			secretFile := fs.String("secret-file", "", "file holding the secret key (else DEVPILOT_SECRET_KEY, else stdin)")
+			if _, err := parse(fs, env, args); err != nil {
+				return err
+			}
+			if *provider == "" || *accessKey == "" {
+				return usagef("integrations connect: --provider and --access-key are required")
+			}
+			secret, err := readSecret(env, *secretFile, "DEVPILOT_SECRET_KEY", "secret key")
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			var in integrations.Integration
+			raw, err := cl.do(ctx, "POST", wsPath(*ws)+"/integrations",
+				map[string]string{"provider": *provider, "access_key": *accessKey, "secret_key": secret}, &in)
+			if err != nil {
+				return err
+			}
+			showOne(o, raw, &in)
+			return nil
+		},
+		"list": func(args []string) error {
+			c, o, ws, fs := common("list")
+			if _, err := parse(fs, env, args); err != nil {
+				return err
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			var resp struct {
+				Integrations []integrations.Integration `json:"integrations"`
+			}
+			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/integrations", nil, &resp)
+			if err != nil {
+				return err
+			}
+			if o.json {
+				o.raw(raw)
+				return nil
+			}
+			rows := [][]string{}
+			for _, in := range resp.Integrations {
+				rows = append(rows, []string{in.ID, in.Provider, in.AccessKey, "…" + orDash(in.SecretKeyHint), in.Status, in.WriteAccess, ts(in.LastValidatedAt)})
+			}
+			o.table([]string{"ID", "PROVIDER", "ACCESS KEY", "SECRET", "STATUS", "WRITE", "LAST VALIDATED"}, rows)
+			return nil
+		},
+		"show": func(args []string) error {
+			c, o, ws, fs := common("show")
+			pos, err := parse(fs, env, args)
+			if err != nil {
+				return err
+			}
+			id, err := one("show", pos)
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			var in integrations.Integration
+			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/integrations/"+url.PathEscape(id), nil, &in)
+			if err != nil {
+				return err
+			}
+			showOne(o, raw, &in)
+			return nil
+		},
+		"test": func(args []string) error {
+			c, o, ws, fs := common("test")
+			pos, err := parse(fs, env, args)
+			if err != nil {
+				return err
+			}
+			id, err := one("test", pos)
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			var in integrations.Integration
+			raw, err := cl.do(ctx, "POST", wsPath(*ws)+"/integrations/"+url.PathEscape(id)+"/test", nil, &in)
+			if err != nil {
+				return err
+			}
+			if !o.json {
+				fmt.Fprintln(env.Stdout, "Credentials work.")
+			}
+			showOne(o, raw, &in)
+			return nil
+		},
+		"rotate": func(args []string) error {
+			c, o, ws, fs := common("rotate")
+			secretFile := fs.String("secret-file", "", "file holding the new secret key (else DEVPILOT_SECRET_KEY, else stdin)")
+			pos, err := parse(fs, env, args)
+			if err != nil {
+				return err
+			}
+			id, err := one("rotate", pos)
+			if err != nil {
+				return err
+			}
+			secret, err := readSecret(env, *secretFile, "DEVPILOT_SECRET_KEY", "new secret key")
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			var in integrations.Integration
+			raw, err := cl.do(ctx, "PUT", wsPath(*ws)+"/integrations/"+url.PathEscape(id)+"/secret",
+				map[string]string{"secret_key": secret}, &in)
+			if err != nil {
+				return err
+			}
+			if !o.json {
+				fmt.Fprintln(env.Stdout, "Secret rotated: the new key was validated and replaced the old one.")
+			}
+			showOne(o, raw, &in)
+			return nil
+		},
+		"rename": func(args []string) error {
+			c, o, ws, fs := common("rename")
+			accessKey := fs.String("access-key", "", "the new label")
+			pos, err := parse(fs, env, args)
+			if err != nil {
+				return err
+			}
+			id, err := one("rename", pos)
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			var in integrations.Integration
+			raw, err := cl.do(ctx, "PATCH", wsPath(*ws)+"/integrations/"+url.PathEscape(id),
+				map[string]string{"access_key": *accessKey}, &in)
+			if err != nil {
+				return err
+			}
+			showOne(o, raw, &in)
+			return nil
+		},
+		"remove": func(args []string) error {
+			c, _, ws, fs := common("remove")
+			pos, err := parse(fs, env, args)
+			if err != nil {
+				return err
+			}
+			id, err := one("remove", pos)
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			if _, err := cl.do(ctx, "DELETE", wsPath(*ws)+"/integrations/"+url.PathEscape(id), nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "Removed %s: its credentials are deleted; servers created through it were not touched.\n", id)
+			return nil
+		},
+		"catalog": func(args []string) error {
+			c, o, ws, fs := common("catalog")
+			refresh := fs.Bool("refresh", false, "bypass the short-lived cache")
+			region := fs.String("region", "", "show only sizes available in this region")
+			pos, err := parse(fs, env, args)
+			if err != nil {
+				return err
+			}
+			id, err := one("catalog", pos)
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			q := ""
+			if *refresh {
+				q = "?refresh=1"
+			}
+			var cat cloud.Catalog
+			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/integrations/"+url.PathEscape(id)+"/catalog"+q, nil, &cat)
+			if err != nil {
+				return err
+			}
+			if o.json {
+				o.raw(raw)
+				return nil
+			}
+			printCatalog(o, &cat, *region)
+			return nil
+		},
+	}
+	return subcommand(env, "integrations", args, verbs, []string{"connect", "list", "show", "test", "rotate", "rename", "remove", "catalog"})
+}
+
+func printCatalog(o *output, cat *cloud.Catalog, region string) {
+	fmt.Fprintln(o.w, "REGIONS")
+	rows := [][]string{}
+	for _, r := range cat.Regions {
+		av := "yes"
+		if !r.Available {
+			av = "no"
+		}
+		rows = append(rows, []string{r.ID, r.Name, av})
+	}
+	o.table([]string{"ID", "NAME", "AVAILABLE"}, rows)
+	fmt.Fprintln(o.w, "\nSIZES")
+	rows = rows[:0]
+	for _, s := range cat.Sizes {
+		if region != "" && !slices.Contains(s.Regions, region) && !slices.Contains(s.SoldOut, region) {
+			continue
+		}
+		where := strings.Join(s.Regions, " ")
+		if region != "" {
+			where = "available"
+			if slices.Contains(s.SoldOut, region) {
+				where = "SOLD OUT"
+			}
+		}
+		sold := strings.Join(s.SoldOut, " ")
+		rows = append(rows, []string{s.ID, fmt.Sprint(s.VCPUs), fmt.Sprintf("%d MB", s.MemoryMB), fmt.Sprintf("%d GB", s.DiskGB),
+			fmt.Sprintf("$%.2f", s.PriceMonthly), orDash(where), orDash(sold)})
+	}
+	o.table([]string{"ID", "VCPUS", "MEMORY", "DISK", "MONTHLY", "AVAILABLE IN", "SOLD OUT IN"}, rows)
+	fmt.Fprintln(o.w, "\nIMAGES")
+	rows = rows[:0]
+	for _, im := range cat.Images {
+		rows = append(rows, []string{im.ID, im.Name, orDash(im.Neutral)})
+	}
+	o.table([]string{"ID", "NAME", "ALSO KNOWN AS"}, rows)
+}
