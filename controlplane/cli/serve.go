@@ -99,4 +99,3 @@ func runDev(ctx context.Context, env Env, args []string) error {
 	<-ctx.Done()
 	return d.Close()
 }
-

@@ -1,11 +1,11 @@
 package cli
 
 import (
-	"slices"
-	"flag"
 	"context"
+	"flag"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 

@@ -53,7 +53,7 @@ func bundleFile(path string) ([]byte, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	out, err := b.resolve(root, abs)
+	out, err := b.resolve(root, abs, "")
 	if err != nil {
 		return nil, 0, err
 	}
@@ -138,17 +138,47 @@ func normalize(v any) any {
 	}
 }
 
-// resolve returns v with all references inlined; file is the absolute path of
-// the document v came from (the base for relative references).
-func (b *bundler) resolve(v any, file string) (any, error) {
+// nameMaps are keys whose value maps user-chosen names (a property called
+// "example" or "description") to objects; their children are never stripped.
+var nameMaps = map[string]bool{
+	"properties": true, "patternProperties": true, "schemas": true, "paths": true,
+	"responses": true, "headers": true, "content": true, "securitySchemes": true,
+	"requestBodies": true, "links": true, "callbacks": true, "mapping": true,
+	"variables": true, "definitions": true, "$defs": true, "encoding": true,
+}
+
+// docOnly reports whether key (inside a map that is not a name map) holds only
+// documentation, which validation never reads. Dropping it shrinks the
+// DigitalOcean bundle severalfold and with it parse, hash and compile time.
+func docOnly(key string, v any) bool {
+	switch key {
+	case "description", "summary":
+		_, isStr := v.(string)
+		return isStr
+	case "example", "x-codeSamples":
+		return true
+	case "examples":
+		_, isMap := v.(map[string]any)
+		return isMap // OpenAPI example objects; a JSON Schema "examples" array is kept
+	}
+	return false
+}
+
+// resolve returns v with all references inlined and documentation-only keys
+// dropped; file is the absolute path of the document v came from (the base for
+// relative references) and parent the key v sits under.
+func (b *bundler) resolve(v any, file, parent string) (any, error) {
 	switch t := v.(type) {
 	case map[string]any:
 		if ref, ok := t["$ref"].(string); ok {
-			return b.resolveRef(ref, file)
+			return b.resolveRef(ref, file, parent)
 		}
 		out := make(map[string]any, len(t))
 		for k, e := range t {
-			r, err := b.resolve(e, file)
+			if !nameMaps[parent] && docOnly(k, e) {
+				continue
+			}
+			r, err := b.resolve(e, file, k)
 			if err != nil {
 				return nil, err
 			}
@@ -158,7 +188,7 @@ func (b *bundler) resolve(v any, file string) (any, error) {
 	case []any:
 		out := make([]any, len(t))
 		for i, e := range t {
-			r, err := b.resolve(e, file)
+			r, err := b.resolve(e, file, "")
 			if err != nil {
 				return nil, err
 			}
@@ -172,7 +202,7 @@ func (b *bundler) resolve(v any, file string) (any, error) {
 
 var nonName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
 
-func (b *bundler) resolveRef(ref, file string) (any, error) {
+func (b *bundler) resolveRef(ref, file, parent string) (any, error) {
 	b.refCount++
 	target, frag, _ := strings.Cut(ref, "#")
 	if strings.Contains(target, "://") {
@@ -187,6 +217,9 @@ func (b *bundler) resolveRef(ref, file string) (any, error) {
 		tfile = filepath.Clean(filepath.Join(filepath.Dir(file), p))
 	}
 	key := tfile + "#" + frag
+	if nameMaps[parent] {
+		key += "#names" // the same target resolved as a name map is stripped differently
+	}
 	if name, ok := b.cyclic[key]; ok && b.active[key] {
 		return map[string]any{"$ref": "#/components/schemas/" + name}, nil
 	}
@@ -210,7 +243,7 @@ func (b *bundler) resolveRef(ref, file string) (any, error) {
 		return nil, fmt.Errorf("bundle: %s: $ref %q: %w", file, ref, err)
 	}
 	b.active[key] = true
-	res, err := b.resolve(node, tfile)
+	res, err := b.resolve(node, tfile, parent)
 	delete(b.active, key)
 	if err != nil {
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/cloud/contract"
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr/vultrsim"
@@ -63,6 +64,7 @@ type env struct {
 	sim *vultrsim.Sim
 	url string
 	rt  *fakeRuntime
+	rec *contract.Recorder
 }
 
 // newEnv serves a simulator (wrapped by wrapHandler, the contract checker)
@@ -72,7 +74,8 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	rt := &fakeRuntime{}
 	sim := vultrsim.New(vultrsim.Options{Runtime: rt, BootDelay: time.Millisecond})
-	srv := httptest.NewServer(wrapHandler(t, sim.Handler()))
+	h, rec := wrapHandler(t, sim.Handler())
+	srv := httptest.NewServer(h)
 	t.Cleanup(func() {
 		srv.Close()
 		sim.Close()
@@ -81,7 +84,7 @@ func newEnv(t *testing.T) *env {
 	sim.AddKey(blockedKey, vultrsim.KeyOptions{AllowedIPs: []string{"192.0.2.10"}})
 	sim.AddKey(disabledKey, vultrsim.KeyOptions{APIDisabled: true})
 	sim.AddKey(viewerKey, vultrsim.KeyOptions{ACLs: []string{"subscriptions_view"}})
-	return &env{sim: sim, url: srv.URL, rt: rt}
+	return &env{sim: sim, url: srv.URL, rt: rt, rec: rec}
 }
 
 func (e *env) provider(t *testing.T, key string) *vultr.Provider {

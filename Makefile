@@ -1,0 +1,29 @@
+# Devpilot — see README.md.
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSION)
+DEMO_DIR ?= .demo
+DEMO_LISTEN ?= 127.0.0.1:8443
+
+.PHONY: build test lint demo clean fuzz
+
+## build: static binaries in bin/
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/devpilot ./cmd/devpilot
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/devpilot-agent ./cmd/devpilot-agent
+
+## lint: gofmt and go vet
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## test: lint, then every test with the race detector
+test: lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+## demo: build, start `devpilot dev` in the foreground, print what to try
+demo: build
+	@./scripts/demo.sh "$(DEMO_DIR)" "$(DEMO_LISTEN)"
+
+clean:
+	rm -rf bin $(DEMO_DIR)
