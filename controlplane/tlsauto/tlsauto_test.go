@@ -1,6 +1,8 @@
 package tlsauto
 
 import (
+	"github.com/devpilot/devpilot/shared/tlspin"
+
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -315,7 +317,7 @@ func TestPins(t *testing.T) {
 	b := ensure(t, t.TempDir(), nil, time.Now())
 	other := ensure(t, t.TempDir(), nil, time.Now())
 	sum := sha256.Sum256(b.CACert.RawSubjectPublicKeyInfo)
-	if b.CAPin != "sha256/"+base64.StdEncoding.EncodeToString(sum[:]) || !pinRE.MatchString(b.CAPin) || PinOf(b.CACert) != b.CAPin {
+	if b.CAPin != "sha256/"+base64.StdEncoding.EncodeToString(sum[:]) || !pinRE.MatchString(b.CAPin) || tlspin.PinOf(b.CACert) != b.CAPin {
 		t.Fatalf("CAPin = %q", b.CAPin)
 	}
 	if other.CAPin == b.CAPin {
@@ -324,7 +326,7 @@ func TestPins(t *testing.T) {
 	leaf := b.Certificate().Leaf
 
 	// Direct calls.
-	if err := VerifyPin(b.CAPin)(nil, [][]*x509.Certificate{{leaf, b.CACert}}); err != nil {
+	if err := tlspin.VerifyPin(b.CAPin)(nil, [][]*x509.Certificate{{leaf, b.CACert}}); err != nil {
 		t.Fatalf("right pin refused: %v", err)
 	}
 	for name, c := range map[string]struct {
@@ -337,7 +339,7 @@ func TestPins(t *testing.T) {
 		"hex pin":         {"sha256:" + strings.Repeat("ab", 32), [][]*x509.Certificate{{leaf, b.CACert}}},
 		"other CA's tree": {b.CAPin, [][]*x509.Certificate{{other.Certificate().Leaf, other.CACert}}},
 	} {
-		if err := VerifyPin(c.pin)(nil, c.chains); err == nil {
+		if err := tlspin.VerifyPin(c.pin)(nil, c.chains); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -351,7 +353,7 @@ func TestPins(t *testing.T) {
 		pin string
 		ok  bool
 	}{{b.CAPin, true}, {other.CAPin, false}} {
-		cfg := &tls.Config{RootCAs: pool, VerifyPeerCertificate: VerifyPin(c.pin)}
+		cfg := &tls.Config{RootCAs: pool, VerifyPeerCertificate: tlspin.VerifyPin(c.pin)}
 		_, err := dial(addr, cfg, "localhost")
 		if (err == nil) != c.ok {
 			t.Fatalf("pin %s: err = %v", c.pin, err)
@@ -392,7 +394,7 @@ func TestPinnedClientConfig(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			cfg, err := PinnedClientConfig(c.pin, c.serverName)
+			cfg, err := tlspin.PinnedClientConfig(c.pin, c.serverName)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -402,7 +404,7 @@ func TestPinnedClientConfig(t *testing.T) {
 			}
 		})
 	}
-	if _, err := PinnedClientConfig("not-a-pin", ""); err == nil {
+	if _, err := tlspin.PinnedClientConfig("not-a-pin", ""); err == nil {
 		t.Fatal("malformed pin accepted")
 	}
 }
