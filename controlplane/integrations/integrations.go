@@ -388,6 +388,10 @@ func (s *Service) Remove(ctx context.Context, actor Actor, workspaceID, id strin
 		if err := q.DeleteIntegration(ctx, workspaceID, id); err != nil {
 			return err
 		}
+		// Its servers stay, managed through their agents.
+		if err := q.DetachIntegration(ctx, id); err != nil {
+			return err
+		}
 		return audit(q, ctx, workspaceID, actor, "integration.remove", id,
 			map[string]string{"provider": in.Provider, "access_key": in.AccessKey}, s.now())
 	})

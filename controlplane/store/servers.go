@@ -1,0 +1,308 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"time"
+)
+
+// Server is a provisioned (or provisioning) server.
+type Server struct {
+	ID             string
+	WorkspaceID    string
+	IntegrationID  string // "" once the integration was removed
+	Provider       string
+	Name           string
+	Region         string
+	Size           string
+	Image          string
+	ImageID        string
+	PortsJSON      string
+	State          string
+	Destroy        bool
+	InstanceID     string
+	PublicIPv4     string
+	FirewallID     string
+	SSHKeyID       string
+	AgentPublicKey []byte
+	AgentVersion   string
+	FactsJSON      string
+	HealthJSON     string
+	HealthAt       *time.Time
+	LastSeenAt     *time.Time
+	InstalledAt    *time.Time
+	ErrorJSON      string
+	AgentTimeoutS  int
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+}
+
+// Step is one recorded provisioning step.
+type Step struct {
+	ServerID   string
+	Seq        int
+	Name       string
+	State      string
+	Attempts   int
+	StartedAt  *time.Time
+	FinishedAt *time.Time
+	ErrorJSON  string
+	Detail     string
+}
+
+// SSHKey is a workspace's SSH key pair.
+type SSHKey struct {
+	WorkspaceID       string
+	PublicKey         string // authorized_keys line
+	Fingerprint       string // SHA256:…
+	PrivateCiphertext string
+	CreatedAt         time.Time
+}
+
+const serverCols = `id, workspace_id, integration_id, provider, name, region, size, image, image_id, ports_json, state, destroy,
+	instance_id, public_ipv4, firewall_id, ssh_key_id, agent_public_key, agent_version, facts_json, health_json, health_at,
+	last_seen_at, installed_at, error_json, agent_timeout_s, created_at, updated_at`
+
+func scanServer(sc interface{ Scan(...any) error }) (Server, error) {
+	var s Server
+	var integ sql.NullString
+	var health, seen, installed sql.NullTime
+	err := sc.Scan(&s.ID, &s.WorkspaceID, &integ, &s.Provider, &s.Name, &s.Region, &s.Size, &s.Image, &s.ImageID,
+		&s.PortsJSON, &s.State, &s.Destroy, &s.InstanceID, &s.PublicIPv4, &s.FirewallID, &s.SSHKeyID, &s.AgentPublicKey,
+		&s.AgentVersion, &s.FactsJSON, &s.HealthJSON, &health, &seen, &installed, &s.ErrorJSON, &s.AgentTimeoutS,
+		&s.CreatedAt, &s.UpdatedAt)
+	s.IntegrationID = integ.String
+	s.HealthAt, s.LastSeenAt, s.InstalledAt = timePtr(health), timePtr(seen), timePtr(installed)
+	return s, err
+}
+
+func timePtr(t sql.NullTime) *time.Time {
+	if !t.Valid {
+		return nil
+	}
+	return &t.Time
+}
+
+// CreateServer inserts a server and its pending steps; a live server with
+// the same name in the workspace is ErrConflict.
+func (q *Queries) CreateServer(ctx context.Context, s Server, steps []string) error {
+	_, err := q.x.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		s.ID, s.WorkspaceID, nullString(s.IntegrationID), s.Provider, s.Name, s.Region, s.Size, s.Image, s.ImageID,
+		s.PortsJSON, s.State, s.Destroy, s.InstanceID, s.PublicIPv4, s.FirewallID, s.SSHKeyID, s.AgentPublicKey,
+		s.AgentVersion, s.FactsJSON, s.HealthJSON, nullTime(s.HealthAt), nullTime(s.LastSeenAt), nullTime(s.InstalledAt),
+		s.ErrorJSON, s.AgentTimeoutS, s.CreatedAt.UTC(), s.UpdatedAt.UTC())
+	if isUnique(err) {
+		return ErrConflict
+	}
+	if err != nil {
+		return err
+	}
+	for i, name := range steps {
+		if _, err := q.x.ExecContext(ctx, `INSERT INTO server_steps (server_id, seq, name, state) VALUES (?, ?, ?, 'pending')`,
+			s.ID, i+1, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UpdateServer writes every mutable column of s.
+func (q *Queries) UpdateServer(ctx context.Context, s Server) error {
+	return affected(q.x.ExecContext(ctx, `UPDATE servers SET integration_id = ?, image_id = ?, state = ?, destroy = ?,
+		instance_id = ?, public_ipv4 = ?, firewall_id = ?, ssh_key_id = ?, agent_public_key = ?, agent_version = ?,
+		facts_json = ?, health_json = ?, health_at = ?, last_seen_at = ?, installed_at = ?, error_json = ?, updated_at = ?
+		WHERE id = ?`,
+		nullString(s.IntegrationID), s.ImageID, s.State, s.Destroy, s.InstanceID, s.PublicIPv4, s.FirewallID, s.SSHKeyID,
+		s.AgentPublicKey, s.AgentVersion, s.FactsJSON, s.HealthJSON, nullTime(s.HealthAt), nullTime(s.LastSeenAt),
+		nullTime(s.InstalledAt), s.ErrorJSON, s.UpdatedAt.UTC(), s.ID))
+}
+
+// GetServer finds a server by id (workspaceID "" matches any workspace).
+func (q *Queries) GetServer(ctx context.Context, workspaceID, id string) (Server, error) {
+	s, err := scanServer(q.x.QueryRowContext(ctx, `SELECT `+serverCols+` FROM servers WHERE id = ? AND (? = '' OR workspace_id = ?)`,
+		id, workspaceID, workspaceID))
+	return s, one(err)
+}
+
+// ListServers lists a workspace's servers that are not deleted, oldest first.
+func (q *Queries) ListServers(ctx context.Context, workspaceID string) ([]Server, error) {
+	return q.servers(ctx, `WHERE workspace_id = ? AND state <> 'deleted' ORDER BY created_at, id`, workspaceID)
+}
+
+// ServersInStates lists servers of any workspace in the given states.
+func (q *Queries) ServersInStates(ctx context.Context, states ...string) ([]Server, error) {
+	var out []Server
+	for _, st := range states {
+		ss, err := q.servers(ctx, `WHERE state = ? ORDER BY created_at, id`, st)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ss...)
+	}
+	return out, nil
+}
+
+func (q *Queries) servers(ctx context.Context, where string, args ...any) ([]Server, error) {
+	rows, err := q.x.QueryContext(ctx, `SELECT `+serverCols+` FROM servers `+where, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Server
+	for rows.Next() {
+		s, err := scanServer(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+// DetachIntegration forgets which integration made the servers of id.
+func (q *Queries) DetachIntegration(ctx context.Context, integrationID string) error {
+	_, err := q.x.ExecContext(ctx, `UPDATE servers SET integration_id = NULL WHERE integration_id = ?`, integrationID)
+	return err
+}
+
+// SetServerState moves a server from one of `from` states to `to`,
+// reporting whether it did.
+func (q *Queries) SetServerState(ctx context.Context, id, to string, at time.Time, from ...string) (bool, error) {
+	n := int64(0)
+	for _, f := range from {
+		res, err := q.x.ExecContext(ctx, `UPDATE servers SET state = ?, updated_at = ? WHERE id = ? AND state = ?`, to, at.UTC(), id, f)
+		if err != nil {
+			return false, err
+		}
+		k, _ := res.RowsAffected()
+		n += k
+	}
+	return n > 0, nil
+}
+
+// MarkAllOffline turns every online server offline (at start-up, before
+// any agent reconnected).
+func (q *Queries) MarkAllOffline(ctx context.Context, at time.Time) error {
+	_, err := q.x.ExecContext(ctx, `UPDATE servers SET state = 'offline', updated_at = ? WHERE state = 'online'`, at.UTC())
+	return err
+}
+
+// SaveHealth stores a server's latest health.
+func (q *Queries) SaveHealth(ctx context.Context, id, healthJSON string, at time.Time) error {
+	_, err := q.x.ExecContext(ctx, `UPDATE servers SET health_json = ?, health_at = ?, last_seen_at = ? WHERE id = ?`,
+		healthJSON, at.UTC(), at.UTC(), id)
+	return err
+}
+
+// --- steps
+
+// Steps returns a server's steps in order.
+func (q *Queries) Steps(ctx context.Context, serverID string) ([]Step, error) {
+	rows, err := q.x.QueryContext(ctx, `SELECT server_id, seq, name, state, attempts, started_at, finished_at, error_json, detail
+		FROM server_steps WHERE server_id = ? ORDER BY seq`, serverID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Step
+	for rows.Next() {
+		var s Step
+		var started, finished sql.NullTime
+		if err := rows.Scan(&s.ServerID, &s.Seq, &s.Name, &s.State, &s.Attempts, &started, &finished, &s.ErrorJSON, &s.Detail); err != nil {
+			return nil, err
+		}
+		s.StartedAt, s.FinishedAt = timePtr(started), timePtr(finished)
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+// StartStep records that a step is running (again).
+func (q *Queries) StartStep(ctx context.Context, serverID string, seq int, at time.Time) error {
+	return affected(q.x.ExecContext(ctx, `UPDATE server_steps SET state = 'running', attempts = attempts + 1,
+		started_at = COALESCE(started_at, ?), error_json = '' WHERE server_id = ? AND seq = ?`, at.UTC(), serverID, seq))
+}
+
+// FinishStep records a step's end: state done or failed.
+func (q *Queries) FinishStep(ctx context.Context, serverID string, seq int, state, errorJSON, detail string, at time.Time) error {
+	return affected(q.x.ExecContext(ctx, `UPDATE server_steps SET state = ?, finished_at = ?, error_json = ?,
+		detail = CASE WHEN ? = '' THEN detail ELSE ? END WHERE server_id = ? AND seq = ?`,
+		state, at.UTC(), errorJSON, detail, detail, serverID, seq))
+}
+
+// NoteStep records progress detail of a running step.
+func (q *Queries) NoteStep(ctx context.Context, serverID string, seq int, errorJSON, detail string) error {
+	_, err := q.x.ExecContext(ctx, `UPDATE server_steps SET error_json = ?, detail = ? WHERE server_id = ? AND seq = ?`,
+		errorJSON, detail, serverID, seq)
+	return err
+}
+
+// --- SSH keys
+
+// GetSSHKey returns a workspace's SSH key.
+func (q *Queries) GetSSHKey(ctx context.Context, workspaceID string) (SSHKey, error) {
+	var k SSHKey
+	err := q.x.QueryRowContext(ctx, `SELECT workspace_id, public_key, fingerprint, private_ciphertext, created_at
+		FROM workspace_ssh_keys WHERE workspace_id = ?`, workspaceID).
+		Scan(&k.WorkspaceID, &k.PublicKey, &k.Fingerprint, &k.PrivateCiphertext, &k.CreatedAt)
+	return k, one(err)
+}
+
+// CreateSSHKey inserts a key; a workspace that has one already is ErrConflict.
+func (q *Queries) CreateSSHKey(ctx context.Context, k SSHKey) error {
+	_, err := q.x.ExecContext(ctx, `INSERT INTO workspace_ssh_keys (workspace_id, public_key, fingerprint, private_ciphertext, created_at)
+		VALUES (?, ?, ?, ?, ?)`, k.WorkspaceID, k.PublicKey, k.Fingerprint, k.PrivateCiphertext, k.CreatedAt.UTC())
+	if isUnique(err) {
+		return ErrConflict
+	}
+	return err
+}
+
+// ListSSHKeys lists every workspace key (for master key rotation).
+func (q *Queries) ListSSHKeys(ctx context.Context) ([]SSHKey, error) {
+	rows, err := q.x.QueryContext(ctx, `SELECT workspace_id, public_key, fingerprint, private_ciphertext, created_at FROM workspace_ssh_keys`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []SSHKey
+	for rows.Next() {
+		var k SSHKey
+		if err := rows.Scan(&k.WorkspaceID, &k.PublicKey, &k.Fingerprint, &k.PrivateCiphertext, &k.CreatedAt); err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// SetSSHKeyCiphertext swaps the private key ciphertext if it is still old.
+func (q *Queries) SetSSHKeyCiphertext(ctx context.Context, workspaceID, old, updated string) (bool, error) {
+	res, err := q.x.ExecContext(ctx, `UPDATE workspace_ssh_keys SET private_ciphertext = ? WHERE workspace_id = ? AND private_ciphertext = ?`,
+		updated, workspaceID, old)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// --- bootstrap tokens
+
+// CreateBootstrapToken stores a token's hash.
+func (q *Queries) CreateBootstrapToken(ctx context.Context, hash []byte, serverID string, expires time.Time) error {
+	_, err := q.x.ExecContext(ctx, `INSERT INTO bootstrap_tokens (hash, server_id, expires_at) VALUES (?, ?, ?)`, hash, serverID, expires.UTC())
+	return err
+}
+
+// UseBootstrapToken consumes a token: it must exist, belong to serverID,
+// be unused and unexpired. It reports whether it did.
+func (q *Queries) UseBootstrapToken(ctx context.Context, hash []byte, serverID string, now time.Time) (bool, error) {
+	res, err := q.x.ExecContext(ctx, `UPDATE bootstrap_tokens SET used_at = ? WHERE hash = ? AND server_id = ? AND used_at IS NULL AND expires_at > ?`,
+		now.UTC(), hash, serverID, now.UTC())
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
