@@ -39,7 +39,9 @@ func (s *Spec) Check(req *http.Request, reqBody []byte, resp *http.Response, res
 // the route is unknown).
 func (s *Spec) check(req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) ([]string, string) {
 	prefix := req.Method + " " + req.URL.Path
+	s.mu.Lock()
 	route, err := s.router.FindRoute(withBody(req, nil))
+	s.mu.Unlock()
 	switch {
 	case errors.Is(err, router.ErrMethodNotAllowed):
 		p := ""
@@ -68,7 +70,9 @@ func (s *Spec) check(req *http.Request, reqBody []byte, resp *http.Response, res
 		if e := s.requestException(req.Method, specPath); e != nil {
 			body = dropNulls(body, e.NullAsAbsent)
 		}
+		s.mu.Lock()
 		_, errs := s.validator.ValidateHttpRequestSync(withBody(req, body))
+		s.mu.Unlock()
 		out = append(out, format(prefix, "request", errs)...)
 	}
 
@@ -112,7 +116,9 @@ func (s *Spec) checkResponse(prefix string, req *http.Request, op *v3.Operation,
 	if r.Header == nil {
 		r.Header = http.Header{}
 	}
+	s.mu.Lock()
 	_, errs := s.validator.ValidateHttpResponse(withBody(req, nil), r)
+	s.mu.Unlock()
 	return format(prefix, where, errs)
 }
 

@@ -104,6 +104,7 @@ type Spec struct {
 	provider   string
 	basePath   string // server path prefix the spec's paths live under ("" or "/v2")
 	doc        *v3.Document
+	mu         sync.Mutex // libopenapi-validator is not race-free when it compiles schemas on first use
 	validator  validator.Validator
 	router     router.Router
 	exceptions []Exception
