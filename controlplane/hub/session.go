@@ -1,0 +1,433 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/shared/protocol"
+)
+
+// session is one upgraded connection; kept small, thousands live at once.
+type session struct {
+	h      *Hub
+	conn   *websocket.Conn
+	remote string
+
+	// Set once authenticated, read-only afterwards.
+	serverID     string
+	agentVersion string
+	since        time.Time
+	ctx          context.Context
+	cancel       context.CancelFunc
+
+	lastSeen atomic.Int64 // unix nanos, h.now
+	health   atomic.Pointer[protocol.Health]
+
+	wmu       chan struct{} // one data writer at a time; cap 1
+	closeOnce sync.Once
+	closedBy  atomic.Pointer[string] // why the hub closed it
+}
+
+// refusal is why a handshake failed: code is sent to the agent (empty: just
+// close), reason labels the metric and the log line.
+type refusal struct {
+	code   string
+	reason string
+	detail string
+	err    error
+}
+
+// ServeHTTP upgrades an agent's request and runs its session until it ends.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		http.Error(w, "control plane shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	h.wg.Add(1)
+	h.mu.Unlock()
+	defer h.wg.Done()
+
+	conn, err := h.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		// The upgrader has answered with an HTTP error already.
+		h.log.Debug("agent upgrade failed", zap.String("remote", r.RemoteAddr), zap.Error(err))
+		return
+	}
+	s := &session{h: h, conn: conn, remote: r.RemoteAddr, wmu: make(chan struct{}, 1)}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		s.closeWith("", "", websocket.CloseGoingAway, "control plane shutting down", "hub closed")
+		return
+	}
+	h.all[s] = struct{}{}
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.all, s)
+		h.mu.Unlock()
+		_ = conn.Close()
+	}()
+
+	hello, ref := h.authenticate(s)
+	if ref != nil {
+		h.refuse(s, hello.ServerID, ref)
+		return
+	}
+	if ref := h.register(s, hello); ref != nil {
+		h.refuse(s, hello.ServerID, ref)
+		return
+	}
+	reason := h.readLoop(s)
+	h.unregister(s, reason)
+}
+
+// authenticate sends the challenge and checks the hello.
+func (h *Hub) authenticate(s *session) (protocol.Hello, *refusal) {
+	var hello protocol.Hello
+	nonce := make([]byte, protocol.NonceBytes)
+	_, _ = rand.Read(nonce) // never fails (crypto/rand)
+	deadline := time.Now().Add(h.handshake)
+	_ = s.conn.SetReadDeadline(deadline)
+	s.conn.SetReadLimit(maxHelloBytes)
+
+	b, err := protocol.Encode(protocol.TypeChallenge, protocol.Challenge{Nonce: nonce, Protocol: protocol.Version})
+	if err != nil {
+		return hello, &refusal{reason: reasonInternal, err: err}
+	}
+	_ = s.conn.SetWriteDeadline(deadline)
+	if err := s.conn.WriteMessage(websocket.TextMessage, b); err != nil {
+		return hello, &refusal{reason: reasonIO, err: err}
+	}
+
+	typ, b, err := s.conn.ReadMessage()
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return hello, &refusal{reason: reasonTimeout, detail: "no hello before the handshake timeout"}
+		}
+		if errors.Is(err, websocket.ErrReadLimit) {
+			return hello, &refusal{reason: reasonBadRequest, detail: "hello too large"}
+		}
+		return hello, &refusal{reason: reasonIO, err: err}
+	}
+	if typ != websocket.TextMessage {
+		return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "binary message"}
+	}
+	env, err := protocol.Decode(b)
+	if err != nil {
+		if env.Type != "" && env.V < protocol.MinVersion {
+			return hello, &refusal{code: protocol.ErrUnsupported, reason: reasonUnsupported, err: err}
+		}
+		return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, err: err}
+	}
+	if env.Type != protocol.TypeHello {
+		return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "expected hello, got " + messageLabel(env.Type)}
+	}
+	if err := protocol.DecodeData(env, &hello); err != nil {
+		return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, err: err}
+	}
+	if len(hello.ServerID) > maxServerID || !utf8.ValidString(hello.ServerID) {
+		hello.ServerID = "" // don't log it
+		return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "bad server_id"}
+	}
+	switch {
+	case hello.ServerID == "":
+		return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "no server_id"}
+	case len(hello.Signature) != ed25519.SignatureSize:
+		return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "signature is not an ed25519 signature"}
+	case hello.Mode != protocol.ModeEnroll && hello.Mode != protocol.ModeAuth:
+		return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "unknown mode"}
+	}
+
+	ctx, cancel := context.WithTimeout(h.ctx, registryWait)
+	defer cancel()
+	signed := protocol.SignedMessage(nonce, hello.ServerID)
+	if hello.Mode == protocol.ModeEnroll {
+		if len(hello.PublicKey) != ed25519.PublicKeySize {
+			return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "public_key is not an ed25519 key"}
+		}
+		if hello.BootstrapToken == "" {
+			return hello, &refusal{code: protocol.ErrTokenInvalid, reason: reasonTokenInvalid, detail: "no bootstrap token"}
+		}
+		// Proof of possession first, so a bad signature can't burn the token.
+		pub := ed25519.PublicKey(bytes.Clone(hello.PublicKey))
+		if !ed25519.Verify(pub, signed, hello.Signature) {
+			return hello, &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed, detail: "signature does not match public_key"}
+		}
+		if err := h.reg.Enroll(ctx, hello.ServerID, hello.BootstrapToken, pub, hello); err != nil {
+			return hello, registryRefusal(err)
+		}
+		h.m.enrollments.Inc()
+		h.log.Info("agent enrolled", zap.String("server", hello.ServerID), zap.String("remote", s.remote),
+			zap.String("agent_version", hello.AgentVersion))
+		return hello, nil
+	}
+	pub, err := h.reg.AgentKey(ctx, hello.ServerID)
+	if err != nil {
+		return hello, registryRefusal(err)
+	}
+	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, signed, hello.Signature) {
+		return hello, &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed, detail: "signature not made with the enrolled key"}
+	}
+	return hello, nil
+}
+
+func registryRefusal(err error) *refusal {
+	switch {
+	case errors.Is(err, ErrTokenInvalid):
+		return &refusal{code: protocol.ErrTokenInvalid, reason: reasonTokenInvalid}
+	case errors.Is(err, ErrAuthFailed):
+		return &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed}
+	case errors.Is(err, ErrServerDeleted):
+		return &refusal{code: protocol.ErrServerDeleted, reason: reasonDeleted}
+	}
+	// The store failed: no error code, so the agent retries with backoff.
+	return &refusal{reason: reasonInternal, err: err}
+}
+
+// refuse tells the agent why (when there is a code), closes the connection,
+// logs and counts it. Never logs the hello's token.
+func (h *Hub) refuse(s *session, serverID string, r *refusal) {
+	if by := s.closedBy.Load(); by != nil {
+		return // the hub closed it (shutdown); not the agent's failure
+	}
+	h.m.authFailures.WithLabelValues(r.reason).Inc()
+	fields := []zap.Field{zap.String("server", serverID), zap.String("remote", s.remote), zap.String("reason", r.reason)}
+	if r.detail != "" {
+		fields = append(fields, zap.String("detail", r.detail))
+	}
+	if r.err != nil {
+		fields = append(fields, zap.Error(r.err))
+	}
+	closeCode := websocket.ClosePolicyViolation
+	switch r.reason {
+	case reasonInternal:
+		closeCode = websocket.CloseInternalServerErr
+		h.log.Warn("agent session failed", fields...)
+	case reasonBadRequest, reasonUnsupported:
+		closeCode = websocket.CloseProtocolError
+		h.log.Info("agent refused", fields...)
+	default:
+		h.log.Info("agent refused", fields...)
+	}
+	s.closeWith(r.code, messageFor(r.code), closeCode, r.reason, r.reason)
+}
+
+// register makes s the server's session (replacing any other), records it
+// and welcomes the agent. Sends issued meanwhile wait for the welcome.
+func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
+	id := hello.ServerID
+	s.serverID = id
+	s.agentVersion = hello.AgentVersion
+	s.since = h.now()
+	s.lastSeen.Store(s.since.UnixNano())
+	s.ctx, s.cancel = context.WithCancel(h.ctx)
+	s.wmu <- struct{}{} // held until the welcome is out
+
+	lc := h.stripe(id)
+	lc.Lock()
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		lc.Unlock()
+		<-s.wmu
+		s.cancel()
+		s.closeWith("", "", websocket.CloseGoingAway, "control plane shutting down", "hub closed")
+		return &refusal{reason: reasonIO}
+	}
+	old := h.sessions[id]
+	h.sessions[id] = s
+	h.m.connected.Set(float64(len(h.sessions)))
+	h.mu.Unlock()
+	if old != nil {
+		old.closeWith(protocol.ErrSessionReplace, messageFor(protocol.ErrSessionReplace),
+			websocket.ClosePolicyViolation, protocol.ErrSessionReplace, "replaced by a new session from "+s.remote)
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, registryWait)
+	err := h.reg.Connected(ctx, id, hello, s.since)
+	cancel()
+	if err != nil {
+		h.mu.Lock()
+		if h.sessions[id] == s {
+			delete(h.sessions, id)
+			h.m.connected.Set(float64(len(h.sessions)))
+		}
+		h.mu.Unlock()
+		lc.Unlock()
+		<-s.wmu
+		s.cancel()
+		return registryRefusal(err)
+	}
+	lc.Unlock()
+
+	b, err := protocol.Encode(protocol.TypeWelcome, protocol.Welcome{
+		ServerID:           id,
+		HeartbeatIntervalS: int(max((h.interval+time.Second-1)/time.Second, 1)),
+		Protocol:           protocol.Version,
+	})
+	if err == nil {
+		_ = s.conn.SetWriteDeadline(time.Now().Add(writeWait))
+		err = s.conn.WriteMessage(websocket.TextMessage, b)
+	}
+	<-s.wmu
+	if err != nil {
+		// The reader will fail on the broken connection and unregister.
+		s.closeWith("", "", websocket.CloseInternalServerErr, "write failed", "welcome write failed")
+	}
+	h.log.Info("agent connected", zap.String("server", id), zap.String("remote", s.remote),
+		zap.String("agent_version", hello.AgentVersion), zap.Bool("replaced", old != nil))
+	return nil
+}
+
+// unregister ends s: if it is still the server's session the store records
+// the disconnection.
+func (h *Hub) unregister(s *session, reason string) {
+	s.cancel()
+	lc := h.stripe(s.serverID)
+	lc.Lock()
+	defer lc.Unlock()
+	h.mu.Lock()
+	mine := h.sessions[s.serverID] == s
+	if mine {
+		delete(h.sessions, s.serverID)
+		h.m.connected.Set(float64(len(h.sessions)))
+	}
+	h.mu.Unlock()
+	if by := s.closedBy.Load(); by != nil {
+		reason = *by
+	}
+	h.log.Info("agent disconnected", zap.String("server", s.serverID), zap.String("remote", s.remote),
+		zap.String("reason", reason), zap.Duration("session", h.now().Sub(s.since)))
+	if !mine {
+		return // replaced: the server is still connected
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), registryWait)
+	defer cancel()
+	if err := h.reg.Disconnected(ctx, s.serverID, h.now()); err != nil {
+		h.log.Warn("record disconnection failed", zap.String("server", s.serverID), zap.Error(err))
+	}
+}
+
+// readLoop reads until the connection fails and says why.
+func (h *Hub) readLoop(s *session) string {
+	s.conn.SetReadLimit(protocol.MaxMessageBytes)
+	s.conn.SetPongHandler(func(string) error {
+		s.lastSeen.Store(h.now().UnixNano())
+		return s.conn.SetReadDeadline(time.Now().Add(h.offlineAfter))
+	})
+	for {
+		_ = s.conn.SetReadDeadline(time.Now().Add(h.offlineAfter))
+		typ, b, err := s.conn.ReadMessage()
+		if err != nil {
+			var ne net.Error
+			var ce *websocket.CloseError
+			switch {
+			case errors.As(err, &ne) && ne.Timeout():
+				return "missed heartbeats"
+			case errors.Is(err, websocket.ErrReadLimit):
+				return "message too large"
+			case errors.As(err, &ce):
+				return "agent closed: " + ce.Error()
+			}
+			return "connection lost: " + err.Error()
+		}
+		s.lastSeen.Store(h.now().UnixNano())
+		if typ != websocket.TextMessage {
+			h.complain(s, "binary message")
+			continue
+		}
+		env, err := protocol.Decode(b)
+		if err != nil {
+			h.complain(s, err.Error())
+			continue
+		}
+		h.m.messages.WithLabelValues(messageLabel(env.Type)).Inc()
+		h.dispatch(s, env)
+	}
+}
+
+func (h *Hub) dispatch(s *session, env protocol.Envelope) {
+	if env.Type == protocol.TypeHeartbeat {
+		var hb protocol.Heartbeat
+		if err := protocol.DecodeData(env, &hb); err != nil {
+			h.complain(s, err.Error())
+			return
+		}
+		at := h.now()
+		s.health.Store(&hb.Health)
+		h.hmu.Lock()
+		h.pending[s.serverID] = HealthSample{Health: hb.Health, At: at}
+		h.hmu.Unlock()
+		h.m.heartbeats.Inc()
+		return
+	}
+	if fn := h.handlers[env.Type]; fn != nil {
+		fn(s.ctx, s.serverID, env)
+		return
+	}
+	h.complain(s, "unexpected message type "+messageLabel(env.Type))
+}
+
+// complain answers a bad message with a bad_request error and keeps the
+// session: a newer agent may send something this hub doesn't know yet.
+func (h *Hub) complain(s *session, detail string) {
+	h.log.Debug("bad message from agent", zap.String("server", s.serverID), zap.String("detail", detail))
+	b, err := protocol.Encode(protocol.TypeError, protocol.Error{Code: protocol.ErrBadRequest, Message: detail})
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, writeWait)
+	defer cancel()
+	_ = s.write(ctx, b)
+}
+
+// write sends one data message; one writer at a time, bounded by ctx and
+// writeWait.
+func (s *session) write(ctx context.Context, b []byte) error {
+	select {
+	case s.wmu <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.wmu }()
+	dl := time.Now().Add(writeWait)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	_ = s.conn.SetWriteDeadline(dl)
+	return s.conn.WriteMessage(websocket.TextMessage, b)
+}
+
+// closeWith says goodbye (an error message with code, if any, then a close
+// frame) within closeWait and closes the connection; the reader then ends
+// the session. Only the first call counts.
+func (s *session) closeWith(code, message string, closeCode int, closeText, why string) {
+	s.closeOnce.Do(func() {
+		s.closedBy.Store(&why)
+		deadline := time.Now().Add(closeWait)
+		if code != "" {
+			if b, err := protocol.Encode(protocol.TypeError, protocol.Error{Code: code, Message: message}); err == nil {
+				ctx, cancel := context.WithDeadline(context.Background(), deadline)
+				_ = s.write(ctx, b)
+				cancel()
+			}
+		}
+		_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeCode, closeText), deadline)
+		_ = s.conn.Close()
+	})
+}
