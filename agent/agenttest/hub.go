@@ -1,0 +1,313 @@
+// Package agenttest is a small in-process hub for agent tests: a TLS
+// WebSocket server (httptest, with its own CA) that speaks the protocol in
+// shared/protocol — challenge, hello (enroll with a single-use token, or
+// auth with the enrolled key), welcome, heartbeats — and records what it saw.
+// It is a fake for tests, not the control plane's hub.
+package agenttest
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/devpilot/devpilot/shared/protocol"
+	"github.com/devpilot/devpilot/shared/tlspin"
+)
+
+// Heartbeat is one heartbeat the hub received.
+type Heartbeat struct {
+	ServerID string
+	Health   protocol.Health
+}
+
+// Hub is the fake. Its zero value is not usable; call New.
+type Hub struct {
+	Server    *httptest.Server
+	URL       string // https://127.0.0.1:port
+	CAPin     string
+	CACertPEM string
+
+	mu         sync.Mutex
+	interval   int
+	tokens     map[string]string // token → server id
+	keys       map[string]ed25519.PublicKey
+	refuse     string // error code to answer every hello with
+	closeAfter bool   // close right after welcome
+	hellos     []protocol.Hello
+	heartbeats []Heartbeat
+	closes     []int // close codes agents sent
+	accepted   int   // WebSocket upgrades
+	conns      map[*websocket.Conn]bool
+	wg         sync.WaitGroup
+}
+
+// New starts a hub; t.Cleanup stops it.
+func New(t testing.TB) *Hub {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "agenttest CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:     []string{"localhost"},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &leafKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Hub{
+		interval: 1,
+		tokens:   map[string]string{},
+		keys:     map[string]ed25519.PublicKey{},
+		conns:    map[*websocket.Conn]bool{},
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(protocol.Path, h.serve)
+	srv := httptest.NewUnstartedServer(mux)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{{
+		Certificate: [][]byte{leafDER, caDER}, // auto mode sends its CA along
+		PrivateKey:  leafKey,
+	}}}
+	srv.Config.ErrorLog = nil
+	srv.StartTLS()
+	h.Server = srv
+	h.URL = srv.URL
+	h.CAPin = tlspin.PinOf(ca)
+	h.CACertPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
+	t.Cleanup(h.Close)
+	return h
+}
+
+// Close disconnects every agent and stops the server.
+func (h *Hub) Close() {
+	h.Kick()
+	h.Server.Close()
+	h.wg.Wait()
+}
+
+// Bootstrap registers a single-use token for serverID and returns the
+// install contract an agent would get.
+func (h *Hub) Bootstrap(serverID string) protocol.Bootstrap {
+	tok := fmt.Sprintf("bt-%s-%d", serverID, time.Now().UnixNano())
+	h.mu.Lock()
+	h.tokens[tok] = serverID
+	h.mu.Unlock()
+	return protocol.Bootstrap{URL: h.URL, CAPin: h.CAPin, CACertPEM: h.CACertPEM, ServerID: serverID, BootstrapToken: tok}
+}
+
+// SetRefuse makes the hub answer every hello with this error code ("" to stop).
+func (h *Hub) SetRefuse(code string) { h.mu.Lock(); h.refuse = code; h.mu.Unlock() }
+
+// SetCloseAfterWelcome makes the hub drop every session right after welcome.
+func (h *Hub) SetCloseAfterWelcome(v bool) { h.mu.Lock(); h.closeAfter = v; h.mu.Unlock() }
+
+// Kick closes every open session from the hub's side.
+func (h *Hub) Kick() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for c := range h.conns {
+		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "hub going away"), time.Now().Add(time.Second))
+		c.Close()
+	}
+}
+
+// Hellos returns the hellos received so far.
+func (h *Hub) Hellos() []protocol.Hello {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]protocol.Hello(nil), h.hellos...)
+}
+
+// Heartbeats returns the heartbeats received so far.
+func (h *Hub) Heartbeats() []Heartbeat {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]Heartbeat(nil), h.heartbeats...)
+}
+
+// CloseCodes returns the close codes agents sent.
+func (h *Hub) CloseCodes() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]int(nil), h.closes...)
+}
+
+// Connections is how many WebSocket sessions were accepted.
+func (h *Hub) Connections() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.accepted
+}
+
+// EnrolledKey is the key registered for serverID, if any.
+func (h *Hub) EnrolledKey(serverID string) ed25519.PublicKey {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.keys[serverID]
+}
+
+// WaitFor polls cond until it holds, failing the test after 15 s.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var upgrader = websocket.Upgrader{}
+
+func send(c *websocket.Conn, typ string, v any) error {
+	b, err := protocol.Encode(typ, v)
+	if err != nil {
+		return err
+	}
+	return c.WriteMessage(websocket.TextMessage, b)
+}
+
+func read(c *websocket.Conn, v any, want string) error {
+	_, data, err := c.ReadMessage()
+	if err != nil {
+		return err
+	}
+	env, err := protocol.Decode(data)
+	if err != nil {
+		return err
+	}
+	if env.Type != want {
+		return fmt.Errorf("got %s, want %s", env.Type, want)
+	}
+	return protocol.DecodeData(env, v)
+}
+
+func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
+	c, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	h.accepted++
+	h.conns[c] = true
+	h.wg.Add(1)
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.conns, c)
+		h.mu.Unlock()
+		c.Close()
+		h.wg.Done()
+	}()
+	c.SetCloseHandler(func(code int, text string) error {
+		h.mu.Lock()
+		h.closes = append(h.closes, code)
+		h.mu.Unlock()
+		return c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
+	})
+
+	nonce := make([]byte, protocol.NonceBytes)
+	rand.Read(nonce)
+	if send(c, protocol.TypeChallenge, protocol.Challenge{Nonce: nonce, Protocol: protocol.Version}) != nil {
+		return
+	}
+	var hello protocol.Hello
+	if err := read(c, &hello, protocol.TypeHello); err != nil {
+		return
+	}
+	h.mu.Lock()
+	h.hellos = append(h.hellos, hello)
+	code, msg := h.check(hello, nonce)
+	interval, closeAfter := h.interval, h.closeAfter
+	h.mu.Unlock()
+	if code != "" {
+		send(c, protocol.TypeError, protocol.Error{Code: code, Message: msg})
+		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, code), time.Now().Add(time.Second))
+		return
+	}
+	if send(c, protocol.TypeWelcome, protocol.Welcome{ServerID: hello.ServerID, HeartbeatIntervalS: interval, Protocol: protocol.Version}) != nil {
+		return
+	}
+	if closeAfter {
+		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, "test hub closes"), time.Now().Add(time.Second))
+		return
+	}
+	for {
+		var hb protocol.Heartbeat
+		if err := read(c, &hb, protocol.TypeHeartbeat); err != nil {
+			return
+		}
+		h.mu.Lock()
+		h.heartbeats = append(h.heartbeats, Heartbeat{ServerID: hello.ServerID, Health: hb.Health})
+		h.mu.Unlock()
+	}
+}
+
+// check verifies a hello; it returns an error code and message, or "".
+// h.mu is held.
+func (h *Hub) check(hello protocol.Hello, nonce []byte) (string, string) {
+	if h.refuse != "" {
+		return h.refuse, "refused by test hub"
+	}
+	if len(hello.PublicKey) != ed25519.PublicKeySize ||
+		!ed25519.Verify(hello.PublicKey, protocol.SignedMessage(nonce, hello.ServerID), hello.Signature) {
+		return protocol.ErrAuthFailed, "bad signature"
+	}
+	switch hello.Mode {
+	case protocol.ModeEnroll:
+		if sid, ok := h.tokens[hello.BootstrapToken]; !ok || sid != hello.ServerID {
+			return protocol.ErrTokenInvalid, "bootstrap token unknown, used or expired"
+		}
+		delete(h.tokens, hello.BootstrapToken)
+		h.keys[hello.ServerID] = hello.PublicKey
+	case protocol.ModeAuth:
+		k, ok := h.keys[hello.ServerID]
+		if !ok || !k.Equal(ed25519.PublicKey(hello.PublicKey)) {
+			return protocol.ErrAuthFailed, "unknown server or key"
+		}
+	default:
+		return protocol.ErrBadRequest, "unknown mode"
+	}
+	return "", ""
+}

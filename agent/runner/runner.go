@@ -1,0 +1,118 @@
+// Package runner is `devpilot-agent run`: it loads the config and identity
+// an install wrote, wires the health collector, systemd notifications and
+// watchdog to a session.Client, and runs it until the context ends.
+package runner
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/agent/config"
+	"github.com/devpilot/devpilot/agent/health"
+	"github.com/devpilot/devpilot/agent/identity"
+	"github.com/devpilot/devpilot/agent/layout"
+	"github.com/devpilot/devpilot/agent/sdnotify"
+	"github.com/devpilot/devpilot/agent/session"
+)
+
+// Options for Run.
+type Options struct {
+	Paths layout.Paths
+	// ConfigFile overrides Paths.ConfigFile().
+	ConfigFile string
+	// IdentityFile overrides Paths.IdentityKey().
+	IdentityFile string
+	// ProcRoot is where health reads /proc from; default "/proc".
+	ProcRoot string
+	Log      *zap.Logger
+	// Notifier defaults to sdnotify.New (a no-op outside systemd).
+	Notifier *sdnotify.Notifier
+	// WatchdogInterval overrides WATCHDOG_USEC (tests).
+	WatchdogInterval time.Duration
+	// Tune adjusts the session options before the client is built (tests
+	// shorten delays with it).
+	Tune func(*session.Options)
+}
+
+// Run runs the agent until ctx ends; it returns nil after a clean shutdown
+// and an error if the installation is unusable.
+func Run(ctx context.Context, o Options) error {
+	log := o.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	n := o.Notifier
+	if n == nil {
+		n = sdnotify.New(log)
+	}
+	cfgPath := o.ConfigFile
+	if cfgPath == "" {
+		cfgPath = o.Paths.ConfigFile()
+	}
+	keyPath := o.IdentityFile
+	if keyPath == "" {
+		keyPath = o.Paths.IdentityKey()
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		n.Status("cannot start: " + err.Error() + " — reinstall the agent")
+		return fmt.Errorf("run: %w", err)
+	}
+	key, err := identity.Load(keyPath)
+	if err != nil {
+		n.Status("cannot start: " + err.Error() + " — reinstall the agent")
+		return fmt.Errorf("run: %w", err)
+	}
+	progress := sdnotify.NewProgress(nil)
+	var saveMu sync.Mutex
+	so := session.Options{
+		Config:   cfg,
+		Key:      key,
+		Health:   &health.Collector{ProcRoot: o.ProcRoot},
+		Log:      log.Named("session"),
+		Notifier: n,
+		Progress: progress,
+		OnEnrolled: func() error {
+			// Re-read so nothing else in the file is lost, drop the token,
+			// replace the file atomically.
+			saveMu.Lock()
+			defer saveMu.Unlock()
+			cur, err := config.Load(cfgPath)
+			if err != nil {
+				return err
+			}
+			cur.BootstrapToken = ""
+			if err := config.Save(cfgPath, cur); err != nil {
+				return err
+			}
+			log.Info("bootstrap token removed from config", zap.String("config", cfgPath))
+			return nil
+		},
+	}
+	if o.Tune != nil {
+		o.Tune(&so)
+	}
+	client, err := session.New(so)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	log.Info("starting", zap.String("url", cfg.URL), zap.String("server_id", cfg.ServerID),
+		zap.Bool("enrolled", cfg.Enrolled()))
+
+	wctx, stopWatchdog := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		(&sdnotify.Watchdog{Notifier: n, Progress: progress, Interval: o.WatchdogInterval}).Run(wctx)
+	}()
+	// The watchdog keeps pinging through the goodbye, then stops.
+	err = client.Run(ctx)
+	stopWatchdog()
+	wg.Wait()
+	return err
+}

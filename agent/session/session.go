@@ -1,0 +1,580 @@
+// Package session keeps the agent's WebSocket session with the control
+// plane's hub. It is two loops: the outer one (Client.Run) dials with
+// exponential backoff and full jitter, resetting after a stable session; the
+// inner one runs the session's routines (reader, heartbeat, closer) in an
+// errgroup, so any one failing tears the session down and the outer loop
+// redials.
+//
+// A session: the hub sends a challenge; the agent answers hello, in enroll
+// mode (bootstrap token + public key) until the first enrollment succeeded,
+// in auth mode afterwards, signed with its ed25519 key; the hub answers
+// welcome with the heartbeat interval; the agent sends a heartbeat with the
+// host's health right away and then every interval.
+package session
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/devpilot/devpilot/agent/backoff"
+	"github.com/devpilot/devpilot/agent/config"
+	"github.com/devpilot/devpilot/agent/sdnotify"
+	"github.com/devpilot/devpilot/shared/protocol"
+	"github.com/devpilot/devpilot/shared/tlspin"
+	"github.com/devpilot/devpilot/shared/version"
+)
+
+// HealthSource provides what the agent reports about its host.
+type HealthSource interface {
+	Collect() (protocol.Health, error)
+	Facts() protocol.Facts
+}
+
+// Options configure a Client. Zero durations take the defaults noted.
+type Options struct {
+	Config config.Config
+	Key    ed25519.PrivateKey
+	Health HealthSource
+	Log    *zap.Logger
+	// Notifier gets READY=1 after the first welcome and STATUS= lines; may be nil.
+	Notifier *sdnotify.Notifier
+	// Progress is stamped whenever a loop gets something done; may be nil.
+	Progress *sdnotify.Progress
+	// OnEnrolled runs once the hub accepted the enrollment, to drop the
+	// bootstrap token from the config on disk. An error is logged; the
+	// session continues (a later enroll refusal falls back to auth).
+	OnEnrolled func() error
+
+	BackoffBase time.Duration // default 1s
+	BackoffCap  time.Duration // default 60s
+	// RefusedRetry is the wait after a refusal that retrying will not fix
+	// (token spent, server deleted, key unknown); default 10m.
+	RefusedRetry time.Duration
+	// StableAfter is how long a session must last to reset the backoff; default 30s.
+	StableAfter time.Duration
+	// HandshakeTimeout bounds dialing (TCP+TLS+upgrade) and each step of the
+	// challenge/hello/welcome exchange; default 20s.
+	HandshakeTimeout time.Duration
+	// Sleep waits between attempts; default a timer that stamps Progress.
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Rand feeds the jitter; default math/rand.
+	Rand func() float64
+}
+
+// Client is the agent's connection to the hub.
+type Client struct {
+	o      Options
+	log    *zap.Logger
+	url    *url.URL
+	host   string // for messages
+	dialer *websocket.Dialer
+
+	mu      sync.Mutex
+	token   string // bootstrap token until enrolled
+	tryAuth bool   // the last enroll was refused: the welcome may have been lost, try auth
+}
+
+// New checks the options and prepares the dialer.
+func New(o Options) (*Client, error) {
+	if err := o.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	if len(o.Key) != ed25519.PrivateKeySize {
+		return nil, errors.New("session: no ed25519 identity key")
+	}
+	if o.Health == nil {
+		return nil, errors.New("session: no health source")
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.BackoffBase, time.Second)
+	def(&o.BackoffCap, 60*time.Second)
+	def(&o.RefusedRetry, 10*time.Minute)
+	def(&o.StableAfter, 30*time.Second)
+	def(&o.HandshakeTimeout, 20*time.Second)
+	u, err := config.ConnectURL(o.Config.URL)
+	if err != nil {
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	tc, err := pinnedTLS(o.Config.CAPin, u.Hostname(), o.Config.CACertPEM)
+	if err != nil {
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	c := &Client{
+		o:     o,
+		log:   o.Log,
+		url:   u,
+		host:  u.Host,
+		token: o.Config.BootstrapToken,
+		dialer: &websocket.Dialer{
+			Proxy:            http.ProxyFromEnvironment,
+			TLSClientConfig:  tc,
+			HandshakeTimeout: o.HandshakeTimeout,
+		},
+	}
+	if o.Sleep == nil {
+		c.o.Sleep = c.sleep
+	}
+	return c, nil
+}
+
+// pinnedTLS is tlspin.PinnedClientConfig, plus the CA certificate from the
+// config appended to the peer's chain when the server does not send it
+// (a control plane with its own certificate files may not): the pin still
+// decides, since the appended CA must match it.
+func pinnedTLS(pin, host, caPEM string) (*tls.Config, error) {
+	tc, err := tlspin.PinnedClientConfig(pin, host)
+	if err != nil {
+		return nil, err
+	}
+	if caPEM == "" {
+		return tc, nil
+	}
+	ca, err := config.ParseCA(caPEM)
+	if err != nil {
+		return nil, err
+	}
+	verify := tc.VerifyConnection
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) > 0 && !hasCert(cs.PeerCertificates, ca) {
+			cs.PeerCertificates = append(append([]*x509.Certificate(nil), cs.PeerCertificates...), ca)
+		}
+		return verify(cs)
+	}
+	return tc, nil
+}
+
+func hasCert(certs []*x509.Certificate, c *x509.Certificate) bool {
+	for _, x := range certs {
+		if x.Equal(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// Refusal is an error message from the hub that ended a session.
+type Refusal struct {
+	Code    string
+	Message string
+	Mode    string // hello mode that was refused, if during hello
+}
+
+func (r *Refusal) Error() string {
+	return fmt.Sprintf("hub refused: %s: %s", r.Code, r.Message)
+}
+
+// Permanent reports whether retrying soon cannot help.
+func (r *Refusal) Permanent() bool {
+	switch r.Code {
+	case protocol.ErrTokenInvalid, protocol.ErrAuthFailed, protocol.ErrServerDeleted, protocol.ErrUnsupported:
+		return true
+	}
+	return false
+}
+
+// Advice is what a person should do about the refusal.
+func (r *Refusal) Advice() string {
+	switch r.Code {
+	case protocol.ErrTokenInvalid:
+		return "enrollment refused: bootstrap token used or expired — reinstall the agent with a new bootstrap file from the control plane"
+	case protocol.ErrAuthFailed:
+		return "authentication refused: the control plane does not know this server's key (server re-created, or identity.key replaced) — reinstall the agent with a new bootstrap file"
+	case protocol.ErrServerDeleted:
+		return "this server was deleted in the control plane — remove the agent (devpilot-agent uninstall)"
+	case protocol.ErrUnsupported:
+		return fmt.Sprintf("the control plane does not accept agent protocol %d — upgrade the agent", protocol.Version)
+	case protocol.ErrSessionReplace:
+		return "another agent with this server id took over the session (cloned server?)"
+	}
+	return r.Code + ": " + r.Message
+}
+
+// Run keeps a session until ctx ends, then closes the session with a
+// normal close frame and returns nil. It returns an error only if it cannot
+// run at all.
+func (c *Client) Run(ctx context.Context) error {
+	b := &backoff.Backoff{Base: c.o.BackoffBase, Cap: c.o.BackoffCap, Rand: c.o.Rand}
+	failures := 0
+	for {
+		c.o.Progress.Beat()
+		c.status(fmt.Sprintf("connecting to %s", c.host))
+		welcomedAt, err := c.session(ctx)
+		if ctx.Err() != nil {
+			c.o.Notifier.Stopping()
+			c.status("stopped")
+			c.log.Info("session closed, stopping")
+			return nil
+		}
+		connected := !welcomedAt.IsZero()
+		if connected && time.Since(welcomedAt) >= c.o.StableAfter {
+			b.Reset()
+			failures = 0
+		}
+		failures++
+
+		var delay time.Duration
+		var msg string
+		var ref *Refusal
+		if errors.As(err, &ref) && ref.Permanent() {
+			delay = c.o.RefusedRetry
+			msg = fmt.Sprintf("%s; trying again in %s", ref.Advice(), delay)
+			c.log.Error("hub refused the agent", zap.String("code", ref.Code), zap.String("message", ref.Message),
+				zap.String("advice", ref.Advice()), zap.Duration("retry_in", delay))
+		} else {
+			delay = b.Next()
+			verb := "cannot reach"
+			if connected {
+				verb = "disconnected from"
+			}
+			msg = fmt.Sprintf("%s %s: %v; retrying in %s", verb, c.host, err, roundDelay(delay))
+			lvl := zap.DebugLevel
+			if failures == 1 || failures%10 == 0 || connected {
+				lvl = zap.WarnLevel
+			}
+			c.log.Check(lvl, verb+" hub").Write(zap.String("url", c.url.String()), zap.Error(err),
+				zap.Int("attempt", failures), zap.Duration("retry_in", delay))
+		}
+		c.status(msg)
+		if err := c.o.Sleep(ctx, delay); err != nil {
+			c.o.Notifier.Stopping()
+			c.status("stopped")
+			return nil
+		}
+	}
+}
+
+func roundDelay(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Millisecond)
+}
+
+func (c *Client) status(s string) { c.o.Notifier.Status(s) }
+
+// sleep waits d, stamping progress so the watchdog knows the loop is alive.
+func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return nil
+		case <-tick.C:
+			c.o.Progress.Beat()
+		}
+	}
+}
+
+var errShutdown = errors.New("agent shutting down")
+
+// session runs one connection. welcomedAt is zero if the hub never welcomed it.
+func (c *Client) session(ctx context.Context) (welcomedAt time.Time, err error) {
+	conn, resp, err := c.dialer.DialContext(ctx, c.url.String(), nil)
+	if err != nil {
+		if resp != nil {
+			return welcomedAt, fmt.Errorf("dial: %s: %w", resp.Status, err)
+		}
+		return welcomedAt, fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	conn.SetReadLimit(protocol.MaxMessageBytes)
+	c.o.Progress.Beat()
+
+	interval, err := c.handshake(conn)
+	if err != nil {
+		return welcomedAt, err
+	}
+	welcomedAt = time.Now()
+	c.o.Progress.Beat()
+	c.o.Notifier.Ready()
+	c.status(fmt.Sprintf("connected to %s as server %s", c.host, c.o.Config.ServerID))
+	c.log.Info("connected", zap.String("url", c.url.String()), zap.Duration("heartbeat_interval", interval))
+
+	return welcomedAt, c.loops(ctx, conn, interval)
+}
+
+// handshake reads the challenge, sends hello and reads welcome.
+func (c *Client) handshake(conn *websocket.Conn) (time.Duration, error) {
+	deadline := func() time.Time { return time.Now().Add(c.o.HandshakeTimeout) }
+	conn.SetReadDeadline(deadline())
+	env, err := readEnvelope(conn)
+	if err != nil {
+		return 0, fmt.Errorf("read challenge: %w", err)
+	}
+	var ch protocol.Challenge
+	switch env.Type {
+	case protocol.TypeChallenge:
+		if err := protocol.DecodeData(env, &ch); err != nil {
+			return 0, err
+		}
+	case protocol.TypeError:
+		return 0, decodeRefusal(env, "")
+	default:
+		return 0, fmt.Errorf("hub sent %q, want challenge", env.Type)
+	}
+	if len(ch.Nonce) != protocol.NonceBytes {
+		return 0, fmt.Errorf("challenge nonce has %d bytes, want %d", len(ch.Nonce), protocol.NonceBytes)
+	}
+
+	c.mu.Lock()
+	token, tryAuth := c.token, c.tryAuth
+	c.mu.Unlock()
+	hello := protocol.Hello{
+		ServerID:     c.o.Config.ServerID,
+		Mode:         protocol.ModeAuth,
+		PublicKey:    c.o.Key.Public().(ed25519.PublicKey),
+		Signature:    ed25519.Sign(c.o.Key, protocol.SignedMessage(ch.Nonce, c.o.Config.ServerID)),
+		AgentVersion: version.String(),
+		Facts:        c.o.Health.Facts(),
+	}
+	if token != "" && !tryAuth {
+		hello.Mode = protocol.ModeEnroll
+		hello.BootstrapToken = token
+	}
+	b, err := protocol.Encode(protocol.TypeHello, hello)
+	if err != nil {
+		return 0, err
+	}
+	conn.SetWriteDeadline(deadline())
+	if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
+		return 0, fmt.Errorf("send hello: %w", err)
+	}
+
+	conn.SetReadDeadline(deadline())
+	env, err = readEnvelope(conn)
+	if err != nil {
+		return 0, fmt.Errorf("read welcome: %w", err)
+	}
+	switch env.Type {
+	case protocol.TypeWelcome:
+	case protocol.TypeError:
+		ref := decodeRefusal(env, hello.Mode)
+		c.mu.Lock()
+		switch {
+		case token != "" && hello.Mode == protocol.ModeEnroll && ref.Code == protocol.ErrTokenInvalid:
+			c.tryAuth = true // perhaps enrolled already and the welcome got lost
+		case token != "" && hello.Mode == protocol.ModeAuth:
+			c.tryAuth = false
+		}
+		c.mu.Unlock()
+		return 0, ref
+	default:
+		return 0, fmt.Errorf("hub sent %q, want welcome", env.Type)
+	}
+	var w protocol.Welcome
+	if err := protocol.DecodeData(env, &w); err != nil {
+		return 0, err
+	}
+	interval := time.Duration(w.HeartbeatIntervalS) * time.Second
+	if interval <= 0 {
+		interval = protocol.DefaultHeartbeatS * time.Second
+	}
+	if token != "" {
+		c.mu.Lock()
+		c.token, c.tryAuth = "", false
+		c.mu.Unlock()
+		c.log.Info("enrolled", zap.String("server_id", c.o.Config.ServerID), zap.String("mode", hello.Mode))
+		if c.o.OnEnrolled != nil {
+			if err := c.o.OnEnrolled(); err != nil {
+				c.log.Error("could not remove the bootstrap token from the config", zap.Error(err))
+			}
+		}
+	}
+	return interval, nil
+}
+
+// Enrolled reports whether this client has no bootstrap token left.
+func (c *Client) Enrolled() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.token == ""
+}
+
+func decodeRefusal(env protocol.Envelope, mode string) *Refusal {
+	var e protocol.Error
+	if err := protocol.DecodeData(env, &e); err != nil {
+		return &Refusal{Code: "unknown", Message: err.Error(), Mode: mode}
+	}
+	return &Refusal{Code: e.Code, Message: e.Message, Mode: mode}
+}
+
+func readEnvelope(conn *websocket.Conn) (protocol.Envelope, error) {
+	typ, data, err := conn.ReadMessage()
+	if err != nil {
+		return protocol.Envelope{}, err
+	}
+	if typ != websocket.TextMessage {
+		return protocol.Envelope{}, fmt.Errorf("hub sent a binary message")
+	}
+	return protocol.Decode(data)
+}
+
+// loops runs the session's routines until one fails or ctx ends.
+func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.Duration) error {
+	keepalive := min(interval, 15*time.Second)
+	readTimeout := 2*keepalive + c.o.HandshakeTimeout
+	writeTimeout := c.o.HandshakeTimeout
+	extend := func() { conn.SetReadDeadline(time.Now().Add(readTimeout)) }
+	conn.SetPongHandler(func(string) error {
+		c.o.Progress.Beat()
+		extend()
+		return nil
+	})
+	conn.SetPingHandler(func(data string) error {
+		extend()
+		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(writeTimeout))
+		if errors.Is(err, websocket.ErrCloseSent) {
+			return nil
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		return err
+	})
+
+	var wmu sync.Mutex
+	write := func(b []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+		return conn.WriteMessage(websocket.TextMessage, b)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { // reader
+		for {
+			extend()
+			typ, data, err := conn.ReadMessage()
+			if err != nil {
+				if ctx.Err() != nil {
+					return errShutdown
+				}
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					return fmt.Errorf("hub closed the session (%d %s)", ce.Code, ce.Text)
+				}
+				return fmt.Errorf("read: %w", err)
+			}
+			c.o.Progress.Beat()
+			if typ != websocket.TextMessage {
+				c.log.Warn("ignoring binary message from hub")
+				continue
+			}
+			if err := c.handle(data); err != nil {
+				return err
+			}
+		}
+	})
+	g.Go(func() error { // heartbeat
+		hb := time.NewTicker(interval)
+		defer hb.Stop()
+		ka := time.NewTicker(keepalive)
+		defer ka.Stop()
+		send := true // first heartbeat right after welcome
+		for {
+			if send {
+				if err := c.heartbeat(write); err != nil {
+					return err
+				}
+				c.o.Progress.Beat()
+			}
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-ka.C:
+				send = false
+				if err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+					return fmt.Errorf("ping: %w", err)
+				}
+			case <-hb.C:
+				send = true
+			}
+		}
+	})
+	g.Go(func() error { // closer
+		<-gctx.Done()
+		if ctx.Err() != nil {
+			// First signal: say goodbye with a normal close and give the
+			// hub a moment to echo it; the reader returns on the echo.
+			msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "agent shutting down")
+			if err := conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(2*time.Second)); err != nil {
+				conn.Close()
+				return nil
+			}
+			conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			return nil
+		}
+		conn.Close() // unblock the reader
+		return nil
+	})
+	err := g.Wait()
+	if ctx.Err() != nil {
+		return errShutdown
+	}
+	return err
+}
+
+func (c *Client) heartbeat(write func([]byte) error) error {
+	h, err := c.o.Health.Collect()
+	if err != nil {
+		c.log.Debug("health partly unavailable", zap.Error(err))
+	}
+	b, err := protocol.Encode(protocol.TypeHeartbeat, protocol.Heartbeat{Health: h})
+	if err != nil {
+		return err
+	}
+	if err := write(b); err != nil {
+		return fmt.Errorf("send heartbeat: %w", err)
+	}
+	return nil
+}
+
+// handle acts on one message from the hub after welcome.
+func (c *Client) handle(data []byte) error {
+	env, err := protocol.Decode(data)
+	if err != nil {
+		c.log.Warn("ignoring undecodable message from hub", zap.Error(err))
+		return nil
+	}
+	switch env.Type {
+	case protocol.TypeError:
+		ref := decodeRefusal(env, "")
+		c.log.Warn("hub error", zap.String("code", ref.Code), zap.String("message", ref.Message))
+		if ref.Permanent() || ref.Code == protocol.ErrSessionReplace {
+			return ref
+		}
+	case protocol.TypeTask, protocol.TypeCancel, protocol.TypeTaskAck:
+		// Deployment tasks are not implemented by this agent yet.
+		c.log.Warn("ignoring task message: this agent does not run tasks yet", zap.String("type", env.Type))
+	default:
+		c.log.Info("ignoring unknown message type", zap.String("type", env.Type), zap.Int("v", env.V))
+	}
+	return nil
+}
+
