@@ -22,6 +22,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cloud"
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/problem"
+	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/store"
 )
 
@@ -39,6 +40,8 @@ type RotateResult struct {
 type Options struct {
 	Store        *store.Store
 	Integrations *integrations.Service
+	Servers      *provision.Service // nil: no server routes
+	Agent        http.Handler       // the hub's WebSocket endpoint and the agent download; public
 	RotateKeys   KeyRotator
 	Logger       *zap.Logger
 	Registry     *prometheus.Registry // where the API registers its metrics; also served at /metrics

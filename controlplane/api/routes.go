@@ -46,6 +46,11 @@ func (a *API) routes() {
 	a.handle("PUT /v1/workspaces/{ws}/integrations/{id}/secret", write, a.rotateIntegration)
 	a.handle("GET /v1/workspaces/{ws}/integrations/{id}/catalog", read, a.catalog)
 
+	a.serverRoutes()
+	if a.o.Agent != nil {
+		a.mux.Handle("GET /v1/agent/", a.o.Agent)
+	}
+
 	a.handle("/", read, func(w http.ResponseWriter, r *http.Request, c *call) error {
 		return problem.NotFound("route " + r.Method + " " + r.URL.Path)
 	})

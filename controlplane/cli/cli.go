@@ -48,6 +48,7 @@ func commands() []command {
 		{"serve", "run the control plane", runServe},
 		{"dev", "run the control plane with simulated clouds on this machine", runDev},
 		{"integrations", "connect, test, rotate and remove cloud accounts", runIntegrations},
+		{"servers", "create, list, show and delete servers", runServers},
 		{"tokens", "create, list and revoke API tokens", runTokens},
 		{"workspaces", "create and list workspaces", runWorkspaces},
 		{"keys", "rotate the master key that encrypts secrets at rest", runKeys},

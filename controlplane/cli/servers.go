@@ -1,0 +1,272 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/devpilot/devpilot/controlplane/provision"
+)
+
+// intList is a repeatable or comma-separated integer flag.
+type intList []int
+
+func (l *intList) String() string { return fmt.Sprint([]int(*l)) }
+
+func (l *intList) Set(s string) error {
+	for _, part := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(part))
+		if err != nil {
+			return fmt.Errorf("%q is not a port number", part)
+		}
+		*l = append(*l, n)
+	}
+	return nil
+}
+
+func runServers(ctx context.Context, env Env, args []string) error {
+	common := func(name string) (*connOpts, *output, *string, *flag.FlagSet) {
+		fs := newFlags("servers "+name, env)
+		c := connFlags(fs)
+		o := outFlags(fs, env)
+		ws := fs.String("workspace", "default", "workspace slug")
+		return c, o, ws, fs
+	}
+	verbs := map[string]func([]string) error{
+		"create": func(args []string) error {
+			c, o, ws, fs := common("create")
+			var req provision.CreateRequest
+			var ports intList
+			fs.StringVar(&req.IntegrationID, "integration", "", "integration id (see `devpilot integrations list`)")
+			fs.StringVar(&req.Name, "name", "", "server name (becomes the hostname)")
+			fs.StringVar(&req.Region, "region", "", "provider region, e.g. nyc3 or ewr")
+			fs.StringVar(&req.Size, "size", "", "provider size/plan, e.g. s-1vcpu-1gb or vc2-1c-1gb")
+			fs.StringVar(&req.Image, "image", "debian-12", "image: provider id or debian-12 / ubuntu-24.04")
+			fs.Var(&ports, "port", "inbound TCP port to open (repeat or comma-separate; default 22,80,443)")
+			wait := fs.Bool("wait", false, "show the provisioning steps live until the server is online or failed")
+			if _, err := parse(fs, env, args); err != nil {
+				return err
+			}
+			req.Ports = ports
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			var srv provision.Server
+			raw, err := cl.do(ctx, "POST", wsPath(*ws)+"/servers", req, &srv)
+			if err != nil {
+				return err
+			}
+			if !*wait {
+				if o.json {
+					o.raw(raw)
+					return nil
+				}
+				fmt.Fprintf(env.Stdout, "Server %s (%s) is %s. Follow it with: devpilot servers show %s\n", srv.ID, srv.Name, srv.State, srv.ID)
+				return nil
+			}
+			return watchServer(ctx, env, cl, *ws, srv.ID, o)
+		},
+		"list": func(args []string) error {
+			c, o, ws, fs := common("list")
+			if _, err := parse(fs, env, args); err != nil {
+				return err
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			var resp struct {
+				Servers []provision.Server `json:"servers"`
+			}
+			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/servers", nil, &resp)
+			if err != nil {
+				return err
+			}
+			if o.json {
+				o.raw(raw)
+				return nil
+			}
+			rows := [][]string{}
+			for _, s := range resp.Servers {
+				rows = append(rows, []string{s.ID, s.Name, s.Provider, s.Region, s.State, orDash(s.PublicIPv4), healthLine(&s)})
+			}
+			o.table([]string{"ID", "NAME", "PROVIDER", "REGION", "STATE", "IPV4", "HEALTH"}, rows)
+			return nil
+		},
+		"show": func(args []string) error {
+			c, o, ws, fs := common("show")
+			pos, err := parse(fs, env, args)
+			if err != nil {
+				return err
+			}
+			if len(pos) != 1 {
+				return usagef("servers show: give exactly one server id")
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			var srv provision.Server
+			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/servers/"+url.PathEscape(pos[0]), nil, &srv)
+			if err != nil {
+				return err
+			}
+			if o.json {
+				o.raw(raw)
+				return nil
+			}
+			showServer(o, &srv)
+			return nil
+		},
+		"delete": func(args []string) error {
+			c, o, ws, fs := common("delete")
+			destroy := fs.Bool("destroy", false, "also delete the cloud instance and its firewall (default: only forget the server)")
+			pos, err := parse(fs, env, args)
+			if err != nil {
+				return err
+			}
+			if len(pos) != 1 {
+				return usagef("servers delete: give exactly one server id")
+			}
+			cl, err := c.client(env.Getenv)
+			if err != nil {
+				return err
+			}
+			q := ""
+			if *destroy {
+				q = "?destroy=true"
+			}
+			var srv provision.Server
+			raw, err := cl.do(ctx, "DELETE", wsPath(*ws)+"/servers/"+url.PathEscape(pos[0])+q, nil, &srv)
+			if err != nil {
+				return err
+			}
+			if o.json {
+				o.raw(raw)
+				return nil
+			}
+			if *destroy {
+				fmt.Fprintf(env.Stdout, "Deleting %s: its instance and firewall are being destroyed.\n", srv.ID)
+			} else {
+				fmt.Fprintf(env.Stdout, "Forgot %s; the cloud instance was left alone.\n", srv.ID)
+			}
+			return nil
+		},
+	}
+	return subcommand(env, "servers", args, verbs, []string{"create", "list", "show", "delete"})
+}
+
+func healthLine(s *provision.Server) string {
+	h := s.Health
+	if h == nil {
+		return "-"
+	}
+	line := fmt.Sprintf("cpu %.0f%% mem %d/%d MB load %.2f", h.CPUPercent, h.MemUsedMB, h.MemTotalMB, h.Load1)
+	if s.HealthAt != nil {
+		line += " (" + time.Since(*s.HealthAt).Round(time.Second).String() + " ago)"
+	}
+	return line
+}
+
+func showServer(o *output, s *provision.Server) {
+	kv := [][2]string{{"id", s.ID}, {"name", s.Name}, {"provider", s.Provider}, {"state", s.State},
+		{"region/size/image", s.Region + " / " + s.Size + " / " + s.Image}, {"ports", strings.Trim(fmt.Sprint(s.Ports), "[]")},
+		{"instance", orDash(s.InstanceID)}, {"public ipv4", orDash(s.PublicIPv4)}, {"tags", strings.Join(s.Tags, " ")},
+		{"agent", agentLine(s)}, {"health", healthLine(s)}}
+	if s.Error != nil {
+		kv = append(kv, [2]string{"error", s.Error.Step + ": " + s.Error.Message}, [2]string{"hint", orDash(s.Error.Hint)})
+	}
+	o.fields(kv)
+	fmt.Fprintln(o.w, "\nSTEPS")
+	rows := [][]string{}
+	for _, st := range s.Steps {
+		took := "-"
+		if st.StartedAt != nil && st.FinishedAt != nil {
+			took = st.FinishedAt.Sub(*st.StartedAt).Round(time.Millisecond).String()
+		}
+		note := st.Detail
+		if st.Error != nil {
+			note = st.Error.Code + ": " + st.Error.Message
+		}
+		rows = append(rows, []string{st.Name, st.State, ts(st.StartedAt), took, orDash(note)})
+	}
+	o.table([]string{"STEP", "STATE", "STARTED", "TOOK", "NOTE"}, rows)
+	if s.Health != nil && len(s.Health.Disks) > 0 {
+		fmt.Fprintln(o.w, "\nDISKS")
+		rows = rows[:0]
+		for _, d := range s.Health.Disks {
+			rows = append(rows, []string{d.Mount, fmt.Sprintf("%d MB", d.UsedMB), fmt.Sprintf("%d MB", d.TotalMB)})
+		}
+		o.table([]string{"MOUNT", "USED", "TOTAL"}, rows)
+	}
+}
+
+func agentLine(s *provision.Server) string {
+	a := s.Agent
+	if a.InstalledAt == nil {
+		return "not installed yet"
+	}
+	state := "disconnected"
+	if a.Connected {
+		state = "connected"
+	}
+	line := state + ", version " + orDash(a.Version)
+	if a.LastSeenAt != nil {
+		line += ", last seen " + ts(a.LastSeenAt)
+	}
+	return line
+}
+
+// watchServer prints each step as it starts and ends until the server is
+// online, failed or deleted.
+func watchServer(ctx context.Context, env Env, cl *client, ws, id string, o *output) error {
+	seen := map[string]string{}
+	fmt.Fprintf(env.Stdout, "Provisioning %s…\n", id)
+	for {
+		var srv provision.Server
+		if _, err := cl.do(ctx, "GET", wsPath(ws)+"/servers/"+url.PathEscape(id), nil, &srv); err != nil {
+			return err
+		}
+		for _, st := range srv.Steps {
+			if seen[st.Name] == st.State {
+				continue
+			}
+			seen[st.Name] = st.State
+			switch st.State {
+			case provision.StepRunning:
+				fmt.Fprintf(env.Stdout, "  … %-12s started\n", st.Name)
+			case provision.StepDone:
+				took := ""
+				if st.StartedAt != nil && st.FinishedAt != nil {
+					took = st.FinishedAt.Sub(*st.StartedAt).Round(time.Millisecond).String()
+				}
+				fmt.Fprintf(env.Stdout, "  ✓ %-12s %-8s %s\n", st.Name, took, st.Detail)
+			case provision.StepFailed:
+				fmt.Fprintf(env.Stdout, "  ✗ %-12s failed\n", st.Name)
+			}
+		}
+		switch srv.State {
+		case provision.StateOnline:
+			fmt.Fprintf(env.Stdout, "Server %s is online at %s.\n", srv.Name, orDash(srv.PublicIPv4))
+			return nil
+		case provision.StateFailed:
+			e := &APIError{Code: "provisioning_failed", Message: "provisioning failed"}
+			if srv.Error != nil {
+				e = &APIError{Code: srv.Error.Code, Message: srv.Error.Step + ": " + srv.Error.Message, Hint: srv.Error.Hint}
+			}
+			return e
+		case provision.StateDeleted, provision.StateDeleting:
+			return fmt.Errorf("server %s was deleted while provisioning", id)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

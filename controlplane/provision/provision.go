@@ -1,0 +1,524 @@
+// Package provision turns a server request into a running, agent-confirmed
+// server. The job is durable: every step is recorded in the store before
+// and after it runs, a restarted control plane resumes each job at its
+// step, and the instance step looks the server's unique tag up before it
+// creates anything, so a retry never makes a second instance.
+//
+// Steps, in order: preflight (catalog and limits) → ssh_key → firewall →
+// instance (user-data, tags) → wait_active (running with a public IPv4) →
+// wait_agent (the agent enrolled over the hub: the install is confirmed).
+// The firewall comes before the instance so a new server never runs
+// unprotected, and so Vultr's firewall group can be attached at creation.
+package provision
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/ids"
+	"github.com/devpilot/devpilot/controlplane/integrations"
+	"github.com/devpilot/devpilot/controlplane/problem"
+	"github.com/devpilot/devpilot/controlplane/secrets"
+	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/shared/protocol"
+)
+
+// Server states.
+const (
+	StateProvisioning = "provisioning"
+	StateInstalling   = "installing"
+	StateOnline       = "online"
+	StateOffline      = "offline"
+	StateFailed       = "failed"
+	StateDeleting     = "deleting"
+	StateDeleted      = "deleted"
+)
+
+// Step names and states.
+const (
+	StepPreflight  = "preflight"
+	StepSSHKey     = "ssh_key"
+	StepFirewall   = "firewall"
+	StepInstance   = "instance"
+	StepWaitActive = "wait_active"
+	StepWaitAgent  = "wait_agent"
+
+	StepPending = "pending"
+	StepRunning = "running"
+	StepDone    = "done"
+	StepFailed  = "failed"
+)
+
+// Steps is the provisioning job, in order.
+var Steps = []string{StepPreflight, StepSSHKey, StepFirewall, StepInstance, StepWaitActive, StepWaitAgent}
+
+// DefaultPorts are opened when a request names none.
+var DefaultPorts = []int{22, 80, 443}
+
+// Tags every Devpilot server carries.
+const TagAll = "devpilot"
+
+// TagWorkspace and TagServer are the per-workspace and per-server tags.
+func TagWorkspace(slug string) string { return "devpilot-ws-" + slug }
+
+// TagServer is the tag only this server carries: how a retry finds it.
+func TagServer(id string) string { return "devpilot-srv-" + id }
+
+// UserDataFunc renders the user-data for a server with its bootstrap token.
+type UserDataFunc func(serverID, hostname string, token secrets.Value) ([]byte, error)
+
+// LiveFunc reports what the hub knows of a server's agent right now.
+type LiveFunc func(serverID string) (Live, bool)
+
+// Live is the hub's view of an agent session.
+type Live struct {
+	Connected bool
+	Since     time.Time
+	LastSeen  time.Time
+	Health    *protocol.Health
+}
+
+// Options configure the Service.
+type Options struct {
+	Store        *store.Store
+	Keys         *secrets.Keyring
+	Integrations *integrations.Service
+	UserData     UserDataFunc
+	Live         LiveFunc               // nil: no live view
+	Disconnect   func(serverID string)  // ends a deleted server's agent session
+	Logger       *zap.Logger
+	Now          func() time.Time
+	AgentTimeout time.Duration // wait_agent deadline; default 15 min
+	TokenTTL     time.Duration // bootstrap token lifetime; default 60 min
+	PollInterval time.Duration // wait_active polling; default 5 s
+	RetryMin     time.Duration // first retry wait of a transient failure; default 2 s
+	StepTimeout  time.Duration // how long a step retries transient failures; default 15 min
+}
+
+// Service creates, watches and deletes servers.
+type Service struct {
+	store        *store.Store
+	keys         *secrets.Keyring
+	integrations *integrations.Service
+	userData     UserDataFunc
+	live         LiveFunc
+	disconnect   func(string)
+	log          *zap.Logger
+	now          func() time.Time
+	o            Options
+	watch        *watcher
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	kick   chan struct{}
+
+	mu      sync.Mutex
+	jobs    map[string]context.CancelFunc // running jobs by server id
+	waiters map[string]chan struct{}      // wait_agent waiters by server id
+}
+
+// New returns a Service; Start runs its jobs.
+func New(o Options) *Service {
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.AgentTimeout == 0 {
+		o.AgentTimeout = 15 * time.Minute
+	}
+	if o.TokenTTL == 0 {
+		o.TokenTTL = 60 * time.Minute
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = 5 * time.Second
+	}
+	if o.RetryMin == 0 {
+		o.RetryMin = 2 * time.Second
+	}
+	if o.StepTimeout == 0 {
+		o.StepTimeout = 15 * time.Minute
+	}
+	if o.Disconnect == nil {
+		o.Disconnect = func(string) {}
+	}
+	s := &Service{store: o.Store, keys: o.Keys, integrations: o.Integrations, userData: o.UserData, live: o.Live,
+		disconnect: o.Disconnect, log: o.Logger.Named("provision"), now: o.Now, o: o,
+		kick: make(chan struct{}, 1), jobs: map[string]context.CancelFunc{}, waiters: map[string]chan struct{}{}}
+	s.watch = newWatcher(o.PollInterval, o.Now)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+// Start marks servers that were online offline (no agent is connected to
+// a process that just started), then resumes every unfinished job and
+// keeps picking up new ones until Close.
+func (s *Service) Start(ctx context.Context) error {
+	if err := s.store.Q().MarkAllOffline(ctx, s.now()); err != nil {
+		return fmt.Errorf("mark servers offline: %w", err)
+	}
+	s.wg.Add(1)
+	go s.loop()
+	return nil
+}
+
+// Close stops every job (they resume at their step on the next Start).
+func (s *Service) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+func (s *Service) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Service) loop() {
+	defer s.wg.Done()
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		s.schedule()
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.kick:
+		case <-t.C:
+		}
+	}
+}
+
+// schedule starts a job for every server that needs one and has none.
+func (s *Service) schedule() {
+	servers, err := s.store.Q().ServersInStates(s.ctx, StateProvisioning, StateInstalling, StateDeleting)
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.log.Error("list servers to work on", zap.Error(err))
+		}
+		return
+	}
+	for _, srv := range servers {
+		s.mu.Lock()
+		_, running := s.jobs[srv.ID]
+		if running {
+			s.mu.Unlock()
+			continue
+		}
+		ctx, cancel := context.WithCancel(s.ctx)
+		s.jobs[srv.ID] = cancel
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func(id, state string) {
+			defer s.wg.Done()
+			defer func() {
+				s.mu.Lock()
+				delete(s.jobs, id)
+				s.mu.Unlock()
+				cancel()
+			}()
+			if state == StateDeleting {
+				s.runDelete(ctx, id)
+			} else {
+				s.runProvision(ctx, id)
+			}
+		}(srv.ID, srv.State)
+	}
+}
+
+// stopJob cancels a server's running job and waits until it is gone.
+func (s *Service) stopJob(id string) {
+	for {
+		s.mu.Lock()
+		cancel, ok := s.jobs[id]
+		s.mu.Unlock()
+		if !ok {
+			return
+		}
+		cancel()
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// --- requests
+
+// CreateRequest is what `POST …/servers` takes.
+type CreateRequest struct {
+	IntegrationID string `json:"integration_id"`
+	Name          string `json:"name"`
+	Region        string `json:"region"`
+	Size          string `json:"size"`
+	Image         string `json:"image"`
+	Ports         []int  `json:"ports"`
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func (r *CreateRequest) check() error {
+	switch {
+	case r.IntegrationID == "":
+		return problem.Validation("List integrations with `devpilot integrations list`.", "integration_id is required")
+	case !nameRE.MatchString(r.Name):
+		return problem.Validation("Use 1-63 lowercase letters, digits and dashes (it becomes the hostname).", "invalid server name %q", r.Name)
+	case r.Region == "" || r.Size == "" || r.Image == "":
+		return problem.Validation("See `devpilot integrations catalog <id>` for regions, sizes and images.", "region, size and image are required")
+	}
+	if len(r.Ports) == 0 {
+		r.Ports = slices.Clone(DefaultPorts)
+	}
+	if len(r.Ports) > 20 {
+		return problem.Validation("", "at most 20 inbound ports")
+	}
+	for _, p := range r.Ports {
+		if p < 1 || p > 65535 {
+			return problem.Validation("", "port %d is not between 1 and 65535", p)
+		}
+	}
+	sort.Ints(r.Ports)
+	r.Ports = slices.Compact(r.Ports)
+	return nil
+}
+
+// Create records a server and its pending steps and starts its job; it
+// answers at once.
+func (s *Service) Create(ctx context.Context, actor string, workspaceID string, req CreateRequest) (*Server, error) {
+	if err := req.check(); err != nil {
+		return nil, err
+	}
+	in, err := s.integrations.Get(ctx, workspaceID, req.IntegrationID)
+	if err != nil {
+		return nil, err
+	}
+	ports, _ := json.Marshal(req.Ports)
+	now := s.now().UTC()
+	srv := store.Server{ID: ids.New("srv"), WorkspaceID: workspaceID, IntegrationID: in.ID, Provider: in.Provider,
+		Name: req.Name, Region: req.Region, Size: req.Size, Image: req.Image, PortsJSON: string(ports),
+		State: StateProvisioning, AgentTimeoutS: int(s.o.AgentTimeout / time.Second), CreatedAt: now, UpdatedAt: now}
+	err = s.store.InTx(ctx, func(q *store.Queries) error {
+		if err := q.CreateServer(ctx, srv, Steps); err != nil {
+			return err
+		}
+		detail, _ := json.Marshal(map[string]any{"name": req.Name, "provider": in.Provider, "region": req.Region,
+			"size": req.Size, "image": req.Image, "ports": req.Ports})
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: workspaceID, Actor: actor, Action: "server.create",
+			Target: srv.ID, DetailJSON: string(detail), At: now})
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return nil, problem.Conflict("Pick another name, or delete the existing server first.", "a server named %q already exists", req.Name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("server requested", zap.String("server", srv.ID), zap.String("provider", in.Provider), zap.String("name", req.Name))
+	s.poke()
+	return s.Get(ctx, workspaceID, srv.ID)
+}
+
+// Delete forgets a server, or with destroy deletes its instance and
+// firewall first. Either way its agent session is ended.
+func (s *Service) Delete(ctx context.Context, actor, workspaceID, id string, destroy bool) (*Server, error) {
+	srv, err := s.store.Q().GetServer(ctx, workspaceID, id)
+	if errors.Is(err, store.ErrNotFound) || srv.State == StateDeleted {
+		return nil, problem.NotFound("server " + id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if destroy && srv.IntegrationID == "" {
+		return nil, problem.Conflict("Delete the instance in the provider's console, then delete the server here without destroy.",
+			"server %s has no integration any more, so Devpilot cannot destroy its instance", id)
+	}
+	// Stop provisioning first so it cannot create anything behind our back.
+	s.stopJob(id)
+	to := StateDeleted
+	if destroy {
+		to = StateDeleting
+	}
+	srv, err = s.store.Q().GetServer(ctx, workspaceID, id)
+	if err != nil {
+		return nil, err
+	}
+	srv.State, srv.Destroy, srv.UpdatedAt = to, destroy, s.now().UTC()
+	err = s.store.InTx(ctx, func(q *store.Queries) error {
+		if err := q.UpdateServer(ctx, srv); err != nil {
+			return err
+		}
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: workspaceID, Actor: actor, Action: "server.delete",
+			Target: id, DetailJSON: fmt.Sprintf(`{"destroy":%t}`, destroy), At: srv.UpdatedAt})
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.disconnect(id)
+	s.poke()
+	return s.Get(ctx, workspaceID, id)
+}
+
+// --- views
+
+// Server is what the API shows of a server.
+type Server struct {
+	ID            string           `json:"id"`
+	Name          string           `json:"name"`
+	Provider      string           `json:"provider"`
+	IntegrationID string           `json:"integration_id,omitempty"`
+	Region        string           `json:"region"`
+	Size          string           `json:"size"`
+	Image         string           `json:"image"`
+	Ports         []int            `json:"ports"`
+	State         string           `json:"state"`
+	InstanceID    string           `json:"instance_id,omitempty"`
+	PublicIPv4    string           `json:"public_ipv4,omitempty"`
+	Tags          []string         `json:"tags"`
+	Steps         []StepView       `json:"steps"`
+	Health        *protocol.Health `json:"health"`
+	HealthAt      *time.Time       `json:"health_at"`
+	Agent         AgentView        `json:"agent"`
+	Error         *StepError       `json:"error"`
+	CreatedAt     time.Time        `json:"created_at"`
+	UpdatedAt     time.Time        `json:"updated_at"`
+}
+
+// StepView is one provisioning step.
+type StepView struct {
+	Name       string     `json:"name"`
+	State      string     `json:"state"`
+	Attempts   int        `json:"attempts"`
+	StartedAt  *time.Time `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at"`
+	Error      *StepError `json:"error"`
+	Detail     string     `json:"detail,omitempty"`
+}
+
+// StepError is a step's failure.
+type StepError struct {
+	Step    string `json:"step,omitempty"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Hint    string `json:"hint,omitempty"`
+}
+
+// AgentView is the agent's side of a server.
+type AgentView struct {
+	Connected   bool            `json:"connected"`
+	Version     string          `json:"version,omitempty"`
+	InstalledAt *time.Time      `json:"installed_at"`
+	LastSeenAt  *time.Time      `json:"last_seen_at"`
+	Facts       *protocol.Facts `json:"facts,omitempty"`
+}
+
+func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
+	steps, err := s.store.Q().Steps(ctx, srv.ID)
+	if err != nil {
+		return nil, err
+	}
+	v := &Server{ID: srv.ID, Name: srv.Name, Provider: srv.Provider, IntegrationID: srv.IntegrationID,
+		Region: srv.Region, Size: srv.Size, Image: srv.Image, State: srv.State, InstanceID: srv.InstanceID,
+		PublicIPv4: srv.PublicIPv4, Steps: []StepView{}, HealthAt: srv.HealthAt, CreatedAt: srv.CreatedAt, UpdatedAt: srv.UpdatedAt,
+		Agent: AgentView{Version: srv.AgentVersion, InstalledAt: srv.InstalledAt, LastSeenAt: srv.LastSeenAt}}
+	_ = json.Unmarshal([]byte(srv.PortsJSON), &v.Ports)
+	if ws, err := s.store.Q().WorkspaceByID(ctx, srv.WorkspaceID); err == nil {
+		v.Tags = []string{TagAll, TagWorkspace(ws.Slug), TagServer(srv.ID)}
+	}
+	for _, st := range steps {
+		sv := StepView{Name: st.Name, State: st.State, Attempts: st.Attempts, StartedAt: st.StartedAt,
+			FinishedAt: st.FinishedAt, Detail: st.Detail}
+		if st.ErrorJSON != "" {
+			sv.Error = &StepError{}
+			_ = json.Unmarshal([]byte(st.ErrorJSON), sv.Error)
+		}
+		v.Steps = append(v.Steps, sv)
+	}
+	if srv.ErrorJSON != "" {
+		v.Error = &StepError{}
+		_ = json.Unmarshal([]byte(srv.ErrorJSON), v.Error)
+	}
+	if srv.HealthJSON != "" {
+		v.Health = &protocol.Health{}
+		_ = json.Unmarshal([]byte(srv.HealthJSON), v.Health)
+	}
+	if srv.FactsJSON != "" {
+		v.Agent.Facts = &protocol.Facts{}
+		_ = json.Unmarshal([]byte(srv.FactsJSON), v.Agent.Facts)
+	}
+	if s.live != nil && srv.State != StateDeleted {
+		if l, ok := s.live(srv.ID); ok {
+			v.Agent.Connected = l.Connected
+			if l.Health != nil && (v.HealthAt == nil || l.LastSeen.After(*v.HealthAt)) {
+				v.Health, v.HealthAt = l.Health, &l.LastSeen
+			}
+			if v.Agent.LastSeenAt == nil || l.LastSeen.After(*v.Agent.LastSeenAt) {
+				v.Agent.LastSeenAt = &l.LastSeen
+			}
+		}
+	}
+	return v, nil
+}
+
+// Get returns one server.
+func (s *Service) Get(ctx context.Context, workspaceID, id string) (*Server, error) {
+	srv, err := s.store.Q().GetServer(ctx, workspaceID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, problem.NotFound("server " + id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.view(ctx, srv)
+}
+
+// List returns a workspace's servers (not the deleted ones).
+func (s *Service) List(ctx context.Context, workspaceID string) ([]*Server, error) {
+	rows, err := s.store.Q().ListServers(ctx, workspaceID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Server, 0, len(rows))
+	for _, r := range rows {
+		v, err := s.view(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func errorJSON(step string, err error) string {
+	e := StepError{Step: step, Code: string(cloud.CodeProviderError), Message: err.Error()}
+	var ce *cloud.Error
+	var pe *problem.Error
+	switch {
+	case errors.As(err, &ce):
+		e.Code, e.Message, e.Hint = string(ce.Code), ce.Error(), ce.Hint
+	case errors.As(err, &pe):
+		e.Code, e.Message, e.Hint = pe.Code, pe.Message, pe.Hint
+	}
+	b, _ := json.Marshal(e)
+	return string(b)
+}
+
+func joinMax(list []string, n int) string {
+	if len(list) > n {
+		return strings.Join(list[:n], ", ") + fmt.Sprintf(" and %d more", len(list)-n)
+	}
+	return strings.Join(list, ", ")
+}

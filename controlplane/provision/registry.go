@@ -1,0 +1,158 @@
+package provision
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/controlplane/auth"
+	"github.com/devpilot/devpilot/controlplane/hub"
+	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/shared/protocol"
+)
+
+// Registry is the hub's view of servers, backed by the store: bootstrap
+// tokens are consumed once, agent keys recorded, sessions turn servers
+// online and offline, health is saved in batches.
+type Registry struct{ s *Service }
+
+// Registry returns the hub.Registry of this service.
+func (s *Service) Registry() *Registry { return &Registry{s: s} }
+
+var _ hub.Registry = (*Registry)(nil)
+
+// tokenHash is what the store keeps of a bootstrap token: the sha256 of
+// its secret part, as for API tokens.
+func tokenHash(token string) ([]byte, bool) {
+	_, secret, ok := auth.Parse(strings.TrimSpace(token))
+	if !ok {
+		return nil, false
+	}
+	h := sha256.Sum256([]byte(secret))
+	return h[:], true
+}
+
+func (r *Registry) live(ctx context.Context, serverID string) (store.Server, error) {
+	srv, err := r.s.store.Q().GetServer(ctx, "", serverID)
+	if errors.Is(err, store.ErrNotFound) {
+		return srv, hub.ErrAuthFailed
+	}
+	if err != nil {
+		return srv, err
+	}
+	if srv.State == StateDeleted || srv.State == StateDeleting {
+		return srv, hub.ErrServerDeleted
+	}
+	return srv, nil
+}
+
+// Enroll implements hub.Registry.
+func (r *Registry) Enroll(ctx context.Context, serverID, token string, pub ed25519.PublicKey, hello protocol.Hello) error {
+	srv, err := r.live(ctx, serverID)
+	if errors.Is(err, hub.ErrAuthFailed) {
+		return hub.ErrTokenInvalid
+	}
+	if err != nil {
+		return err
+	}
+	hash, ok := tokenHash(token)
+	if !ok {
+		return hub.ErrTokenInvalid
+	}
+	now := r.s.now().UTC()
+	err = r.s.store.InTx(ctx, func(q *store.Queries) error {
+		used, err := q.UseBootstrapToken(ctx, hash, serverID, now)
+		if err != nil {
+			return err
+		}
+		if !used {
+			return hub.ErrTokenInvalid
+		}
+		srv.AgentPublicKey = pub
+		srv.AgentVersion = hello.AgentVersion
+		facts, _ := json.Marshal(hello.Facts)
+		srv.FactsJSON, srv.UpdatedAt = string(facts), now
+		if err := q.UpdateServer(ctx, srv); err != nil {
+			return err
+		}
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: srv.WorkspaceID, Actor: "agent:" + serverID,
+			Action: "agent.enroll", Target: serverID, DetailJSON: `{"agent_version":` + jsonString(hello.AgentVersion) + `}`, At: now})
+	})
+	if err != nil {
+		return err
+	}
+	r.s.log.Info("agent enrolled", zap.String("server", serverID), zap.String("agent_version", hello.AgentVersion))
+	return nil
+}
+
+func jsonString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// AgentKey implements hub.Registry.
+func (r *Registry) AgentKey(ctx context.Context, serverID string) (ed25519.PublicKey, error) {
+	srv, err := r.live(ctx, serverID)
+	if err != nil {
+		return nil, err
+	}
+	if len(srv.AgentPublicKey) != ed25519.PublicKeySize {
+		return nil, hub.ErrAuthFailed
+	}
+	return ed25519.PublicKey(srv.AgentPublicKey), nil
+}
+
+// Connected implements hub.Registry: the first session confirms the
+// install; later ones bring an offline server back online.
+func (r *Registry) Connected(ctx context.Context, serverID string, hello protocol.Hello, at time.Time) error {
+	srv, err := r.live(ctx, serverID)
+	if err != nil {
+		return err
+	}
+	facts, _ := json.Marshal(hello.Facts)
+	srv.FactsJSON, srv.AgentVersion = string(facts), hello.AgentVersion
+	at = at.UTC()
+	srv.LastSeenAt, srv.UpdatedAt = &at, at
+	if srv.InstalledAt == nil {
+		srv.InstalledAt = &at
+	}
+	if srv.State == StateOffline {
+		srv.State = StateOnline
+	}
+	if err := r.s.store.Q().UpdateServer(ctx, srv); err != nil {
+		return err
+	}
+	if _, err := r.s.store.Q().SetServerState(ctx, serverID, StateOnline, at, StateInstalling); err != nil {
+		return err
+	}
+	r.s.wake(serverID)
+	return nil
+}
+
+// Disconnected implements hub.Registry.
+func (r *Registry) Disconnected(ctx context.Context, serverID string, at time.Time) error {
+	_, err := r.s.store.Q().SetServerState(ctx, serverID, StateOffline, at, StateOnline)
+	return err
+}
+
+// SaveHealth implements hub.Registry.
+func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthSample) error {
+	return r.s.store.InTx(ctx, func(q *store.Queries) error {
+		for id, h := range latest {
+			b, err := json.Marshal(h.Health)
+			if err != nil {
+				return err
+			}
+			if err := q.SaveHealth(ctx, id, string(b), h.At); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
