@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -84,9 +85,11 @@ func (r *benchRegistry) AgentKey(_ context.Context, id string) (ed25519.PublicKe
 	}
 	return nil, ErrAuthFailed
 }
-func (r *benchRegistry) Connected(context.Context, string, protocol.Hello, time.Time) error { return nil }
-func (r *benchRegistry) Disconnected(context.Context, string, time.Time) error            { return nil }
-func (r *benchRegistry) SaveHealth(context.Context, map[string]HealthSample) error         { return nil }
+func (r *benchRegistry) Connected(context.Context, string, protocol.Hello, time.Time) error {
+	return nil
+}
+func (r *benchRegistry) Disconnected(context.Context, string, time.Time) error     { return nil }
+func (r *benchRegistry) SaveHealth(context.Context, map[string]HealthSample) error { return nil }
 
 // raiseFDLimit lifts RLIMIT_NOFILE to at least need (soft up to hard, and
 // hard too when allowed).
@@ -179,6 +182,17 @@ func waitConnected(b *testing.B, h *Hub, n int) {
 	}
 }
 
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
+}
+
 func heapStack() (heap, stack uint64) {
 	runtime.GC()
 	runtime.GC()
@@ -199,6 +213,9 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		waitConnected(b, h, n)
 		heap1, stack1 := heapStack()
 		g1 := runtime.NumGoroutine()
+		if path := os.Getenv("HUB_BENCH_HEAPPROFILE"); path != "" {
+			writeHeapProfile(b, path)
+		}
 		b.ReportMetric(float64(int64(heap1+stack1)-int64(heap0+stack0))/float64(n), "B/conn")
 		b.ReportMetric(float64(int64(heap1)-int64(heap0))/float64(n), "heap-B/conn")
 		b.ReportMetric(float64(int64(stack1)-int64(stack0))/float64(n), "stack-B/conn")

@@ -59,7 +59,12 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.wg.Add(1)
 	h.mu.Unlock()
-	defer h.wg.Done()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			h.wg.Done()
+		}
+	}()
 
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
@@ -76,24 +81,34 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.all[s] = struct{}{}
 	h.mu.Unlock()
-	defer func() {
+	forget := func() {
 		h.mu.Lock()
 		delete(h.all, s)
 		h.mu.Unlock()
 		_ = conn.Close()
-	}()
+	}
 
 	hello, ref := h.authenticate(s)
 	if ref != nil {
 		h.refuse(s, hello.ServerID, ref)
+		forget()
 		return
 	}
 	if ref := h.register(s, hello); ref != nil {
 		h.refuse(s, hello.ServerID, ref)
+		forget()
 		return
 	}
-	reason := h.readLoop(s)
-	h.unregister(s, reason)
+	// Read on a fresh goroutine and let this one return: net/http then
+	// drops its per-connection state (request, 4 KiB bufio reader and
+	// writer) and the handshake's deep stack, about half an idle
+	// session's memory.
+	handedOff = true
+	go func() {
+		defer h.wg.Done()
+		defer forget()
+		h.unregister(s, h.readLoop(s))
+	}()
 }
 
 // authenticate sends the challenge and checks the hello.
@@ -236,7 +251,9 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 	s.agentVersion = hello.AgentVersion
 	s.since = h.now()
 	s.lastSeen.Store(s.since.UnixNano())
-	s.ctx, s.cancel = context.WithCancel(h.ctx)
+	// Not a child of h.ctx (that costs an entry in its children map per
+	// session): Close ends every session, which cancels this.
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wmu <- struct{}{} // held until the welcome is out
 
 	lc := h.stripe(id)
