@@ -25,11 +25,14 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cloud"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr"
+	"github.com/devpilot/devpilot/controlplane/hub"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/integrations"
+	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tlsauto"
+	"github.com/devpilot/devpilot/shared/protocol"
 )
 
 // TLS modes.
@@ -63,6 +66,14 @@ type Config struct {
 	DigitalOceanAPIURL string
 	VultrAPIURL        string
 
+	// Agents and provisioning.
+	AgentDir          string        // devpilot-agent builds to serve; default: the directory of this executable
+	AgentCAFile       string        // CA agents pin when TLS is not auto (files/off behind a proxy)
+	AgentTimeout      time.Duration // how long a new server's agent has to confirm the install; default 15 min
+	BootstrapTTL      time.Duration // bootstrap token lifetime; default 60 min
+	HeartbeatInterval time.Duration // told to agents; default 15 s
+	PollInterval      time.Duration // instance status polling; default 5 s
+
 	Logger *zap.Logger
 	Out    io.Writer // where the first start prints the owner token once (default stdout)
 }
@@ -74,7 +85,10 @@ type App struct {
 	Store        *store.Store
 	Keys         *secrets.Keyring
 	Integrations *integrations.Service
+	Provision    *provision.Service
+	Hub          *hub.Hub
 	handler      http.Handler
+	agentSums    map[string]string // arch → sha256 of the served agent builds
 	tlsConfig    *tls.Config
 	CACertPEM    []byte // TLS auto only
 	CAPin        string // TLS auto only
@@ -127,8 +141,20 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.Provision = provision.New(provision.Options{
+		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
+		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval,
+		Live: func(id string) (provision.Live, bool) {
+			st, ok := a.Hub.Status(id)
+			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
+		},
+		Disconnect: func(id string) { a.Hub.Disconnect(id, protocol.ErrServerDeleted) },
+	})
+	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
+		HeartbeatInterval: cfg.HeartbeatInterval})
 	a.handler = api.New(api.Options{
-		Store: a.Store, Integrations: a.Integrations, RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
+		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Agent: a.agentHandler(),
+		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
 	})
 	return a, nil
 }
@@ -199,6 +225,11 @@ func (a *App) rotateKeys(ctx context.Context) (api.RotateResult, error) {
 		return api.RotateResult{}, err
 	}
 	n, err := a.Integrations.Reencrypt(ctx)
+	if err != nil {
+		return api.RotateResult{KeyID: id, Reencrypted: n}, fmt.Errorf("re-encrypt: %w", err)
+	}
+	k, err := a.Provision.Reencrypt(ctx)
+	n += k
 	if err != nil {
 		return api.RotateResult{KeyID: id, Reencrypted: n}, fmt.Errorf("re-encrypt: %w", err)
 	}
@@ -285,20 +316,30 @@ func (a *App) Serve(ctx context.Context) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          zap.NewStdLog(a.log.Named("http")),
 	}
+	if err := a.Provision.Start(ctx); err != nil {
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	a.log.Info("control plane listening", zap.String("url", a.URL), zap.String("tls", a.cfg.TLS),
 		zap.String("data_dir", a.cfg.DataDir))
 	select {
 	case err := <-errc:
+		a.Hub.Close()
+		a.Provision.Close()
 		return err
 	case <-ctx.Done():
 	}
 	a.log.Info("shutting down")
+	// Agent sessions are hijacked connections Shutdown does not wait for:
+	// say goodbye to them first, so they start redialling at once.
+	a.Hub.Close()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := a.srv.Shutdown(sctx)
 	<-errc
+	// Jobs stop at a recorded step and resume there on the next start.
+	a.Provision.Close()
 	return err
 }
 

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -55,11 +56,18 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "master keyring file (default: DATA_DIR/master.key)")
 	fs.StringVar(&cfg.DigitalOceanAPIURL, "digitalocean-api-url", "", "DigitalOcean API base URL (default: the real API)")
 	fs.StringVar(&cfg.VultrAPIURL, "vultr-api-url", "", "Vultr API base URL (default: the real API)")
+	fs.StringVar(&cfg.AgentDir, "agent-dir", "", "directory with devpilot-agent builds to serve (default: next to this binary)")
+	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA certificate agents pin when --tls is files or off")
+	fs.DurationVar(&cfg.AgentTimeout, "agent-timeout", 15*time.Minute, "how long a new server's agent has to confirm the install")
+	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "lifetime of a server's one-time bootstrap token (at most 1h)")
 	logFlags(fs, &level, &format)
 	if pos, err := parse(fs, env, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return usagef("serve takes no arguments")
+	}
+	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
+		return usagef("--bootstrap-ttl must be between 1s and 1h")
 	}
 	log, err := newLogger(env, level, format)
 	if err != nil {
