@@ -1,0 +1,180 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.json from the current encoder")
+
+func seq(n int, from byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = from + byte(i)
+	}
+	return b
+}
+
+// golden is one fixture: what Encode(typ, payload) must produce, byte for
+// byte, and what decoding the fixture must give back.
+type golden struct {
+	name    string
+	typ     string
+	payload any // a pointer to a message struct
+}
+
+func goldens() []golden {
+	facts := Facts{Hostname: "web-1", OS: "linux", Arch: "amd64", Distro: "Ubuntu 24.04.1 LTS",
+		Kernel: "6.8.0-45-generic", CPUs: 2, MemoryMB: 2048, Systemd: true}
+	return []golden{
+		{"challenge", TypeChallenge, &Challenge{Nonce: seq(NonceBytes, 0), Protocol: 1}},
+		{"hello_enroll", TypeHello, &Hello{ServerID: "srv_01JD3Q7Z8X", Mode: ModeEnroll,
+			BootstrapToken: "dpb_example-not-a-real-token", PublicKey: seq(32, 100), Signature: seq(64, 1),
+			AgentVersion: "0.1.0", Facts: facts}},
+		{"hello_auth", TypeHello, &Hello{ServerID: "srv_01JD3Q7Z8X", Mode: ModeAuth,
+			PublicKey: seq(32, 100), Signature: seq(64, 1), AgentVersion: "0.1.0", Facts: facts}},
+		{"welcome", TypeWelcome, &Welcome{ServerID: "srv_01JD3Q7Z8X", HeartbeatIntervalS: DefaultHeartbeatS, Protocol: 1}},
+		{"error", TypeError, &Error{Code: ErrTokenInvalid, Message: "the bootstrap token is unknown, already used, expired or for another server"}},
+		{"heartbeat", TypeHeartbeat, &Heartbeat{Health: Health{UptimeS: 86400, Load1: 0.25, Load5: 0.5, Load15: 1,
+			CPUPercent: 12.5, MemTotalMB: 2048, MemUsedMB: 733,
+			Disks:        []Disk{{Mount: "/", TotalMB: 51200, UsedMB: 10240}, {Mount: "/var/lib/docker", TotalMB: 102400, UsedMB: 0}},
+			AgentVersion: "0.1.0"}}},
+		// task, cancel, task_ack, task_log and task_result have no payload
+		// types yet; add their fixtures with them.
+	}
+}
+
+func TestGolden(t *testing.T) {
+	for _, g := range goldens() {
+		t.Run(g.name, func(t *testing.T) {
+			path := filepath.Join("testdata", g.name+".json")
+			got, err := Encode(g.typ, g.payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, '\n')
+			if *update {
+				if err := os.MkdirAll("testdata", 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("wire format changed (bump Version if intended, then go test -update):\n got %s\nwant %s", got, want)
+			}
+
+			// The fixture still decodes to the same message.
+			e, err := Decode(bytes.TrimSpace(want))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Type != g.typ || e.V != Version {
+				t.Errorf("envelope = v%d %q, want v%d %q", e.V, e.Type, Version, g.typ)
+			}
+			back := reflect.New(reflect.TypeOf(g.payload).Elem()).Interface()
+			if err := DecodeData(e, back); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(back, g.payload) {
+				t.Errorf("decoded %+v, want %+v", back, g.payload)
+			}
+		})
+	}
+}
+
+func TestDecodeRefuses(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []byte
+	}{
+		{"not json", []byte("{")},
+		{"no type", []byte(`{"v":1}`)},
+		{"no version", []byte(`{"type":"hello"}`)},
+		{"too large", append(append([]byte(`{"v":1,"type":"task_log","data":"`), bytes.Repeat([]byte("x"), MaxMessageBytes)...), `"}`...)},
+	}
+	for _, tt := range tests {
+		if _, err := Decode(tt.in); err == nil {
+			t.Errorf("%s: Decode accepted it", tt.name)
+		}
+	}
+	if err := DecodeData(Envelope{V: 1, Type: TypeHello}, &Hello{}); err == nil {
+		t.Errorf("DecodeData accepted an envelope without data")
+	}
+}
+
+// payloadFor returns a fresh value to decode a message of typ into.
+func payloadFor(typ string) any {
+	switch typ {
+	case TypeChallenge:
+		return &Challenge{}
+	case TypeHello:
+		return &Hello{}
+	case TypeWelcome:
+		return &Welcome{}
+	case TypeError:
+		return &Error{}
+	case TypeHeartbeat:
+		return &Heartbeat{}
+	}
+	var v any
+	return &v
+}
+
+// FuzzDecode feeds what an agent (or anyone reaching the hub) could send
+// through Decode and DecodeData: no panics, accepted envelopes are valid,
+// and what decodes re-encodes to the same message.
+func FuzzDecode(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.json"))
+	for _, p := range files {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	for _, s := range []string{`{}`, `null`, `[]`, `{"v":0,"type":"hello","data":{}}`, `{"v":1,"type":"heartbeat","data":null}`,
+		`{"v":2,"type":"task","data":{"id":"t1"}}`, `{"v":1,"type":"hello","data":{"public_key":"!!"}}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := Decode(b)
+		if err != nil {
+			return
+		}
+		if e.Type == "" || e.V < MinVersion {
+			t.Fatalf("Decode accepted %+v", e)
+		}
+		v := payloadFor(e.Type)
+		if err := DecodeData(e, v); err != nil {
+			return
+		}
+		b2, err := Encode(e.Type, v)
+		if err != nil {
+			return // re-escaping can grow a message past MaxMessageBytes
+		}
+		e2, err := Decode(b2)
+		if err != nil {
+			t.Fatalf("Decode(Encode(x)) failed: %v\n%s", err, b2)
+		}
+		v2 := payloadFor(e.Type)
+		if err := DecodeData(e2, v2); err != nil {
+			t.Fatalf("DecodeData(Encode(x)) failed: %v\n%s", err, b2)
+		}
+		if !reflect.DeepEqual(v, v2) {
+			j1, _ := json.Marshal(v)
+			j2, _ := json.Marshal(v2)
+			t.Fatalf("round trip changed the message:\n%s\n%s", j1, j2)
+		}
+	})
+}
