@@ -41,25 +41,43 @@ func newBundler() *bundler {
 	}
 }
 
+// bundleStats describes a bundle, for tests and load reports.
+type bundleStats struct {
+	Refs      int // references resolved
+	Cycles    int // references hoisted to components/schemas as cycles
+	Leftover  int // $refs left that do not point at a hoisted cycle (must be 0)
+	JSONBytes int
+}
+
 // bundleFile reads the entry document at path and returns it as JSON with every
 // reference resolved.
-func bundleFile(path string) ([]byte, int, error) {
+func bundleFile(path string) ([]byte, bundleStats, error) {
+	js, st, err := bundleFileRaw(path)
+	if err != nil {
+		return nil, st, err
+	}
+	st.JSONBytes = len(js)
+	return js, st, nil
+}
+
+func bundleFileRaw(path string) ([]byte, bundleStats, error) {
+	var st bundleStats
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return nil, 0, fmt.Errorf("bundle: %w", err)
+		return nil, st, fmt.Errorf("bundle: %w", err)
 	}
 	b := newBundler()
 	root, err := b.load(abs)
 	if err != nil {
-		return nil, 0, err
+		return nil, st, err
 	}
 	out, err := b.resolve(root, abs, "")
 	if err != nil {
-		return nil, 0, err
+		return nil, st, err
 	}
 	doc, ok := out.(map[string]any)
 	if !ok {
-		return nil, 0, fmt.Errorf("bundle: %s is not a mapping", path)
+		return nil, st, fmt.Errorf("bundle: %s is not a mapping", path)
 	}
 	if len(b.comps) > 0 {
 		comps, _ := doc["components"].(map[string]any)
@@ -81,11 +99,34 @@ func bundleFile(path string) ([]byte, int, error) {
 		doc = shallowCopy(doc)
 		doc["components"] = comps
 	}
+	st.Refs, st.Cycles, st.Leftover = b.refCount, len(b.comps), leftoverRefs(doc)
+	if st.Leftover > 0 {
+		return nil, st, fmt.Errorf("bundle: %d references left unresolved", st.Leftover)
+	}
 	js, err := json.Marshal(doc)
 	if err != nil {
-		return nil, 0, fmt.Errorf("bundle: encode: %w", err)
+		return nil, st, fmt.Errorf("bundle: encode: %w", err)
 	}
-	return js, b.refCount, nil
+	return js, st, nil
+}
+
+// leftoverRefs counts $refs other than those to hoisted cycles.
+func leftoverRefs(v any) int {
+	n := 0
+	switch t := v.(type) {
+	case map[string]any:
+		if r, ok := t["$ref"].(string); ok && !strings.HasPrefix(r, "#/components/schemas/bundled.") {
+			n++
+		}
+		for _, e := range t {
+			n += leftoverRefs(e)
+		}
+	case []any:
+		for _, e := range t {
+			n += leftoverRefs(e)
+		}
+	}
+	return n
 }
 
 func shallowCopy(m map[string]any) map[string]any {

@@ -111,6 +111,8 @@ type Spec struct {
 	genericErr func(status int) bool
 	errorShape func(status int, body []byte) []string
 
+	bundle     bundleStats // DigitalOcean only
+
 	// LoadTime is how long bundling, parsing and building the validator took.
 	LoadTime time.Duration
 }
@@ -161,7 +163,7 @@ func Vultr(t testing.TB) *Spec {
 // the file that holds it), so libopenapi never touches the file system.
 func LoadDigitalOcean(specsDir string) (*Spec, error) {
 	start := time.Now()
-	js, _, err := bundleFile(filepath.Join(specsDir, doEntry))
+	js, st, err := bundleFile(filepath.Join(specsDir, doEntry))
 	if err != nil {
 		return nil, fmt.Errorf("load digitalocean spec: %w", err)
 	}
@@ -172,6 +174,7 @@ func LoadDigitalOcean(specsDir string) (*Spec, error) {
 	s.genericErr = doGenericStatus
 	s.errorShape = doErrorShape
 	s.exceptions = exceptionsFor(ProviderDigitalOcean)
+	s.bundle = st
 	s.LoadTime = time.Since(start)
 	return s, nil
 }
