@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/bootstrap/sandbox"
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr/vultrsim"
@@ -36,12 +37,19 @@ type Config struct {
 
 	// BootDelay is how long a simulated instance takes to become active.
 	BootDelay time.Duration
+
+	// Passed to the control plane (see app.Config); zero values take its defaults.
+	AgentDir          string
+	AgentTimeout      time.Duration
+	HeartbeatInterval time.Duration
+	PollInterval      time.Duration
 }
 
 // Env is a running dev environment.
 type Env struct {
 	App      *app.App
 	DO       *dosim.Sim
+	Machines *sandbox.Runtime
 	Vultr    *vultrsim.Sim
 	DOURL    string
 	VultrURL string
@@ -95,6 +103,9 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	if cfg.BootDelay == 0 {
 		cfg.BootDelay = 2 * time.Second
 	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = time.Second // loopback simulators: poll briskly
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -103,10 +114,13 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		return nil, fmt.Errorf("simulator credentials: %w", err)
 	}
 	e := &Env{done: make(chan error, 1)}
-	e.DO = dosim.New(dosim.Options{Logger: cfg.Logger.Named("dosim"), BootDelay: cfg.BootDelay})
+	// Simulated instances really run their user-data: as a sandboxed
+	// process tree under DataDir/machines, with the agent supervised.
+	e.Machines = sandbox.New(sandbox.Options{Dir: filepath.Join(cfg.DataDir, "machines"), Logger: cfg.Logger.Named("sandbox")})
+	e.DO = dosim.New(dosim.Options{Logger: cfg.Logger.Named("dosim"), BootDelay: cfg.BootDelay, Runtime: e.Machines})
 	e.DO.AddToken(c.DOToken, true)
 	e.DO.AddToken(c.DOReadOnly, false)
-	e.Vultr = vultrsim.New(vultrsim.Options{Logger: cfg.Logger.Named("vultrsim"), BootDelay: cfg.BootDelay})
+	e.Vultr = vultrsim.New(vultrsim.Options{Logger: cfg.Logger.Named("vultrsim"), BootDelay: cfg.BootDelay, Runtime: e.Machines})
 	e.Vultr.AddKey(c.VultrKey, vultrsim.KeyOptions{Name: "Dev Account", Email: "dev@example.com"})
 	e.Vultr.AddKey(c.VultrBlocked, vultrsim.KeyOptions{AllowedIPs: []string{BlockedIP}, Name: "Dev Account", Email: "dev@example.com"})
 
@@ -121,6 +135,8 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	e.App, err = app.New(ctx, app.Config{
 		DataDir: cfg.DataDir, Listen: cfg.Listen, TLS: app.TLSAuto, Logger: cfg.Logger, Out: cfg.Out,
 		DigitalOceanAPIURL: e.DOURL, VultrAPIURL: e.VultrURL,
+		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
+		PollInterval: cfg.PollInterval,
 	})
 	if err != nil {
 		e.closeSims()
@@ -182,6 +198,9 @@ func (e *Env) closeSims() {
 	}
 	if e.Vultr != nil {
 		e.Vultr.Close()
+	}
+	if e.Machines != nil {
+		e.Machines.Close()
 	}
 }
 

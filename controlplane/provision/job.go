@@ -310,7 +310,7 @@ func (j *job) firewall(ctx context.Context) (string, error) {
 	if err := jsonUnmarshal(j.srv.PortsJSON, &ports); err != nil {
 		return "", err
 	}
-	id, err := p.EnsureFirewall(ctx, cloud.FirewallSpec{Name: TagServer(j.srv.ID), Tag: TagServer(j.srv.ID), Ports: ports})
+	id, err := p.EnsureFirewall(ctx, cloud.FirewallSpec{Name: FirewallName(j.srv.ID), Tag: TagServer(j.srv.ID), Ports: ports})
 	if err != nil {
 		return "", err
 	}

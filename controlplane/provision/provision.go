@@ -75,6 +75,10 @@ func TagWorkspace(slug string) string { return "devpilot-ws-" + slug }
 // TagServer is the tag only this server carries: how a retry finds it.
 func TagServer(id string) string { return "devpilot-srv-" + id }
 
+// FirewallName names a server's firewall (DigitalOcean firewall names
+// allow letters, digits, dots and dashes only).
+func FirewallName(id string) string { return "devpilot-" + strings.ReplaceAll(id, "_", "-") }
+
 // UserDataFunc renders the user-data for a server with its bootstrap token.
 type UserDataFunc func(serverID, hostname string, token secrets.Value) ([]byte, error)
 

@@ -111,7 +111,7 @@ type Spec struct {
 	genericErr func(status int) bool
 	errorShape func(status int, body []byte) []string
 
-	bundle     bundleStats // DigitalOcean only
+	bundle bundleStats // DigitalOcean only
 
 	// LoadTime is how long bundling, parsing and building the validator took.
 	LoadTime time.Duration
