@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -37,6 +38,8 @@ type memRegistry struct {
 	events  []string // "connected <id>", "disconnected <id>"
 	saved   map[string]HealthSample
 	saves   int
+	// connectErr, if set, is what Connected returns.
+	connectErr error
 }
 
 type memServer struct {
@@ -92,6 +95,9 @@ func (r *memRegistry) AgentKey(_ context.Context, serverID string) (ed25519.Publ
 func (r *memRegistry) Connected(_ context.Context, serverID string, _ protocol.Hello, _ time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.connectErr != nil {
+		return r.connectErr
+	}
 	r.events = append(r.events, "connected "+serverID)
 	return nil
 }
@@ -315,6 +321,17 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// failures sums devpilot_hub_auth_failures_total over reasons.
+func (e *env) failures(t *testing.T) float64 {
+	t.Helper()
+	var n float64
+	for _, r := range []string{reasonBadRequest, reasonUnsupported, reasonTokenInvalid, reasonAuthFailed,
+		reasonDeleted, reasonTimeout, reasonIO, reasonInternal} {
+		n += e.metric(t, "devpilot_hub_auth_failures_total", r)
+	}
+	return n
 }
 
 // metric returns a counter or gauge value, 0 if absent.
@@ -712,6 +729,9 @@ func TestCloseDisconnectsAllAndFlushes(t *testing.T) {
 		}
 	}
 	pending.expectClosed()
+	if n := e.failures(t); n != 0 {
+		t.Errorf("shutdown counted %v auth failures", n)
+	}
 	if n := len(e.reg.eventList()); n != 6 {
 		t.Errorf("events = %v, want 3 connected + 3 disconnected", e.reg.eventList())
 	}
@@ -726,5 +746,39 @@ func TestCloseDisconnectsAllAndFlushes(t *testing.T) {
 	_, resp, err := websocket.DefaultDialer.Dial(e.url, nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("dial after Close: %v, want 503", err)
+	}
+}
+
+func TestConnectedRefusedByRegistry(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		err    error
+		code   string // "" = closed without an error message (agent retries)
+		reason string
+	}{
+		{fmt.Errorf("record session: %w", ErrServerDeleted), protocol.ErrServerDeleted, reasonDeleted},
+		{errors.New("database is locked"), "", reasonInternal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.reason, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, nil)
+			e.reg.addServer("srv-1", "tok", time.Now().Add(time.Hour))
+			e.reg.connectErr = tt.err
+			pub, priv := newKey(t)
+			a := dial(t, e.url)
+			a.hello("srv-1", protocol.ModeEnroll, "tok", pub, priv)
+			if tt.code != "" {
+				a.expectError(tt.code)
+			} else if err := a.expectClosed(); !websocket.IsCloseError(err, websocket.CloseInternalServerErr) {
+				t.Errorf("close = %v, want 1011", err)
+			}
+			if _, ok := e.hub.Status("srv-1"); ok || e.hub.Connected() != 0 {
+				t.Errorf("session kept after Connected failed")
+			}
+			if got := e.metric(t, "devpilot_hub_auth_failures_total", tt.reason); got != 1 {
+				t.Errorf("auth failures{%s} = %v, want 1", tt.reason, got)
+			}
+		})
 	}
 }

@@ -221,6 +221,10 @@ func (h *Hub) refuse(s *session, serverID string, r *refusal) {
 	if by := s.closedBy.Load(); by != nil {
 		return // the hub closed it (shutdown); not the agent's failure
 	}
+	if h.ctx.Err() != nil {
+		s.closeWith("", "", websocket.CloseGoingAway, "control plane shutting down", "hub closed")
+		return
+	}
 	h.m.authFailures.WithLabelValues(r.reason).Inc()
 	fields := []zap.Field{zap.String("server", serverID), zap.String("remote", s.remote), zap.String("reason", r.reason)}
 	if r.detail != "" {
