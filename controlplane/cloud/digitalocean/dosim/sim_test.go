@@ -291,7 +291,9 @@ func TestFirewalls(t *testing.T) {
 		t.Fatalf("create: %d %v", a.status, a.body)
 	}
 	id := a.body["firewall"].(map[string]any)["id"].(string)
-	wantError(t, f.api(t, rw, "POST", "/v2/firewalls", `{"name":"fw",`+rules+`}`), 409, "conflict", "duplicate name")
+	// 409 "duplicate name" is observed on the real API (harmony-one/harmony-ops#374)
+	// but not documented in the spec, so it bypasses the contract check.
+	wantError(t, f.do(t, f.rawURL, rw, "POST", "/v2/firewalls", `{"name":"fw",`+rules+`}`), 409, "conflict", "duplicate name")
 	// godo sends JSON null for empty lists.
 	if a := f.api(t, rw, "PUT", "/v2/firewalls/"+id, `{"name":"fw","inbound_rules":null,`+rules[strings.Index(rules, `"outbound_rules"`):]+`,"droplet_ids":null,"tags":null}`); a.status != 200 {
 		t.Fatalf("update with nulls: %d %v", a.status, a.body)
