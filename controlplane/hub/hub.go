@@ -6,7 +6,10 @@
 //
 // Each connection costs one goroutine (the HTTP handler's, which becomes the
 // reader), small buffers, and no timers beyond the socket's read deadline;
-// pings and health flushes run on one shared goroutine per hub.
+// pings and health flushes run on one shared goroutine per hub. Measured
+// with bench_test.go (agents in a child process over loopback, 2 shared
+// cores): about 7-8 KB of heap+stack per idle authenticated session at
+// 2,000 and 10,000 agents, and 2,500-4,400 full handshakes per second.
 //
 // net/http's Server.Shutdown does not see hijacked connections: call Close
 // when the control plane stops.

@@ -40,6 +40,8 @@ type memRegistry struct {
 	saves   int
 	// connectErr, if set, is what Connected returns.
 	connectErr error
+	// failSaves is how many SaveHealth calls fail before they succeed.
+	failSaves int
 }
 
 type memServer struct {
@@ -113,6 +115,10 @@ func (r *memRegistry) SaveHealth(_ context.Context, latest map[string]HealthSamp
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.saves++
+	if r.failSaves > 0 {
+		r.failSaves--
+		return errors.New("database is locked")
+	}
 	for id, hs := range latest {
 		r.saved[id] = hs
 	}
@@ -780,5 +786,22 @@ func TestConnectedRefusedByRegistry(t *testing.T) {
 				t.Errorf("auth failures{%s} = %v, want 1", tt.reason, got)
 			}
 		})
+	}
+}
+
+func TestHealthKeptWhenSaveFails(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(o *Options) { o.FlushInterval = 10 * time.Millisecond })
+	e.reg.failSaves = 2
+	a, _, _ := e.enroll(t, "srv-1")
+	a.send(protocol.TypeHeartbeat, protocol.Heartbeat{Health: protocol.Health{UptimeS: 7}})
+	eventually(t, "health saved after failures", func() bool {
+		hs, ok := e.reg.savedHealth("srv-1")
+		return ok && hs.Health.UptimeS == 7
+	})
+	e.reg.mu.Lock()
+	defer e.reg.mu.Unlock()
+	if e.reg.saves < 3 {
+		t.Errorf("SaveHealth called %d times, want the 2 failures then a success", e.reg.saves)
 	}
 }
