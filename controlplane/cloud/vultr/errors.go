@@ -93,6 +93,11 @@ func classify(e *cloud.Error, msg string, header http.Header) {
 		}
 		e.Code, e.Hint = cloud.CodeInvalidCredentials, keyHint
 	case e.Status == http.StatusForbidden:
+		// The API-disabled answer is UNVERIFIED; accept it as a 403 too.
+		if strings.Contains(lower, "api") && (strings.Contains(lower, "disabled") || strings.Contains(lower, "not enabled")) {
+			e.Code, e.Hint = cloud.CodeAPIDisabled, apiDisabledHint
+			return
+		}
 		e.Code, e.Hint = cloud.CodeInsufficientScope, scopeHint
 	case e.Status == http.StatusTooManyRequests:
 		e.Code, e.Hint = cloud.CodeRateLimited, rateHint

@@ -694,6 +694,11 @@ func (s *Sim) createInstance(w http.ResponseWriter, r *http.Request, c caller) {
 	}
 
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		writeError(w, http.StatusServiceUnavailable, "The simulator is shutting down.")
+		return
+	}
 	in, status, msg := s.newInstance(req)
 	if msg != "" {
 		s.mu.Unlock()

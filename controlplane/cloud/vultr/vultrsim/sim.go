@@ -74,6 +74,7 @@ type Sim struct {
 	wg     sync.WaitGroup
 
 	mu        sync.Mutex
+	closed    bool
 	keys      map[string]KeyOptions
 	plans     []plan
 	soldOut   map[string]map[string]bool // region → plan → sold out
@@ -132,6 +133,9 @@ func New(opts Options) *Sim {
 // Close stops boot goroutines, destroys every machine the Runtime booted
 // and waits for all of it.
 func (s *Sim) Close() {
+	s.mu.Lock()
+	s.closed = true // no boot goroutine starts after this
+	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
 	s.mu.Lock()

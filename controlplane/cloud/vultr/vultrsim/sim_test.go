@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/devpilot/devpilot/controlplane/cloud/contract"
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr/vultrsim"
 )
@@ -61,10 +62,13 @@ func newEnv(t *testing.T, opts vultrsim.Options) *env {
 		opts.Runtime = rt
 	}
 	sim := vultrsim.New(opts)
-	srv := httptest.NewServer(sim.Handler())
+	// Every exchange is held to the Vultr OpenAPI spec.
+	h, rec := contract.Vultr(t).Middleware(sim.Handler())
+	srv := httptest.NewServer(h)
 	t.Cleanup(func() {
 		srv.Close()
 		sim.Close()
+		rec.AssertClean(t)
 	})
 	sim.AddKey(key, vultrsim.KeyOptions{})
 	return &env{sim: sim, srv: srv, rt: rt}
@@ -240,6 +244,9 @@ func TestInstanceLifecycle(t *testing.T) {
 		SSHKey struct{ ID string } `json:"ssh_key"`
 	}
 	_ = json.Unmarshal(body, &k)
+	if status, _, body := e.do(t, "GET", "/v2/ssh-keys/"+k.SSHKey.ID, key, nil); status != 200 || !strings.Contains(string(body), "me@host") {
+		t.Errorf("get ssh key: %d %s", status, body)
+	}
 	ud := base64.StdEncoding.EncodeToString([]byte("#cloud-config\n"))
 	status, _, body := e.do(t, "POST", "/v2/instances", key, map[string]any{
 		"region": "ewr", "plan": "vc2-1c-1gb", "os_id": 2136, "label": "web", "hostname": "web",
@@ -284,6 +291,22 @@ func TestInstanceLifecycle(t *testing.T) {
 	if string(m.UserData) != "#cloud-config\n" || len(m.SSHAuthorizedKeys) != 1 || m.Hostname != "web" || m.PublicIPv4 == "" {
 		t.Errorf("runtime got %+v", m)
 	}
+	// govultr's update sends tags and ddos_protection as null when unset.
+	_, _, body = e.do(t, "POST", "/v2/firewalls", key, map[string]string{"description": "web"})
+	var g struct {
+		FirewallGroup struct{ ID string } `json:"firewall_group"`
+	}
+	_ = json.Unmarshal(body, &g)
+	status, _, body = e.do(t, "PATCH", "/v2/instances/"+in.ID, key, map[string]any{"label": "web-renamed", "tags": nil, "ddos_protection": nil, "firewall_group_id": g.FirewallGroup.ID})
+	if status != 202 || !strings.Contains(string(body), `"label":"web-renamed"`) || !strings.Contains(string(body), `"firewall_group_id":"`+g.FirewallGroup.ID+`"`) {
+		t.Errorf("patch: %d %s", status, body)
+	}
+	if _, _, body = e.do(t, "GET", "/v2/firewalls/"+g.FirewallGroup.ID, key, nil); !strings.Contains(string(body), `"instance_count":1`) {
+		t.Errorf("group after attach %s", body)
+	}
+	if status, _, body = e.do(t, "GET", "/v2/instances?firewall_group_id="+g.FirewallGroup.ID, key, nil); status != 200 || !strings.Contains(string(body), in.ID) {
+		t.Errorf("list by firewall group: %d %s", status, body)
+	}
 	_, _, body = e.do(t, "GET", "/v2/instances/"+in.ID+"/user-data", key, nil)
 	if string(body) != `{"user_data":{"data":"`+ud+`"}}` {
 		t.Errorf("user data %s", body)
@@ -299,6 +322,12 @@ func TestInstanceLifecycle(t *testing.T) {
 	}
 	if status, _, body := e.do(t, "DELETE", "/v2/instances/"+in.ID, key, nil); status != 404 {
 		t.Errorf("second delete: %d %s", status, body)
+	}
+	for range 2 {
+		e.do(t, "DELETE", "/v2/ssh-keys/"+k.SSHKey.ID, key, nil)
+	}
+	if status, _, _ := e.do(t, "GET", "/v2/ssh-keys/"+k.SSHKey.ID, key, nil); status != 404 {
+		t.Errorf("deleted ssh key: %d", status)
 	}
 }
 
@@ -332,6 +361,12 @@ func TestFirewallRules(t *testing.T) {
 	_, _, body = e.do(t, "GET", "/v2/firewalls/"+id, key, nil)
 	if !strings.Contains(string(body), `"rule_count":2`) || !strings.Contains(string(body), `"max_rule_count":50`) {
 		t.Errorf("group %s", body)
+	}
+	if status, _, body := e.do(t, "GET", "/v2/firewalls/"+id+"/rules/2", key, nil); status != 200 || !strings.Contains(string(body), `"ip_type":"v6"`) {
+		t.Errorf("get rule: %d %s", status, body)
+	}
+	if status, _, _ := e.do(t, "PUT", "/v2/firewalls/"+id, key, map[string]string{"description": "renamed"}); status != 204 {
+		t.Errorf("put group: %d", status)
 	}
 	if status, _, _ := e.do(t, "DELETE", "/v2/firewalls/"+id+"/rules/1", key, nil); status != 204 {
 		t.Errorf("delete rule: %d", status)
