@@ -70,10 +70,21 @@ type env struct {
 // newEnv serves a simulator (wrapped by wrapHandler, the contract checker)
 // with an owner key, a key whose allowlist excludes 127.0.0.1, a key of an
 // account with the API switched off and a view-only sub-user key.
-func newEnv(t *testing.T) *env {
+//
+// Several providers (each with its own client-side limiter) share one
+// simulator in most tests, so together they could exceed Vultr's 30
+// requests per second per IP, which is per caller, not per key; the
+// simulator's real limit is therefore off unless realLimit is set.
+func newEnv(t *testing.T) *env { return newEnvLimit(t, false) }
+
+func newEnvLimit(t *testing.T, realLimit bool) *env {
 	t.Helper()
 	rt := &fakeRuntime{}
-	sim := vultrsim.New(vultrsim.Options{Runtime: rt, BootDelay: time.Millisecond})
+	opts := vultrsim.Options{Runtime: rt, BootDelay: time.Millisecond, RateLimit: -1}
+	if realLimit {
+		opts.RateLimit = 0 // Vultr's 30/s
+	}
+	sim := vultrsim.New(opts)
 	h, rec := wrapHandler(t, sim.Handler())
 	srv := httptest.NewServer(h)
 	t.Cleanup(func() {
@@ -196,15 +207,24 @@ func TestRetries(t *testing.T) {
 	}
 }
 
+// TestCatalog also runs under the simulator's real 30 requests/s limit: the
+// catalog takes dozens of requests and the provider's own limiter (25/s)
+// must keep it from ever being refused.
 func TestCatalog(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newEnvLimit(t, true)
 	e.sim.SetSoldOut("ewr", "vc2-1c-1gb", true)
 	p := e.provider(t, ownerKey)
 	p.SetPageSize(4) // walk several pages of every list
 	cat, err := p.Catalog(context.Background())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if n := e.sim.Requests(); n < 40 {
+		t.Errorf("catalog took only %d requests; the rate-limit check proves little", n)
+	}
+	if n := e.sim.State().Throttled; n != 0 {
+		t.Errorf("the simulator refused %d requests for exceeding 30/s", n)
 	}
 	for _, id := range []string{"ewr", "ord", "ams", "fra", "syd", "nrt", "sgp"} {
 		if r, ok := cat.Region(id); !ok || !r.Available {

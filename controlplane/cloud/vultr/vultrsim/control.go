@@ -48,6 +48,7 @@ type State struct {
 	LatencyMS     int64           `json:"latency_ms"`
 	BootDelayMS   int64           `json:"boot_delay_ms"`
 	Requests      int             `json:"requests"`
+	Throttled     int             `json:"throttled"` // 429s from the real per-IP limit (not RateLimitNext)
 	Instances     []InstanceState `json:"instances"`
 	Firewalls     int             `json:"firewall_groups"`
 	SSHKeys       int             `json:"ssh_keys"`
@@ -82,7 +83,7 @@ func (s *Sim) State() State {
 	defer s.mu.Unlock()
 	st := State{
 		InstanceLimit: s.limit, RateLimitNext: s.next429, ServerErrNext: s.next5xx,
-		LatencyMS: s.latency.Milliseconds(), BootDelayMS: s.bootDelay.Milliseconds(), Requests: s.requests,
+		LatencyMS: s.latency.Milliseconds(), BootDelayMS: s.bootDelay.Milliseconds(), Requests: s.requests, Throttled: s.throttled,
 		Firewalls: len(s.firewalls), SSHKeys: len(s.sshKeys),
 		Keys: []KeyState{}, SoldOut: []SoldOutPlan{}, Instances: []InstanceState{},
 	}

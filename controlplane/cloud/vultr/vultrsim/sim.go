@@ -92,6 +92,7 @@ type Sim struct {
 	instances []*instance
 	ipSeq     int
 	requests  int
+	throttled int // answers refused by the real per-IP limit
 }
 
 type ipWindow struct {
@@ -286,6 +287,9 @@ func (s *Sim) serveAPI(w http.ResponseWriter, r *http.Request, api http.Handler)
 
 	s.mu.Lock()
 	limited := s.overLimit(ip)
+	if limited {
+		s.throttled++
+	}
 	var retryAfter time.Duration
 	if !limited && s.next429 > 0 {
 		s.next429--

@@ -407,6 +407,9 @@ func TestRealRateLimit(t *testing.T) {
 	if got[2] != 200 || got[3] != 429 {
 		t.Errorf("statuses within one second: %v", got)
 	}
+	if n := e.sim.State().Throttled; n != 1 {
+		t.Errorf("throttled %d", n)
+	}
 }
 
 func TestControlAPI(t *testing.T) {
