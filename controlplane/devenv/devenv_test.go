@@ -6,9 +6,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -23,7 +25,23 @@ import (
 	"github.com/devpilot/devpilot/controlplane/devenv"
 )
 
+// agentDir holds a devpilot-agent built for this test run; simulated
+// servers download and install it.
+var agentDir string
+
 func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "devpilot-agent-build-")
+	if err != nil {
+		panic(err)
+	}
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "devpilot-agent"), "github.com/devpilot/devpilot/cmd/devpilot-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build devpilot-agent: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	agentDir = dir
+	defer os.RemoveAll(dir)
 	goleak.VerifyTestMain(m,
 		// http.Transport keeps idle connections' goroutines until they time out.
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
@@ -72,6 +90,7 @@ func start(t *testing.T) *harness {
 	log := zap.New(zapcore.NewCore(enc, zapcore.AddSync(h.logs), zapcore.DebugLevel))
 	env, err := devenv.Start(context.Background(), devenv.Config{
 		DataDir: h.dir, Listen: "127.0.0.1:0", Logger: log, Out: h.out, BootDelay: 10 * time.Millisecond,
+		AgentDir: agentDir, HeartbeatInterval: time.Second, PollInterval: 50 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatalf("start dev environment: %v", err)

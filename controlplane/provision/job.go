@@ -75,6 +75,13 @@ func (s *Service) runProvision(ctx context.Context, id string) {
 			return
 		}
 	}
+	// Every step is recorded done: the install is confirmed. (An agent
+	// that dropped meanwhile turns it offline through the hub.)
+	if _, err := s.store.Q().SetServerState(ctx, id, StateOnline, s.now(), StateInstalling); err != nil {
+		j.log.Error("mark online", zap.Error(err))
+		return
+	}
+	j.log.Info("server online")
 }
 
 // step runs one step: recorded as running, retried while its failure is
@@ -128,16 +135,12 @@ func (j *job) fail(st store.Step, err error) error {
 	if ferr := s.store.Q().FinishStep(ctx, j.srv.ID, st.Seq, StepFailed, ej, "", s.now()); ferr != nil {
 		return ferr
 	}
-	srv, gerr := s.store.Q().GetServer(ctx, "", j.srv.ID)
-	if gerr != nil {
-		return gerr
+	ok, ferr := s.store.Q().FailServer(ctx, j.srv.ID, ej, s.now())
+	if ferr != nil {
+		return ferr
 	}
-	if srv.State != StateProvisioning && srv.State != StateInstalling {
-		return errStopped
-	}
-	srv.State, srv.ErrorJSON, srv.UpdatedAt = StateFailed, ej, s.now().UTC()
-	if uerr := s.store.Q().UpdateServer(ctx, srv); uerr != nil {
-		return uerr
+	if !ok {
+		return errStopped // deleted meanwhile
 	}
 	return err
 }
@@ -157,8 +160,7 @@ func (j *job) reload(ctx context.Context) error {
 }
 
 func (j *job) save(ctx context.Context) error {
-	j.srv.UpdatedAt = j.s.now().UTC()
-	return j.s.store.Q().UpdateServer(ctx, j.srv)
+	return j.s.store.Q().SaveProvisioning(ctx, j.srv, j.s.now())
 }
 
 func (j *job) provider(ctx context.Context) (cloud.Provider, error) {
@@ -415,9 +417,6 @@ func (j *job) waitAgent(ctx context.Context) (string, error) {
 			return "", err
 		}
 		if j.srv.InstalledAt != nil {
-			if _, err := s.store.Q().SetServerState(ctx, j.srv.ID, StateOnline, s.now(), StateInstalling); err != nil {
-				return "", err
-			}
 			return "agent " + j.srv.AgentVersion + " enrolled", nil
 		}
 		left := deadline.Sub(s.now())
@@ -481,10 +480,8 @@ func (s *Service) runDelete(ctx context.Context, id string) {
 		}
 		log.Warn("destroy failed; will retry", zap.Error(err))
 		if permanent(err) {
-			srv, gerr := s.store.Q().GetServer(ctx, "", id)
-			if gerr == nil {
-				srv.State, srv.ErrorJSON, srv.UpdatedAt = StateFailed, errorJSON("destroy", err), s.now().UTC()
-				_ = s.store.Q().UpdateServer(ctx, srv)
+			if _, ferr := s.store.Q().FailServer(ctx, id, errorJSON("destroy", err), s.now()); ferr != nil {
+				log.Error("record failed destroy", zap.Error(ferr))
 			}
 			return
 		}

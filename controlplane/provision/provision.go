@@ -99,8 +99,8 @@ type Options struct {
 	Keys         *secrets.Keyring
 	Integrations *integrations.Service
 	UserData     UserDataFunc
-	Live         LiveFunc               // nil: no live view
-	Disconnect   func(serverID string)  // ends a deleted server's agent session
+	Live         LiveFunc              // nil: no live view
+	Disconnect   func(serverID string) // ends a deleted server's agent session
 	Logger       *zap.Logger
 	Now          func() time.Time
 	AgentTimeout time.Duration // wait_agent deadline; default 15 min
@@ -352,22 +352,17 @@ func (s *Service) Delete(ctx context.Context, actor, workspaceID, id string, des
 	}
 	// Stop provisioning first so it cannot create anything behind our back.
 	s.stopJob(id)
-	to := StateDeleted
-	if destroy {
-		to = StateDeleting
-	}
-	srv, err = s.store.Q().GetServer(ctx, workspaceID, id)
-	if err != nil {
-		return nil, err
-	}
-	srv.State, srv.Destroy, srv.UpdatedAt = to, destroy, s.now().UTC()
+	now := s.now().UTC()
 	err = s.store.InTx(ctx, func(q *store.Queries) error {
-		if err := q.UpdateServer(ctx, srv); err != nil {
+		if err := q.MarkDeleted(ctx, id, destroy, now); err != nil {
 			return err
 		}
 		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: workspaceID, Actor: actor, Action: "server.delete",
-			Target: id, DetailJSON: fmt.Sprintf(`{"destroy":%t}`, destroy), At: srv.UpdatedAt})
+			Target: id, DetailJSON: fmt.Sprintf(`{"destroy":%t}`, destroy), At: now})
 	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, problem.Conflict("", "server %s is already being deleted", id)
+	}
 	if err != nil {
 		return nil, err
 	}

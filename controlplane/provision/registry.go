@@ -74,11 +74,7 @@ func (r *Registry) Enroll(ctx context.Context, serverID, token string, pub ed255
 		if !used {
 			return hub.ErrTokenInvalid
 		}
-		srv.AgentPublicKey = pub
-		srv.AgentVersion = hello.AgentVersion
-		facts, _ := json.Marshal(hello.Facts)
-		srv.FactsJSON, srv.UpdatedAt = string(facts), now
-		if err := q.UpdateServer(ctx, srv); err != nil {
+		if err := q.SaveAgentKey(ctx, serverID, pub, now); err != nil {
 			return err
 		}
 		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: srv.WorkspaceID, Actor: "agent:" + serverID,
@@ -111,24 +107,13 @@ func (r *Registry) AgentKey(ctx context.Context, serverID string) (ed25519.Publi
 // Connected implements hub.Registry: the first session confirms the
 // install; later ones bring an offline server back online.
 func (r *Registry) Connected(ctx context.Context, serverID string, hello protocol.Hello, at time.Time) error {
-	srv, err := r.live(ctx, serverID)
-	if err != nil {
+	if _, err := r.live(ctx, serverID); err != nil {
 		return err
 	}
 	facts, _ := json.Marshal(hello.Facts)
-	srv.FactsJSON, srv.AgentVersion = string(facts), hello.AgentVersion
-	at = at.UTC()
-	srv.LastSeenAt, srv.UpdatedAt = &at, at
-	if srv.InstalledAt == nil {
-		srv.InstalledAt = &at
-	}
-	if srv.State == StateOffline {
-		srv.State = StateOnline
-	}
-	if err := r.s.store.Q().UpdateServer(ctx, srv); err != nil {
-		return err
-	}
-	if _, err := r.s.store.Q().SetServerState(ctx, serverID, StateOnline, at, StateInstalling); err != nil {
+	// An installing server turns online when its job records wait_agent
+	// done; an offline one right here.
+	if err := r.s.store.Q().SaveAgentSession(ctx, serverID, hello.AgentVersion, string(facts), at); err != nil {
 		return err
 	}
 	r.s.wake(serverID)

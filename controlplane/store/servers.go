@@ -306,3 +306,45 @@ func (q *Queries) UseBootstrapToken(ctx context.Context, hash []byte, serverID s
 	n, err := res.RowsAffected()
 	return n == 1, err
 }
+
+// SaveProvisioning records what provisioning learnt about the cloud side.
+// (Targeted: the hub writes the agent columns concurrently.)
+func (q *Queries) SaveProvisioning(ctx context.Context, s Server, at time.Time) error {
+	return affected(q.x.ExecContext(ctx, `UPDATE servers SET image_id = ?, instance_id = ?, public_ipv4 = ?, firewall_id = ?,
+		ssh_key_id = ?, updated_at = ? WHERE id = ?`, s.ImageID, s.InstanceID, s.PublicIPv4, s.FirewallID, s.SSHKeyID, at.UTC(), s.ID))
+}
+
+// SaveAgentKey records an enrolled agent's public key.
+func (q *Queries) SaveAgentKey(ctx context.Context, id string, pub []byte, at time.Time) error {
+	return affected(q.x.ExecContext(ctx, `UPDATE servers SET agent_public_key = ?, updated_at = ? WHERE id = ?`, pub, at.UTC(), id))
+}
+
+// SaveAgentSession records a session start: agent version and facts, last
+// seen, and (the first time) when the install was confirmed; an offline
+// server turns online.
+func (q *Queries) SaveAgentSession(ctx context.Context, id, version, factsJSON string, at time.Time) error {
+	return affected(q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
+		installed_at = COALESCE(installed_at, ?), state = CASE WHEN state = 'offline' THEN 'online' ELSE state END,
+		updated_at = ? WHERE id = ?`, version, factsJSON, at.UTC(), at.UTC(), at.UTC(), id))
+}
+
+// FailServer marks a provisioning or installing server failed.
+func (q *Queries) FailServer(ctx context.Context, id, errorJSON string, at time.Time) (bool, error) {
+	res, err := q.x.ExecContext(ctx, `UPDATE servers SET state = 'failed', error_json = ?, updated_at = ?
+		WHERE id = ? AND state IN ('provisioning', 'installing', 'deleting')`, errorJSON, at.UTC(), id)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// MarkDeleted moves a live server to deleting (destroy) or deleted.
+func (q *Queries) MarkDeleted(ctx context.Context, id string, destroy bool, at time.Time) error {
+	to := "deleted"
+	if destroy {
+		to = "deleting"
+	}
+	return affected(q.x.ExecContext(ctx, `UPDATE servers SET state = ?, destroy = ?, updated_at = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`,
+		to, destroy, at.UTC(), id))
+}
