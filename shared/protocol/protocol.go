@@ -25,7 +25,7 @@ import (
 
 // Version is the protocol the code speaks. Bump it with a dated line:
 //
-//	1 (2026-11-23): challenge, hello, welcome, error, heartbeat; task, cancel, task_ack, task_log, task_result.
+//	1 (2026-11-23): challenge, hello, welcome, error, heartbeat; task, cancel, task_ack, task_log, task_result (tasks.go).
 const Version = 1
 
 // MinVersion is the oldest agent protocol the hub still accepts, so a fleet
