@@ -2,7 +2,9 @@ package api
 
 import (
 	"net/http"
+	"time"
 
+	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
 )
 
@@ -14,6 +16,24 @@ func (a *API) serverRoutes() {
 	a.handle("POST /v1/workspaces/{ws}/servers", write, a.createServer)
 	a.handle("GET /v1/workspaces/{ws}/servers/{id}", read, a.getServer)
 	a.handle("DELETE /v1/workspaces/{ws}/servers/{id}", write, a.deleteServer)
+	a.handle("GET /v1/workspaces/{ws}/servers/{id}/health", read, a.serverHealth)
+}
+
+// serverHealth returns stored health samples: ?since=1h (a duration, at most 24h).
+func (a *API) serverHealth(w http.ResponseWriter, r *http.Request, c *call) error {
+	since := time.Hour
+	if v := r.URL.Query().Get("since"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > provision.HealthHistory {
+			return problem.Validation("Use a duration such as 15m or 1h, at most 24h.", "invalid since %q", v)
+		}
+		since = d
+	}
+	pts, err := a.o.Servers.HealthSince(r.Context(), c.ws.ID, r.PathValue("id"), a.o.Now().Add(-since))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"samples": pts})
 }
 
 func (a *API) listServers(w http.ResponseWriter, r *http.Request, c *call) error {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/cloud"
@@ -421,6 +422,7 @@ func (j *job) waitAgent(ctx context.Context) (string, error) {
 		}
 		left := deadline.Sub(s.now())
 		if left <= 0 {
+			j.diagnose(ctx)
 			return "", &problem.Error{Code: "agent_timeout", Message: fmt.Sprintf("the agent did not confirm the install within %s",
 				time.Duration(j.srv.AgentTimeoutS)*time.Second),
 				Hint: "Check the server's cloud-init output (/var/log/cloud-init-output.log) and `journalctl -u devpilot-agent`; " +
@@ -528,4 +530,25 @@ func (s *Service) destroy(ctx context.Context, id string) error {
 	}
 	_, err = s.store.Q().SetServerState(ctx, id, StateDeleted, s.now(), StateDeleting)
 	return err
+}
+
+// diagnose collects and stores diagnostics of a server whose agent did not
+// confirm the install (best effort: its own failure is what gets stored).
+func (j *job) diagnose(ctx context.Context) {
+	s := j.s
+	if s.o.Diagnose == nil {
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	text, err := s.o.Diagnose(dctx, DiagnoseTarget{ServerID: j.srv.ID, WorkspaceID: j.srv.WorkspaceID,
+		PublicIPv4: j.srv.PublicIPv4, Signer: func(ctx context.Context) (ssh.Signer, error) {
+			return s.Signer(ctx, j.srv.WorkspaceID)
+		}})
+	if err != nil {
+		text = strings.TrimSpace(text + "\n\ndiagnostics incomplete: " + err.Error())
+	}
+	if serr := s.store.Q().SetDiagnostics(context.WithoutCancel(ctx), j.srv.ID, text); serr != nil {
+		j.log.Error("store diagnostics", zap.Error(serr))
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/devpilot/devpilot/controlplane/cloud"
 	"github.com/devpilot/devpilot/controlplane/ids"
@@ -108,6 +109,22 @@ type Options struct {
 	PollInterval time.Duration // wait_active polling; default 5 s
 	RetryMin     time.Duration // first retry wait of a transient failure; default 2 s
 	StepTimeout  time.Duration // how long a step retries transient failures; default 15 min
+
+	// OnAgentConnected is called after every agent session start (the
+	// task service resends what the agent has not acknowledged).
+	OnAgentConnected func(serverID string)
+	// Diagnose collects what went wrong on a server whose agent did not
+	// confirm the install in time (e.g. over SSH); its text is stored and
+	// shown with the failed step. nil: no diagnostics.
+	Diagnose func(ctx context.Context, t DiagnoseTarget) (string, error)
+}
+
+// DiagnoseTarget is what Diagnose needs to reach a server.
+type DiagnoseTarget struct {
+	ServerID    string
+	WorkspaceID string
+	PublicIPv4  string
+	Signer      func(ctx context.Context) (ssh.Signer, error) // the workspace key
 }
 
 // Service creates, watches and deletes servers.
@@ -392,6 +409,7 @@ type Server struct {
 	HealthAt      *time.Time       `json:"health_at"`
 	Agent         AgentView        `json:"agent"`
 	Error         *StepError       `json:"error"`
+	Diagnostics   string           `json:"diagnostics,omitempty"` // collected when the install did not confirm
 	CreatedAt     time.Time        `json:"created_at"`
 	UpdatedAt     time.Time        `json:"updated_at"`
 }
@@ -449,6 +467,9 @@ func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
 	if srv.ErrorJSON != "" {
 		v.Error = &StepError{}
 		_ = json.Unmarshal([]byte(srv.ErrorJSON), v.Error)
+	}
+	if srv.State == StateFailed {
+		v.Diagnostics, _ = s.store.Q().Diagnostics(ctx, srv.ID)
 	}
 	if srv.HealthJSON != "" {
 		v.Health = &protocol.Health{}

@@ -117,6 +117,9 @@ func (r *Registry) Connected(ctx context.Context, serverID string, hello protoco
 		return err
 	}
 	r.s.wake(serverID)
+	if r.s.o.OnAgentConnected != nil {
+		r.s.o.OnAgentConnected(serverID)
+	}
 	return nil
 }
 
@@ -128,7 +131,7 @@ func (r *Registry) Disconnected(ctx context.Context, serverID string, at time.Ti
 
 // SaveHealth implements hub.Registry.
 func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthSample) error {
-	return r.s.store.InTx(ctx, func(q *store.Queries) error {
+	err := r.s.store.InTx(ctx, func(q *store.Queries) error {
 		for id, h := range latest {
 			b, err := json.Marshal(h.Health)
 			if err != nil {
@@ -137,7 +140,32 @@ func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthS
 			if err := q.SaveHealth(ctx, id, string(b), h.At); err != nil {
 				return err
 			}
+			p := store.HealthPoint{At: h.At, CPUPercent: h.Health.CPUPercent, Load1: h.Health.Load1,
+				MemUsedMB: h.Health.MemUsedMB, MemTotalMB: h.Health.MemTotalMB}
+			for _, d := range h.Health.Disks {
+				if d.Mount == "/" || len(h.Health.Disks) == 1 {
+					p.DiskUsedMB, p.DiskTotalMB = d.UsedMB, d.TotalMB
+				}
+			}
+			if err := q.AddHealthPoint(ctx, id, p); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	return r.s.store.Q().PruneHealth(ctx, r.s.now().Add(-HealthHistory))
+}
+
+// HealthHistory is how long health samples are kept.
+const HealthHistory = 24 * time.Hour
+
+// HealthSince returns a server's stored health samples since t.
+func (s *Service) HealthSince(ctx context.Context, workspaceID, id string, t time.Time) ([]store.HealthPoint, error) {
+	if _, err := s.Get(ctx, workspaceID, id); err != nil {
+		return nil, err
+	}
+	return s.store.Q().HealthSince(ctx, id, t)
 }

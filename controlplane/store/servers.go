@@ -348,3 +348,60 @@ func (q *Queries) MarkDeleted(ctx context.Context, id string, destroy bool, at t
 	return affected(q.x.ExecContext(ctx, `UPDATE servers SET state = ?, destroy = ?, updated_at = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`,
 		to, destroy, at.UTC(), id))
 }
+
+// HealthPoint is one stored health sample.
+type HealthPoint struct {
+	At          time.Time `json:"at"`
+	CPUPercent  float64   `json:"cpu_percent"`
+	Load1       float64   `json:"load1"`
+	MemUsedMB   int64     `json:"mem_used_mb"`
+	MemTotalMB  int64     `json:"mem_total_mb"`
+	DiskUsedMB  int64     `json:"disk_used_mb"`
+	DiskTotalMB int64     `json:"disk_total_mb"`
+}
+
+// AddHealthPoint stores a sample (a repeat of the same instant is ignored).
+func (q *Queries) AddHealthPoint(ctx context.Context, serverID string, p HealthPoint) error {
+	_, err := q.x.ExecContext(ctx, `INSERT OR IGNORE INTO server_health (server_id, at, cpu_percent, load1, mem_used_mb,
+		mem_total_mb, disk_used_mb, disk_total_mb) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, serverID, p.At.UTC(), p.CPUPercent,
+		p.Load1, p.MemUsedMB, p.MemTotalMB, p.DiskUsedMB, p.DiskTotalMB)
+	return err
+}
+
+// HealthSince returns a server's samples since t, oldest first.
+func (q *Queries) HealthSince(ctx context.Context, serverID string, t time.Time) ([]HealthPoint, error) {
+	rows, err := q.x.QueryContext(ctx, `SELECT at, cpu_percent, load1, mem_used_mb, mem_total_mb, disk_used_mb, disk_total_mb
+		FROM server_health WHERE server_id = ? AND at >= ? ORDER BY at`, serverID, t.UTC())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []HealthPoint{}
+	for rows.Next() {
+		var p HealthPoint
+		if err := rows.Scan(&p.At, &p.CPUPercent, &p.Load1, &p.MemUsedMB, &p.MemTotalMB, &p.DiskUsedMB, &p.DiskTotalMB); err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// PruneHealth deletes samples older than t.
+func (q *Queries) PruneHealth(ctx context.Context, t time.Time) error {
+	_, err := q.x.ExecContext(ctx, `DELETE FROM server_health WHERE at < ?`, t.UTC())
+	return err
+}
+
+// SetDiagnostics stores what was collected from a server whose install failed.
+func (q *Queries) SetDiagnostics(ctx context.Context, id, text string) error {
+	_, err := q.x.ExecContext(ctx, `UPDATE servers SET diagnostics = ? WHERE id = ?`, text, id)
+	return err
+}
+
+// Diagnostics returns a server's stored diagnostics.
+func (q *Queries) Diagnostics(ctx context.Context, id string) (string, error) {
+	var s string
+	err := q.x.QueryRowContext(ctx, `SELECT diagnostics FROM servers WHERE id = ?`, id).Scan(&s)
+	return s, one(err)
+}
