@@ -116,6 +116,8 @@ type Watchdog struct {
 	Interval time.Duration
 	// MaxAge is how old progress may be and still count; default Interval/2.
 	MaxAge time.Duration
+
+	stale atomic.Bool
 }
 
 // Run pings every Interval/3 until ctx ends. It returns at once when no
@@ -134,22 +136,28 @@ func (w *Watchdog) Run(ctx context.Context) {
 	}
 	t := time.NewTicker(max(iv/3, time.Millisecond))
 	defer t.Stop()
-	stale := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		if age := w.Progress.Age(); age <= maxAge {
-			w.Notifier.send(daemon.SdNotifyWatchdog)
-			stale = false
-		} else if !stale {
-			stale = true
-			if w.Notifier.Log != nil {
-				w.Notifier.Log.Warn("no progress, withholding watchdog pings; systemd will restart the agent",
-					zap.Duration("since_progress", age))
-			}
+			w.Check(maxAge)
 		}
 	}
+}
+
+// Check sends WATCHDOG=1 if progress is at most maxAge old and reports
+// whether it did; the first stale check logs a warning.
+func (w *Watchdog) Check(maxAge time.Duration) bool {
+	age := w.Progress.Age()
+	if age <= maxAge {
+		w.Notifier.send(daemon.SdNotifyWatchdog)
+		w.stale.Store(false)
+		return true
+	}
+	if !w.stale.Swap(true) && w.Notifier.Log != nil {
+		w.Notifier.Log.Warn("no progress, withholding watchdog pings; systemd will restart the agent",
+			zap.Duration("since_progress", age))
+	}
+	return false
 }

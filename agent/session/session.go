@@ -577,4 +577,3 @@ func (c *Client) handle(data []byte) error {
 	}
 	return nil
 }
-

@@ -1,0 +1,239 @@
+package install_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/devpilot/devpilot/agent/agenttest"
+	"github.com/devpilot/devpilot/agent/config"
+	"github.com/devpilot/devpilot/agent/install"
+	"github.com/devpilot/devpilot/agent/layout"
+	"github.com/devpilot/devpilot/agent/unitctl"
+	"github.com/devpilot/devpilot/packaging"
+	"github.com/devpilot/devpilot/shared/protocol"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fixture writes a fake executable and a bootstrap file.
+func fixture(t *testing.T, b protocol.Bootstrap, mode os.FileMode) (root, exe, bootstrap string) {
+	t.Helper()
+	dir := t.TempDir()
+	root = filepath.Join(dir, "root")
+	exe = filepath.Join(dir, "devpilot-agent-download")
+	if err := os.WriteFile(exe, []byte("#!fake agent binary\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bootstrap = filepath.Join(dir, "bootstrap.json")
+	raw, _ := json.Marshal(b)
+	if err := os.WriteFile(bootstrap, raw, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(bootstrap, mode); err != nil { // umask
+		t.Fatal(err)
+	}
+	return root, exe, bootstrap
+}
+
+func mode(t *testing.T, path string) os.FileMode {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return fi.Mode().Perm()
+}
+
+func TestInstallLayoutIdempotentUninstall(t *testing.T) {
+	t.Parallel()
+	hub := agenttest.New(t)
+	boot := hub.Bootstrap("srv-1")
+	root, exe, bootFile := fixture(t, boot, 0o600)
+	p := layout.New(root)
+	ctx := context.Background()
+
+	res, err := install.Install(ctx, install.Options{Paths: p, BootstrapFile: bootFile, Executable: exe, Supervisor: unitctl.None{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.IdentityCreated {
+		t.Error("first install did not create an identity")
+	}
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+	}{
+		{p.Binary(), 0o755},
+		{p.ConfigFile(), 0o600},
+		{p.ConfigDir(), 0o700},
+		{p.IdentityKey(), 0o600},
+		{p.StateDir(), 0o700},
+		{p.UnitFile(), 0o644},
+	} {
+		if got := mode(t, f.path); got != f.mode {
+			t.Errorf("%s: mode %04o, want %04o", f.path, got, f.mode)
+		}
+	}
+	if _, err := os.Stat(bootFile); !os.IsNotExist(err) {
+		t.Errorf("bootstrap file still there after install (err=%v)", err)
+	}
+	if b, _ := os.ReadFile(p.Binary()); string(b) != "#!fake agent binary\n" {
+		t.Errorf("binary not copied: %q", b)
+	}
+	if b, _ := os.ReadFile(p.UnitFile()); string(b) != packaging.SystemdUnit {
+		t.Error("unit file differs from packaging/devpilot-agent.service")
+	}
+	cfg, err := config.Load(p.ConfigFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config.FromBootstrap(boot)
+	if cfg != want {
+		t.Errorf("config = %+v, want %+v", cfg, want)
+	}
+	key1, _ := os.ReadFile(p.IdentityKey())
+	cfg1, _ := os.ReadFile(p.ConfigFile())
+
+	// Second run with the same bootstrap (cloud-init re-running runcmd):
+	// nothing changes, the identity is kept.
+	root2, _, bootFile2 := fixture(t, boot, 0o600)
+	_ = root2
+	res, err = install.Install(ctx, install.Options{Paths: p, BootstrapFile: bootFile2, Executable: exe, Supervisor: unitctl.None{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Changed) != 0 || res.IdentityCreated {
+		t.Errorf("second install changed %v (identity created %v), want nothing", res.Changed, res.IdentityCreated)
+	}
+	if key2, _ := os.ReadFile(p.IdentityKey()); !bytes.Equal(key1, key2) {
+		t.Error("identity key replaced by second install")
+	}
+	if cfg2, _ := os.ReadFile(p.ConfigFile()); !bytes.Equal(cfg1, cfg2) {
+		t.Error("config changed by second install")
+	}
+
+	// Once enrolled (token dropped), reinstalling the same server does not
+	// put the spent token back.
+	cfg.BootstrapToken = ""
+	if err := config.Save(p.ConfigFile(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	_, _, bootFile3 := fixture(t, boot, 0o600)
+	if _, err := install.Install(ctx, install.Options{Paths: p, BootstrapFile: bootFile3, Executable: exe}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := config.Load(p.ConfigFile()); got.BootstrapToken != "" {
+		t.Error("reinstall of an enrolled agent wrote the spent token back")
+	}
+
+	// Status reports it.
+	var out strings.Builder
+	if !install.Status(ctx, &out, p, unitctl.None{}) {
+		t.Errorf("status says not installed:\n%s", out.String())
+	}
+	if strings.Contains(out.String(), boot.BootstrapToken) {
+		t.Error("status printed the bootstrap token")
+	}
+
+	removed, err := install.Uninstall(ctx, install.UninstallOptions{Paths: p, Supervisor: unitctl.None{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 4 {
+		t.Errorf("removed %v, want unit, binary, config dir, state dir", removed)
+	}
+	for _, f := range []string{p.Binary(), p.ConfigDir(), p.StateDir(), p.UnitFile()} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("%s still exists after uninstall", f)
+		}
+	}
+	out.Reset()
+	if install.Status(ctx, &out, p, nil) {
+		t.Error("status says installed after uninstall")
+	}
+}
+
+func TestUninstallKeepState(t *testing.T) {
+	t.Parallel()
+	hub := agenttest.New(t)
+	root, exe, bootFile := fixture(t, hub.Bootstrap("srv-k"), 0o600)
+	p := layout.New(root)
+	ctx := context.Background()
+	if _, err := install.Install(ctx, install.Options{Paths: p, BootstrapFile: bootFile, Executable: exe}); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := os.ReadFile(p.IdentityKey())
+	if _, err := install.Uninstall(ctx, install.UninstallOptions{Paths: p, KeepState: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(p.IdentityKey()); !bytes.Equal(got, key) {
+		t.Error("--keep-state lost the identity key")
+	}
+	if _, err := os.Stat(p.ConfigFile()); !os.IsNotExist(err) {
+		t.Error("config kept without --keep-config")
+	}
+}
+
+func TestInstallRefuses(t *testing.T) {
+	t.Parallel()
+	hub := agenttest.New(t)
+	other := agenttest.New(t)
+	good := hub.Bootstrap("srv-2")
+	badPin := good
+	badPin.CAPin = other.CAPin
+	notAPin := good
+	notAPin.CAPin = "md5/abc"
+	plainHTTP := good
+	plainHTTP.URL = "http://cp.example.com"
+	noToken := good
+	noToken.BootstrapToken = ""
+
+	for _, tc := range []struct {
+		name string
+		b    protocol.Bootstrap
+		mode os.FileMode
+		want string
+	}{
+		{"world readable", good, 0o644, "chmod 600"},
+		{"group readable", good, 0o640, "chmod 600"},
+		{"pin of another CA", badPin, 0o600, "does not match ca_pin"},
+		{"malformed pin", notAPin, 0o600, "sha256/"},
+		{"plain http", plainHTTP, 0o600, "want https"},
+		{"no token", noToken, 0o600, "bootstrap_token is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			root, exe, bootFile := fixture(t, tc.b, tc.mode)
+			p := layout.New(root)
+			_, err := install.Install(context.Background(), install.Options{Paths: p, BootstrapFile: bootFile, Executable: exe})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one mentioning %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), good.BootstrapToken) {
+				t.Error("error leaks the bootstrap token")
+			}
+			if _, err := os.Stat(bootFile); err != nil {
+				t.Error("refused install deleted the bootstrap file")
+			}
+			if _, err := os.Stat(p.ConfigFile()); !os.IsNotExist(err) {
+				t.Error("refused install wrote a config")
+			}
+		})
+	}
+}
+
+func TestSystemdSupervisorNeedsHostRoot(t *testing.T) {
+	t.Parallel()
+	hub := agenttest.New(t)
+	root, exe, bootFile := fixture(t, hub.Bootstrap("srv-3"), 0o600)
+	_, err := install.Install(context.Background(), install.Options{Paths: layout.New(root), BootstrapFile: bootFile, Executable: exe, Supervisor: &unitctl.Systemd{}})
+	if err == nil || !strings.Contains(err.Error(), "--supervisor none") {
+		t.Fatalf("err = %v, want a hint to use --supervisor none", err)
+	}
+}
