@@ -18,8 +18,13 @@ type recorder struct {
 	sent []string
 }
 
-func (r *recorder) send(s string) error { r.mu.Lock(); r.sent = append(r.sent, s); r.mu.Unlock(); return nil }
-func (r *recorder) all() []string      { r.mu.Lock(); defer r.mu.Unlock(); return slices.Clone(r.sent) }
+func (r *recorder) send(s string) error {
+	r.mu.Lock()
+	r.sent = append(r.sent, s)
+	r.mu.Unlock()
+	return nil
+}
+func (r *recorder) all() []string { r.mu.Lock(); defer r.mu.Unlock(); return slices.Clone(r.sent) }
 
 func TestWatchdogOnlyWhileProgressIsFresh(t *testing.T) {
 	t.Parallel()

@@ -125,21 +125,6 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	defer log.Sync()
 	paths := layout.New(*root)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	// First SIGTERM/SIGINT: cancel (stop dialing, close the session
-	// cleanly, exit 0). Second: exit at once.
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	go func() {
-		s := <-sigs
-		log.Info("stopping; signal again to exit at once", zap.String("signal", s.String()))
-		cancel()
-		<-sigs
-		log.Warn("second signal, exiting now")
-		os.Exit(1)
-	}()
-
 	var sup unitctl.Controller
 	if supervisor != "" {
 		if sup, err = unitctl.ByName(supervisor, log); err != nil {
@@ -147,6 +132,26 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// First SIGTERM/SIGINT: cancel (stop dialing, close the session
+	// cleanly, exit 0). Second: exit at once.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			log.Info("stopping; signal again to exit at once", zap.String("signal", s.String()))
+			cancel()
+		case <-ctx.Done():
+			return
+		}
+		<-sigs
+		log.Warn("second signal, exiting now")
+		os.Exit(1)
+	}()
 
 	switch cmd {
 	case "install":
