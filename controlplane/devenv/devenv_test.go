@@ -34,11 +34,13 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "devpilot-agent"), "github.com/devpilot/devpilot/cmd/devpilot-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build devpilot-agent: %v\n%s", err, out)
-		os.Exit(1)
+	for _, name := range []string{"devpilot-agent", "devpilot"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "github.com/devpilot/devpilot/cmd/"+name)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
+			os.Exit(1)
+		}
 	}
 	agentDir = dir
 	defer os.RemoveAll(dir)

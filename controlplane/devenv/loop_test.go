@@ -14,6 +14,7 @@ import (
 	"github.com/vultr/govultr/v3"
 
 	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
@@ -276,4 +277,34 @@ func TestAgentKilledAndFrozen(t *testing.T) {
 
 func killPID(pid int, sig string) error {
 	return exec.Command("kill", "-"+sig, strconv.Itoa(pid)).Run()
+}
+
+// TestInstanceFoundByTagIsAdopted: a droplet carrying the server's tag
+// exists before the instance step runs (an earlier attempt created it and
+// died before recording its id). The step adopts it instead of creating a
+// second one.
+func TestInstanceFoundByTagIsAdopted(t *testing.T) {
+	h := start(t)
+	v := h.env.Values
+	_, do, _ := h.connect("digitalocean", "do", v["DO_SIM_TOKEN"])
+	h.env.DO.FailNext5xx(1000, 503) // hold the job in preflight
+	s := h.createServer(do.ID, "adopt-me", "nyc3", "s-1vcpu-1gb", "debian-12", nil)
+
+	p, err := digitalocean.New(cloud.Config{Secret: secrets.New(v["DO_SIM_TOKEN"]), BaseURL: v["DO_SIM_URL"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.env.DO.ResetFaults()
+	orphan, err := p.CreateInstance(context.Background(), cloud.InstanceSpec{Name: "adopt-me", Region: "nyc3",
+		Size: "s-1vcpu-1gb", Image: "debian-12-x64", Tags: []string{"devpilot", "devpilot-srv-" + s.ID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := h.waitServer(s.ID, 60*time.Second, "past the instance step", func(s server) bool { return s.InstanceID != "" })
+	if got.InstanceID != orphan.ID {
+		t.Errorf("recorded instance %s, want the existing %s", got.InstanceID, orphan.ID)
+	}
+	if n := len(h.env.DO.State().Droplets); n != 1 {
+		t.Errorf("%d droplets, want 1", n)
+	}
 }
