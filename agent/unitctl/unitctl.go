@@ -7,7 +7,6 @@ package unitctl
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -175,14 +174,12 @@ func (s *Systemd) StopDisable(ctx context.Context, unit string) error {
 	return nil
 }
 
+// isNoSuchUnit reports whether err says the unit is not there, which
+// stop/disable during an uninstall may ignore.
 func isNoSuchUnit(err error) bool {
-	var e interface{ Error() string }
-	if errors.As(err, &e) {
-		m := e.Error()
-		return strings.Contains(m, "NoSuchUnit") || strings.Contains(m, "not loaded") ||
-			strings.Contains(m, "does not exist") || strings.Contains(m, "not found")
-	}
-	return false
+	m := err.Error()
+	return strings.Contains(m, "NoSuchUnit") || strings.Contains(m, "not loaded") ||
+		strings.Contains(m, "does not exist") || strings.Contains(m, "not found")
 }
 
 // State implements Controller.

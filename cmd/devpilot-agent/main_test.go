@@ -114,7 +114,7 @@ func TestInstallRunSIGTERM(t *testing.T) {
 
 	var stderr bytes.Buffer
 	agent := exec.Command(p.Binary(), "run", "--root-dir", root)
-	agent.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "JOURNAL_STREAM=1:1")
+	agent.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "JOURNAL_STREAM=1:1", "WATCHDOG_USEC=300000")
 	agent.Stderr = &stderr
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
@@ -145,6 +145,7 @@ func TestInstallRunSIGTERM(t *testing.T) {
 		t.Errorf("rewritten config mode %04o, want 0600", fi.Mode().Perm())
 	}
 	agenttest.WaitFor(t, "READY=1", func() bool { return gotNotify("READY=1") })
+	agenttest.WaitFor(t, "WATCHDOG=1 while connected", func() bool { return gotNotify("WATCHDOG=1") })
 	if !gotNotify("STATUS=connected to 127.0.0.1") {
 		t.Error("no 'connected' STATUS")
 	}
