@@ -32,6 +32,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tlsauto"
+	"github.com/devpilot/devpilot/controlplane/web"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -152,10 +153,12 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})
-	a.handler = api.New(api.Options{
+	apiHandler := api.New(api.Options{
 		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Agent: a.agentHandler(),
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
 	})
+	// The web console answers /, /ui/… and /static/…; the API everything else.
+	a.handler = web.Route(apiHandler, web.New(web.Options{API: apiHandler, Logger: cfg.Logger}))
 	return a, nil
 }
 
@@ -247,7 +250,7 @@ func (a *App) rotateKeys(ctx context.Context) (api.RotateResult, error) {
 	return res, nil
 }
 
-// Handler is the API (for tests that serve it themselves).
+// Handler is the API and the web console (for tests that serve it themselves).
 func (a *App) Handler() http.Handler { return a.handler }
 
 // Listen binds the listener and prepares TLS; URL is set afterwards.

@@ -1,0 +1,100 @@
+package web
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// apiError is the API's error body, plus the HTTP status.
+type apiError struct {
+	Status  int
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Hint    string `json:"hint"`
+}
+
+func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+
+// recorder is a minimal in-memory http.ResponseWriter.
+type recorder struct {
+	h      http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.h }
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+}
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.body.Write(p)
+}
+
+// apiRequest builds an in-process request to the API carrying token.
+func apiRequest(ctx context.Context, orig *http.Request, token, method, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, path, body)
+	if err != nil {
+		return nil, fmt.Errorf("build api request: %w", err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if orig != nil {
+		req.RemoteAddr = orig.RemoteAddr
+		req.Host = orig.Host
+		req.TLS = orig.TLS
+	}
+	return req, nil
+}
+
+// call sends method path (with in as the JSON body when non-nil) to the API
+// with token and decodes a successful answer into out. A refusal comes back
+// as *apiError with the API's code, message and hint.
+func (c *Console) call(r *http.Request, token, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode api request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := apiRequest(r.Context(), r, token, method, path, body)
+	if err != nil {
+		return err
+	}
+	rec := &recorder{h: http.Header{}}
+	c.o.API.ServeHTTP(rec, req)
+	if rec.status == 0 {
+		rec.status = http.StatusOK
+	}
+	if rec.status >= 400 {
+		var eb struct {
+			Error apiError `json:"error"`
+		}
+		if err := json.Unmarshal(rec.body.Bytes(), &eb); err != nil || eb.Error.Code == "" {
+			eb.Error = apiError{Code: "internal", Message: strings.TrimSpace(http.StatusText(rec.status))}
+		}
+		eb.Error.Status = rec.status
+		return &eb.Error
+	}
+	if out != nil && rec.body.Len() > 0 {
+		if err := json.Unmarshal(rec.body.Bytes(), out); err != nil {
+			return fmt.Errorf("decode api answer for %s %s: %w", method, path, err)
+		}
+	}
+	return nil
+}

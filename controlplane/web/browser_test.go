@@ -1,0 +1,3 @@
+package web_test
+
+var agentDir string

@@ -1,0 +1,87 @@
+package web
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// sample is one stored health sample (GET …/servers/{id}/health).
+type sample struct {
+	At          time.Time `json:"at"`
+	CPUPercent  float64   `json:"cpu_percent"`
+	MemUsedMB   int64     `json:"mem_used_mb"`
+	MemTotalMB  int64     `json:"mem_total_mb"`
+	DiskUsedMB  int64     `json:"disk_used_mb"`
+	DiskTotalMB int64     `json:"disk_total_mb"`
+}
+
+// Chart geometry: the SVG viewBox is chartW × chartH, values 0-100 %.
+const (
+	chartW = 300
+	chartH = 60
+)
+
+// chart is one small inline SVG line chart of a percentage.
+type chart struct {
+	Label   string // "CPU"
+	Latest  string // "12%"
+	Points  string // polyline points in the viewBox
+	Area    string // polygon points (line closed down to the axis)
+	Summary string // text alternative for screen readers
+	Samples int
+}
+
+// charts draws CPU, memory and disk use over the window ending at now.
+func charts(ss []sample, now time.Time, window time.Duration) []chart {
+	metrics := []struct {
+		label string
+		value func(sample) (float64, bool)
+	}{
+		{"CPU", func(s sample) (float64, bool) { return s.CPUPercent, true }},
+		{"Memory", func(s sample) (float64, bool) { return ratio(s.MemUsedMB, s.MemTotalMB) }},
+		{"Disk", func(s sample) (float64, bool) { return ratio(s.DiskUsedMB, s.DiskTotalMB) }},
+	}
+	out := make([]chart, 0, len(metrics))
+	start := now.Add(-window)
+	for _, m := range metrics {
+		ch := chart{Label: m.label, Latest: "—"}
+		var pts []string
+		var lo, hi, last float64 = 101, -1, 0
+		var firstX, lastX float64
+		for _, s := range ss {
+			v, ok := m.value(s)
+			if !ok || s.At.Before(start) || s.At.After(now) {
+				continue
+			}
+			v = min(max(v, 0), 100)
+			x := float64(s.At.Sub(start)) / float64(window) * chartW
+			y := chartH - v/100*chartH
+			if len(pts) == 0 {
+				firstX = x
+			}
+			lastX = x
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x, y))
+			lo, hi, last = min(lo, v), max(hi, v), v
+		}
+		ch.Samples = len(pts)
+		if len(pts) > 0 {
+			ch.Points = strings.Join(pts, " ")
+			ch.Area = fmt.Sprintf("%.1f,%d %s %.1f,%d", firstX, chartH, ch.Points, lastX, chartH)
+			ch.Latest = fmt.Sprintf("%.0f%%", last)
+			ch.Summary = fmt.Sprintf("%s use over the last hour: %d samples, between %.0f%% and %.0f%%, now %.0f%%.",
+				m.label, len(pts), lo, hi, last)
+		} else {
+			ch.Summary = m.label + " use over the last hour: no samples yet."
+		}
+		out = append(out, ch)
+	}
+	return out
+}
+
+func ratio(used, total int64) (float64, bool) {
+	if total <= 0 {
+		return 0, false
+	}
+	return float64(used) * 100 / float64(total), true
+}

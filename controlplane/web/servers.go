@@ -1,0 +1,294 @@
+package web
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// server is what the console shows of a server (the API's view).
+type server struct {
+	ID            string     `json:"id"`
+	Name          string     `json:"name"`
+	Provider      string     `json:"provider"`
+	IntegrationID string     `json:"integration_id"`
+	Region        string     `json:"region"`
+	Size          string     `json:"size"`
+	Image         string     `json:"image"`
+	Ports         []int      `json:"ports"`
+	State         string     `json:"state"`
+	InstanceID    string     `json:"instance_id"`
+	PublicIPv4    string     `json:"public_ipv4"`
+	Tags          []string   `json:"tags"`
+	Steps         []step     `json:"steps"`
+	Health        *health    `json:"health"`
+	HealthAt      *time.Time `json:"health_at"`
+	Agent         struct {
+		Connected  bool       `json:"connected"`
+		Version    string     `json:"version"`
+		LastSeenAt *time.Time `json:"last_seen_at"`
+	} `json:"agent"`
+	Error       *apiError `json:"error"`
+	Diagnostics string    `json:"diagnostics"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+type step struct {
+	Name       string     `json:"name"`
+	State      string     `json:"state"`
+	Attempts   int        `json:"attempts"`
+	StartedAt  *time.Time `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at"`
+	Error      *apiError  `json:"error"`
+	Detail     string     `json:"detail"`
+}
+
+type health struct {
+	CPUPercent float64 `json:"cpu_percent"`
+	Load1      float64 `json:"load1"`
+	MemTotalMB int64   `json:"mem_total_mb"`
+	MemUsedMB  int64   `json:"mem_used_mb"`
+	Disks      []struct {
+		Mount   string `json:"mount"`
+		TotalMB int64  `json:"total_mb"`
+		UsedMB  int64  `json:"used_mb"`
+	} `json:"disks"`
+}
+
+// Busy reports whether the server is still changing on its own.
+func (s server) Busy() bool {
+	return s.State == "provisioning" || s.State == "installing" || s.State == "deleting"
+}
+
+// Took is how long a step ran.
+func (s step) Took() string {
+	if s.StartedAt == nil || s.FinishedAt == nil {
+		return ""
+	}
+	return s.FinishedAt.Sub(*s.StartedAt).Round(10 * time.Millisecond).String()
+}
+
+// DiskPct is the root file system's use.
+func (h *health) DiskPct() string {
+	for _, d := range h.Disks {
+		if (d.Mount == "/" || len(h.Disks) == 1) && d.TotalMB > 0 {
+			return fmt.Sprintf("%.0f%%", float64(d.UsedMB)*100/float64(d.TotalMB))
+		}
+	}
+	return "—"
+}
+
+func (c *Console) serversPage(w http.ResponseWriter, r *http.Request, s *session) error {
+	var out struct {
+		Servers []server `json:"servers"`
+	}
+	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &out); err != nil {
+		return err
+	}
+	c.render(w, r, http.StatusOK, "servers", page{Title: "Servers", S: s, Nav: "servers", Data: out.Servers})
+	return nil
+}
+
+// catalog is an integration's catalog (cloud.Catalog's JSON).
+type catalog struct {
+	Regions []struct {
+		ID        string `json:"id"`
+		Name      string `json:"name"`
+		Available bool   `json:"available"`
+	} `json:"regions"`
+	Sizes []struct {
+		ID           string   `json:"id"`
+		VCPUs        int      `json:"vcpus"`
+		MemoryMB     int      `json:"memory_mb"`
+		DiskGB       int      `json:"disk_gb"`
+		PriceMonthly float64  `json:"price_monthly"`
+		Regions      []string `json:"regions"`
+		SoldOut      []string `json:"sold_out"`
+	} `json:"sizes"`
+	Images []struct {
+		ID      string `json:"id"`
+		Name    string `json:"name"`
+		Neutral string `json:"neutral"`
+	} `json:"images"`
+}
+
+// sizeOption is one entry of the size picker for the selected region.
+type sizeOption struct {
+	ID, Label, Regions, SoldOut string // Regions/SoldOut: space-separated, for the script
+	Disabled                    bool
+	Selected                    bool
+}
+
+type newServerData struct {
+	Integrations []integration
+	Integration  *integration
+	Catalog      *catalog
+	Region       string
+	Sizes        []sizeOption
+	Name, Size   string
+	Image, Ports string
+	CatalogErr   *apiError
+}
+
+func (c *Console) newServerPage(w http.ResponseWriter, r *http.Request, s *session) error {
+	return c.renderNewServer(w, r, s, http.StatusOK, nil)
+}
+
+func (c *Console) renderNewServer(w http.ResponseWriter, r *http.Request, s *session, status int, e *apiError) error {
+	list, err := c.listIntegrations(r, s)
+	if err != nil {
+		return err
+	}
+	d := newServerData{Integrations: list, Region: r.FormValue("region"), Name: r.FormValue("name"),
+		Size: r.FormValue("size"), Image: r.FormValue("image"), Ports: r.FormValue("ports")}
+	id := r.FormValue("integration_id")
+	if id == "" && len(list) == 1 {
+		id = list[0].ID
+	}
+	for i := range list {
+		if list[i].ID == id {
+			d.Integration = &list[i]
+		}
+	}
+	if d.Integration != nil {
+		var cat catalog
+		err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/integrations/"+url.PathEscape(id)+"/catalog", nil, &cat)
+		var ae *apiError
+		switch {
+		case errors.As(err, &ae) && ae.Status != http.StatusUnauthorized:
+			d.CatalogErr = ae
+		case err != nil:
+			return err
+		default:
+			d.Catalog = &cat
+			if d.Region == "" {
+				for _, rg := range cat.Regions {
+					if rg.Available {
+						d.Region = rg.ID
+						break
+					}
+				}
+			}
+			d.Sizes = sizeOptions(&cat, d.Region, d.Size)
+		}
+	}
+	c.render(w, r, status, "newserver", page{Title: "Create server", S: s, Nav: "servers", Err: e, Data: d})
+	return nil
+}
+
+// sizeOptions marks sizes sold out or not offered in region as not
+// selectable.
+func sizeOptions(cat *catalog, region, selected string) []sizeOption {
+	out := make([]sizeOption, 0, len(cat.Sizes))
+	for _, sz := range cat.Sizes {
+		o := sizeOption{ID: sz.ID, Regions: strings.Join(sz.Regions, " "), SoldOut: strings.Join(sz.SoldOut, " "),
+			Label: fmt.Sprintf("%s — %d vCPU, %s RAM, %d GB disk, $%.2f/mo", sz.ID, sz.VCPUs, memText(sz.MemoryMB), sz.DiskGB, sz.PriceMonthly)}
+		switch {
+		case slices.Contains(sz.SoldOut, region):
+			o.Disabled, o.Label = true, o.Label+" (sold out in "+region+")"
+		case !slices.Contains(sz.Regions, region):
+			o.Disabled, o.Label = true, o.Label+" (not offered in "+region+")"
+		}
+		o.Selected = !o.Disabled && sz.ID == selected
+		out = append(out, o)
+	}
+	return out
+}
+
+func memText(mb int) string {
+	if mb%1024 == 0 {
+		return fmt.Sprintf("%d GB", mb/1024)
+	}
+	return fmt.Sprintf("%d MB", mb)
+}
+
+func (c *Console) createServer(w http.ResponseWriter, r *http.Request, s *session) error {
+	req := map[string]any{"integration_id": r.PostFormValue("integration_id"), "name": strings.TrimSpace(r.PostFormValue("name")),
+		"region": r.PostFormValue("region"), "size": r.PostFormValue("size"), "image": r.PostFormValue("image")}
+	if p := strings.TrimSpace(r.PostFormValue("ports")); p != "" {
+		ports := []int{}
+		for _, f := range strings.FieldsFunc(p, func(r rune) bool { return r == ',' || r == ' ' }) {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				return c.renderNewServer(w, r, s, http.StatusUnprocessableEntity, &apiError{Status: 422, Code: "validation",
+					Message: fmt.Sprintf("port %q is not a number", f), Hint: "List ports as numbers separated by commas, e.g. 22, 80, 443."})
+			}
+			ports = append(ports, n)
+		}
+		req["ports"] = ports
+	}
+	var srv server
+	err := c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/servers", req, &srv)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Status != http.StatusUnauthorized {
+		return c.renderNewServer(w, r, s, ae.Status, ae)
+	}
+	if err != nil {
+		return err
+	}
+	return c.done(w, r, s, uiBase(r)+"/servers/"+url.PathEscape(srv.ID), "Server “"+srv.Name+"” requested.", nil)
+}
+
+// serverData is the server detail page's (and its live fragment's) data.
+type serverData struct {
+	Server server
+	Charts []chart
+	Live   string // URL the script polls
+}
+
+func (c *Console) loadServer(r *http.Request, s *session) (serverData, error) {
+	var d serverData
+	base := wsBase(r) + "/servers/" + url.PathEscape(r.PathValue("id"))
+	if err := c.call(r, s.token.Reveal(), http.MethodGet, base, nil, &d.Server); err != nil {
+		return d, err
+	}
+	var h struct {
+		Samples []sample `json:"samples"`
+	}
+	if err := c.call(r, s.token.Reveal(), http.MethodGet, base+"/health?since=1h", nil, &h); err != nil {
+		return d, err
+	}
+	d.Charts = charts(h.Samples, c.o.Now(), time.Hour)
+	d.Live = uiBase(r) + "/servers/" + url.PathEscape(d.Server.ID) + "/live"
+	return d, nil
+}
+
+func (c *Console) serverPage(w http.ResponseWriter, r *http.Request, s *session) error {
+	d, err := c.loadServer(r, s)
+	if err != nil {
+		return err
+	}
+	c.render(w, r, http.StatusOK, "server", page{Title: d.Server.Name, S: s, Nav: "servers", Data: d})
+	return nil
+}
+
+// serverLive is the part of the detail page the script refreshes.
+func (c *Console) serverLive(w http.ResponseWriter, r *http.Request, s *session) error {
+	d, err := c.loadServer(r, s)
+	if err != nil {
+		return err
+	}
+	c.fragment(w, "server", "live", page{S: s, WS: r.PathValue("ws"), Data: d})
+	return nil
+}
+
+func (c *Console) deleteServer(w http.ResponseWriter, r *http.Request, s *session) error {
+	q := ""
+	if r.PostFormValue("destroy") == "1" {
+		q = "?destroy=1"
+	}
+	var srv server
+	if err := c.call(r, s.token.Reveal(), http.MethodDelete, wsBase(r)+"/servers/"+url.PathEscape(r.PathValue("id"))+q, nil, &srv); err != nil {
+		return err
+	}
+	msg := "Server “" + srv.Name + "” removed from Devpilot; its cloud instance was left running."
+	if q != "" {
+		msg = "Server “" + srv.Name + "” is being destroyed."
+	}
+	return c.done(w, r, s, uiBase(r)+"/servers", msg, nil)
+}

@@ -1,0 +1,109 @@
+// Package web is the control plane's browser console, served by the control
+// plane itself: server-rendered HTML (html/template) with a little vanilla
+// JavaScript, all assets embedded in the binary.
+//
+// The console holds no powers of its own. A user signs in with an API token;
+// the token stays server-side in the session, and every read and change the
+// console makes is an in-process request to the admin API carrying that
+// token, so authorization, validation and errors are exactly the API's.
+package web
+
+import (
+	"embed"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// Options configure the console.
+type Options struct {
+	// API is the admin API handler the console calls in-process.
+	API    http.Handler
+	Logger *zap.Logger
+	// SessionTTL is how long a session lives without use (default 1 h);
+	// SessionMaxAge caps its whole life (default 12 h).
+	SessionTTL    time.Duration
+	SessionMaxAge time.Duration
+	Now           func() time.Time
+}
+
+// Console is the console's HTTP handler.
+type Console struct {
+	o        Options
+	log      *zap.Logger
+	mux      *http.ServeMux
+	sessions *sessions
+	pages    map[string]*template.Template
+	static   http.Handler
+}
+
+// New builds the console.
+func New(o Options) *Console {
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.SessionTTL <= 0 {
+		o.SessionTTL = time.Hour
+	}
+	if o.SessionMaxAge <= 0 {
+		o.SessionMaxAge = 12 * time.Hour
+	}
+	c := &Console{o: o, log: o.Logger.Named("web"), mux: http.NewServeMux(),
+		sessions: newSessions(o.Now, o.SessionTTL, o.SessionMaxAge)}
+	c.pages = parsePages()
+	sub, err := fs.Sub(staticFS, "static")
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	c.static = http.StripPrefix("/static/", http.FileServerFS(sub))
+	c.routes()
+	return c
+}
+
+// IsConsolePath reports whether path belongs to the console rather than the
+// API: "/", "/ui/…" and "/static/…".
+func IsConsolePath(path string) bool {
+	return path == "/" || strings.HasPrefix(path, "/ui/") || path == "/ui" || strings.HasPrefix(path, "/static/")
+}
+
+// Route serves the console's paths with console and everything else
+// (/v1/…, /healthz, /readyz, /metrics, unknown paths) with api.
+func Route(api, console http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if IsConsolePath(r.URL.Path) {
+			console.ServeHTTP(w, r)
+			return
+		}
+		api.ServeHTTP(w, r)
+	})
+}
+
+// csp allows only the console's own files: no inline script or style.
+const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
+	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+// ServeHTTP implements http.Handler.
+func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", csp)
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "same-origin")
+	if !strings.HasPrefix(r.URL.Path, "/static/") {
+		h.Set("Cache-Control", "no-store")
+	}
+	c.mux.ServeHTTP(w, r)
+}
