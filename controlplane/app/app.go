@@ -75,6 +75,10 @@ type Config struct {
 	HeartbeatInterval time.Duration // told to agents; default 15 s
 	PollInterval      time.Duration // instance status polling; default 5 s
 
+	// SSH diagnostics of servers whose agent did not confirm the install.
+	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
+	SSHAddr          func(publicIPv4 string) string // where a server's sshd listens; nil: IP:22
+
 	Logger *zap.Logger
 	Out    io.Writer // where the first start prints the owner token once (default stdout)
 }
@@ -150,6 +154,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
 		},
 		Disconnect: func(id string) { a.Hub.Disconnect(id, protocol.ErrServerDeleted) },
+		Diagnose:   a.diagnoser(),
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})

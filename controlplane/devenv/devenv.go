@@ -21,6 +21,7 @@ import (
 	"github.com/devpilot/devpilot/bootstrap/sandbox"
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
+	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr/vultrsim"
 	"github.com/devpilot/devpilot/controlplane/ids"
 )
@@ -43,13 +44,20 @@ type Config struct {
 	AgentTimeout      time.Duration
 	HeartbeatInterval time.Duration
 	PollInterval      time.Duration
+
+	// Runtime boots simulated instances; nil: the sandbox runtime (user-data
+	// as a process tree under DataDir/machines, no SSH diagnostics). The
+	// e2e suite plugs in real containers (e2e/nspawn).
+	Runtime simrun.Runtime
+	// SSHAddr maps an instance's public IPv4 to its sshd (with Runtime).
+	SSHAddr func(publicIPv4 string) string
 }
 
 // Env is a running dev environment.
 type Env struct {
 	App      *app.App
 	DO       *dosim.Sim
-	Machines *sandbox.Runtime
+	Machines *sandbox.Runtime // nil with Config.Runtime
 	Vultr    *vultrsim.Sim
 	DOURL    string
 	VultrURL string
@@ -116,11 +124,15 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	e := &Env{done: make(chan error, 1)}
 	// Simulated instances really run their user-data: as a sandboxed
 	// process tree under DataDir/machines, with the agent supervised.
-	e.Machines = sandbox.New(sandbox.Options{Dir: filepath.Join(cfg.DataDir, "machines"), Logger: cfg.Logger.Named("sandbox")})
-	e.DO = dosim.New(dosim.Options{Logger: cfg.Logger.Named("dosim"), BootDelay: cfg.BootDelay, Runtime: e.Machines})
+	runtime := cfg.Runtime
+	if runtime == nil {
+		e.Machines = sandbox.New(sandbox.Options{Dir: filepath.Join(cfg.DataDir, "machines"), Logger: cfg.Logger.Named("sandbox")})
+		runtime = e.Machines
+	}
+	e.DO = dosim.New(dosim.Options{Logger: cfg.Logger.Named("dosim"), BootDelay: cfg.BootDelay, Runtime: runtime})
 	e.DO.AddToken(c.DOToken, true)
 	e.DO.AddToken(c.DOReadOnly, false)
-	e.Vultr = vultrsim.New(vultrsim.Options{Logger: cfg.Logger.Named("vultrsim"), BootDelay: cfg.BootDelay, Runtime: e.Machines})
+	e.Vultr = vultrsim.New(vultrsim.Options{Logger: cfg.Logger.Named("vultrsim"), BootDelay: cfg.BootDelay, Runtime: runtime})
 	e.Vultr.AddKey(c.VultrKey, vultrsim.KeyOptions{Name: "Dev Account", Email: "dev@example.com"})
 	e.Vultr.AddKey(c.VultrBlocked, vultrsim.KeyOptions{AllowedIPs: []string{BlockedIP}, Name: "Dev Account", Email: "dev@example.com"})
 
@@ -136,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		DataDir: cfg.DataDir, Listen: cfg.Listen, TLS: app.TLSAuto, Logger: cfg.Logger, Out: cfg.Out,
 		DigitalOceanAPIURL: e.DOURL, VultrAPIURL: e.VultrURL,
 		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
-		PollInterval: cfg.PollInterval,
+		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 	})
 	if err != nil {
 		e.closeSims()

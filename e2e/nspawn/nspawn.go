@@ -1,0 +1,455 @@
+// Package nspawn is a simrun.Runtime that boots every simulated instance as
+// a real Debian system: a systemd-nspawn container (systemd as PID 1) on an
+// overlay of a debootstrapped bookworm root file system (e2e/rootfs.sh),
+// whose cloud-init finds the instance's user-data, hostname, instance id and
+// SSH keys in a NoCloud seed, as it would from a metadata service.
+//
+// Containers share the host's network (the agent reaches the control plane
+// on 127.0.0.1); each one's sshd listens on its own loopback port, which
+// SSHAddr maps from the instance's public IPv4. Needs root, systemd-nspawn
+// and nsenter; it works without systemd as the host's init (no machined:
+// containers are not registered, commands enter them with nsenter).
+package nspawn
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
+)
+
+// Options configure a Runtime.
+type Options struct {
+	RootFS string // the base root file system (read-only lower layer)
+	Dir    string // per-machine directories (upper layer, seed copy, console log)
+	Logger *zap.Logger
+	// Mutate, when set, may change what a machine receives before it boots
+	// (tests break one server's user-data on purpose).
+	Mutate func(m *simrun.Machine)
+}
+
+// Machine is one booted container.
+type Machine struct {
+	simrun.Machine
+	Name    string    // container (machine) name
+	Dir     string    // DIR/NAME: upper, work, root, console.log
+	Root    string    // the container's root file system as the host sees it
+	SSHPort int       // its sshd, on 127.0.0.1
+	Started time.Time // when systemd-nspawn was started
+
+	cmd  *exec.Cmd
+	done chan struct{} // closed when systemd-nspawn exited
+	err  error         // its exit status, after done
+}
+
+// Runtime boots and destroys containers.
+type Runtime struct {
+	o   Options
+	log *zap.Logger
+
+	mu       sync.Mutex
+	machines map[string]*Machine // by instance id
+	closed   bool
+}
+
+// New checks that containers can be booted here and returns a Runtime.
+func New(o Options) (*Runtime, error) {
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if err := Check(o.RootFS); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("nspawn: %w", err)
+	}
+	return &Runtime{o: o, log: o.Logger, machines: map[string]*Machine{}}, nil
+}
+
+// Check reports what is missing to boot containers from rootfs.
+func Check(rootfs string) error {
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (run as root)")
+	}
+	for _, bin := range []string{"systemd-nspawn", "nsenter", "mount", "umount"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			missing = append(missing, bin+" (apt-get install systemd-container util-linux mount)")
+		}
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "usr/lib/systemd/systemd")); err != nil {
+		missing = append(missing, fmt.Sprintf("a root file system with systemd at %s (make e2e-rootfs)", rootfs))
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "usr/bin/cloud-init")); err != nil {
+		missing = append(missing, fmt.Sprintf("cloud-init in %s (make e2e-rootfs)", rootfs))
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("nspawn: cannot boot containers, missing: %s", strings.Join(missing, "; "))
+	}
+	return nil
+}
+
+var nameRE = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// machineName is a valid hostname-like container name for m.
+func machineName(m simrun.Machine) string {
+	p := "do"
+	if m.Provider == "vultr" {
+		p = "vultr"
+	}
+	id := nameRE.ReplaceAllString(strings.ToLower(m.ID), "")
+	if len(id) > 40 {
+		id = id[:40]
+	}
+	return p + "-" + id
+}
+
+// Boot prepares the container's file system and NoCloud seed and starts
+// systemd-nspawn; it returns once the container's init runs.
+func (r *Runtime) Boot(ctx context.Context, sm simrun.Machine) error {
+	if r.o.Mutate != nil {
+		r.o.Mutate(&sm)
+	}
+	m := &Machine{Machine: sm, Name: machineName(sm), done: make(chan struct{})}
+	m.Dir = filepath.Join(r.o.Dir, m.Name)
+	m.Root = filepath.Join(m.Dir, "root")
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return errors.New("nspawn: runtime closed")
+	}
+	if _, dup := r.machines[sm.ID]; dup {
+		r.mu.Unlock()
+		return fmt.Errorf("nspawn: machine %s already booted", sm.ID)
+	}
+	r.machines[sm.ID] = m
+	r.mu.Unlock()
+
+	if err := r.boot(ctx, m); err != nil {
+		r.cleanup(m)
+		r.mu.Lock()
+		delete(r.machines, sm.ID)
+		r.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+func (r *Runtime) boot(ctx context.Context, m *Machine) error {
+	_ = os.RemoveAll(m.Dir)
+	for _, d := range []string{"upper", "work", "root"} {
+		if err := os.MkdirAll(filepath.Join(m.Dir, d), 0o700); err != nil {
+			return fmt.Errorf("nspawn: %w", err)
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", r.o.RootFS, filepath.Join(m.Dir, "upper"), filepath.Join(m.Dir, "work"))
+	if out, err := exec.CommandContext(ctx, "mount", "-t", "overlay", "overlay", "-o", opts, m.Root).CombinedOutput(); err != nil {
+		// No overlayfs here: a full copy (slower, same result).
+		r.log.Warn("overlay mount failed, copying the root file system", zap.String("output", string(out)), zap.Error(err))
+		if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", r.o.RootFS+"/.", m.Root).CombinedOutput(); err != nil {
+			return fmt.Errorf("nspawn: copy root file system: %v: %s", err, out)
+		}
+	}
+	port, err := freePort()
+	if err != nil {
+		return fmt.Errorf("nspawn: ssh port: %w", err)
+	}
+	m.SSHPort = port
+	if err := writeSeed(m); err != nil {
+		return fmt.Errorf("nspawn: seed: %w", err)
+	}
+	console, err := os.OpenFile(filepath.Join(m.Dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("nspawn: %w", err)
+	}
+	// --register=no --keep-unit: no machined or systemd bus needed on the host.
+	// No --private-network: the container shares the host's network.
+	cmd := exec.Command("systemd-nspawn", "--quiet", "--boot", "--directory", m.Root, "--machine", m.Name,
+		"--register=no", "--keep-unit", "--console=pipe", "--link-journal=no", "--resolv-conf=bind-host",
+		"--timezone=off")
+	cmd.Stdin = nil
+	cmd.Stdout = console
+	cmd.Stderr = console
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	m.Started = time.Now()
+	if err := cmd.Start(); err != nil {
+		console.Close()
+		return fmt.Errorf("nspawn: start systemd-nspawn: %w", err)
+	}
+	m.cmd = cmd
+	go func() {
+		m.err = cmd.Wait()
+		console.Close()
+		close(m.done)
+	}()
+	r.log.Info("container starting", zap.String("machine", m.Name), zap.String("instance_id", m.ID), zap.Int("ssh_port", m.SSHPort))
+	// Wait for systemd to be PID 1 inside.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if pid, err := m.Leader(); err == nil {
+			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "systemd" {
+				return nil
+			}
+		}
+		select {
+		case <-m.done:
+			log, _ := os.ReadFile(filepath.Join(m.Dir, "console.log"))
+			return fmt.Errorf("nspawn: container %s exited during boot (%v): %s", m.Name, m.err, tail(log, 2000))
+		case <-ctx.Done():
+			r.stop(m)
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			r.stop(m)
+			return fmt.Errorf("nspawn: container %s: no systemd after 30s", m.Name)
+		}
+	}
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+// writeSeed writes the NoCloud seed (what a metadata service would serve)
+// and the sshd drop-in for the container's port.
+func writeSeed(m *Machine) error {
+	seed := filepath.Join(m.Root, "var/lib/cloud/seed/nocloud")
+	if err := os.MkdirAll(seed, 0o700); err != nil {
+		return err
+	}
+	var md strings.Builder
+	fmt.Fprintf(&md, "instance-id: %s-%s\n", m.Provider, yamlScalar(m.ID))
+	fmt.Fprintf(&md, "local-hostname: %s\n", yamlScalar(m.Hostname))
+	if len(m.SSHAuthorizedKeys) > 0 {
+		md.WriteString("public-keys:\n")
+		for _, k := range m.SSHAuthorizedKeys {
+			fmt.Fprintf(&md, "  - %s\n", strconv.Quote(strings.TrimSpace(k)))
+		}
+	}
+	if err := os.WriteFile(filepath.Join(seed, "meta-data"), []byte(md.String()), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(seed, "user-data"), m.UserData, 0o600); err != nil {
+		return err
+	}
+	dropin := filepath.Join(m.Root, "etc/ssh/sshd_config.d")
+	if err := os.MkdirAll(dropin, 0o755); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf("# devpilot e2e: the container shares the host network; one port each.\nPort %d\nListenAddress 127.0.0.1\n", m.SSHPort)
+	return os.WriteFile(filepath.Join(dropin, "50-devpilot-e2e.conf"), []byte(conf), 0o644)
+}
+
+// yamlScalar quotes s for YAML when it is not a plain token.
+func yamlScalar(s string) string {
+	if regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`).MatchString(s) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Leader is the host PID of the container's init (it changes when the
+// container reboots).
+func (m *Machine) Leader() (int, error) {
+	if m.cmd == nil || m.cmd.Process == nil {
+		return 0, errors.New("not started")
+	}
+	select {
+	case <-m.done:
+		return 0, fmt.Errorf("container %s is not running", m.Name)
+	default:
+	}
+	pid := m.cmd.Process.Pid
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("container %s has no init yet", m.Name)
+	}
+	return strconv.Atoi(f[0])
+}
+
+// Running reports whether systemd-nspawn is still running.
+func (m *Machine) Running() bool {
+	select {
+	case <-m.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Exec runs a command inside the container (all its namespaces, its root)
+// and returns stdout and stderr combined.
+func (m *Machine) Exec(ctx context.Context, args ...string) ([]byte, error) {
+	pid, err := m.Leader()
+	if err != nil {
+		return nil, err
+	}
+	full := append([]string{"--target", strconv.Itoa(pid), "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup",
+		"--root", "--wd", "--", "/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"LANG=C.UTF-8", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"}, args...)
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, "nsenter", full...)
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	err = cmd.Run()
+	return out.Bytes(), err
+}
+
+// Machine returns the container booted for an instance id.
+func (r *Runtime) Machine(id string) (*Machine, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m, ok := r.machines[id]
+	return m, ok
+}
+
+// Machines returns every container booted and not destroyed.
+func (r *Runtime) Machines() []*Machine {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Machine, 0, len(r.machines))
+	for _, m := range r.machines {
+		out = append(out, m)
+	}
+	return out
+}
+
+// SSHAddr maps an instance's public IPv4 to where its sshd listens
+// (127.0.0.1:PORT); unknown addresses map to ip:22.
+func (r *Runtime) SSHAddr(ip string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.machines {
+		if m.PublicIPv4 == ip && ip != "" {
+			return net.JoinHostPort("127.0.0.1", strconv.Itoa(m.SSHPort))
+		}
+	}
+	return net.JoinHostPort(ip, "22")
+}
+
+// Destroy powers the container off (SIGKILL after 20 s) and removes it.
+func (r *Runtime) Destroy(ctx context.Context, id string) error {
+	r.mu.Lock()
+	m, ok := r.machines[id]
+	delete(r.machines, id)
+	r.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	r.stop(m)
+	return r.cleanup(m)
+}
+
+// stop asks systemd-nspawn to power the container off (it forwards SIGTERM
+// as a shutdown request to the container's systemd) and kills what is left.
+func (r *Runtime) stop(m *Machine) {
+	if m.cmd == nil || m.cmd.Process == nil {
+		return
+	}
+	leader, _ := m.Leader()
+	_ = m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(20 * time.Second):
+		r.log.Warn("container did not power off in 20s, killing it", zap.String("machine", m.Name))
+		if leader > 0 {
+			_ = syscall.Kill(leader, syscall.SIGKILL) // PID 1 of its namespace: takes everything with it
+		}
+		_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+		<-m.done
+	}
+	r.log.Info("container stopped", zap.String("machine", m.Name))
+}
+
+// cleanup unmounts and removes the machine's directory.
+func (r *Runtime) cleanup(m *Machine) error {
+	var err error
+	for i := 0; i < 50; i++ {
+		out, uerr := exec.Command("umount", m.Root).CombinedOutput()
+		if uerr == nil || !isMounted(m.Root) {
+			err = nil
+			break
+		}
+		err = fmt.Errorf("nspawn: umount %s: %v: %s", m.Root, uerr, out)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	if rerr := os.RemoveAll(m.Dir); rerr != nil {
+		return fmt.Errorf("nspawn: %w", rerr)
+	}
+	return nil
+}
+
+func isMounted(path string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[4] == path {
+			return true
+		}
+	}
+	return false
+}
+
+// Close destroys every container.
+func (r *Runtime) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	ids := make([]string, 0, len(r.machines))
+	for id := range r.machines {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	var errs []error
+	var wg sync.WaitGroup
+	var emu sync.Mutex
+	for _, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.Destroy(context.Background(), id); err != nil {
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
