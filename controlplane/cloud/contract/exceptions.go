@@ -125,9 +125,14 @@ func dropNulls(body []byte, fields []string) []byte {
 // available in this region.") or SSH key create ("SSH Key is already in use on
 // your account"), API-NOTES §3 and §7 [OBSERVED]; description.yml "HTTP
 // Statuses" says every 4xx/5xx carries the {id, message} body.
+//
+// 409 is there too: DigitalOcean's shared responses define `conflict` (409)
+// with the same body (API-NOTES §7), and a firewall create with a name in use
+// answers it (observed in harmony-one/harmony-ops#374), though the firewall
+// operations do not list it.
 func doGenericStatus(status int) bool {
 	switch status {
-	case 401, 403, 404, 422, 429:
+	case 401, 403, 404, 409, 422, 429:
 		return true
 	}
 	return status >= 500 && status <= 599
