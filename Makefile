@@ -21,6 +21,10 @@ lint:
 test: lint
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+## fuzz: a short run of every fuzz target (the seed corpora also run in make test)
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $${FUZZTIME:-15s} ./shared/protocol
+
 ## demo: build, start `devpilot dev` in the foreground, print what to try
 demo: build
 	@./scripts/demo.sh "$(DEMO_DIR)" "$(DEMO_LISTEN)"

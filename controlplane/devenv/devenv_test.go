@@ -255,6 +255,11 @@ func TestIntegrationLifecycle(t *testing.T) {
 		t.Errorf("failed test must be recorded: %+v", got)
 	}
 
+	// Rename keeps everything else.
+	if c := h.call("", "PATCH", base+"/"+vu.ID, map[string]string{"access_key": "vultr renamed"}, &got); c != 200 || got.AccessKey != "vultr renamed" || got.SecretKeyHint != vu.SecretKeyHint {
+		t.Errorf("rename: %d %+v", c, got)
+	}
+
 	// Remove: gone from the API and its ciphertext gone from the database.
 	for _, in := range []integration{do, vu} {
 		if c := h.call("", "DELETE", base+"/"+in.ID, nil, nil); c != http.StatusNoContent {
