@@ -30,6 +30,7 @@ type chart struct {
 	Area    string // polygon points (line closed down to the axis)
 	Summary string // text alternative for screen readers
 	Samples int
+	Since   string // where the time axis starts, when later than the window's start
 }
 
 // charts draws CPU, memory and disk use over the window ending at now.
@@ -44,8 +45,24 @@ func charts(ss []sample, now time.Time, window time.Duration) []chart {
 	}
 	out := make([]chart, 0, len(metrics))
 	start := now.Add(-window)
+	// A young server's few minutes would be a sliver at the right edge:
+	// its axis starts at its first sample instead (and says so).
+	since := ""
+	for _, s := range ss {
+		if !s.At.Before(start) {
+			if first := s.At; now.Sub(first) < window {
+				start = first
+				if now.Sub(start) < time.Minute {
+					start = now.Add(-time.Minute)
+				}
+				since = start.UTC().Format("15:04:05 UTC")
+			}
+			break
+		}
+	}
+	span := now.Sub(start)
 	for _, m := range metrics {
-		ch := chart{Label: m.label, Latest: "—"}
+		ch := chart{Label: m.label, Latest: "—", Since: since}
 		var pts []string
 		var lo, hi, last float64 = 101, -1, 0
 		var firstX, lastX float64
@@ -55,7 +72,7 @@ func charts(ss []sample, now time.Time, window time.Duration) []chart {
 				continue
 			}
 			v = min(max(v, 0), 100)
-			x := float64(s.At.Sub(start)) / float64(window) * chartW
+			x := float64(s.At.Sub(start)) / float64(span) * chartW
 			y := chartH - v/100*chartH
 			if len(pts) == 0 {
 				firstX = x
@@ -71,6 +88,10 @@ func charts(ss []sample, now time.Time, window time.Duration) []chart {
 			ch.Latest = fmt.Sprintf("%.0f%%", last)
 			ch.Summary = fmt.Sprintf("%s use over the last hour: %d samples, between %.0f%% and %.0f%%, now %.0f%%.",
 				m.label, len(pts), lo, hi, last)
+			if since != "" {
+				ch.Summary = fmt.Sprintf("%s use since %s: %d samples, between %.0f%% and %.0f%%, now %.0f%%.",
+					m.label, since, len(pts), lo, hi, last)
+			}
 		} else {
 			ch.Summary = m.label + " use over the last hour: no samples yet."
 		}

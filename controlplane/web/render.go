@@ -64,7 +64,7 @@ var funcs = template.FuncMap{
 		return fmt.Sprintf("%.0f%%", float64(used)*100/float64(total))
 	},
 	"fixed1": func(f float64) string { return fmt.Sprintf("%.1f", f) },
-	"join": func(xs []string, sep string) string { return strings.Join(xs, sep) },
+	"join":   func(xs []string, sep string) string { return strings.Join(xs, sep) },
 }
 
 func providerName(p string) string {

@@ -1,0 +1,61 @@
+package web
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestChartsDrawInsideTheirBox(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 2, 15, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name      string
+		samples   []sample
+		n         int    // points drawn
+		latest    string // CPU's
+		since     string
+		firstX    float64
+		summaryIn string
+	}{
+		{"none", nil, 0, "—", "", -1, "no samples yet"},
+		{"an hour, one too old", []sample{
+			{At: now.Add(-2 * time.Hour), CPUPercent: 50, MemUsedMB: 1, MemTotalMB: 2},
+			{At: now.Add(-time.Hour), CPUPercent: 10, MemUsedMB: 1, MemTotalMB: 2},
+			{At: now.Add(-30 * time.Minute), CPUPercent: 250, MemUsedMB: 1, MemTotalMB: 2}, // clamped to 100
+			{At: now, CPUPercent: 20, MemUsedMB: 1, MemTotalMB: 2},
+		}, 3, "20%", "", 0, "between 10% and 100%"},
+		{"young server", []sample{
+			{At: now.Add(-5 * time.Minute), CPUPercent: 5},
+			{At: now, CPUPercent: 7},
+		}, 2, "7%", "14:55:00 UTC", 0, "since 14:55:00 UTC"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cs := charts(tc.samples, now, time.Hour)
+			if len(cs) != 3 || cs[0].Label != "CPU" {
+				t.Fatalf("charts: %+v", cs)
+			}
+			cpu := cs[0]
+			if cpu.Samples != tc.n || cpu.Latest != tc.latest || cpu.Since != tc.since || !strings.Contains(cpu.Summary, tc.summaryIn) {
+				t.Errorf("cpu chart %+v", cpu)
+			}
+			for i, pt := range strings.Fields(cpu.Points) {
+				xy := strings.Split(pt, ",")
+				x, _ := strconv.ParseFloat(xy[0], 64)
+				y, _ := strconv.ParseFloat(xy[1], 64)
+				if x < 0 || x > chartW || y < 0 || y > chartH {
+					t.Errorf("point %s outside the %dx%d box", pt, chartW, chartH)
+				}
+				if i == 0 && tc.firstX >= 0 && x != tc.firstX {
+					t.Errorf("first point at x=%v, want %v", x, tc.firstX)
+				}
+			}
+			// Disk has no totals in these samples: nothing is drawn for it.
+			if cs[2].Points != "" {
+				t.Errorf("disk drawn without data: %q", cs[2].Points)
+			}
+		})
+	}
+}
