@@ -24,6 +24,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/controlplane/tasks"
 )
 
 // KeyRotator re-encrypts every stored secret under a new master key.
@@ -41,6 +42,7 @@ type Options struct {
 	Store        *store.Store
 	Integrations *integrations.Service
 	Servers      *provision.Service // nil: no server routes
+	Tasks        *tasks.Service     // nil: no task and deployment routes
 	Agent        http.Handler       // the hub's WebSocket endpoint and the agent download; public
 	RotateKeys   KeyRotator
 	Logger       *zap.Logger

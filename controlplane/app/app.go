@@ -31,6 +31,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/controlplane/tasks"
 	"github.com/devpilot/devpilot/controlplane/tlsauto"
 	"github.com/devpilot/devpilot/controlplane/web"
 	"github.com/devpilot/devpilot/shared/protocol"
@@ -75,6 +76,10 @@ type Config struct {
 	HeartbeatInterval time.Duration // told to agents; default 15 s
 	PollInterval      time.Duration // instance status polling; default 5 s
 
+	// Tasks.
+	TaskSweepInterval time.Duration // how often overdue tasks are timed out; default 5 s
+	TaskDeadlineGrace time.Duration // how long after its deadline the control plane times a task out; default 15 s
+
 	// SSH diagnostics of servers whose agent did not confirm the install.
 	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
 	SSHAddr          func(publicIPv4 string) string // where a server's sshd listens; nil: IP:22
@@ -92,6 +97,7 @@ type App struct {
 	Integrations *integrations.Service
 	Provision    *provision.Service
 	Hub          *hub.Hub
+	Tasks        *tasks.Service
 	handler      http.Handler
 	agentSums    map[string]string // arch → sha256 of the served agent builds
 	tlsConfig    *tls.Config
@@ -327,6 +333,10 @@ func (a *App) Serve(ctx context.Context) error {
 	if err := a.Provision.Start(ctx); err != nil {
 		return err
 	}
+	if err := a.Tasks.Start(ctx); err != nil {
+		a.Provision.Close()
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	a.log.Info("control plane listening", zap.String("url", a.URL), zap.String("tls", a.cfg.TLS),
@@ -334,6 +344,7 @@ func (a *App) Serve(ctx context.Context) error {
 	select {
 	case err := <-errc:
 		a.Hub.Close()
+		a.Tasks.Close()
 		a.Provision.Close()
 		return err
 	case <-ctx.Done():
@@ -342,6 +353,8 @@ func (a *App) Serve(ctx context.Context) error {
 	// Agent sessions are hijacked connections Shutdown does not wait for:
 	// say goodbye to them first, so they start redialling at once.
 	a.Hub.Close()
+	// Ends log followers (long-lived responses Shutdown would wait for).
+	a.Tasks.Close()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := a.srv.Shutdown(sctx)

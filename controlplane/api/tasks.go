@@ -1,0 +1,203 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/controlplane/problem"
+	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/controlplane/tasks"
+)
+
+func (a *API) taskRoutes() {
+	if a.o.Tasks == nil {
+		return
+	}
+	a.handle("POST /v1/workspaces/{ws}/servers/{id}/tasks", write, a.createTask)
+	a.handle("GET /v1/workspaces/{ws}/tasks", read, a.listTasks)
+	a.handle("GET /v1/workspaces/{ws}/tasks/{id}", read, a.getTask)
+	a.handle("POST /v1/workspaces/{ws}/tasks/{id}/cancel", write, a.cancelTask)
+	a.handle("GET /v1/workspaces/{ws}/tasks/{id}/logs", read, a.taskLogs)
+	a.handle("POST /v1/workspaces/{ws}/deployments", write, a.createDeployment)
+	a.handle("GET /v1/workspaces/{ws}/deployments", read, a.listDeployments)
+	a.handle("GET /v1/workspaces/{ws}/deployments/{id}", read, a.getDeployment)
+}
+
+func (a *API) createTask(w http.ResponseWriter, r *http.Request, c *call) error {
+	var req tasks.Spec
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	t, err := a.o.Tasks.Create(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), req)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Location", "/v1/workspaces/"+c.ws.Slug+"/tasks/"+t.ID)
+	return writeJSON(w, http.StatusAccepted, t)
+}
+
+func (a *API) listTasks(w http.ResponseWriter, r *http.Request, c *call) error {
+	q := r.URL.Query()
+	limit, err := intParam(q.Get("limit"), "limit")
+	if err != nil {
+		return err
+	}
+	list, err := a.o.Tasks.List(r.Context(), c.ws.ID, store.TaskFilter{ServerID: q.Get("server"),
+		DeploymentID: q.Get("deployment"), State: q.Get("state"), Limit: int(limit)})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"tasks": list})
+}
+
+func (a *API) getTask(w http.ResponseWriter, r *http.Request, c *call) error {
+	t, err := a.o.Tasks.Get(r.Context(), c.ws.ID, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, t)
+}
+
+func (a *API) cancelTask(w http.ResponseWriter, r *http.Request, c *call) error {
+	t, err := a.o.Tasks.Cancel(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusAccepted, t)
+}
+
+func intParam(v, name string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, problem.Validation("", "%s must be a non-negative integer", name)
+	}
+	return n, nil
+}
+
+// taskLogs returns a page of output (?after=SEQ&limit=N), or with
+// ?follow=1 streams it as server-sent events until the task ends: one
+// "log" event per chunk (id = seq, so a reconnecting EventSource resumes
+// with Last-Event-ID), comments as heartbeats, and a final "end" event
+// carrying the task.
+func (a *API) taskLogs(w http.ResponseWriter, r *http.Request, c *call) error {
+	q := r.URL.Query()
+	after, err := intParam(q.Get("after"), "after")
+	if err != nil {
+		return err
+	}
+	if q.Get("follow") != "1" && q.Get("follow") != "true" {
+		limit, err := intParam(q.Get("limit"), "limit")
+		if err != nil {
+			return err
+		}
+		p, err := a.o.Tasks.Logs(r.Context(), c.ws.ID, r.PathValue("id"), after, int(limit))
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, p)
+	}
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		if after, err = intParam(id, "Last-Event-ID"); err != nil {
+			return err
+		}
+	}
+	// Errors before the first byte (unknown task) are ordinary JSON errors.
+	if _, err := a.o.Tasks.Get(r.Context(), c.ws.ID, r.PathValue("id")); err != nil {
+		return err
+	}
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		return fmt.Errorf("streaming unsupported by the response writer")
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	_, _ = fmt.Fprint(w, ": following task output\n\n")
+	fl.Flush()
+	err = a.o.Tasks.Follow(r.Context(), c.ws.ID, r.PathValue("id"), after, &sse{w: w, f: fl})
+	if err != nil && r.Context().Err() == nil {
+		// Headers are out: the client sees the stream end without an
+		// "end" event and can resume with Last-Event-ID.
+		a.log.Debug("log follow ended", zap.String("task", r.PathValue("id")), zap.Error(err))
+	}
+	return nil
+}
+
+// sse writes server-sent events.
+type sse struct {
+	w http.ResponseWriter
+	f http.Flusher
+}
+
+func (s *sse) event(id, typ string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if id != "" {
+		if _, err := fmt.Fprintf(s.w, "id: %s\n", id); err != nil {
+			return err
+		}
+	}
+	if _, err := fmt.Fprintf(s.w, "event: %s\ndata: %s\n\n", typ, b); err != nil {
+		return err
+	}
+	s.f.Flush()
+	return nil
+}
+
+func (s *sse) Chunk(c tasks.LogChunk) error {
+	return s.event(strconv.FormatInt(c.Seq, 10), "log", c)
+}
+
+func (s *sse) Heartbeat() error {
+	if _, err := fmt.Fprint(s.w, ": heartbeat\n\n"); err != nil {
+		return err
+	}
+	s.f.Flush()
+	return nil
+}
+
+func (s *sse) End(t *tasks.Task) error { return s.event("", "end", t) }
+
+func (a *API) createDeployment(w http.ResponseWriter, r *http.Request, c *call) error {
+	var req tasks.DeploymentRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	d, err := a.o.Tasks.Deploy(r.Context(), c.p.Actor(), c.ws.ID, req)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Location", "/v1/workspaces/"+c.ws.Slug+"/deployments/"+d.ID)
+	return writeJSON(w, http.StatusAccepted, d)
+}
+
+func (a *API) listDeployments(w http.ResponseWriter, r *http.Request, c *call) error {
+	limit, err := intParam(r.URL.Query().Get("limit"), "limit")
+	if err != nil {
+		return err
+	}
+	list, err := a.o.Tasks.ListDeployments(r.Context(), c.ws.ID, int(limit))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"deployments": list})
+}
+
+func (a *API) getDeployment(w http.ResponseWriter, r *http.Request, c *call) error {
+	d, err := a.o.Tasks.Deployment(r.Context(), c.ws.ID, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, d)
+}

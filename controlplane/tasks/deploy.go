@@ -1,0 +1,405 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/controlplane/ids"
+	"github.com/devpilot/devpilot/controlplane/problem"
+	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/shared/protocol"
+)
+
+// Deployment states.
+const (
+	DeployRunning   = "running"
+	DeploySucceeded = "succeeded"
+	DeployFailed    = "failed"
+)
+
+// Target states beyond the task states.
+const (
+	TargetPending = "pending" // its batch has not started
+	TargetSkipped = "skipped" // an earlier batch failed
+)
+
+// MaxTargets bounds the servers of one deployment.
+const MaxTargets = 1000
+
+// DeploymentRequest is what `POST …/deployments` takes.
+type DeploymentRequest struct {
+	Servers     []string `json:"servers,omitempty"`
+	Tag         string   `json:"tag,omitempty"`
+	MaxParallel int      `json:"max_parallel,omitempty"` // default 1
+	Plan        Plan     `json:"plan"`
+	DeadlineS   int      `json:"deadline_s,omitempty"` // each server's task; default 3600
+}
+
+// Deployment is what the API shows of a deployment.
+type Deployment struct {
+	ID          string         `json:"id"`
+	State       string         `json:"state"`
+	Tag         string         `json:"tag,omitempty"`
+	MaxParallel int            `json:"max_parallel"`
+	DeadlineS   int            `json:"deadline_s"`
+	Error       string         `json:"error,omitempty"`
+	CreatedBy   string         `json:"created_by"`
+	CreatedAt   time.Time      `json:"created_at"`
+	FinishedAt  *time.Time     `json:"finished_at"`
+	Counts      map[string]int `json:"counts"` // targets by state
+	Targets     []Target       `json:"targets"`
+	Plan        protocol.Task  `json:"plan"` // the deploy task's spec, redacted
+}
+
+// Target is one server of a deployment.
+type Target struct {
+	ServerID   string                `json:"server_id"`
+	Batch      int                   `json:"batch"` // from 1
+	TaskID     string                `json:"task_id,omitempty"`
+	State      string                `json:"state"` // pending, skipped, or the task's state
+	Reason     string                `json:"reason,omitempty"`
+	Error      string                `json:"error,omitempty"`
+	ExitCode   *int                  `json:"exit_code,omitempty"`
+	Steps      []protocol.StepResult `json:"steps,omitempty"`
+	FinishedAt *time.Time            `json:"finished_at,omitempty"`
+}
+
+// Deploy starts a rolling deployment: the plan's steps as one deploy task
+// per server, max_parallel servers at a time; after a batch in which any
+// server failed, the remaining servers are skipped.
+func (s *Service) Deploy(ctx context.Context, actor, workspaceID string, req DeploymentRequest) (*Deployment, error) {
+	spec, err := req.Plan.Build()
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	dl, err := deadline(now, req.DeadlineS)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkWire(protocol.Task{ID: ids.New("task"), Kind: protocol.KindDeploy, Deadline: dl, Deploy: spec}); err != nil {
+		return nil, err
+	}
+	if req.MaxParallel == 0 {
+		req.MaxParallel = 1
+	}
+	if req.MaxParallel < 0 || req.MaxParallel > MaxTargets {
+		return nil, bad("max_parallel is how many servers deploy at once: 1 to 1000.", "max_parallel %d is out of range", req.MaxParallel)
+	}
+	if req.DeadlineS == 0 {
+		req.DeadlineS = int(DefaultDeadline / time.Second)
+	}
+	servers, err := s.targets(ctx, workspaceID, req)
+	if err != nil {
+		return nil, err
+	}
+	plan, _ := json.Marshal(spec)
+	d := store.Deployment{ID: ids.New("dep"), WorkspaceID: workspaceID, State: DeployRunning, Selector: req.Tag,
+		MaxParallel: req.MaxParallel, DeadlineS: req.DeadlineS, PlanJSON: string(plan), CreatedBy: actor, CreatedAt: now, UpdatedAt: now}
+	targets := make([]store.DeploymentTarget, len(servers))
+	for i, id := range servers {
+		targets[i] = store.DeploymentTarget{Position: i, ServerID: id, Batch: i / req.MaxParallel}
+	}
+	err = s.store.InTx(ctx, func(q *store.Queries) error {
+		if err := q.CreateDeployment(ctx, d, targets); err != nil {
+			return err
+		}
+		detail, _ := json.Marshal(map[string]any{"servers": servers, "tag": req.Tag, "max_parallel": req.MaxParallel,
+			"steps": len(spec.Steps)})
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: workspaceID, Actor: actor, Action: "deployment.create",
+			Target: d.ID, DetailJSON: string(detail), At: now})
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("deployment started", zap.String("deployment", d.ID), zap.Int("servers", len(servers)), zap.Int("max_parallel", req.MaxParallel))
+	if err := s.advance(ctx, d.ID); err != nil {
+		s.log.Warn("start deployment", zap.String("deployment", d.ID), zap.Error(err))
+		s.kick(d.ID)
+	}
+	return s.Deployment(ctx, workspaceID, d.ID)
+}
+
+// targets resolves a request's servers, in order.
+func (s *Service) targets(ctx context.Context, workspaceID string, req DeploymentRequest) ([]string, error) {
+	switch {
+	case (len(req.Servers) == 0) == (req.Tag == ""):
+		return nil, bad("Give either servers (a list of server ids) or tag (e.g. \"devpilot\" for every server of the workspace).",
+			"exactly one of servers and tag is required")
+	case len(req.Servers) > MaxTargets:
+		return nil, bad("", "at most %d servers per deployment", MaxTargets)
+	}
+	if len(req.Servers) > 0 {
+		out := make([]string, 0, len(req.Servers))
+		for _, id := range req.Servers {
+			if slices.Contains(out, id) {
+				return nil, bad("", "server %s is listed twice", id)
+			}
+			if _, err := s.server(ctx, workspaceID, id); err != nil {
+				return nil, err
+			}
+			out = append(out, id)
+		}
+		return out, nil
+	}
+	ws, err := s.store.Q().WorkspaceByID(ctx, workspaceID)
+	if err != nil {
+		return nil, err
+	}
+	all, err := s.store.Q().ListServers(ctx, workspaceID)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, srv := range all {
+		if srv.State == provision.StateDeleting || srv.State == provision.StateFailed {
+			continue
+		}
+		if slices.Contains(ServerTags(ws.Slug, srv.ID), req.Tag) {
+			out = append(out, srv.ID)
+		}
+	}
+	if len(out) == 0 {
+		return nil, problem.Validation("Tags are those `devpilot servers show` lists, e.g. devpilot (every server of the workspace).",
+			"no server of this workspace carries tag %q", req.Tag)
+	}
+	if len(out) > MaxTargets {
+		return nil, bad("", "tag %q selects %d servers; at most %d per deployment", req.Tag, len(out), MaxTargets)
+	}
+	return out, nil
+}
+
+// ServerTags are the tags a deployment can select a server by (those
+// provisioning gives it).
+func ServerTags(workspaceSlug, serverID string) []string {
+	return []string{provision.TagAll, provision.TagWorkspace(workspaceSlug), provision.TagServer(serverID)}
+}
+
+// Deployment returns a deployment with its targets' states.
+func (s *Service) Deployment(ctx context.Context, workspaceID, id string) (*Deployment, error) {
+	d, err := s.store.Q().GetDeployment(ctx, workspaceID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, problem.NotFound("deployment " + id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ts, tasks, err := s.deploymentState(ctx, d.ID)
+	if err != nil {
+		return nil, err
+	}
+	v := &Deployment{ID: d.ID, State: d.State, Tag: d.Selector, MaxParallel: d.MaxParallel, DeadlineS: d.DeadlineS, Error: d.Error,
+		CreatedBy: d.CreatedBy, CreatedAt: d.CreatedAt, FinishedAt: d.FinishedAt, Counts: map[string]int{}, Targets: []Target{}}
+	var spec protocol.DeploySpec
+	_ = json.Unmarshal([]byte(d.PlanJSON), &spec)
+	v.Plan = redact(protocol.Task{Kind: protocol.KindDeploy, Deploy: &spec})
+	for _, t := range ts {
+		tv := Target{ServerID: t.ServerID, Batch: t.Batch + 1, TaskID: t.TaskID, State: TargetPending}
+		switch {
+		case t.Skipped:
+			tv.State = TargetSkipped
+		case t.TaskID != "":
+			if task, ok := tasks[t.TaskID]; ok {
+				tk := view(task)
+				tv.State, tv.Reason, tv.Error, tv.ExitCode, tv.Steps, tv.FinishedAt = tk.State, tk.Reason, tk.Error, tk.ExitCode, tk.Steps, tk.FinishedAt
+			}
+		}
+		v.Counts[tv.State]++
+		v.Targets = append(v.Targets, tv)
+	}
+	return v, nil
+}
+
+// ListDeployments returns a workspace's deployments, newest first, without
+// their targets.
+func (s *Service) ListDeployments(ctx context.Context, workspaceID string, limit int) ([]*Deployment, error) {
+	if limit <= 0 || limit > 500 {
+		limit = 50
+	}
+	ds, err := s.store.Q().ListDeployments(ctx, workspaceID, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Deployment, 0, len(ds))
+	for _, d := range ds {
+		v, err := s.Deployment(ctx, workspaceID, d.ID)
+		if err != nil {
+			return nil, err
+		}
+		v.Targets = nil
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (s *Service) deploymentState(ctx context.Context, id string) ([]store.DeploymentTarget, map[string]store.Task, error) {
+	ts, err := s.store.Q().DeploymentTargets(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := s.store.Q().GetDeployment(ctx, "", id)
+	if err != nil {
+		return nil, nil, err
+	}
+	list, err := s.store.Q().ListTasks(ctx, d.WorkspaceID, store.TaskFilter{DeploymentID: id, Limit: MaxTargets + 1})
+	if err != nil {
+		return nil, nil, err
+	}
+	tasks := make(map[string]store.Task, len(list))
+	for _, t := range list {
+		tasks[t.ID] = t
+	}
+	return ts, tasks, nil
+}
+
+// advance moves a running deployment on: starts its next batch's tasks,
+// or finishes it.
+func (s *Service) advance(ctx context.Context, id string) error {
+	s.depMu.Lock()
+	defer s.depMu.Unlock()
+	d, err := s.store.Q().GetDeployment(ctx, "", id)
+	if err != nil {
+		return err
+	}
+	if d.State != DeployRunning {
+		return nil
+	}
+	ts, tasks, err := s.deploymentState(ctx, id)
+	if err != nil {
+		return err
+	}
+	batches := 0
+	for _, t := range ts {
+		batches = max(batches, t.Batch+1)
+	}
+	now := s.now().UTC()
+	for b := range batches {
+		var missing []store.DeploymentTarget
+		done, failed := true, 0
+		for _, t := range ts {
+			if t.Batch != b {
+				continue
+			}
+			if t.TaskID == "" {
+				missing = append(missing, t)
+				done = false
+				continue
+			}
+			st := tasks[t.TaskID].State
+			switch {
+			case !protocol.Final(st):
+				done = false
+			case st != protocol.TaskSucceeded:
+				failed++
+			}
+		}
+		if len(missing) > 0 {
+			return s.startBatch(ctx, d, missing, now)
+		}
+		if !done {
+			return nil
+		}
+		if failed > 0 {
+			skipped := 0
+			for _, t := range ts {
+				if t.Batch > b {
+					skipped++
+				}
+			}
+			msg := fmt.Sprintf("%d server(s) failed in batch %d of %d; %d server(s) skipped", failed, b+1, batches, skipped)
+			err := s.store.InTx(ctx, func(q *store.Queries) error {
+				if err := q.SkipTargets(ctx, id); err != nil {
+					return err
+				}
+				_, err := q.FinishDeployment(ctx, id, DeployFailed, msg, now)
+				return err
+			})
+			if err == nil {
+				s.log.Info("deployment failed", zap.String("deployment", id), zap.String("why", msg))
+			}
+			return err
+		}
+	}
+	_, err = s.store.Q().FinishDeployment(ctx, id, DeploySucceeded, "", now)
+	if err == nil {
+		s.log.Info("deployment succeeded", zap.String("deployment", id))
+	}
+	return err
+}
+
+// startBatch creates the deploy tasks of a batch and queues their delivery.
+func (s *Service) startBatch(ctx context.Context, d store.Deployment, targets []store.DeploymentTarget, now time.Time) error {
+	var spec protocol.DeploySpec
+	if err := json.Unmarshal([]byte(d.PlanJSON), &spec); err != nil {
+		return fmt.Errorf("deployment plan: %w", err)
+	}
+	created := make([]store.Task, 0, len(targets))
+	err := s.store.InTx(ctx, func(q *store.Queries) error {
+		for _, t := range targets {
+			pt := protocol.Task{ID: ids.New("task"), Kind: protocol.KindDeploy, Deadline: now.Add(time.Duration(d.DeadlineS) * time.Second), Deploy: &spec}
+			task := newTask(pt, d.WorkspaceID, t.ServerID, d.ID, d.CreatedBy, now)
+			if err := q.CreateTask(ctx, task); err != nil {
+				return err
+			}
+			if err := q.SetTargetTask(ctx, d.ID, t.Position, task.ID); err != nil {
+				return err
+			}
+			created = append(created, task)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, t := range created {
+		s.out.send(t.ServerID, t.ID)
+	}
+	return nil
+}
+
+// kick asks the deployment runner to advance a deployment.
+func (s *Service) kick(id string) {
+	s.kmu.Lock()
+	s.kicked[id] = true
+	s.kmu.Unlock()
+	select {
+	case s.kickSig <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Service) deployLoop() {
+	defer s.wg.Done()
+	retry := time.NewTicker(max(s.o.SweepInterval, time.Second))
+	defer retry.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.kickSig:
+		case <-retry.C:
+		}
+		s.kmu.Lock()
+		ids := make([]string, 0, len(s.kicked))
+		for id := range s.kicked {
+			ids = append(ids, id)
+		}
+		clear(s.kicked)
+		s.kmu.Unlock()
+		for _, id := range ids {
+			if err := s.advance(s.ctx, id); err != nil && s.ctx.Err() == nil {
+				s.log.Warn("advance deployment; will retry", zap.String("deployment", id), zap.Error(err))
+				s.kmu.Lock()
+				s.kicked[id] = true
+				s.kmu.Unlock()
+			}
+		}
+	}
+}

@@ -1,0 +1,545 @@
+// Package tasks sends work to servers' agents and keeps its durable record:
+// a task is stored queued, sent when its agent is connected (and again on
+// every new session until the agent confirms it), and finished by the first
+// final result the agent reports. The agent journals task ids and never
+// runs one twice, so delivery is at least once on the wire and execution
+// once. Output arrives in numbered chunks stored idempotently by (task,
+// seq) and acknowledged with the highest contiguous seq. A background loop
+// times out tasks past their deadline, and deployments roll a deploy task
+// across servers in batches.
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/controlplane/hub"
+	"github.com/devpilot/devpilot/controlplane/ids"
+	"github.com/devpilot/devpilot/controlplane/problem"
+	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/shared/protocol"
+)
+
+// Sender delivers a message to a server's agent; *hub.Hub implements it.
+// It returns an error wrapping hub.ErrNotConnected when the server has no
+// live session.
+type Sender interface {
+	Send(ctx context.Context, serverID, typ string, payload any) error
+}
+
+// Defaults for Options.
+const (
+	DefaultSweepInterval = 5 * time.Second
+	DefaultDeadlineGrace = 15 * time.Second
+	DefaultMaxLogBytes   = 8 << 20
+	DefaultSendTimeout   = 10 * time.Second
+	DefaultHeartbeat     = 15 * time.Second
+)
+
+// Options configure a Service.
+type Options struct {
+	Store  *store.Store // required
+	Hub    Sender       // required
+	Logger *zap.Logger
+	Now    func() time.Time
+	// SweepInterval is how often overdue tasks are looked for.
+	SweepInterval time.Duration
+	// DeadlineGrace is how long after its deadline an unfinished task is
+	// marked timed_out by the control plane (the agent, which kills the
+	// work at the deadline, usually reports first).
+	DeadlineGrace time.Duration
+	// MaxLogBytes bounds the output stored per task; later chunks are
+	// counted as received but dropped, and the task is marked truncated.
+	MaxLogBytes int64
+	// SendTimeout bounds one message write to an agent.
+	SendTimeout time.Duration
+	// Heartbeat is the interval of keep-alive comments on followed logs.
+	Heartbeat time.Duration
+	// Workers is how many goroutines deliver tasks, cancels and acks; default 4.
+	Workers int
+	// OnLogStored, if set, is called after a new output chunk was stored
+	// (on the agent session's goroutine: keep it quick).
+	OnLogStored func(taskID string, seq int64)
+}
+
+// Service runs tasks and deployments. Create it with New, register
+// HandleLog/HandleResult with the hub, call AgentConnected on every agent
+// session start, Start it, and Close it on shutdown.
+type Service struct {
+	o     Options
+	store *store.Store
+	log   *zap.Logger
+	now   func() time.Time
+	out   *outbox
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	stripes [256]sync.Mutex // per server: dispatch vs cancel
+
+	nmu     sync.Mutex
+	waiters map[string]chan struct{} // closed when the task changes
+
+	depMu   sync.Mutex      // one deployment advance at a time
+	kmu     sync.Mutex      // guards kicked
+	kicked  map[string]bool // deployments to advance
+	kickSig chan struct{}
+	started bool
+}
+
+// New returns a Service; Start runs its background work.
+func New(o Options) *Service {
+	if o.Store == nil || o.Hub == nil {
+		panic("tasks: Options.Store and Options.Hub are required")
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = DefaultSweepInterval
+	}
+	if o.DeadlineGrace <= 0 {
+		o.DeadlineGrace = DefaultDeadlineGrace
+	}
+	if o.MaxLogBytes <= 0 {
+		o.MaxLogBytes = DefaultMaxLogBytes
+	}
+	if o.SendTimeout <= 0 {
+		o.SendTimeout = DefaultSendTimeout
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = DefaultHeartbeat
+	}
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	s := &Service{o: o, store: o.Store, log: o.Logger.Named("tasks"), now: o.Now,
+		waiters: map[string]chan struct{}{}, kicked: map[string]bool{}, kickSig: make(chan struct{}, 1)}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.out = newOutbox(s)
+	return s
+}
+
+// Start resumes unfinished deployments and starts the delivery workers,
+// the deadline sweeper and the deployment runner.
+func (s *Service) Start(ctx context.Context) error {
+	ds, err := s.store.Q().RunningDeployments(ctx)
+	if err != nil {
+		return fmt.Errorf("resume deployments: %w", err)
+	}
+	s.started = true
+	s.out.start(s.o.Workers)
+	s.wg.Add(2)
+	go s.sweepLoop()
+	go s.deployLoop()
+	for _, d := range ds {
+		s.kick(d.ID)
+	}
+	return nil
+}
+
+// Close stops the background work and ends log followers. Tasks in flight
+// stay recorded; they are resent when their agents reconnect.
+func (s *Service) Close() {
+	s.cancel()
+	s.out.close()
+	s.wg.Wait()
+}
+
+// --- views
+
+// Task is what the API shows of a task.
+type Task struct {
+	ID                string                `json:"id"`
+	ServerID          string                `json:"server_id"`
+	DeploymentID      string                `json:"deployment_id,omitempty"`
+	Kind              string                `json:"kind"`
+	State             string                `json:"state"`
+	Reason            string                `json:"reason,omitempty"`
+	Error             string                `json:"error,omitempty"`
+	ExitCode          *int                  `json:"exit_code"`
+	Attempts          int                   `json:"attempts"`
+	CreatedBy         string                `json:"created_by"`
+	CreatedAt         time.Time             `json:"created_at"`
+	Deadline          time.Time             `json:"deadline"`
+	SentAt            *time.Time            `json:"sent_at"`
+	StartedAt         *time.Time            `json:"started_at"`
+	FinishedAt        *time.Time            `json:"finished_at"`
+	CancelRequestedAt *time.Time            `json:"cancel_requested_at,omitempty"`
+	SHA256            string                `json:"sha256,omitempty"`
+	Unit              *protocol.UnitStatus  `json:"unit,omitempty"`
+	Steps             []protocol.StepResult `json:"steps,omitempty"`
+	Log               LogInfo               `json:"log"`
+	Spec              protocol.Task         `json:"spec"` // env values and file contents redacted
+}
+
+// LogInfo summarises a task's stored output.
+type LogInfo struct {
+	Seq       int64 `json:"seq"`   // highest contiguous chunk received
+	Bytes     int64 `json:"bytes"` // stored
+	Truncated bool  `json:"truncated"`
+}
+
+// result is what result_json keeps.
+type result struct {
+	SHA256 string                `json:"sha256,omitempty"`
+	Unit   *protocol.UnitStatus  `json:"unit,omitempty"`
+	Steps  []protocol.StepResult `json:"steps,omitempty"`
+}
+
+func view(t store.Task) *Task {
+	v := &Task{ID: t.ID, ServerID: t.ServerID, DeploymentID: t.DeploymentID, Kind: t.Kind, State: t.State, Reason: t.Reason,
+		Error: t.Error, ExitCode: t.ExitCode, Attempts: t.Attempts, CreatedBy: t.CreatedBy, CreatedAt: t.CreatedAt,
+		Deadline: t.Deadline, SentAt: t.SentAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt,
+		CancelRequestedAt: t.CancelRequestedAt, Log: LogInfo{Seq: t.LogSeq, Bytes: t.LogBytes, Truncated: t.LogTruncated}}
+	if t.ResultJSON != "" {
+		var r result
+		_ = json.Unmarshal([]byte(t.ResultJSON), &r)
+		v.SHA256, v.Unit, v.Steps = r.SHA256, r.Unit, r.Steps
+	}
+	_ = json.Unmarshal([]byte(t.SpecJSON), &v.Spec)
+	v.Spec = redact(v.Spec)
+	return v
+}
+
+// redact hides what may be secret in a task's spec: environment values
+// and file contents.
+func redact(t protocol.Task) protocol.Task {
+	rx := func(e *protocol.ExecSpec) {
+		if e == nil || len(e.Env) == 0 {
+			return
+		}
+		env := make(map[string]string, len(e.Env))
+		for k := range e.Env {
+			env[k] = "(redacted)"
+		}
+		e.Env = env
+	}
+	rf := func(f *protocol.FileSpec) {
+		if f != nil {
+			f.ContentBase64 = ""
+		}
+	}
+	rx(t.Exec)
+	rf(t.File)
+	if t.Deploy != nil {
+		for i := range t.Deploy.Steps {
+			rx(t.Deploy.Steps[i].Exec)
+			rf(t.Deploy.Steps[i].File)
+		}
+	}
+	return t
+}
+
+// --- requests
+
+// Create stores a task for a server and, if its agent is connected, sends
+// it. A task for an offline server waits until its agent returns (or its
+// deadline passes).
+func (s *Service) Create(ctx context.Context, actor, workspaceID, serverID string, spec Spec) (*Task, error) {
+	if _, err := s.server(ctx, workspaceID, serverID); err != nil {
+		return nil, err
+	}
+	pt, err := spec.Build()
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	dl, err := deadline(now, spec.DeadlineS)
+	if err != nil {
+		return nil, err
+	}
+	pt.ID, pt.Deadline = ids.New("task"), dl
+	if err := checkWire(pt); err != nil {
+		return nil, err
+	}
+	t := newTask(pt, workspaceID, serverID, "", actor, now)
+	err = s.store.InTx(ctx, func(q *store.Queries) error {
+		if err := q.CreateTask(ctx, t); err != nil {
+			return err
+		}
+		detail, _ := json.Marshal(map[string]any{"server_id": serverID, "kind": pt.Kind, "deadline": dl})
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: workspaceID, Actor: actor, Action: "task.create",
+			Target: t.ID, DetailJSON: string(detail), At: now})
+	})
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.o.SendTimeout)
+	s.dispatch(sctx, serverID, t.ID)
+	cancel()
+	return s.Get(ctx, workspaceID, t.ID)
+}
+
+func newTask(pt protocol.Task, workspaceID, serverID, deploymentID, actor string, now time.Time) store.Task {
+	spec, _ := json.Marshal(pt)
+	return store.Task{ID: pt.ID, WorkspaceID: workspaceID, ServerID: serverID, DeploymentID: deploymentID, Kind: pt.Kind,
+		SpecJSON: string(spec), State: protocol.TaskQueued, CreatedBy: actor, CreatedAt: now, Deadline: pt.Deadline, UpdatedAt: now}
+}
+
+// server finds a server that can take tasks.
+func (s *Service) server(ctx context.Context, workspaceID, id string) (store.Server, error) {
+	srv, err := s.store.Q().GetServer(ctx, workspaceID, id)
+	if errors.Is(err, store.ErrNotFound) || srv.State == provision.StateDeleted {
+		return srv, problem.NotFound("server " + id)
+	}
+	if err != nil {
+		return srv, err
+	}
+	switch srv.State {
+	case provision.StateDeleting:
+		return srv, problem.Conflict("", "server %s is being deleted", id)
+	case provision.StateFailed:
+		return srv, problem.Conflict("See `devpilot servers show "+id+"` for why; create a new server.", "server %s failed to provision; its agent will never run tasks", id)
+	}
+	return srv, nil
+}
+
+// Get returns a task.
+func (s *Service) Get(ctx context.Context, workspaceID, id string) (*Task, error) {
+	t, err := s.store.Q().GetTask(ctx, workspaceID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, problem.NotFound("task " + id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return view(t), nil
+}
+
+// List returns a workspace's tasks, newest first.
+func (s *Service) List(ctx context.Context, workspaceID string, f store.TaskFilter) ([]*Task, error) {
+	if f.Limit <= 0 || f.Limit > 500 {
+		f.Limit = 50
+	}
+	if f.State != "" && !validState(f.State) {
+		return nil, bad("States: queued, sent, running, succeeded, failed, timed_out, canceled.", "unknown state %q", f.State)
+	}
+	ts, err := s.store.Q().ListTasks(ctx, workspaceID, f)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Task, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, view(t))
+	}
+	return out, nil
+}
+
+func validState(st string) bool {
+	return st == protocol.TaskQueued || st == protocol.TaskSent || st == protocol.TaskRunning || protocol.Final(st)
+}
+
+// Cancel stops a task: one never sent is canceled at once; otherwise the
+// agent is asked to stop it (now if connected, else when it reconnects)
+// and reports canceled.
+func (s *Service) Cancel(ctx context.Context, actor, workspaceID, id string) (*Task, error) {
+	t, err := s.store.Q().GetTask(ctx, workspaceID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, problem.NotFound("task " + id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	mu := s.stripe(t.ServerID)
+	mu.Lock()
+	defer mu.Unlock()
+	if t, err = s.store.Q().GetTask(ctx, workspaceID, id); err != nil {
+		return nil, err
+	}
+	if protocol.Final(t.State) {
+		return nil, problem.Conflict("", "task %s already finished (%s)", id, t.State)
+	}
+	now := s.now().UTC()
+	local := t.State == protocol.TaskQueued && t.Attempts == 0
+	err = s.store.InTx(ctx, func(q *store.Queries) error {
+		if local {
+			if _, err := q.FinishTask(ctx, store.Task{ID: id, State: protocol.TaskCanceled, Reason: protocol.ReasonCanceled,
+				Error: "canceled before it was sent", FinishedAt: &now, UpdatedAt: now}); err != nil {
+				return err
+			}
+		} else if _, err := q.RequestCancel(ctx, id, now); err != nil {
+			return err
+		}
+		detail, _ := json.Marshal(map[string]any{"server_id": t.ServerID, "state": t.State})
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: workspaceID, Actor: actor, Action: "task.cancel",
+			Target: id, DetailJSON: string(detail), At: now})
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.notify(id)
+	if local {
+		s.finished(t)
+	} else {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.o.SendTimeout)
+		err := s.o.Hub.Send(sctx, t.ServerID, protocol.TypeCancel, protocol.Cancel{TaskID: id})
+		cancel()
+		if err != nil && !errors.Is(err, hub.ErrNotConnected) {
+			s.log.Debug("send cancel", zap.String("task", id), zap.Error(err))
+		}
+	}
+	return s.Get(ctx, workspaceID, id)
+}
+
+// --- delivery
+
+func (s *Service) stripe(serverID string) *sync.Mutex {
+	f := fnv.New32a()
+	_, _ = f.Write([]byte(serverID))
+	return &s.stripes[f.Sum32()%uint32(len(s.stripes))]
+}
+
+// dispatch sends a queued or sent task to its agent if it is connected,
+// and records the attempt. Safe to repeat: the agent runs an id once.
+func (s *Service) dispatch(ctx context.Context, serverID, taskID string) {
+	mu := s.stripe(serverID)
+	mu.Lock()
+	defer mu.Unlock()
+	t, err := s.store.Q().GetTask(ctx, "", taskID)
+	if err != nil {
+		s.log.Warn("load task to send", zap.String("task", taskID), zap.Error(err))
+		return
+	}
+	if (t.State != protocol.TaskQueued && t.State != protocol.TaskSent) || t.CancelRequestedAt != nil || !s.now().Before(t.Deadline) {
+		return
+	}
+	var pt protocol.Task
+	if err := json.Unmarshal([]byte(t.SpecJSON), &pt); err != nil {
+		s.log.Error("stored task spec unreadable", zap.String("task", taskID), zap.Error(err))
+		return
+	}
+	if err := s.o.Hub.Send(ctx, serverID, protocol.TypeTask, pt); err != nil {
+		if !errors.Is(err, hub.ErrNotConnected) {
+			s.log.Info("send task failed; resent when the agent reconnects", zap.String("task", taskID), zap.Error(err))
+		}
+		return
+	}
+	if _, err := s.store.Q().MarkTaskSent(ctx, taskID, s.now()); err != nil {
+		s.log.Warn("record task sent", zap.String("task", taskID), zap.Error(err))
+	}
+	s.notify(taskID)
+}
+
+// AgentConnected is provision's OnAgentConnected hook: it resends, in the
+// background, every task of serverID the agent has not confirmed and
+// whose deadline has not passed, and any cancel asked while it was away.
+func (s *Service) AgentConnected(serverID string) { s.out.resend(serverID) }
+
+// resendAll is the outbox's work for a new session.
+func (s *Service) resendAll(ctx context.Context, serverID string) {
+	cs, err := s.store.Q().CancelRequestedTasks(ctx, serverID)
+	if err != nil {
+		s.log.Warn("list tasks to cancel", zap.String("server", serverID), zap.Error(err))
+	}
+	for _, t := range cs {
+		s.sendCancel(ctx, serverID, t.ID)
+	}
+	ts, err := s.store.Q().PendingTasks(ctx, serverID, s.now())
+	if err != nil {
+		s.log.Warn("list tasks to resend", zap.String("server", serverID), zap.Error(err))
+		return
+	}
+	for _, t := range ts {
+		if ctx.Err() != nil {
+			return
+		}
+		s.dispatch(ctx, serverID, t.ID)
+	}
+}
+
+func (s *Service) sendCancel(ctx context.Context, serverID, taskID string) {
+	if err := s.o.Hub.Send(ctx, serverID, protocol.TypeCancel, protocol.Cancel{TaskID: taskID}); err != nil && !errors.Is(err, hub.ErrNotConnected) {
+		s.log.Debug("send cancel", zap.String("task", taskID), zap.Error(err))
+	}
+}
+
+// --- notifications
+
+// Changed returns a channel closed at the task's next change (new output,
+// state). Take it before reading, so no change is missed.
+func (s *Service) Changed(taskID string) <-chan struct{} {
+	s.nmu.Lock()
+	defer s.nmu.Unlock()
+	ch := s.waiters[taskID]
+	if ch == nil {
+		ch = make(chan struct{})
+		s.waiters[taskID] = ch
+	}
+	return ch
+}
+
+func (s *Service) notify(taskID string) {
+	s.nmu.Lock()
+	ch := s.waiters[taskID]
+	delete(s.waiters, taskID)
+	s.nmu.Unlock()
+	if ch != nil {
+		close(ch)
+	}
+}
+
+// finished runs what follows a task's final state: its deployment moves on.
+func (s *Service) finished(t store.Task) {
+	if t.DeploymentID != "" {
+		s.kick(t.DeploymentID)
+	}
+}
+
+// --- deadlines
+
+func (s *Service) sweepLoop() {
+	defer s.wg.Done()
+	tick := time.NewTicker(s.o.SweepInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-tick.C:
+			s.sweep(s.ctx)
+		}
+	}
+}
+
+// sweep marks tasks past deadline+grace timed_out and asks their agents to
+// stop them.
+func (s *Service) sweep(ctx context.Context) {
+	now := s.now().UTC()
+	ts, err := s.store.Q().OverdueTasks(ctx, now.Add(-s.o.DeadlineGrace), 500)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("list overdue tasks", zap.Error(err))
+		}
+		return
+	}
+	for _, t := range ts {
+		ok, err := s.store.Q().FinishTask(ctx, store.Task{ID: t.ID, State: protocol.TaskTimedOut, Reason: protocol.ReasonDeadline,
+			Error: "the deadline passed before the agent reported a result", FinishedAt: &now, UpdatedAt: now})
+		if err != nil {
+			s.log.Warn("time out task", zap.String("task", t.ID), zap.Error(err))
+			continue
+		}
+		if !ok {
+			continue
+		}
+		s.log.Info("task timed out", zap.String("task", t.ID), zap.String("server", t.ServerID), zap.String("was", t.State))
+		s.notify(t.ID)
+		s.finished(t)
+		if t.State != protocol.TaskQueued || t.Attempts > 0 {
+			s.out.cancel(t.ServerID, t.ID)
+		}
+	}
+}
