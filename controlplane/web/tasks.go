@@ -1,3 +1,317 @@
 package web
 
-func (c *Console) taskRoutes() {}
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+func (c *Console) taskRoutes() {
+	c.handle("GET /ui/w/{ws}/tasks", readOnly, c.tasksPage)
+	c.handle("POST /ui/w/{ws}/tasks", changes, c.runTask)
+	c.handle("GET /ui/w/{ws}/tasks/{id}", readOnly, c.taskPage)
+	c.handle("GET /ui/w/{ws}/tasks/{id}/logs", readOnly, c.taskLogs)
+	c.handle("POST /ui/w/{ws}/tasks/{id}/cancel", changes, c.cancelTask)
+	c.handle("GET /ui/w/{ws}/deployments/{id}", readOnly, c.deploymentPage)
+	c.handle("GET /ui/w/{ws}/deployments/{id}/live", readOnly, c.deploymentLive)
+}
+
+// task is what the console shows of a task (the API's view).
+type task struct {
+	ID           string     `json:"id"`
+	ServerID     string     `json:"server_id"`
+	DeploymentID string     `json:"deployment_id"`
+	Kind         string     `json:"kind"`
+	State        string     `json:"state"`
+	Reason       string     `json:"reason"`
+	Error        string     `json:"error"`
+	ExitCode     *int       `json:"exit_code"`
+	CreatedBy    string     `json:"created_by"`
+	CreatedAt    time.Time  `json:"created_at"`
+	StartedAt    *time.Time `json:"started_at"`
+	FinishedAt   *time.Time `json:"finished_at"`
+	Spec         struct {
+		Exec *struct {
+			Argv []string `json:"argv"`
+		} `json:"exec"`
+		Deploy *struct {
+			Steps []struct {
+				Name string `json:"name"`
+				Kind string `json:"kind"`
+			} `json:"steps"`
+		} `json:"deploy"`
+	} `json:"spec"`
+}
+
+// Finished reports whether the task is over.
+func (t task) Finished() bool { return t.FinishedAt != nil }
+
+// Summary is a one-line description of what the task runs.
+func (t task) Summary() string {
+	switch {
+	case t.Spec.Exec != nil:
+		a := t.Spec.Exec.Argv
+		if len(a) == 3 && a[0] == "/bin/sh" && a[1] == "-c" {
+			return a[2]
+		}
+		return strings.Join(a, " ")
+	case t.Spec.Deploy != nil:
+		names := []string{}
+		for i, s := range t.Spec.Deploy.Steps {
+			n := s.Name
+			if n == "" {
+				n = s.Kind
+			}
+			names = append(names, strings.TrimSpace(n))
+			if i == 4 && len(t.Spec.Deploy.Steps) > 5 {
+				names = append(names, "…")
+				break
+			}
+		}
+		return "deploy: " + strings.Join(names, " → ")
+	}
+	return t.Kind
+}
+
+type tasksData struct {
+	Tasks     []task
+	Servers   []server
+	Tags      []string
+	Target    string
+	Kind      string
+	Command   string
+	Plan      string
+	Names     map[string]string // server id → name
+	Available bool
+}
+
+const examplePlan = `{"steps": [
+  {"name": "hello", "kind": "exec", "argv": ["/bin/sh", "-c", "echo deploying on $(hostname)"]}
+]}`
+
+func (c *Console) tasksPage(w http.ResponseWriter, r *http.Request, s *session) error {
+	return c.renderTasks(w, r, s, http.StatusOK, nil)
+}
+
+func (c *Console) renderTasks(w http.ResponseWriter, r *http.Request, s *session, status int, e *apiError) error {
+	d := tasksData{Target: r.FormValue("target"), Kind: r.FormValue("kind"), Command: r.FormValue("command"),
+		Plan: r.FormValue("plan"), Names: map[string]string{}, Available: true}
+	if srv := r.FormValue("server"); srv != "" && d.Target == "" {
+		d.Target = "server:" + srv
+	}
+	if d.Kind == "" {
+		d.Kind = "command"
+	}
+	if d.Plan == "" {
+		d.Plan = examplePlan
+	}
+	var out struct {
+		Tasks []task `json:"tasks"`
+	}
+	err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/tasks?limit=50", nil, &out)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
+		d.Available = false // this control plane has no tasks API
+	} else if err != nil {
+		return err
+	}
+	d.Tasks = out.Tasks
+	var srvs struct {
+		Servers []server `json:"servers"`
+	}
+	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &srvs); err != nil {
+		return err
+	}
+	for _, sv := range srvs.Servers {
+		d.Names[sv.ID] = sv.Name
+		if sv.State == "deleted" {
+			continue
+		}
+		d.Servers = append(d.Servers, sv)
+		for _, tg := range sv.Tags {
+			if !slices.Contains(d.Tags, tg) {
+				d.Tags = append(d.Tags, tg)
+			}
+		}
+	}
+	slices.Sort(d.Tags)
+	c.render(w, r, status, "tasks", page{Title: "Tasks", S: s, Nav: "tasks", Err: e, Data: d})
+	return nil
+}
+
+// runTask starts a command or a deploy plan on one server (a task) or on
+// every server with a tag (a deployment).
+func (c *Console) runTask(w http.ResponseWriter, r *http.Request, s *session) error {
+	target, kind := r.PostFormValue("target"), r.PostFormValue("kind")
+	var steps []json.RawMessage
+	switch kind {
+	case "command":
+		cmd := strings.TrimSpace(r.PostFormValue("command"))
+		if cmd == "" {
+			return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
+				Message: "the command is empty", Hint: "Type a shell command, e.g. uptime."})
+		}
+		b, _ := json.Marshal(map[string]any{"kind": "exec", "argv": []string{"/bin/sh", "-c", cmd}})
+		steps = []json.RawMessage{b}
+	case "plan":
+		var plan struct {
+			Steps []json.RawMessage `json:"steps"`
+		}
+		dec := json.NewDecoder(strings.NewReader(r.PostFormValue("plan")))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&plan); err != nil {
+			return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
+				Message: "the deploy plan is not valid JSON", Hint: `Write {"steps": [{"kind": "exec", "argv": [...]}, …]}.`})
+		}
+		steps = plan.Steps
+	default:
+		return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
+			Message: "choose a command or a deploy plan"})
+	}
+	var err error
+	switch {
+	case strings.HasPrefix(target, "server:") && kind == "command":
+		var t task
+		var spec map[string]any
+		_ = json.Unmarshal(steps[0], &spec)
+		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/servers/"+url.PathEscape(strings.TrimPrefix(target, "server:"))+"/tasks", spec, &t)
+		if err == nil {
+			return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(t.ID), "Task started.", nil)
+		}
+	case strings.HasPrefix(target, "server:") && kind == "plan":
+		var t task
+		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/servers/"+url.PathEscape(strings.TrimPrefix(target, "server:"))+"/tasks",
+			map[string]any{"kind": "deploy", "steps": steps}, &t)
+		if err == nil {
+			return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(t.ID), "Deploy started.", nil)
+		}
+	case strings.HasPrefix(target, "tag:"):
+		var d deployment
+		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/deployments",
+			map[string]any{"tag": strings.TrimPrefix(target, "tag:"), "plan": map[string]any{"steps": steps}}, &d)
+		if err == nil {
+			return c.done(w, r, s, uiBase(r)+"/deployments/"+url.PathEscape(d.ID), "Deployment started.", nil)
+		}
+	default:
+		return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
+			Message: "choose a server or a tag to run on"})
+	}
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Status != http.StatusUnauthorized {
+		return c.renderTasks(w, r, s, ae.Status, ae)
+	}
+	return err
+}
+
+type taskData struct {
+	Task   task
+	Server string // name
+	Logs   string // the console's event stream URL
+}
+
+func (c *Console) taskPage(w http.ResponseWriter, r *http.Request, s *session) error {
+	var d taskData
+	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/tasks/"+url.PathEscape(r.PathValue("id")), nil, &d.Task); err != nil {
+		return err
+	}
+	var sv server
+	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers/"+url.PathEscape(d.Task.ServerID), nil, &sv); err == nil {
+		d.Server = sv.Name
+	}
+	d.Logs = uiBase(r) + "/tasks/" + url.PathEscape(d.Task.ID) + "/logs"
+	c.render(w, r, http.StatusOK, "task", page{Title: "Task " + d.Task.ID, S: s, Nav: "tasks", Data: d})
+	return nil
+}
+
+// taskLogs relays the API's event stream of a task's output, carrying the
+// session's token.
+func (c *Console) taskLogs(w http.ResponseWriter, r *http.Request, s *session) error {
+	req, err := apiRequest(r.Context(), r, s.token.Reveal(), http.MethodGet,
+		wsBase(r)+"/tasks/"+url.PathEscape(r.PathValue("id"))+"/logs?follow=1", nil)
+	if err != nil {
+		return err
+	}
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		req.Header.Set("Last-Event-ID", id)
+	}
+	c.o.API.ServeHTTP(w, req)
+	return nil
+}
+
+func (c *Console) cancelTask(w http.ResponseWriter, r *http.Request, s *session) error {
+	id := r.PathValue("id")
+	if err := c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/tasks/"+url.PathEscape(id)+"/cancel", nil, nil); err != nil {
+		return err
+	}
+	return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(id), "Cancellation requested.", nil)
+}
+
+// deployment is what the console shows of a deployment (the API's view).
+type deployment struct {
+	ID          string         `json:"id"`
+	State       string         `json:"state"`
+	Tag         string         `json:"tag"`
+	MaxParallel int            `json:"max_parallel"`
+	Error       string         `json:"error"`
+	CreatedAt   time.Time      `json:"created_at"`
+	FinishedAt  *time.Time     `json:"finished_at"`
+	Counts      map[string]int `json:"counts"`
+	Targets     []struct {
+		ServerID string `json:"server_id"`
+		Batch    int    `json:"batch"`
+		TaskID   string `json:"task_id"`
+		State    string `json:"state"`
+		Reason   string `json:"reason"`
+		Error    string `json:"error"`
+		ExitCode *int   `json:"exit_code"`
+	} `json:"targets"`
+}
+
+// Busy reports whether the deployment is still running.
+func (d deployment) Busy() bool { return d.FinishedAt == nil }
+
+type deploymentData struct {
+	Deployment deployment
+	Names      map[string]string
+	Live       string
+}
+
+func (c *Console) loadDeployment(r *http.Request, s *session) (deploymentData, error) {
+	d := deploymentData{Names: map[string]string{}}
+	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/deployments/"+url.PathEscape(r.PathValue("id")), nil, &d.Deployment); err != nil {
+		return d, err
+	}
+	var srvs struct {
+		Servers []server `json:"servers"`
+	}
+	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &srvs); err != nil {
+		return d, err
+	}
+	for _, sv := range srvs.Servers {
+		d.Names[sv.ID] = sv.Name
+	}
+	d.Live = uiBase(r) + "/deployments/" + url.PathEscape(d.Deployment.ID) + "/live"
+	return d, nil
+}
+
+func (c *Console) deploymentPage(w http.ResponseWriter, r *http.Request, s *session) error {
+	d, err := c.loadDeployment(r, s)
+	if err != nil {
+		return err
+	}
+	c.render(w, r, http.StatusOK, "deployment", page{Title: "Deployment " + d.Deployment.ID, S: s, Nav: "tasks", Data: d})
+	return nil
+}
+
+func (c *Console) deploymentLive(w http.ResponseWriter, r *http.Request, s *session) error {
+	d, err := c.loadDeployment(r, s)
+	if err != nil {
+		return err
+	}
+	c.fragment(w, "deployment", "live", page{S: s, WS: r.PathValue("ws"), Data: d})
+	return nil
+}
