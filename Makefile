@@ -31,3 +31,15 @@ demo: build
 
 clean:
 	rm -rf bin $(DEMO_DIR)
+
+.PHONY: e2e e2e-rootfs
+E2E_CACHE ?= /var/cache/devpilot-e2e
+
+## e2e-rootfs: debootstrap the Debian bookworm root file system e2e containers boot (root; cached in E2E_CACHE)
+e2e-rootfs:
+	./e2e/rootfs.sh "$(E2E_CACHE)"
+
+## e2e: every simulated server boots a real Debian system (systemd-nspawn, cloud-init, sshd); root only
+e2e: e2e-rootfs
+	DEVPILOT_E2E_ROOTFS="$(E2E_CACHE)/rootfs-bookworm" DEVPILOT_E2E_TIMINGS="$(CURDIR)/e2e/.cache/timings.txt" \
+		$(GO) test -tags e2e -count=1 -v -timeout 14m ./e2e/...

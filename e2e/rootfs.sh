@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once) the Debian bookworm root file system the e2e droplet runtime
 # boots with systemd-nspawn: systemd, dbus, cloud-init, openssh-server, curl,
-# ca-certificates (and locales, which cloud-init's locale module needs), from the Debian mirror this machine's apt uses.
+# ca-certificates (and locales, which cloud-init's locale module needs),
+# from the Debian mirror this machine's apt uses.
 #
 #   e2e/rootfs.sh [CACHE_DIR]     (default /var/cache/devpilot-e2e)
 #
@@ -46,6 +47,10 @@ mount --bind /proc "$tmp/proc"
 trap 'umount "$tmp/proc" 2>/dev/null || true' EXIT
 chroot "$tmp" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	cloud-init openssh-server curl ca-certificates locales
+# cloud-init's locale module sets LANG=en_US.UTF-8, which Debian's
+# locale-gen only makes when /etc/locale.gen lists it (as images do).
+sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' "$tmp/etc/locale.gen"
+chroot "$tmp" locale-gen
 chroot "$tmp" apt-get clean
 umount "$tmp/proc"
 trap - EXIT

@@ -204,6 +204,11 @@ func showServer(o *output, s *provision.Server) {
 		}
 		o.table([]string{"MOUNT", "USED", "TOTAL"}, rows)
 	}
+	if s.Diagnostics != "" {
+		// Collected over SSH when the agent did not confirm the install.
+		fmt.Fprintln(o.w, "\nDIAGNOSTICS")
+		fmt.Fprintln(o.w, strings.TrimRight(s.Diagnostics, "\n"))
+	}
 }
 
 func agentLine(s *provision.Server) string {

@@ -49,11 +49,15 @@ type Machine struct {
 	Dir     string    // DIR/NAME: upper, work, root, console.log
 	Root    string    // the container's root file system as the host sees it
 	SSHPort int       // its sshd, on 127.0.0.1
-	Started time.Time // when systemd-nspawn was started
+	Started time.Time // when systemd-nspawn was first started
 
-	cmd  *exec.Cmd
-	done chan struct{} // closed when systemd-nspawn exited
-	err  error         // its exit status, after done
+	console  *os.File
+	mu       sync.Mutex
+	cmd      *exec.Cmd // the current systemd-nspawn (a reboot starts a new one)
+	boots    int
+	stopping bool
+	done     chan struct{} // closed when the container is off for good
+	err      error         // the last systemd-nspawn's exit status, after done
 }
 
 // Runtime boots and destroys containers.
@@ -176,26 +180,14 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 	if err != nil {
 		return fmt.Errorf("nspawn: %w", err)
 	}
-	// --register=no --keep-unit: no machined or systemd bus needed on the host.
-	// No --private-network: the container shares the host's network.
-	cmd := exec.Command("systemd-nspawn", "--quiet", "--boot", "--directory", m.Root, "--machine", m.Name,
-		"--register=no", "--keep-unit", "--console=pipe", "--link-journal=no", "--resolv-conf=bind-host",
-		"--timezone=off")
-	cmd.Stdin = nil
-	cmd.Stdout = console
-	cmd.Stderr = console
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	m.console = console
 	m.Started = time.Now()
-	if err := cmd.Start(); err != nil {
+	cmd, err := m.start()
+	if err != nil {
 		console.Close()
 		return fmt.Errorf("nspawn: start systemd-nspawn: %w", err)
 	}
-	m.cmd = cmd
-	go func() {
-		m.err = cmd.Wait()
-		console.Close()
-		close(m.done)
-	}()
+	go r.supervise(m, cmd)
 	r.log.Info("container starting", zap.String("machine", m.Name), zap.String("instance_id", m.ID), zap.Int("ssh_port", m.SSHPort))
 	// Wait for systemd to be PID 1 inside.
 	deadline := time.Now().Add(30 * time.Second)
@@ -219,6 +211,64 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 			return fmt.Errorf("nspawn: container %s: no systemd after 30s", m.Name)
 		}
 	}
+}
+
+// rebootStatus is how systemd-nspawn exits when the container's systemd
+// asked for a reboot (systemd-nspawn@.service restarts on it).
+const rebootStatus = 133
+
+// start runs systemd-nspawn once.
+func (m *Machine) start() (*exec.Cmd, error) {
+	// --register=no --keep-unit: no machined or systemd bus needed on the host.
+	// No --private-network: the container shares the host's network.
+	cmd := exec.Command("systemd-nspawn", "--quiet", "--boot", "--directory", m.Root, "--machine", m.Name,
+		"--register=no", "--keep-unit", "--console=pipe", "--link-journal=no", "--resolv-conf=bind-host",
+		"--timezone=off")
+	cmd.Stdout = m.console
+	cmd.Stderr = m.console
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.cmd = cmd
+	m.boots++
+	m.mu.Unlock()
+	return cmd, nil
+}
+
+// supervise waits for systemd-nspawn and starts it again when the
+// container rebooted, as systemd-nspawn@.service would.
+func (r *Runtime) supervise(m *Machine, cmd *exec.Cmd) {
+	defer m.console.Close()
+	for {
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		m.mu.Lock()
+		again := errors.As(err, &ee) && ee.ExitCode() == rebootStatus && !m.stopping
+		m.mu.Unlock()
+		if again {
+			r.log.Info("container rebooted", zap.String("machine", m.Name))
+			next, serr := m.start()
+			if serr == nil {
+				cmd = next
+				continue
+			}
+			err = serr
+		}
+		m.mu.Lock()
+		m.err = err
+		m.mu.Unlock()
+		close(m.done)
+		return
+	}
+}
+
+// Boots is how many times the container booted (1 + reboots).
+func (m *Machine) Boots() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.boots
 }
 
 func tail(b []byte, n int) string {
@@ -278,7 +328,10 @@ func freePort() (int, error) {
 // Leader is the host PID of the container's init (it changes when the
 // container reboots).
 func (m *Machine) Leader() (int, error) {
-	if m.cmd == nil || m.cmd.Process == nil {
+	m.mu.Lock()
+	cmd := m.cmd
+	m.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
 		return 0, errors.New("not started")
 	}
 	select {
@@ -286,7 +339,7 @@ func (m *Machine) Leader() (int, error) {
 		return 0, fmt.Errorf("container %s is not running", m.Name)
 	default:
 	}
-	pid := m.cmd.Process.Pid
+	pid := cmd.Process.Pid
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 	if err != nil {
 		return 0, err
@@ -374,11 +427,15 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 // stop asks systemd-nspawn to power the container off (it forwards SIGTERM
 // as a shutdown request to the container's systemd) and kills what is left.
 func (r *Runtime) stop(m *Machine) {
-	if m.cmd == nil || m.cmd.Process == nil {
+	m.mu.Lock()
+	m.stopping = true
+	cmd := m.cmd
+	m.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
 		return
 	}
 	leader, _ := m.Leader()
-	_ = m.cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-m.done:
 	case <-time.After(20 * time.Second):
@@ -386,7 +443,7 @@ func (r *Runtime) stop(m *Machine) {
 		if leader > 0 {
 			_ = syscall.Kill(leader, syscall.SIGKILL) // PID 1 of its namespace: takes everything with it
 		}
-		_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-m.done
 	}
 	r.log.Info("container stopped", zap.String("machine", m.Name))
