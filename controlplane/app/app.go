@@ -159,13 +159,18 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 			st, ok := a.Hub.Status(id)
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
 		},
-		Disconnect: func(id string) { a.Hub.Disconnect(id, protocol.ErrServerDeleted) },
-		Diagnose:   a.diagnoser(),
+		Disconnect:       func(id string) { a.Hub.Disconnect(id, protocol.ErrServerDeleted) },
+		Diagnose:         a.diagnoser(),
+		OnAgentConnected: func(id string) { a.Tasks.AgentConnected(id) },
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})
+	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Logger: cfg.Logger,
+		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace})
+	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
+	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	apiHandler := api.New(api.Options{
-		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Agent: a.agentHandler(),
+		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Agent: a.agentHandler(),
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
 	})
 	// The web console answers /, /ui/… and /static/…; the API everything else.
