@@ -1,6 +1,15 @@
 // Package runner is `devpilot-agent run`: it loads the config and identity
 // an install wrote, wires the health collector, systemd notifications and
-// watchdog to a session.Client, and runs it until the context ends.
+// watchdog and the task runner (agent/tasks) to a session.Client, and runs
+// it until the context ends.
+//
+// Shutdown (first SIGTERM): the session closes and no new task is taken;
+// running tasks may finish for up to Options.TaskGrace (default 20s, below
+// the unit's TimeoutStopSec=30), then their process groups are killed and
+// they are journaled failed (agent_restarted); their results are sent on
+// the next start. A second signal exits at once (cmd/devpilot-agent); the
+// journal then still says "started", and the next start reports them
+// failed (agent_restarted) too.
 package runner
 
 import (
@@ -17,6 +26,7 @@ import (
 	"github.com/devpilot/devpilot/agent/layout"
 	"github.com/devpilot/devpilot/agent/sdnotify"
 	"github.com/devpilot/devpilot/agent/session"
+	"github.com/devpilot/devpilot/agent/tasks"
 )
 
 // Options for Run.
@@ -36,6 +46,11 @@ type Options struct {
 	// Tune adjusts the session options before the client is built (tests
 	// shorten delays with it).
 	Tune func(*session.Options)
+	// TuneTasks adjusts the task runner's options (tests).
+	TuneTasks func(*tasks.Options)
+	// TaskGrace is how long running tasks may finish after ctx ends
+	// before they are killed; default 20s.
+	TaskGrace time.Duration
 }
 
 // Run runs the agent until ctx ends; it returns nil after a clean shutdown
@@ -67,6 +82,24 @@ func Run(ctx context.Context, o Options) error {
 		n.Status("cannot start: " + err.Error() + " — reinstall the agent")
 		return fmt.Errorf("run: %w", err)
 	}
+	to := tasks.Options{StateDir: o.Paths.StateDir(), Root: o.Paths.Root, Log: log.Named("tasks")}
+	if o.TuneTasks != nil {
+		o.TuneTasks(&to)
+	}
+	tr, err := tasks.New(to)
+	if err != nil {
+		n.Status("cannot start: " + err.Error())
+		return fmt.Errorf("run: %w", err)
+	}
+	grace := o.TaskGrace
+	if grace <= 0 {
+		grace = 20 * time.Second
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		tr.Shutdown(sctx)
+	}()
 	progress := sdnotify.NewProgress(nil)
 	var saveMu sync.Mutex
 	so := session.Options{
@@ -76,6 +109,7 @@ func Run(ctx context.Context, o Options) error {
 		Log:      log.Named("session"),
 		Notifier: n,
 		Progress: progress,
+		Tasks:    tr,
 		OnEnrolled: func() error {
 			// Re-read so nothing else in the file is lost, drop the token,
 			// replace the file atomically.

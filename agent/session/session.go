@@ -9,7 +9,9 @@
 // mode (bootstrap token + public key) until the first enrollment succeeded,
 // in auth mode afterwards, signed with its ed25519 key; the hub answers
 // welcome with the heartbeat interval; the agent sends a heartbeat with the
-// host's health right away and then every interval.
+// host's health right away and then every interval. With Options.Tasks set,
+// task messages go to it and a fourth routine sends its task_log and
+// task_result messages through the same writer.
 package session
 
 import (
@@ -37,6 +39,18 @@ import (
 	"github.com/devpilot/devpilot/shared/version"
 )
 
+// TaskHandler runs deployment tasks (agent/tasks.Runner).
+type TaskHandler interface {
+	// HandleMessage gets task, cancel and task_ack messages on the
+	// session's reader goroutine; it must not block on work or the network.
+	HandleMessage(env protocol.Envelope)
+	// Serve runs for the lifetime of each session (after welcome) and
+	// sends task_log and task_result with send, which goes through the
+	// session's writer; it returns nil when ctx ends and send's error if a
+	// write fails, which ends the session.
+	Serve(ctx context.Context, send func(typ string, v any) error) error
+}
+
 // HealthSource provides what the agent reports about its host.
 type HealthSource interface {
 	Collect() (protocol.Health, error)
@@ -57,6 +71,8 @@ type Options struct {
 	// bootstrap token from the config on disk. An error is logged; the
 	// session continues (a later enroll refusal falls back to auth).
 	OnEnrolled func() error
+	// Tasks runs deployment tasks; nil: task messages are logged and ignored.
+	Tasks TaskHandler
 
 	BackoffBase time.Duration // default 1s
 	BackoffCap  time.Duration // default 60s
@@ -517,6 +533,23 @@ func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.
 			}
 		}
 	})
+	if c.o.Tasks != nil {
+		g.Go(func() error { // task results and logs, resent from disk on each session
+			send := func(typ string, v any) error {
+				b, err := protocol.Encode(typ, v)
+				if err != nil {
+					c.log.Error("dropping a task message that cannot be encoded", zap.String("type", typ), zap.Error(err))
+					return nil
+				}
+				if err := write(b); err != nil {
+					return fmt.Errorf("send %s: %w", typ, err)
+				}
+				c.o.Progress.Beat()
+				return nil
+			}
+			return c.o.Tasks.Serve(gctx, send)
+		})
+	}
 	g.Go(func() error { // closer
 		<-gctx.Done()
 		if ctx.Err() != nil {
@@ -570,8 +603,11 @@ func (c *Client) handle(data []byte) error {
 			return ref
 		}
 	case protocol.TypeTask, protocol.TypeCancel, protocol.TypeTaskAck:
-		// Deployment tasks are not implemented by this agent yet.
-		c.log.Warn("ignoring task message: this agent does not run tasks yet", zap.String("type", env.Type))
+		if c.o.Tasks == nil {
+			c.log.Warn("ignoring task message: this agent runs no tasks", zap.String("type", env.Type))
+			return nil
+		}
+		c.o.Tasks.HandleMessage(env)
 	default:
 		c.log.Info("ignoring unknown message type", zap.String("type", env.Type), zap.Int("v", env.V))
 	}
