@@ -49,6 +49,8 @@ func commands() []command {
 		{"dev", "run the control plane with simulated clouds on this machine", runDev},
 		{"integrations", "connect, test, rotate and remove cloud accounts", runIntegrations},
 		{"servers", "create, list, show and delete servers", runServers},
+		{"tasks", "run commands, unit actions and file writes on a server; list, show, follow and cancel tasks", runTasks},
+		{"deploy", "roll a deploy plan across servers in batches (deploy -f plan.yaml; deploy status ID)", runDeploy},
 		{"tokens", "create, list and revoke API tokens", runTokens},
 		{"workspaces", "create and list workspaces", runWorkspaces},
 		{"keys", "rotate the master key that encrypts secrets at rest", runKeys},
