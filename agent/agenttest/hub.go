@@ -1,7 +1,10 @@
 // Package agenttest is a small in-process hub for agent tests: a TLS
 // WebSocket server (httptest, with its own CA) that speaks the protocol in
 // shared/protocol — challenge, hello (enroll with a single-use token, or
-// auth with the enrolled key), welcome, heartbeats — and records what it saw.
+// auth with the enrolled key), welcome, heartbeats, and the task messages
+// (Send delivers task/cancel/task_ack; task_log and task_result are
+// recorded, and final results acknowledged when SetAutoAck is on) — and
+// records what it saw.
 // It is a fake for tests, not the control plane's hub.
 package agenttest
 
@@ -52,7 +55,10 @@ type Hub struct {
 	heartbeats []Heartbeat
 	closes     []int // close codes agents sent
 	accepted   int   // WebSocket upgrades
-	conns      map[*websocket.Conn]bool
+	conns      map[*websocket.Conn]*peer
+	autoAck    bool
+	logs       map[string][]protocol.TaskLog
+	results    map[string][]protocol.TaskResult
 	wg         sync.WaitGroup
 }
 
@@ -99,7 +105,9 @@ func New(t testing.TB) *Hub {
 		interval: 1,
 		tokens:   map[string]string{},
 		keys:     map[string]ed25519.PublicKey{},
-		conns:    map[*websocket.Conn]bool{},
+		conns:    map[*websocket.Conn]*peer{},
+		logs:     map[string][]protocol.TaskLog{},
+		results:  map[string][]protocol.TaskResult{},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(protocol.Path, h.serve)
@@ -230,7 +238,8 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	h.mu.Lock()
 	h.accepted++
-	h.conns[c] = true
+	p := &peer{}
+	h.conns[c] = p
 	h.wg.Add(1)
 	h.mu.Unlock()
 	defer func() {
@@ -273,15 +282,99 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, "test hub closes"), time.Now().Add(time.Second))
 		return
 	}
+	h.mu.Lock()
+	p.serverID = hello.ServerID
+	h.mu.Unlock()
 	for {
-		var hb protocol.Heartbeat
-		if err := read(c, &hb, protocol.TypeHeartbeat); err != nil {
+		_, data, err := c.ReadMessage()
+		if err != nil {
 			return
 		}
-		h.mu.Lock()
-		h.heartbeats = append(h.heartbeats, Heartbeat{ServerID: hello.ServerID, Health: hb.Health})
-		h.mu.Unlock()
+		env, err := protocol.Decode(data)
+		if err != nil {
+			return
+		}
+		switch env.Type {
+		case protocol.TypeHeartbeat:
+			var hb protocol.Heartbeat
+			if protocol.DecodeData(env, &hb) != nil {
+				return
+			}
+			h.mu.Lock()
+			h.heartbeats = append(h.heartbeats, Heartbeat{ServerID: hello.ServerID, Health: hb.Health})
+			h.mu.Unlock()
+		case protocol.TypeTaskLog:
+			var l protocol.TaskLog
+			if protocol.DecodeData(env, &l) != nil {
+				return
+			}
+			h.mu.Lock()
+			h.logs[l.TaskID] = append(h.logs[l.TaskID], l)
+			h.mu.Unlock()
+		case protocol.TypeTaskResult:
+			var r protocol.TaskResult
+			if protocol.DecodeData(env, &r) != nil {
+				return
+			}
+			h.mu.Lock()
+			h.results[r.TaskID] = append(h.results[r.TaskID], r)
+			ack := h.autoAck && protocol.Final(r.State)
+			h.mu.Unlock()
+			if ack && p.send(c, protocol.TypeTaskAck, protocol.TaskAck{TaskID: r.TaskID, LogSeq: r.LastLogSeq, Final: true}) != nil {
+				return
+			}
+		default:
+			return
+		}
 	}
+}
+
+// peer is one accepted session.
+type peer struct {
+	serverID string // once welcomed
+	wmu      sync.Mutex
+}
+
+func (p *peer) send(c *websocket.Conn, typ string, v any) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	return send(c, typ, v)
+}
+
+// Send delivers a message (task, cancel, task_ack) to serverID's session.
+func (h *Hub) Send(serverID, typ string, v any) error {
+	h.mu.Lock()
+	var conn *websocket.Conn
+	var p *peer
+	for c, x := range h.conns {
+		if x.serverID == serverID {
+			conn, p = c, x
+		}
+	}
+	h.mu.Unlock()
+	if conn == nil {
+		return fmt.Errorf("agenttest: %s is not connected", serverID)
+	}
+	return p.send(conn, typ, v)
+}
+
+// SetAutoAck makes the hub acknowledge every final task result (Final,
+// with its LastLogSeq) as soon as it arrives.
+func (h *Hub) SetAutoAck(v bool) { h.mu.Lock(); h.autoAck = v; h.mu.Unlock() }
+
+// TaskLogs returns the task_log messages received for a task, in order.
+func (h *Hub) TaskLogs(taskID string) []protocol.TaskLog {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]protocol.TaskLog(nil), h.logs[taskID]...)
+}
+
+// TaskResults returns the task_result messages received for a task, in order.
+func (h *Hub) TaskResults(taskID string) []protocol.TaskResult {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]protocol.TaskResult(nil), h.results[taskID]...)
 }
 
 // check verifies a hello; it returns an error code and message, or "".

@@ -48,7 +48,9 @@ func (r *Runner) runExec(ctx context.Context, t *task, step int, s *protocol.Exe
 		}
 		cmd.SysProcAttr.Credential = cred
 		env["HOME"], env["USER"], env["LOGNAME"] = u.HomeDir, u.Username, u.Username
-		if s.Dir == "" && u.HomeDir != "" {
+		if s.Dir == "" {
+			// The user's home, else "/": the root dir may be closed to it.
+			cmd.Dir = "/"
 			if st, err := os.Stat(u.HomeDir); err == nil && st.IsDir() {
 				cmd.Dir = u.HomeDir
 			}
