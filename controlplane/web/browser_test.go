@@ -291,7 +291,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	b.shot("servers")
 
-	runTaskInBrowser(t, b, env)
+	t.Run("task", func(t *testing.T) { runTaskInBrowser(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env) })
 
 	// Sign out: the console is closed again.
 	b.run("sign out", chromedp.Click(chromedp.CSS(`form[action="/ui/signout"] button`)),

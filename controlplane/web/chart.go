@@ -31,6 +31,8 @@ type chart struct {
 	Summary string // text alternative for screen readers
 	Samples int
 	Since   string // where the time axis starts, when later than the window's start
+	LastX   string // the latest sample, marked with a dot (one sample draws no line)
+	LastY   string
 }
 
 // charts draws CPU, memory and disk use over the window ending at now.
@@ -86,6 +88,7 @@ func charts(ss []sample, now time.Time, window time.Duration) []chart {
 			ch.Points = strings.Join(pts, " ")
 			ch.Area = fmt.Sprintf("%.1f,%d %s %.1f,%d", firstX, chartH, ch.Points, lastX, chartH)
 			ch.Latest = fmt.Sprintf("%.0f%%", last)
+			ch.LastX, ch.LastY = fmt.Sprintf("%.1f", lastX), fmt.Sprintf("%.1f", chartH-last/100*chartH)
 			ch.Summary = fmt.Sprintf("%s use over the last hour: %d samples, between %.0f%% and %.0f%%, now %.0f%%.",
 				m.label, len(pts), lo, hi, last)
 			if since != "" {

@@ -27,7 +27,7 @@ func runTaskInBrowser(t *testing.T, b *tab, env *devenv.Env) {
 	if loc := b.location(); !strings.HasPrefix(loc, "/ui/w/default/tasks/") {
 		t.Fatalf("after run at %s", loc)
 	}
-	out := b.waitText("#log-output", "Linux", 60*time.Second)
+	out := b.waitText("#log-output", "Linux", 30*time.Second)
 	if !strings.Contains(out, "hello from the console") || !strings.Contains(out, "oops") {
 		t.Errorf("task output: %q", out)
 	}
