@@ -36,17 +36,17 @@ type msg struct {
 }
 
 // session is a fake session: it runs Serve and records what it sends.
-type session struct {
+type fakeSession struct {
 	mu     sync.Mutex
 	msgs   []msg
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func serve(t *testing.T, r *tasks.Runner) *session {
+func serve(t *testing.T, r *tasks.Runner) *fakeSession {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &session{cancel: cancel, done: make(chan error, 1)}
+	s := &fakeSession{cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		s.done <- r.Serve(ctx, func(typ string, v any) error {
 			// Through the wire encoding, as the session does.
@@ -74,7 +74,7 @@ func serve(t *testing.T, r *tasks.Runner) *session {
 }
 
 // stop ends the session and waits for Serve.
-func (s *session) stop() {
+func (s *fakeSession) stop() {
 	if s.cancel != nil {
 		s.cancel()
 		<-s.done
@@ -82,13 +82,13 @@ func (s *session) stop() {
 	}
 }
 
-func (s *session) all() []msg {
+func (s *fakeSession) all() []msg {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]msg(nil), s.msgs...)
 }
 
-func (s *session) results(id string) []protocol.TaskResult {
+func (s *fakeSession) results(id string) []protocol.TaskResult {
 	var out []protocol.TaskResult
 	for _, m := range s.all() {
 		if m.typ == protocol.TypeTaskResult && m.result.TaskID == id {
@@ -98,7 +98,7 @@ func (s *session) results(id string) []protocol.TaskResult {
 	return out
 }
 
-func (s *session) logs(id string) []protocol.TaskLog {
+func (s *fakeSession) logs(id string) []protocol.TaskLog {
 	var out []protocol.TaskLog
 	for _, m := range s.all() {
 		if m.typ == protocol.TypeTaskLog && m.log.TaskID == id {
@@ -109,7 +109,7 @@ func (s *session) logs(id string) []protocol.TaskLog {
 }
 
 // final waits for id's final result.
-func (s *session) final(t *testing.T, id string) protocol.TaskResult {
+func (s *fakeSession) final(t *testing.T, id string) protocol.TaskResult {
 	t.Helper()
 	var res protocol.TaskResult
 	agenttest.WaitFor(t, "final result of "+id, func() bool {
@@ -124,7 +124,7 @@ func (s *session) final(t *testing.T, id string) protocol.TaskResult {
 	return res
 }
 
-func (s *session) output(id, stream string) string {
+func (s *fakeSession) output(id, stream string) string {
 	var b bytes.Buffer
 	for _, l := range s.logs(id) {
 		if l.Stream == stream {
