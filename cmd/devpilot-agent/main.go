@@ -55,6 +55,9 @@ Files (below --root-dir):
   etc/devpilot-agent/config.json               0600  url, ca_pin, ca_cert_pem, server_id, and the
                                                      bootstrap token until the first enrollment
   var/lib/devpilot-agent/identity.key          0600  ed25519 key, created once (dir 0700)
+  var/lib/devpilot-agent/tasks/                0700  task journal (journal.jsonl) and output spools;
+                                                     file tasks write their absolute path below
+                                                     --root-dir, exec tasks start in it
   etc/systemd/system/devpilot-agent.service    0644  the unit (Type=notify, watchdog)
 `
 

@@ -150,6 +150,49 @@ func TestInstallRunSIGTERM(t *testing.T) {
 		t.Error("no 'connected' STATUS")
 	}
 
+	// Tasks: a file lands below the root dir, an exec streams its output.
+	hub.SetAutoAck(true)
+	if err := hub.Send("srv-e2e", protocol.TypeTask, protocol.Task{ID: "e2e-file", Kind: protocol.KindFile,
+		File: &protocol.FileSpec{Path: "/etc/motd", ContentBase64: "aGVsbG8K", Mode: "0600"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := hub.Send("srv-e2e", protocol.TypeTask, protocol.Task{ID: "e2e-exec", Kind: protocol.KindExec,
+		Exec: &protocol.ExecSpec{Argv: []string{"/bin/sh", "-c", "cat etc/motd; echo $DEVPILOT_TASK_ID"}}}); err != nil {
+		t.Fatal(err)
+	}
+	final := func(id string) protocol.TaskResult {
+		var res protocol.TaskResult
+		agenttest.WaitFor(t, "result of "+id, func() bool {
+			for _, r := range hub.TaskResults(id) {
+				if protocol.Final(r.State) {
+					res = r
+					return true
+				}
+			}
+			return false
+		})
+		return res
+	}
+	if res := final("e2e-file"); res.State != protocol.TaskSucceeded {
+		t.Errorf("file task: %+v", res)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "etc/motd")); err != nil || string(b) != "hello\n" {
+		t.Errorf("file task wrote %q, %v below the root dir", b, err)
+	}
+	if res := final("e2e-exec"); res.State != protocol.TaskSucceeded {
+		t.Errorf("exec task: %+v", res)
+	}
+	var logged []byte
+	for _, l := range hub.TaskLogs("e2e-exec") {
+		logged = append(logged, l.Data...)
+	}
+	if string(logged) != "hello\ne2e-exec\n" {
+		t.Errorf("exec output %q (runs in the root dir)", logged)
+	}
+	if _, err := os.Stat(filepath.Join(p.StateDir(), "tasks", "journal.jsonl")); err != nil {
+		t.Errorf("task journal: %v", err)
+	}
+
 	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
