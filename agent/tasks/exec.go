@@ -16,7 +16,9 @@ import (
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
-// runExec runs argv in its own process group. On timeout, deadline, cancel
+// runExec runs argv in its own process group, in Dir below the root dir
+// (default: the root dir; as a user without dir: the user's home, else /).
+// argv itself is not remapped. On timeout, deadline, cancel
 // or shutdown the whole group gets SIGTERM, then SIGKILL after KillGrace.
 // When the program exits by itself, processes it left in the background
 // keep running; their pipes are closed a moment later.
@@ -28,10 +30,9 @@ func (r *Runner) runExec(ctx context.Context, t *task, step int, s *protocol.Exe
 		return failed(protocol.ReasonInvalid, "exec timeout_s and max_output_bytes must not be negative")
 	}
 	cmd := exec.Command(s.Argv[0], s.Argv[1:]...)
-	cmd.Dir = s.Dir
-	if cmd.Dir == "" {
-		cmd.Dir = r.o.Root
-	}
+	// The working dir is below the root dir, like file task paths (the
+	// same on a real server), so a deploy's file and exec steps agree.
+	cmd.Dir = r.HostPath(s.Dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	env := baseEnv()
 	if s.User != "" {

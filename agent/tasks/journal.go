@@ -51,11 +51,17 @@ type entry struct {
 
 // journal is the append-only record of task ids; every append is fsync'ed.
 type journal struct {
-	dir string
-	mu  sync.Mutex
-	f   *os.File
-	m   map[string]*entry
+	dir       string
+	retention time.Duration
+	mu        sync.Mutex
+	f         *os.File
+	m         map[string]*entry
+	lines     int // in the file
 }
+
+// compactEvery is how many appended lines make append compact the file
+// (a long-running agent is not restarted often).
+const compactEvery = 4096
 
 // openJournal reads dir/journal.jsonl, drops entries whose last event is
 // older than retention (except ones still marked started), rewrites it
@@ -64,9 +70,8 @@ func openJournal(dir string, now time.Time, retention time.Duration) (*journal, 
 	if err := os.MkdirAll(filepath.Join(dir, SpoolDir), 0o700); err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
-	j := &journal{dir: dir, m: map[string]*entry{}}
+	j := &journal{dir: dir, m: map[string]*entry{}, retention: retention}
 	path := filepath.Join(dir, JournalFile)
-	var order []string
 	if f, err := os.Open(path); err == nil {
 		sc := bufio.NewScanner(f)
 		sc.Buffer(make([]byte, 64<<10), protocol.MaxMessageBytes)
@@ -75,40 +80,15 @@ func openJournal(dir string, now time.Time, retention time.Duration) (*journal, 
 			if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ID == "" {
 				continue // a torn last line after a crash
 			}
-			if _, ok := j.m[ev.ID]; !ok {
-				order = append(order, ev.ID)
-			}
 			j.fold(ev)
 		}
 		f.Close()
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
-	for id, e := range j.m {
-		if e.state != evStarted && now.Sub(e.at) > retention {
-			delete(j.m, id)
-		}
+	if err := j.compactLocked(now); err != nil {
+		return nil, err
 	}
-	// Rewrite: one or two lines per surviving id, oldest first.
-	var buf bytes.Buffer
-	for _, id := range order {
-		e, ok := j.m[id]
-		if !ok {
-			continue
-		}
-		for _, ev := range e.events(id) {
-			b, _ := json.Marshal(ev)
-			buf.Write(append(b, '\n'))
-		}
-	}
-	if err := writeFileSync(path, buf.Bytes(), 0o600); err != nil {
-		return nil, fmt.Errorf("journal: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("journal: %w", err)
-	}
-	j.f = f
 	// Spools of acked or forgotten tasks.
 	keep := map[string]bool{}
 	for id, e := range j.m {
@@ -125,14 +105,47 @@ func openJournal(dir string, now time.Time, retention time.Duration) (*journal, 
 	return j, nil
 }
 
-func (e *entry) events(id string) []event {
-	switch e.state {
-	case evStarted:
-		return []event{{Ev: evStarted, ID: id, At: e.at, Kind: e.kind}}
-	case evFinished:
-		return []event{{Ev: evFinished, ID: id, At: e.at, Kind: e.kind, Result: e.result}}
+// compactLocked drops old entries and rewrites the file with one line per
+// id, oldest first; j.mu is held (or j is not shared yet).
+func (j *journal) compactLocked(now time.Time) error {
+	ids := make([]string, 0, len(j.m))
+	for id, e := range j.m {
+		if e.state != evStarted && now.Sub(e.at) > j.retention {
+			delete(j.m, id)
+			continue
+		}
+		ids = append(ids, id)
 	}
-	return []event{{Ev: evAcked, ID: id, At: e.at, Kind: e.kind, Result: e.result}}
+	slices.SortFunc(ids, func(a, b string) int {
+		if c := j.m[a].at.Compare(j.m[b].at); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	var buf bytes.Buffer
+	for _, id := range ids {
+		b, _ := json.Marshal(j.m[id].event(id))
+		buf.Write(append(b, '\n'))
+	}
+	path := filepath.Join(j.dir, JournalFile)
+	if err := writeFileSync(path, buf.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	if j.f != nil {
+		j.f.Close()
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		j.f = nil
+		return fmt.Errorf("journal: %w", err)
+	}
+	j.f, j.lines = f, len(ids)
+	return nil
+}
+
+// event is the one line that stands for e in a compacted journal.
+func (e *entry) event(id string) event {
+	return event{Ev: e.state, ID: id, At: e.at, Kind: e.kind, Result: e.result}
 }
 
 func (j *journal) fold(ev event) {
@@ -168,6 +181,12 @@ func (j *journal) append(ev event) error {
 		return fmt.Errorf("journal: %w", err)
 	}
 	j.fold(ev)
+	j.lines++
+	if j.lines >= 2*max(len(j.m), compactEvery/2) {
+		if err := j.compactLocked(ev.At); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

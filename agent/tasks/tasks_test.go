@@ -482,7 +482,8 @@ func TestDeployStopsAtFailedStep(t *testing.T) {
 	marker := filepath.Join(e.root, "third-ran")
 	task := protocol.Task{ID: "d", Kind: protocol.KindDeploy, Deploy: &protocol.DeploySpec{Steps: []protocol.DeployStep{
 		{Name: "config", Kind: protocol.KindFile, File: fileTask("", "/etc/app.conf", "a=1\n", "").File},
-		{Name: "migrate", Kind: protocol.KindExec, Exec: &protocol.ExecSpec{Argv: []string{"/bin/sh", "-c", "echo migrating; exit 4"}}},
+		{Name: "migrate", Kind: protocol.KindExec, Exec: &protocol.ExecSpec{Dir: "/etc", // below the root, like file paths
+			Argv: []string{"/bin/sh", "-c", "cat app.conf; echo migrating; exit 4"}}},
 		{Name: "restart", Kind: protocol.KindExec, Exec: &protocol.ExecSpec{Argv: []string{"/bin/sh", "-c", "touch " + marker}}},
 	}}}
 	deliver(t, r, protocol.TypeTask, task)
@@ -504,7 +505,7 @@ func TestDeployStopsAtFailedStep(t *testing.T) {
 	for _, l := range s.logs("d") {
 		steps[l.Step] += l.Stream + ":" + string(l.Data)
 	}
-	if !strings.Contains(steps[1], "system:step 1/3 (config)") || !strings.Contains(steps[2], "stdout:migrating") ||
+	if !strings.Contains(steps[1], "system:step 1/3 (config)") || !strings.Contains(steps[2], "stdout:a=1\nmigrating") ||
 		!strings.Contains(steps[2], "step 2/3 (migrate): failed") || steps[3] != "" {
 		t.Errorf("logs by step = %v", steps)
 	}
