@@ -14,9 +14,31 @@
 // the journal. Results and unacked log chunks are resent from disk on
 // every new session until a TaskAck with Final arrives; then the spool is
 // deleted and an "acked" line keeps the id (and its result) for dedup.
-// Entries older than Options.Retention are dropped when the journal is
-// opened. The disk is the only buffer: nothing is queued in memory for a
+// Entries (other than started ones) whose last event is older than
+// Options.Retention are dropped when the journal is opened or compacted
+// (every few thousand appended lines). The disk is the only buffer: nothing is queued in memory for a
 // session that is down.
+//
+// Behaviour in detail:
+//   - exec: argv without a shell, in its own process group, in Dir below
+//     Root (default Root); env is the agent's minus DEVPILOT_AGENT_* plus
+//     DEVPILOT_TASK_ID and the task's env; User needs an agent running as
+//     root (else failed/unsupported). Output is coalesced for
+//     FlushInterval into chunks of at most protocol.MaxLogChunkBytes, seq
+//     from 1, capped at MaxOutputBytes (default 1 MiB) with a note on the
+//     system stream and reason output_capped. Timeout (timeout_s:
+//     timed_out, no reason), Deadline (timed_out, reason deadline),
+//     cancel (canceled) and shutdown kill the whole group: SIGTERM, then
+//     SIGKILL after KillGrace. A zero Deadline means none.
+//   - file: Path must be absolute and is taken below Root (HostPath);
+//     written atomically (temp file in the same dir, fsync, chmod, chown,
+//     rename, fsync of the dir); missing parents are created 0755.
+//   - systemd: over D-Bus; unsupported when Root is not "/", when the host
+//     was not booted with systemd or D-Bus does not answer.
+//   - deploy: steps in order, step boundaries on the system stream (Step
+//     set), the first step that does not succeed decides the task's state,
+//     later steps are "skipped".
+//   - At most MaxConcurrent tasks run; the rest wait (unjournaled).
 //
 // The session calls HandleMessage for task, cancel and task_ack (on its
 // reader goroutine: it never blocks on work or the network) and Serve for
