@@ -156,10 +156,6 @@ func TestInstallRunSIGTERM(t *testing.T) {
 		File: &protocol.FileSpec{Path: "/etc/motd", ContentBase64: "aGVsbG8K", Mode: "0600"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := hub.Send("srv-e2e", protocol.TypeTask, protocol.Task{ID: "e2e-exec", Kind: protocol.KindExec,
-		Exec: &protocol.ExecSpec{Argv: []string{"/bin/sh", "-c", "cat etc/motd; echo $DEVPILOT_TASK_ID"}}}); err != nil {
-		t.Fatal(err)
-	}
 	final := func(id string) protocol.TaskResult {
 		var res protocol.TaskResult
 		agenttest.WaitFor(t, "result of "+id, func() bool {
@@ -178,6 +174,11 @@ func TestInstallRunSIGTERM(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(root, "etc/motd")); err != nil || string(b) != "hello\n" {
 		t.Errorf("file task wrote %q, %v below the root dir", b, err)
+	}
+	// Tasks run concurrently: send the exec only once the file is written.
+	if err := hub.Send("srv-e2e", protocol.TypeTask, protocol.Task{ID: "e2e-exec", Kind: protocol.KindExec,
+		Exec: &protocol.ExecSpec{Argv: []string{"/bin/sh", "-c", "cat etc/motd; echo $DEVPILOT_TASK_ID"}}}); err != nil {
+		t.Fatal(err)
 	}
 	if res := final("e2e-exec"); res.State != protocol.TaskSucceeded {
 		t.Errorf("exec task: %+v", res)
