@@ -161,6 +161,95 @@ func connFlags(fs *flag.FlagSet) *connOpts {
 	return o
 }
 
+// verb is an API verb being run: its flag set with the connection flags,
+// usually --json and --workspace, and the helpers every verb goes through
+// (parse, check the positional arguments, connect, print).
+type verb struct {
+	name string // "integrations show", for usage errors
+	env  Env
+	fs   *flag.FlagSet
+	conn *connOpts
+	out  *output // nil without --json
+	ws   *string // nil without --workspace
+}
+
+// verbFlags says which common flags a verb has besides the connection ones.
+type verbFlags struct {
+	json      bool   // --json
+	workspace string // help of --workspace (default "default"); "" for none
+}
+
+// newVerb makes a workspace verb: connection flags, --json and --workspace.
+func newVerb(env Env, name string) *verb {
+	return newVerbWith(env, name, verbFlags{json: true, workspace: "workspace slug"})
+}
+
+// newVerbWith makes a verb with the common flags that vf asks for.
+func newVerbWith(env Env, name string, vf verbFlags) *verb {
+	v := &verb{name: name, env: env, fs: newFlags(name, env)}
+	v.conn = connFlags(v.fs)
+	if vf.json {
+		v.out = outFlags(v.fs, env)
+	}
+	if vf.workspace != "" {
+		v.ws = v.fs.String("workspace", "default", vf.workspace)
+	}
+	return v
+}
+
+// parse parses args and returns the positional ones (see parse).
+func (v *verb) parse(args []string) ([]string, error) { return parse(v.fs, v.env, args) }
+
+// parseOne parses args, which must hold exactly one positional argument,
+// and returns it; what names it in the usage error.
+func (v *verb) parseOne(args []string, what string) (string, error) {
+	pos, err := v.parse(args)
+	if err != nil {
+		return "", err
+	}
+	if len(pos) != 1 {
+		return "", usagef("%s: give exactly one %s", v.name, what)
+	}
+	return pos[0], nil
+}
+
+// connect makes the API client from the connection flags.
+func (v *verb) connect() (*client, error) { return v.conn.client(v.env.Getenv) }
+
+// start parses args and connects; it returns the positional arguments
+// unchecked (verbs that take none have always ignored stray ones).
+func (v *verb) start(args []string) ([]string, *client, error) {
+	pos, err := v.parse(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	cl, err := v.connect()
+	return pos, cl, err
+}
+
+// startOne is start for a verb that acts on exactly one thing (see parseOne).
+func (v *verb) startOne(args []string, what string) (string, *client, error) {
+	id, err := v.parseOne(args, what)
+	if err != nil {
+		return "", nil, err
+	}
+	cl, err := v.connect()
+	return id, cl, err
+}
+
+// path is an API path in the verb's workspace: path("/servers").
+func (v *verb) path(rest string) string { return wsPath(*v.ws) + rest }
+
+// print writes the API's raw answer with --json, else calls pretty.
+func (v *verb) print(raw []byte, pretty func()) error {
+	if v.out != nil && v.out.json {
+		v.out.raw(raw)
+		return nil
+	}
+	pretty()
+	return nil
+}
+
 // output prints raw JSON or a table.
 type output struct {
 	json bool

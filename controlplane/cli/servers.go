@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -29,111 +28,74 @@ func (l *intList) Set(s string) error {
 }
 
 func runServers(ctx context.Context, env Env, args []string) error {
-	common := func(name string) (*connOpts, *output, *string, *flag.FlagSet) {
-		fs := newFlags("servers "+name, env)
-		c := connFlags(fs)
-		o := outFlags(fs, env)
-		ws := fs.String("workspace", "default", "workspace slug")
-		return c, o, ws, fs
-	}
+	const what = "server id"
 	verbs := map[string]func([]string) error{
 		"create": func(args []string) error {
-			c, o, ws, fs := common("create")
+			v := newVerb(env, "servers create")
 			var req provision.CreateRequest
 			var ports intList
-			fs.StringVar(&req.IntegrationID, "integration", "", "integration id (see `devpilot integrations list`)")
-			fs.StringVar(&req.Name, "name", "", "server name (becomes the hostname)")
-			fs.StringVar(&req.Region, "region", "", "provider region, e.g. nyc3 or ewr")
-			fs.StringVar(&req.Size, "size", "", "provider size/plan, e.g. s-1vcpu-1gb or vc2-1c-1gb")
-			fs.StringVar(&req.Image, "image", "debian-12", "image: provider id or debian-12 / ubuntu-24.04")
-			fs.Var(&ports, "port", "inbound TCP port to open (repeat or comma-separate; default 22,80,443)")
-			wait := fs.Bool("wait", false, "show the provisioning steps live until the server is online or failed")
-			if _, err := parse(fs, env, args); err != nil {
+			v.fs.StringVar(&req.IntegrationID, "integration", "", "integration id (see `devpilot integrations list`)")
+			v.fs.StringVar(&req.Name, "name", "", "server name (becomes the hostname)")
+			v.fs.StringVar(&req.Region, "region", "", "provider region, e.g. nyc3 or ewr")
+			v.fs.StringVar(&req.Size, "size", "", "provider size/plan, e.g. s-1vcpu-1gb or vc2-1c-1gb")
+			v.fs.StringVar(&req.Image, "image", "debian-12", "image: provider id or debian-12 / ubuntu-24.04")
+			v.fs.Var(&ports, "port", "inbound TCP port to open (repeat or comma-separate; default 22,80,443)")
+			wait := v.fs.Bool("wait", false, "show the provisioning steps live until the server is online or failed")
+			_, cl, err := v.start(args)
+			if err != nil {
 				return err
 			}
 			req.Ports = ports
-			cl, err := c.client(env.Getenv)
-			if err != nil {
-				return err
-			}
 			var srv provision.Server
-			raw, err := cl.do(ctx, "POST", wsPath(*ws)+"/servers", req, &srv)
+			raw, err := cl.do(ctx, "POST", v.path("/servers"), req, &srv)
 			if err != nil {
 				return err
 			}
-			if !*wait {
-				if o.json {
-					o.raw(raw)
-					return nil
-				}
-				fmt.Fprintf(env.Stdout, "Server %s (%s) is %s. Follow it with: devpilot servers show %s\n", srv.ID, srv.Name, srv.State, srv.ID)
-				return nil
+			if *wait {
+				return watchServer(ctx, env, cl, *v.ws, srv.ID, v.out)
 			}
-			return watchServer(ctx, env, cl, *ws, srv.ID, o)
+			return v.print(raw, func() {
+				fmt.Fprintf(env.Stdout, "Server %s (%s) is %s. Follow it with: devpilot servers show %s\n", srv.ID, srv.Name, srv.State, srv.ID)
+			})
 		},
 		"list": func(args []string) error {
-			c, o, ws, fs := common("list")
-			if _, err := parse(fs, env, args); err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
+			v := newVerb(env, "servers list")
+			_, cl, err := v.start(args)
 			if err != nil {
 				return err
 			}
 			var resp struct {
 				Servers []provision.Server `json:"servers"`
 			}
-			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/servers", nil, &resp)
+			raw, err := cl.do(ctx, "GET", v.path("/servers"), nil, &resp)
 			if err != nil {
 				return err
 			}
-			if o.json {
-				o.raw(raw)
-				return nil
-			}
-			rows := [][]string{}
-			for _, s := range resp.Servers {
-				rows = append(rows, []string{s.ID, s.Name, s.Provider, s.Region, s.State, orDash(s.PublicIPv4), healthLine(&s)})
-			}
-			o.table([]string{"ID", "NAME", "PROVIDER", "REGION", "STATE", "IPV4", "HEALTH"}, rows)
-			return nil
+			return v.print(raw, func() {
+				rows := [][]string{}
+				for _, s := range resp.Servers {
+					rows = append(rows, []string{s.ID, s.Name, s.Provider, s.Region, s.State, orDash(s.PublicIPv4), healthLine(&s)})
+				}
+				v.out.table([]string{"ID", "NAME", "PROVIDER", "REGION", "STATE", "IPV4", "HEALTH"}, rows)
+			})
 		},
 		"show": func(args []string) error {
-			c, o, ws, fs := common("show")
-			pos, err := parse(fs, env, args)
-			if err != nil {
-				return err
-			}
-			if len(pos) != 1 {
-				return usagef("servers show: give exactly one server id")
-			}
-			cl, err := c.client(env.Getenv)
+			v := newVerb(env, "servers show")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
 			var srv provision.Server
-			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/servers/"+url.PathEscape(pos[0]), nil, &srv)
+			raw, err := cl.do(ctx, "GET", v.path("/servers/"+url.PathEscape(id)), nil, &srv)
 			if err != nil {
 				return err
 			}
-			if o.json {
-				o.raw(raw)
-				return nil
-			}
-			showServer(o, &srv)
-			return nil
+			return v.print(raw, func() { showServer(v.out, &srv) })
 		},
 		"delete": func(args []string) error {
-			c, o, ws, fs := common("delete")
-			destroy := fs.Bool("destroy", false, "also delete the cloud instance and its firewall (default: only forget the server)")
-			pos, err := parse(fs, env, args)
-			if err != nil {
-				return err
-			}
-			if len(pos) != 1 {
-				return usagef("servers delete: give exactly one server id")
-			}
-			cl, err := c.client(env.Getenv)
+			v := newVerb(env, "servers delete")
+			destroy := v.fs.Bool("destroy", false, "also delete the cloud instance and its firewall (default: only forget the server)")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
@@ -142,20 +104,17 @@ func runServers(ctx context.Context, env Env, args []string) error {
 				q = "?destroy=true"
 			}
 			var srv provision.Server
-			raw, err := cl.do(ctx, "DELETE", wsPath(*ws)+"/servers/"+url.PathEscape(pos[0])+q, nil, &srv)
+			raw, err := cl.do(ctx, "DELETE", v.path("/servers/"+url.PathEscape(id)+q), nil, &srv)
 			if err != nil {
 				return err
 			}
-			if o.json {
-				o.raw(raw)
-				return nil
-			}
-			if *destroy {
-				fmt.Fprintf(env.Stdout, "Deleting %s: its instance and firewall are being destroyed.\n", srv.ID)
-			} else {
-				fmt.Fprintf(env.Stdout, "Forgot %s; the cloud instance was left alone.\n", srv.ID)
-			}
-			return nil
+			return v.print(raw, func() {
+				if *destroy {
+					fmt.Fprintf(env.Stdout, "Deleting %s: its instance and firewall are being destroyed.\n", srv.ID)
+				} else {
+					fmt.Fprintf(env.Stdout, "Forgot %s; the cloud instance was left alone.\n", srv.ID)
+				}
+			})
 		},
 	}
 	return subcommand(env, "servers", args, verbs, []string{"create", "list", "show", "delete"})

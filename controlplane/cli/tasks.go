@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -39,19 +38,7 @@ type errTaskFailed struct{ msg string }
 func (e *errTaskFailed) Error() string { return e.msg }
 
 func runTasks(ctx context.Context, env Env, args []string) error {
-	common := func(name string) (*connOpts, *output, *string, *flag.FlagSet) {
-		fs := newFlags("tasks "+name, env)
-		c := connFlags(fs)
-		o := outFlags(fs, env)
-		ws := fs.String("workspace", "default", "workspace slug")
-		return c, o, ws, fs
-	}
-	oneID := func(verb string, pos []string) (string, error) {
-		if len(pos) != 1 {
-			return "", usagef("tasks %s: give exactly one task id", verb)
-		}
-		return pos[0], nil
-	}
+	const what = "task id"
 	verbs := map[string]func([]string) error{
 		"run": func(args []string) error {
 			// Everything after "--" is the command, flags or not.
@@ -62,22 +49,22 @@ func runTasks(ctx context.Context, env Env, args []string) error {
 					break
 				}
 			}
-			c, o, ws, fs := common("run")
-			server := fs.String("server", "", "server id to run on (required)")
-			sysd := fs.String("systemd", "", "systemd unit action as UNIT:ACTION, e.g. nginx.service:restart")
-			file := fs.String("file", "", "write a file at this absolute path on the server")
-			from := fs.String("from", "", "with --file: local file whose content to write")
-			mode := fs.String("mode", "", "with --file: octal mode (default 0644)")
-			owner := fs.String("owner", "", "with --file: owner user")
-			group := fs.String("group", "", "with --file: owner group")
-			dir := fs.String("dir", "", "exec: working directory")
-			user := fs.String("user", "", "exec: run as this user")
-			timeout := fs.Duration("timeout", 0, "exec: kill the command after this long (default: the deadline)")
-			deadline := fs.Duration("deadline", 0, "give up on the task after this long (default 1h)")
+			v := newVerb(env, "tasks run")
+			server := v.fs.String("server", "", "server id to run on (required)")
+			sysd := v.fs.String("systemd", "", "systemd unit action as UNIT:ACTION, e.g. nginx.service:restart")
+			file := v.fs.String("file", "", "write a file at this absolute path on the server")
+			from := v.fs.String("from", "", "with --file: local file whose content to write")
+			mode := v.fs.String("mode", "", "with --file: octal mode (default 0644)")
+			owner := v.fs.String("owner", "", "with --file: owner user")
+			group := v.fs.String("group", "", "with --file: owner group")
+			dir := v.fs.String("dir", "", "exec: working directory")
+			user := v.fs.String("user", "", "exec: run as this user")
+			timeout := v.fs.Duration("timeout", 0, "exec: kill the command after this long (default: the deadline)")
+			deadline := v.fs.Duration("deadline", 0, "give up on the task after this long (default 1h)")
 			var envs stringList
-			fs.Var(&envs, "env", "exec: environment variable KEY=VALUE (repeat)")
-			detach := fs.Bool("detach", false, "print the task id and return without waiting")
-			pos, err := parse(fs, env, args)
+			v.fs.Var(&envs, "env", "exec: environment variable KEY=VALUE (repeat)")
+			detach := v.fs.Bool("detach", false, "print the task id and return without waiting")
+			pos, err := v.parse(args)
 			if err != nil {
 				return err
 			}
@@ -125,42 +112,36 @@ func runTasks(ctx context.Context, env Env, args []string) error {
 			if kinds != 1 {
 				return usagef("tasks run: give exactly one of a command (after --), --systemd UNIT:ACTION or --file PATH --from LOCAL")
 			}
-			cl, err := c.client(env.Getenv)
+			cl, err := v.connect()
 			if err != nil {
 				return err
 			}
 			var t tasks.Task
-			raw, err := cl.do(ctx, "POST", wsPath(*ws)+"/servers/"+url.PathEscape(*server)+"/tasks", spec, &t)
+			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(*server)+"/tasks"), spec, &t)
 			if err != nil {
 				return err
 			}
 			if *detach {
-				if o.json {
-					o.raw(raw)
-					return nil
-				}
-				fmt.Fprintf(env.Stdout, "Task %s is %s. Follow it with: devpilot tasks logs -f %s\n", t.ID, t.State, t.ID)
-				return nil
+				return v.print(raw, func() {
+					fmt.Fprintf(env.Stdout, "Task %s is %s. Follow it with: devpilot tasks logs -f %s\n", t.ID, t.State, t.ID)
+				})
 			}
 			if t.State == protocol.TaskQueued {
 				fmt.Fprintf(env.Stderr, "# task %s is queued: the server's agent is not connected; waiting for it\n", t.ID)
 			}
-			end, err := followLogs(ctx, env, cl, *ws, t.ID, 0)
+			end, err := followLogs(ctx, env, cl, *v.ws, t.ID, 0)
 			if err != nil {
 				return err
 			}
 			return taskOutcome(end)
 		},
 		"list": func(args []string) error {
-			c, o, ws, fs := common("list")
-			server := fs.String("server", "", "only this server's tasks")
-			dep := fs.String("deployment", "", "only this deployment's tasks")
-			state := fs.String("state", "", "only tasks in this state")
-			limit := fs.Int("limit", 50, "at most this many (newest first)")
-			if _, err := parse(fs, env, args); err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
+			v := newVerb(env, "tasks list")
+			server := v.fs.String("server", "", "only this server's tasks")
+			dep := v.fs.String("deployment", "", "only this deployment's tasks")
+			state := v.fs.String("state", "", "only tasks in this state")
+			limit := v.fs.Int("limit", 50, "at most this many (newest first)")
+			_, cl, err := v.start(args)
 			if err != nil {
 				return err
 			}
@@ -173,66 +154,42 @@ func runTasks(ctx context.Context, env Env, args []string) error {
 			var resp struct {
 				Tasks []tasks.Task `json:"tasks"`
 			}
-			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/tasks?"+q.Encode(), nil, &resp)
+			raw, err := cl.do(ctx, "GET", v.path("/tasks?"+q.Encode()), nil, &resp)
 			if err != nil {
 				return err
 			}
-			if o.json {
-				o.raw(raw)
-				return nil
-			}
-			rows := [][]string{}
-			for _, t := range resp.Tasks {
-				rows = append(rows, []string{t.ID, t.ServerID, t.Kind, stateLine(&t), exitText(t.ExitCode), ts(&t.CreatedAt), summary(&t)})
-			}
-			o.table([]string{"ID", "SERVER", "KIND", "STATE", "EXIT", "CREATED", "WHAT"}, rows)
-			return nil
+			return v.print(raw, func() {
+				rows := [][]string{}
+				for _, t := range resp.Tasks {
+					rows = append(rows, []string{t.ID, t.ServerID, t.Kind, stateLine(&t), exitText(t.ExitCode), ts(&t.CreatedAt), summary(&t)})
+				}
+				v.out.table([]string{"ID", "SERVER", "KIND", "STATE", "EXIT", "CREATED", "WHAT"}, rows)
+			})
 		},
 		"show": func(args []string) error {
-			c, o, ws, fs := common("show")
-			pos, err := parse(fs, env, args)
-			if err != nil {
-				return err
-			}
-			id, err := oneID("show", pos)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
+			v := newVerb(env, "tasks show")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
 			var t tasks.Task
-			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/tasks/"+url.PathEscape(id), nil, &t)
+			raw, err := cl.do(ctx, "GET", v.path("/tasks/"+url.PathEscape(id)), nil, &t)
 			if err != nil {
 				return err
 			}
-			if o.json {
-				o.raw(raw)
-				return nil
-			}
-			showTask(o, &t)
-			return nil
+			return v.print(raw, func() { showTask(v.out, &t) })
 		},
 		"logs": func(args []string) error {
-			c, _, ws, fs := common("logs")
-			fol := fs.Bool("f", false, "follow the output until the task ends")
-			fs.BoolVar(fol, "follow", false, "same as -f")
-			after := fs.Int64("after", 0, "only output after this chunk sequence number")
-			pos, err := parse(fs, env, args)
-			if err != nil {
-				return err
-			}
-			id, err := oneID("logs", pos)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
+			v := newVerb(env, "tasks logs")
+			fol := v.fs.Bool("f", false, "follow the output until the task ends")
+			v.fs.BoolVar(fol, "follow", false, "same as -f")
+			after := v.fs.Int64("after", 0, "only output after this chunk sequence number")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
 			if *fol {
-				end, err := followLogs(ctx, env, cl, *ws, id, *after)
+				end, err := followLogs(ctx, env, cl, *v.ws, id, *after)
 				if err != nil {
 					return err
 				}
@@ -241,7 +198,7 @@ func runTasks(ctx context.Context, env Env, args []string) error {
 			next := *after
 			for {
 				var p tasks.LogPage
-				if _, err := cl.do(ctx, "GET", fmt.Sprintf("%s/tasks/%s/logs?after=%d", wsPath(*ws), url.PathEscape(id), next), nil, &p); err != nil {
+				if _, err := cl.do(ctx, "GET", v.path(fmt.Sprintf("/tasks/%s/logs?after=%d", url.PathEscape(id), next)), nil, &p); err != nil {
 					return err
 				}
 				for _, ch := range p.Chunks {
@@ -257,34 +214,23 @@ func runTasks(ctx context.Context, env Env, args []string) error {
 			}
 		},
 		"cancel": func(args []string) error {
-			c, o, ws, fs := common("cancel")
-			pos, err := parse(fs, env, args)
-			if err != nil {
-				return err
-			}
-			id, err := oneID("cancel", pos)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
+			v := newVerb(env, "tasks cancel")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
 			var t tasks.Task
-			raw, err := cl.do(ctx, "POST", wsPath(*ws)+"/tasks/"+url.PathEscape(id)+"/cancel", nil, &t)
+			raw, err := cl.do(ctx, "POST", v.path("/tasks/"+url.PathEscape(id)+"/cancel"), nil, &t)
 			if err != nil {
 				return err
 			}
-			if o.json {
-				o.raw(raw)
-				return nil
-			}
-			if t.State == protocol.TaskCanceled {
-				fmt.Fprintf(env.Stdout, "Task %s canceled.\n", t.ID)
-			} else {
-				fmt.Fprintf(env.Stdout, "Asked the agent to stop task %s (%s); it reports canceled when it has.\n", t.ID, t.State)
-			}
-			return nil
+			return v.print(raw, func() {
+				if t.State == protocol.TaskCanceled {
+					fmt.Fprintf(env.Stdout, "Task %s canceled.\n", t.ID)
+				} else {
+					fmt.Fprintf(env.Stdout, "Asked the agent to stop task %s (%s); it reports canceled when it has.\n", t.ID, t.State)
+				}
+			})
 		},
 	}
 	return subcommand(env, "tasks", args, verbs, []string{"run", "list", "show", "logs", "cancel"})
@@ -561,37 +507,34 @@ func LoadPlan(path string) (tasks.DeploymentRequest, error) {
 }
 
 func runDeploy(ctx context.Context, env Env, args []string) error {
-	fs := newFlags("deploy", env)
-	c := connFlags(fs)
-	o := outFlags(fs, env)
-	ws := fs.String("workspace", "default", "workspace slug")
-	planPath := fs.String("f", "", "plan file (YAML; see the README)")
+	v := newVerb(env, "deploy")
+	planPath := v.fs.String("f", "", "plan file (YAML; see the README)")
 	var servers stringList
-	fs.Var(&servers, "server", "deploy to this server id (repeat; overrides the plan's targets)")
-	tag := fs.String("tag", "", "deploy to the servers carrying this tag (overrides the plan's targets)")
-	par := fs.Int("max-parallel", 0, "servers deployed at once (overrides the plan; default 1)")
-	deadline := fs.Duration("deadline", 0, "each server's deadline (overrides the plan; default 1h)")
-	detach := fs.Bool("detach", false, "print the deployment id and return without waiting")
-	interval := fs.Duration("poll", time.Second, "how often progress is checked")
-	pos, err := parse(fs, env, args)
+	v.fs.Var(&servers, "server", "deploy to this server id (repeat; overrides the plan's targets)")
+	tag := v.fs.String("tag", "", "deploy to the servers carrying this tag (overrides the plan's targets)")
+	par := v.fs.Int("max-parallel", 0, "servers deployed at once (overrides the plan; default 1)")
+	deadline := v.fs.Duration("deadline", 0, "each server's deadline (overrides the plan; default 1h)")
+	detach := v.fs.Bool("detach", false, "print the deployment id and return without waiting")
+	interval := v.fs.Duration("poll", time.Second, "how often progress is checked")
+	pos, err := v.parse(args)
 	if err != nil {
 		return err
 	}
 	if len(pos) == 2 && pos[0] == "status" {
-		cl, err := c.client(env.Getenv)
+		cl, err := v.connect()
 		if err != nil {
 			return err
 		}
 		var d tasks.Deployment
-		raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/deployments/"+url.PathEscape(pos[1]), nil, &d)
+		raw, err := cl.do(ctx, "GET", v.path("/deployments/"+url.PathEscape(pos[1])), nil, &d)
 		if err != nil {
 			return err
 		}
-		if o.json {
-			o.raw(raw)
+		if v.out.json {
+			v.out.raw(raw)
 			return nil
 		}
-		return watchDeployment(ctx, env, cl, *ws, &d, *interval)
+		return watchDeployment(ctx, env, cl, *v.ws, &d, *interval)
 	}
 	if len(pos) > 0 {
 		return usagef("deploy: unexpected argument %q (the plan is given with -f; `deploy status ID` follows one)", pos[0])
@@ -612,25 +555,22 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 	if *deadline > 0 {
 		req.DeadlineS = int(deadline.Round(time.Second) / time.Second)
 	}
-	cl, err := c.client(env.Getenv)
+	cl, err := v.connect()
 	if err != nil {
 		return err
 	}
 	var d tasks.Deployment
-	raw, err := cl.do(ctx, "POST", wsPath(*ws)+"/deployments", req, &d)
+	raw, err := cl.do(ctx, "POST", v.path("/deployments"), req, &d)
 	if err != nil {
 		return err
 	}
 	if *detach {
-		if o.json {
-			o.raw(raw)
-			return nil
-		}
-		fmt.Fprintf(env.Stdout, "Deployment %s started on %d servers. Follow it with: devpilot deploy status %s\n", d.ID, len(d.Targets), d.ID)
-		return nil
+		return v.print(raw, func() {
+			fmt.Fprintf(env.Stdout, "Deployment %s started on %d servers. Follow it with: devpilot deploy status %s\n", d.ID, len(d.Targets), d.ID)
+		})
 	}
 	fmt.Fprintf(env.Stdout, "Deployment %s: %d servers, %d at a time\n", d.ID, len(d.Targets), d.MaxParallel)
-	return watchDeployment(ctx, env, cl, *ws, &d, *interval)
+	return watchDeployment(ctx, env, cl, *v.ws, &d, *interval)
 }
 
 // watchDeployment prints each server's progress until the deployment ends;

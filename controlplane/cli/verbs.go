@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net/url"
 	"slices"
@@ -47,43 +46,30 @@ func ts(t *time.Time) string {
 // --- integrations
 
 func runIntegrations(ctx context.Context, env Env, args []string) error {
-	common := func(name string) (*connOpts, *output, *string, *flag.FlagSet) {
-		fs := newFlags("integrations "+name, env)
-		c := connFlags(fs)
-		o := outFlags(fs, env)
-		ws := fs.String("workspace", "default", "workspace slug")
-		return c, o, ws, fs
-	}
-	one := func(name string, pos []string) (string, error) {
-		if len(pos) != 1 {
-			return "", usagef("integrations %s: give exactly one integration id", name)
+	const what = "integration id"
+	byID := func(v *verb, id, rest string) string { return v.path("/integrations/" + url.PathEscape(id) + rest) }
+	// answer sends a request answered with one integration and prints it,
+	// after note (if not empty) unless --json.
+	answer := func(v *verb, cl *client, method, path string, body any, note string) error {
+		var in integrations.Integration
+		raw, err := cl.do(ctx, method, path, body, &in)
+		if err != nil {
+			return err
 		}
-		return pos[0], nil
-	}
-	showOne := func(o *output, raw []byte, in *integrations.Integration) {
-		if o.json {
-			o.raw(raw)
-			return
-		}
-		kv := [][2]string{{"id", in.ID}, {"provider", in.Provider}, {"access key", in.AccessKey},
-			{"secret key", "…" + orDash(in.SecretKeyHint)}, {"status", in.Status}, {"write access", in.WriteAccess},
-			{"last validated", ts(in.LastValidatedAt)}}
-		if in.Account != nil {
-			kv = append(kv, [2]string{"account", strings.TrimSpace(in.Account.Name + " " + in.Account.Email)})
-		}
-		if in.LastError != nil {
-			kv = append(kv, [2]string{"last error", in.LastError.Code + ": " + in.LastError.Message},
-				[2]string{"hint", orDash(in.LastError.Hint)})
-		}
-		o.fields(kv)
+		return v.print(raw, func() {
+			if note != "" {
+				fmt.Fprintln(env.Stdout, note)
+			}
+			showIntegration(v.out, &in)
+		})
 	}
 	verbs := map[string]func([]string) error{
 		"connect": func(args []string) error {
-			c, o, ws, fs := common("connect")
-			provider := fs.String("provider", "", "digitalocean or vultr")
-			accessKey := fs.String("access-key", "", "a label for this key, e.g. the token's name at the provider")
-			secretFile := fs.String("secret-file", "", "file holding the secret key (else DEVPILOT_SECRET_KEY, else stdin)")
-			if _, err := parse(fs, env, args); err != nil {
+			v := newVerb(env, "integrations connect")
+			provider := v.fs.String("provider", "", "digitalocean or vultr")
+			accessKey := v.fs.String("access-key", "", "a label for this key, e.g. the token's name at the provider")
+			secretFile := v.fs.String("secret-file", "", "file holding the secret key (else DEVPILOT_SECRET_KEY, else stdin)")
+			if _, err := v.parse(args); err != nil {
 				return err
 			}
 			if *provider == "" || *accessKey == "" {
@@ -93,101 +79,54 @@ func runIntegrations(ctx context.Context, env Env, args []string) error {
 			if err != nil {
 				return err
 			}
-			cl, err := c.client(env.Getenv)
+			cl, err := v.connect()
 			if err != nil {
 				return err
 			}
-			var in integrations.Integration
-			raw, err := cl.do(ctx, "POST", wsPath(*ws)+"/integrations",
-				map[string]string{"provider": *provider, "access_key": *accessKey, "secret_key": secret}, &in)
-			if err != nil {
-				return err
-			}
-			showOne(o, raw, &in)
-			return nil
+			body := map[string]string{"provider": *provider, "access_key": *accessKey, "secret_key": secret}
+			return answer(v, cl, "POST", v.path("/integrations"), body, "")
 		},
 		"list": func(args []string) error {
-			c, o, ws, fs := common("list")
-			if _, err := parse(fs, env, args); err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
+			v := newVerb(env, "integrations list")
+			_, cl, err := v.start(args)
 			if err != nil {
 				return err
 			}
 			var resp struct {
 				Integrations []integrations.Integration `json:"integrations"`
 			}
-			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/integrations", nil, &resp)
+			raw, err := cl.do(ctx, "GET", v.path("/integrations"), nil, &resp)
 			if err != nil {
 				return err
 			}
-			if o.json {
-				o.raw(raw)
-				return nil
-			}
-			rows := [][]string{}
-			for _, in := range resp.Integrations {
-				rows = append(rows, []string{in.ID, in.Provider, in.AccessKey, "…" + orDash(in.SecretKeyHint), in.Status, in.WriteAccess, ts(in.LastValidatedAt)})
-			}
-			o.table([]string{"ID", "PROVIDER", "ACCESS KEY", "SECRET", "STATUS", "WRITE", "LAST VALIDATED"}, rows)
-			return nil
+			return v.print(raw, func() {
+				rows := [][]string{}
+				for _, in := range resp.Integrations {
+					rows = append(rows, []string{in.ID, in.Provider, in.AccessKey, "…" + orDash(in.SecretKeyHint), in.Status, in.WriteAccess, ts(in.LastValidatedAt)})
+				}
+				v.out.table([]string{"ID", "PROVIDER", "ACCESS KEY", "SECRET", "STATUS", "WRITE", "LAST VALIDATED"}, rows)
+			})
 		},
 		"show": func(args []string) error {
-			c, o, ws, fs := common("show")
-			pos, err := parse(fs, env, args)
+			v := newVerb(env, "integrations show")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
-			id, err := one("show", pos)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
-			if err != nil {
-				return err
-			}
-			var in integrations.Integration
-			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/integrations/"+url.PathEscape(id), nil, &in)
-			if err != nil {
-				return err
-			}
-			showOne(o, raw, &in)
-			return nil
+			return answer(v, cl, "GET", byID(v, id, ""), nil, "")
 		},
 		"test": func(args []string) error {
-			c, o, ws, fs := common("test")
-			pos, err := parse(fs, env, args)
+			v := newVerb(env, "integrations test")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
-			id, err := one("test", pos)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
-			if err != nil {
-				return err
-			}
-			var in integrations.Integration
-			raw, err := cl.do(ctx, "POST", wsPath(*ws)+"/integrations/"+url.PathEscape(id)+"/test", nil, &in)
-			if err != nil {
-				return err
-			}
-			if !o.json {
-				fmt.Fprintln(env.Stdout, "Credentials work.")
-			}
-			showOne(o, raw, &in)
-			return nil
+			return answer(v, cl, "POST", byID(v, id, "/test"), nil, "Credentials work.")
 		},
 		"rotate": func(args []string) error {
-			c, o, ws, fs := common("rotate")
-			secretFile := fs.String("secret-file", "", "file holding the new secret key (else DEVPILOT_SECRET_KEY, else stdin)")
-			pos, err := parse(fs, env, args)
-			if err != nil {
-				return err
-			}
-			id, err := one("rotate", pos)
+			v := newVerb(env, "integrations rotate")
+			secretFile := v.fs.String("secret-file", "", "file holding the new secret key (else DEVPILOT_SECRET_KEY, else stdin)")
+			id, err := v.parseOne(args, what)
 			if err != nil {
 				return err
 			}
@@ -195,79 +134,39 @@ func runIntegrations(ctx context.Context, env Env, args []string) error {
 			if err != nil {
 				return err
 			}
-			cl, err := c.client(env.Getenv)
+			cl, err := v.connect()
 			if err != nil {
 				return err
 			}
-			var in integrations.Integration
-			raw, err := cl.do(ctx, "PUT", wsPath(*ws)+"/integrations/"+url.PathEscape(id)+"/secret",
-				map[string]string{"secret_key": secret}, &in)
-			if err != nil {
-				return err
-			}
-			if !o.json {
-				fmt.Fprintln(env.Stdout, "Secret rotated: the new key was validated and replaced the old one.")
-			}
-			showOne(o, raw, &in)
-			return nil
+			return answer(v, cl, "PUT", byID(v, id, "/secret"), map[string]string{"secret_key": secret},
+				"Secret rotated: the new key was validated and replaced the old one.")
 		},
 		"rename": func(args []string) error {
-			c, o, ws, fs := common("rename")
-			accessKey := fs.String("access-key", "", "the new label")
-			pos, err := parse(fs, env, args)
+			v := newVerb(env, "integrations rename")
+			accessKey := v.fs.String("access-key", "", "the new label")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
-			id, err := one("rename", pos)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
-			if err != nil {
-				return err
-			}
-			var in integrations.Integration
-			raw, err := cl.do(ctx, "PATCH", wsPath(*ws)+"/integrations/"+url.PathEscape(id),
-				map[string]string{"access_key": *accessKey}, &in)
-			if err != nil {
-				return err
-			}
-			showOne(o, raw, &in)
-			return nil
+			return answer(v, cl, "PATCH", byID(v, id, ""), map[string]string{"access_key": *accessKey}, "")
 		},
 		"remove": func(args []string) error {
-			c, _, ws, fs := common("remove")
-			pos, err := parse(fs, env, args)
+			v := newVerb(env, "integrations remove")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
-			id, err := one("remove", pos)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
-			if err != nil {
-				return err
-			}
-			if _, err := cl.do(ctx, "DELETE", wsPath(*ws)+"/integrations/"+url.PathEscape(id), nil, nil); err != nil {
+			if _, err := cl.do(ctx, "DELETE", byID(v, id, ""), nil, nil); err != nil {
 				return err
 			}
 			fmt.Fprintf(env.Stdout, "Removed %s: its credentials are deleted; servers created through it were not touched.\n", id)
 			return nil
 		},
 		"catalog": func(args []string) error {
-			c, o, ws, fs := common("catalog")
-			refresh := fs.Bool("refresh", false, "bypass the short-lived cache")
-			region := fs.String("region", "", "show only sizes available in this region")
-			pos, err := parse(fs, env, args)
-			if err != nil {
-				return err
-			}
-			id, err := one("catalog", pos)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(env.Getenv)
+			v := newVerb(env, "integrations catalog")
+			refresh := v.fs.Bool("refresh", false, "bypass the short-lived cache")
+			region := v.fs.String("region", "", "show only sizes available in this region")
+			id, cl, err := v.startOne(args, what)
 			if err != nil {
 				return err
 			}
@@ -276,19 +175,28 @@ func runIntegrations(ctx context.Context, env Env, args []string) error {
 				q = "?refresh=1"
 			}
 			var cat cloud.Catalog
-			raw, err := cl.do(ctx, "GET", wsPath(*ws)+"/integrations/"+url.PathEscape(id)+"/catalog"+q, nil, &cat)
+			raw, err := cl.do(ctx, "GET", byID(v, id, "/catalog"+q), nil, &cat)
 			if err != nil {
 				return err
 			}
-			if o.json {
-				o.raw(raw)
-				return nil
-			}
-			printCatalog(o, &cat, *region)
-			return nil
+			return v.print(raw, func() { printCatalog(v.out, &cat, *region) })
 		},
 	}
 	return subcommand(env, "integrations", args, verbs, []string{"connect", "list", "show", "test", "rotate", "rename", "remove", "catalog"})
+}
+
+func showIntegration(o *output, in *integrations.Integration) {
+	kv := [][2]string{{"id", in.ID}, {"provider", in.Provider}, {"access key", in.AccessKey},
+		{"secret key", "…" + orDash(in.SecretKeyHint)}, {"status", in.Status}, {"write access", in.WriteAccess},
+		{"last validated", ts(in.LastValidatedAt)}}
+	if in.Account != nil {
+		kv = append(kv, [2]string{"account", strings.TrimSpace(in.Account.Name + " " + in.Account.Email)})
+	}
+	if in.LastError != nil {
+		kv = append(kv, [2]string{"last error", in.LastError.Code + ": " + in.LastError.Message},
+			[2]string{"hint", orDash(in.LastError.Hint)})
+	}
+	o.fields(kv)
 }
 
 func printCatalog(o *output, cat *cloud.Catalog, region string) {
