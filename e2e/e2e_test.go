@@ -26,6 +26,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cli"
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/tasks"
 	"github.com/devpilot/devpilot/e2e/nspawn"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
@@ -161,6 +162,7 @@ func checkServer(t *testing.T, h *harness, s provision.Server, created time.Time
 	// Reboot: the agent comes back by itself.
 	leader, _ := m.Leader()
 	boots := m.Boots()
+	bootID, _ := sh(t, m, "cat /proc/sys/kernel/random/boot_id")
 	since = sessionSince(h, s.ID)
 	rebooted := time.Now()
 	_, _ = sh(t, m, "systemctl reboot")
@@ -175,15 +177,17 @@ func checkServer(t *testing.T, h *harness, s provision.Server, created time.Time
 	})
 	waitFor(t, 2*time.Minute, "agent reconnected after reboot", func() string { return reconnectedCheck(h, s.ID, since) })
 	record("%-7s reboot → agent reconnected %v", s.Provider, time.Since(rebooted).Round(time.Millisecond))
-	if out, _ := sh(t, m, "systemctl is-active devpilot-agent; cat /proc/sys/kernel/random/boot_id"); !strings.HasPrefix(out, "active\n") {
-		t.Errorf("after reboot: %q", out)
+	if out, _ := sh(t, m, "systemctl is-active devpilot-agent; cat /proc/sys/kernel/random/boot_id"); out == "active\n"+bootID || !strings.HasPrefix(out, "active\n") {
+		t.Errorf("after reboot (boot id before: %s): %q, want the agent active in a new boot", bootID, out)
 	}
-	if out, code := sh(t, m, "cloud-init status"); code != 0 || !strings.Contains(out, "done") {
+	if out, code := sh(t, m, "cloud-init status --wait"); code != 0 || !strings.Contains(out, "done") {
 		t.Errorf("cloud-init after reboot: exit %d %q", code, out)
 	}
 	if got := h.server(s.ID); got.State != "online" {
 		t.Errorf("after reboot the server is %s, want online", got.State)
 	}
+
+	checkTasks(t, h, m, s)
 
 	// Uninstall removes unit, binary and state; the session ends.
 	out, code = sh(t, m, "/usr/local/bin/devpilot-agent uninstall")
@@ -212,7 +216,7 @@ func checkServer(t *testing.T, h *harness, s provision.Server, created time.Time
 
 // recordPhases notes how long each install phase took on this server.
 func recordPhases(t *testing.T, h *harness, m *nspawn.Machine, s provision.Server, ph map[string]time.Time, created, online time.Time) {
-	ci, code := sh(t, m, "systemctl show --timestamp=us-utc -P InactiveExitTimestamp cloud-init-local.service")
+	ci, code := sh(t, m, "systemctl show --timestamp=us+utc -P InactiveExitTimestamp cloud-init-local.service")
 	ciStart, err := time.Parse("Mon 2006-01-02 15:04:05.000000 MST", ci)
 	if code != 0 || err != nil {
 		t.Errorf("cloud-init-local start time %q: %v", ci, err)
@@ -224,6 +228,13 @@ func recordPhases(t *testing.T, h *harness, m *nspawn.Machine, s provision.Serve
 		confirmed = *at // when the hub accepted the enrollment
 	}
 	r := func(a, b time.Time) string { return b.Sub(a).Round(time.Millisecond).String() }
+	var steps []string
+	for _, st := range h.server(s.ID).Steps {
+		if st.StartedAt != nil && st.FinishedAt != nil {
+			steps = append(steps, st.Name+" "+r(*st.StartedAt, *st.FinishedAt))
+		}
+	}
+	record("%-7s provisioning steps: %s", s.Provider, strings.Join(steps, ", "))
 	record("%-7s create→container start %s | container start→cloud-init start %s | cloud-init start→user-data start %s | download %s | verify+install %s | installed→confirmed %s | create→online %s",
 		s.Provider, r(created, m.Started), r(m.Started, ciStart), r(ciStart, got(cloudinit.PhaseStart)),
 		r(got(cloudinit.PhaseStart), got(cloudinit.PhaseDownloaded)), r(got(cloudinit.PhaseDownloaded), got(cloudinit.PhaseInstalled)),
@@ -364,4 +375,81 @@ func listening(port int) bool {
 		}
 	}
 	return false
+}
+
+// checkTasks runs deployment tasks on the real system: a systemd restart
+// (through the agent's D-Bus connection to the container's systemd) and
+// an exec whose output streams back while it runs.
+func checkTasks(t *testing.T, h *harness, m *nspawn.Machine, s provision.Server) {
+	t.Helper()
+	sshPID := func() string { out, _ := sh(t, m, "systemctl show -P MainPID ssh.service"); return out }
+	before := sshPID()
+	if before == "" || before == "0" {
+		t.Fatalf("ssh.service is not running in the container: MainPID %q", before)
+	}
+	var task tasks.Task
+	if c := h.call("POST", servers+"/"+s.ID+"/tasks", map[string]any{"kind": "systemd", "unit": "ssh.service", "action": "restart"}, &task); c != 202 {
+		t.Fatalf("create systemd task: %d %+v", c, task)
+	}
+	task = h.waitTask(t, task.ID)
+	if task.State != protocol.TaskSucceeded || task.Unit == nil || task.Unit.ActiveState != "active" {
+		t.Errorf("systemd restart task: %+v (unit %+v)", task, task.Unit)
+	}
+	if after := sshPID(); after == before || after == "0" {
+		t.Errorf("ssh.service MainPID %s → %s: not restarted", before, after)
+	}
+
+	// exec: the first line arrives while the command still runs.
+	script := "echo first-line; echo to-stderr >&2; sleep 4; hostname; exit 3"
+	if c := h.call("POST", servers+"/"+s.ID+"/tasks", map[string]any{"kind": "exec", "argv": []string{"/bin/sh", "-c", script}}, &task); c != 202 {
+		t.Fatalf("create exec task: %d %+v", c, task)
+	}
+	sent := time.Now()
+	var page tasks.LogPage
+	waitFor(t, time.Minute, "first exec output line", func() string {
+		h.call("GET", "/v1/workspaces/default/tasks/"+task.ID+"/logs?after=0", nil, &page)
+		for _, c := range page.Chunks {
+			if strings.Contains(c.Text, "first-line") {
+				if page.Done || protocol.Final(page.State) {
+					return "the first line only came with the end of the task (state " + page.State + ")"
+				}
+				return ""
+			}
+		}
+		return fmt.Sprintf("no first line yet (state %s, %d chunks)", page.State, len(page.Chunks))
+	})
+	streamed := time.Since(sent)
+	task = h.waitTask(t, task.ID)
+	if task.State != protocol.TaskFailed || task.ExitCode == nil || *task.ExitCode != 3 {
+		t.Errorf("exec task: state %s exit %v, want failed with exit code 3", task.State, task.ExitCode)
+	}
+	h.call("GET", "/v1/workspaces/default/tasks/"+task.ID+"/logs?after=0", nil, &page)
+	var stdout, stderr strings.Builder
+	for _, c := range page.Chunks {
+		switch c.Stream {
+		case protocol.StreamStdout:
+			stdout.WriteString(c.Text)
+		case protocol.StreamStderr:
+			stderr.WriteString(c.Text)
+		}
+	}
+	if stdout.String() != "first-line\n"+m.Hostname+"\n" || stderr.String() != "to-stderr\n" {
+		t.Errorf("exec output: stdout %q stderr %q", stdout.String(), stderr.String())
+	}
+	record("%-7s tasks: systemd restart ok, exec first line after %v, result after %v", s.Provider,
+		streamed.Round(time.Millisecond), time.Since(sent).Round(time.Millisecond))
+}
+
+// waitTask polls a task until it is final.
+func (h *harness) waitTask(t *testing.T, id string) tasks.Task {
+	t.Helper()
+	var task tasks.Task
+	waitFor(t, 2*time.Minute, "task "+id+" final", func() string {
+		h.call("GET", "/v1/workspaces/default/tasks/"+id, nil, &task)
+		if protocol.Final(task.State) {
+			return ""
+		}
+		return "state " + task.State
+	})
+	return task
 }

@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,6 +53,7 @@ type Machine struct {
 	Started time.Time // when systemd-nspawn was first started
 
 	console  *os.File
+	cgroups  []string // its own cgroup in each hierarchy systemd uses
 	mu       sync.Mutex
 	cmd      *exec.Cmd // the current systemd-nspawn (a reboot starts a new one)
 	boots    int
@@ -109,7 +111,11 @@ func Check(rootfs string) error {
 
 var nameRE = regexp.MustCompile(`[^a-z0-9-]+`)
 
-// machineName is a valid hostname-like container name for m.
+// seq makes container names unique on this host (two simulators may hand
+// out the same instance id; systemd-nspawn keeps per-name state in /run).
+var seq atomic.Int64
+
+// machineName is a valid, unique container name for m.
 func machineName(m simrun.Machine) string {
 	p := "do"
 	if m.Provider == "vultr" {
@@ -119,7 +125,7 @@ func machineName(m simrun.Machine) string {
 	if len(id) > 40 {
 		id = id[:40]
 	}
-	return p + "-" + id
+	return fmt.Sprintf("%s-%s-%d", p, id, seq.Add(1))
 }
 
 // Boot prepares the container's file system and NoCloud seed and starts
@@ -155,8 +161,16 @@ func (r *Runtime) Boot(ctx context.Context, sm simrun.Machine) error {
 
 func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 	_ = os.RemoveAll(m.Dir)
+	if err := os.MkdirAll(m.Dir, 0o700); err != nil {
+		return fmt.Errorf("nspawn: %w", err)
+	}
+	// The upper directory becomes the container's "/": 0755, or only root
+	// could use the system (dbus, sshd's privilege separation, …).
 	for _, d := range []string{"upper", "work", "root"} {
-		if err := os.MkdirAll(filepath.Join(m.Dir, d), 0o700); err != nil {
+		if err := os.Mkdir(filepath.Join(m.Dir, d), 0o755); err != nil {
+			return fmt.Errorf("nspawn: %w", err)
+		}
+		if err := os.Chmod(filepath.Join(m.Dir, d), 0o755); err != nil {
 			return fmt.Errorf("nspawn: %w", err)
 		}
 	}
@@ -181,6 +195,10 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 		return fmt.Errorf("nspawn: %w", err)
 	}
 	m.console = console
+	if m.cgroups, err = makeCgroups(m.Name); err != nil {
+		console.Close()
+		return fmt.Errorf("nspawn: cgroups: %w", err)
+	}
 	m.Started = time.Now()
 	cmd, err := m.start()
 	if err != nil {
@@ -217,16 +235,21 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 // asked for a reboot (systemd-nspawn@.service restarts on it).
 const rebootStatus = 133
 
-// start runs systemd-nspawn once.
+// start runs systemd-nspawn once, in the machine's own cgroups.
 func (m *Machine) start() (*exec.Cmd, error) {
-	// --register=no --keep-unit: no machined or systemd bus needed on the host.
-	// No --private-network: the container shares the host's network.
-	cmd := exec.Command("systemd-nspawn", "--quiet", "--boot", "--directory", m.Root, "--machine", m.Name,
-		"--register=no", "--keep-unit", "--console=pipe", "--link-journal=no", "--resolv-conf=bind-host",
-		"--timezone=off")
+	// --register=no --keep-unit: no machined or systemd bus needed on the
+	// host; systemd-nspawn then runs the container in its own cgroup, which
+	// must therefore be one per container (a shell moves itself there and
+	// execs systemd-nspawn). No --private-network: the host's network.
+	script := `for d in $DEVPILOT_E2E_CGROUPS; do echo $$ >"$d/cgroup.procs" || exit 1; done; exec "$@"`
+	cmd := exec.Command("/bin/sh", "-c", script, "sh", "systemd-nspawn", "--quiet", "--boot", "--directory", m.Root,
+		"--machine", m.Name, "--register=no", "--keep-unit", "--console=pipe", "--link-journal=no",
+		"--resolv-conf=bind-host", "--timezone=off")
+	cmd.Env = append(os.Environ(), "DEVPILOT_E2E_CGROUPS="+strings.Join(m.cgroups, " "))
 	cmd.Stdout = m.console
 	cmd.Stderr = m.console
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// If the test process dies, the container powers off.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -449,8 +472,85 @@ func (r *Runtime) stop(m *Machine) {
 	r.log.Info("container stopped", zap.String("machine", m.Name))
 }
 
-// cleanup unmounts and removes the machine's directory.
+// cgroupRoots are the hierarchies a container's systemd manages: the
+// cgroup2 mount and the named systemd v1 hierarchy (hybrid hosts), each
+// with this process's own cgroup path in it.
+func cgroupRoots() ([]string, error) {
+	own := map[string]string{} // "" (v2) or "name=systemd" → path
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) == 3 {
+			own[f[1]] = f[2]
+		}
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var roots []string
+	for _, line := range strings.Split(string(mi), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		pf, qf := strings.Fields(pre), strings.Fields(post)
+		if len(pf) < 5 || len(qf) < 3 {
+			continue
+		}
+		switch {
+		case qf[0] == "cgroup2":
+			roots = append(roots, filepath.Join(pf[4], own[""]))
+		case qf[0] == "cgroup" && strings.Contains(","+qf[2]+",", ",name=systemd,"):
+			roots = append(roots, filepath.Join(pf[4], own["name=systemd"]))
+		}
+	}
+	if len(roots) == 0 {
+		return nil, errors.New("no cgroup2 or name=systemd hierarchy mounted")
+	}
+	return roots, nil
+}
+
+// makeCgroups creates devpilot-e2e/NAME in each hierarchy.
+func makeCgroups(name string) ([]string, error) {
+	roots, err := cgroupRoots()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, r := range roots {
+		d := filepath.Join(r, "devpilot-e2e", name)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// removeCgroups removes what the container left of its cgroups (deepest
+// first; cgroup directories go with rmdir only).
+func removeCgroups(dirs []string) {
+	for _, d := range dirs {
+		var all []string
+		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				all = append(all, p)
+			}
+			return nil
+		})
+		for i := len(all) - 1; i >= 0; i-- {
+			_ = syscall.Rmdir(all[i])
+		}
+	}
+}
+
+// cleanup unmounts and removes the machine's directory and cgroups.
 func (r *Runtime) cleanup(m *Machine) error {
+	removeCgroups(m.cgroups)
 	var err error
 	for i := 0; i < 50; i++ {
 		out, uerr := exec.Command("umount", m.Root).CombinedOutput()
