@@ -234,6 +234,9 @@ func (h *harness) waitServer(t *testing.T, id string, limit time.Duration, what 
 		if cond(s) {
 			return s
 		}
+		if errs := h.rt.Failures(); len(errs) > 0 {
+			t.Fatalf("server %s: a container failed to boot: %v", id, errs)
+		}
 		if time.Now().After(deadline) {
 			b, _ := json.MarshalIndent(s, "", "  ")
 			t.Fatalf("server %s: not %s after %v: %s", id, what, limit, b)

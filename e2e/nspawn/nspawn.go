@@ -69,6 +69,7 @@ type Runtime struct {
 
 	mu       sync.Mutex
 	machines map[string]*Machine // by instance id
+	failures []error             // boots that failed
 	closed   bool
 }
 
@@ -83,6 +84,7 @@ func New(o Options) (*Runtime, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("nspawn: %w", err)
 	}
+	sweepCgroups()
 	return &Runtime{o: o, log: o.Logger, machines: map[string]*Machine{}}, nil
 }
 
@@ -150,13 +152,23 @@ func (r *Runtime) Boot(ctx context.Context, sm simrun.Machine) error {
 	r.mu.Unlock()
 
 	if err := r.boot(ctx, m); err != nil {
-		r.cleanup(m)
+		_ = r.cleanup(m)
 		r.mu.Lock()
 		delete(r.machines, sm.ID)
+		r.failures = append(r.failures, fmt.Errorf("boot %s: %w", m.Name, err))
 		r.mu.Unlock()
+		r.log.Error("container failed to boot", zap.String("machine", m.Name), zap.Error(err))
 		return err
 	}
 	return nil
+}
+
+// Failures returns the errors of every boot that failed (the simulators
+// only mark such an instance failed; tests want to stop at once).
+func (r *Runtime) Failures() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]error(nil), r.failures...)
 }
 
 func (r *Runtime) boot(ctx context.Context, m *Machine) error {
@@ -529,6 +541,26 @@ func makeCgroups(name string) ([]string, error) {
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// sweepCgroups removes the empty cgroups of containers that a killed test
+// run left behind (a cgroup with processes cannot be removed, so live
+// containers of a concurrent run keep theirs).
+func sweepCgroups() {
+	roots, err := cgroupRoots()
+	if err != nil {
+		return
+	}
+	for _, r := range roots {
+		entries, _ := os.ReadDir(filepath.Join(r, "devpilot-e2e"))
+		var dirs []string
+		for _, e := range entries {
+			if e.IsDir() {
+				dirs = append(dirs, filepath.Join(r, "devpilot-e2e", e.Name()))
+			}
+		}
+		removeCgroups(dirs)
+	}
 }
 
 // removeCgroups removes what the container left of its cgroups (deepest
