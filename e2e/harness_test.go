@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -66,6 +67,17 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	printTimings()
 	os.RemoveAll(dir)
+	if code == 0 {
+		// Everything the environments and containers started has ended.
+		if err := goleak.Find(
+			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL e2e: leaked goroutines: %v\n", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 

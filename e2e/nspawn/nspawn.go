@@ -343,9 +343,11 @@ func writeSeed(m *Machine) error {
 	return os.WriteFile(filepath.Join(dropin, "50-devpilot-e2e.conf"), []byte(conf), 0o644)
 }
 
+var plainRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
 // yamlScalar quotes s for YAML when it is not a plain token.
 func yamlScalar(s string) string {
-	if regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`).MatchString(s) {
+	if plainRE.MatchString(s) {
 		return s
 	}
 	return strconv.Quote(s)
