@@ -349,6 +349,22 @@ func TestDiagnosticsWhenInstallFails(t *testing.T) {
 			t.Errorf("devpilot servers show lacks %q:\n%s", want, show)
 		}
 	}
+
+	// Deleting the server with destroy powers the container off and
+	// removes it.
+	if c := h.call("DELETE", servers+"/"+s.ID+"?destroy=true", nil, nil); c != 202 {
+		t.Fatalf("delete: %d", c)
+	}
+	h.waitServer(t, s.ID, time.Minute, "deleted", func(s provision.Server) bool { return s.State == "deleted" })
+	waitFor(t, time.Minute, "container removed", func() string {
+		if _, ok := h.rt.Machine(m.ID); ok || m.Running() {
+			return fmt.Sprintf("still known to the runtime: %v, running: %v", ok, m.Running())
+		}
+		if _, err := os.Stat(m.Dir); err == nil {
+			return m.Dir + " still exists"
+		}
+		return ""
+	})
 }
 
 // deadPort is a loopback port nothing listens on.
