@@ -165,7 +165,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})
-	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Logger: cfg.Logger,
+	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
@@ -247,10 +247,12 @@ func (a *App) rotateKeys(ctx context.Context) (api.RotateResult, error) {
 	if err != nil {
 		return api.RotateResult{KeyID: id, Reencrypted: n}, fmt.Errorf("re-encrypt: %w", err)
 	}
-	k, err := a.Provision.Reencrypt(ctx)
-	n += k
-	if err != nil {
-		return api.RotateResult{KeyID: id, Reencrypted: n}, fmt.Errorf("re-encrypt: %w", err)
+	for _, re := range []func(context.Context) (int, error){a.Provision.Reencrypt, a.Tasks.Reencrypt} {
+		k, err := re(ctx)
+		n += k
+		if err != nil {
+			return api.RotateResult{KeyID: id, Reencrypted: n}, fmt.Errorf("re-encrypt: %w", err)
+		}
 	}
 	res := api.RotateResult{KeyID: id, Reencrypted: n, Retired: []string{}}
 	for _, k := range a.Keys.Keys() {

@@ -423,3 +423,45 @@ func (q *Queries) FinishDeployment(ctx context.Context, id, state, errText strin
 		WHERE id = ? AND state = 'running'`, state, errText, at.UTC(), at.UTC(), id)
 	return changed(res, err)
 }
+
+// Sealed is an encrypted column value and the id of its row.
+type Sealed struct{ ID, Ciphertext string }
+
+// TaskSpecs lists every task's encrypted spec (for master key rotation).
+func (q *Queries) TaskSpecs(ctx context.Context) ([]Sealed, error) {
+	return q.sealed(ctx, `SELECT id, spec_json FROM tasks`)
+}
+
+// DeploymentPlans lists every deployment's encrypted plan.
+func (q *Queries) DeploymentPlans(ctx context.Context) ([]Sealed, error) {
+	return q.sealed(ctx, `SELECT id, plan_json FROM deployments`)
+}
+
+func (q *Queries) sealed(ctx context.Context, query string) ([]Sealed, error) {
+	rows, err := q.x.QueryContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Sealed
+	for rows.Next() {
+		var s Sealed
+		if err := rows.Scan(&s.ID, &s.Ciphertext); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+// ResealTaskSpec swaps a task's encrypted spec if it is still old.
+func (q *Queries) ResealTaskSpec(ctx context.Context, id, old, updated string) error {
+	_, err := q.x.ExecContext(ctx, `UPDATE tasks SET spec_json = ? WHERE id = ? AND spec_json = ?`, updated, id, old)
+	return err
+}
+
+// ResealDeploymentPlan swaps a deployment's encrypted plan if it is still old.
+func (q *Queries) ResealDeploymentPlan(ctx context.Context, id, old, updated string) error {
+	_, err := q.x.ExecContext(ctx, `UPDATE deployments SET plan_json = ? WHERE id = ? AND plan_json = ?`, updated, id, old)
+	return err
+}

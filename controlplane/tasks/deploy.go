@@ -100,9 +100,11 @@ func (s *Service) Deploy(ctx context.Context, actor, workspaceID string, req Dep
 	if err != nil {
 		return nil, err
 	}
-	plan, _ := json.Marshal(spec)
 	d := store.Deployment{ID: ids.New("dep"), WorkspaceID: workspaceID, State: DeployRunning, Selector: req.Tag,
-		MaxParallel: req.MaxParallel, DeadlineS: req.DeadlineS, PlanJSON: string(plan), CreatedBy: actor, CreatedAt: now, UpdatedAt: now}
+		MaxParallel: req.MaxParallel, DeadlineS: req.DeadlineS, CreatedBy: actor, CreatedAt: now, UpdatedAt: now}
+	if d.PlanJSON, err = s.seal(spec, d.ID); err != nil {
+		return nil, err
+	}
 	targets := make([]store.DeploymentTarget, len(servers))
 	for i, id := range servers {
 		targets[i] = store.DeploymentTarget{Position: i, ServerID: id, Batch: i / req.MaxParallel}
@@ -198,7 +200,9 @@ func (s *Service) Deployment(ctx context.Context, workspaceID, id string) (*Depl
 	v := &Deployment{ID: d.ID, State: d.State, Tag: d.Selector, MaxParallel: d.MaxParallel, DeadlineS: d.DeadlineS, Error: d.Error,
 		CreatedBy: d.CreatedBy, CreatedAt: d.CreatedAt, FinishedAt: d.FinishedAt, Counts: map[string]int{}, Targets: []Target{}}
 	var spec protocol.DeploySpec
-	_ = json.Unmarshal([]byte(d.PlanJSON), &spec)
+	if err := s.unseal(d.PlanJSON, d.ID, &spec); err != nil {
+		s.log.Error("stored deployment plan unreadable", zap.String("deployment", d.ID), zap.Error(err))
+	}
 	v.Plan = redact(protocol.Task{Kind: protocol.KindDeploy, Deploy: &spec})
 	for _, t := range ts {
 		tv := Target{ServerID: t.ServerID, Batch: t.Batch + 1, TaskID: t.TaskID, State: TargetPending}
@@ -207,7 +211,7 @@ func (s *Service) Deployment(ctx context.Context, workspaceID, id string) (*Depl
 			tv.State = TargetSkipped
 		case t.TaskID != "":
 			if task, ok := tasks[t.TaskID]; ok {
-				tk := view(task)
+				tk := s.view(task)
 				tv.State, tv.Reason, tv.Error, tv.ExitCode, tv.Steps, tv.FinishedAt = tk.State, tk.Reason, tk.Error, tk.ExitCode, tk.Steps, tk.FinishedAt
 			}
 		}
@@ -337,14 +341,17 @@ func (s *Service) advance(ctx context.Context, id string) error {
 // startBatch creates the deploy tasks of a batch and queues their delivery.
 func (s *Service) startBatch(ctx context.Context, d store.Deployment, targets []store.DeploymentTarget, now time.Time) error {
 	var spec protocol.DeploySpec
-	if err := json.Unmarshal([]byte(d.PlanJSON), &spec); err != nil {
+	if err := s.unseal(d.PlanJSON, d.ID, &spec); err != nil {
 		return fmt.Errorf("deployment plan: %w", err)
 	}
 	created := make([]store.Task, 0, len(targets))
 	err := s.store.InTx(ctx, func(q *store.Queries) error {
 		for _, t := range targets {
 			pt := protocol.Task{ID: ids.New("task"), Kind: protocol.KindDeploy, Deadline: now.Add(time.Duration(d.DeadlineS) * time.Second), Deploy: &spec}
-			task := newTask(pt, d.WorkspaceID, t.ServerID, d.ID, d.CreatedBy, now)
+			task, err := s.newTask(pt, d.WorkspaceID, t.ServerID, d.ID, d.CreatedBy, now)
+			if err != nil {
+				return err
+			}
 			if err := q.CreateTask(ctx, task); err != nil {
 				return err
 			}

@@ -125,7 +125,7 @@ func (s *Service) Follow(ctx context.Context, workspaceID, id string, after int6
 			after = c.Seq
 		}
 		if p.Done {
-			return f.End(view(t))
+			return f.End(s.view(t))
 		}
 		if p.More {
 			continue

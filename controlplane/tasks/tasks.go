@@ -24,6 +24,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
@@ -46,8 +47,11 @@ const (
 
 // Options configure a Service.
 type Options struct {
-	Store  *store.Store // required
-	Hub    Sender       // required
+	Store *store.Store // required
+	Hub   Sender       // required
+	// Keys encrypts task specs at rest (environment values and file
+	// contents may be secrets); required.
+	Keys   *secrets.Keyring
 	Logger *zap.Logger
 	Now    func() time.Time
 	// SweepInterval is how often overdue tasks are looked for.
@@ -199,7 +203,29 @@ type result struct {
 	Steps  []protocol.StepResult `json:"steps,omitempty"`
 }
 
-func view(t store.Task) *Task {
+// seal encrypts a spec for the store, the record id as associated data.
+func (s *Service) seal(v any, recordID string) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", err
+	}
+	ct, err := s.o.Keys.Encrypt(secrets.New(string(b)), recordID)
+	if err != nil {
+		return "", fmt.Errorf("encrypt spec: %w", err)
+	}
+	return ct, nil
+}
+
+// unseal decrypts a stored spec into v.
+func (s *Service) unseal(ct, recordID string, v any) error {
+	pt, err := s.o.Keys.Decrypt(ct, recordID)
+	if err != nil {
+		return fmt.Errorf("decrypt spec of %s: %w", recordID, err)
+	}
+	return json.Unmarshal([]byte(pt.Reveal()), v)
+}
+
+func (s *Service) view(t store.Task) *Task {
 	v := &Task{ID: t.ID, ServerID: t.ServerID, DeploymentID: t.DeploymentID, Kind: t.Kind, State: t.State, Reason: t.Reason,
 		Error: t.Error, ExitCode: t.ExitCode, Attempts: t.Attempts, CreatedBy: t.CreatedBy, CreatedAt: t.CreatedAt,
 		Deadline: t.Deadline, SentAt: t.SentAt, StartedAt: t.StartedAt, FinishedAt: t.FinishedAt,
@@ -209,7 +235,9 @@ func view(t store.Task) *Task {
 		_ = json.Unmarshal([]byte(t.ResultJSON), &r)
 		v.SHA256, v.Unit, v.Steps = r.SHA256, r.Unit, r.Steps
 	}
-	_ = json.Unmarshal([]byte(t.SpecJSON), &v.Spec)
+	if err := s.unseal(t.SpecJSON, t.ID, &v.Spec); err != nil {
+		s.log.Error("stored task spec unreadable", zap.String("task", t.ID), zap.Error(err))
+	}
 	v.Spec = redact(v.Spec)
 	return v
 }
@@ -265,7 +293,10 @@ func (s *Service) Create(ctx context.Context, actor, workspaceID, serverID strin
 	if err := checkWire(pt); err != nil {
 		return nil, err
 	}
-	t := newTask(pt, workspaceID, serverID, "", actor, now)
+	t, err := s.newTask(pt, workspaceID, serverID, "", actor, now)
+	if err != nil {
+		return nil, err
+	}
 	err = s.store.InTx(ctx, func(q *store.Queries) error {
 		if err := q.CreateTask(ctx, t); err != nil {
 			return err
@@ -283,10 +314,13 @@ func (s *Service) Create(ctx context.Context, actor, workspaceID, serverID strin
 	return s.Get(ctx, workspaceID, t.ID)
 }
 
-func newTask(pt protocol.Task, workspaceID, serverID, deploymentID, actor string, now time.Time) store.Task {
-	spec, _ := json.Marshal(pt)
+func (s *Service) newTask(pt protocol.Task, workspaceID, serverID, deploymentID, actor string, now time.Time) (store.Task, error) {
+	spec, err := s.seal(pt, pt.ID)
+	if err != nil {
+		return store.Task{}, err
+	}
 	return store.Task{ID: pt.ID, WorkspaceID: workspaceID, ServerID: serverID, DeploymentID: deploymentID, Kind: pt.Kind,
-		SpecJSON: string(spec), State: protocol.TaskQueued, CreatedBy: actor, CreatedAt: now, Deadline: pt.Deadline, UpdatedAt: now}
+		SpecJSON: spec, State: protocol.TaskQueued, CreatedBy: actor, CreatedAt: now, Deadline: pt.Deadline, UpdatedAt: now}, nil
 }
 
 // server finds a server that can take tasks.
@@ -316,7 +350,7 @@ func (s *Service) Get(ctx context.Context, workspaceID, id string) (*Task, error
 	if err != nil {
 		return nil, err
 	}
-	return view(t), nil
+	return s.view(t), nil
 }
 
 // List returns a workspace's tasks, newest first.
@@ -333,7 +367,7 @@ func (s *Service) List(ctx context.Context, workspaceID string, f store.TaskFilt
 	}
 	out := make([]*Task, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, view(t))
+		out = append(out, s.view(t))
 	}
 	return out, nil
 }
@@ -417,7 +451,7 @@ func (s *Service) dispatch(ctx context.Context, serverID, taskID string) {
 		return
 	}
 	var pt protocol.Task
-	if err := json.Unmarshal([]byte(t.SpecJSON), &pt); err != nil {
+	if err := s.unseal(t.SpecJSON, t.ID, &pt); err != nil {
 		s.log.Error("stored task spec unreadable", zap.String("task", taskID), zap.Error(err))
 		return
 	}
@@ -542,4 +576,36 @@ func (s *Service) sweep(ctx context.Context) {
 			s.out.cancel(t.ServerID, t.ID)
 		}
 	}
+}
+
+// Reencrypt puts every stored task spec and deployment plan under the
+// keyring's active key (for `devpilot keys rotate`).
+func (s *Service) Reencrypt(ctx context.Context) (int, error) {
+	n := 0
+	for _, kind := range []struct {
+		list  func(context.Context) ([]store.Sealed, error)
+		reset func(ctx context.Context, id, old, updated string) error
+	}{
+		{s.store.Q().TaskSpecs, s.store.Q().ResealTaskSpec},
+		{s.store.Q().DeploymentPlans, s.store.Q().ResealDeploymentPlan},
+	} {
+		rows, err := kind.list(ctx)
+		if err != nil {
+			return n, err
+		}
+		for _, r := range rows {
+			if !s.o.Keys.NeedsReencrypt(r.Ciphertext) {
+				continue
+			}
+			ct, err := s.o.Keys.Reencrypt(r.Ciphertext, r.ID)
+			if err != nil {
+				return n, fmt.Errorf("re-encrypt %s: %w", r.ID, err)
+			}
+			if err := kind.reset(ctx, r.ID, r.Ciphertext, ct); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
 }

@@ -7,7 +7,7 @@ CREATE TABLE tasks (
     server_id           TEXT NOT NULL REFERENCES servers(id),
     deployment_id       TEXT NOT NULL DEFAULT '',
     kind                TEXT NOT NULL,
-    spec_json           TEXT NOT NULL,   -- the protocol.Task as sent
+    spec_json           TEXT NOT NULL,   -- the protocol.Task as sent, encrypted (secrets.Keyring, associated data: the task id)
     state               TEXT NOT NULL,   -- queued, sent, running, succeeded, failed, timed_out, canceled
     reason              TEXT NOT NULL DEFAULT '',
     error               TEXT NOT NULL DEFAULT '',
@@ -51,7 +51,7 @@ CREATE TABLE deployments (
     selector      TEXT NOT NULL DEFAULT '', -- the tag, or '' for an explicit list
     max_parallel  INTEGER NOT NULL,
     deadline_s    INTEGER NOT NULL,
-    plan_json     TEXT NOT NULL,   -- protocol.DeploySpec
+    plan_json     TEXT NOT NULL,   -- protocol.DeploySpec, encrypted like tasks.spec_json
     error         TEXT NOT NULL DEFAULT '',
     created_by    TEXT NOT NULL,
     created_at    TIMESTAMP NOT NULL,
