@@ -30,14 +30,29 @@ Devpilot is running locally with simulated clouds. In another terminal, from $(p
   devpilot integrations connect --provider digitalocean --access-key ro <<<"\$DO_SIM_READONLY_TOKEN"
   devpilot integrations connect --provider vultr --access-key blocked <<<"\$VULTR_SIM_BLOCKED_KEY"
 
-  # test, rotate, browse the catalog, remove
+  # test, rotate (a bad token is refused; the old one keeps working), browse the catalog
   devpilot integrations test <id>
   devpilot integrations catalog <id> --region nyc3
   devpilot integrations rotate <id> <<<"not-a-valid-token"
+
+  # a server: watch it walk through its steps until its agent confirms the install
+  devpilot servers create --integration <id> --name web-1 --region nyc3 --size s-1vcpu-1gb --image debian-12 --wait
+  devpilot servers show <server id>
+
+  # run something on it and follow the output
+  devpilot tasks run --server <server id> -- sh -c 'uname -a; uptime'
+
+  # a rolling deployment (see controlplane/cli/testdata/plan.yaml for a fuller plan)
+  devpilot deploy -f plan.yaml --tag devpilot
+
+  # remove the integration: its credentials go, its servers stay
   devpilot integrations remove <id>
 
   # faults: the next 3 DigitalOcean requests answer 429 (Retry-After: 1)
   curl -s -X POST "\$DO_SIM_URL/_sim/faults" -d '{"rate_limit":{"requests":3,"retry_after_s":1}}'
+
+The web console is at \$DEVPILOT_URL (sign in with \$DEVPILOT_TOKEN; your browser will
+not know the dev CA: accept it, or import $dir/tls/ca.crt).
 
 Press Ctrl-C to stop.
 TXT

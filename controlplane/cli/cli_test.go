@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +17,23 @@ import (
 	"github.com/devpilot/devpilot/controlplane/devenv"
 )
 
+// agentDir holds a devpilot-agent built for this run, for the servers the
+// tests create.
+var agentDir string
+
 func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "devpilot-cli-agent-")
+	if err != nil {
+		panic(err)
+	}
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "devpilot-agent"), "github.com/devpilot/devpilot/cmd/devpilot-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build devpilot-agent: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	agentDir = dir
+	defer os.RemoveAll(dir)
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
@@ -40,7 +60,7 @@ func startDev(t *testing.T) (*devenv.Env, map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
 	e, err := devenv.Start(context.Background(), devenv.Config{DataDir: dir, Listen: "127.0.0.1:0", Out: &bytes.Buffer{},
-		BootDelay: 10 * time.Millisecond})
+		BootDelay: 10 * time.Millisecond, AgentDir: agentDir, HeartbeatInterval: time.Second, PollInterval: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,5 +194,65 @@ func TestUsageErrors(t *testing.T) {
 	r := cli(t, map[string]string{"DEVPILOT_DATA_DIR": "/nonexistent/dir"}, "", "integrations", "list")
 	if r.code != 1 || !strings.Contains(r.stderr, "/nonexistent/dir") {
 		t.Errorf("DEVPILOT_DATA_DIR not honoured: %+v", r)
+	}
+}
+
+// TestServersTasksAndDeployThroughTheCLI: a server created with --wait, a
+// task run and followed, a deployment from a plan file.
+func TestServersTasksAndDeployThroughTheCLI(t *testing.T) {
+	_, v := startDev(t)
+	if r := cli(t, v, v["DO_SIM_TOKEN"], "integrations", "connect", "--provider", "digitalocean", "--access-key", "do"); r.code != 0 {
+		t.Fatalf("connect: %+v", r)
+	}
+	var list struct{ Integrations []struct{ ID string } }
+	_ = json.Unmarshal([]byte(cli(t, v, "", "integrations", "list", "--json").stdout), &list)
+	r := cli(t, v, "", "servers", "create", "--integration", list.Integrations[0].ID, "--name", "web-1",
+		"--region", "nyc3", "--size", "s-1vcpu-1gb", "--image", "debian-12", "--port", "22,8080", "--wait")
+	if r.code != 0 || !strings.Contains(r.stdout, "✓ wait_agent") || !strings.Contains(r.stdout, "is online") {
+		t.Fatalf("servers create --wait: %+v", r)
+	}
+	var servers struct{ Servers []struct{ ID string } }
+	_ = json.Unmarshal([]byte(cli(t, v, "", "servers", "list", "--json").stdout), &servers)
+	id := servers.Servers[0].ID
+	if r := cli(t, v, "", "servers", "show", id); r.code != 0 || !strings.Contains(r.stdout, "22 8080") || !strings.Contains(r.stdout, "wait_agent") {
+		t.Errorf("servers show: %+v", r)
+	}
+
+	// A task's output comes back on stdout; its exit code decides ours.
+	r = cli(t, v, "", "tasks", "run", "--server", id, "--", "sh", "-c", "echo out-line; echo err-line >&2; exit 3")
+	if r.code != 1 || !strings.Contains(r.stdout, "out-line") || !strings.Contains(r.stderr, "err-line") || !strings.Contains(r.stderr, "exit code 3") {
+		t.Errorf("tasks run (failing): %+v", r)
+	}
+	if r := cli(t, v, "", "tasks", "run", "--server", id, "--", "echo", "fine"); r.code != 0 || r.stdout != "fine\n" {
+		t.Errorf("tasks run: %+v", r)
+	}
+
+	plan := filepath.Join(t.TempDir(), "plan.yaml")
+	if err := os.WriteFile(plan, []byte(`tag: devpilot
+steps:
+  - name: write
+    kind: file
+    path: /etc/demo.conf
+    content: |
+      from the plan
+  - name: read
+    kind: exec
+    argv: [cat, etc/demo.conf]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = cli(t, v, "", "deploy", "-f", plan)
+	if r.code != 0 || !strings.HasSuffix(r.stdout, "succeeded: 1 succeeded\n") {
+		t.Errorf("deploy: %+v", r)
+	}
+	var tasks struct {
+		Tasks []struct{ ID, Kind string }
+	}
+	_ = json.Unmarshal([]byte(cli(t, v, "", "tasks", "list", "--json").stdout), &tasks)
+	if len(tasks.Tasks) != 3 || tasks.Tasks[0].Kind != "deploy" {
+		t.Fatalf("tasks list: %+v", tasks)
+	}
+	if r := cli(t, v, "", "tasks", "logs", tasks.Tasks[0].ID); r.code != 0 || !strings.Contains(r.stdout, "from the plan") {
+		t.Errorf("tasks logs: %+v", r)
 	}
 }

@@ -612,9 +612,12 @@ func watchDeployment(ctx context.Context, env Env, cl *client, ws string, d *tas
 			return ctx.Err()
 		case <-time.After(interval):
 		}
-		if _, err := cl.do(ctx, "GET", wsPath(ws)+"/deployments/"+url.PathEscape(d.ID), nil, d); err != nil {
+		// A fresh value: decoding into the old one would merge its Counts map.
+		var next tasks.Deployment
+		if _, err := cl.do(ctx, "GET", wsPath(ws)+"/deployments/"+url.PathEscape(d.ID), nil, &next); err != nil {
 			return err
 		}
+		*d = next
 	}
 	counts := []string{}
 	for _, k := range sortedKeys(d.Counts) {
