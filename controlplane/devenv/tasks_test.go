@@ -207,6 +207,25 @@ func TestTasksOnRealAgents(t *testing.T) {
 		}
 	})
 
+	t.Run("connection dropped mid-task", func(t *testing.T) {
+		marker := filepath.Join(t.TempDir(), "runs")
+		v := runTask(t, call, s.ID, map[string]any{"kind": "exec",
+			"argv": []string{"sh", "-c", "echo run >> " + marker + "; echo before; sleep 2; echo after"}})
+		waitTask(t, call, v.ID, 10*time.Second, "running", func(v e2eTask) bool { return v.State == protocol.TaskRunning })
+		// The hub drops the session; the agent keeps working and redials.
+		h.env.App.Hub.Disconnect(s.ID, protocol.ErrSessionReplace)
+		v = waitTask(t, call, v.ID, 60*time.Second, "final", final)
+		if v.State != protocol.TaskSucceeded {
+			t.Fatalf("task: %+v", v)
+		}
+		if out := logText(t, call, v.ID); out != "before\nafter\n" {
+			t.Fatalf("output %q", out)
+		}
+		if b, _ := os.ReadFile(marker); string(b) != "run\n" {
+			t.Fatalf("the command ran %d times", strings.Count(string(b), "run"))
+		}
+	})
+
 	t.Run("agent killed mid-task", func(t *testing.T) {
 		marker := filepath.Join(t.TempDir(), "runs")
 		v := runTask(t, call, s.ID, map[string]any{"kind": "exec", "argv": []string{"sh", "-c", "echo run >> " + marker + "; exec sleep 20"}})
@@ -225,11 +244,11 @@ func TestTasksOnRealAgents(t *testing.T) {
 	})
 }
 
-// TestRollingDeploymentOnRealAgents deploys by tag across three agents,
-// two at a time.
+// TestRollingDeploymentOnRealAgents deploys by tag across ten agents,
+// three at a time.
 func TestRollingDeploymentOnRealAgents(t *testing.T) {
 	h := start(t)
-	ss := onlineServers(t, h, 3)
+	ss := onlineServers(t, h, 10)
 	var d struct {
 		ID      string         `json:"id"`
 		State   string         `json:"state"`
@@ -243,7 +262,7 @@ func TestRollingDeploymentOnRealAgents(t *testing.T) {
 		{"name": "config", "kind": "file", "path": "/etc/app.conf", "content_base64": base64.StdEncoding.EncodeToString([]byte("v=2\n"))},
 		{"name": "check", "kind": "exec", "argv": []string{"true"}},
 	}}
-	if c := h.api("POST", "/v1/workspaces/default/deployments", map[string]any{"tag": "devpilot", "max_parallel": 2, "plan": plan}, &d); c != http.StatusAccepted {
+	if c := h.api("POST", "/v1/workspaces/default/deployments", map[string]any{"tag": "devpilot", "max_parallel": 3, "plan": plan}, &d); c != http.StatusAccepted {
 		t.Fatalf("deploy: %d %+v", c, d)
 	}
 	deadline := time.Now().Add(60 * time.Second)
@@ -251,7 +270,7 @@ func TestRollingDeploymentOnRealAgents(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		h.api("GET", "/v1/workspaces/default/deployments/"+d.ID, nil, &d)
 	}
-	if d.State != "succeeded" || d.Counts["succeeded"] != 3 || len(d.Targets) != 3 || d.Targets[2].Batch != 2 {
+	if d.State != "succeeded" || d.Counts["succeeded"] != 10 || len(d.Targets) != 10 || d.Targets[9].Batch != 4 {
 		t.Fatalf("deployment: %+v", d)
 	}
 	for _, s := range ss {

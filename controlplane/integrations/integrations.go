@@ -68,6 +68,7 @@ type Service struct {
 
 	mu      sync.Mutex
 	catalog map[string]cachedCatalog // by integration id
+	clients map[string]client        // by integration id
 }
 
 type cachedCatalog struct {
@@ -101,7 +102,8 @@ func New(o Options) *Service {
 		o.CatalogTTL = 5 * time.Minute
 	}
 	return &Service{store: o.Store, keys: o.Keys, connect: o.Connect, log: o.Logger.Named("integrations"),
-		now: o.Now, timeout: o.Timeout, catalogTTL: o.CatalogTTL, catalog: map[string]cachedCatalog{}}
+		now: o.Now, timeout: o.Timeout, catalogTTL: o.CatalogTTL, catalog: map[string]cachedCatalog{},
+		clients: map[string]client{}}
 }
 
 // Actor is who makes a change, as the audit log records it.
@@ -267,17 +269,40 @@ func (s *Service) List(ctx context.Context, workspaceID string) ([]*Integration,
 	return out, nil
 }
 
-// Provider returns a client for a stored integration, for provisioning.
+// Provider returns the client of a stored integration. It is shared by
+// every caller (provisioning jobs, catalog, tests) until the secret
+// changes, so the client-side rate limiter in it bounds all of Devpilot's
+// requests with that credential, not each job's.
 func (s *Service) Provider(ctx context.Context, workspaceID, id string) (cloud.Provider, error) {
 	in, err := s.get(ctx, workspaceID, id)
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	c, ok := s.clients[id]
+	s.mu.Unlock()
+	// The ciphertext changes with the secret (and with a master key
+	// rotation, which merely costs a new client).
+	if ok && c.ciphertext == in.SecretCiphertext {
+		return c.p, nil
+	}
 	secret, err := s.keys.Decrypt(in.SecretCiphertext, in.ID)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt secret of %s: %w", in.ID, err)
 	}
-	return s.connect(in.Provider, secret)
+	p, err := s.connect(in.Provider, secret)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.clients[id] = client{ciphertext: in.SecretCiphertext, p: p}
+	s.mu.Unlock()
+	return p, nil
+}
+
+type client struct {
+	ciphertext string
+	p          cloud.Provider
 }
 
 // Test re-validates a stored credential and records the outcome. A failed
@@ -436,6 +461,7 @@ func (s *Service) Catalog(ctx context.Context, workspaceID, id string, refresh b
 func (s *Service) forgetCatalog(id string) {
 	s.mu.Lock()
 	delete(s.catalog, id)
+	delete(s.clients, id)
 	s.mu.Unlock()
 }
 
