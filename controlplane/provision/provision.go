@@ -367,8 +367,6 @@ func (s *Service) Delete(ctx context.Context, actor, workspaceID, id string, des
 		return nil, problem.Conflict("Delete the instance in the provider's console, then delete the server here without destroy.",
 			"server %s has no integration any more, so Devpilot cannot destroy its instance", id)
 	}
-	// Stop provisioning first so it cannot create anything behind our back.
-	s.stopJob(id)
 	now := s.now().UTC()
 	err = s.store.InTx(ctx, func(q *store.Queries) error {
 		if err := q.MarkDeleted(ctx, id, destroy, now); err != nil {
@@ -383,6 +381,11 @@ func (s *Service) Delete(ctx context.Context, actor, workspaceID, id string, des
 	if err != nil {
 		return nil, err
 	}
+	// The state changed first, so the scheduler cannot start provisioning
+	// again; now stop a job that is running. (One that is inside a create
+	// call finishes it; with destroy, the delete job, which starts only
+	// after it, finds that instance by the server's tag.)
+	s.stopJob(id)
 	s.disconnect(id)
 	s.poke()
 	return s.Get(ctx, workspaceID, id)
