@@ -28,7 +28,8 @@ type Task struct {
 	CreatedBy         string
 	CreatedAt         time.Time
 	Deadline          time.Time
-	SentAt            *time.Time
+	SentAt            *time.Time // first written to an agent session
+	LastSentAt        *time.Time // last written to an agent session
 	StartedAt         *time.Time
 	FinishedAt        *time.Time
 	CancelRequestedAt *time.Time
@@ -54,30 +55,31 @@ type TaskFilter struct {
 
 const taskCols = `id, workspace_id, server_id, deployment_id, kind, spec_json, state, reason, error, exit_code, result_json,
 	attempts, log_seq, log_bytes, log_truncated, last_log_seq, created_by, created_at, deadline, sent_at, started_at,
-	finished_at, cancel_requested_at, updated_at`
+	finished_at, cancel_requested_at, updated_at, last_sent_at`
 
 func scanTask(sc interface{ Scan(...any) error }) (Task, error) {
 	var t Task
 	var exit sql.NullInt64
-	var sent, started, finished, cancel sql.NullTime
+	var sent, lastSent, started, finished, cancel sql.NullTime
 	err := sc.Scan(&t.ID, &t.WorkspaceID, &t.ServerID, &t.DeploymentID, &t.Kind, &t.SpecJSON, &t.State, &t.Reason, &t.Error,
 		&exit, &t.ResultJSON, &t.Attempts, &t.LogSeq, &t.LogBytes, &t.LogTruncated, &t.LastLogSeq, &t.CreatedBy,
-		&t.CreatedAt, &t.Deadline, &sent, &started, &finished, &cancel, &t.UpdatedAt)
+		&t.CreatedAt, &t.Deadline, &sent, &started, &finished, &cancel, &t.UpdatedAt, &lastSent)
 	if exit.Valid {
 		c := int(exit.Int64)
 		t.ExitCode = &c
 	}
 	t.SentAt, t.StartedAt, t.FinishedAt, t.CancelRequestedAt = timePtr(sent), timePtr(started), timePtr(finished), timePtr(cancel)
+	t.LastSentAt = timePtr(lastSent)
 	return t, err
 }
 
 // CreateTask inserts a task.
 func (q *Queries) CreateTask(ctx context.Context, t Task) error {
-	_, err := q.x.ExecContext(ctx, `INSERT INTO tasks (`+taskCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := q.x.ExecContext(ctx, `INSERT INTO tasks (`+taskCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, t.WorkspaceID, t.ServerID, t.DeploymentID, t.Kind, t.SpecJSON, t.State, t.Reason, t.Error, nullInt(t.ExitCode),
 		t.ResultJSON, t.Attempts, t.LogSeq, t.LogBytes, t.LogTruncated, t.LastLogSeq, t.CreatedBy, t.CreatedAt.UTC(),
 		t.Deadline.UTC(), nullTime(t.SentAt), nullTime(t.StartedAt), nullTime(t.FinishedAt), nullTime(t.CancelRequestedAt),
-		t.UpdatedAt.UTC())
+		t.UpdatedAt.UTC(), nullTime(t.LastSentAt))
 	if isUnique(err) {
 		return ErrConflict
 	}
@@ -118,10 +120,12 @@ func (q *Queries) ListTasks(ctx context.Context, workspaceID string, f TaskFilte
 }
 
 // PendingTasks lists a server's tasks the agent has not confirmed
-// receiving (queued or sent) whose deadline is after now, oldest first.
-func (q *Queries) PendingTasks(ctx context.Context, serverID string, now time.Time) ([]Task, error) {
-	return q.tasks(ctx, `WHERE server_id = ? AND state IN ('queued', 'sent') AND deadline > ? ORDER BY created_at, id`,
-		serverID, now.UTC())
+// receiving (queued or sent) whose deadline is after now, oldest first,
+// less those last sent at or after sentBefore (already delivered on the
+// session that started then).
+func (q *Queries) PendingTasks(ctx context.Context, serverID string, now, sentBefore time.Time) ([]Task, error) {
+	return q.tasks(ctx, `WHERE server_id = ? AND state IN ('queued', 'sent') AND deadline > ?
+		AND (last_sent_at IS NULL OR last_sent_at < ?) ORDER BY created_at, id`, serverID, now.UTC(), sentBefore.UTC())
 }
 
 // CancelRequestedTasks lists a server's unfinished tasks whose cancel was
@@ -163,9 +167,9 @@ func (q *Queries) tasks(ctx context.Context, where string, args ...any) ([]Task,
 // MarkTaskSent records a delivery: attempts+1, and queued → sent. It
 // reports false if the task is no longer queued, sent or running.
 func (q *Queries) MarkTaskSent(ctx context.Context, id string, at time.Time) (bool, error) {
-	res, err := q.x.ExecContext(ctx, `UPDATE tasks SET attempts = attempts + 1, sent_at = COALESCE(sent_at, ?),
+	res, err := q.x.ExecContext(ctx, `UPDATE tasks SET attempts = attempts + 1, sent_at = COALESCE(sent_at, ?), last_sent_at = ?,
 		state = CASE WHEN state = 'queued' THEN 'sent' ELSE state END, updated_at = ?
-		WHERE id = ? AND state IN ('queued', 'sent', 'running')`, at.UTC(), at.UTC(), id)
+		WHERE id = ? AND state IN ('queued', 'sent', 'running')`, at.UTC(), at.UTC(), at.UTC(), id)
 	return changed(res, err)
 }
 

@@ -158,6 +158,7 @@ type outbox struct {
 
 type box struct {
 	resend  bool
+	since   time.Time // the latest session start asking for a resend
 	acks    map[string]protocol.TaskAck
 	order   []string // ack task ids in arrival order
 	cancels []string
@@ -219,7 +220,14 @@ func (o *outbox) ack(serverID string, a protocol.TaskAck) {
 	})
 }
 
-func (o *outbox) resend(serverID string) { o.with(serverID, func(b *box) { b.resend = true }) }
+func (o *outbox) resend(serverID string, since time.Time) {
+	o.with(serverID, func(b *box) {
+		b.resend = true
+		if since.After(b.since) {
+			b.since = since
+		}
+	})
+}
 
 func (o *outbox) cancel(serverID, taskID string) {
 	o.with(serverID, func(b *box) { b.cancels = append(b.cancels, taskID) })
@@ -244,7 +252,7 @@ func (o *outbox) work() {
 		o.queue = o.queue[1:]
 		b := o.boxes[id]
 		b.queued, b.busy = false, true
-		resend, cancels, deliver := b.resend, b.cancels, b.deliver
+		resend, since, cancels, deliver := b.resend, b.since, b.cancels, b.deliver
 		acks := make([]protocol.TaskAck, 0, len(b.order))
 		for _, t := range b.order {
 			acks = append(acks, b.acks[t])
@@ -253,7 +261,7 @@ func (o *outbox) work() {
 		clear(b.acks)
 		o.mu.Unlock()
 
-		o.run(id, resend, cancels, deliver, acks)
+		o.run(id, resend, since, cancels, deliver, acks)
 
 		o.mu.Lock()
 		b.busy = false
@@ -268,7 +276,7 @@ func (o *outbox) work() {
 	}
 }
 
-func (o *outbox) run(serverID string, resend bool, cancels, deliver []string, acks []protocol.TaskAck) {
+func (o *outbox) run(serverID string, resend bool, since time.Time, cancels, deliver []string, acks []protocol.TaskAck) {
 	s := o.s
 	ctx := s.ctx
 	for _, a := range acks {
@@ -286,12 +294,12 @@ func (o *outbox) run(serverID string, resend bool, cancels, deliver []string, ac
 	}
 	if resend {
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
-		s.resendAll(sctx, serverID)
+		s.resendAll(sctx, serverID, since)
 		cancel()
 	}
 	for _, id := range deliver {
 		sctx, cancel := context.WithTimeout(ctx, s.o.SendTimeout)
-		s.dispatch(sctx, serverID, id)
+		s.dispatch(sctx, serverID, id, time.Time{})
 		cancel()
 	}
 }

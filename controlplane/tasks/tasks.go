@@ -309,7 +309,7 @@ func (s *Service) Create(ctx context.Context, actor, workspaceID, serverID strin
 		return nil, err
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.o.SendTimeout)
-	s.dispatch(sctx, serverID, t.ID)
+	s.dispatch(sctx, serverID, t.ID, time.Time{})
 	cancel()
 	return s.Get(ctx, workspaceID, t.ID)
 }
@@ -438,7 +438,10 @@ func (s *Service) stripe(serverID string) *sync.Mutex {
 
 // dispatch sends a queued or sent task to its agent if it is connected,
 // and records the attempt. Safe to repeat: the agent runs an id once.
-func (s *Service) dispatch(ctx context.Context, serverID, taskID string) {
+// dispatch writes a task to its server's session unless it is no longer
+// deliverable, or was already written on the session that started at
+// `since` (zero: send regardless).
+func (s *Service) dispatch(ctx context.Context, serverID, taskID string, since time.Time) {
 	mu := s.stripe(serverID)
 	mu.Lock()
 	defer mu.Unlock()
@@ -448,6 +451,9 @@ func (s *Service) dispatch(ctx context.Context, serverID, taskID string) {
 		return
 	}
 	if (t.State != protocol.TaskQueued && t.State != protocol.TaskSent) || t.CancelRequestedAt != nil || !s.now().Before(t.Deadline) {
+		return
+	}
+	if !since.IsZero() && t.LastSentAt != nil && !t.LastSentAt.Before(since) {
 		return
 	}
 	var pt protocol.Task
@@ -470,10 +476,14 @@ func (s *Service) dispatch(ctx context.Context, serverID, taskID string) {
 // AgentConnected is provision's OnAgentConnected hook: it resends, in the
 // background, every task of serverID the agent has not confirmed and
 // whose deadline has not passed, and any cancel asked while it was away.
-func (s *Service) AgentConnected(serverID string) { s.out.resend(serverID) }
+//
+// It runs before the hub welcomes the agent, so anything sent from now on
+// reaches the new session; resendAll skips those (the agent would only
+// drop the duplicate, but there is no point sending it).
+func (s *Service) AgentConnected(serverID string) { s.out.resend(serverID, s.now()) }
 
-// resendAll is the outbox's work for a new session.
-func (s *Service) resendAll(ctx context.Context, serverID string) {
+// resendAll is the outbox's work for a new session that started at since.
+func (s *Service) resendAll(ctx context.Context, serverID string, since time.Time) {
 	cs, err := s.store.Q().CancelRequestedTasks(ctx, serverID)
 	if err != nil {
 		s.log.Warn("list tasks to cancel", zap.String("server", serverID), zap.Error(err))
@@ -481,7 +491,7 @@ func (s *Service) resendAll(ctx context.Context, serverID string) {
 	for _, t := range cs {
 		s.sendCancel(ctx, serverID, t.ID)
 	}
-	ts, err := s.store.Q().PendingTasks(ctx, serverID, s.now())
+	ts, err := s.store.Q().PendingTasks(ctx, serverID, s.now(), since)
 	if err != nil {
 		s.log.Warn("list tasks to resend", zap.String("server", serverID), zap.Error(err))
 		return
@@ -490,7 +500,7 @@ func (s *Service) resendAll(ctx context.Context, serverID string) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.dispatch(ctx, serverID, t.ID)
+		s.dispatch(ctx, serverID, t.ID, since)
 	}
 }
 
