@@ -52,7 +52,7 @@ func runServers(ctx context.Context, env Env, args []string) error {
 				return err
 			}
 			if *wait {
-				return watchServer(ctx, env, cl, *v.ws, srv.ID, v.out)
+				return watchServer(ctx, env, cl, *v.ws, srv.ID)
 			}
 			return v.print(raw, func() {
 				fmt.Fprintf(env.Stdout, "Server %s (%s) is %s. Follow it with: devpilot servers show %s\n", srv.ID, srv.Name, srv.State, srv.ID)
@@ -188,7 +188,7 @@ func agentLine(s *provision.Server) string {
 
 // watchServer prints each step as it starts and ends until the server is
 // online, failed or deleted.
-func watchServer(ctx context.Context, env Env, cl *client, ws, id string, o *output) error {
+func watchServer(ctx context.Context, env Env, cl *client, ws, id string) error {
 	seen := map[string]string{}
 	fmt.Fprintf(env.Stdout, "Provisioning %s…\n", id)
 	for {

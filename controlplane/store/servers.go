@@ -106,17 +106,6 @@ func (q *Queries) CreateServer(ctx context.Context, s Server, steps []string) er
 	return nil
 }
 
-// UpdateServer writes every mutable column of s.
-func (q *Queries) UpdateServer(ctx context.Context, s Server) error {
-	return affected(q.x.ExecContext(ctx, `UPDATE servers SET integration_id = ?, image_id = ?, state = ?, destroy = ?,
-		instance_id = ?, public_ipv4 = ?, firewall_id = ?, ssh_key_id = ?, agent_public_key = ?, agent_version = ?,
-		facts_json = ?, health_json = ?, health_at = ?, last_seen_at = ?, installed_at = ?, error_json = ?, updated_at = ?
-		WHERE id = ?`,
-		nullString(s.IntegrationID), s.ImageID, s.State, s.Destroy, s.InstanceID, s.PublicIPv4, s.FirewallID, s.SSHKeyID,
-		s.AgentPublicKey, s.AgentVersion, s.FactsJSON, s.HealthJSON, nullTime(s.HealthAt), nullTime(s.LastSeenAt),
-		nullTime(s.InstalledAt), s.ErrorJSON, s.UpdatedAt.UTC(), s.ID))
-}
-
 // GetServer finds a server by id (workspaceID "" matches any workspace).
 func (q *Queries) GetServer(ctx context.Context, workspaceID, id string) (Server, error) {
 	s, err := scanServer(q.x.QueryRowContext(ctx, `SELECT `+serverCols+` FROM servers WHERE id = ? AND (? = '' OR workspace_id = ?)`,
