@@ -152,7 +152,11 @@ func (c *Collector) dial(ctx context.Context, serverID, addr string, signer ssh.
 		if errors.Is(err, ErrHostKeyChanged) {
 			return nil, fmt.Errorf("sshdiag: %s: %w", addr, err)
 		}
-		last = err
+		// An attempt cut short by ctx ending says less than the one before
+		// it (say, "unable to authenticate"): keep the earlier cause.
+		if last == nil || ctx.Err() == nil {
+			last = err
+		}
 		c.o.Logger.Debug("ssh diagnostics: connect", zap.String("server_id", serverID), zap.String("addr", addr),
 			zap.Int("attempt", attempt), zap.Error(err))
 		select {
