@@ -61,8 +61,9 @@ type Config struct {
 	TLS           string // auto, files or off
 	TLSCertFile   string
 	TLSKeyFile    string
-	Database      string // "" or "sqlite" (in DataDir); postgres:// is not supported yet
-	MasterKeyFile string // default DataDir/master.key
+	Database      string        // "" or "sqlite" (in DataDir), or a postgres:// URL (see store.Lead for standbys)
+	MasterKeyFile string        // default DataDir/keyring.json
+	LeaderPoll    time.Duration // PostgreSQL: how often a standby asks for the lock, and the leader checks it; default 2 s
 
 	// API base URLs per provider; empty means the real cloud.
 	DigitalOceanAPIURL string
@@ -93,6 +94,7 @@ type App struct {
 	cfg          Config
 	log          *zap.Logger
 	Store        *store.Store
+	Leader       *store.Leadership
 	Keys         *secrets.Keyring
 	Integrations *integrations.Service
 	Provision    *provision.Service
@@ -124,22 +126,34 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if cfg.TLS == "" {
 		cfg.TLS = TLSAuto
 	}
-	if cfg.Database != "" && cfg.Database != "sqlite" {
-		return nil, fmt.Errorf("database %q: only the embedded SQLite database is supported in this version", redactURL(cfg.Database))
-	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	a := &App{cfg: cfg, log: cfg.Logger}
 	var err error
-	if a.Store, err = store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, DBFile)); err != nil {
+	if a.Store, err = store.Open(ctx, cfg.Database, filepath.Join(cfg.DataDir, DBFile)); err != nil {
 		return nil, err
+	}
+	// Everything after this runs on the active control plane only: a
+	// standby waits here, and loads the keyring only once it takes over,
+	// so it reads the keys as the last leader left them.
+	a.Leader, err = a.Store.Lead(ctx, store.LeadOptions{Poll: cfg.LeaderPoll, Standby: func() {
+		a.log.Info("standby: another control plane holds the database; waiting to take over",
+			zap.String("database", a.Store.Path()))
+	}})
+	if err != nil {
+		_ = a.Store.Close()
+		return nil, err
+	}
+	if a.Store.Dialect() == store.Postgres {
+		a.log.Info("active control plane of the database", zap.String("database", a.Store.Path()))
 	}
 	keyPath := cfg.MasterKeyFile
 	if keyPath == "" {
 		keyPath = secrets.DefaultKeyringPath(cfg.DataDir)
 	}
 	if a.Keys, err = secrets.LoadOrCreateKeyring(keyPath); err != nil {
+		a.Leader.Release()
 		_ = a.Store.Close()
 		return nil, fmt.Errorf("master key: %w", err)
 	}
@@ -147,6 +161,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		Store: a.Store, Keys: a.Keys, Connect: a.connector(), Logger: cfg.Logger,
 	})
 	if err := a.bootstrap(ctx); err != nil {
+		a.Leader.Release()
 		_ = a.Store.Close()
 		return nil, err
 	}
@@ -348,6 +363,7 @@ func (a *App) Serve(ctx context.Context) error {
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	a.log.Info("control plane listening", zap.String("url", a.URL), zap.String("tls", a.cfg.TLS),
 		zap.String("data_dir", a.cfg.DataDir))
+	var lost error
 	select {
 	case err := <-errc:
 		a.Hub.Close()
@@ -355,6 +371,12 @@ func (a *App) Serve(ctx context.Context) error {
 		a.Provision.Close()
 		return err
 	case <-ctx.Done():
+	case <-a.Leader.Lost():
+		// A standby may be active already: stop at once (agents redial
+		// and find it), and exit with an error so a supervisor restarts
+		// this process, which then waits as a standby itself.
+		lost = a.Leader.Err()
+		a.log.Error("stopping: this control plane is no longer the active one", zap.Error(lost))
 	}
 	a.log.Info("shutting down")
 	// Agent sessions are hijacked connections Shutdown does not wait for:
@@ -368,11 +390,17 @@ func (a *App) Serve(ctx context.Context) error {
 	<-errc
 	// Jobs stop at a recorded step and resume there on the next start.
 	a.Provision.Close()
+	if lost != nil {
+		return lost
+	}
 	return err
 }
 
-// Close releases the store.
-func (a *App) Close() error { return a.Store.Close() }
+// Close gives up the leadership and releases the store.
+func (a *App) Close() error {
+	a.Leader.Release()
+	return a.Store.Close()
+}
 
 // Run is `devpilot serve`: New, Listen, Serve, Close.
 func Run(ctx context.Context, cfg Config) error {
@@ -385,13 +413,4 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	return a.Serve(ctx)
-}
-
-// redactURL drops credentials from a database URL before it is shown.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
 }

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"net/url"
 	"time"
 
 	"go.uber.org/zap"
@@ -52,8 +54,8 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&cfg.TLS, "tls", app.TLSAuto, "auto (self-made CA in the data dir), files (--tls-cert/--tls-key) or off (behind a TLS proxy)")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "certificate file for --tls files")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "key file for --tls files")
-	fs.StringVar(&cfg.Database, "database", "", "database; empty for SQLite in the data dir")
-	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "master keyring file (default: DATA_DIR/master.key)")
+	fs.StringVar(&cfg.Database, "database", "", "empty for SQLite in the data dir, or postgres://user@host/db (password in DEVPILOT_DATABASE, PGPASSWORD or ~/.pgpass, never here)")
+	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "master keyring file (default: DATA_DIR/keyring.json)")
 	fs.StringVar(&cfg.DigitalOceanAPIURL, "digitalocean-api-url", "", "DigitalOcean API base URL (default: the real API)")
 	fs.StringVar(&cfg.VultrAPIURL, "vultr-api-url", "", "Vultr API base URL (default: the real API)")
 	fs.StringVar(&cfg.AgentDir, "agent-dir", "", "directory with devpilot-agent builds to serve (default: next to this binary)")
@@ -68,6 +70,9 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")
+	}
+	if err := passwordInArgs(fs, "database"); err != nil {
+		return err
 	}
 	log, err := newLogger(env, level, format)
 	if err != nil {
@@ -106,4 +111,24 @@ func runDev(ctx context.Context, env Env, args []string) error {
 		d.App.URL, d.EnvFile, d.EnvFile)
 	<-ctx.Done()
 	return d.Close()
+}
+
+// passwordInArgs refuses a URL flag given on the command line with a
+// password in it: argv is readable by every user of the machine (ps,
+// /proc/PID/cmdline). The same URL is fine in the flag's environment
+// variable.
+func passwordInArgs(fs *flag.FlagSet, name string) error {
+	var err error
+	fs.Visit(func(f *flag.Flag) { // only flags set from the arguments
+		if f.Name != name {
+			return
+		}
+		if u, perr := url.Parse(f.Value.String()); perr == nil && u.User != nil {
+			if _, has := u.User.Password(); has {
+				err = usagef("--%s holds a password, which any user can read in the process list: "+
+					"drop it from the URL and set %s instead, or use PGPASSWORD or ~/.pgpass", name, envName(name))
+			}
+		}
+	})
+	return err
 }

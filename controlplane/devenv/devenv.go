@@ -40,6 +40,7 @@ type Config struct {
 	BootDelay time.Duration
 
 	// Passed to the control plane (see app.Config); zero values take its defaults.
+	Database          string // "" for SQLite in DataDir, or a postgres:// URL
 	AgentDir          string
 	AgentTimeout      time.Duration
 	HeartbeatInterval time.Duration
@@ -145,7 +146,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		return nil, fmt.Errorf("vultr simulator: %w", err)
 	}
 	e.App, err = app.New(ctx, app.Config{
-		DataDir: cfg.DataDir, Listen: cfg.Listen, TLS: app.TLSAuto, Logger: cfg.Logger, Out: cfg.Out,
+		DataDir: cfg.DataDir, Database: cfg.Database, Listen: cfg.Listen, TLS: app.TLSAuto, Logger: cfg.Logger, Out: cfg.Out,
 		DigitalOceanAPIURL: e.DOURL, VultrAPIURL: e.VultrURL,
 		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,

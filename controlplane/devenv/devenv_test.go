@@ -23,6 +23,7 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr/vultrsim"
 	"github.com/devpilot/devpilot/controlplane/devenv"
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
 )
 
 // agentDir holds a devpilot-agent built for this test run; simulated
@@ -91,7 +92,7 @@ func start(t *testing.T) *harness {
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	log := zap.New(zapcore.NewCore(enc, zapcore.AddSync(h.logs), zapcore.DebugLevel))
 	env, err := devenv.Start(context.Background(), devenv.Config{
-		DataDir: h.dir, Listen: "127.0.0.1:0", Logger: log, Out: h.out, BootDelay: 10 * time.Millisecond,
+		DataDir: h.dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", Logger: log, Out: h.out, BootDelay: 10 * time.Millisecond,
 		AgentDir: agentDir, HeartbeatInterval: time.Second, PollInterval: 50 * time.Millisecond,
 	})
 	if err != nil {
@@ -442,10 +443,8 @@ func TestCanarySecretsAppearNowhere(t *testing.T) {
 	h.mu.Unlock()
 	check("logs", h.logs.String())
 	check("stdout", h.out.String())
-	// Make SQLite write its WAL into the main file as well, then read every file.
-	if _, err := h.env.App.Store.DB().Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
-		t.Fatal(err)
-	}
+	// The database (SQLite: its file with the WAL folded in), then every file.
+	check("database", storetest.Contents(t, h.env.App.Store))
 	files := 0
 	err := filepath.Walk(h.dir, func(path string, info os.FileInfo, err error) error {
 		if err != nil || info.IsDir() || info.Name() == "sim-credentials" {

@@ -13,6 +13,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/hub"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -20,7 +21,7 @@ import (
 func fixture(t *testing.T, now *time.Time) (*Service, *Registry) {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
+	st, err := store.Open(ctx, storetest.Database(t), filepath.Join(t.TempDir(), "db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -351,8 +351,8 @@ type HealthPoint struct {
 
 // AddHealthPoint stores a sample (a repeat of the same instant is ignored).
 func (q *Queries) AddHealthPoint(ctx context.Context, serverID string, p HealthPoint) error {
-	_, err := q.x.ExecContext(ctx, `INSERT OR IGNORE INTO server_health (server_id, at, cpu_percent, load1, mem_used_mb,
-		mem_total_mb, disk_used_mb, disk_total_mb) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, serverID, p.At.UTC(), p.CPUPercent,
+	_, err := q.x.ExecContext(ctx, `INSERT INTO server_health (server_id, at, cpu_percent, load1, mem_used_mb,
+		mem_total_mb, disk_used_mb, disk_total_mb) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`, serverID, p.At.UTC(), p.CPUPercent,
 		p.Load1, p.MemUsedMB, p.MemTotalMB, p.DiskUsedMB, p.DiskTotalMB)
 	return err
 }

@@ -1,6 +1,11 @@
 // Package store keeps the control plane's state in SQL: SQLite (pure Go,
-// no cgo) in the data directory by default. Schema changes are goose
-// migrations embedded in the binary and applied at open.
+// no cgo) in the data directory by default, or PostgreSQL for a standby
+// control plane that takes over when the active one dies (see Lead). Schema
+// changes are goose migrations embedded in the binary, one directory per
+// dialect with the same version numbers, applied at open.
+//
+// Queries are written once, with "?" placeholders and SQL both databases
+// accept; on PostgreSQL they are rebound to $1, $2, ... before they run.
 package store
 
 import (
@@ -10,15 +15,18 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 	"github.com/pressly/goose/v3"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
-//go:embed migrations/*.sql
+//go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
 var migrations embed.FS
 
 // Errors callers branch on.
@@ -27,10 +35,39 @@ var (
 	ErrConflict = errors.New("already exists")
 )
 
+// Dialect names the database behind a Store.
+type Dialect string
+
+// The supported databases.
+const (
+	SQLite   Dialect = "sqlite"
+	Postgres Dialect = "postgres"
+)
+
 // Store is the control plane's database.
 type Store struct {
-	db   *sql.DB
-	path string
+	db      *sql.DB
+	dialect Dialect
+	path    string // SQLite: the file; PostgreSQL: the URL without its password
+}
+
+// IsPostgresURL reports whether dsn names a PostgreSQL database.
+func IsPostgresURL(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// Open opens the database dsn names: "" or "sqlite" is the SQLite file at
+// sqlitePath, a postgres:// URL a PostgreSQL database. Pending migrations
+// are applied.
+func Open(ctx context.Context, dsn, sqlitePath string) (*Store, error) {
+	switch {
+	case dsn == "" || dsn == string(SQLite):
+		return OpenSQLite(ctx, sqlitePath)
+	case IsPostgresURL(dsn):
+		return OpenPostgres(ctx, dsn)
+	default:
+		return nil, fmt.Errorf("database %q: want empty or \"sqlite\" (SQLite in the data dir) or a postgres:// URL", RedactURL(dsn))
+	}
 }
 
 // OpenSQLite opens (creating if needed, mode 0600) the SQLite database at
@@ -52,7 +89,28 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	// One writer at a time is SQLite's model; a small pool keeps readers
 	// from queueing behind it.
 	db.SetMaxOpenConns(4)
-	s := &Store{db: db, path: path}
+	return open(ctx, db, SQLite, path)
+}
+
+// OpenPostgres connects to the PostgreSQL database at dsn (a postgres://
+// URL; a password may also come from PGPASSWORD or ~/.pgpass, as libpq
+// reads them) and applies pending migrations. The connection is checked
+// before anything else, so a wrong URL fails here with what the server said.
+func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", RedactURL(dsn), err)
+	}
+	db.SetMaxOpenConns(16)
+	if err := db.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open store %s: %w", RedactURL(dsn), err)
+	}
+	return open(ctx, db, Postgres, RedactURL(dsn))
+}
+
+func open(ctx context.Context, db *sql.DB, d Dialect, path string) (*Store, error) {
+	s := &Store{db: db, dialect: d, path: path}
 	if err := s.migrate(ctx); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -61,11 +119,15 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 }
 
 func (s *Store) migrate(ctx context.Context) error {
-	sub, err := fs.Sub(migrations, "migrations")
+	sub, err := fs.Sub(migrations, "migrations/"+string(s.dialect))
 	if err != nil {
 		return err
 	}
-	p, err := goose.NewProvider(goose.DialectSQLite3, s.db, sub)
+	gd := goose.DialectSQLite3
+	if s.dialect == Postgres {
+		gd = goose.DialectPostgres
+	}
+	p, err := goose.NewProvider(gd, s.db, sub)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
@@ -75,7 +137,20 @@ func (s *Store) migrate(ctx context.Context) error {
 	return nil
 }
 
-// Path is the database file, for diagnostics.
+// RedactURL drops the password from a database URL before it is shown.
+func RedactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}
+
+// Dialect is the database behind the store.
+func (s *Store) Dialect() Dialect { return s.dialect }
+
+// Path is the SQLite file, or the PostgreSQL URL without its password, for
+// diagnostics.
 func (s *Store) Path() string { return s.path }
 
 // Ping reports whether the database answers.
@@ -85,15 +160,37 @@ func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 func (s *Store) Close() error { return s.db.Close() }
 
 // Q returns queries that run outside a transaction.
-func (s *Store) Q() *Queries { return &Queries{x: s.db} }
+func (s *Store) Q() *Queries { return s.queries(s.db) }
+
+func (s *Store) queries(x execer) *Queries {
+	if s.dialect == Postgres {
+		return &Queries{x: rebinder{x}}
+	}
+	return &Queries{x: x}
+}
+
+// writerLock is the PostgreSQL advisory lock every transaction takes first.
+// The callers of InTx were written against SQLite, where a write
+// transaction excludes every other (_txlock=immediate): read, decide, write.
+// Taking one transaction-scoped lock keeps that guarantee on PostgreSQL
+// rather than auditing each caller for READ COMMITTED anomalies; it costs
+// what SQLite's single writer costs, which the control plane is sized for.
+const writerLock = 0x64657670696c6f74 // "devpilot"
 
 // InTx runs fn in one transaction, committed when fn returns nil.
+// Transactions run one at a time, on either database.
 func (s *Store) InTx(ctx context.Context, fn func(q *Queries) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	if err := fn(&Queries{x: tx}); err != nil {
+	if s.dialect == Postgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(writerLock)); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("begin: %w", err)
+		}
+	}
+	if err := fn(s.queries(tx)); err != nil {
 		_ = tx.Rollback()
 		return err
 	}
@@ -112,8 +209,49 @@ type execer interface {
 // Queries are the store's operations, on the database or in a transaction.
 type Queries struct{ x execer }
 
+// isUnique reports a unique-constraint violation on either database.
 func isUnique(err error) bool {
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) {
+		return pg.Code == "23505" // unique_violation
+	}
 	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+}
+
+// rebinder runs queries written with "?" placeholders on PostgreSQL, which
+// numbers them. The store's queries hold no "?" inside string literals;
+// rebind still skips quoted text so that stays true by construction.
+type rebinder struct{ x execer }
+
+func (r rebinder) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	return r.x.ExecContext(ctx, rebind(query), args...)
+}
+
+func (r rebinder) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return r.x.QueryContext(ctx, rebind(query), args...)
+}
+
+func (r rebinder) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	return r.x.QueryRowContext(ctx, rebind(query), args...)
+}
+
+func rebind(query string) string {
+	var b strings.Builder
+	b.Grow(len(query) + 16)
+	n, quoted := 0, false
+	for i := 0; i < len(query); i++ {
+		c := query[i]
+		switch {
+		case c == '\'':
+			quoted = !quoted
+		case c == '?' && !quoted:
+			n++
+			fmt.Fprintf(&b, "$%d", n)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 func one(err error) error {

@@ -184,9 +184,9 @@ func (q *Queries) MarkTaskRunning(ctx context.Context, id string, started, at ti
 // final result wins); it reports whether it did.
 func (q *Queries) FinishTask(ctx context.Context, t Task) (bool, error) {
 	res, err := q.x.ExecContext(ctx, `UPDATE tasks SET state = ?, reason = ?, error = ?, exit_code = ?, result_json = ?,
-		last_log_seq = MAX(last_log_seq, ?), started_at = COALESCE(started_at, ?), finished_at = ?, updated_at = ?
+		last_log_seq = CASE WHEN last_log_seq > ? THEN last_log_seq ELSE ? END, started_at = COALESCE(started_at, ?), finished_at = ?, updated_at = ?
 		WHERE id = ? AND state IN ('queued', 'sent', 'running')`,
-		t.State, t.Reason, t.Error, nullInt(t.ExitCode), t.ResultJSON, t.LastLogSeq, nullTime(t.StartedAt),
+		t.State, t.Reason, t.Error, nullInt(t.ExitCode), t.ResultJSON, t.LastLogSeq, t.LastLogSeq, nullTime(t.StartedAt),
 		nullTime(t.FinishedAt), t.UpdatedAt.UTC(), t.ID)
 	return changed(res, err)
 }
@@ -233,7 +233,7 @@ func (q *Queries) AddTaskLog(ctx context.Context, serverID, taskID string, l Tas
 	if bytes+int64(len(l.Data)) > maxBytes {
 		if !p.Truncated {
 			p.Truncated = true
-			if _, err := q.x.ExecContext(ctx, `UPDATE tasks SET log_truncated = 1 WHERE id = ?`, taskID); err != nil {
+			if _, err := q.x.ExecContext(ctx, `UPDATE tasks SET log_truncated = TRUE WHERE id = ?`, taskID); err != nil {
 				return p, err
 			}
 		}
@@ -417,7 +417,7 @@ func (q *Queries) SetTargetTask(ctx context.Context, deploymentID string, positi
 
 // SkipTargets marks every target without a task skipped.
 func (q *Queries) SkipTargets(ctx context.Context, deploymentID string) error {
-	_, err := q.x.ExecContext(ctx, `UPDATE deployment_targets SET skipped = 1 WHERE deployment_id = ? AND task_id = ''`, deploymentID)
+	_, err := q.x.ExecContext(ctx, `UPDATE deployment_targets SET skipped = TRUE WHERE deployment_id = ? AND task_id = ''`, deploymentID)
 	return err
 }
 

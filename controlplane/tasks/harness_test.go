@@ -23,6 +23,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -48,7 +49,7 @@ func startCP(t testing.TB) *cp {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.New(ctx, app.Config{DataDir: dir, Listen: "127.0.0.1:0", TLS: app.TLSOff, Out: io.Discard,
+	a, err := app.New(ctx, app.Config{DataDir: dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", TLS: app.TLSOff, Out: io.Discard,
 		AgentDir: t.TempDir(), HeartbeatInterval: time.Second,
 		TaskSweepInterval: 20 * time.Millisecond, TaskDeadlineGrace: 10 * time.Millisecond})
 	if err != nil {

@@ -3,10 +3,10 @@ package tasks_test
 import (
 	"encoding/base64"
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -59,15 +59,12 @@ func TestTaskSecretsAreEncryptedAtRest(t *testing.T) {
 	if r := raw(v.ID); !strings.Contains(r, "API_TOKEN") {
 		t.Errorf("after rotation the spec must still decrypt: %s", r)
 	}
-	if _, err := c.app.Store.DB().Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(c.app.Store.Path())
-	if err != nil {
-		t.Fatal(err)
+	b := storetest.Contents(t, c.app.Store)
+	if !strings.Contains(b, v.ID) {
+		t.Fatalf("the database contents read hold no task %s: the search proves nothing", v.ID)
 	}
 	for _, s := range []string{canary, fileCanary, base64.StdEncoding.EncodeToString([]byte(fileCanary))} {
-		if strings.Contains(string(b), s) {
+		if strings.Contains(b, s) {
 			t.Errorf("%q is in the database in plaintext", s)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -513,7 +514,11 @@ func TestLogCap(t *testing.T) {
 		t.Fatalf("task: %+v", v.Log)
 	}
 	var bytes int64
-	if err := c.app.Store.DB().QueryRow(`SELECT SUM(LENGTH(data)) FROM task_logs WHERE task_id = ?`, v.ID).Scan(&bytes); err != nil || bytes > 8<<20 {
+	q := `SELECT SUM(LENGTH(data)) FROM task_logs WHERE task_id = ?`
+	if c.app.Store.Dialect() == store.Postgres {
+		q = strings.Replace(q, "?", "$1", 1)
+	}
+	if err := c.app.Store.DB().QueryRow(q, v.ID).Scan(&bytes); err != nil || bytes > 8<<20 {
 		t.Fatalf("stored %d bytes (%v)", bytes, err)
 	}
 }
