@@ -27,6 +27,7 @@ import (
 type serveProc struct {
 	t       *testing.T
 	args    []string
+	env     []string // added to this process's environment
 	dataDir string
 	url     string
 	log     *os.File
@@ -37,12 +38,25 @@ type serveProc struct {
 
 func (p *serveProc) start() {
 	p.t.Helper()
+	p.launch()
+	p.waitReady(20 * time.Second)
+}
+
+// launch starts the process without waiting for it.
+func (p *serveProc) launch() {
+	p.t.Helper()
 	p.cmd = exec.Command(filepath.Join(agentDir, "devpilot"), p.args...)
+	p.cmd.Env = append(os.Environ(), p.env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+}
+
+// waitReady waits for /readyz, then reads the owner token if it has none.
+func (p *serveProc) waitReady(limit time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(limit)
 	for {
 		if p.client == nil {
 			if ca, err := os.ReadFile(filepath.Join(p.dataDir, "tls", "ca.crt")); err == nil {
@@ -74,9 +88,14 @@ func (p *serveProc) start() {
 }
 
 func (p *serveProc) kill() {
+	if p.cmd == nil || p.cmd.ProcessState != nil {
+		return // never started, or already reaped
+	}
 	_ = p.cmd.Process.Kill() // SIGKILL: no graceful anything
 	_ = p.cmd.Wait()
-	p.client.CloseIdleConnections()
+	if p.client != nil {
+		p.client.CloseIdleConnections()
+	}
 }
 
 func (p *serveProc) do(method, path string, body, out any) int {
