@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSI
 DEMO_DIR ?= .demo
 DEMO_LISTEN ?= 127.0.0.1:8443
 
-.PHONY: build test lint demo clean fuzz
+.PHONY: build test test-sqlite test-postgres lint demo clean fuzz
 
 ## build: static binaries in bin/
 build:
@@ -17,9 +17,22 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## test: lint, then every test with the race detector
+# The control-plane suites that run a second time, on PostgreSQL.
+PG_SUITES ?= ./controlplane/store/... ./controlplane/provision/ ./controlplane/tasks/ ./controlplane/devenv/
+
+## test: lint, then every test with the race detector (SQLite), then the
+## control-plane suites again on PostgreSQL; scripts/with-postgres.sh starts
+## a throwaway PostgreSQL server for both (or uses DEVPILOT_TEST_POSTGRES)
 test: lint
+	./scripts/with-postgres.sh $(MAKE) --no-print-directory test-sqlite test-postgres
+
+test-sqlite:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# -skip: the TestPostgres* tests use PostgreSQL whatever the suite's
+# database, and ran in test-sqlite already.
+test-postgres:
+	DEVPILOT_TEST_DATABASE=postgres $(GO) test -race -count=1 -timeout 20m -skip '^TestPostgres' $(PG_SUITES)
 
 ## fuzz: a short run of every fuzz target (the seed corpora also run in make test)
 fuzz:

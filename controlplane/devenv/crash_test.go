@@ -21,6 +21,7 @@ import (
 
 	"github.com/devpilot/devpilot/bootstrap/sandbox"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
 )
 
 // serveProc is `devpilot serve` as a real process the test can SIGKILL.
@@ -118,6 +119,15 @@ func (p *serveProc) do(method, path string, body, out any) int {
 	return resp.StatusCode
 }
 
+// databaseEnv points a serve process at the database the suite runs on
+// (storetest.Database): nothing for SQLite in its data dir.
+func databaseEnv(t *testing.T) []string {
+	if dsn := storetest.Database(t); dsn != "" {
+		return []string{"DEVPILOT_DATABASE=" + dsn}
+	}
+	return nil
+}
+
 func freeAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -150,7 +160,7 @@ func TestControlPlaneKilledDuringEachStep(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	p := &serveProc{t: t, dataDir: dataDir, url: "https://" + addr, log: logf, args: []string{"serve",
+	p := &serveProc{t: t, dataDir: dataDir, url: "https://" + addr, log: logf, env: databaseEnv(t), args: []string{"serve",
 		"--data-dir", dataDir, "--listen", addr, "--digitalocean-api-url", sim.URL, "--agent-dir", agentDir,
 		"--log-level", "debug"}}
 	p.start()

@@ -301,7 +301,7 @@ func TestControlPlaneRestartedMidTask(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	p := &serveProc{t: t, dataDir: dataDir, url: "https://" + addr, log: logf, args: []string{"serve",
+	p := &serveProc{t: t, dataDir: dataDir, url: "https://" + addr, log: logf, env: databaseEnv(t), args: []string{"serve",
 		"--data-dir", dataDir, "--listen", addr, "--digitalocean-api-url", sim.URL, "--agent-dir", agentDir}}
 	p.start()
 	t.Cleanup(p.kill)
