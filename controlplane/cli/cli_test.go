@@ -197,6 +197,16 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
+// A database password never goes on the command line (argv is readable by
+// every user); the refusal names the way that works and not the password.
+func TestServeRefusesADatabasePasswordInArgv(t *testing.T) {
+	const canary = "canary-db-pass-4d1f"
+	r := cli(t, map[string]string{}, "", "serve", "--data-dir", t.TempDir(), "--database", "postgres://devpilot:"+canary+"@db.internal/devpilot")
+	if r.code != 2 || !strings.Contains(r.stderr, "DEVPILOT_DATABASE") || strings.Contains(r.stderr+r.stdout, canary) {
+		t.Errorf("serve --database with a password: %+v", r)
+	}
+}
+
 // TestServersTasksAndDeployThroughTheCLI: a server created with --wait, a
 // task run and followed, a deployment from a plan file.
 func TestServersTasksAndDeployThroughTheCLI(t *testing.T) {
