@@ -406,6 +406,9 @@ func (a *App) Close() error {
 func Run(ctx context.Context, cfg Config) error {
 	a, err := New(ctx, cfg)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return nil // stopped while waiting as a standby: a clean exit
+		}
 		return err
 	}
 	defer a.Close()
