@@ -140,8 +140,9 @@ func (s *Store) migrate(ctx context.Context) error {
 // RedactURL drops the password from a database URL before it is shown.
 func RedactURL(s string) string {
 	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable URL)"
+	if err != nil || u.Scheme == "" {
+		// Not a URL: perhaps "host=… password=…", which must not be echoed.
+		return "(not a URL)"
 	}
 	return u.Redacted()
 }

@@ -143,6 +143,9 @@ func TestPostgresOpenErrorsHideThePassword(t *testing.T) {
 	if _, err := store.Open(ctx, "mysql://root@db/devpilot", ""); err == nil || !strings.Contains(err.Error(), "postgres://") {
 		t.Errorf("unknown database: %v", err)
 	}
+	if _, err := store.Open(ctx, "host=db user=devpilot password="+canary, ""); err == nil || strings.Contains(err.Error(), canary) {
+		t.Errorf("a keyword/value connection string: %v; want refused without its password", err)
+	}
 }
 
 // Two control planes on one PostgreSQL database: the second waits as a
