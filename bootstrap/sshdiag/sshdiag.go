@@ -153,8 +153,10 @@ func (c *Collector) dial(ctx context.Context, serverID, addr string, signer ssh.
 			return nil, fmt.Errorf("sshdiag: %s: %w", addr, err)
 		}
 		// An attempt cut short by ctx ending says less than the one before
-		// it (say, "unable to authenticate"): keep the earlier cause.
-		if last == nil || ctx.Err() == nil {
+		// it (say, "unable to authenticate"): keep the earlier cause. The
+		// connection's deadline is ctx's, and its timeout can fire before
+		// ctx reports its end, so the clock decides.
+		if last == nil || !endedWith(ctx) {
 			last = err
 		}
 		c.o.Logger.Debug("ssh diagnostics: connect", zap.String("server_id", serverID), zap.String("addr", addr),
@@ -165,6 +167,15 @@ func (c *Collector) dial(ctx context.Context, serverID, addr string, signer ssh.
 		case <-time.After(c.o.RetryInterval):
 		}
 	}
+}
+
+// endedWith reports whether ctx has ended or its deadline has passed.
+func endedWith(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 func (c *Collector) dialOnce(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
