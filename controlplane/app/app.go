@@ -14,11 +14,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/devpilot/devpilot/controlplane/api"
 	"github.com/devpilot/devpilot/controlplane/auth"
@@ -42,6 +44,7 @@ const (
 	TLSAuto  = "auto"  // a CA and server certificate generated into the data dir
 	TLSFiles = "files" // certificate and key files the operator provides
 	TLSOff   = "off"   // plain HTTP, behind a TLS-terminating proxy
+	TLSACME  = "acme"  // certificates from an ACME CA (Let's Encrypt by default)
 )
 
 // Files in the data directory.
@@ -55,12 +58,19 @@ const (
 
 // Config is everything `devpilot serve` takes from flags and environment.
 type Config struct {
-	DataDir       string
-	Listen        string // host:port; port 0 picks a free one
-	PublicURL     string // what agents and the CLI dial; default derived from Listen
-	TLS           string // auto, files or off
-	TLSCertFile   string
-	TLSKeyFile    string
+	DataDir     string
+	Listen      string // host:port; port 0 picks a free one
+	PublicURL   string // what agents and the CLI dial; default derived from Listen
+	TLS         string // auto, files, acme or off
+	TLSCertFile string
+	TLSKeyFile  string
+	// TLS acme: the names to certify (default: the host of PublicURL), the
+	// account's contact, the directory (default Let's Encrypt) and, for a
+	// private ACME CA, the roots its API certificate chains to.
+	ACMEDomains   []string
+	ACMEEmail     string
+	ACMEDirectory string
+	ACMECAFile    string
 	Database      string        // "" or "sqlite" (in DataDir), or a postgres:// URL (see store.Lead for standbys)
 	MasterKeyFile string        // default DataDir/keyring.json
 	LeaderPoll    time.Duration // PostgreSQL: how often a standby asks for the lock, and the leader checks it; default 2 s
@@ -105,6 +115,8 @@ type App struct {
 	tlsConfig    *tls.Config
 	CACertPEM    []byte // TLS auto only
 	CAPin        string // TLS auto only
+	acme         *autocert.Manager
+	acmeDomains  []string
 
 	ln  net.Listener
 	srv *http.Server
@@ -189,7 +201,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
 	})
 	// The web console answers /, /ui/… and /static/…; the API everything else.
-	a.handler = web.Route(apiHandler, web.New(web.Options{API: apiHandler, Logger: cfg.Logger}))
+	a.handler = web.Route(apiHandler, web.New(web.Options{API: apiHandler, Logger: cfg.Logger, Store: a.Store, Keys: a.Keys}))
 	return a, nil
 }
 
@@ -326,10 +338,22 @@ func (a *App) Listen() error {
 			return fmt.Errorf("tls: %w", err)
 		}
 		a.tlsConfig = c
+	case TLSACME:
+		m, domains, err := a.acmeManager()
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("tls: %w", err)
+		}
+		a.acme, a.acmeDomains, a.tlsConfig = m, domains, acmeTLSConfig(m)
+		// The certificate names the domain, not this address: the local
+		// CLI must dial the name too.
+		if a.cfg.PublicURL != "" {
+			a.URL = strings.TrimRight(a.cfg.PublicURL, "/")
+		}
 	case TLSOff:
 	default:
 		_ = ln.Close()
-		return fmt.Errorf("tls mode %q: use auto, files or off", a.cfg.TLS)
+		return fmt.Errorf("tls mode %q: use auto, files, acme or off", a.cfg.TLS)
 	}
 	if a.tlsConfig != nil {
 		ln = tls.NewListener(ln, a.tlsConfig)
@@ -361,6 +385,12 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
+	if a.acme != nil {
+		wctx, stopWarm := context.WithCancel(ctx)
+		warmed := make(chan struct{})
+		go func() { defer close(warmed); a.warmCertificates(wctx, a.acme, a.acmeDomains) }()
+		defer func() { stopWarm(); <-warmed }()
+	}
 	a.log.Info("control plane listening", zap.String("url", a.URL), zap.String("tls", a.cfg.TLS),
 		zap.String("data_dir", a.cfg.DataDir))
 	var lost error
@@ -396,8 +426,10 @@ func (a *App) Serve(ctx context.Context) error {
 	return err
 }
 
-// Close gives up the leadership and releases the store.
+// Close gives up the leadership and releases the store (and the hub, for
+// an App that never served).
 func (a *App) Close() error {
+	a.Hub.Close()
 	a.Leader.Release()
 	return a.Store.Close()
 }

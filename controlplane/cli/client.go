@@ -67,7 +67,11 @@ func (o connOpts) client(getenv func(string) string) (*client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	ca := o.caCert
 	if ca == "" && o.url == "" {
-		ca = filepath.Join(o.dataDir, app.TLSDir, "ca.crt")
+		// --tls auto's CA; with acme or files there is none, and the
+		// system's roots apply.
+		if p := filepath.Join(o.dataDir, app.TLSDir, "ca.crt"); fileExists(p) {
+			ca = p
+		}
 	}
 	if ca != "" && strings.HasPrefix(base, "https://") {
 		pem, err := os.ReadFile(ca)
@@ -132,4 +136,9 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) ([]by
 		}
 	}
 	return raw, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

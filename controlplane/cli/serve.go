@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -51,15 +52,20 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&cfg.DataDir, "data-dir", "devpilot-data", "where the database, keys and TLS files live")
 	fs.StringVar(&cfg.Listen, "listen", ":8443", "address to serve the API on")
 	fs.StringVar(&cfg.PublicURL, "public-url", "", "URL agents and clients dial (default: derived from --listen)")
-	fs.StringVar(&cfg.TLS, "tls", app.TLSAuto, "auto (self-made CA in the data dir), files (--tls-cert/--tls-key) or off (behind a TLS proxy)")
+	fs.StringVar(&cfg.TLS, "tls", app.TLSAuto, "auto (self-made CA in the data dir), files (--tls-cert/--tls-key), acme (Let's Encrypt or another ACME CA) or off (behind a TLS proxy)")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "certificate file for --tls files")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "key file for --tls files")
+	var acmeDomains string
+	fs.StringVar(&acmeDomains, "acme-domain", "", "--tls acme: comma-separated names to certify (default: the host of --public-url)")
+	fs.StringVar(&cfg.ACMEEmail, "acme-email", "", "--tls acme: contact address for the ACME account (expiry notices)")
+	fs.StringVar(&cfg.ACMEDirectory, "acme-directory", app.LetsEncrypt, "--tls acme: the ACME directory URL")
+	fs.StringVar(&cfg.ACMECAFile, "acme-ca-file", "", "--tls acme: roots of a private ACME CA's API certificate (default: the system's)")
 	fs.StringVar(&cfg.Database, "database", "", "empty for SQLite in the data dir, or postgres://user@host/db (password in DEVPILOT_DATABASE, PGPASSWORD or ~/.pgpass, never here)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "master keyring file (default: DATA_DIR/keyring.json)")
 	fs.StringVar(&cfg.DigitalOceanAPIURL, "digitalocean-api-url", "", "DigitalOcean API base URL (default: the real API)")
 	fs.StringVar(&cfg.VultrAPIURL, "vultr-api-url", "", "Vultr API base URL (default: the real API)")
 	fs.StringVar(&cfg.AgentDir, "agent-dir", "", "directory with devpilot-agent builds to serve (default: next to this binary)")
-	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA certificate agents pin when --tls is files or off")
+	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA certificate agents pin when --tls is files, acme or off")
 	fs.DurationVar(&cfg.AgentTimeout, "agent-timeout", 15*time.Minute, "how long a new server's agent has to confirm the install")
 	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "lifetime of a server's one-time bootstrap token (at most 1h)")
 	logFlags(fs, &level, &format)
@@ -73,6 +79,11 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	}
 	if err := passwordInArgs(fs, "database"); err != nil {
 		return err
+	}
+	for _, d := range strings.Split(acmeDomains, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			cfg.ACMEDomains = append(cfg.ACMEDomains, d)
+		}
 	}
 	log, err := newLogger(env, level, format)
 	if err != nil {
