@@ -13,9 +13,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/devpilot/devpilot/controlplane/app"
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
+	"github.com/devpilot/devpilot/controlplane/web"
 )
 
 // plain is a control plane (no clouds: provider URLs point nowhere) served
@@ -23,30 +26,51 @@ import (
 // does not follow redirects.
 type plain struct {
 	t     *testing.T
+	a     *app.App
 	srv   *httptest.Server
 	owner string
+	once  sync.Once
 }
 
+// newPlain starts a control plane on a fresh data dir and the suite's
+// database (storetest.Database).
 func newPlain(t *testing.T) *plain {
 	t.Helper()
-	dir := t.TempDir()
-	a, err := app.New(context.Background(), app.Config{DataDir: dir, Out: io.Discard,
+	return startPlain(t, t.TempDir(), storetest.Database(t), nil)
+}
+
+// startPlain starts a control plane on dir and database. With console, the
+// server answers the console's paths with console(a) instead of the App's
+// own (for tests that set web.Options the App does not).
+func startPlain(t *testing.T, dir, database string, console func(*app.App) http.Handler) *plain {
+	t.Helper()
+	a, err := app.New(context.Background(), app.Config{DataDir: dir, Database: database, Out: io.Discard,
 		DigitalOceanAPIURL: "http://127.0.0.1:1", VultrAPIURL: "http://127.0.0.1:1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewTLSServer(a.Handler())
-	t.Cleanup(func() {
-		srv.Close()
-		a.Hub.Close()
-		a.Provision.Close()
-		_ = a.Close()
-	})
+	h := a.Handler()
+	if console != nil {
+		h = web.Route(a.Handler(), console(a))
+	}
+	p := &plain{t: t, a: a, srv: httptest.NewTLSServer(h)}
+	t.Cleanup(p.stop)
 	tok, err := os.ReadFile(filepath.Join(dir, app.OwnerTokenFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &plain{t: t, srv: srv, owner: strings.TrimSpace(string(tok))}
+	p.owner = strings.TrimSpace(string(tok))
+	return p
+}
+
+// stop shuts the control plane down (once; cleanup calls it too).
+func (p *plain) stop() {
+	p.once.Do(func() {
+		p.srv.Close()
+		p.a.Hub.Close()
+		p.a.Provision.Close()
+		_ = p.a.Close()
+	})
 }
 
 // browser is one cookie jar.
@@ -408,5 +432,8 @@ func TestRevokedTokenEndsTheSession(t *testing.T) {
 	}
 	if a := b.do("GET", "/ui/w/default/servers", nil, nil); a.status != http.StatusSeeOther || a.header.Get("Location") == "/ui/signin?expired=1" {
 		t.Errorf("the session outlived its token: %d %s", a.status, a.header.Get("Location"))
+	}
+	if n := p.sessionRows(); n != 0 {
+		t.Errorf("%d console sessions stored after the token's revocation, want 0", n)
 	}
 }

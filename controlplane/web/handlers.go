@@ -2,6 +2,7 @@ package web
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -54,7 +55,19 @@ func (c *Console) routes() {
 // write.
 func (c *Console) handle(pattern string, write bool, h handler) {
 	c.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		s := c.sessionOf(r)
+		s, err := c.session(r)
+		if err != nil {
+			// The store did not answer: not a reason to sign anyone out.
+			c.log.Error("console session", zap.String("path", r.URL.Path), zap.Error(err))
+			if isFragment(r) {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			c.render(w, r, http.StatusServiceUnavailable, "error", page{Title: "Error",
+				Err: &apiError{Status: 503, Code: "unavailable", Message: "the console could not read your session",
+					Hint: "See the control plane log; try again."}})
+			return
+		}
 		if s == nil {
 			if r.Method == http.MethodGet && !isFragment(r) {
 				http.Redirect(w, r, "/ui/signin?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
@@ -76,7 +89,7 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 					Hint: "Sign in with an admin token to make changes."}})
 			return
 		}
-		err := h(w, r, s)
+		err = h(w, r, s)
 		if err == nil {
 			return
 		}
@@ -84,7 +97,9 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 		switch {
 		case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
 			// The token was revoked while signed in: the session ends too.
-			c.sessions.delete(s.id)
+			if err := c.sessions.end(r.Context(), s.idHash); err != nil {
+				c.log.Error("console session", zap.Error(err))
+			}
 			setCookie(w, sessionCookie, "", -1)
 			if isFragment(r) {
 				w.WriteHeader(http.StatusUnauthorized)
@@ -176,7 +191,13 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 		c.renderSignin(w, r, ae.Status, ae)
 		return
 	}
-	s := c.sessions.create(token, who.Name, who.Role, who.Workspace)
+	s, err := c.sessions.create(r.Context(), token, who.Name, who.Role, who.Workspace)
+	if err != nil {
+		c.log.Error("sign in", zap.Error(err))
+		c.renderSignin(w, r, http.StatusInternalServerError, &apiError{Status: 500, Code: "internal",
+			Message: "sign-in failed", Hint: "See the control plane log."})
+		return
+	}
 	setCookie(w, signinCookie, "", -1)
 	setCookie(w, sessionCookie, s.id, 0)
 	c.log.Info("console sign in", zap.String("token_name", who.Name), zap.String("role", who.Role))
@@ -188,7 +209,9 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Console) signout(w http.ResponseWriter, r *http.Request, s *session) error {
-	c.sessions.delete(s.id)
+	if err := c.sessions.end(r.Context(), s.idHash); err != nil {
+		return fmt.Errorf("sign out: %w", err) // still signed in: say so rather than pretend
+	}
 	setCookie(w, sessionCookie, "", -1)
 	http.Redirect(w, r, "/ui/signin", http.StatusSeeOther)
 	return nil

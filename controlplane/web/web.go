@@ -17,6 +17,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/controlplane/secrets"
+	"github.com/devpilot/devpilot/controlplane/store"
 )
 
 //go:embed templates/*.html
@@ -30,6 +33,10 @@ type Options struct {
 	// API is the admin API handler the console calls in-process.
 	API    http.Handler
 	Logger *zap.Logger
+	// Store keeps the sessions, so they outlive a restart and a standby's
+	// takeover; Keys seals their API and CSRF tokens there. Both required.
+	Store *store.Store
+	Keys  *secrets.Keyring
 	// SessionTTL is how long a session lives without use (default 1 h);
 	// SessionMaxAge caps its whole life (default 12 h).
 	SessionTTL    time.Duration
@@ -47,8 +54,11 @@ type Console struct {
 	static   http.Handler
 }
 
-// New builds the console.
+// New builds the console. It panics without Options.Store or Options.Keys.
 func New(o Options) *Console {
+	if o.Store == nil || o.Keys == nil {
+		panic("web: Options.Store and Options.Keys are required")
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -61,8 +71,8 @@ func New(o Options) *Console {
 	if o.SessionMaxAge <= 0 {
 		o.SessionMaxAge = 12 * time.Hour
 	}
-	c := &Console{o: o, log: o.Logger.Named("web"), mux: http.NewServeMux(),
-		sessions: newSessions(o.Now, o.SessionTTL, o.SessionMaxAge)}
+	c := &Console{o: o, log: o.Logger.Named("web"), mux: http.NewServeMux()}
+	c.sessions = newSessions(o.Store, o.Keys, c.log, o.Now, o.SessionTTL, o.SessionMaxAge)
 	c.pages = parsePages()
 	sub, err := fs.Sub(staticFS, "static")
 	if err != nil {
