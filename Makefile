@@ -18,7 +18,7 @@ lint:
 	$(GO) vet ./...
 
 # The control-plane suites that run a second time, on PostgreSQL.
-PG_SUITES ?= ./controlplane/store/... ./controlplane/provision/ ./controlplane/tasks/ ./controlplane/devenv/
+PG_SUITES ?= ./controlplane/store/... ./controlplane/provision/ ./controlplane/tasks/ ./controlplane/devenv/ ./controlplane/web/
 
 ## test: lint, then every test with the race detector (SQLite), then the
 ## control-plane suites again on PostgreSQL; scripts/with-postgres.sh starts

@@ -68,13 +68,3 @@ func (q *Queries) DeleteExpiredConsoleSessions(ctx context.Context, now time.Tim
 	}
 	return res.RowsAffected()
 }
-
-// DeleteAllConsoleSessions signs every console user out and says how many
-// sessions there were.
-func (q *Queries) DeleteAllConsoleSessions(ctx context.Context) (int64, error) {
-	res, err := q.x.ExecContext(ctx, `DELETE FROM console_sessions`)
-	if err != nil {
-		return 0, err
-	}
-	return res.RowsAffected()
-}
