@@ -14,13 +14,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/devpilot/devpilot/controlplane/app"
 )
@@ -153,8 +153,6 @@ func (p *pebble) stop() {
 	}
 }
 
-var _ = (*pebble).stop
-
 // serving is a control plane serving in the background.
 type serving struct {
 	a      *app.App
@@ -201,8 +199,15 @@ func TestACMECertificateFromARealACMEServer(t *testing.T) {
 	if err := os.WriteFile(rootFile, p.rootPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&logs), zapcore.DebugLevel))
+	core, logs := observer.New(zapcore.DebugLevel)
+	log := zap.New(core)
+	logText := func() string {
+		var b strings.Builder
+		for _, e := range logs.All() {
+			fmt.Fprintf(&b, "%s %s %v\n", e.Level, e.Message, e.ContextMap())
+		}
+		return b.String()
+	}
 	dataDir := t.TempDir()
 	cfg := app.Config{
 		DataDir: dataDir, Listen: fmt.Sprintf("127.0.0.1:%d", port), PublicURL: fmt.Sprintf("https://%s:%d", testDomain, port),
@@ -233,7 +238,7 @@ func TestACMECertificateFromARealACMEServer(t *testing.T) {
 				return resp
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("no TLS connection by name after %v: %v\nlogs:\n%s", limit, err, logs.String())
+				t.Fatalf("no TLS connection by name after %v: %v\nlogs:\n%s", limit, err, logText())
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
@@ -246,9 +251,9 @@ func TestACMECertificateFromARealACMEServer(t *testing.T) {
 			resp.StatusCode, leaf.DNSNames, leaf.Issuer.CommonName)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), "acme: certificate ready") {
+	for logs.FilterMessage("acme: certificate ready").Len() == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the log does not say the certificate is ready:\n%s", logs.String())
+			t.Fatalf("the log does not say the certificate is ready:\n%s", logText())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -292,22 +297,4 @@ func TestACMEConfigurationErrors(t *testing.T) {
 			}
 		})
 	}
-}
-
-// syncBuffer collects what the control plane logs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
