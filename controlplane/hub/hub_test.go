@@ -226,7 +226,7 @@ func (a *agent) read() protocol.Envelope {
 }
 
 func (a *agent) next() (protocol.Envelope, error) {
-	_ = a.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = a.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	_, b, err := a.conn.ReadMessage()
 	if err != nil {
 		return protocol.Envelope{}, err
@@ -320,7 +320,7 @@ func (e *env) auth(t *testing.T, id string, priv ed25519.PrivateKey) *agent {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -494,7 +494,9 @@ func TestAuth(t *testing.T) {
 
 func TestHandshakeRefusals(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, func(o *Options) { o.HandshakeTimeout = 100 * time.Millisecond })
+	// A handshake timeout far above any scheduling delay: each case below
+	// is refused for what it sent, never for being slow to send it.
+	e := newEnv(t, func(o *Options) { o.HandshakeTimeout = time.Minute })
 	_, priv := newKey(t)
 	e.reg.addServer("srv-1", "tok", time.Now().Add(time.Hour))
 	hello := func(a *agent) protocol.Hello {
@@ -517,6 +519,7 @@ func TestHandshakeRefusals(t *testing.T) {
 		{"short signature", func(a *agent) { h := hello(a); h.Signature = h.Signature[:10]; a.send(protocol.TypeHello, h) }, protocol.ErrBadRequest},
 		{"no server id", func(a *agent) { h := hello(a); h.ServerID = ""; a.send(protocol.TypeHello, h) }, protocol.ErrBadRequest},
 	}
+	unsupportedBefore := e.metric(t, "devpilot_hub_auth_failures_total", protocol.ErrUnsupported)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a := dial(t, e.url)
@@ -524,21 +527,33 @@ func TestHandshakeRefusals(t *testing.T) {
 			a.expectError(tt.code)
 		})
 	}
-	t.Run("silent until timeout", func(t *testing.T) {
-		a := dial(t, e.url)
-		a.expectClosed()
-		eventually(t, "timeout metric", func() bool { return e.metric(t, "devpilot_hub_auth_failures_total", reasonTimeout) == 1 })
-	})
 	if e.hub.Connected() != 0 {
 		t.Errorf("Connected = %d after refusals", e.hub.Connected())
 	}
-	if got := e.metric(t, "devpilot_hub_auth_failures_total", protocol.ErrUnsupported); got != 1 {
-		t.Errorf("auth failures{unsupported_protocol} = %v, want 1", got)
+	if got := e.metric(t, "devpilot_hub_auth_failures_total", protocol.ErrUnsupported) - unsupportedBefore; got != 1 {
+		t.Errorf("auth failures{unsupported_protocol} grew by %v, want 1", got)
+	}
+	if got := e.metric(t, "devpilot_hub_auth_failures_total", reasonTimeout); got != 0 {
+		t.Errorf("auth failures{timeout} = %v: a refusal above was counted as a timeout", got)
 	}
 	// The token survived all of that.
 	b := dial(t, e.url)
 	b.send(protocol.TypeHello, hello(b))
 	b.expectWelcome("srv-1")
+}
+
+func TestSilentUntilHandshakeTimeout(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(o *Options) { o.HandshakeTimeout = 500 * time.Millisecond })
+	before := e.metric(t, "devpilot_hub_auth_failures_total", reasonTimeout)
+	a := dial(t, e.url)
+	a.expectClosed()
+	eventually(t, "timeout metric", func() bool {
+		return e.metric(t, "devpilot_hub_auth_failures_total", reasonTimeout)-before == 1
+	})
+	if e.hub.Connected() != 0 {
+		t.Errorf("Connected = %d after a timed-out handshake", e.hub.Connected())
+	}
 }
 
 func TestOversizeMessageClosesConnection(t *testing.T) {
@@ -596,14 +611,17 @@ func TestHeartbeatUpdatesStatusAndIsFlushed(t *testing.T) {
 
 func TestSilentAgentGoesOffline(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, func(o *Options) { o.HeartbeatInterval = 50 * time.Millisecond })
+	// Offline after 3 missed heartbeats, i.e. 3 s of silence; the chatty
+	// agent sends one every 50 ms, so only a 3 s stall of this process
+	// could drop it.
+	e := newEnv(t, func(o *Options) { o.HeartbeatInterval = time.Second })
 	_, _, _ = e.enroll(t, "silent") // never reads, so never answers pings
 	chatty, _, _ := e.enroll(t, "chatty")
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tick := time.NewTicker(15 * time.Millisecond)
+		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {

@@ -184,10 +184,11 @@ func (c *cp) task(id string) taskView {
 	return v
 }
 
-// waitTask polls the API until cond holds (or fails the test after 10 s).
+// waitTask polls the API until cond holds (or fails the test after a
+// minute: generous, so a busy machine is slow, not failing).
 func (c *cp) waitTask(id, what string, cond func(taskView) bool) taskView {
 	c.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for {
 		v := c.task(id)
 		if cond(v) {
@@ -267,7 +268,7 @@ func (a *fakeAgent) dial() error {
 }
 
 func readData(conn *websocket.Conn, typ string, v any) error {
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
 	_, b, err := conn.ReadMessage()
 	if err != nil {
 		return err
@@ -356,10 +357,10 @@ func (a *fakeAgent) disconnect() {
 	}
 }
 
-// wait blocks until cond holds over the agent's records (10 s at most).
+// wait blocks until cond holds over the agent's records (a minute at most).
 func (a *fakeAgent) wait(what string, cond func() bool) {
 	a.t.Helper()
-	timeout := time.After(10 * time.Second)
+	timeout := time.After(time.Minute)
 	for {
 		a.mu.Lock()
 		ok, ch := cond(), a.changed

@@ -373,7 +373,7 @@ func TestDeploymentByTagStopsAfterFailedBatch(t *testing.T) {
 	if len(d.Targets) != 5 || d.Targets[0].Batch != 1 || d.Targets[2].Batch != 2 || d.Targets[4].Batch != 3 {
 		t.Fatalf("deployment: %+v", d)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for d.State == "running" && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 		c.call("", "GET", wsBase+"/deployments/"+d.ID, nil, &d)
