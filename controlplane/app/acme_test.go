@@ -193,6 +193,9 @@ func (s *serving) stop(t *testing.T) {
 // clients that trust only that CA, and after a restart serves it from the
 // data dir's cache with the CA gone.
 func TestACMECertificateFromARealACMEServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("ACME: builds and runs pebble; skipped under -short (make test runs it)")
+	}
 	port := freePort(t)
 	p := startPebble(t, port)
 	rootFile := filepath.Join(t.TempDir(), "root.pem")

@@ -51,6 +51,9 @@ func buildAgent(t *testing.T) string {
 // /usr/bin/chromium. Under CI=true a missing browser fails the test.
 func chromium(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("browser test: skipped under -short (make test runs it)")
+	}
 	path := os.Getenv("DEVPILOT_CHROMIUM")
 	if path == "" {
 		path = "/usr/bin/chromium"
