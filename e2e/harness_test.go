@@ -160,9 +160,29 @@ func start(t *testing.T, o envOptions) *harness {
 }
 
 // dumpOnFailure logs what helps to understand a failure: the control
-// plane's log tail and each container's cloud-init output and agent journal.
+// plane's log tail and each container's cloud-init output and agent
+// journal. With DEVPILOT_E2E_LOGS=DIR (.ci/run sets it) the whole of each
+// is also kept there, one directory per test, since the containers and
+// their directories are removed when the test ends.
 func (h *harness) dumpOnFailure() {
+	keep := ""
+	if dir := os.Getenv("DEVPILOT_E2E_LOGS"); dir != "" {
+		keep = filepath.Join(dir, strings.ReplaceAll(h.t.Name(), "/", "_"))
+		if err := os.MkdirAll(keep, 0o755); err != nil {
+			h.t.Logf("keep e2e logs: %v", err)
+			keep = ""
+		}
+	}
+	save := func(name, content string) {
+		if keep == "" {
+			return
+		}
+		if err := os.WriteFile(filepath.Join(keep, name), []byte(content), 0o644); err != nil {
+			h.t.Logf("keep e2e logs: %v", err)
+		}
+	}
 	logs := h.logs.String()
+	save("control-plane.log", logs)
 	if len(logs) > 20000 {
 		logs = logs[len(logs)-20000:]
 	}
@@ -171,8 +191,17 @@ func (h *harness) dumpOnFailure() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		out, _ := m.Exec(ctx, "sh", "-c", "cloud-init status --long; tail -n 40 /var/log/cloud-init-output.log; "+
 			"journalctl -u devpilot-agent --no-pager -n 60; systemctl --failed --no-pager")
+		full, _ := m.Exec(ctx, "sh", "-c", "cloud-init status --long; cat /var/log/cloud-init-output.log; "+
+			"journalctl --no-pager -b; systemctl --failed --no-pager")
 		cancel()
 		h.t.Logf("container %s (%s):\n%s", m.Name, m.ID, out)
+		save(m.Name+".journal.txt", string(full))
+		if console, err := os.ReadFile(filepath.Join(m.Dir, "console.log")); err == nil {
+			save(m.Name+".console.log", string(console))
+		}
+	}
+	if keep != "" {
+		h.t.Logf("whole logs kept in %s", keep)
 	}
 }
 
