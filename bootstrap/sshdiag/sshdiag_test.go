@@ -145,7 +145,7 @@ func TestCollectRunsCommandsAndRecordsHostKey(t *testing.T) {
 	srv := startServer(t, host, user, outputs)
 	known := filepath.Join(t.TempDir(), "known_hosts")
 	c := sshdiag.New(sshdiag.Options{KnownHostsFile: known, RetryInterval: 10 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	text, err := c.Collect(ctx, sshdiag.Target{ServerID: "srv_1", Addr: srv.addr, Signer: user})
 	if err != nil {
@@ -189,7 +189,7 @@ func TestChangedHostKeyIsRefused(t *testing.T) {
 	first := startServer(t, newSigner(t), user, outputs)
 	impostor := startServer(t, newSigner(t), user, outputs)
 	c := sshdiag.New(sshdiag.Options{KnownHostsFile: filepath.Join(t.TempDir(), "kh"), RetryInterval: 10 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := c.Collect(ctx, sshdiag.Target{ServerID: "srv_1", Addr: first.addr, Signer: user}); err != nil {
 		t.Fatalf("first contact: %v", err)
@@ -237,7 +237,7 @@ func TestRetriesUntilSSHDIsUpAndGivesUpWithContext(t *testing.T) {
 	srv := startServer(t, newSigner(t), newSigner(t), outputs)
 	// Generous: under -race on a loaded machine one handshake can take a
 	// while; the error must name the rejected key either way.
-	ctx2, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel2()
 	if _, err := c.Collect(ctx2, sshdiag.Target{ServerID: "srv_3", Addr: srv.addr, Signer: user}); err == nil ||
 		!strings.Contains(err.Error(), "unable to authenticate") {
@@ -255,7 +255,7 @@ func TestOutputIsBounded(t *testing.T) {
 	srv := startServer(t, host, user, map[string]string{"cat big": big.String()})
 	c := sshdiag.New(sshdiag.Options{KnownHostsFile: filepath.Join(t.TempDir(), "kh"), MaxSection: 4096,
 		Commands: []sshdiag.Command{{Title: "cat big", Cmd: "cat big"}, {Title: "missing", Cmd: "missing"}}})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	text, err := c.Collect(ctx, sshdiag.Target{ServerID: "srv_1", Addr: srv.addr, Signer: user})
 	if err != nil {
