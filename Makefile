@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSI
 DEMO_DIR ?= .demo
 DEMO_LISTEN ?= 127.0.0.1:8443
 
-.PHONY: build test test-sqlite test-postgres lint demo clean fuzz
+.PHONY: build test test-sqlite test-postgres test-fast test-stress lint demo clean fuzz
 
 ## build: static binaries in bin/
 build:
@@ -20,6 +20,13 @@ lint:
 # The control-plane suites that run a second time, on PostgreSQL.
 PG_SUITES ?= ./controlplane/store/... ./controlplane/provision/ ./controlplane/tasks/ ./controlplane/devenv/ ./controlplane/web/
 
+# Go tests run under gotestsum (tools/go.mod): one line per package, the
+# failing tests' output, and at the end every failing test listed by name.
+# TEST_LOGS, when set, keeps each run's `go test -json` stream there.
+TOOLS     := $(GO) tool -modfile=$(CURDIR)/tools/go.mod
+TEST_LOGS ?=
+GOTESTSUM  = $(TOOLS) gotestsum --format pkgname-and-test-fails --format-hide-empty-pkg $(if $(TEST_LOGS),--jsonfile $(TEST_LOGS)/$(1).json)
+
 ## test: lint, then every test with the race detector (SQLite), then the
 ## control-plane suites again on PostgreSQL; scripts/with-postgres.sh starts
 ## a throwaway PostgreSQL server for both (or uses DEVPILOT_TEST_POSTGRES)
@@ -27,12 +34,33 @@ test: lint
 	./scripts/with-postgres.sh $(MAKE) --no-print-directory test-sqlite test-postgres
 
 test-sqlite:
-	$(GO) test -race -count=1 -timeout 20m ./...
+	@$(if $(TEST_LOGS),mkdir -p $(TEST_LOGS),true)
+	$(call GOTESTSUM,sqlite) -- -race -count=1 -timeout 20m ./...
 
 # -skip: the TestPostgres* tests use PostgreSQL whatever the suite's
 # database, and ran in test-sqlite already.
 test-postgres:
-	DEVPILOT_TEST_DATABASE=postgres $(GO) test -race -count=1 -timeout 20m -skip '^TestPostgres' $(PG_SUITES)
+	@$(if $(TEST_LOGS),mkdir -p $(TEST_LOGS),true)
+	DEVPILOT_TEST_DATABASE=postgres $(call GOTESTSUM,postgres) -- -race -count=1 -timeout 20m -skip '^TestPostgres' $(PG_SUITES)
+
+## test-fast: every package under -short, without the race detector: the
+## whole-system suites (devenv, browser, ACME, SIGKILL) skip, saying so.
+## Under 2 minutes with a warm build cache; needs no PostgreSQL server
+## except for controlplane/store, which scripts/with-postgres.sh provides.
+test-fast:
+	@$(if $(TEST_LOGS),mkdir -p $(TEST_LOGS),true)
+	./scripts/with-postgres.sh $(call GOTESTSUM,fast) -- -short -count=1 -timeout 5m ./...
+
+# The packages whose tests deal in time: sessions, heartbeats, deadlines,
+# retries, SIGKILLed processes.
+STRESS_PKGS ?= ./controlplane/hub/ ./controlplane/tasks/ ./controlplane/provision/ ./controlplane/devenv/ ./bootstrap/sshdiag/ ./agent/session/
+
+## test-stress: the timing-sensitive suites twice with the race detector
+## while busy loops (twice the cores) keep every core busy: a test that
+## needs an idle machine fails here.
+test-stress:
+	@$(if $(TEST_LOGS),mkdir -p $(TEST_LOGS),true)
+	./scripts/with-postgres.sh ./scripts/busy.sh $(call GOTESTSUM,stress) -- -race -count=2 -timeout 40m $(STRESS_PKGS)
 
 ## fuzz: a short run of every fuzz target (the seed corpora also run in make test)
 fuzz:
