@@ -96,7 +96,7 @@ type Config struct {
 	SSHAddr          func(publicIPv4 string) string // where a server's sshd listens; nil: IP:22
 
 	Logger *zap.Logger
-	Out    io.Writer // where the first start prints the owner token once (default stdout)
+	Out    io.Writer // where the first start says which file holds the owner token (default stdout)
 }
 
 // App is a running control plane.
@@ -222,7 +222,8 @@ func (a *App) connector() integrations.Connector {
 }
 
 // bootstrap creates the default workspace and, on the very first start,
-// the owner token: printed once and kept 0600 in the data directory.
+// the owner token, kept 0600 in the data directory: the output says where,
+// never the token itself (under systemd it would land in the journal).
 func (a *App) bootstrap(ctx context.Context) error {
 	now := time.Now().UTC()
 	ws, err := a.Store.Q().WorkspaceBySlug(ctx, DefaultWS)
@@ -238,29 +239,120 @@ func (a *App) bootstrap(ctx context.Context) error {
 		return err
 	}
 	if n > 0 {
-		return nil
-	}
-	id, token, hash := auth.NewToken()
-	path := filepath.Join(a.cfg.DataDir, OwnerTokenFile)
-	// Write the file first: a crash after the insert would leave an owner
-	// token nobody has.
-	if err := os.WriteFile(path, []byte(token.Reveal()+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write owner token: %w", err)
-	}
-	err = a.Store.InTx(ctx, func(q *store.Queries) error {
-		if err := q.CreateToken(ctx, store.Token{ID: id, WorkspaceID: ws.ID, Name: "owner", Role: auth.RoleOwner,
-			SecretHash: hash, CreatedBy: "first start", CreatedAt: now}); err != nil {
+		live, err := a.Store.Q().CountLiveTokens(ctx, auth.RoleOwner)
+		if err != nil {
 			return err
 		}
-		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: ws.ID, Actor: "system", Action: "token.create", Target: id,
-			DetailJSON: `{"role":"owner"}`, At: now})
-	})
-	if err != nil {
-		return fmt.Errorf("create owner token: %w", err)
+		if live == 0 {
+			a.log.Warn("no live owner token: nothing can create workspaces or rotate keys; make one on this machine",
+				zap.String("run", RecoverCommand(a.cfg.DataDir, a.Store.Dialect())))
+		}
+		return nil
 	}
-	fmt.Fprintf(a.cfg.Out, "\nOwner API token (shown once; also saved to %s, mode 0600):\n\n  %s\n\n", path, token.Reveal())
+	id, path, err := createOwnerToken(ctx, a.Store, a.cfg.DataDir, ws.ID, "first start")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.cfg.Out, "\nOwner API token saved to %s (mode 0600); the local CLI reads it from there.\n\n", path)
 	a.log.Info("owner token created", zap.String("token_id", id), zap.String("file", path))
 	return nil
+}
+
+// RecoverCommand is the command that makes a new owner token.
+func RecoverCommand(dataDir string, d store.Dialect) string {
+	cmd := "devpilot tokens recover --data-dir " + dataDir
+	if d == store.Postgres {
+		cmd += " (with DEVPILOT_DATABASE set as for devpilot serve)"
+	}
+	return cmd
+}
+
+// createOwnerToken makes an owner token in workspace wsID and writes it to
+// the data directory's owner token file (0600), replacing what was there
+// only once the token is stored.
+func createOwnerToken(ctx context.Context, st *store.Store, dataDir, wsID, by string) (id, path string, err error) {
+	id, token, hash := auth.NewToken()
+	path = filepath.Join(dataDir, OwnerTokenFile)
+	f, err := os.CreateTemp(dataDir, OwnerTokenFile+".*")
+	if err != nil {
+		return "", "", fmt.Errorf("write owner token: %w", err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
+	_, err = f.WriteString(token.Reveal() + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("write owner token: %w", err)
+	}
+	now := time.Now().UTC()
+	err = st.InTx(ctx, func(q *store.Queries) error {
+		if err := q.CreateToken(ctx, store.Token{ID: id, WorkspaceID: wsID, Name: "owner", Role: auth.RoleOwner,
+			SecretHash: hash, CreatedBy: by, CreatedAt: now}); err != nil {
+			return err
+		}
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: wsID, Actor: "system (" + by + ")", Action: "token.create",
+			Target: id, DetailJSON: `{"role":"owner"}`, At: now})
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("create owner token: %w", err)
+	}
+	// A crash before this rename leaves a stored token nobody has: harmless,
+	// and recovering again makes another.
+	if err = os.Rename(tmp, path); err != nil {
+		return "", "", fmt.Errorf("write owner token: %w", err)
+	}
+	return id, path, nil
+}
+
+// Recovered is what RecoverOwnerToken made.
+type Recovered struct {
+	TokenID   string
+	File      string // the owner token file, 0600
+	LiveOwner int    // live owner tokens now, the new one included
+}
+
+// RecoverOwnerToken is `devpilot tokens recover`: it opens the store of a
+// data directory directly (no API, no token: having the machine is the
+// proof) and makes a new owner token in the default workspace, written to
+// the data directory's owner token file. A control plane running on the
+// same store meanwhile is fine: SQLite and PostgreSQL both take the write,
+// and the API reads tokens from the store on every request, so the new
+// token works at once, without a restart. Other owner tokens stay live.
+func RecoverOwnerToken(ctx context.Context, dataDir, database string) (Recovered, error) {
+	dbPath := filepath.Join(dataDir, DBFile)
+	if database == "" || database == string(store.SQLite) {
+		if _, err := os.Stat(dbPath); err != nil {
+			return Recovered{}, fmt.Errorf("no control plane database at %s: give the --data-dir of devpilot serve "+
+				"(or its --database): %w", dbPath, err)
+		}
+	}
+	st, err := store.Open(ctx, database, dbPath)
+	if err != nil {
+		return Recovered{}, err
+	}
+	defer st.Close()
+	ws, err := st.Q().WorkspaceBySlug(ctx, DefaultWS)
+	if err != nil {
+		return Recovered{}, fmt.Errorf("default workspace: %w", err)
+	}
+	id, path, err := createOwnerToken(ctx, st, dataDir, ws.ID, "devpilot tokens recover")
+	if err != nil {
+		return Recovered{}, err
+	}
+	live, err := st.Q().CountLiveTokens(ctx, auth.RoleOwner)
+	if err != nil {
+		return Recovered{}, err
+	}
+	return Recovered{TokenID: id, File: path, LiveOwner: live}, nil
 }
 
 // rotateKeys puts every secret under a new master key and retires the old
