@@ -27,6 +27,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cloud"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr"
+	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/hub"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/integrations"
@@ -94,6 +95,15 @@ type Config struct {
 	// SSH diagnostics of servers whose agent did not confirm the install.
 	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
 	SSHAddr          func(publicIPv4 string) string // where a server's sshd listens; nil: IP:22
+
+	// The door (see package httpguard): how long a request may take to
+	// send its body (default 30 s), how many requests one address may have
+	// waiting to authenticate (default 32), and its budget of failed
+	// authentications (default 20, then one per 3 s).
+	BodyTimeout        time.Duration
+	MaxUnauthenticated int
+	AuthFailureBurst   int
+	AuthFailureEvery   time.Duration
 
 	Logger *zap.Logger
 	Out    io.Writer // where the first start says which file holds the owner token (default stdout)
@@ -199,9 +209,13 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	apiHandler := api.New(api.Options{
 		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Agent: a.agentHandler(),
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
+		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
+	guard := httpguard.New(httpguard.Options{BodyTimeout: cfg.BodyTimeout, MaxUnauthenticated: cfg.MaxUnauthenticated,
+		Admit: apiHandler.Admit, HSTS: cfg.TLS != TLSOff, Registerer: reg})
 	// The web console answers /, /ui/… and /static/…; the API everything else.
-	a.handler = web.Route(apiHandler, web.New(web.Options{API: apiHandler, Logger: cfg.Logger, Store: a.Store, Keys: a.Keys}))
+	a.handler = guard.Wrap(web.Route(apiHandler,
+		web.New(web.Options{API: apiHandler, Logger: cfg.Logger, Store: a.Store, Keys: a.Keys})))
 	return a, nil
 }
 
