@@ -34,3 +34,13 @@ func TestTokensRecover(t *testing.T) {
 		t.Errorf("tokens recover in an empty dir: %+v", r)
 	}
 }
+
+func TestServeRefusesNonPositiveDoorLimits(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"--max-unauthenticated", "0"}, {"--body-timeout", "0s"}} {
+		r := cli(t, map[string]string{}, "", append([]string{"serve", "--data-dir", t.TempDir()}, args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, "must be positive") {
+			t.Errorf("serve %v: %+v", args, r)
+		}
+	}
+}
