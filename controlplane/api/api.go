@@ -267,6 +267,10 @@ func decode(r *http.Request, v any) error {
 		if errors.As(err, &mbe) {
 			return problem.Validation("", "request body is larger than %d bytes", maxBody)
 		}
+		if errors.Is(err, httpguard.ErrBodyTimeout) {
+			return &problem.Error{Status: http.StatusRequestTimeout, Code: "timeout",
+				Message: "the request body did not arrive in time", Hint: "Send the whole body at once; retry."}
+		}
 		// encoding/json errors name fields and types, never values.
 		return problem.Validation("Send a JSON object; see the API reference in the README.", "malformed JSON body: %s", jsonErrorText(err))
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/auth"
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
 )
 
 // door is a control plane served on loopback with TLS auto, and a client
@@ -42,7 +43,7 @@ func startDoor(t *testing.T, dir string, tune func(*app.Config)) *door {
 	t.Helper()
 	core, logs := observer.New(zap.InfoLevel)
 	d := &door{dir: dir, out: &bytes.Buffer{}, logs: logs}
-	cfg := app.Config{DataDir: dir, Listen: "127.0.0.1:0", TLS: app.TLSAuto, Out: d.out, Logger: zap.New(core),
+	cfg := app.Config{DataDir: dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", TLS: app.TLSAuto, Out: d.out, Logger: zap.New(core),
 		AgentDir: t.TempDir(), DigitalOceanAPIURL: "http://127.0.0.1:1", VultrAPIURL: "http://127.0.0.1:1"}
 	if tune != nil {
 		tune(&cfg)
@@ -219,7 +220,7 @@ func TestRecoverOwnerToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = first.Close()
-	d := startDoor(t, dir, nil)
+	d := startDoor(t, dir, func(c *app.Config) { c.Database = "" }) // SQLite in dir, as recover opens it
 	if a := d.do(t, d.owner, "GET", "/v1/whoami", nil); a.code != 401 {
 		t.Fatalf("revoked owner token: %d", a.code)
 	}
@@ -343,6 +344,18 @@ func TestTrickledBodyIsCut(t *testing.T) {
 		if took := <-closed; took > 20*time.Second {
 			t.Errorf("a trickling connection stayed open %v (body timeout 1 s)", took)
 		}
+	}
+	// An API request whose JSON body stalls is answered 408.
+	c := d.rawConn(t, "POST /v1/workspaces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+d.owner+
+		"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"slug\":")
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("stalled API body: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout {
+		t.Errorf("stalled API body: %d", resp.StatusCode)
 	}
 }
 
