@@ -143,23 +143,22 @@ func (g *Guard) releaseSlot(key netip.Prefix) {
 	}
 }
 
-// bodyDeadline sets a read deadline for the body and lifts it once the
-// body is read to its end: net/http's background read of a finished
-// request would otherwise hit the deadline and cancel the request's
-// context while its handler still works.
+// bodyDeadline sets a read deadline for the body. net/http lifts it when
+// the body has been read to its end (its background read of the
+// connection starts then), so a handler working longer keeps its context.
+// Only requests with a body get one: for the others that background read
+// runs already, and a deadline would cut them (streams, the WebSocket).
 func (g *Guard) bodyDeadline(w http.ResponseWriter, r *http.Request) {
-	rc := http.NewResponseController(w)
-	if err := rc.SetReadDeadline(time.Now().Add(g.o.BodyTimeout)); err != nil {
+	if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(g.o.BodyTimeout)); err != nil {
 		return // not a connection with deadlines (an in-process recorder)
 	}
-	r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc, refused: g.refused}
+	r.Body = &deadlineBody{ReadCloser: r.Body, refused: g.refused}
 }
 
 type deadlineBody struct {
 	io.ReadCloser
-	rc      *http.ResponseController
 	refused *prometheus.CounterVec
-	done    bool
+	counted bool
 }
 
 // ErrBodyTimeout is what reading a body that came too slowly returns.
@@ -167,14 +166,13 @@ var ErrBodyTimeout = errors.New("request body not received in time")
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && !b.done {
-		b.done = true
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		if !b.counted {
+			b.counted = true
 			b.refused.WithLabelValues("body_timeout").Inc()
-			return n, ErrBodyTimeout
 		}
-		_ = b.rc.SetReadDeadline(time.Time{})
+		return n, ErrBodyTimeout
 	}
 	return n, err
 }
