@@ -32,6 +32,7 @@ import (
 type door struct {
 	a     *app.App
 	dir   string
+	db    string // Config.Database
 	out   *bytes.Buffer
 	logs  *observer.ObservedLogs
 	c     *http.Client
@@ -48,6 +49,7 @@ func startDoor(t *testing.T, dir string, tune func(*app.Config)) *door {
 	if tune != nil {
 		tune(&cfg)
 	}
+	d.db = cfg.Database
 	a, err := app.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -246,6 +248,28 @@ func TestRecoverOwnerToken(t *testing.T) {
 	}
 	if _, err := app.RecoverOwnerToken(context.Background(), t.TempDir(), ""); err == nil || !strings.Contains(err.Error(), "no control plane database") {
 		t.Errorf("recover in an empty directory: %v", err)
+	}
+}
+
+// TestRecoverBesideARunningControlPlane, on the suite's database (SQLite
+// in the data dir, or PostgreSQL): the recovered token works at once and
+// the older owner token stays live.
+func TestRecoverBesideARunningControlPlane(t *testing.T) {
+	t.Parallel()
+	d := startDoor(t, t.TempDir(), nil)
+	rec, err := app.RecoverOwnerToken(context.Background(), d.dir, d.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(rec.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := d.do(t, strings.TrimSpace(string(b)), "POST", "/v1/keys/rotate", nil); a.code != 200 {
+		t.Errorf("recovered owner token: keys rotate %d %s", a.code, a.body)
+	}
+	if a := d.do(t, d.owner, "GET", "/v1/whoami", nil); a.code != 200 || rec.LiveOwner != 2 {
+		t.Errorf("older owner token: %d; live owner tokens %d", a.code, rec.LiveOwner)
 	}
 }
 
