@@ -20,6 +20,7 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
@@ -48,7 +49,10 @@ type Options struct {
 	Logger       *zap.Logger
 	Registry     *prometheus.Registry // where the API registers its metrics; also served at /metrics
 	Gatherer     prometheus.Gatherer  // what /metrics serves; default Registry
-	Now          func() time.Time
+	// Throttle budgets failed authentications per client address (the
+	// console's sign-in included); nil: none.
+	Throttle *httpguard.Throttle
+	Now      func() time.Time
 }
 
 // API is the admin HTTP handler.
@@ -150,8 +154,15 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, need access, h func(
 	if err != nil {
 		a.metrics.authFail.Inc()
 		w.Header().Set("WWW-Authenticate", `Bearer realm="devpilot"`)
+		if err == errUnauthorized && a.o.Throttle != nil {
+			if over, after := a.o.Throttle.Fail(httpguard.ClientKey(r)); over {
+				w.Header().Set("Retry-After", httpguard.RetryAfter(after))
+				return errThrottled
+			}
+		}
 		return err
 	}
+	httpguard.Authenticated(r.Context())
 	c.p = p
 	if slug := r.PathValue("ws"); slug != "" {
 		ws, err := a.o.Store.Q().WorkspaceBySlug(r.Context(), slug)
@@ -175,6 +186,19 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, need access, h func(
 
 var errUnauthorized = &problem.Error{Status: http.StatusUnauthorized, Code: "unauthorized",
 	Message: "a valid API token is required", Hint: "Send Authorization: Bearer <token>; `devpilot tokens create` makes one."}
+
+// errThrottled answers a failed authentication from an address over its
+// budget of failures (a valid token is never refused).
+var errThrottled = &problem.Error{Status: http.StatusTooManyRequests, Code: "rate_limited",
+	Message: "too many failed authentications from your address",
+	Hint:    "Retry after Retry-After seconds with a valid token; `devpilot tokens create` makes one."}
+
+// Admit reports whether r carries a valid API token (for the door's
+// per-address cap, which lets such requests through).
+func (a *API) Admit(r *http.Request) bool {
+	_, err := a.authenticate(r)
+	return err == nil
+}
 
 func (a *API) authenticate(r *http.Request) (auth.Principal, error) {
 	h := r.Header.Get("Authorization")
@@ -242,6 +266,10 @@ func decode(r *http.Request, v any) error {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return problem.Validation("", "request body is larger than %d bytes", maxBody)
+		}
+		if errors.Is(err, httpguard.ErrBodyTimeout) {
+			return &problem.Error{Status: http.StatusRequestTimeout, Code: "timeout",
+				Message: "the request body did not arrive in time", Hint: "Send the whole body at once; retry."}
 		}
 		// encoding/json errors name fields and types, never values.
 		return problem.Validation("Send a JSON object; see the API reference in the README.", "malformed JSON body: %s", jsonErrorText(err))

@@ -152,6 +152,11 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c *call) error 
 	}
 	out := make([]tokenView, 0, len(ts))
 	for _, t := range ts {
+		// Owner tokens are the owner's business: an admin neither sees
+		// nor revokes them.
+		if t.Role == auth.RoleOwner && c.p.Role != auth.RoleOwner {
+			continue
+		}
 		out = append(out, tokenView{t, c.ws.Slug})
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
@@ -194,6 +199,24 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request, c *call) error
 func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, c *call) error {
 	id := r.PathValue("id")
 	err := a.o.Store.InTx(r.Context(), func(q *store.Queries) error {
+		t, err := q.TokenByID(r.Context(), id)
+		if err != nil {
+			return err
+		}
+		if t.WorkspaceID != c.ws.ID || t.RevokedAt != nil || (t.Role == auth.RoleOwner && c.p.Role != auth.RoleOwner) {
+			return store.ErrNotFound
+		}
+		if t.Role == auth.RoleOwner {
+			// Counted inside the write transaction (serialised on both
+			// dialects), so two revocations cannot both take the last.
+			n, err := q.CountLiveTokens(r.Context(), auth.RoleOwner)
+			if err != nil {
+				return err
+			}
+			if n <= 1 {
+				return errLastOwner
+			}
+		}
 		if err := q.RevokeToken(r.Context(), c.ws.ID, id, a.o.Now()); err != nil {
 			return err
 		}
@@ -209,6 +232,11 @@ func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, c *call) error
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
+
+// errLastOwner refuses to revoke the only live owner token: nothing could
+// do the owner's work (workspaces, keys rotate) any more.
+var errLastOwner = problem.Conflict("Make a new owner token first with `devpilot tokens recover --data-dir D` "+
+	"on the control plane's machine, then revoke this one.", "this is the last live owner token")
 
 func (a *API) listAudit(w http.ResponseWriter, r *http.Request, c *call) error {
 	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))

@@ -27,6 +27,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cloud"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr"
+	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/hub"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/integrations"
@@ -95,8 +96,17 @@ type Config struct {
 	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
 	SSHAddr          func(publicIPv4 string) string // where a server's sshd listens; nil: IP:22
 
+	// The door (see package httpguard): how long a request may take to
+	// send its body (default 30 s), how many requests one address may have
+	// waiting to authenticate (default 32), and its budget of failed
+	// authentications (default 20, then one per 3 s).
+	BodyTimeout        time.Duration
+	MaxUnauthenticated int
+	AuthFailureBurst   int
+	AuthFailureEvery   time.Duration
+
 	Logger *zap.Logger
-	Out    io.Writer // where the first start prints the owner token once (default stdout)
+	Out    io.Writer // where the first start says which file holds the owner token (default stdout)
 }
 
 // App is a running control plane.
@@ -199,9 +209,13 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	apiHandler := api.New(api.Options{
 		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Agent: a.agentHandler(),
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
+		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
+	guard := httpguard.New(httpguard.Options{BodyTimeout: cfg.BodyTimeout, MaxUnauthenticated: cfg.MaxUnauthenticated,
+		Admit: apiHandler.Admit, HSTS: cfg.TLS != TLSOff, Registerer: reg})
 	// The web console answers /, /ui/… and /static/…; the API everything else.
-	a.handler = web.Route(apiHandler, web.New(web.Options{API: apiHandler, Logger: cfg.Logger, Store: a.Store, Keys: a.Keys}))
+	a.handler = guard.Wrap(web.Route(apiHandler,
+		web.New(web.Options{API: apiHandler, Logger: cfg.Logger, Store: a.Store, Keys: a.Keys})))
 	return a, nil
 }
 
@@ -222,7 +236,8 @@ func (a *App) connector() integrations.Connector {
 }
 
 // bootstrap creates the default workspace and, on the very first start,
-// the owner token: printed once and kept 0600 in the data directory.
+// the owner token, kept 0600 in the data directory: the output says where,
+// never the token itself (under systemd it would land in the journal).
 func (a *App) bootstrap(ctx context.Context) error {
 	now := time.Now().UTC()
 	ws, err := a.Store.Q().WorkspaceBySlug(ctx, DefaultWS)
@@ -238,29 +253,120 @@ func (a *App) bootstrap(ctx context.Context) error {
 		return err
 	}
 	if n > 0 {
-		return nil
-	}
-	id, token, hash := auth.NewToken()
-	path := filepath.Join(a.cfg.DataDir, OwnerTokenFile)
-	// Write the file first: a crash after the insert would leave an owner
-	// token nobody has.
-	if err := os.WriteFile(path, []byte(token.Reveal()+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write owner token: %w", err)
-	}
-	err = a.Store.InTx(ctx, func(q *store.Queries) error {
-		if err := q.CreateToken(ctx, store.Token{ID: id, WorkspaceID: ws.ID, Name: "owner", Role: auth.RoleOwner,
-			SecretHash: hash, CreatedBy: "first start", CreatedAt: now}); err != nil {
+		live, err := a.Store.Q().CountLiveTokens(ctx, auth.RoleOwner)
+		if err != nil {
 			return err
 		}
-		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: ws.ID, Actor: "system", Action: "token.create", Target: id,
-			DetailJSON: `{"role":"owner"}`, At: now})
-	})
-	if err != nil {
-		return fmt.Errorf("create owner token: %w", err)
+		if live == 0 {
+			a.log.Warn("no live owner token: nothing can create workspaces or rotate keys; make one on this machine",
+				zap.String("run", RecoverCommand(a.cfg.DataDir, a.Store.Dialect())))
+		}
+		return nil
 	}
-	fmt.Fprintf(a.cfg.Out, "\nOwner API token (shown once; also saved to %s, mode 0600):\n\n  %s\n\n", path, token.Reveal())
+	id, path, err := createOwnerToken(ctx, a.Store, a.cfg.DataDir, ws.ID, "first start")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.cfg.Out, "\nOwner API token saved to %s (mode 0600); the local CLI reads it from there.\n\n", path)
 	a.log.Info("owner token created", zap.String("token_id", id), zap.String("file", path))
 	return nil
+}
+
+// RecoverCommand is the command that makes a new owner token.
+func RecoverCommand(dataDir string, d store.Dialect) string {
+	cmd := "devpilot tokens recover --data-dir " + dataDir
+	if d == store.Postgres {
+		cmd += " (with DEVPILOT_DATABASE set as for devpilot serve)"
+	}
+	return cmd
+}
+
+// createOwnerToken makes an owner token in workspace wsID and writes it to
+// the data directory's owner token file (0600), replacing what was there
+// only once the token is stored.
+func createOwnerToken(ctx context.Context, st *store.Store, dataDir, wsID, by string) (id, path string, err error) {
+	id, token, hash := auth.NewToken()
+	path = filepath.Join(dataDir, OwnerTokenFile)
+	f, err := os.CreateTemp(dataDir, OwnerTokenFile+".*")
+	if err != nil {
+		return "", "", fmt.Errorf("write owner token: %w", err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
+	_, err = f.WriteString(token.Reveal() + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("write owner token: %w", err)
+	}
+	now := time.Now().UTC()
+	err = st.InTx(ctx, func(q *store.Queries) error {
+		if err := q.CreateToken(ctx, store.Token{ID: id, WorkspaceID: wsID, Name: "owner", Role: auth.RoleOwner,
+			SecretHash: hash, CreatedBy: by, CreatedAt: now}); err != nil {
+			return err
+		}
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: wsID, Actor: "system (" + by + ")", Action: "token.create",
+			Target: id, DetailJSON: `{"role":"owner"}`, At: now})
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("create owner token: %w", err)
+	}
+	// A crash before this rename leaves a stored token nobody has: harmless,
+	// and recovering again makes another.
+	if err = os.Rename(tmp, path); err != nil {
+		return "", "", fmt.Errorf("write owner token: %w", err)
+	}
+	return id, path, nil
+}
+
+// Recovered is what RecoverOwnerToken made.
+type Recovered struct {
+	TokenID   string
+	File      string // the owner token file, 0600
+	LiveOwner int    // live owner tokens now, the new one included
+}
+
+// RecoverOwnerToken is `devpilot tokens recover`: it opens the store of a
+// data directory directly (no API, no token: having the machine is the
+// proof) and makes a new owner token in the default workspace, written to
+// the data directory's owner token file. A control plane running on the
+// same store meanwhile is fine: SQLite and PostgreSQL both take the write,
+// and the API reads tokens from the store on every request, so the new
+// token works at once, without a restart. Other owner tokens stay live.
+func RecoverOwnerToken(ctx context.Context, dataDir, database string) (Recovered, error) {
+	dbPath := filepath.Join(dataDir, DBFile)
+	if database == "" || database == string(store.SQLite) {
+		if _, err := os.Stat(dbPath); err != nil {
+			return Recovered{}, fmt.Errorf("no control plane database at %s: give the --data-dir of devpilot serve "+
+				"(or its --database): %w", dbPath, err)
+		}
+	}
+	st, err := store.Open(ctx, database, dbPath)
+	if err != nil {
+		return Recovered{}, err
+	}
+	defer st.Close()
+	ws, err := st.Q().WorkspaceBySlug(ctx, DefaultWS)
+	if err != nil {
+		return Recovered{}, fmt.Errorf("default workspace: %w", err)
+	}
+	id, path, err := createOwnerToken(ctx, st, dataDir, ws.ID, "devpilot tokens recover")
+	if err != nil {
+		return Recovered{}, err
+	}
+	live, err := st.Q().CountLiveTokens(ctx, auth.RoleOwner)
+	if err != nil {
+		return Recovered{}, err
+	}
+	return Recovered{TokenID: id, File: path, LiveOwner: live}, nil
 }
 
 // rotateKeys puts every secret under a new master key and retires the old

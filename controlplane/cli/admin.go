@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/devpilot/devpilot/controlplane/app"
 )
 
 type tokenRow struct {
@@ -80,8 +82,31 @@ func runTokens(ctx context.Context, env Env, args []string) error {
 			fmt.Fprintf(env.Stdout, "Revoked token %s.\n", id)
 			return nil
 		},
+		"recover": func(args []string) error {
+			// Offline: no API and no token, only the machine's data dir.
+			fs := newFlags("tokens recover", env)
+			dataDir := fs.String("data-dir", "devpilot-data", "the data directory of devpilot serve")
+			database := fs.String("database", "", "the --database of devpilot serve (empty: SQLite in the data dir; a password goes in DEVPILOT_DATABASE)")
+			if pos, err := parse(fs, env, args); err != nil {
+				return err
+			} else if len(pos) > 0 {
+				return usagef("tokens recover takes no arguments")
+			}
+			if err := passwordInArgs(fs, "database"); err != nil {
+				return err
+			}
+			rec, err := app.RecoverOwnerToken(ctx, *dataDir, *database)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "New owner token %s written to %s (mode 0600); it works at once, no restart needed.\n", rec.TokenID, rec.File)
+			if rec.LiveOwner > 1 {
+				fmt.Fprintf(env.Stdout, "%d owner tokens are live; revoke the ones nobody should hold with devpilot tokens revoke ID (devpilot tokens list shows them).\n", rec.LiveOwner)
+			}
+			return nil
+		},
 	}
-	return subcommand(env, "tokens", args, verbs, []string{"create", "list", "revoke"})
+	return subcommand(env, "tokens", args, verbs, []string{"create", "list", "revoke", "recover"})
 }
 
 func runWorkspaces(ctx context.Context, env Env, args []string) error {

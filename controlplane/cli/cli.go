@@ -51,7 +51,7 @@ func commands() []command {
 		{"servers", "create, list, show and delete servers", runServers},
 		{"tasks", "run commands, unit actions and file writes on a server; list, show, follow and cancel tasks", runTasks},
 		{"deploy", "roll a deploy plan across servers in batches (deploy -f plan.yaml; deploy status ID)", runDeploy},
-		{"tokens", "create, list and revoke API tokens", runTokens},
+		{"tokens", "create, list and revoke API tokens; recover an owner token on the machine", runTokens},
 		{"workspaces", "create and list workspaces", runWorkspaces},
 		{"keys", "rotate the master key that encrypts secrets at rest", runKeys},
 		{"audit", "show the audit log", runAudit},

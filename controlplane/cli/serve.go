@@ -13,6 +13,7 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/devenv"
+	"github.com/devpilot/devpilot/controlplane/httpguard"
 )
 
 // newLogger builds the process logger: JSON lines for machines (default
@@ -68,11 +69,17 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA certificate agents pin when --tls is files, acme or off")
 	fs.DurationVar(&cfg.AgentTimeout, "agent-timeout", 15*time.Minute, "how long a new server's agent has to confirm the install")
 	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "lifetime of a server's one-time bootstrap token (at most 1h)")
+	fs.DurationVar(&cfg.BodyTimeout, "body-timeout", httpguard.DefaultBodyTimeout, "how long a request may take to send its body")
+	fs.IntVar(&cfg.MaxUnauthenticated, "max-unauthenticated", httpguard.DefaultMaxUnauthenticated,
+		"requests one client address may have in flight before they authenticate (behind a proxy, every client shares its address)")
 	logFlags(fs, &level, &format)
 	if pos, err := parse(fs, env, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return usagef("serve takes no arguments")
+	}
+	if cfg.BodyTimeout <= 0 || cfg.MaxUnauthenticated <= 0 {
+		return usagef("--body-timeout and --max-unauthenticated must be positive")
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")

@@ -34,7 +34,7 @@ type Config struct {
 	DataDir string
 	Listen  string // control plane address; port 0 picks one
 	Logger  *zap.Logger
-	Out     io.Writer // where the owner token is printed on first start
+	Out     io.Writer // where the first start says which file holds the owner token
 
 	// BootDelay is how long a simulated instance takes to become active.
 	BootDelay time.Duration

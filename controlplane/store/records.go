@@ -159,6 +159,14 @@ func (q *Queries) CountTokens(ctx context.Context) (int, error) {
 	return n, err
 }
 
+// CountLiveTokens counts the tokens with role, of any workspace, that are
+// not revoked.
+func (q *Queries) CountLiveTokens(ctx context.Context, role string) (int, error) {
+	var n int
+	err := q.x.QueryRowContext(ctx, `SELECT COUNT(*) FROM api_tokens WHERE role = ? AND revoked_at IS NULL`, role).Scan(&n)
+	return n, err
+}
+
 // RevokeToken marks a token of a workspace revoked.
 func (q *Queries) RevokeToken(ctx context.Context, workspaceID, id string, at time.Time) error {
 	return affected(q.x.ExecContext(ctx, `UPDATE api_tokens SET revoked_at = ? WHERE workspace_id = ? AND id = ? AND revoked_at IS NULL`,

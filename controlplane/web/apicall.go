@@ -16,6 +16,8 @@ type apiError struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Hint    string `json:"hint"`
+	// RetryAfter is the API's Retry-After header, if any.
+	RetryAfter string `json:"-"`
 }
 
 func (e *apiError) Error() string { return e.Code + ": " + e.Message }
@@ -89,6 +91,7 @@ func (c *Console) call(r *http.Request, token, method, path string, in, out any)
 			eb.Error = apiError{Code: "internal", Message: strings.TrimSpace(http.StatusText(rec.status))}
 		}
 		eb.Error.Status = rec.status
+		eb.Error.RetryAfter = rec.h.Get("Retry-After")
 		return &eb.Error
 	}
 	if out != nil && rec.body.Len() > 0 {

@@ -184,6 +184,9 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 			c.log.Error("sign in", zap.Error(err))
 			ae = &apiError{Status: 500, Code: "internal", Message: "sign-in failed", Hint: "See the control plane log."}
 		}
+		if ae.RetryAfter != "" {
+			w.Header().Set("Retry-After", ae.RetryAfter)
+		}
 		if ae.Code == "unauthorized" {
 			ae.Message = "that token is not valid (unknown, mistyped or revoked)"
 			ae.Hint = "Paste the whole token, starting with dpt_. `devpilot tokens create` makes one."

@@ -10,14 +10,18 @@ package web
 
 import (
 	"embed"
+	"errors"
+	"fmt"
 	"html/template"
 	"io/fs"
+	"mime"
 	"net/http"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 )
@@ -115,5 +119,45 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !strings.HasPrefix(r.URL.Path, "/static/") {
 		h.Set("Cache-Control", "no-store")
 	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && !c.readForm(w, r) {
+		return
+	}
 	c.mux.ServeHTTP(w, r)
+}
+
+// MaxFormBytes bounds a console form's body. The console's forms are
+// small and URL-encoded; nothing is uploaded.
+const MaxFormBytes = 64 << 10
+
+// readForm parses a form before any handler (sign-in included) sees it:
+// URL-encoded only, at most MaxFormBytes. Anything else is refused before
+// its body is read, and the connection is closed after the answer.
+func (c *Console) readForm(w http.ResponseWriter, r *http.Request) bool {
+	refuse := func(status int, code, msg, hint string) bool {
+		w.Header().Set("Connection", "close")
+		c.render(w, r, status, "error", page{Title: "Refused",
+			Err: &apiError{Status: status, Code: code, Message: msg, Hint: hint}})
+		return false
+	}
+	if r.ContentLength != 0 {
+		mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if mt != "application/x-www-form-urlencoded" {
+			return refuse(http.StatusUnsupportedMediaType, "unsupported_media_type",
+				"the console accepts only URL-encoded forms", "Submit the console's own form from its page.")
+		}
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			return refuse(http.StatusRequestEntityTooLarge, "too_large",
+				fmt.Sprintf("the form is larger than %d KiB", MaxFormBytes>>10), "Shorten what you entered.")
+		case errors.Is(err, httpguard.ErrBodyTimeout):
+			return refuse(http.StatusRequestTimeout, "timeout", "the form did not arrive in time", "Try again.")
+		default:
+			return refuse(http.StatusBadRequest, "bad_request", "the form could not be read", "Submit the console's own form from its page.")
+		}
+	}
+	return true
 }

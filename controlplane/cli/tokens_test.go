@@ -1,0 +1,46 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestTokensRecover: on the machine, with the control plane running, a new
+// owner token lands in the data dir's owner.token, and the local CLI works
+// with it at once. The token itself is never printed.
+func TestTokensRecover(t *testing.T) {
+	e, _ := startDev(t)
+	dir := filepath.Dir(e.EnvFile)
+	file := filepath.Join(dir, "owner.token")
+	old, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	none := map[string]string{} // no DEVPILOT_TOKEN: the CLI reads the data dir
+	r := cli(t, none, "", "tokens", "recover", "--data-dir", dir)
+	if r.code != 0 || !strings.Contains(r.stdout, file) || strings.Contains(r.stdout+r.stderr, "dpt_") {
+		t.Fatalf("tokens recover: %+v", r)
+	}
+	now, err := os.ReadFile(file)
+	if err != nil || string(now) == string(old) {
+		t.Fatalf("owner.token after recover: changed %v, %v", string(now) != string(old), err)
+	}
+	if r := cli(t, none, "", "keys", "rotate", "--data-dir", dir); r.code != 0 {
+		t.Errorf("keys rotate with the recovered token: %+v", r)
+	}
+	if r := cli(t, none, "", "tokens", "recover", "--data-dir", t.TempDir()); r.code != 1 || !strings.Contains(r.stderr, "no control plane database") {
+		t.Errorf("tokens recover in an empty dir: %+v", r)
+	}
+}
+
+func TestServeRefusesNonPositiveDoorLimits(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"--max-unauthenticated", "0"}, {"--body-timeout", "0s"}} {
+		r := cli(t, map[string]string{}, "", append([]string{"serve", "--data-dir", t.TempDir()}, args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, "must be positive") {
+			t.Errorf("serve %v: %+v", args, r)
+		}
+	}
+}
