@@ -1,6 +1,7 @@
 package devenv_test
 
 import (
+	"fmt"
 	"net/http"
 	"testing"
 )
@@ -15,13 +16,18 @@ func TestEveryAdminRouteNeedsAToken(t *testing.T) {
 		{"POST", base + "/x/test"}, {"PUT", base + "/x/secret"}, {"GET", base + "/x/catalog"},
 		{"GET", "/v1/nothing-here"},
 	}
-	for _, tok := range []string{"-", "garbage", "dpt_abc_def", h.token + "x"} {
+	// Each bad token from an address of its own: more failures than the
+	// per-address budget from one address get 429 (TestFailedAuthentications-
+	// AreThrottled in controlplane/app), and this test is about the routes.
+	for i, tok := range []string{"-", "garbage", "dpt_abc_def", h.token + "x"} {
+		restore := h.from(fmt.Sprintf("127.0.0.%d", 20+i))
 		for _, r := range routes {
 			var ae apiError
 			if c := h.call(tok, r.method, r.path, nil, &ae); c != http.StatusUnauthorized || ae.Error.Code != "unauthorized" {
 				t.Errorf("%s %s with token %q: %d %+v, want 401 unauthorized", r.method, r.path, tok, c, ae)
 			}
 		}
+		restore()
 	}
 	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
 		if c := h.call("-", "GET", p, nil, nil); c != 200 {

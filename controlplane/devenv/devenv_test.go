@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -129,6 +130,18 @@ type apiError struct {
 }
 
 // call sends a request with token (the owner's if "") and decodes the answer.
+// from makes the harness's requests come from the loopback address ip
+// (127.0.0.0/8 all reaches the listener) until the returned func is called:
+// the control plane throttles failed authentications per address.
+func (h *harness) from(ip string) (restore func()) {
+	h.t.Helper()
+	old := h.client
+	tr := old.Transport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext
+	h.client = &http.Client{Transport: tr}
+	return func() { tr.CloseIdleConnections(); h.client = old }
+}
+
 func (h *harness) call(token, method, path string, body any, out any) int {
 	h.t.Helper()
 	var rd io.Reader
