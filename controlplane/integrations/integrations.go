@@ -477,34 +477,3 @@ func (s *Service) forgetCatalog(id string) {
 	delete(s.clients, id)
 	s.mu.Unlock()
 }
-
-// Reencrypt re-encrypts every stored secret not under the keyring's active
-// key, for `devpilot keys rotate`. It returns how many it re-encrypted.
-func (s *Service) Reencrypt(ctx context.Context) (int, error) {
-	rows, err := s.store.Q().ListIntegrations(ctx, "")
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, in := range rows {
-		if !s.keys.NeedsReencrypt(in.SecretCiphertext) {
-			continue
-		}
-		v, err := s.keys.Decrypt(in.SecretCiphertext, in.ID)
-		if err != nil {
-			return n, fmt.Errorf("decrypt secret of %s: %w", in.ID, err)
-		}
-		ct, err := s.keys.Encrypt(v, in.ID)
-		if err != nil {
-			return n, fmt.Errorf("encrypt secret of %s: %w", in.ID, err)
-		}
-		ok, err := s.store.Q().SetCiphertext(ctx, in.ID, in.SecretCiphertext, ct)
-		if err != nil {
-			return n, err
-		}
-		if ok {
-			n++
-		}
-	}
-	return n, nil
-}
