@@ -229,6 +229,7 @@ func TestConcurrentRotationsNeverFail(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	t.Logf("answers: %v", codes)
 	if codes[200] == 0 {
 		t.Fatalf("no rotation succeeded: %v", codes)
 	}
