@@ -30,7 +30,8 @@ func TestThroughSessionResentUntilAcked(t *testing.T) {
 	t.Parallel()
 	hub := agenttest.New(t)
 	e := newEnv(t)
-	r := newRunner(t, e, nil)
+	// Resends on the live session are TestUnackedOutputIsResentOnTheLiveSession's.
+	r := newRunner(t, e, func(o *tasks.Options) { o.AckTimeout = time.Hour })
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	c, err := session.New(session.Options{
 		Config: config.FromBootstrap(hub.Bootstrap("srv-t")), Key: key, Health: health{},
@@ -92,5 +93,59 @@ func TestThroughSessionResentUntilAcked(t *testing.T) {
 	}
 	if r.Executions() != 2 {
 		t.Errorf("%d executions, want 2", r.Executions())
+	}
+}
+
+// A hub that stored nothing sends no ack (its database refused the
+// write): the agent sends the task's output and final result again on the
+// same session, backing off, until an ack comes; no reconnect needed.
+func TestUnackedOutputIsResentOnTheLiveSession(t *testing.T) {
+	t.Parallel()
+	hub := agenttest.New(t)
+	e := newEnv(t)
+	r := newRunner(t, e, func(o *tasks.Options) { o.AckTimeout, o.AckTimeoutMax = 20*time.Millisecond, 80*time.Millisecond })
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	c, err := session.New(session.Options{
+		Config: config.FromBootstrap(hub.Bootstrap("srv-r")), Key: key, Health: health{},
+		Log: zaptest.NewLogger(t), Tasks: r,
+		BackoffBase: time.Millisecond, BackoffCap: 5 * time.Millisecond, HandshakeTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	agenttest.WaitFor(t, "session", func() bool { return len(hub.Heartbeats()) > 0 })
+	conns := hub.Connections()
+	if err := hub.Send("srv-r", protocol.TypeTask, sh("t1", "echo one; echo two")); err != nil {
+		t.Fatal(err)
+	}
+	finals := func() int {
+		n := 0
+		for _, res := range hub.TaskResults("t1") {
+			if protocol.Final(res.State) {
+				n++
+			}
+		}
+		return n
+	}
+	agenttest.WaitFor(t, "the final result sent three times", func() bool { return finals() >= 3 })
+	if n := len(hub.TaskLogs("t1")); n < 3 {
+		t.Errorf("%d log chunks received, want the unacknowledged output resent with each result", n)
+	}
+	if got := hub.Connections(); got != conns {
+		t.Errorf("connections %d → %d: the resends must come on the live session", conns, got)
+	}
+	hub.SetAutoAck(true)
+	spools := filepath.Join(tasks.StateDirTasks(e.state), tasks.SpoolDir)
+	agenttest.WaitFor(t, "ack processed (spool deleted)", func() bool {
+		names, _ := os.ReadDir(spools)
+		return len(names) == 0
+	})
+	if r.Executions() != 1 {
+		t.Errorf("%d executions, want 1", r.Executions())
 	}
 }

@@ -12,7 +12,9 @@
 // the journal shows started by an earlier process but never finished is
 // reported failed with reason agent_restarted as soon as the runner opens
 // the journal. Results and unacked log chunks are resent from disk on
-// every new session until a TaskAck with Final arrives; then the spool is
+// every new session, and on a live session when no ack came for
+// AckTimeout (doubling up to AckTimeoutMax: the hub sends no ack for what
+// it failed to store), until a TaskAck with Final arrives; then the spool is
 // deleted and an "acked" line keeps the id (and its result) for dedup.
 // Entries (other than started ones) whose last event is older than
 // Options.Retention are dropped when the journal is opened or compacted
@@ -50,12 +52,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/agent/backoff"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -66,6 +70,8 @@ const (
 	DefaultFlushInterval  = 75 * time.Millisecond
 	DefaultRetention      = 7 * 24 * time.Hour
 	DefaultMaxOutputBytes = 1 << 20
+	DefaultAckTimeout     = 10 * time.Second
+	DefaultAckTimeoutMax  = 2 * time.Minute
 	maxErrorBytes         = 2048
 )
 
@@ -92,6 +98,12 @@ type Options struct {
 	// Systemd connects to the system manager; default DBusSystemd (which
 	// is ErrUnsupported when systemd or its D-Bus is absent).
 	Systemd func(ctx context.Context) (UnitManager, error)
+	// AckTimeout is how long the runner waits on a live session for the
+	// hub to acknowledge what it sent (log chunks, a final result) before
+	// it sends the unacknowledged part again; each further try waits twice
+	// as long (with jitter), up to AckTimeoutMax. Default 10s and 2m.
+	AckTimeout    time.Duration
+	AckTimeoutMax time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -122,10 +134,32 @@ type task struct {
 	sentSeq   int64
 	sentOff   int64
 	sentState string
+
+	// When the unacknowledged part is sent again on this session (zero:
+	// nothing is outstanding), and how often that happened meanwhile.
+	retryAt time.Time
+	retries backoff.Backoff
 }
 
 func (t *task) resetCursor() {
 	t.sentSeq, t.sentOff, t.sentState = t.acked, 0, ""
+	t.retryAt = time.Time{}
+}
+
+// outstanding reports whether t sent something on this session the hub
+// has not acknowledged: log chunks after acked, or its final result (a
+// final task leaves the runner once acknowledged).
+func (t *task) outstanding() bool {
+	return t.sentSeq > t.acked || t.final && t.sentState == t.result.State
+}
+
+// armRetry schedules the next resend of t's unacknowledged part; r.mu is
+// held. The wait doubles with each resend (equal jitter: at least half of
+// it, so agents hit by one outage spread out but never retry at once).
+func (r *Runner) armRetry(t *task) {
+	t.retries.Base, t.retries.Cap = r.o.AckTimeout, r.o.AckTimeoutMax
+	c := t.retries.Ceiling()
+	t.retryAt = r.o.Now().Add(c/2 + time.Duration(rand.Float64()*float64(c/2)))
 }
 
 // Runner runs tasks. Create it with New, hand it to the session, and call
@@ -172,6 +206,12 @@ func New(o Options) (*Runner, error) {
 	}
 	if o.Retention <= 0 {
 		o.Retention = DefaultRetention
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = DefaultAckTimeout
+	}
+	if o.AckTimeoutMax < o.AckTimeout {
+		o.AckTimeoutMax = max(DefaultAckTimeoutMax, o.AckTimeout)
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -332,7 +372,14 @@ func (r *Runner) ack(a protocol.TaskAck) {
 		r.mu.Unlock()
 		return
 	}
-	t.acked = max(t.acked, a.LogSeq)
+	if a.LogSeq > t.acked {
+		t.acked = a.LogSeq
+		t.retries.Reset() // the hub makes progress: wait afresh
+		t.retryAt = time.Time{}
+		if t.outstanding() {
+			r.armRetry(t)
+		}
+	}
 	if !a.Final {
 		r.mu.Unlock()
 		return
@@ -415,12 +462,59 @@ func (r *Runner) Serve(ctx context.Context, send func(typ string, v any) error) 
 				return err
 			}
 		}
+		var timer <-chan time.Time
+		var tm *time.Timer
+		if d, ok := r.resendDue(); ok {
+			tm = time.NewTimer(d)
+			timer = tm.C
+		}
 		select {
 		case <-ctx.Done():
-			return nil
 		case <-r.notify:
+		case <-timer:
+		}
+		if tm != nil {
+			tm.Stop()
+		}
+		if ctx.Err() != nil {
+			return nil
 		}
 	}
+}
+
+// resendDue rewinds the send cursor of every task whose unacknowledged
+// part waited its turn, so the next round sends it again on this session
+// (the hub may have failed to store it: no ack came), and returns how long
+// until the next task is due (false: none waits for an ack).
+func (r *Runner) resendDue() (time.Duration, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.o.Now()
+	var next time.Time
+	for _, t := range r.live {
+		if t.retryAt.IsZero() || !t.outstanding() {
+			continue
+		}
+		if !now.Before(t.retryAt) {
+			r.log.Info("no acknowledgement from the control plane: sending the task's unacknowledged output and result again",
+				zap.String("task", t.id), zap.Int64("acked_seq", t.acked), zap.Int64("sent_seq", t.sentSeq),
+				zap.Int("resends", t.retries.Attempt()+1))
+			t.sentSeq, t.sentOff = t.acked, 0
+			if t.final {
+				t.sentState = ""
+			}
+			t.retries.Next()
+			r.armRetry(t)
+			r.wake()
+		}
+		if next.IsZero() || t.retryAt.Before(next) {
+			next = t.retryAt
+		}
+	}
+	if next.IsZero() {
+		return 0, false
+	}
+	return max(next.Sub(now), 0), true
 }
 
 func (r *Runner) sendTask(ctx context.Context, t *task, send func(string, any) error) error {
@@ -466,6 +560,9 @@ func (r *Runner) sendTask(ctx context.Context, t *task, send func(string, any) e
 				}
 				r.mu.Lock()
 				t.sentSeq, t.sentOff = max(t.sentSeq, sentSeq), ends[i]
+				if t.retryAt.IsZero() && t.outstanding() {
+					r.armRetry(t)
+				}
 				r.mu.Unlock()
 			}
 		case final && sentState != res.State:
@@ -474,6 +571,9 @@ func (r *Runner) sendTask(ctx context.Context, t *task, send func(string, any) e
 			}
 			r.mu.Lock()
 			t.sentState = res.State
+			if t.retryAt.IsZero() {
+				r.armRetry(t)
+			}
 			r.mu.Unlock()
 		default:
 			return nil

@@ -24,6 +24,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/rekey"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
 )
@@ -32,11 +33,7 @@ import (
 type KeyRotator func(ctx context.Context) (RotateResult, error)
 
 // RotateResult reports a master key rotation.
-type RotateResult struct {
-	KeyID       string   `json:"key_id"`
-	Reencrypted int      `json:"reencrypted"`
-	Retired     []string `json:"retired_key_ids"`
-}
+type RotateResult = rekey.Result
 
 // Options wire the API to its services.
 type Options struct {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -133,8 +134,10 @@ func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, c *call) error 
 	if err != nil {
 		return err
 	}
+	detail, _ := json.Marshal(map[string]any{"reencrypted": res.Reencrypted, "retired_key_ids": res.Retired,
+		"kept_key_ids": res.Kept, "skipped": res.Skipped})
 	_ = a.o.Store.Q().AddAudit(r.Context(), store.AuditEntry{WorkspaceID: c.p.WorkspaceID, Actor: c.p.Actor(),
-		Action: "keys.rotate", Target: res.KeyID, At: a.o.Now()})
+		Action: "keys.rotate", Target: res.KeyID, DetailJSON: string(detail), At: a.o.Now()})
 	return writeJSON(w, http.StatusOK, res)
 }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/rekey"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
@@ -370,35 +371,9 @@ func RecoverOwnerToken(ctx context.Context, dataDir, database string) (Recovered
 }
 
 // rotateKeys puts every secret under a new master key and retires the old
-// keys nothing uses any more.
+// keys no stored secret uses anymore (see rekey).
 func (a *App) rotateKeys(ctx context.Context) (api.RotateResult, error) {
-	id, err := a.Keys.Rotate()
-	if err != nil {
-		return api.RotateResult{}, err
-	}
-	n, err := a.Integrations.Reencrypt(ctx)
-	if err != nil {
-		return api.RotateResult{KeyID: id, Reencrypted: n}, fmt.Errorf("re-encrypt: %w", err)
-	}
-	for _, re := range []func(context.Context) (int, error){a.Provision.Reencrypt, a.Tasks.Reencrypt} {
-		k, err := re(ctx)
-		n += k
-		if err != nil {
-			return api.RotateResult{KeyID: id, Reencrypted: n}, fmt.Errorf("re-encrypt: %w", err)
-		}
-	}
-	res := api.RotateResult{KeyID: id, Reencrypted: n, Retired: []string{}}
-	for _, k := range a.Keys.Keys() {
-		if k.ID == id {
-			continue
-		}
-		if err := a.Keys.Retire(k.ID); err != nil {
-			return res, fmt.Errorf("retire key %s: %w", k.ID, err)
-		}
-		res.Retired = append(res.Retired, k.ID)
-	}
-	a.log.Info("master key rotated", zap.String("key_id", id), zap.Int("reencrypted", n))
-	return res, nil
+	return rekey.Rotate(ctx, a.Store, a.Keys, a.log.Named("rekey"))
 }
 
 // Handler is the API and the web console (for tests that serve it themselves).

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/devpilot/devpilot/controlplane/app"
+	"github.com/devpilot/devpilot/controlplane/rekey"
 )
 
 type tokenRow struct {
@@ -160,17 +161,21 @@ func runKeys(ctx context.Context, env Env, args []string) error {
 			if err != nil {
 				return err
 			}
-			var res struct {
-				KeyID       string   `json:"key_id"`
-				Reencrypted int      `json:"reencrypted"`
-				Retired     []string `json:"retired_key_ids"`
-			}
+			var res rekey.Result
 			raw, err := cl.do(ctx, "POST", "/v1/keys/rotate", nil, &res)
 			if err != nil {
 				return err
 			}
 			return v.print(raw, func() {
 				fmt.Fprintf(env.Stdout, "New master key %s is active; %d secrets re-encrypted; retired keys: %v.\n", res.KeyID, res.Reencrypted, res.Retired)
+				if len(res.Skipped) == 0 {
+					return
+				}
+				fmt.Fprintf(env.Stdout, "%d stored secrets do not decrypt and were left as they are (their keys %v are kept):\n", len(res.Skipped), res.Kept)
+				for _, s := range res.Skipped {
+					fmt.Fprintf(env.Stdout, "  %s %s: %s (key %s)\n", s.Table, s.ID, s.Reason, s.KeyID)
+				}
+				fmt.Fprintln(env.Stdout, "Restore those rows from a backup, or delete them (and enter the secret again), then rotate again.")
 			})
 		},
 	}

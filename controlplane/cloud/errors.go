@@ -68,6 +68,14 @@ var (
 	ErrNotFound           = &Error{Code: CodeNotFound}
 )
 
+// Temporary reports whether err says nothing about the credential or the
+// request: a 429 or a 5xx/network failure that outlasted the retries, or
+// anything not classified. Trying again later may succeed.
+func Temporary(err error) bool {
+	c := CodeOf(err)
+	return c == CodeRateLimited || c == CodeProviderError
+}
+
 // CodeOf returns the Code of err, or CodeProviderError for anything that is
 // not an *Error.
 func CodeOf(err error) Code {

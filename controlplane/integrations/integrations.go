@@ -306,7 +306,10 @@ type client struct {
 }
 
 // Test re-validates a stored credential and records the outcome. A failed
-// validation is recorded and returned as the error.
+// validation is recorded and returned as the error. A temporary failure
+// (rate limit, provider outage, network) is no verdict on the credential:
+// the status stays as it was, the attempt is recorded in last_error and
+// the audit log, and the error goes back to the caller.
 func (s *Service) Test(ctx context.Context, actor Actor, workspaceID, id string) (*Integration, error) {
 	in, err := s.get(ctx, workspaceID, id)
 	if err != nil {
@@ -318,18 +321,28 @@ func (s *Service) Test(ctx context.Context, actor Actor, workspaceID, id string)
 	}
 	acct, verr := s.validate(ctx, in.Provider, secret)
 	now := s.now().UTC()
-	in.LastValidatedAt, in.UpdatedAt = &now, now
-	if verr != nil {
+	in.UpdatedAt = now
+	detail := map[string]string{}
+	switch {
+	case verr != nil && cloud.Temporary(verr):
+		in.LastErrorJSON = mustJSON(errorInfo(verr))
+		detail["outcome"], detail["error"] = "inconclusive", errorInfo(verr).Code
+		s.log.Info("credential test inconclusive", zap.String("integration", in.ID), zap.String("code", errorInfo(verr).Code))
+	case verr != nil:
+		in.LastValidatedAt = &now
 		in.Status, in.LastErrorJSON = StatusInvalid, mustJSON(errorInfo(verr))
-	} else {
+		detail["error"] = errorInfo(verr).Code
+	default:
+		in.LastValidatedAt = &now
 		in.Status, in.LastErrorJSON = StatusValid, ""
 		in.WriteAccess, in.AccountJSON = string(acct.Write), mustJSON(acct)
 	}
+	detail["status"] = in.Status
 	err = s.store.InTx(ctx, func(q *store.Queries) error {
 		if err := q.UpdateIntegration(ctx, in); err != nil {
 			return err
 		}
-		return audit(q, ctx, workspaceID, actor, "integration.test", id, map[string]string{"status": in.Status}, now)
+		return audit(q, ctx, workspaceID, actor, "integration.test", id, detail, now)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("record test: %w", err)
@@ -463,35 +476,4 @@ func (s *Service) forgetCatalog(id string) {
 	delete(s.catalog, id)
 	delete(s.clients, id)
 	s.mu.Unlock()
-}
-
-// Reencrypt re-encrypts every stored secret not under the keyring's active
-// key, for `devpilot keys rotate`. It returns how many it re-encrypted.
-func (s *Service) Reencrypt(ctx context.Context) (int, error) {
-	rows, err := s.store.Q().ListIntegrations(ctx, "")
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, in := range rows {
-		if !s.keys.NeedsReencrypt(in.SecretCiphertext) {
-			continue
-		}
-		v, err := s.keys.Decrypt(in.SecretCiphertext, in.ID)
-		if err != nil {
-			return n, fmt.Errorf("decrypt secret of %s: %w", in.ID, err)
-		}
-		ct, err := s.keys.Encrypt(v, in.ID)
-		if err != nil {
-			return n, fmt.Errorf("encrypt secret of %s: %w", in.ID, err)
-		}
-		ok, err := s.store.Q().SetCiphertext(ctx, in.ID, in.SecretCiphertext, ct)
-		if err != nil {
-			return n, err
-		}
-		if ok {
-			n++
-		}
-	}
-	return n, nil
 }

@@ -67,29 +67,3 @@ func (s *Service) Signer(ctx context.Context, workspaceID string) (ssh.Signer, e
 	}
 	return ssh.ParsePrivateKey([]byte(v.Reveal()))
 }
-
-// Reencrypt puts every SSH private key under the active master key.
-func (s *Service) Reencrypt(ctx context.Context) (int, error) {
-	ks, err := s.store.Q().ListSSHKeys(ctx)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, k := range ks {
-		if !s.keys.NeedsReencrypt(k.PrivateCiphertext) {
-			continue
-		}
-		ct, err := s.keys.Reencrypt(k.PrivateCiphertext, k.WorkspaceID)
-		if err != nil {
-			return n, fmt.Errorf("re-encrypt ssh key of %s: %w", k.WorkspaceID, err)
-		}
-		ok, err := s.store.Q().SetSSHKeyCiphertext(ctx, k.WorkspaceID, k.PrivateCiphertext, ct)
-		if err != nil {
-			return n, err
-		}
-		if ok {
-			n++
-		}
-	}
-	return n, nil
-}

@@ -256,17 +256,6 @@ func (q *Queries) UpdateIntegration(ctx context.Context, in Integration) error {
 	return affected(res, err)
 }
 
-// SetCiphertext replaces the stored ciphertext only if it is still old
-// (key rotation racing a secret rotation must not resurrect the old secret).
-func (q *Queries) SetCiphertext(ctx context.Context, id, old, updated string) (bool, error) {
-	res, err := q.x.ExecContext(ctx, `UPDATE integrations SET secret_ciphertext = ? WHERE id = ? AND secret_ciphertext = ?`, updated, id, old)
-	if err != nil {
-		return false, err
-	}
-	n, err := res.RowsAffected()
-	return n == 1, err
-}
-
 // DeleteIntegration removes the row, ciphertext included.
 func (q *Queries) DeleteIntegration(ctx context.Context, workspaceID, id string) error {
 	return affected(q.x.ExecContext(ctx, `DELETE FROM integrations WHERE workspace_id = ? AND id = ?`, workspaceID, id))

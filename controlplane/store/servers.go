@@ -265,17 +265,6 @@ func (q *Queries) ListSSHKeys(ctx context.Context) ([]SSHKey, error) {
 	return out, rows.Err()
 }
 
-// SetSSHKeyCiphertext swaps the private key ciphertext if it is still old.
-func (q *Queries) SetSSHKeyCiphertext(ctx context.Context, workspaceID, old, updated string) (bool, error) {
-	res, err := q.x.ExecContext(ctx, `UPDATE workspace_ssh_keys SET private_ciphertext = ? WHERE workspace_id = ? AND private_ciphertext = ?`,
-		updated, workspaceID, old)
-	if err != nil {
-		return false, err
-	}
-	n, err := res.RowsAffected()
-	return n == 1, err
-}
-
 // --- bootstrap tokens
 
 // CreateBootstrapToken stores a token's hash.

@@ -587,35 +587,3 @@ func (s *Service) sweep(ctx context.Context) {
 		}
 	}
 }
-
-// Reencrypt puts every stored task spec and deployment plan under the
-// keyring's active key (for `devpilot keys rotate`).
-func (s *Service) Reencrypt(ctx context.Context) (int, error) {
-	n := 0
-	for _, kind := range []struct {
-		list  func(context.Context) ([]store.Sealed, error)
-		reset func(ctx context.Context, id, old, updated string) error
-	}{
-		{s.store.Q().TaskSpecs, s.store.Q().ResealTaskSpec},
-		{s.store.Q().DeploymentPlans, s.store.Q().ResealDeploymentPlan},
-	} {
-		rows, err := kind.list(ctx)
-		if err != nil {
-			return n, err
-		}
-		for _, r := range rows {
-			if !s.o.Keys.NeedsReencrypt(r.Ciphertext) {
-				continue
-			}
-			ct, err := s.o.Keys.Reencrypt(r.Ciphertext, r.ID)
-			if err != nil {
-				return n, fmt.Errorf("re-encrypt %s: %w", r.ID, err)
-			}
-			if err := kind.reset(ctx, r.ID, r.Ciphertext, ct); err != nil {
-				return n, err
-			}
-			n++
-		}
-	}
-	return n, nil
-}

@@ -33,9 +33,18 @@ type server struct {
 		Version    string     `json:"version"`
 		LastSeenAt *time.Time `json:"last_seen_at"`
 	} `json:"agent"`
-	Error       *apiError `json:"error"`
-	Diagnostics string    `json:"diagnostics"`
-	CreatedAt   time.Time `json:"created_at"`
+	Error       *stepError `json:"error"`
+	Diagnostics string     `json:"diagnostics"`
+	CreatedAt   time.Time  `json:"created_at"`
+}
+
+// stepError is a provisioning step's failure (provision.StepError's JSON):
+// the API's error body plus the step that failed.
+type stepError struct {
+	Step    string `json:"step"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Hint    string `json:"hint"`
 }
 
 type step struct {
@@ -44,7 +53,7 @@ type step struct {
 	Attempts   int        `json:"attempts"`
 	StartedAt  *time.Time `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
-	Error      *apiError  `json:"error"`
+	Error      *stepError `json:"error"`
 	Detail     string     `json:"detail"`
 }
 

@@ -6,8 +6,13 @@ import "time"
 // id on disk before running it and never runs an id twice. It streams
 // TaskLog chunks (sequence numbers from 1, per task) and finally a
 // TaskResult in a final state, which it resends (with any log chunks after
-// TaskAck.LogSeq) on every new session until the hub sends a TaskAck with
-// Final set. A Task whose id the agent journaled as started by a previous
+// TaskAck.LogSeq) on every new session, and on a live session when no
+// TaskAck came for a while (backing off), until the hub sends a TaskAck
+// with Final set. The hub acks only what it stored, so a chunk or result
+// it failed to store arrives again; it stores each seq and the first
+// final result once, so resends are harmless. (Behaviour, not wire
+// format: no version bump; agents of Version 1 before 2026-12-01 resend
+// on a new session only.) A Task whose id the agent journaled as started by a previous
 // process but never finished is answered with a failed TaskResult whose
 // Reason is ReasonAgentRestarted; it is never silently re-run.
 //
