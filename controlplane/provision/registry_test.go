@@ -68,7 +68,7 @@ func TestBootstrapTokenIsSingleUseBoundAndExpiring(t *testing.T) {
 	if err := r.Enroll(ctx, "srv_a", tokA, pub, hello); err != nil {
 		t.Fatalf("first use: %v", err)
 	}
-	if k, err := r.AgentKey(ctx, "srv_a"); err != nil || !k.Equal(pub) {
+	if k, err := r.AgentKey(ctx, "srv_a"); err != nil || !k.Enrolled.Equal(pub) {
 		t.Errorf("enrolled key: %v %v", k, err)
 	}
 	// Replay.
