@@ -186,7 +186,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 			st, ok := a.Hub.Status(id)
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
 		},
-		Disconnect:       func(id string) { a.Hub.Disconnect(id, protocol.ErrServerDeleted) },
+		Disconnect:       func(id, code string) { a.Hub.Disconnect(id, code) },
 		Diagnose:         a.diagnoser(),
 		OnAgentConnected: func(id string) { a.Tasks.AgentConnected(id) },
 	})
