@@ -477,15 +477,16 @@ func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
 		v.Error = &StepError{}
 		_ = json.Unmarshal([]byte(srv.ErrorJSON), v.Error)
 	}
+	switch {
+	case len(srv.AgentPublicKey) == 0 && len(srv.RevokedAgentKey) > 0:
+		v.StateReason = "rekeyed: waiting for the real agent to enroll with the new bootstrap token " +
+			"(on the server: devpilot-agent enroll --token-file FILE); the old identity key is refused"
+	case srv.QuarantinedAt != nil:
+		v.StateReason = srv.QuarantineReason + ". No tasks are sent (queued ones wait) and the key is refused. " +
+			"Fix: devpilot servers rekey " + srv.ID + " issues a new bootstrap token for the real agent and revokes the key."
+	}
 	if srv.QuarantinedAt != nil {
 		v.State, v.QuarantinedAt = StateQuarantined, srv.QuarantinedAt
-		if len(srv.AgentPublicKey) == 0 {
-			v.StateReason = "rekeyed: waiting for the real agent to enroll with the new bootstrap token " +
-				"(on the server: devpilot-agent enroll --token-file FILE); the old identity key is refused"
-		} else {
-			v.StateReason = srv.QuarantineReason + ". No tasks are sent (queued ones wait) and the key is refused. " +
-				"Fix: devpilot servers rekey " + srv.ID + " issues a new bootstrap token for the real agent and revokes the key."
-		}
 	}
 	if srv.State == StateFailed {
 		v.Diagnostics, _ = s.store.Q().Diagnostics(ctx, srv.ID)
