@@ -20,10 +20,17 @@ func (a *API) serverRoutes() {
 	a.handle("POST /v1/workspaces/{ws}/servers/{id}/rekey", write, a.rekeyServer)
 }
 
-// rekeyServer revokes the server's agent key and answers the one-time
-// bootstrap token that enrolls the real agent again (shown only here).
+// rekeyServer revokes the server's agent key and hands the real agent a
+// one-time bootstrap token over SSH, or answers it (shown only here) with
+// the command to run on the server.
 func (a *API) rekeyServer(w http.ResponseWriter, r *http.Request, c *call) error {
-	rk, err := a.o.Servers.Rekey(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"))
+	var req provision.RekeyRequest
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			return err
+		}
+	}
+	rk, err := a.o.Servers.Rekey(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), req)
 	if err != nil {
 		return err
 	}

@@ -188,6 +188,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		},
 		Disconnect:       func(id, code string) { a.Hub.Disconnect(id, code) },
 		Diagnose:         a.diagnoser(),
+		EnrollOverSSH:    a.enrollOverSSH(),
 		OnAgentConnected: func(id string) { a.Tasks.AgentConnected(id) },
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,

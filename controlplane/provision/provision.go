@@ -121,6 +121,11 @@ type Options struct {
 	// confirm the install in time (e.g. over SSH); its text is stored and
 	// shown with the failed step. nil: no diagnostics.
 	Diagnose func(ctx context.Context, t DiagnoseTarget) (string, error)
+	// EnrollOverSSH hands a rekey's bootstrap token to the server's agent
+	// (over SSH with the workspace key: `devpilot-agent enroll
+	// --token-file -`, the token on stdin). nil, or when it fails, the
+	// token is answered for the operator to run the command.
+	EnrollOverSSH func(ctx context.Context, t DiagnoseTarget, token secrets.Value) error
 }
 
 // DiagnoseTarget is what Diagnose needs to reach a server.

@@ -192,7 +192,7 @@ func TestIdentityConflictQuarantineAndRekey(t *testing.T) {
 	}
 
 	now = now.Add(time.Minute)
-	rk, err := s.Rekey(ctx, "user:admin", "ws_1", "a") // by name
+	rk, err := s.Rekey(ctx, "user:admin", "ws_1", "a", RekeyRequest{}) // by name
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,65 @@ func TestIdentityConflictQuarantineAndRekey(t *testing.T) {
 	if err := r.Enroll(ctx, "srv_a", rk.BootstrapToken, oldPub, protocol.Hello{}); !errors.Is(err, hub.ErrTokenInvalid) {
 		t.Errorf("replayed rekey token: %v", err)
 	}
-	if _, err := s.Rekey(ctx, "user:admin", "ws_1", "srv_b"); err == nil {
+	if _, err := s.Rekey(ctx, "user:admin", "ws_1", "srv_b", RekeyRequest{}); err == nil {
 		t.Errorf("rekey of a server whose agent never enrolled succeeded")
+	}
+}
+
+// A rekey hands the token to the agent over SSH when it can (and then
+// never shows it), else answers it with the command; --print skips SSH.
+func TestRekeyDeliversOverSSHOrPrints(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	s, r := fixture(t, &now)
+	ctx := context.Background()
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	if err := r.Enroll(ctx, "srv_a", mint(t, s, "srv_a", time.Hour), pub, protocol.Hello{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.store.Q().SaveProvisioning(ctx, store.Server{ID: "srv_a", PublicIPv4: "192.0.2.10"}, now); err != nil {
+		t.Fatal(err)
+	}
+	var delivered []string
+	var fail error
+	s.o.EnrollOverSSH = func(_ context.Context, tg DiagnoseTarget, token secrets.Value) error {
+		if tg.ServerID != "srv_a" || tg.PublicIPv4 != "192.0.2.10" {
+			t.Errorf("delivery target %+v", tg)
+		}
+		if fail != nil {
+			return fail
+		}
+		delivered = append(delivered, token.Reveal())
+		return nil
+	}
+
+	rk, err := s.Rekey(ctx, "user:admin", "ws_1", "srv_a", RekeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk.Delivered != "ssh" || rk.BootstrapToken != "" || rk.Command != "" || len(delivered) != 1 {
+		t.Fatalf("delivered rekey = %+v (delivered %d)", rk, len(delivered))
+	}
+	// The delivered token is the live one: it enrolls.
+	newPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	if err := r.Enroll(ctx, "srv_a", delivered[0], newPub, protocol.Hello{}); err != nil {
+		t.Errorf("enroll with the delivered token: %v", err)
+	}
+
+	fail = errors.New("sshdiag: dial 192.0.2.10:22: connection refused")
+	rk, err = s.Rekey(ctx, "user:admin", "ws_1", "srv_a", RekeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk.Delivered != "" || rk.BootstrapToken == "" || !strings.Contains(rk.DeliveryError, "connection refused") ||
+		!strings.Contains(rk.Command, rk.BootstrapToken) {
+		t.Errorf("rekey with SSH down = %+v", rk)
+	}
+	fail = nil
+	rk, err = s.Rekey(ctx, "user:admin", "ws_1", "srv_a", RekeyRequest{Print: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk.BootstrapToken == "" || len(delivered) != 1 {
+		t.Errorf("--print rekey = %+v, SSH deliveries %d", rk, len(delivered))
 	}
 }
