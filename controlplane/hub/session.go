@@ -297,10 +297,11 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 	h.m.connected.Set(float64(len(h.sessions)))
 	h.mu.Unlock()
 	if conflict != nil {
+		ref := h.quarantine(id, old, conflict)
 		lc.Unlock()
 		<-s.wmu
 		s.cancel()
-		return h.quarantine(id, old, conflict)
+		return ref
 	}
 	if old != nil {
 		old.closeWith(protocol.ErrSessionReplace, messageFor(protocol.ErrSessionReplace),
