@@ -42,9 +42,11 @@ func TestStolenIdentityQuarantineAndRekey(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	began := time.Now()
 	impostor := startImpostor(t, imp)
 
 	q := h.waitServer(s.ID, 60*time.Second, "quarantined", func(x server) bool { return x.State == "quarantined" })
+	t.Logf("quarantined %v after the impostor started", time.Since(began).Round(10*time.Millisecond))
 	var full struct {
 		StateReason string `json:"state_reason"`
 	}
@@ -99,7 +101,9 @@ func TestStolenIdentityQuarantineAndRekey(t *testing.T) {
 	if err := killPID(info.AgentPID, "TERM"); err != nil {
 		t.Fatal(err)
 	}
+	enrolled := time.Now()
 	h.waitServer(s.ID, 60*time.Second, "online with the new identity", func(x server) bool { return online(x) && x.Agent.Connected })
+	t.Logf("online %v after devpilot-agent enroll and the restart", time.Since(enrolled).Round(10*time.Millisecond))
 	if v := waitTask(t, h.api, task.ID, 60*time.Second, "done", final); v.State != protocol.TaskSucceeded ||
 		!strings.Contains(logText(t, h.api, task.ID), "after-rekey") {
 		t.Errorf("queued task after rekey: %+v", v)
