@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 )
 
 // Load reads the private key at path.
@@ -74,6 +75,42 @@ func Ensure(path string) (key ed25519.PrivateKey, created bool, err error) {
 		return nil, false, fmt.Errorf("identity: write %s: %w", path, err)
 	}
 	return priv, true, nil
+}
+
+// Replace makes a new key at path, atomically replacing the one there:
+// `devpilot-agent enroll` does it after a rekey revoked the old key. The
+// old key is gone afterwards (whoever copied it holds a dead key).
+func Replace(path string) (ed25519.PrivateKey, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("identity: generate: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("identity: encode: %w", err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	defer os.Remove(f.Name()) // no-op after the rename
+	err = f.Chmod(0o600)
+	if err == nil {
+		err = pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("identity: write %s: %w", path, err)
+	}
+	return priv, nil
 }
 
 // Fingerprint is a short, printable name for a public key:

@@ -237,3 +237,47 @@ func TestSystemdSupervisorNeedsHostRoot(t *testing.T) {
 		t.Fatalf("err = %v, want a hint to use --supervisor none", err)
 	}
 }
+
+// enroll after a rekey: a new identity key replaces the old one, the token
+// goes into the config (and the token file away), and without a token or
+// an install it refuses with what to do.
+func TestEnrollReplacesIdentity(t *testing.T) {
+	t.Parallel()
+	hub := agenttest.New(t)
+	boot := hub.Bootstrap("srv-1")
+	root, exe, bootFile := fixture(t, boot, 0o600)
+	p := layout.New(root)
+	ctx := context.Background()
+	if _, err := install.Install(ctx, install.Options{Paths: p, BootstrapFile: bootFile, Executable: exe, Supervisor: unitctl.None{}}); err != nil {
+		t.Fatal(err)
+	}
+	oldKey, _ := os.ReadFile(p.IdentityKey())
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte("dpt_new_token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fp, err := install.Enroll(ctx, install.EnrollOptions{Paths: p, TokenFile: tokFile, Supervisor: unitctl.None{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKey, _ := os.ReadFile(p.IdentityKey())
+	if bytes.Equal(oldKey, newKey) || !strings.HasPrefix(fp, "SHA256:") || mode(t, p.IdentityKey()) != 0o600 {
+		t.Errorf("identity not replaced (fingerprint %q, mode %04o)", fp, mode(t, p.IdentityKey()))
+	}
+	cfg, err := config.Load(p.ConfigFile())
+	if err != nil || cfg.BootstrapToken != "dpt_new_token" || cfg.ServerID != "srv-1" || mode(t, p.ConfigFile()) != 0o600 {
+		t.Errorf("config after enroll: %+v %v", cfg, err)
+	}
+	if _, err := os.Stat(tokFile); !os.IsNotExist(err) {
+		t.Errorf("token file still there (err=%v)", err)
+	}
+
+	if _, err := install.Enroll(ctx, install.EnrollOptions{Paths: p, TokenFile: "-", Stdin: strings.NewReader("\n")}); err == nil {
+		t.Error("enroll with an empty token succeeded")
+	}
+	empty := layout.New(t.TempDir())
+	_, err = install.Enroll(ctx, install.EnrollOptions{Paths: empty, TokenFile: "-", Stdin: strings.NewReader("dpt_x\n")})
+	if err == nil || !strings.Contains(err.Error(), "install the agent first") {
+		t.Errorf("enroll without an install: %v", err)
+	}
+}

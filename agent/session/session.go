@@ -202,7 +202,8 @@ func (r *Refusal) Error() string {
 // Permanent reports whether retrying soon cannot help.
 func (r *Refusal) Permanent() bool {
 	switch r.Code {
-	case protocol.ErrTokenInvalid, protocol.ErrAuthFailed, protocol.ErrServerDeleted, protocol.ErrUnsupported:
+	case protocol.ErrTokenInvalid, protocol.ErrAuthFailed, protocol.ErrServerDeleted, protocol.ErrUnsupported,
+		protocol.ErrQuarantined, protocol.ErrKeyRevoked:
 		return true
 	}
 	return false
@@ -221,6 +222,10 @@ func (r *Refusal) Advice() string {
 		return fmt.Sprintf("the control plane does not accept agent protocol %d — upgrade the agent", protocol.Version)
 	case protocol.ErrSessionReplace:
 		return "another agent with this server id took over the session (cloned server?)"
+	case protocol.ErrQuarantined:
+		return "quarantined: another agent uses this server's identity key — an admin runs `devpilot servers rekey`, then enroll this agent with `devpilot-agent enroll --token-file FILE`"
+	case protocol.ErrKeyRevoked:
+		return "this identity key was revoked by `devpilot servers rekey` — enroll with the new token: `devpilot-agent enroll --token-file FILE`"
 	}
 	return r.Code + ": " + r.Message
 }

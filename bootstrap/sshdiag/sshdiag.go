@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -133,6 +134,44 @@ func (c *Collector) Collect(ctx context.Context, t Target) (string, error) {
 		}
 	}
 	return strings.TrimSpace(b.String()), nil
+}
+
+// Run logs in to t (retrying until ctx ends, like Collect) and runs cmd
+// with stdin, so a secret reaches a command on the server without being in
+// its arguments. It returns the bounded, redacted output; a failed command
+// is an error naming its exit status.
+func (c *Collector) Run(ctx context.Context, t Target, cmd string, stdin io.Reader) (string, error) {
+	if t.Signer == nil {
+		return "", errors.New("sshdiag: no key to log in with")
+	}
+	addr := t.Addr
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(addr, fmt.Sprint(c.o.Port))
+	}
+	client, err := c.dial(ctx, t.ServerID, addr, t.Signer)
+	if err != nil {
+		return "", err
+	}
+	defer client.Close()
+	stop := context.AfterFunc(ctx, func() { _ = client.Close() })
+	defer stop()
+	sess, err := client.NewSession()
+	if err != nil {
+		return "", fmt.Errorf("sshdiag: open session: %w", err)
+	}
+	defer sess.Close()
+	out := &tailBuffer{max: c.o.MaxSection}
+	sess.Stdin, sess.Stdout, sess.Stderr = stdin, out, out
+	err = sess.Run(cmd)
+	text := strings.TrimSpace(Redact(out.String()))
+	var exit *ssh.ExitError
+	switch {
+	case err == nil:
+		return text, nil
+	case errors.As(err, &exit):
+		return text, fmt.Errorf("sshdiag: %s: exit status %d: %s", cmd, exit.ExitStatus(), text)
+	}
+	return text, fmt.Errorf("sshdiag: %s: %w", cmd, err)
 }
 
 // dial connects until it gets in, ctx ends, or the host key is wrong.

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -43,6 +44,7 @@ type server struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	ran     []string
+	stdin   []string // what each command read, in order
 	outputs map[string]struct {
 		out  string
 		code uint32
@@ -118,8 +120,10 @@ func (s *server) serve(c net.Conn, cfg *ssh.ServerConfig) {
 			var p struct{ Cmd string }
 			_ = ssh.Unmarshal(req.Payload, &p)
 			_ = req.Reply(true, nil)
+			in, _ := io.ReadAll(ch) // until the client's EOF
 			s.mu.Lock()
 			s.ran = append(s.ran, p.Cmd)
+			s.stdin = append(s.stdin, string(in))
 			o, ok := s.outputs[p.Cmd]
 			s.mu.Unlock()
 			if !ok {
@@ -180,6 +184,34 @@ func TestCollectRunsCommandsAndRecordsHostKey(t *testing.T) {
 	b, _ := os.ReadFile(known)
 	if n := strings.Count(string(b), "\n"); n != 1 {
 		t.Errorf("known hosts has %d lines, want 1:\n%s", n, b)
+	}
+}
+
+// Run hands stdin to the command (a secret stays out of its arguments)
+// and reports a failing command with its exit status.
+func TestRunPassesStdin(t *testing.T) {
+	t.Parallel()
+	host, user := newSigner(t), newSigner(t)
+	srv := startServer(t, host, user, map[string]string{
+		"devpilot-agent enroll --token-file -": "new identity SHA256:abc\n",
+		"false":                                "EXIT1:nope\n",
+	})
+	c := sshdiag.New(sshdiag.Options{KnownHostsFile: filepath.Join(t.TempDir(), "known_hosts"), RetryInterval: 10 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tgt := sshdiag.Target{ServerID: "srv_1", Addr: srv.addr, Signer: user}
+	out, err := c.Run(ctx, tgt, "devpilot-agent enroll --token-file -", strings.NewReader("dpt_x_secret\n"))
+	if err != nil || out != "new identity SHA256:abc" {
+		t.Fatalf("run: %q %v", out, err)
+	}
+	srv.mu.Lock()
+	got := append([]string(nil), srv.stdin...)
+	srv.mu.Unlock()
+	if len(got) != 1 || got[0] != "dpt_x_secret\n" {
+		t.Errorf("command read %q, want the token", got)
+	}
+	if _, err := c.Run(ctx, tgt, "false", nil); err == nil || !strings.Contains(err.Error(), "exit status 1") {
+		t.Errorf("failing command: %v", err)
 	}
 }
 

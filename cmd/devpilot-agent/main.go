@@ -28,6 +28,7 @@ const usage = `devpilot-agent keeps this server connected to its Devpilot contro
 
 Usage:
   devpilot-agent install   --bootstrap-file FILE [--root-dir DIR] [--supervisor systemd|none]
+  devpilot-agent enroll    --token-file FILE|- [--root-dir DIR] [--supervisor systemd|none]
   devpilot-agent run       [--root-dir DIR] [--config FILE] [--identity FILE]
   devpilot-agent status    [--root-dir DIR] [--supervisor systemd|none]
   devpilot-agent uninstall [--root-dir DIR] [--supervisor systemd|none] [--keep-state] [--keep-config]
@@ -43,6 +44,10 @@ Flags (each has an environment variable; the flag wins):
                                                     deleted after a successful install. Without
                                                     it, install re-lays binary and unit from the
                                                     existing config (upgrade).
+  --token-file FILE|-    DEVPILOT_AGENT_TOKEN_FILE  enroll: the bootstrap token "devpilot servers
+                                                    rekey" issued (- reads stdin; a file is deleted
+                                                    after use). Makes a new identity key, puts the
+                                                    token in the config and restarts the agent.
   --config FILE          DEVPILOT_AGENT_CONFIG      default <root>/etc/devpilot-agent/config.json
   --identity FILE        DEVPILOT_AGENT_IDENTITY    default <root>/var/lib/devpilot-agent/identity.key
   --keep-state                                      uninstall: keep <root>/var/lib/devpilot-agent
@@ -84,8 +89,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	root := fs.String("root-dir", env("DEVPILOT_AGENT_ROOT_DIR", "/"), "")
 	logLevel := fs.String("log-level", env("DEVPILOT_AGENT_LOG_LEVEL", "info"), "")
 	var (
-		supervisor, bootstrap, cfgFile, idFile string
-		keepState, keepConfig                  bool
+		supervisor, bootstrap, cfgFile, idFile, tokenFile string
+		keepState, keepConfig                             bool
 	)
 	switch cmd {
 	case "version", "--version", "-version":
@@ -96,6 +101,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "install":
 		fs.StringVar(&bootstrap, "bootstrap-file", env("DEVPILOT_AGENT_BOOTSTRAP_FILE", ""), "")
+		fs.StringVar(&supervisor, "supervisor", env("DEVPILOT_AGENT_SUPERVISOR", "systemd"), "")
+	case "enroll":
+		fs.StringVar(&tokenFile, "token-file", env("DEVPILOT_AGENT_TOKEN_FILE", ""), "")
 		fs.StringVar(&supervisor, "supervisor", env("DEVPILOT_AGENT_SUPERVISOR", "systemd"), "")
 	case "uninstall":
 		fs.StringVar(&supervisor, "supervisor", env("DEVPILOT_AGENT_SUPERVISOR", "systemd"), "")
@@ -170,6 +178,16 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		}
 		if sup.Name() == "none" {
 			fmt.Fprintf(stdout, "not started (--supervisor none): run %s run --root-dir %s\n", paths.Binary(), paths.Root)
+		}
+	case "enroll":
+		fp, err := install.Enroll(ctx, install.EnrollOptions{Paths: paths, TokenFile: tokenFile, Stdin: os.Stdin, Supervisor: sup, Log: log})
+		if err != nil {
+			log.Error("enroll failed", zap.Error(err))
+			return 1
+		}
+		fmt.Fprintf(stdout, "new identity %s; the agent enrolls with the token when it (re)starts\n", fp)
+		if sup.Name() == "none" {
+			fmt.Fprintf(stdout, "not restarted (--supervisor none): restart %s run --root-dir %s\n", paths.Binary(), paths.Root)
 		}
 	case "uninstall":
 		removed, err := install.Uninstall(ctx, install.UninstallOptions{Paths: paths, KeepState: keepState, KeepConfig: keepConfig, Supervisor: sup, Log: log})

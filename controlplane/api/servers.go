@@ -17,6 +17,25 @@ func (a *API) serverRoutes() {
 	a.handle("GET /v1/workspaces/{ws}/servers/{id}", read, a.getServer)
 	a.handle("DELETE /v1/workspaces/{ws}/servers/{id}", write, a.deleteServer)
 	a.handle("GET /v1/workspaces/{ws}/servers/{id}/health", read, a.serverHealth)
+	a.handle("POST /v1/workspaces/{ws}/servers/{id}/rekey", write, a.rekeyServer)
+}
+
+// rekeyServer revokes the server's agent key and hands the real agent a
+// one-time bootstrap token over SSH, or answers it (shown only here) with
+// the command to run on the server.
+func (a *API) rekeyServer(w http.ResponseWriter, r *http.Request, c *call) error {
+	var req provision.RekeyRequest
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			return err
+		}
+	}
+	rk, err := a.o.Servers.Rekey(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), req)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return writeJSON(w, http.StatusOK, rk)
 }
 
 // serverHealth returns stored health samples: ?since=1h (a duration, at most 24h).

@@ -197,8 +197,9 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 			st, ok := a.Hub.Status(id)
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
 		},
-		Disconnect:       func(id string) { a.Hub.Disconnect(id, protocol.ErrServerDeleted) },
+		Disconnect:       func(id, code string) { a.Hub.Disconnect(id, code) },
 		Diagnose:         a.diagnoser(),
+		EnrollOverSSH:    a.enrollOverSSH(),
 		OnAgentConnected: func(id string) { a.Tasks.AgentConnected(id) },
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,

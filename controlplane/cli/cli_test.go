@@ -265,4 +265,14 @@ steps:
 	if r := cli(t, v, "", "tasks", "logs", tasks.Tasks[0].ID); r.code != 0 || !strings.Contains(r.stdout, "from the plan") {
 		t.Errorf("tasks logs: %+v", r)
 	}
+
+	// rekey (by name) prints the one-time token inside the command to run
+	// on the server; show then says what the server waits for.
+	r = cli(t, v, "", "servers", "rekey", "web-1")
+	if r.code != 0 || !strings.Contains(r.stdout, "| sudo devpilot-agent enroll --token-file -") || !strings.Contains(r.stdout, "'dp") {
+		t.Errorf("servers rekey: %+v", r)
+	}
+	if r := cli(t, v, "", "servers", "show", id); r.code != 0 || !strings.Contains(r.stdout, "rekeyed: waiting for the real agent") {
+		t.Errorf("servers show after rekey: %+v", r)
+	}
 }

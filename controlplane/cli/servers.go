@@ -116,8 +116,35 @@ func runServers(ctx context.Context, env Env, args []string) error {
 				}
 			})
 		},
+		"rekey": func(args []string) error {
+			v := newVerb(env, "servers rekey")
+			printOnly := v.fs.Bool("print", false, "don't deliver the token over SSH: print it with the command to run on the server")
+			id, cl, err := v.startOne(args, "server id or name")
+			if err != nil {
+				return err
+			}
+			var rk provision.Rekey
+			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/rekey"), provision.RekeyRequest{Print: *printOnly}, &rk)
+			if err != nil {
+				return err
+			}
+			return v.print(raw, func() {
+				fmt.Fprintf(env.Stdout, "Server %s (%s): its agent identity key is revoked.\n", rk.Server.ID, rk.Server.Name)
+				if rk.Delivered != "" {
+					fmt.Fprintf(env.Stdout, "A new bootstrap token was delivered over %s; the agent enrolls a new identity. Watch it with: devpilot servers show %s\n",
+						rk.Delivered, rk.Server.ID)
+					return
+				}
+				if rk.DeliveryError != "" {
+					fmt.Fprintf(env.Stdout, "Not delivered: %s.\n", rk.DeliveryError)
+				}
+				fmt.Fprintf(env.Stdout, "Run this on the server, as root, within its validity (until %s), to enroll its agent with a new identity:\n\n  %s\n\n",
+					rk.ExpiresAt.Local().Format(time.DateTime), rk.Command)
+				fmt.Fprintln(env.Stdout, "Until then the old key is refused (a quarantined server stays quarantined and its tasks wait).")
+			})
+		},
 	}
-	return subcommand(env, "servers", args, verbs, []string{"create", "list", "show", "delete"})
+	return subcommand(env, "servers", args, verbs, []string{"create", "list", "show", "delete", "rekey"})
 }
 
 func healthLine(s *provision.Server) string {
@@ -137,6 +164,9 @@ func showServer(o *output, s *provision.Server) {
 		{"region/size/image", s.Region + " / " + s.Size + " / " + s.Image}, {"ports", strings.Trim(fmt.Sprint(s.Ports), "[]")},
 		{"instance", orDash(s.InstanceID)}, {"public ipv4", orDash(s.PublicIPv4)}, {"tags", strings.Join(s.Tags, " ")},
 		{"agent", agentLine(s)}, {"health", healthLine(s)}}
+	if s.StateReason != "" {
+		kv = append(kv, [2]string{"state reason", s.StateReason})
+	}
 	if s.Error != nil {
 		kv = append(kv, [2]string{"error", s.Error.Step + ": " + s.Error.Message}, [2]string{"hint", orDash(s.Error.Hint)})
 	}

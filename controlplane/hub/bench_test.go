@@ -79,12 +79,13 @@ func (r *benchRegistry) Enroll(context.Context, string, string, ed25519.PublicKe
 	return ErrTokenInvalid
 }
 
-func (r *benchRegistry) AgentKey(_ context.Context, id string) (ed25519.PublicKey, error) {
+func (r *benchRegistry) AgentKey(_ context.Context, id string) (AgentKeys, error) {
 	if k, ok := r.keys[id]; ok {
-		return k, nil
+		return AgentKeys{Enrolled: k}, nil
 	}
-	return nil, ErrAuthFailed
+	return AgentKeys{}, ErrAuthFailed
 }
+func (r *benchRegistry) IdentityConflict(context.Context, string, Conflict) error { return nil }
 func (r *benchRegistry) Connected(context.Context, string, protocol.Hello, time.Time) error {
 	return nil
 }

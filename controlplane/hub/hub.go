@@ -40,9 +40,16 @@ type Registry interface {
 	// ErrTokenInvalid (unknown/used/expired/other server's) or
 	// ErrServerDeleted.
 	Enroll(ctx context.Context, serverID, token string, pub ed25519.PublicKey, hello protocol.Hello) error
-	// AgentKey returns the enrolled key; ErrAuthFailed if the server is
-	// unknown or not enrolled, ErrServerDeleted if deleted.
-	AgentKey(ctx context.Context, serverID string) (ed25519.PublicKey, error)
+	// AgentKey returns the enrolled key (nil after a rekey, until the
+	// agent enrolls again), the key the last rekey revoked, and whether
+	// the server is quarantined; ErrAuthFailed if the server is unknown,
+	// ErrServerDeleted if deleted.
+	AgentKey(ctx context.Context, serverID string) (AgentKeys, error)
+	// IdentityConflict records that sessions with one identity key kept
+	// replacing each other: the server is quarantined (AgentKey reports
+	// it from now on). The hub then ends the server's session and calls
+	// Disconnected.
+	IdentityConflict(ctx context.Context, serverID string, c Conflict) error
 	// Connected records a session start (the first one confirms the
 	// install); Disconnected its end.
 	Connected(ctx context.Context, serverID string, hello protocol.Hello, at time.Time) error
@@ -50,6 +57,23 @@ type Registry interface {
 	// SaveHealth persists the latest health of many servers at once (called
 	// in batches, not per heartbeat).
 	SaveHealth(ctx context.Context, latest map[string]HealthSample) error
+}
+
+// AgentKeys is what the hub checks a hello's signature against.
+type AgentKeys struct {
+	Enrolled    ed25519.PublicKey // nil: none (never enrolled, or rekeyed)
+	Revoked     ed25519.PublicKey // retired by a rekey: its holder is told so
+	Quarantined bool              // sessions refused until a rekey and a new enrollment
+}
+
+// Conflict is what the hub saw of two agents sharing an identity: within
+// Window, Replacements live sessions were taken over by new connections
+// from the remote addresses Remotes (host:port, oldest first).
+type Conflict struct {
+	Replacements int
+	Window       time.Duration
+	Remotes      []string
+	At           time.Time
 }
 
 // HealthSample is the latest health of a server and when it arrived.
@@ -65,6 +89,9 @@ var (
 	ErrServerDeleted = errors.New("server deleted")
 )
 
+// ErrQuarantined is the refusal of a quarantined server's session.
+var ErrQuarantined = errors.New("server quarantined: two agents used its identity key")
+
 // ErrNotConnected is returned by Send when the server has no live session.
 var ErrNotConnected = errors.New("agent not connected")
 
@@ -72,6 +99,12 @@ var ErrNotConnected = errors.New("agent not connected")
 const (
 	DefaultFlushInterval    = 30 * time.Second
 	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultConflictReplacements in DefaultConflictWindow quarantine a
+	// server: an agent that reconnects after a network blip replaces its
+	// half-open old session once; two agents with one key take turns
+	// every few seconds (each reconnects, with backoff, when replaced).
+	DefaultConflictReplacements = 3
+	DefaultConflictWindow       = 2 * time.Minute
 )
 
 const (
@@ -109,6 +142,12 @@ type Options struct {
 	Now func() time.Time
 	// HandshakeTimeout bounds upgrade → hello. Default 10s.
 	HandshakeTimeout time.Duration
+	// ConflictReplacements session takeovers of one server within
+	// ConflictWindow mean two agents share its identity key: the hub
+	// quarantines the server (Registry.IdentityConflict). Defaults
+	// DefaultConflictReplacements and DefaultConflictWindow.
+	ConflictReplacements int
+	ConflictWindow       time.Duration
 }
 
 // Status is the live view of one server's session.
@@ -131,6 +170,8 @@ type Hub struct {
 	offlineAfter time.Duration
 	flushEvery   time.Duration
 	handshake    time.Duration
+	conflictN    int
+	conflictWin  time.Duration
 	upgrader     websocket.Upgrader
 	m            *metrics
 
@@ -143,7 +184,10 @@ type Hub struct {
 	closed   bool
 	sessions map[string]*session   // authenticated, by server id
 	all      map[*session]struct{} // every upgraded connection
-	wg       sync.WaitGroup        // ServeHTTP calls in flight
+	// takeovers holds, per server, the recent replacements of a live
+	// session (at most conflictN, none older than conflictWin).
+	takeovers map[string][]takeover
+	wg        sync.WaitGroup // ServeHTTP calls in flight
 
 	// lifecycle serialises registration + Connected and unregistration +
 	// Disconnected per server (striped by id hash), so the store sees a
@@ -178,6 +222,12 @@ func New(o Options) *Hub {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.ConflictReplacements <= 0 {
+		o.ConflictReplacements = DefaultConflictReplacements
+	}
+	if o.ConflictWindow <= 0 {
+		o.ConflictWindow = DefaultConflictWindow
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hub{
 		reg:          o.Registry,
@@ -187,21 +237,24 @@ func New(o Options) *Hub {
 		offlineAfter: protocol.MissedHeartbeats * o.HeartbeatInterval,
 		flushEvery:   o.FlushInterval,
 		handshake:    o.HandshakeTimeout,
+		conflictN:    o.ConflictReplacements,
+		conflictWin:  o.ConflictWindow,
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: o.HandshakeTimeout,
 			ReadBufferSize:   1024,
 			WriteBufferSize:  1024,
 			WriteBufferPool:  &sync.Pool{},
 		},
-		m:        newMetrics(o.Registerer),
-		ctx:      ctx,
-		cancel:   cancel,
-		handlers: map[string]func(context.Context, string, protocol.Envelope){},
-		sessions: map[string]*session{},
-		all:      map[*session]struct{}{},
-		pending:  map[string]HealthSample{},
-		stop:     make(chan struct{}),
-		loopDone: make(chan struct{}),
+		m:         newMetrics(o.Registerer),
+		ctx:       ctx,
+		cancel:    cancel,
+		handlers:  map[string]func(context.Context, string, protocol.Envelope){},
+		sessions:  map[string]*session{},
+		all:       map[*session]struct{}{},
+		takeovers: map[string][]takeover{},
+		pending:   map[string]HealthSample{},
+		stop:      make(chan struct{}),
+		loopDone:  make(chan struct{}),
 	}
 	go h.loop()
 	return h
@@ -405,6 +458,10 @@ func messageFor(code string) string {
 		return "this server was deleted from the control plane; stop and uninstall the agent"
 	case protocol.ErrSessionReplace:
 		return "another session for this server took over"
+	case protocol.ErrQuarantined:
+		return "two agents used this server's identity key, so the control plane quarantined the server; an admin runs `devpilot servers rekey` and this agent enrolls again with `devpilot-agent enroll --token-file FILE`"
+	case protocol.ErrKeyRevoked:
+		return "this identity key was revoked by `devpilot servers rekey`; enroll with the new token: `devpilot-agent enroll --token-file FILE`"
 	}
 	return code
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -49,6 +50,8 @@ type memServer struct {
 	tokenExp  time.Time
 	tokenUsed bool
 	key       ed25519.PublicKey
+	revoked   ed25519.PublicKey
+	conflicts []Conflict // quarantined while non-empty
 	deleted   bool
 	facts     protocol.Facts
 }
@@ -77,21 +80,45 @@ func (r *memRegistry) Enroll(_ context.Context, serverID, token string, pub ed25
 	}
 	s.tokenUsed = true
 	s.key = pub
+	s.conflicts = nil
 	s.facts = hello.Facts
 	return nil
 }
 
-func (r *memRegistry) AgentKey(_ context.Context, serverID string) (ed25519.PublicKey, error) {
+func (r *memRegistry) AgentKey(_ context.Context, serverID string) (AgentKeys, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.servers[serverID]
 	switch {
-	case s == nil || s.key == nil:
-		return nil, ErrAuthFailed
+	case s == nil || (s.key == nil && s.revoked == nil):
+		return AgentKeys{}, ErrAuthFailed
 	case s.deleted:
-		return nil, ErrServerDeleted
+		return AgentKeys{}, ErrServerDeleted
 	}
-	return s.key, nil
+	return AgentKeys{Enrolled: s.key, Revoked: s.revoked, Quarantined: len(s.conflicts) > 0}, nil
+}
+
+func (r *memRegistry) IdentityConflict(_ context.Context, serverID string, c Conflict) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, "conflict "+serverID)
+	r.servers[serverID].conflicts = append(r.servers[serverID].conflicts, c)
+	return nil
+}
+
+// rekey retires the enrolled key and issues token, as an admin's rekey does.
+func (r *memRegistry) rekey(id, token string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.servers[id]
+	s.revoked, s.key = s.key, nil
+	s.token, s.tokenUsed, s.tokenExp = token, false, r.now().Add(time.Hour)
+}
+
+func (r *memRegistry) conflictsOf(id string) []Conflict {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Conflict(nil), r.servers[id].conflicts...)
 }
 
 func (r *memRegistry) Connected(_ context.Context, serverID string, _ protocol.Hello, _ time.Time) error {
@@ -821,5 +848,123 @@ func TestHealthKeptWhenSaveFails(t *testing.T) {
 	defer e.reg.mu.Unlock()
 	if e.reg.saves < 3 {
 		t.Errorf("SaveHealth called %d times, want the 2 failures then a success", e.reg.saves)
+	}
+}
+
+// Two agents holding one identity key take the session from each other:
+// the third takeover within the window quarantines the server, both are
+// told why, the store hears of it with every remote address, and neither
+// key-holder gets a session or a message afterwards.
+func TestIdentityConflictQuarantines(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	real, _, priv := e.enroll(t, "srv-1")
+	impostor := e.auth(t, "srv-1", priv)
+	real.expectError(protocol.ErrSessionReplace)
+	real2 := e.auth(t, "srv-1", priv)
+	impostor.expectError(protocol.ErrSessionReplace)
+	if n := len(e.reg.conflictsOf("srv-1")); n != 0 {
+		t.Fatalf("quarantined after two takeovers (%d conflicts)", n)
+	}
+
+	impostor2 := dial(t, e.url)
+	impostor2.hello("srv-1", protocol.ModeAuth, "", priv.Public().(ed25519.PublicKey), priv)
+	impostor2.expectError(protocol.ErrQuarantined)
+	real2.expectError(protocol.ErrQuarantined)
+
+	cs := e.reg.conflictsOf("srv-1")
+	if len(cs) != 1 {
+		t.Fatalf("conflicts recorded = %d, want 1", len(cs))
+	}
+	c := cs[0]
+	if c.Replacements != DefaultConflictReplacements || c.Window != DefaultConflictWindow {
+		t.Errorf("conflict = %+v", c)
+	}
+	for _, a := range []*agent{real, impostor, real2, impostor2} {
+		if !slices.Contains(c.Remotes, a.conn.LocalAddr().String()) {
+			t.Errorf("remotes %v lack %s", c.Remotes, a.conn.LocalAddr())
+		}
+	}
+	eventually(t, "server recorded offline", func() bool {
+		ev := e.reg.eventList()
+		return len(ev) > 0 && ev[len(ev)-1] == "disconnected srv-1"
+	})
+	if _, ok := e.hub.Status("srv-1"); ok {
+		t.Errorf("quarantined server still has a session")
+	}
+	if err := e.hub.Send(context.Background(), "srv-1", protocol.TypeCancel, protocol.Cancel{TaskID: "t1"}); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("Send to a quarantined server = %v, want ErrNotConnected", err)
+	}
+	if got := e.metric(t, "devpilot_hub_identity_conflicts_total", ""); got != 1 {
+		t.Errorf("conflicts metric = %v", got)
+	}
+
+	// Either holder of the key, coming back, is refused with the reason.
+	again := dial(t, e.url)
+	again.hello("srv-1", protocol.ModeAuth, "", priv.Public().(ed25519.PublicKey), priv)
+	again.expectError(protocol.ErrQuarantined)
+	// Someone without the key learns nothing about the quarantine.
+	_, other := newKey(t)
+	stranger := dial(t, e.url)
+	stranger.hello("srv-1", protocol.ModeAuth, "", other.Public().(ed25519.PublicKey), other)
+	stranger.expectError(protocol.ErrAuthFailed)
+}
+
+// A reconnect after a network blip replaces the half-open old session
+// once; that, and takeovers spread wider than the window, are not a
+// conflict.
+func TestReconnectsAreNotAConflict(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	advance := func(d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		now = now.Add(d)
+	}
+	e := newEnv(t, func(o *Options) { o.Now = clock })
+	prev, _, priv := e.enroll(t, "srv-1")
+	for i := range 2 * DefaultConflictReplacements {
+		advance(DefaultConflictWindow/time.Duration(DefaultConflictReplacements-1) + time.Second)
+		next := e.auth(t, "srv-1", priv) // fails the test unless welcomed
+		prev.expectError(protocol.ErrSessionReplace)
+		prev = next
+		if n := len(e.reg.conflictsOf("srv-1")); n != 0 {
+			t.Fatalf("takeover %d: quarantined", i+1)
+		}
+	}
+}
+
+// After a rekey the old key is refused as revoked, and the agent that
+// enrolls with the new token and a new key gets its session back.
+func TestRekeyRevokesOldKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(o *Options) { o.ConflictReplacements = 1 })
+	first, _, oldPriv := e.enroll(t, "srv-1")
+	second := dial(t, e.url)
+	second.hello("srv-1", protocol.ModeAuth, "", oldPriv.Public().(ed25519.PublicKey), oldPriv)
+	second.expectError(protocol.ErrQuarantined)
+	first.expectError(protocol.ErrQuarantined)
+
+	e.reg.rekey("srv-1", "tok-new")
+	stale := dial(t, e.url)
+	stale.hello("srv-1", protocol.ModeAuth, "", oldPriv.Public().(ed25519.PublicKey), oldPriv)
+	stale.expectError(protocol.ErrKeyRevoked)
+
+	pub, priv := newKey(t)
+	fresh := dial(t, e.url)
+	fresh.hello("srv-1", protocol.ModeEnroll, "tok-new", pub, priv)
+	fresh.expectWelcome("srv-1")
+
+	stale = dial(t, e.url)
+	stale.hello("srv-1", protocol.ModeAuth, "", oldPriv.Public().(ed25519.PublicKey), oldPriv)
+	stale.expectError(protocol.ErrKeyRevoked)
+	if st, ok := e.hub.Status("srv-1"); !ok || st.RemoteAddr != fresh.conn.LocalAddr().String() {
+		t.Errorf("the re-enrolled agent lost its session to the revoked key: %+v %v", st, ok)
 	}
 }

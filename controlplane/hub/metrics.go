@@ -14,6 +14,7 @@ type metrics struct {
 	heartbeats   prometheus.Counter
 	authFailures *prometheus.CounterVec // reason
 	messages     *prometheus.CounterVec // type, agent → hub
+	conflicts    prometheus.Counter
 }
 
 // Auth failure reasons (label values of devpilot_hub_auth_failures_total).
@@ -23,6 +24,8 @@ const (
 	reasonTokenInvalid = protocol.ErrTokenInvalid
 	reasonAuthFailed   = protocol.ErrAuthFailed
 	reasonDeleted      = protocol.ErrServerDeleted
+	reasonQuarantined  = protocol.ErrQuarantined
+	reasonKeyRevoked   = protocol.ErrKeyRevoked
 	reasonTimeout      = "handshake_timeout"
 	reasonIO           = "io"
 	reasonInternal     = "internal"
@@ -50,6 +53,10 @@ func newMetrics(r prometheus.Registerer) *metrics {
 			Name: "devpilot_hub_messages_total",
 			Help: "Messages received from authenticated agents, by type (unknown types count as \"other\").",
 		}, []string{"type"}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devpilot_hub_identity_conflicts_total",
+			Help: "Servers quarantined because sessions with one identity key kept replacing each other.",
+		}),
 	}
 	if r == nil {
 		return m
@@ -59,6 +66,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 	m.heartbeats = register(r, m.heartbeats)
 	m.authFailures = register(r, m.authFailures)
 	m.messages = register(r, m.messages)
+	m.conflicts = register(r, m.conflicts)
 	return m
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -192,14 +193,25 @@ func (h *Hub) authenticate(s *session) (protocol.Hello, *refusal) {
 			zap.String("agent_version", hello.AgentVersion))
 		return hello, nil
 	}
-	pub, err := h.reg.AgentKey(ctx, hello.ServerID)
+	keys, err := h.reg.AgentKey(ctx, hello.ServerID)
 	if err != nil {
 		return hello, registryRefusal(err)
 	}
-	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, signed, hello.Signature) {
-		return hello, &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed, detail: "signature not made with the enrolled key"}
+	// Only a peer holding a key learns the server's quarantine or rekey.
+	switch {
+	case signedBy(keys.Enrolled, signed, hello.Signature):
+		if keys.Quarantined {
+			return hello, &refusal{code: protocol.ErrQuarantined, reason: reasonQuarantined}
+		}
+		return hello, nil
+	case signedBy(keys.Revoked, signed, hello.Signature):
+		return hello, &refusal{code: protocol.ErrKeyRevoked, reason: reasonKeyRevoked, detail: "signature made with the key a rekey revoked"}
 	}
-	return hello, nil
+	return hello, &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed, detail: "signature not made with the enrolled key"}
+}
+
+func signedBy(pub ed25519.PublicKey, msg, sig []byte) bool {
+	return len(pub) == ed25519.PublicKeySize && ed25519.Verify(pub, msg, sig)
 }
 
 func registryRefusal(err error) *refusal {
@@ -210,6 +222,8 @@ func registryRefusal(err error) *refusal {
 		return &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed}
 	case errors.Is(err, ErrServerDeleted):
 		return &refusal{code: protocol.ErrServerDeleted, reason: reasonDeleted}
+	case errors.Is(err, ErrQuarantined):
+		return &refusal{code: protocol.ErrQuarantined, reason: reasonQuarantined}
 	}
 	// The store failed: no error code, so the agent retries with backoff.
 	return &refusal{reason: reasonInternal, err: err}
@@ -273,8 +287,22 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 	}
 	old := h.sessions[id]
 	h.sessions[id] = s
+	var conflict *Conflict
+	if old != nil {
+		conflict = h.takenOver(id, takeover{at: s.since, from: old.remote, to: s.remote})
+		if conflict != nil {
+			delete(h.sessions, id)
+		}
+	}
 	h.m.connected.Set(float64(len(h.sessions)))
 	h.mu.Unlock()
+	if conflict != nil {
+		ref := h.quarantine(id, old, conflict)
+		lc.Unlock()
+		<-s.wmu
+		s.cancel()
+		return ref
+	}
 	if old != nil {
 		old.closeWith(protocol.ErrSessionReplace, messageFor(protocol.ErrSessionReplace),
 			websocket.ClosePolicyViolation, protocol.ErrSessionReplace, "replaced by a new session from "+s.remote)
@@ -313,6 +341,67 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 	h.log.Info("agent connected", zap.String("server", id), zap.String("remote", s.remote),
 		zap.String("agent_version", hello.AgentVersion), zap.Bool("replaced", old != nil))
 	return nil
+}
+
+// takeover is one replacement of a server's live session.
+type takeover struct {
+	at       time.Time
+	from, to string // remote addresses of the replaced and the new session
+}
+
+// takenOver records t and returns the conflict if the server's session
+// was now taken over conflictN times within conflictWin. Holds h.mu.
+func (h *Hub) takenOver(id string, t takeover) *Conflict {
+	recent := h.takeovers[id][:0:0]
+	for _, old := range h.takeovers[id] {
+		if t.at.Sub(old.at) < h.conflictWin {
+			recent = append(recent, old)
+		}
+	}
+	recent = append(recent, t)
+	if len(recent) > h.conflictN {
+		recent = recent[len(recent)-h.conflictN:]
+	}
+	if len(recent) < h.conflictN {
+		h.takeovers[id] = recent
+		return nil
+	}
+	delete(h.takeovers, id)
+	c := &Conflict{Replacements: len(recent), Window: h.conflictWin, At: t.at}
+	for _, r := range recent {
+		for _, addr := range []string{r.from, r.to} {
+			if !slices.Contains(c.Remotes, addr) {
+				c.Remotes = append(c.Remotes, addr)
+			}
+		}
+	}
+	return c
+}
+
+// quarantine records the conflict, ends the replaced session (old) and
+// the server's session in the store, and refuses the new one. The
+// lifecycle stripe is held.
+func (h *Hub) quarantine(id string, old *session, c *Conflict) *refusal {
+	h.m.conflicts.Inc()
+	h.log.Warn("two agents use one identity key; server quarantined", zap.String("server", id),
+		zap.Int("replacements", c.Replacements), zap.Duration("window", c.Window), zap.Strings("remotes", c.Remotes))
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), registryWait)
+	defer cancel()
+	recErr := h.reg.IdentityConflict(ctx, id, *c)
+	if recErr != nil {
+		h.log.Warn("record identity conflict failed", zap.String("server", id), zap.Error(recErr))
+	}
+	old.closeWith(protocol.ErrQuarantined, messageFor(protocol.ErrQuarantined),
+		websocket.ClosePolicyViolation, protocol.ErrQuarantined, "server quarantined: identity conflict")
+	if err := h.reg.Disconnected(ctx, id, h.now()); err != nil {
+		h.log.Warn("record disconnection failed", zap.String("server", id), zap.Error(err))
+	}
+	if recErr != nil {
+		// Not recorded: no code, so the agent retries and the next
+		// takeovers report the conflict again.
+		return &refusal{reason: reasonInternal, err: recErr}
+	}
+	return &refusal{code: protocol.ErrQuarantined, reason: reasonQuarantined}
 }
 
 // unregister ends s: if it is still the server's session the store records

@@ -44,6 +44,10 @@ const (
 	StateFailed       = "failed"
 	StateDeleting     = "deleting"
 	StateDeleted      = "deleted"
+	// StateQuarantined is shown (over the stored online/offline state)
+	// while two agents used the server's identity key: no sessions, no
+	// tasks sent, until `devpilot servers rekey` and a new enrollment.
+	StateQuarantined = "quarantined"
 )
 
 // Step names and states.
@@ -100,8 +104,8 @@ type Options struct {
 	Keys         *secrets.Keyring
 	Integrations *integrations.Service
 	UserData     UserDataFunc
-	Live         LiveFunc              // nil: no live view
-	Disconnect   func(serverID string) // ends a deleted server's agent session
+	Live         LiveFunc                    // nil: no live view
+	Disconnect   func(serverID, code string) // ends an agent session, telling it why (protocol.Err*)
 	Logger       *zap.Logger
 	Now          func() time.Time
 	AgentTimeout time.Duration // wait_agent deadline; default 15 min
@@ -117,6 +121,11 @@ type Options struct {
 	// confirm the install in time (e.g. over SSH); its text is stored and
 	// shown with the failed step. nil: no diagnostics.
 	Diagnose func(ctx context.Context, t DiagnoseTarget) (string, error)
+	// EnrollOverSSH hands a rekey's bootstrap token to the server's agent
+	// (over SSH with the workspace key: `devpilot-agent enroll
+	// --token-file -`, the token on stdin). nil, or when it fails, the
+	// token is answered for the operator to run the command.
+	EnrollOverSSH func(ctx context.Context, t DiagnoseTarget, token secrets.Value) error
 }
 
 // DiagnoseTarget is what Diagnose needs to reach a server.
@@ -134,7 +143,7 @@ type Service struct {
 	integrations *integrations.Service
 	userData     UserDataFunc
 	live         LiveFunc
-	disconnect   func(string)
+	disconnect   func(string, string)
 	log          *zap.Logger
 	now          func() time.Time
 	o            Options
@@ -174,7 +183,7 @@ func New(o Options) *Service {
 		o.StepTimeout = 15 * time.Minute
 	}
 	if o.Disconnect == nil {
-		o.Disconnect = func(string) {}
+		o.Disconnect = func(string, string) {}
 	}
 	s := &Service{store: o.Store, keys: o.Keys, integrations: o.Integrations, userData: o.UserData, live: o.Live,
 		disconnect: o.Disconnect, log: o.Logger.Named("provision"), now: o.Now, o: o,
@@ -386,7 +395,7 @@ func (s *Service) Delete(ctx context.Context, actor, workspaceID, id string, des
 	// call finishes it; with destroy, the delete job, which starts only
 	// after it, finds that instance by the server's tag.)
 	s.stopJob(id)
-	s.disconnect(id)
+	s.disconnect(id, protocol.ErrServerDeleted)
 	s.poke()
 	return s.Get(ctx, workspaceID, id)
 }
@@ -404,6 +413,8 @@ type Server struct {
 	Image         string           `json:"image"`
 	Ports         []int            `json:"ports"`
 	State         string           `json:"state"`
+	StateReason   string           `json:"state_reason,omitempty"`
+	QuarantinedAt *time.Time       `json:"quarantined_at,omitempty"`
 	InstanceID    string           `json:"instance_id,omitempty"`
 	PublicIPv4    string           `json:"public_ipv4,omitempty"`
 	Tags          []string         `json:"tags"`
@@ -470,6 +481,17 @@ func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
 	if srv.ErrorJSON != "" {
 		v.Error = &StepError{}
 		_ = json.Unmarshal([]byte(srv.ErrorJSON), v.Error)
+	}
+	switch {
+	case len(srv.AgentPublicKey) == 0 && len(srv.RevokedAgentKey) > 0:
+		v.StateReason = "rekeyed: waiting for the real agent to enroll with the new bootstrap token " +
+			"(on the server: devpilot-agent enroll --token-file FILE); the old identity key is refused"
+	case srv.QuarantinedAt != nil:
+		v.StateReason = srv.QuarantineReason + ". No tasks are sent (queued ones wait) and the key is refused. " +
+			"Fix: devpilot servers rekey " + srv.ID + " issues a new bootstrap token for the real agent and revokes the key."
+	}
+	if srv.QuarantinedAt != nil {
+		v.State, v.QuarantinedAt = StateQuarantined, srv.QuarantinedAt
 	}
 	if srv.State == StateFailed {
 		v.Diagnostics, _ = s.store.Q().Diagnostics(ctx, srv.ID)

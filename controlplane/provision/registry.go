@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -93,15 +94,49 @@ func jsonString(s string) string {
 }
 
 // AgentKey implements hub.Registry.
-func (r *Registry) AgentKey(ctx context.Context, serverID string) (ed25519.PublicKey, error) {
+func (r *Registry) AgentKey(ctx context.Context, serverID string) (hub.AgentKeys, error) {
 	srv, err := r.live(ctx, serverID)
 	if err != nil {
-		return nil, err
+		return hub.AgentKeys{}, err
 	}
-	if len(srv.AgentPublicKey) != ed25519.PublicKeySize {
-		return nil, hub.ErrAuthFailed
+	k := hub.AgentKeys{Quarantined: srv.QuarantinedAt != nil}
+	if len(srv.AgentPublicKey) == ed25519.PublicKeySize {
+		k.Enrolled = ed25519.PublicKey(srv.AgentPublicKey)
 	}
-	return ed25519.PublicKey(srv.AgentPublicKey), nil
+	if len(srv.RevokedAgentKey) == ed25519.PublicKeySize {
+		k.Revoked = ed25519.PublicKey(srv.RevokedAgentKey)
+	}
+	if k.Enrolled == nil && k.Revoked == nil {
+		return k, hub.ErrAuthFailed
+	}
+	return k, nil
+}
+
+// IdentityConflict implements hub.Registry: the server is quarantined and
+// the audit log says what the hub saw (remote addresses, no keys).
+func (r *Registry) IdentityConflict(ctx context.Context, serverID string, c hub.Conflict) error {
+	srv, err := r.live(ctx, serverID)
+	if err != nil {
+		return err
+	}
+	at := c.At.UTC()
+	reason := fmt.Sprintf("two agents used this server's identity key: its session was taken over %d times within %s, from %s",
+		c.Replacements, c.Window, strings.Join(c.Remotes, ", "))
+	err = r.s.store.InTx(ctx, func(q *store.Queries) error {
+		first, err := q.Quarantine(ctx, serverID, reason, at)
+		if err != nil || !first {
+			return err
+		}
+		detail, _ := json.Marshal(map[string]any{"replacements": c.Replacements, "window_s": int(c.Window / time.Second),
+			"remote_addrs": c.Remotes})
+		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: srv.WorkspaceID, Actor: "hub", Action: "agent.identity_conflict",
+			Target: serverID, DetailJSON: string(detail), At: at})
+	})
+	if err != nil {
+		return err
+	}
+	r.s.log.Warn("server quarantined: identity conflict", zap.String("server", serverID), zap.Strings("remotes", c.Remotes))
+	return nil
 }
 
 // Connected implements hub.Registry: the first session confirms the

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,7 +69,7 @@ func TestBootstrapTokenIsSingleUseBoundAndExpiring(t *testing.T) {
 	if err := r.Enroll(ctx, "srv_a", tokA, pub, hello); err != nil {
 		t.Fatalf("first use: %v", err)
 	}
-	if k, err := r.AgentKey(ctx, "srv_a"); err != nil || !k.Equal(pub) {
+	if k, err := r.AgentKey(ctx, "srv_a"); err != nil || !k.Enrolled.Equal(pub) {
 		t.Errorf("enrolled key: %v %v", k, err)
 	}
 	// Replay.
@@ -138,5 +139,144 @@ func TestSessionsMoveServersOnlineAndOffline(t *testing.T) {
 	pts, err := s.store.Q().HealthSince(ctx, "srv_a", now.Add(-time.Hour))
 	if err != nil || len(pts) != 1 || pts[0].CPUPercent != 42 || pts[0].DiskTotalMB != 10 {
 		t.Errorf("health history: %+v %v", pts, err)
+	}
+}
+
+// An identity conflict quarantines the server (shown with the fix, audited
+// with the remote addresses) until a rekey's token enrolls a new key; the
+// old key stays refused as revoked.
+func TestIdentityConflictQuarantineAndRekey(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	s, r := fixture(t, &now)
+	ctx := context.Background()
+	oldPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	if err := r.Enroll(ctx, "srv_a", mint(t, s, "srv_a", time.Hour), oldPub, protocol.Hello{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Connected(ctx, "srv_a", protocol.Hello{}, now); err != nil {
+		t.Fatal(err)
+	}
+	s.store.Q().SetServerState(ctx, "srv_a", StateOnline, now, StateInstalling)
+
+	c := hub.Conflict{Replacements: 3, Window: 2 * time.Minute, Remotes: []string{"198.51.100.7:40001", "203.0.113.9:50002"}, At: now}
+	if err := r.IdentityConflict(ctx, "srv_a", c); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.IdentityConflict(ctx, "srv_a", c); err != nil { // a second report: one audit entry
+		t.Fatal(err)
+	}
+	v, err := s.Get(ctx, "ws_1", "srv_a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.State != StateQuarantined || v.QuarantinedAt == nil || !strings.Contains(v.StateReason, "devpilot servers rekey srv_a") ||
+		!strings.Contains(v.StateReason, "203.0.113.9:50002") {
+		t.Errorf("quarantined view: state %q reason %q", v.State, v.StateReason)
+	}
+	audit, err := s.store.Q().ListAudit(ctx, "ws_1", 0, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conflicts []store.AuditEntry
+	for _, a := range audit {
+		if a.Action == "agent.identity_conflict" {
+			conflicts = append(conflicts, a)
+		}
+	}
+	if len(conflicts) != 1 || !strings.Contains(conflicts[0].DetailJSON, "198.51.100.7:40001") ||
+		!strings.Contains(conflicts[0].DetailJSON, "203.0.113.9:50002") || conflicts[0].Target != "srv_a" {
+		t.Errorf("identity_conflict audit entries: %+v", conflicts)
+	}
+	if k, err := r.AgentKey(ctx, "srv_a"); err != nil || !k.Quarantined || !k.Enrolled.Equal(oldPub) {
+		t.Errorf("quarantined keys: %+v %v", k, err)
+	}
+
+	now = now.Add(time.Minute)
+	rk, err := s.Rekey(ctx, "user:admin", "ws_1", "a", RekeyRequest{}) // by name
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk.Server.ID != "srv_a" || rk.BootstrapToken == "" || !strings.Contains(rk.Command, "devpilot-agent enroll --token-file -") ||
+		!strings.Contains(rk.Command, rk.BootstrapToken) || rk.Server.State != StateQuarantined {
+		t.Errorf("rekey = %+v", rk)
+	}
+	if k, err := r.AgentKey(ctx, "srv_a"); err != nil || k.Enrolled != nil || !k.Revoked.Equal(oldPub) || !k.Quarantined {
+		t.Errorf("keys after rekey: %+v %v", k, err)
+	}
+	newPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	if err := r.Enroll(ctx, "srv_a", rk.BootstrapToken, newPub, protocol.Hello{}); err != nil {
+		t.Fatalf("enroll with the rekey token: %v", err)
+	}
+	k, err := r.AgentKey(ctx, "srv_a")
+	if err != nil || !k.Enrolled.Equal(newPub) || !k.Revoked.Equal(oldPub) || k.Quarantined {
+		t.Errorf("keys after re-enrollment: %+v %v", k, err)
+	}
+	if v, _ := s.Get(ctx, "ws_1", "srv_a"); v.State == StateQuarantined || v.StateReason != "" {
+		t.Errorf("still quarantined after re-enrollment: %q %q", v.State, v.StateReason)
+	}
+	// The token is single-use, and a rekey of a server without an agent is refused.
+	if err := r.Enroll(ctx, "srv_a", rk.BootstrapToken, oldPub, protocol.Hello{}); !errors.Is(err, hub.ErrTokenInvalid) {
+		t.Errorf("replayed rekey token: %v", err)
+	}
+	if _, err := s.Rekey(ctx, "user:admin", "ws_1", "srv_b", RekeyRequest{}); err == nil {
+		t.Errorf("rekey of a server whose agent never enrolled succeeded")
+	}
+}
+
+// A rekey hands the token to the agent over SSH when it can (and then
+// never shows it), else answers it with the command; --print skips SSH.
+func TestRekeyDeliversOverSSHOrPrints(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	s, r := fixture(t, &now)
+	ctx := context.Background()
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	if err := r.Enroll(ctx, "srv_a", mint(t, s, "srv_a", time.Hour), pub, protocol.Hello{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.store.Q().SaveProvisioning(ctx, store.Server{ID: "srv_a", PublicIPv4: "192.0.2.10"}, now); err != nil {
+		t.Fatal(err)
+	}
+	var delivered []string
+	var fail error
+	s.o.EnrollOverSSH = func(_ context.Context, tg DiagnoseTarget, token secrets.Value) error {
+		if tg.ServerID != "srv_a" || tg.PublicIPv4 != "192.0.2.10" {
+			t.Errorf("delivery target %+v", tg)
+		}
+		if fail != nil {
+			return fail
+		}
+		delivered = append(delivered, token.Reveal())
+		return nil
+	}
+
+	rk, err := s.Rekey(ctx, "user:admin", "ws_1", "srv_a", RekeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk.Delivered != "ssh" || rk.BootstrapToken != "" || rk.Command != "" || len(delivered) != 1 {
+		t.Fatalf("delivered rekey = %+v (delivered %d)", rk, len(delivered))
+	}
+	// The delivered token is the live one: it enrolls.
+	newPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	if err := r.Enroll(ctx, "srv_a", delivered[0], newPub, protocol.Hello{}); err != nil {
+		t.Errorf("enroll with the delivered token: %v", err)
+	}
+
+	fail = errors.New("sshdiag: dial 192.0.2.10:22: connection refused")
+	rk, err = s.Rekey(ctx, "user:admin", "ws_1", "srv_a", RekeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk.Delivered != "" || rk.BootstrapToken == "" || !strings.Contains(rk.DeliveryError, "connection refused") ||
+		!strings.Contains(rk.Command, rk.BootstrapToken) {
+		t.Errorf("rekey with SSH down = %+v", rk)
+	}
+	fail = nil
+	rk, err = s.Rekey(ctx, "user:admin", "ws_1", "srv_a", RekeyRequest{Print: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk.BootstrapToken == "" || len(delivered) != 1 {
+		t.Errorf("--print rekey = %+v, SSH deliveries %d", rk, len(delivered))
 	}
 }

@@ -35,6 +35,12 @@ type Server struct {
 	AgentTimeoutS  int
 	CreatedAt      time.Time
 	UpdatedAt      time.Time
+	// QuarantinedAt is set while two agents use the server's identity
+	// key; QuarantineReason says what was seen. RevokedAgentKey is the key
+	// the last rekey retired.
+	QuarantinedAt    *time.Time
+	QuarantineReason string
+	RevokedAgentKey  []byte
 }
 
 // Step is one recorded provisioning step.
@@ -61,18 +67,20 @@ type SSHKey struct {
 
 const serverCols = `id, workspace_id, integration_id, provider, name, region, size, image, image_id, ports_json, state, destroy,
 	instance_id, public_ipv4, firewall_id, ssh_key_id, agent_public_key, agent_version, facts_json, health_json, health_at,
-	last_seen_at, installed_at, error_json, agent_timeout_s, created_at, updated_at`
+	last_seen_at, installed_at, error_json, agent_timeout_s, created_at, updated_at, quarantined_at, quarantine_reason,
+	revoked_agent_key`
 
 func scanServer(sc interface{ Scan(...any) error }) (Server, error) {
 	var s Server
 	var integ sql.NullString
-	var health, seen, installed sql.NullTime
+	var health, seen, installed, quarantined sql.NullTime
 	err := sc.Scan(&s.ID, &s.WorkspaceID, &integ, &s.Provider, &s.Name, &s.Region, &s.Size, &s.Image, &s.ImageID,
 		&s.PortsJSON, &s.State, &s.Destroy, &s.InstanceID, &s.PublicIPv4, &s.FirewallID, &s.SSHKeyID, &s.AgentPublicKey,
 		&s.AgentVersion, &s.FactsJSON, &s.HealthJSON, &health, &seen, &installed, &s.ErrorJSON, &s.AgentTimeoutS,
-		&s.CreatedAt, &s.UpdatedAt)
+		&s.CreatedAt, &s.UpdatedAt, &quarantined, &s.QuarantineReason, &s.RevokedAgentKey)
 	s.IntegrationID = integ.String
 	s.HealthAt, s.LastSeenAt, s.InstalledAt = timePtr(health), timePtr(seen), timePtr(installed)
+	s.QuarantinedAt = timePtr(quarantined)
 	return s, err
 }
 
@@ -86,11 +94,12 @@ func timePtr(t sql.NullTime) *time.Time {
 // CreateServer inserts a server and its pending steps; a live server with
 // the same name in the workspace is ErrConflict.
 func (q *Queries) CreateServer(ctx context.Context, s Server, steps []string) error {
-	_, err := q.x.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := q.x.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.WorkspaceID, nullString(s.IntegrationID), s.Provider, s.Name, s.Region, s.Size, s.Image, s.ImageID,
 		s.PortsJSON, s.State, s.Destroy, s.InstanceID, s.PublicIPv4, s.FirewallID, s.SSHKeyID, s.AgentPublicKey,
 		s.AgentVersion, s.FactsJSON, s.HealthJSON, nullTime(s.HealthAt), nullTime(s.LastSeenAt), nullTime(s.InstalledAt),
-		s.ErrorJSON, s.AgentTimeoutS, s.CreatedAt.UTC(), s.UpdatedAt.UTC())
+		s.ErrorJSON, s.AgentTimeoutS, s.CreatedAt.UTC(), s.UpdatedAt.UTC(), nullTime(s.QuarantinedAt), s.QuarantineReason,
+		s.RevokedAgentKey)
 	if isUnique(err) {
 		return ErrConflict
 	}
@@ -292,9 +301,36 @@ func (q *Queries) SaveProvisioning(ctx context.Context, s Server, at time.Time) 
 		ssh_key_id = ?, updated_at = ? WHERE id = ?`, s.ImageID, s.InstanceID, s.PublicIPv4, s.FirewallID, s.SSHKeyID, at.UTC(), s.ID))
 }
 
-// SaveAgentKey records an enrolled agent's public key.
+// SaveAgentKey records an enrolled agent's public key. It ends a
+// quarantine: only a rekey issues a token to a quarantined server, and
+// the rekey retired the key two agents shared.
 func (q *Queries) SaveAgentKey(ctx context.Context, id string, pub []byte, at time.Time) error {
-	return affected(q.x.ExecContext(ctx, `UPDATE servers SET agent_public_key = ?, updated_at = ? WHERE id = ?`, pub, at.UTC(), id))
+	return affected(q.x.ExecContext(ctx, `UPDATE servers SET agent_public_key = ?, quarantined_at = NULL, quarantine_reason = '',
+		updated_at = ? WHERE id = ?`, pub, at.UTC(), id))
+}
+
+// Quarantine marks a server quarantined with reason; it reports whether
+// it was not already.
+func (q *Queries) Quarantine(ctx context.Context, id, reason string, at time.Time) (bool, error) {
+	res, err := q.x.ExecContext(ctx, `UPDATE servers SET quarantined_at = ?, quarantine_reason = ?, updated_at = ?
+		WHERE id = ? AND quarantined_at IS NULL`, at.UTC(), reason, at.UTC(), id)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// RevokeAgentKey retires a server's agent key (kept as revoked_agent_key,
+// so its holder can be told why it is refused) and invalidates its unused
+// bootstrap tokens; a new one is then issued.
+func (q *Queries) RevokeAgentKey(ctx context.Context, id string, at time.Time) error {
+	if err := affected(q.x.ExecContext(ctx, `UPDATE servers SET revoked_agent_key = COALESCE(agent_public_key, revoked_agent_key),
+		agent_public_key = NULL, updated_at = ? WHERE id = ?`, at.UTC(), id)); err != nil {
+		return err
+	}
+	_, err := q.x.ExecContext(ctx, `UPDATE bootstrap_tokens SET used_at = ? WHERE server_id = ? AND used_at IS NULL`, at.UTC(), id)
+	return err
 }
 
 // SaveAgentSession records a session start: agent version and facts, last

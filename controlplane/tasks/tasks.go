@@ -456,6 +456,14 @@ func (s *Service) dispatch(ctx context.Context, serverID, taskID string, since t
 	if !since.IsZero() && t.LastSentAt != nil && !t.LastSentAt.Before(since) {
 		return
 	}
+	// A quarantined server's session may belong to an impostor holding its
+	// key: its tasks wait, queued, for the rekeyed agent.
+	if srv, err := s.store.Q().GetServer(ctx, "", serverID); err != nil || srv.QuarantinedAt != nil {
+		if err != nil {
+			s.log.Warn("load server to send to", zap.String("server", serverID), zap.Error(err))
+		}
+		return
+	}
 	var pt protocol.Task
 	if err := s.unseal(t.SpecJSON, t.ID, &pt); err != nil {
 		s.log.Error("stored task spec unreadable", zap.String("task", taskID), zap.Error(err))

@@ -3,6 +3,7 @@ package tasks_test
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -521,4 +522,32 @@ func TestLogCap(t *testing.T) {
 	if err := c.app.Store.DB().QueryRow(q, v.ID).Scan(&bytes); err != nil || bytes > 8<<20 {
 		t.Fatalf("stored %d bytes (%v)", bytes, err)
 	}
+}
+
+// A quarantined server's session may be an impostor's: even while one is
+// live, tasks stay queued, and they go out once a new enrollment lifted
+// the quarantine.
+func TestQuarantinedServerGetsNoTasks(t *testing.T) {
+	t.Parallel()
+	c := startCP(t)
+	a := c.server("web-1")
+	a.onTask = runs(nil)
+	a.connect()
+	defer a.disconnect()
+	ctx := context.Background()
+	if _, err := c.app.Store.Q().Quarantine(ctx, a.id, "test: two agents", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	v := c.createTask(a.id, exec("uptime"))
+	if v.State != protocol.TaskQueued || v.Attempts != 0 || v.SentAt != nil {
+		t.Fatalf("task for a quarantined server with a live session: %+v", v)
+	}
+	// The rekeyed agent enrolls (its key is recorded, the quarantine
+	// ends) and connects again.
+	if err := c.app.Store.Q().SaveAgentKey(ctx, a.id, a.priv.Public().(ed25519.PublicKey), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	a.disconnect()
+	a.connect()
+	c.waitTask(v.ID, "success", func(v taskView) bool { return v.State == protocol.TaskSucceeded })
 }

@@ -15,8 +15,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/devpilot/devpilot/controlplane/app"
+	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/store/storetest"
 	"github.com/devpilot/devpilot/controlplane/web"
 )
@@ -435,5 +437,33 @@ func TestRevokedTokenEndsTheSession(t *testing.T) {
 	}
 	if n := p.sessionRows(); n != 0 {
 		t.Errorf("%d console sessions stored after the token's revocation, want 0", n)
+	}
+}
+
+// A quarantined server's page says why and names the fix.
+func TestQuarantinedServerPageNamesTheFix(t *testing.T) {
+	t.Parallel()
+	p := newPlain(t)
+	ctx := context.Background()
+	ws, err := p.a.Store.Q().WorkspaceBySlug(ctx, app.DefaultWS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	if err := p.a.Store.Q().CreateServer(ctx, store.Server{ID: "srv_q", WorkspaceID: ws.ID, Provider: "digitalocean", Name: "web-q",
+		Region: "nyc3", Size: "s-1vcpu-1gb", Image: "debian-12", PortsJSON: "[22]", State: "offline", AgentPublicKey: make([]byte, 32),
+		AgentTimeoutS: 900, CreatedAt: now, UpdatedAt: now}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.a.Store.Q().Quarantine(ctx, "srv_q", "two agents used this server's identity key: from 192.0.2.1:1, 192.0.2.2:2", now); err != nil {
+		t.Fatal(err)
+	}
+	b := p.browser()
+	b.signIn(p.owner)
+	pg := b.do("GET", "/ui/w/default/servers/srv_q", nil, nil)
+	for _, want := range []string{`id="server-state">quarantined<`, "192.0.2.2:2", "devpilot servers rekey srv_q", "devpilot-agent enroll --token-file -"} {
+		if !strings.Contains(pg.body, want) {
+			t.Errorf("server page lacks %q:\n%s", want, pg.body)
+		}
 	}
 }

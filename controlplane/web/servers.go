@@ -22,6 +22,7 @@ type server struct {
 	Image         string     `json:"image"`
 	Ports         []int      `json:"ports"`
 	State         string     `json:"state"`
+	StateReason   string     `json:"state_reason"`
 	InstanceID    string     `json:"instance_id"`
 	PublicIPv4    string     `json:"public_ipv4"`
 	Tags          []string   `json:"tags"`

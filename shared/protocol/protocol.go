@@ -133,6 +133,12 @@ const (
 	ErrAuthFailed     = "auth_failed"             // unknown server or bad signature
 	ErrServerDeleted  = "server_deleted"          // the agent should stop retrying
 	ErrSessionReplace = "session_replaced"        // another session for the same server took over
+	// ErrQuarantined: two agents used this server's identity key; no
+	// session until an admin rekeys the server (devpilot servers rekey)
+	// and the real agent enrolls again (devpilot-agent enroll).
+	ErrQuarantined = "server_quarantined"
+	// ErrKeyRevoked: the key signing the hello was retired by a rekey.
+	ErrKeyRevoked = "identity_revoked"
 )
 
 // Heartbeat carries the agent's health.
