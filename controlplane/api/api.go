@@ -22,9 +22,9 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cloud"
 	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/integrations"
+	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
-	"github.com/devpilot/devpilot/controlplane/rekey"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
 )
@@ -33,7 +33,7 @@ import (
 type KeyRotator func(ctx context.Context) (RotateResult, error)
 
 // RotateResult reports a master key rotation.
-type RotateResult = rekey.Result
+type RotateResult = keyrotation.Result
 
 // Options wire the API to its services.
 type Options struct {

@@ -31,8 +31,8 @@ import (
 	"github.com/devpilot/devpilot/controlplane/hub"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/integrations"
+	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/provision"
-	"github.com/devpilot/devpilot/controlplane/rekey"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
@@ -372,9 +372,9 @@ func RecoverOwnerToken(ctx context.Context, dataDir, database string) (Recovered
 }
 
 // rotateKeys puts every secret under a new master key and retires the old
-// keys no stored secret uses anymore (see rekey).
+// keys no stored secret uses anymore (see keyrotation).
 func (a *App) rotateKeys(ctx context.Context) (api.RotateResult, error) {
-	return rekey.Rotate(ctx, a.Store, a.Keys, a.log.Named("rekey"))
+	return keyrotation.Rotate(ctx, a.Store, a.Keys, a.log.Named("keyrotation"))
 }
 
 // Handler is the API and the web console (for tests that serve it themselves).

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/devpilot/devpilot/controlplane/app"
-	"github.com/devpilot/devpilot/controlplane/rekey"
+	"github.com/devpilot/devpilot/controlplane/keyrotation"
 )
 
 type tokenRow struct {
@@ -161,7 +161,7 @@ func runKeys(ctx context.Context, env Env, args []string) error {
 			if err != nil {
 				return err
 			}
-			var res rekey.Result
+			var res keyrotation.Result
 			raw, err := cl.do(ctx, "POST", "/v1/keys/rotate", nil, &res)
 			if err != nil {
 				return err

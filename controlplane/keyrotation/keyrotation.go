@@ -1,7 +1,7 @@
-// Package rekey rotates the master key: it puts every stored secret under a
+// Package keyrotation rotates the master key: it puts every stored secret under a
 // new key and retires the old keys no row uses anymore. One rotation runs at
 // a time, across every control plane on the database.
-package rekey
+package keyrotation
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package rekey_test
+package keyrotation_test
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/devpilot/devpilot/controlplane/app"
-	"github.com/devpilot/devpilot/controlplane/rekey"
+	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/store/storetest"
@@ -85,17 +85,17 @@ func start(t *testing.T, n int) *cp {
 
 // rotate calls POST /v1/keys/rotate; the body is decoded into a Result on
 // 200 and returned raw otherwise.
-func (c *cp) rotate() (int, rekey.Result, string) {
+func (c *cp) rotate() (int, keyrotation.Result, string) {
 	req, _ := http.NewRequest("POST", c.srv.URL+"/v1/keys/rotate", nil)
 	req.Header.Set("Authorization", "Bearer "+c.owner)
 	resp, err := c.srv.Client().Do(req)
 	if err != nil {
 		c.t.Error(err)
-		return 0, rekey.Result{}, ""
+		return 0, keyrotation.Result{}, ""
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var res rekey.Result
+	var res keyrotation.Result
 	if resp.StatusCode == 200 {
 		if err := json.Unmarshal(b, &res); err != nil {
 			c.t.Errorf("decode %s: %v", b, err)
@@ -193,7 +193,7 @@ func TestRotationSkipsAndReportsAnUndecryptableRow(t *testing.T) {
 	}
 	n := 0
 	for _, e := range audit.Entries {
-		var d struct{ Skipped []rekey.Skipped }
+		var d struct{ Skipped []keyrotation.Skipped }
 		if e.Action == "keys.rotate" && json.Unmarshal(e.Detail, &d) == nil && len(d.Skipped) == 1 && d.Skipped[0].ID == bad {
 			n++
 		}
