@@ -92,6 +92,7 @@ type Config struct {
 	// Tasks.
 	TaskSweepInterval time.Duration // how often overdue tasks are timed out; default 5 s
 	TaskDeadlineGrace time.Duration // how long after its deadline the control plane times a task out; default 15 s
+	TaskMaxLogBytes   int64         // output stored per task; default tasks.DefaultMaxLogBytes (8 MiB)
 
 	// SSH diagnostics of servers whose agent did not confirm the install.
 	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
@@ -205,7 +206,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Logger: cfg.Logger,
-		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace})
+		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	apiHandler := api.New(api.Options{

@@ -45,13 +45,20 @@ type cp struct {
 	client *http.Client
 }
 
-func startCP(t testing.TB) *cp {
+func startCP(t testing.TB) *cp { return startCPWith(t, nil) }
+
+// startCPWith is startCP with the configuration changed by tweak.
+func startCPWith(t testing.TB, tweak func(*app.Config)) *cp {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.New(ctx, app.Config{DataDir: dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", TLS: app.TLSOff, Out: io.Discard,
+	cfg := app.Config{DataDir: dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", TLS: app.TLSOff, Out: io.Discard,
 		AgentDir: t.TempDir(), HeartbeatInterval: time.Second,
-		TaskSweepInterval: 20 * time.Millisecond, TaskDeadlineGrace: 10 * time.Millisecond})
+		TaskSweepInterval: 20 * time.Millisecond, TaskDeadlineGrace: 10 * time.Millisecond}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	a, err := app.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
