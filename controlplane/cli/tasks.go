@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
@@ -509,6 +510,9 @@ func parsePlan(b []byte, name string, readFrom func(from string) ([]byte, error)
 	if err := dec.Decode(&pf); err != nil {
 		return req, fmt.Errorf("plan %s: %w", name, err)
 	}
+	if err := plainText(pf); err != nil {
+		return req, fmt.Errorf("plan %s: %w", name, err)
+	}
 	req = tasks.DeploymentRequest{Servers: pf.Servers, Tag: pf.Tag, MaxParallel: pf.MaxParallel, DeadlineS: pf.DeadlineS}
 	for i, s := range pf.Steps {
 		st := tasks.Step{Name: s.Name, Kind: s.Kind, StepFields: tasks.StepFields{Argv: s.Argv, Env: s.Env, Dir: s.Dir, User: s.User,
@@ -536,6 +540,42 @@ func parsePlan(b []byte, name string, readFrom func(from string) ([]byte, error)
 		req.Plan.Steps = append(req.Plan.Steps, st)
 	}
 	return req, nil
+}
+
+// plainText refuses a plan whose values are not valid UTF-8 (YAML's
+// !!binary can make them so): JSON would turn such bytes into U+FFFD, so
+// the servers would get something other than the plan says. Binary file
+// content goes in content (sent as base64) or content_base64.
+func plainText(pf PlanFile) error {
+	bad := func(where string, vs ...string) error {
+		for _, v := range vs {
+			if !utf8.ValidString(v) {
+				return fmt.Errorf("%s is not valid UTF-8 text (binary file content goes in content or content_base64)", where)
+			}
+		}
+		return nil
+	}
+	if err := bad("tag", pf.Tag); err != nil {
+		return err
+	}
+	if err := bad("servers", pf.Servers...); err != nil {
+		return err
+	}
+	for i, s := range pf.Steps {
+		where := fmt.Sprintf("step %d (%s)", i+1, strings.ToValidUTF8(s.Name, "?"))
+		if err := bad(where+": argv", s.Argv...); err != nil {
+			return err
+		}
+		for k, v := range s.Env {
+			if err := bad(where+": env", k, v); err != nil {
+				return err
+			}
+		}
+		if err := bad(where, s.Name, s.Kind, s.Dir, s.User, s.Unit, s.Action, s.Path, s.From, s.ContentBase64, s.Mode, s.Owner, s.Group); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func runDeploy(ctx context.Context, env Env, args []string) error {

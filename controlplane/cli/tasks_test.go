@@ -51,6 +51,9 @@ func TestPlanRefusals(t *testing.T) {
 		{"missing from", "tag: web\nsteps:\n  - kind: file\n    path: /x\n    from: nope.conf\n", "nope.conf"},
 		// Read no further than a task can carry, so from: /dev/zero ends.
 		{"big from", "tag: web\nsteps:\n  - kind: file\n    path: /x\n    from: big.bin\n", "big.bin is larger than 512 KiB"},
+		// JSON would send U+FFFD instead of these bytes.
+		{"binary argv", "tag: web\nsteps:\n  - kind: exec\n    argv: [!!binary /w==]\n", "step 1 (): argv is not valid UTF-8"},
+		{"binary tag", "tag: !!binary 0000\n", "tag is not valid UTF-8"},
 		{"endless from", "tag: web\nsteps:\n  - kind: file\n    path: /x\n    from: /dev/zero\n", "/dev/zero is larger than 512 KiB"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
