@@ -204,9 +204,11 @@ func FuzzDecode(f *testing.F) {
 		if err := DecodeData(e2, v2); err != nil {
 			t.Fatalf("DecodeData(Encode(x)) failed: %v\n%s", err, b2)
 		}
-		if !reflect.DeepEqual(v, v2) {
-			j1, _ := json.Marshal(v)
-			j2, _ := json.Marshal(v2)
+		// Compared encoded: omitempty makes an empty list and none the
+		// same message ("steps":[] is sent as nothing).
+		j1, _ := json.Marshal(v)
+		j2, _ := json.Marshal(v2)
+		if !bytes.Equal(j1, j2) {
 			t.Fatalf("round trip changed the message:\n%s\n%s", j1, j2)
 		}
 	})
