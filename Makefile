@@ -34,9 +34,9 @@ test-sqlite:
 test-postgres:
 	DEVPILOT_TEST_DATABASE=postgres $(GO) test -race -count=1 -timeout 20m -skip '^TestPostgres' $(PG_SUITES)
 
-## fuzz: a short run of every fuzz target (the seed corpora also run in make test)
+## fuzz: every fuzz target for FUZZTIME each (default 15s; the seed corpora also run in make test)
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $${FUZZTIME:-15s} ./shared/protocol
+	GO=$(GO) ./scripts/fuzz.sh
 
 ## demo: build, start `devpilot dev` in the foreground, print what to try
 demo: build
