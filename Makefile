@@ -62,9 +62,9 @@ test-stress:
 	@$(if $(TEST_LOGS),mkdir -p $(TEST_LOGS),true)
 	./scripts/with-postgres.sh ./scripts/busy.sh $(call GOTESTSUM,stress) -- -race -count=2 -timeout 40m $(STRESS_PKGS)
 
-## fuzz: a short run of every fuzz target (the seed corpora also run in make test)
+## fuzz: every fuzz target for FUZZTIME each (default 15s; the seed corpora also run in make test)
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $${FUZZTIME:-15s} ./shared/protocol
+	GO=$(GO) ./scripts/fuzz.sh
 
 ## demo: build, start `devpilot dev` in the foreground, print what to try
 demo: build

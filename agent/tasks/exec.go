@@ -29,6 +29,10 @@ func (r *Runner) runExec(ctx context.Context, t *task, step int, s *protocol.Exe
 	if s.TimeoutS < 0 || s.MaxOutputBytes < 0 {
 		return failed(protocol.ReasonInvalid, "exec timeout_s and max_output_bytes must not be negative")
 	}
+	// Bounded before it is multiplied into a Duration, which would wrap.
+	if int64(s.TimeoutS) > protocol.MaxTimeoutS {
+		return failed(protocol.ReasonInvalid, "exec timeout_s %d is out of range (at most %d)", s.TimeoutS, protocol.MaxTimeoutS)
+	}
 	cmd := exec.Command(s.Argv[0], s.Argv[1:]...)
 	// The working dir is below the root dir, like file task paths (the
 	// same on a real server), so a deploy's file and exec steps agree.

@@ -256,6 +256,29 @@ func TestExecStartFailure(t *testing.T) {
 	}
 }
 
+// A timeout_s whose nanoseconds overflow (18446744074 s × 10⁹ wraps to
+// 290 ms) is refused before anything runs, not turned into a short timeout.
+func TestExecRefusesTimeoutOutOfRange(t *testing.T) {
+	t.Parallel()
+	for _, timeout := range []int{18446744074, protocol.MaxTimeoutS + 1, 1<<63 - 1} {
+		t.Run(strconv.Itoa(timeout), func(t *testing.T) {
+			t.Parallel()
+			r := newRunner(t, newEnv(t), nil)
+			s := serve(t, r)
+			task := sh("t", "echo ran")
+			task.Exec.TimeoutS = timeout
+			deliver(t, r, protocol.TypeTask, task)
+			res := s.final(t, "t")
+			if res.State != protocol.TaskFailed || res.Reason != protocol.ReasonInvalid || !strings.Contains(res.Error, "timeout_s") {
+				t.Errorf("result = %s/%s (%s), want failed/invalid naming timeout_s", res.State, res.Reason, res.Error)
+			}
+			if out := s.output("t", protocol.StreamStdout); out != "" {
+				t.Errorf("the program ran: stdout %q", out)
+			}
+		})
+	}
+}
+
 // alive reports whether pid exists and is not a zombie.
 func alive(pid int) bool {
 	if syscall.Kill(pid, 0) != nil {

@@ -5,12 +5,14 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -255,27 +257,39 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 
 const maxBody = 1 << 20
 
-// decode reads a JSON body into v, refusing unknown fields and trailing data.
+const jsonHint = "Send one JSON object; see the API reference in the README."
+
+// decode reads a JSON body of at most maxBody bytes into v, refusing
+// unknown fields and anything after the one JSON value but white space.
+// Its messages name fields and byte offsets, never a value.
 func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	b, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return problem.Validation("", "request body is larger than %d bytes", maxBody)
+			return problem.Validation("Send at most 1 MiB; large files go to a server with an exec task (e.g. curl).",
+				"request body is larger than %d bytes", maxBody)
 		}
 		if errors.Is(err, httpguard.ErrBodyTimeout) {
 			return &problem.Error{Status: http.StatusRequestTimeout, Code: "timeout",
 				Message: "the request body did not arrive in time", Hint: "Send the whole body at once; retry."}
 		}
-		// encoding/json errors name fields and types, never values.
-		return problem.Validation("Send a JSON object; see the API reference in the README.", "malformed JSON body: %s", jsonErrorText(err))
+		return problem.Validation(jsonHint, "malformed JSON body: cannot be read")
 	}
-	if dec.More() {
-		return problem.Validation("", "malformed JSON body: more than one JSON value")
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return problem.Validation(jsonHint, "malformed JSON body: %s", jsonErrorText(err))
+	}
+	if len(bytes.TrimLeft(b[dec.InputOffset():], " \t\r\n")) > 0 {
+		return problem.Validation(jsonHint, "malformed JSON body: data after the JSON value")
 	}
 	return nil
 }
+
+// fieldNameRE is what an API field name looks like; an unknown field is
+// named in an error only if it looks like one (not, say, a pasted key).
+var fieldNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,63}$`)
 
 func jsonErrorText(err error) string {
 	var se *json.SyntaxError
@@ -286,11 +300,17 @@ func jsonErrorText(err error) string {
 	if errors.As(err, &te) {
 		return fmt.Sprintf("field %q must be %s", te.Field, te.Type)
 	}
-	if strings.HasPrefix(err.Error(), "json: unknown field ") {
-		return strings.TrimPrefix(err.Error(), "json: ")
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if n, err := strconv.Unquote(name); err == nil && fieldNameRE.MatchString(n) {
+			return "unknown field " + name
+		}
+		return "an unknown field"
 	}
 	if errors.Is(err, io.EOF) {
 		return "empty body"
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return "the body ends inside the JSON value"
 	}
 	return "cannot be decoded"
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -74,11 +75,22 @@ func intParam(v, name string) (int64, error) {
 	if v == "" {
 		return 0, nil
 	}
+	// Digits only: ParseInt alone would also take "+5" and "-0".
 	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || strings.Trim(v, "0123456789") != "" {
 		return 0, problem.Validation("", "%s must be a non-negative integer", name)
 	}
 	return n, nil
+}
+
+// resumeAfter is the log sequence number to continue after: a
+// reconnecting EventSource's Last-Event-ID (the id of the last "log" event
+// it got) when it sends one, else ?after=, else 0.
+func resumeAfter(after, lastEventID string) (int64, error) {
+	if lastEventID != "" {
+		return intParam(lastEventID, "Last-Event-ID")
+	}
+	return intParam(after, "after")
 }
 
 // taskLogs returns a page of output (?after=SEQ&limit=N), or with
@@ -88,11 +100,16 @@ func intParam(v, name string) (int64, error) {
 // carrying the task.
 func (a *API) taskLogs(w http.ResponseWriter, r *http.Request, c *call) error {
 	q := r.URL.Query()
-	after, err := intParam(q.Get("after"), "after")
+	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
+	lastID := ""
+	if follow {
+		lastID = r.Header.Get("Last-Event-ID")
+	}
+	after, err := resumeAfter(q.Get("after"), lastID)
 	if err != nil {
 		return err
 	}
-	if q.Get("follow") != "1" && q.Get("follow") != "true" {
+	if !follow {
 		limit, err := intParam(q.Get("limit"), "limit")
 		if err != nil {
 			return err
@@ -102,11 +119,6 @@ func (a *API) taskLogs(w http.ResponseWriter, r *http.Request, c *call) error {
 			return err
 		}
 		return writeJSON(w, http.StatusOK, p)
-	}
-	if id := r.Header.Get("Last-Event-ID"); id != "" {
-		if after, err = intParam(id, "Last-Event-ID"); err != nil {
-			return err
-		}
 	}
 	// Errors before the first byte (unknown task) are ordinary JSON errors.
 	if _, err := a.o.Tasks.Get(r.Context(), c.ws.ID, r.PathValue("id")); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,27 +18,47 @@ import (
 	"github.com/devpilot/devpilot/controlplane/devenv"
 )
 
-// agentDir holds a devpilot-agent built for this run, for the servers the
-// tests create.
-var agentDir string
+// built is a devpilot-agent built for this run, for the servers the tests
+// create. It is built on first use, not in TestMain: each fuzz worker runs
+// TestMain too, and a build there would stall every FuzzParsePlan run.
+var built struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+func agentDir(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "devpilot-cli-agent-")
+		if err != nil {
+			built.err = err
+			return
+		}
+		built.dir = dir
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "devpilot-agent"), "github.com/devpilot/devpilot/cmd/devpilot-agent")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("build devpilot-agent: %v\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.dir
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "devpilot-cli-agent-")
-	if err != nil {
-		panic(err)
-	}
-	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "devpilot-agent"), "github.com/devpilot/devpilot/cmd/devpilot-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build devpilot-agent: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	agentDir = dir
-	defer os.RemoveAll(dir)
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
 		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		goleak.Cleanup(func(code int) {
+			if built.dir != "" {
+				_ = os.RemoveAll(built.dir)
+			}
+			os.Exit(code)
+		}),
 	)
 }
 
@@ -60,7 +81,7 @@ func startDev(t *testing.T) (*devenv.Env, map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
 	e, err := devenv.Start(context.Background(), devenv.Config{DataDir: dir, Listen: "127.0.0.1:0", Out: &bytes.Buffer{},
-		BootDelay: 10 * time.Millisecond, AgentDir: agentDir, HeartbeatInterval: time.Second, PollInterval: 50 * time.Millisecond})
+		BootDelay: 10 * time.Millisecond, AgentDir: agentDir(t), HeartbeatInterval: time.Second, PollInterval: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

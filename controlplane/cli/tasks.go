@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
@@ -460,18 +461,57 @@ type PlanStep struct {
 	Group          string            `yaml:"group"`
 }
 
+// Plan files and the local files their steps name are read up to these
+// sizes: far above what a task can carry (tasks.MaxFileBytes), and never
+// a read without end (from: /dev/zero).
+const (
+	maxPlanBytes     = 4 << 20
+	maxPlanFromBytes = tasks.MaxFileBytes
+)
+
 // LoadPlan reads a plan file into a deployment request.
 func LoadPlan(path string) (tasks.DeploymentRequest, error) {
-	var req tasks.DeploymentRequest
-	b, err := os.ReadFile(path)
+	b, err := readCapped(path, maxPlanBytes)
 	if err != nil {
-		return req, fmt.Errorf("read plan: %w", err)
+		return tasks.DeploymentRequest{}, fmt.Errorf("read plan: %w", err)
 	}
+	return parsePlan(b, path, func(from string) ([]byte, error) {
+		if !filepath.IsAbs(from) {
+			from = filepath.Join(filepath.Dir(path), from)
+		}
+		return readCapped(from, maxPlanFromBytes)
+	})
+}
+
+// readCapped reads a file of at most max bytes.
+func readCapped(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is larger than %d KiB", path, max>>10)
+	}
+	return b, nil
+}
+
+// parsePlan turns a plan file's bytes (from the file called name) into a
+// deployment request; readFrom reads a step's from: file.
+func parsePlan(b []byte, name string, readFrom func(from string) ([]byte, error)) (tasks.DeploymentRequest, error) {
+	var req tasks.DeploymentRequest
 	var pf PlanFile
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&pf); err != nil {
-		return req, fmt.Errorf("plan %s: %w", path, err)
+		return req, fmt.Errorf("plan %s: %w", name, err)
+	}
+	if err := plainText(pf); err != nil {
+		return req, fmt.Errorf("plan %s: %w", name, err)
 	}
 	req = tasks.DeploymentRequest{Servers: pf.Servers, Tag: pf.Tag, MaxParallel: pf.MaxParallel, DeadlineS: pf.DeadlineS}
 	for i, s := range pf.Steps {
@@ -485,11 +525,7 @@ func LoadPlan(path string) (tasks.DeploymentRequest, error) {
 		}
 		if s.From != "" {
 			sources++
-			p := s.From
-			if !filepath.IsAbs(p) {
-				p = filepath.Join(filepath.Dir(path), p)
-			}
-			data, err := os.ReadFile(p)
+			data, err := readFrom(s.From)
 			if err != nil {
 				return req, fmt.Errorf("plan step %d (%s): %w", i+1, s.Name, err)
 			}
@@ -504,6 +540,42 @@ func LoadPlan(path string) (tasks.DeploymentRequest, error) {
 		req.Plan.Steps = append(req.Plan.Steps, st)
 	}
 	return req, nil
+}
+
+// plainText refuses a plan whose values are not valid UTF-8 (YAML's
+// !!binary can make them so): JSON would turn such bytes into U+FFFD, so
+// the servers would get something other than the plan says. Binary file
+// content goes in content (sent as base64) or content_base64.
+func plainText(pf PlanFile) error {
+	bad := func(where string, vs ...string) error {
+		for _, v := range vs {
+			if !utf8.ValidString(v) {
+				return fmt.Errorf("%s is not valid UTF-8 text (binary file content goes in content or content_base64)", where)
+			}
+		}
+		return nil
+	}
+	if err := bad("tag", pf.Tag); err != nil {
+		return err
+	}
+	if err := bad("servers", pf.Servers...); err != nil {
+		return err
+	}
+	for i, s := range pf.Steps {
+		where := fmt.Sprintf("step %d (%s)", i+1, strings.ToValidUTF8(s.Name, "?"))
+		if err := bad(where+": argv", s.Argv...); err != nil {
+			return err
+		}
+		for k, v := range s.Env {
+			if err := bad(where+": env", k, v); err != nil {
+				return err
+			}
+		}
+		if err := bad(where, s.Name, s.Kind, s.Dir, s.User, s.Unit, s.Action, s.Path, s.From, s.ContentBase64, s.Mode, s.Owner, s.Group); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func runDeploy(ctx context.Context, env Env, args []string) error {

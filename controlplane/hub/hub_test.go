@@ -11,10 +11,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -633,6 +635,59 @@ func TestHeartbeatUpdatesStatusAndIsFlushed(t *testing.T) {
 	}
 	if got := e.metric(t, "devpilot_hub_messages_total", protocol.TypeHeartbeat); got != 1 {
 		t.Errorf("messages{heartbeat} = %v, want 1", got)
+	}
+}
+
+// An authenticated agent can send almost 1 MiB of health; what the hub
+// keeps (and GET servers shows) is small and sane.
+func TestHostileHealthIsBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(o *Options) { o.FlushInterval = 20 * time.Millisecond })
+	a, _, _ := e.enroll(t, "srv-1")
+	long := strings.Repeat("é", 400) // 800 bytes; cut inside a rune at 256
+	disks := make([]protocol.Disk, 7000)
+	for i := range disks {
+		disks[i] = protocol.Disk{Mount: "/mnt/" + strconv.Itoa(i), TotalMB: -5, UsedMB: 1 << 62}
+	}
+	disks[0].Mount = "/" + long
+	disks[1] = protocol.Disk{Mount: "/data", TotalMB: 1000, UsedMB: 4000}
+	hostile := protocol.Health{UptimeS: -1, Load1: -3, Load5: 1e300, Load15: 2, CPUPercent: 1e9,
+		MemTotalMB: -10, MemUsedMB: 1 << 62, Disks: disks, AgentVersion: long}
+	b, err := protocol.Encode(protocol.TypeHeartbeat, protocol.Heartbeat{Health: hostile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("hostile heartbeat: %d bytes", len(b))
+	a.sendRaw(b)
+
+	eventually(t, "SaveHealth", func() bool { _, ok := e.reg.savedHealth("srv-1"); return ok })
+	saved, _ := e.reg.savedHealth("srv-1")
+	st, _ := e.hub.Status("srv-1")
+	for name, h := range map[string]protocol.Health{"saved": saved.Health, "status": *st.Health} {
+		j, _ := json.Marshal(h)
+		if len(j) > 16<<10 {
+			t.Errorf("%s health is %d bytes encoded, want at most 16 KiB", name, len(j))
+		}
+		if len(h.Disks) != MaxDisks {
+			t.Errorf("%s health has %d disks, want the first %d", name, len(h.Disks), MaxDisks)
+		}
+		for _, d := range h.Disks {
+			if len(d.Mount) > MaxMountBytes || !utf8.ValidString(d.Mount) || d.TotalMB < 0 || d.UsedMB < 0 || d.UsedMB > d.TotalMB {
+				t.Errorf("%s disk %q total %d used %d is out of bounds", name, d.Mount, d.TotalMB, d.UsedMB)
+				break
+			}
+		}
+		if h.Disks[1] != (protocol.Disk{Mount: "/data", TotalMB: 1000, UsedMB: 1000}) {
+			t.Errorf("%s disk 1 = %+v, want /data with used clamped to its total", name, h.Disks[1])
+		}
+		if !strings.HasPrefix(h.Disks[0].Mount, "/é") {
+			t.Errorf("%s disk 0 mount %q lost its start", name, h.Disks[0].Mount)
+		}
+		if h.UptimeS != 0 || h.Load1 != 0 || h.Load5 > MaxLoad || h.Load15 != 2 || h.CPUPercent != 100 ||
+			h.MemTotalMB != 0 || h.MemUsedMB != 0 || len(h.AgentVersion) > MaxVersionBytes || !utf8.ValidString(h.AgentVersion) {
+			t.Errorf("%s health values out of bounds: %+v", name, protocol.Health{UptimeS: h.UptimeS, Load1: h.Load1, Load5: h.Load5,
+				Load15: h.Load15, CPUPercent: h.CPUPercent, MemTotalMB: h.MemTotalMB, MemUsedMB: h.MemUsedMB, AgentVersion: h.AgentVersion})
+		}
 	}
 }
 

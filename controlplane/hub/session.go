@@ -479,9 +479,10 @@ func (h *Hub) dispatch(s *session, env protocol.Envelope) {
 			return
 		}
 		at := h.now()
-		s.health.Store(&hb.Health)
+		health := boundHealth(hb.Health)
+		s.health.Store(&health)
 		h.hmu.Lock()
-		h.pending[s.serverID] = HealthSample{Health: hb.Health, At: at}
+		h.pending[s.serverID] = HealthSample{Health: health, At: at}
 		h.hmu.Unlock()
 		h.m.heartbeats.Inc()
 		return

@@ -81,16 +81,25 @@ var (
 func bad(hint, format string, args ...any) error { return problem.Validation(hint, format, args...) }
 
 // deadline validates deadline_s and returns the task's deadline from now.
+// The range is checked before multiplying: seconds × 10⁹ overflows
+// time.Duration from about 9.2e9 s.
 func deadline(now time.Time, s int) (time.Time, error) {
 	d := DefaultDeadline
 	if s != 0 {
-		d = time.Duration(s) * time.Second
-		if s < 0 || d > MaxDeadline {
-			return time.Time{}, bad("Give deadline_s in seconds, at most 604800 (7 days); default 3600.", "deadline_s %d is out of range", s)
+		if !inSeconds(s, MaxDeadline) {
+			return time.Time{}, bad("Give deadline_s in seconds, at most 604800 (7 days); default 3600.",
+				"deadline_s %d is out of range: give 1 to %d seconds, or 0 for the default %d", s, maxSeconds(MaxDeadline), maxSeconds(DefaultDeadline))
 		}
+		d = time.Duration(s) * time.Second
 	}
 	return now.Add(d), nil
 }
+
+// inSeconds reports whether 1 <= s <= max in whole seconds, without
+// overflowing.
+func inSeconds(s int, max time.Duration) bool { return s >= 1 && int64(s) <= maxSeconds(max) }
+
+func maxSeconds(d time.Duration) int64 { return int64(d / time.Second) }
 
 // Build checks a Spec and turns it into the protocol task (without id and
 // deadline).
@@ -232,8 +241,9 @@ func checkExec(f StepFields, where string) (*protocol.ExecSpec, error) {
 	if f.User != "" && !userRE.MatchString(f.User) {
 		return nil, bad("Give a user name such as www-data, or a numeric uid.", "%sinvalid user %q", where, f.User)
 	}
-	if f.TimeoutS < 0 || time.Duration(f.TimeoutS)*time.Second > MaxDeadline {
-		return nil, bad("timeout_s is in seconds; 0 means until the task's deadline.", "%stimeout_s %d is out of range", where, f.TimeoutS)
+	if f.TimeoutS != 0 && !inSeconds(f.TimeoutS, protocol.MaxTimeoutS*time.Second) {
+		return nil, bad("timeout_s is in seconds; 0 means until the task's deadline.",
+			"%stimeout_s %d is out of range: give 1 to %d seconds, or 0 for the task's deadline", where, f.TimeoutS, protocol.MaxTimeoutS)
 	}
 	if f.MaxOutputBytes < 0 || f.MaxOutputBytes > MaxOutputCap {
 		return nil, bad("0 means the agent's default (1 MiB).", "%smax_output_bytes %d is out of range (at most %d)", where, f.MaxOutputBytes, MaxOutputCap)

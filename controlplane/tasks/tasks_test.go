@@ -472,6 +472,15 @@ func TestValidation(t *testing.T) {
 		{"base64", map[string]any{"kind": "file", "path": "/etc/x", "content_base64": "!!"}, "not valid base64"},
 		{"big file", map[string]any{"kind": "file", "path": "/etc/x", "content_base64": strings.Repeat("AAAA", 200<<10)}, "at most"},
 		{"deadline", map[string]any{"kind": "exec", "argv": []string{"ls"}, "deadline_s": -1}, "deadline_s"},
+		// seconds × 10⁹ would overflow: a deadline before creation.
+		{"deadline overflow", map[string]any{"kind": "exec", "argv": []string{"ls"}, "deadline_s": int64(9223372036854775807)},
+			"deadline_s 9223372036854775807 is out of range: give 1 to 604800"},
+		{"deadline too long", map[string]any{"kind": "exec", "argv": []string{"ls"}, "deadline_s": 604801}, "give 1 to 604800"},
+		// 18446744074 s × 10⁹ wraps to 290 ms.
+		{"timeout overflow", map[string]any{"kind": "exec", "argv": []string{"ls"}, "timeout_s": int64(18446744074)},
+			"timeout_s 18446744074 is out of range: give 1 to 604800"},
+		{"step timeout overflow", map[string]any{"kind": "deploy", "steps": []map[string]any{
+			{"kind": "exec", "argv": []string{"ls"}, "timeout_s": int64(9223372036854775807)}}}, "steps[0]: timeout_s 9223372036854775807 is out of range"},
 		{"deploy no steps", map[string]any{"kind": "deploy"}, "steps"},
 		{"nested deploy", map[string]any{"kind": "deploy", "steps": []map[string]any{{"kind": "deploy"}}}, "not allowed in a step"},
 		{"deploy step", map[string]any{"kind": "deploy", "steps": []map[string]any{{"kind": "exec"}}}, "steps[0]: argv must not be empty"},
@@ -484,6 +493,13 @@ func TestValidation(t *testing.T) {
 				t.Fatalf("%d %+v, want a validation error with %q", code, e, tc.want)
 			}
 		})
+	}
+	var de apiError
+	plan := map[string]any{"steps": []map[string]any{{"kind": "exec", "argv": []string{"true"}}}}
+	code := c.call("", "POST", wsBase+"/deployments", map[string]any{"servers": []string{a.id}, "plan": plan,
+		"deadline_s": int64(9223372036854775807)}, &de)
+	if code != http.StatusBadRequest || de.Error.Code != "validation_failed" || !strings.Contains(de.Error.Message, "give 1 to 604800") {
+		t.Fatalf("deployment deadline_s overflow: %d %+v", code, de)
 	}
 	var e apiError
 	if code := c.call("", "POST", wsBase+"/servers/srv_nope/tasks", exec("ls"), &e); code != http.StatusNotFound {

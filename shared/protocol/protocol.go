@@ -41,6 +41,10 @@ const (
 	// MissedHeartbeats is how many intervals without a heartbeat make a
 	// server offline.
 	MissedHeartbeats = 3
+	// MaxTimeoutS bounds ExecSpec.TimeoutS (7 days, the longest task
+	// deadline): a larger value is refused, never multiplied into an
+	// overflowing duration.
+	MaxTimeoutS = 7 * 24 * 3600
 )
 
 // Path is where agents dial the hub, relative to the control plane URL.
