@@ -22,6 +22,7 @@ import (
 	"github.com/devpilot/devpilot/agent/layout"
 	"github.com/devpilot/devpilot/agent/unitctl"
 	"github.com/devpilot/devpilot/packaging"
+	"github.com/devpilot/devpilot/shared/atomicfile"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -297,7 +298,10 @@ func writeIfChanged(path string, data []byte, mode os.FileMode) (bool, error) {
 			return true, os.Chmod(path, mode)
 		}
 	}
-	return true, config.WriteFileAtomic(path, data, mode)
+	if err := atomicfile.WriteFile(path, data, mode); err != nil {
+		return true, fmt.Errorf("write %s: %w", path, err)
+	}
+	return true, nil
 }
 
 func sameContent(f *os.File, data []byte) (bool, os.FileMode) {

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/devpilot/devpilot/shared/atomicfile"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -128,7 +129,7 @@ func (j *journal) compactLocked(now time.Time) error {
 		buf.Write(append(b, '\n'))
 	}
 	path := filepath.Join(j.dir, JournalFile)
-	if err := writeFileSync(path, buf.Bytes(), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, buf.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
 	if j.f != nil {
@@ -338,45 +339,4 @@ func readChunks(path string, off, size int64, limit int) ([]protocol.TaskLog, []
 		ends = append(ends, off)
 	}
 	return logs, ends, nil
-}
-
-// writeFileSync replaces path atomically: temp file, fsync, rename, fsync dir.
-func writeFileSync(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !strings.Contains(err.Error(), "invalid argument") {
-		return err
-	}
-	return nil
 }

@@ -474,6 +474,41 @@ func TestFileWriteAtomic(t *testing.T) {
 	}
 }
 
+// Setuid, setgid and sticky bits in a file task's mode land on the file,
+// also when an owner is set (chown clears setuid and setgid).
+func TestFileModeSpecialBits(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r := newRunner(t, e, nil)
+	s := serve(t, r)
+	for i, tc := range []struct {
+		mode string
+		want os.FileMode
+	}{
+		{"4755", 0o755 | os.ModeSetuid},
+		{"2750", 0o750 | os.ModeSetgid},
+		{"1644", 0o644 | os.ModeSticky},
+		{"6711", 0o711 | os.ModeSetuid | os.ModeSetgid},
+	} {
+		id := "special" + strconv.Itoa(i)
+		task := fileTask(id, "/usr/local/bin/"+id, "#!/bin/sh\n", tc.mode)
+		if os.Geteuid() == 0 {
+			task.File.Owner, task.File.Group = "nobody", "root"
+		}
+		deliver(t, r, protocol.TypeTask, task)
+		if res := s.final(t, id); res.State != protocol.TaskSucceeded {
+			t.Fatalf("mode %s: %+v", tc.mode, res)
+		}
+		st, err := os.Stat(filepath.Join(e.root, "usr/local/bin", id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode() != tc.want {
+			t.Errorf("mode %s: file mode %v, want %v", tc.mode, st.Mode(), tc.want)
+		}
+	}
+}
+
 func TestDeployStopsAtFailedStep(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
