@@ -48,6 +48,3 @@ func (b *Backoff) Next() time.Duration {
 
 // Reset starts over after a healthy session.
 func (b *Backoff) Reset() { b.attempt = 0 }
-
-// Attempt is how many delays were handed out since the last Reset.
-func (b *Backoff) Attempt() int { return b.attempt }
