@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -282,8 +283,8 @@ func sh(t *testing.T, m *nspawn.Machine, script string) (string, int) {
 	out, err := m.Exec(ctx, "sh", "-c", script)
 	code := 0
 	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
 			t.Fatalf("%s: run %q: %v: %s", m.Name, script, err, out)
 		}
 		code = ee.ExitCode()

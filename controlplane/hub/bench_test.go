@@ -342,7 +342,7 @@ func benchHandshake(d *websocket.Dialer, url string, i int, key ed25519.PrivateK
 	_, b, err = c.ReadMessage()
 	if err != nil || !strings.Contains(string(b), `"welcome"`) {
 		c.Close()
-		return nil, fmt.Errorf("welcome: %q %v", b, err)
+		return nil, fmt.Errorf("welcome: %q %w", b, err)
 	}
 	return c, nil
 }

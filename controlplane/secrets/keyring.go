@@ -189,7 +189,7 @@ func parseKeyring(data []byte) (*Keyring, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&kf); err != nil {
 		// json errors quote offsets and types, not the key values.
-		return nil, fmt.Errorf("%w: %v", ErrKeyringInvalid, err)
+		return nil, fmt.Errorf("%w: %w", ErrKeyringInvalid, err)
 	}
 	if kf.Version != 1 {
 		return nil, fmt.Errorf("%w: version %d not supported (want 1)", ErrKeyringInvalid, kf.Version)
