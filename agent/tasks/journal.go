@@ -133,7 +133,7 @@ func (j *journal) compactLocked(now time.Time) error {
 		return fmt.Errorf("journal: %w", err)
 	}
 	if j.f != nil {
-		j.f.Close()
+		_ = j.f.Close()
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -220,7 +220,7 @@ func (j *journal) close() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.f != nil {
-		j.f.Close()
+		_ = j.f.Close()
 		j.f = nil
 	}
 }
@@ -275,7 +275,7 @@ func recoverSpool(path string) *spool {
 		s.size += int64(len(line))
 	}
 	if st, err := f.Stat(); err == nil && st.Size() != s.size {
-		os.Truncate(path, s.size)
+		_ = os.Truncate(path, s.size)
 	}
 	return s
 }

@@ -112,7 +112,7 @@ func (c *Collector) Collect(ctx context.Context, t Target) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer client.Close()
+	defer func() { _ = client.Close() }()
 	stop := context.AfterFunc(ctx, func() { _ = client.Close() })
 	defer stop()
 
@@ -203,7 +203,7 @@ func (c *Collector) run(client *ssh.Client, cmd string) (string, string) {
 	if err != nil {
 		return "", "could not open a session: " + err.Error()
 	}
-	defer sess.Close()
+	defer func() { _ = sess.Close() }()
 	out := &tailBuffer{max: c.o.MaxSection}
 	sess.Stdout = out
 	sess.Stderr = out

@@ -92,7 +92,7 @@ func startServer(t *testing.T, hostKey, userKey ssh.Signer, outputs map[string]s
 		}
 	}()
 	t.Cleanup(func() {
-		ln.Close()
+		_ = ln.Close()
 		s.wg.Wait()
 	})
 	return s

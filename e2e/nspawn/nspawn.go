@@ -208,13 +208,13 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 	}
 	m.console = console
 	if m.cgroups, err = makeCgroups(m.Name); err != nil {
-		console.Close()
+		_ = console.Close()
 		return fmt.Errorf("nspawn: cgroups: %w", err)
 	}
 	m.Started = time.Now()
 	cmd, err := m.start()
 	if err != nil {
-		console.Close()
+		_ = console.Close()
 		return fmt.Errorf("nspawn: start systemd-nspawn: %w", err)
 	}
 	go r.supervise(m, cmd)
@@ -275,7 +275,7 @@ func (m *Machine) start() (*exec.Cmd, error) {
 // supervise waits for systemd-nspawn and starts it again when the
 // container rebooted, as systemd-nspawn@.service would.
 func (r *Runtime) supervise(m *Machine, cmd *exec.Cmd) {
-	defer m.console.Close()
+	defer func() { _ = m.console.Close() }()
 	for {
 		err := cmd.Wait()
 		var ee *exec.ExitError
@@ -358,7 +358,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 

@@ -111,7 +111,7 @@ var syncDir = func(dir string) error {
 	if err != nil {
 		return fmt.Errorf("fsync dir: %w", err)
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }()
 	// Some file systems cannot fsync a directory; the rename stands anyway.
 	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
 		return fmt.Errorf("fsync dir %s: %w", dir, err)
