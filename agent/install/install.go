@@ -290,7 +290,7 @@ func ensureDir(dir string, mode os.FileMode) error {
 func writeIfChanged(path string, data []byte, mode os.FileMode) (bool, error) {
 	if f, err := os.Open(path); err == nil {
 		same, mode0 := sameContent(f, data)
-		f.Close()
+		_ = f.Close()
 		if same && mode0 == mode {
 			return false, nil
 		}

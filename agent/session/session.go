@@ -560,7 +560,7 @@ func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.
 				_ = conn.Close()
 				return nil
 			}
-			conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 			return nil
 		}
 		_ = conn.Close() // unblock the reader

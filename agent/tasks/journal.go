@@ -83,7 +83,7 @@ func openJournal(dir string, now time.Time, retention time.Duration) (*journal, 
 			}
 			j.fold(ev)
 		}
-		f.Close()
+		_ = f.Close()
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
@@ -100,7 +100,7 @@ func openJournal(dir string, now time.Time, retention time.Duration) (*journal, 
 	names, _ := os.ReadDir(filepath.Join(dir, SpoolDir))
 	for _, n := range names {
 		if !keep[n.Name()] {
-			os.Remove(filepath.Join(dir, SpoolDir, n.Name()))
+			_ = os.Remove(filepath.Join(dir, SpoolDir, n.Name()))
 		}
 	}
 	return j, nil
@@ -260,7 +260,7 @@ func recoverSpool(path string) *spool {
 	if err != nil {
 		return s
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	r := bufio.NewReaderSize(f, 128<<10)
 	for {
 		line, err := r.ReadBytes('\n')
@@ -321,7 +321,7 @@ func readChunks(path string, off, size int64, limit int) ([]protocol.TaskLog, []
 	if err != nil {
 		return nil, nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	r := bufio.NewReaderSize(io.NewSectionReader(f, off, size-off), 128<<10)
 	var logs []protocol.TaskLog
 	var ends []int64

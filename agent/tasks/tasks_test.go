@@ -59,9 +59,9 @@ func serve(t *testing.T, r *tasks.Runner) *fakeSession {
 			m := msg{typ: typ}
 			switch typ {
 			case protocol.TypeTaskLog:
-				protocol.DecodeData(env, &m.log)
+				_ = protocol.DecodeData(env, &m.log)
 			case protocol.TypeTaskResult:
-				protocol.DecodeData(env, &m.result)
+				_ = protocol.DecodeData(env, &m.result)
 			}
 			s.mu.Lock()
 			s.msgs = append(s.msgs, m)
@@ -77,7 +77,7 @@ func serve(t *testing.T, r *tasks.Runner) *fakeSession {
 func (s *fakeSession) stop() {
 	if s.cancel != nil {
 		s.cancel()
-		<-s.done
+		_ = <-s.done
 		s.cancel = nil
 	}
 }
@@ -605,10 +605,10 @@ func TestStartedButUnfinishedIsReportedNotRerun(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	dir := tasks.StateDirTasks(e.state)
-	os.MkdirAll(filepath.Join(dir, tasks.SpoolDir), 0o700)
+	_ = os.MkdirAll(filepath.Join(dir, tasks.SpoolDir), 0o700)
 	started := time.Now().Add(-time.Minute).UTC().Truncate(time.Second)
 	line, _ := json.Marshal(map[string]any{"ev": "started", "id": "crashed", "at": started, "kind": "exec"})
-	os.WriteFile(filepath.Join(dir, tasks.JournalFile), append(line, '\n'), 0o600)
+	_ = os.WriteFile(filepath.Join(dir, tasks.JournalFile), append(line, '\n'), 0o600)
 	var spool bytes.Buffer
 	for i := 1; i <= 2; i++ {
 		b, _ := json.Marshal(protocol.TaskLog{TaskID: "crashed", Seq: int64(i), Stream: "stdout", Data: []byte(fmt.Sprintf("part%d\n", i))})
@@ -616,7 +616,7 @@ func TestStartedButUnfinishedIsReportedNotRerun(t *testing.T) {
 	}
 	spool.WriteString(`{"task_id":"crashed","seq":3,"str`)
 	sum := sha256.Sum256([]byte("crashed"))
-	os.WriteFile(filepath.Join(dir, tasks.SpoolDir, hex.EncodeToString(sum[:16])+".log"), spool.Bytes(), 0o600)
+	_ = os.WriteFile(filepath.Join(dir, tasks.SpoolDir, hex.EncodeToString(sum[:16])+".log"), spool.Bytes(), 0o600)
 
 	r := newRunner(t, e, nil)
 	s := serve(t, r)

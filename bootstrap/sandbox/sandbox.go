@@ -458,7 +458,7 @@ func note(path, msg string) {
 	if err != nil {
 		return
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	_, _ = fmt.Fprintf(f, "devpilot-sandbox: %s %s\n", time.Now().UTC().Format(time.RFC3339Nano), msg)
 }
 

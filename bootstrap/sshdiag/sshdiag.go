@@ -310,7 +310,7 @@ func (c *Collector) readKnown() (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("known hosts: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		id, key, ok := strings.Cut(strings.TrimSpace(sc.Text()), " ")

@@ -126,7 +126,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "devpilot-agent:", err)
 		return 2
 	}
-	defer log.Sync()
+	defer func() { _ = log.Sync() }()
 	paths := layout.New(*root)
 
 	var sup unitctl.Controller

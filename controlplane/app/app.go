@@ -417,7 +417,7 @@ func (a *App) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := a.srv.Shutdown(sctx)
-	<-errc
+	_ = <-errc // Serve's http.ErrServerClosed
 	// Jobs stop at a recorded step and resume there on the next start.
 	a.Provision.Close()
 	if lost != nil {
@@ -443,7 +443,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return err
 	}
-	defer a.Close()
+	defer func() { _ = a.Close() }()
 	if err := a.Listen(); err != nil {
 		return err
 	}

@@ -389,7 +389,7 @@ func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, w
 	if err != nil {
 		return nil, after, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		var eb struct {

@@ -214,7 +214,7 @@ func (e *Env) closeSims() {
 		e.Vultr.Close()
 	}
 	if e.Machines != nil {
-		e.Machines.Close()
+		_ = e.Machines.Close()
 	}
 }
 

@@ -136,7 +136,7 @@ func (q *Queries) servers(ctx context.Context, where string, args ...any) ([]Ser
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Server
 	for rows.Next() {
 		s, err := scanServer(rows)
@@ -192,7 +192,7 @@ func (q *Queries) Steps(ctx context.Context, serverID string) ([]Step, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Step
 	for rows.Next() {
 		var s Step
@@ -253,7 +253,7 @@ func (q *Queries) ListSSHKeys(ctx context.Context) ([]SSHKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []SSHKey
 	for rows.Next() {
 		var k SSHKey
@@ -364,7 +364,7 @@ func (q *Queries) HealthSince(ctx context.Context, serverID string, t time.Time)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	out := []HealthPoint{}
 	for rows.Next() {
 		var p HealthPoint

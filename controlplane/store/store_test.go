@@ -165,12 +165,12 @@ func TestLeadershipMovesToTheStandby(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
+	defer func() { _ = a.Close() }()
 	b, err := store.Open(ctx, dsn, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	defer func() { _ = b.Close() }()
 	poll := 50 * time.Millisecond
 
 	la, err := a.Lead(ctx, store.LeadOptions{Poll: poll})
@@ -211,7 +211,7 @@ func TestLeadershipMovesToTheStandby(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer admin.Close()
+	defer func() { _ = admin.Close() }()
 	var killed bool
 	err = admin.QueryRow(`SELECT pg_terminate_backend(pid) FROM pg_locks
 		WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&killed)

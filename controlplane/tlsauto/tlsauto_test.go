@@ -484,7 +484,7 @@ func TestCAFileProblems(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()
 		first := ensure(t, dir, nil, time.Now())
-		os.Remove(filepath.Join(dir, CAKeyFile))
+		_ = os.Remove(filepath.Join(dir, CAKeyFile))
 		_, err := Ensure(dir, nil, time.Now())
 		if err == nil || !strings.Contains(err.Error(), "ca.key is missing") {
 			t.Fatalf("err = %v", err)

@@ -191,7 +191,7 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 		// No overlayfs here: a full copy (slower, same result).
 		r.log.Warn("overlay mount failed, copying the root file system", zap.String("output", string(out)), zap.Error(err))
 		if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", r.o.RootFS+"/.", m.Root).CombinedOutput(); err != nil {
-			return fmt.Errorf("nspawn: copy root file system: %v: %s", err, out)
+			return fmt.Errorf("nspawn: copy root file system: %w: %s", err, out)
 		}
 	}
 	port, err := freePort()
@@ -230,7 +230,11 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 		select {
 		case <-m.done:
 			log, _ := os.ReadFile(filepath.Join(m.Dir, "console.log"))
-			return fmt.Errorf("nspawn: container %s exited during boot (%v): %s", m.Name, m.err, tail(log, 2000))
+			why := m.err
+			if why == nil {
+				why = errors.New("exit status 0")
+			}
+			return fmt.Errorf("nspawn: container %s exited during boot (%w): %s", m.Name, why, tail(log, 2000))
 		case <-ctx.Done():
 			r.stop(m)
 			return ctx.Err()
@@ -592,7 +596,7 @@ func (r *Runtime) cleanup(m *Machine) error {
 			err = nil
 			break
 		}
-		err = fmt.Errorf("nspawn: umount %s: %v: %s", m.Root, uerr, out)
+		err = fmt.Errorf("nspawn: umount %s: %w: %s", m.Root, uerr, out)
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
