@@ -77,7 +77,7 @@ func serve(t *testing.T, r *tasks.Runner) *fakeSession {
 func (s *fakeSession) stop() {
 	if s.cancel != nil {
 		s.cancel()
-		_ = <-s.done
+		<-s.done //nolint:errcheck // Serve's error after cancel is expected
 		s.cancel = nil
 	}
 }

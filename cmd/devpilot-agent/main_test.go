@@ -124,7 +124,7 @@ func TestInstallRunSIGTERM(t *testing.T) {
 	t.Cleanup(func() {
 		_ = agent.Process.Kill()
 		select {
-		case _ = <-exited: // killed: its error says so
+		case <-exited: //nolint:errcheck // killed: its error says so
 		case <-time.After(5 * time.Second):
 		}
 	})

@@ -417,7 +417,7 @@ func (a *App) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := a.srv.Shutdown(sctx)
-	_ = <-errc // Serve's http.ErrServerClosed
+	<-errc //nolint:errcheck // after Shutdown, Serve returns http.ErrServerClosed
 	// Jobs stop at a recorded step and resume there on the next start.
 	a.Provision.Close()
 	if lost != nil {
