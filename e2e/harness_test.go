@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -66,7 +67,7 @@ func TestMain(m *testing.M) {
 	agentDir = dir
 	code := m.Run()
 	printTimings()
-	os.RemoveAll(dir)
+	_ = os.RemoveAll(dir)
 	if code == 0 {
 		// Everything the environments and containers started has ended.
 		if err := goleak.Find(
@@ -222,7 +223,7 @@ func (h *harness) call(method, path string, body, out any) int {
 	if err != nil {
 		h.t.Fatalf("%s %s: %v", method, path, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	raw, _ := io.ReadAll(resp.Body)
 	if out != nil && len(raw) > 0 {
 		if err := json.Unmarshal(raw, out); err != nil {
@@ -311,8 +312,8 @@ func sh(t *testing.T, m *nspawn.Machine, script string) (string, int) {
 	out, err := m.Exec(ctx, "sh", "-c", script)
 	code := 0
 	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
 			t.Fatalf("%s: run %q: %v: %s", m.Name, script, err, out)
 		}
 		code = ee.ExitCode()
@@ -343,9 +344,9 @@ func (h *harness) enrollWith(t *testing.T, serverID, token string) (string, stri
 		t.Fatalf("dial hub: %v", err)
 	}
 	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
+		_ = resp.Body.Close()
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
 	var env protocol.Envelope
 	if err := conn.ReadJSON(&env); err != nil || env.Type != protocol.TypeChallenge {

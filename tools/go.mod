@@ -1,3 +1,6 @@
+// Tools for developers and CI, kept out of the product's go.mod:
+//   go tool -modfile=tools/go.mod golangci-lint run ./...
+//   go tool -modfile=tools/go.mod gotestsum
 module github.com/devpilot/devpilot/tools
 
 go 1.26.8

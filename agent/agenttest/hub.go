@@ -154,8 +154,8 @@ func (h *Hub) Kick() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for c := range h.conns {
-		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "hub going away"), time.Now().Add(time.Second))
-		c.Close()
+		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "hub going away"), time.Now().Add(time.Second))
+		_ = c.Close()
 	}
 }
 
@@ -246,7 +246,7 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		delete(h.conns, c)
 		h.mu.Unlock()
-		c.Close()
+		_ = c.Close()
 		h.wg.Done()
 	}()
 	c.SetCloseHandler(func(code int, text string) error {
@@ -271,15 +271,15 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 	interval, closeAfter := h.interval, h.closeAfter
 	h.mu.Unlock()
 	if code != "" {
-		send(c, protocol.TypeError, protocol.Error{Code: code, Message: msg})
-		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, code), time.Now().Add(time.Second))
+		_ = send(c, protocol.TypeError, protocol.Error{Code: code, Message: msg})
+		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, code), time.Now().Add(time.Second))
 		return
 	}
 	if send(c, protocol.TypeWelcome, protocol.Welcome{ServerID: hello.ServerID, HeartbeatIntervalS: interval, Protocol: protocol.Version}) != nil {
 		return
 	}
 	if closeAfter {
-		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, "test hub closes"), time.Now().Add(time.Second))
+		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, "test hub closes"), time.Now().Add(time.Second))
 		return
 	}
 	h.mu.Lock()
@@ -338,7 +338,7 @@ type peer struct {
 func (p *peer) send(c *websocket.Conn, typ string, v any) error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
-	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	return send(c, typ, v)
 }
 

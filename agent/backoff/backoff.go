@@ -49,5 +49,5 @@ func (b *Backoff) Next() time.Duration {
 // Reset starts over after a healthy session.
 func (b *Backoff) Reset() { b.attempt = 0 }
 
-// Attempt is how many delays were handed out since the last Reset.
+// Attempt is how many delays Next has handed out since the last Reset.
 func (b *Backoff) Attempt() int { return b.attempt }

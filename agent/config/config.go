@@ -15,9 +15,9 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 
+	"github.com/devpilot/devpilot/shared/atomicfile"
 	"github.com/devpilot/devpilot/shared/protocol"
 	"github.com/devpilot/devpilot/shared/tlspin"
 )
@@ -122,41 +122,8 @@ func (c Config) Marshal() []byte {
 
 // Save writes the configuration atomically with mode 0600.
 func Save(path string, c Config) error {
-	return WriteFileAtomic(path, c.Marshal(), 0o600)
-}
-
-// WriteFileAtomic writes data to a temporary file next to path, syncs it,
-// sets mode and renames it over path, so readers see the old or the new
-// content, never a mix.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
+	if err := atomicfile.WriteFile(path, c.Marshal(), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync() // make the rename durable; best effort
-		d.Close()
 	}
 	return nil
 }

@@ -222,7 +222,7 @@ func (c *Collector) disks() ([]protocol.Disk, error) {
 			continue
 		}
 		dev, mnt, typ := unescape(f[0]), unescape(f[1]), f[2]
-		if skipFS[typ] || !(strings.HasPrefix(dev, "/dev/") || realFS[typ]) || strings.HasPrefix(dev, "/dev/loop") {
+		if skipFS[typ] || !strings.HasPrefix(dev, "/dev/") && !realFS[typ] || strings.HasPrefix(dev, "/dev/loop") {
 			continue
 		}
 		if seen[dev] {

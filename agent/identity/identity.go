@@ -62,13 +62,13 @@ func Ensure(path string) (key ed25519.PrivateKey, created bool, err error) {
 		return nil, false, fmt.Errorf("identity: %w", err)
 	}
 	if err := pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der}); err != nil {
-		f.Close()
-		os.Remove(path)
+		_ = f.Close()
+		_ = os.Remove(path)
 		return nil, false, fmt.Errorf("identity: write %s: %w", path, err)
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
+		_ = f.Close()
+		_ = os.Remove(path)
 		return nil, false, fmt.Errorf("identity: write %s: %w", path, err)
 	}
 	if err := f.Close(); err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/devpilot/devpilot/agent/layout"
 	"github.com/devpilot/devpilot/agent/unitctl"
 	"github.com/devpilot/devpilot/packaging"
+	"github.com/devpilot/devpilot/shared/atomicfile"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -289,7 +290,7 @@ func ensureDir(dir string, mode os.FileMode) error {
 func writeIfChanged(path string, data []byte, mode os.FileMode) (bool, error) {
 	if f, err := os.Open(path); err == nil {
 		same, mode0 := sameContent(f, data)
-		f.Close()
+		_ = f.Close()
 		if same && mode0 == mode {
 			return false, nil
 		}
@@ -297,7 +298,10 @@ func writeIfChanged(path string, data []byte, mode os.FileMode) (bool, error) {
 			return true, os.Chmod(path, mode)
 		}
 	}
-	return true, config.WriteFileAtomic(path, data, mode)
+	if err := atomicfile.WriteFile(path, data, mode); err != nil {
+		return true, fmt.Errorf("write %s: %w", path, err)
+	}
+	return true, nil
 }
 
 func sameContent(f *os.File, data []byte) (bool, os.FileMode) {

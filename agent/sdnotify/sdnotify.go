@@ -66,13 +66,6 @@ func (n *Notifier) Status(msg string) {
 	}
 }
 
-// LastStatus is the last status sent.
-func (n *Notifier) LastStatus() string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.lastStat
-}
-
 // Stopping sends STOPPING=1.
 func (n *Notifier) Stopping() { n.send(daemon.SdNotifyStopping) }
 

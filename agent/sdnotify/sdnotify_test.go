@@ -39,8 +39,10 @@ func TestWatchdogOnlyWhileProgressIsFresh(t *testing.T) {
 		t.Error("fresh progress: no ping")
 	}
 	now = now.Add(2 * time.Second) // 31 s since the last beat: the loop is stuck
-	if w.Check(maxAge) || w.Check(maxAge) {
-		t.Error("stale progress: pinged anyway")
+	for range 2 {
+		if w.Check(maxAge) {
+			t.Error("stale progress: pinged anyway")
+		}
 	}
 	p.Beat()
 	if !w.Check(maxAge) {

@@ -322,7 +322,7 @@ func (c *Client) session(ctx context.Context) (welcomedAt time.Time, err error) 
 		}
 		return welcomedAt, fmt.Errorf("dial: %w", err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	conn.SetReadLimit(protocol.MaxMessageBytes)
 	c.o.Progress.Beat()
 
@@ -342,7 +342,7 @@ func (c *Client) session(ctx context.Context) (welcomedAt time.Time, err error) 
 // handshake reads the challenge, sends hello and reads welcome.
 func (c *Client) handshake(conn *websocket.Conn) (time.Duration, error) {
 	deadline := func() time.Time { return time.Now().Add(c.o.HandshakeTimeout) }
-	conn.SetReadDeadline(deadline())
+	_ = conn.SetReadDeadline(deadline())
 	env, err := readEnvelope(conn)
 	if err != nil {
 		return 0, fmt.Errorf("read challenge: %w", err)
@@ -381,12 +381,12 @@ func (c *Client) handshake(conn *websocket.Conn) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	conn.SetWriteDeadline(deadline())
+	_ = conn.SetWriteDeadline(deadline())
 	if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
 		return 0, fmt.Errorf("send hello: %w", err)
 	}
 
-	conn.SetReadDeadline(deadline())
+	_ = conn.SetReadDeadline(deadline())
 	env, err = readEnvelope(conn)
 	if err != nil {
 		return 0, fmt.Errorf("read welcome: %w", err)
@@ -460,7 +460,7 @@ func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.
 	keepalive := min(interval, 15*time.Second)
 	readTimeout := 2*keepalive + c.o.HandshakeTimeout
 	writeTimeout := c.o.HandshakeTimeout
-	extend := func() { conn.SetReadDeadline(time.Now().Add(readTimeout)) }
+	extend := func() { _ = conn.SetReadDeadline(time.Now().Add(readTimeout)) }
 	conn.SetPongHandler(func(string) error {
 		c.o.Progress.Beat()
 		extend()
@@ -483,7 +483,7 @@ func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.
 	write := func(b []byte) error {
 		wmu.Lock()
 		defer wmu.Unlock()
-		conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 		return conn.WriteMessage(websocket.TextMessage, b)
 	}
 
@@ -562,13 +562,13 @@ func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.
 			// hub a moment to echo it; the reader returns on the echo.
 			msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "agent shutting down")
 			if err := conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(2*time.Second)); err != nil {
-				conn.Close()
+				_ = conn.Close()
 				return nil
 			}
-			conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 			return nil
 		}
-		conn.Close() // unblock the reader
+		_ = conn.Close() // unblock the reader
 		return nil
 	})
 	err := g.Wait()

@@ -100,17 +100,17 @@ func (r *Runner) runExec(ctx context.Context, t *task, step int, s *protocol.Exe
 	case <-ctx.Done():
 		killed = true
 		r.note(t, step, "stopping process group %d (SIGTERM): %v", pgid, context.Cause(ctx))
-		syscall.Kill(-pgid, syscall.SIGTERM)
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
 		grace := time.NewTimer(r.o.KillGrace)
 		select {
 		case werr = <-waited:
 		case <-grace.C:
 			r.note(t, step, "process group %d still running after %s: SIGKILL", pgid, r.o.KillGrace)
-			syscall.Kill(-pgid, syscall.SIGKILL)
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
 			werr = <-waited
 		}
 		grace.Stop()
-		syscall.Kill(-pgid, syscall.SIGKILL) // members that ignored SIGTERM
+		_ = syscall.Kill(-pgid, syscall.SIGKILL) // members that ignored SIGTERM
 	}
 	capped := out.close()
 	if errors.Is(werr, exec.ErrWaitDelay) && cmd.ProcessState != nil && cmd.ProcessState.Success() {

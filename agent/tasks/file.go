@@ -5,13 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"syscall"
 
+	"github.com/devpilot/devpilot/shared/atomicfile"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -21,9 +20,8 @@ func (r *Runner) HostPath(p string) string {
 	return filepath.Join(r.o.Root, filepath.Clean("/"+p))
 }
 
-// runFile writes a file atomically: a temp file in the same directory
-// (missing parent directories are created 0755), fsync, chmod, chown,
-// rename, fsync of the directory.
+// runFile writes a file atomically through atomicfile (missing parent
+// directories are created 0755), with the given owner and mode.
 func (r *Runner) runFile(ctx context.Context, t *task, step int, s *protocol.FileSpec) outcome {
 	if s == nil || s.Path == "" {
 		return failed(protocol.ReasonInvalid, "file task without path")
@@ -71,46 +69,29 @@ func (r *Runner) runFile(ctx context.Context, t *task, step int, s *protocol.Fil
 }
 
 func writeAtomic(target string, content []byte, mode uint32, uid, gid int) error {
-	dir := filepath.Dir(target)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(target)+".devpilot-*")
-	if err != nil {
-		return err
+	return atomicfile.Write(target, content, atomicfile.Options{
+		Perm:  fileMode(mode),
+		Chown: uid != -1 || gid != -1,
+		UID:   uid,
+		GID:   gid,
+	})
+}
+
+// fileMode turns octal mode bits (0o7777 at most) into an os.FileMode,
+// setuid, setgid and sticky included.
+func fileMode(mode uint32) os.FileMode {
+	m := os.FileMode(mode) & os.ModePerm
+	if mode&0o4000 != 0 {
+		m |= os.ModeSetuid
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(content); err != nil {
-		return err
+	if mode&0o2000 != 0 {
+		m |= os.ModeSetgid
 	}
-	if err := tmp.Sync(); err != nil {
-		return err
+	if mode&0o1000 != 0 {
+		m |= os.ModeSticky
 	}
-	// Fchmod, not os.FileMode: setuid/setgid/sticky bits as given.
-	if err := syscall.Fchmod(int(tmp.Fd()), mode); err != nil {
-		return fmt.Errorf("chmod: %w", err)
-	}
-	if uid != -1 || gid != -1 {
-		if err := tmp.Chown(uid, gid); err != nil {
-			return fmt.Errorf("chown: %w", err)
-		}
-		// chown clears setuid/setgid: set the mode again.
-		if err := syscall.Fchmod(int(tmp.Fd()), mode); err != nil {
-			return fmt.Errorf("chmod: %w", err)
-		}
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), target); err != nil {
-		return err
-	}
-	ok = true
-	return syncDir(dir)
+	return m
 }

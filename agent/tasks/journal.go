@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/devpilot/devpilot/shared/atomicfile"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -82,7 +83,7 @@ func openJournal(dir string, now time.Time, retention time.Duration) (*journal, 
 			}
 			j.fold(ev)
 		}
-		f.Close()
+		_ = f.Close()
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
@@ -99,7 +100,7 @@ func openJournal(dir string, now time.Time, retention time.Duration) (*journal, 
 	names, _ := os.ReadDir(filepath.Join(dir, SpoolDir))
 	for _, n := range names {
 		if !keep[n.Name()] {
-			os.Remove(filepath.Join(dir, SpoolDir, n.Name()))
+			_ = os.Remove(filepath.Join(dir, SpoolDir, n.Name()))
 		}
 	}
 	return j, nil
@@ -128,11 +129,11 @@ func (j *journal) compactLocked(now time.Time) error {
 		buf.Write(append(b, '\n'))
 	}
 	path := filepath.Join(j.dir, JournalFile)
-	if err := writeFileSync(path, buf.Bytes(), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, buf.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
 	if j.f != nil {
-		j.f.Close()
+		_ = j.f.Close()
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -219,7 +220,7 @@ func (j *journal) close() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.f != nil {
-		j.f.Close()
+		_ = j.f.Close()
 		j.f = nil
 	}
 }
@@ -259,7 +260,7 @@ func recoverSpool(path string) *spool {
 	if err != nil {
 		return s
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	r := bufio.NewReaderSize(f, 128<<10)
 	for {
 		line, err := r.ReadBytes('\n')
@@ -274,7 +275,7 @@ func recoverSpool(path string) *spool {
 		s.size += int64(len(line))
 	}
 	if st, err := f.Stat(); err == nil && st.Size() != s.size {
-		os.Truncate(path, s.size)
+		_ = os.Truncate(path, s.size)
 	}
 	return s
 }
@@ -320,7 +321,7 @@ func readChunks(path string, off, size int64, limit int) ([]protocol.TaskLog, []
 	if err != nil {
 		return nil, nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	r := bufio.NewReaderSize(io.NewSectionReader(f, off, size-off), 128<<10)
 	var logs []protocol.TaskLog
 	var ends []int64
@@ -338,45 +339,4 @@ func readChunks(path string, off, size int64, limit int) ([]protocol.TaskLog, []
 		ends = append(ends, off)
 	}
 	return logs, ends, nil
-}
-
-// writeFileSync replaces path atomically: temp file, fsync, rename, fsync dir.
-func writeFileSync(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !strings.Contains(err.Error(), "invalid argument") {
-		return err
-	}
-	return nil
 }

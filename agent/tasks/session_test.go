@@ -44,7 +44,7 @@ func TestThroughSessionResentUntilAcked(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); <-done }) //nolint:errcheck // how the session ended is not this cleanup's business
 
 	agenttest.WaitFor(t, "session", func() bool { return len(hub.Heartbeats()) > 0 })
 	marker := filepath.Join(e.root, "runs")

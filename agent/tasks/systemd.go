@@ -42,7 +42,7 @@ func DBusSystemd(ctx context.Context) (UnitManager, error) {
 	}
 	c, err := sddbus.NewSystemConnectionContext(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: cannot reach systemd over D-Bus: %v", ErrUnsupported, err)
+		return nil, fmt.Errorf("%w: cannot reach systemd over D-Bus: %w", ErrUnsupported, err)
 	}
 	return dbusManager{c}, nil
 }

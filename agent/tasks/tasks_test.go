@@ -59,9 +59,9 @@ func serve(t *testing.T, r *tasks.Runner) *fakeSession {
 			m := msg{typ: typ}
 			switch typ {
 			case protocol.TypeTaskLog:
-				protocol.DecodeData(env, &m.log)
+				_ = protocol.DecodeData(env, &m.log)
 			case protocol.TypeTaskResult:
-				protocol.DecodeData(env, &m.result)
+				_ = protocol.DecodeData(env, &m.result)
 			}
 			s.mu.Lock()
 			s.msgs = append(s.msgs, m)
@@ -77,7 +77,7 @@ func serve(t *testing.T, r *tasks.Runner) *fakeSession {
 func (s *fakeSession) stop() {
 	if s.cancel != nil {
 		s.cancel()
-		<-s.done
+		<-s.done //nolint:errcheck // Serve's error after cancel is expected
 		s.cancel = nil
 	}
 }
@@ -497,6 +497,41 @@ func TestFileWriteAtomic(t *testing.T) {
 	}
 }
 
+// Setuid, setgid and sticky bits in a file task's mode land on the file,
+// also when an owner is set (chown clears setuid and setgid).
+func TestFileModeSpecialBits(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r := newRunner(t, e, nil)
+	s := serve(t, r)
+	for i, tc := range []struct {
+		mode string
+		want os.FileMode
+	}{
+		{"4755", 0o755 | os.ModeSetuid},
+		{"2750", 0o750 | os.ModeSetgid},
+		{"1644", 0o644 | os.ModeSticky},
+		{"6711", 0o711 | os.ModeSetuid | os.ModeSetgid},
+	} {
+		id := "special" + strconv.Itoa(i)
+		task := fileTask(id, "/usr/local/bin/"+id, "#!/bin/sh\n", tc.mode)
+		if os.Geteuid() == 0 {
+			task.File.Owner, task.File.Group = "nobody", "root"
+		}
+		deliver(t, r, protocol.TypeTask, task)
+		if res := s.final(t, id); res.State != protocol.TaskSucceeded {
+			t.Fatalf("mode %s: %+v", tc.mode, res)
+		}
+		st, err := os.Stat(filepath.Join(e.root, "usr/local/bin", id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode() != tc.want {
+			t.Errorf("mode %s: file mode %v, want %v", tc.mode, st.Mode(), tc.want)
+		}
+	}
+}
+
 func TestDeployStopsAtFailedStep(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -593,10 +628,10 @@ func TestStartedButUnfinishedIsReportedNotRerun(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	dir := tasks.StateDirTasks(e.state)
-	os.MkdirAll(filepath.Join(dir, tasks.SpoolDir), 0o700)
+	_ = os.MkdirAll(filepath.Join(dir, tasks.SpoolDir), 0o700)
 	started := time.Now().Add(-time.Minute).UTC().Truncate(time.Second)
 	line, _ := json.Marshal(map[string]any{"ev": "started", "id": "crashed", "at": started, "kind": "exec"})
-	os.WriteFile(filepath.Join(dir, tasks.JournalFile), append(line, '\n'), 0o600)
+	_ = os.WriteFile(filepath.Join(dir, tasks.JournalFile), append(line, '\n'), 0o600)
 	var spool bytes.Buffer
 	for i := 1; i <= 2; i++ {
 		b, _ := json.Marshal(protocol.TaskLog{TaskID: "crashed", Seq: int64(i), Stream: "stdout", Data: []byte(fmt.Sprintf("part%d\n", i))})
@@ -604,7 +639,7 @@ func TestStartedButUnfinishedIsReportedNotRerun(t *testing.T) {
 	}
 	spool.WriteString(`{"task_id":"crashed","seq":3,"str`)
 	sum := sha256.Sum256([]byte("crashed"))
-	os.WriteFile(filepath.Join(dir, tasks.SpoolDir, hex.EncodeToString(sum[:16])+".log"), spool.Bytes(), 0o600)
+	_ = os.WriteFile(filepath.Join(dir, tasks.SpoolDir, hex.EncodeToString(sum[:16])+".log"), spool.Bytes(), 0o600)
 
 	r := newRunner(t, e, nil)
 	s := serve(t, r)

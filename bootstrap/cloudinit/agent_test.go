@@ -72,7 +72,7 @@ func TestAgentHandler(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer resp.Body.Close()
+			defer func() { _ = resp.Body.Close() }()
 			body, _ := io.ReadAll(resp.Body)
 			if resp.StatusCode != tt.wantStatus {
 				t.Fatalf("status = %d, want %d (%s)", resp.StatusCode, tt.wantStatus, body)

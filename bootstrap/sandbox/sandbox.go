@@ -214,7 +214,7 @@ func (r *Runtime) startUserData(mc *machine, root string, userData []byte) (*exe
 	if err != nil {
 		return nil, err
 	}
-	defer out.Close() // the child has its own copy once started
+	defer func() { _ = out.Close() }() // the child has its own copy once started
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = root
 	cmd.Env = r.env(root)
@@ -458,7 +458,7 @@ func note(path, msg string) {
 	if err != nil {
 		return
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	_, _ = fmt.Fprintf(f, "devpilot-sandbox: %s %s\n", time.Now().UTC().Format(time.RFC3339Nano), msg)
 }
 

@@ -113,7 +113,7 @@ func (c *Collector) Collect(ctx context.Context, t Target) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer client.Close()
+	defer func() { _ = client.Close() }()
 	stop := context.AfterFunc(ctx, func() { _ = client.Close() })
 	defer stop()
 
@@ -242,7 +242,7 @@ func (c *Collector) run(client *ssh.Client, cmd string) (string, string) {
 	if err != nil {
 		return "", "could not open a session: " + err.Error()
 	}
-	defer sess.Close()
+	defer func() { _ = sess.Close() }()
 	out := &tailBuffer{max: c.o.MaxSection}
 	sess.Stdout = out
 	sess.Stderr = out
@@ -349,7 +349,7 @@ func (c *Collector) readKnown() (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("known hosts: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		id, key, ok := strings.Cut(strings.TrimSpace(sc.Text()), " ")

@@ -94,14 +94,14 @@ func startServer(t *testing.T, hostKey, userKey ssh.Signer, outputs map[string]s
 		}
 	}()
 	t.Cleanup(func() {
-		ln.Close()
+		_ = ln.Close()
 		s.wg.Wait()
 	})
 	return s
 }
 
 func (s *server) serve(c net.Conn, cfg *ssh.ServerConfig) {
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	_, chans, reqs, err := ssh.NewServerConn(c, cfg)
 	if err != nil {
 		return
@@ -255,7 +255,7 @@ func TestRetriesUntilSSHDIsUpAndGivesUpWithContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	ln.Close()
+	_ = ln.Close()
 	c := sshdiag.New(sshdiag.Options{KnownHostsFile: filepath.Join(t.TempDir(), "kh"), RetryInterval: 20 * time.Millisecond})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)

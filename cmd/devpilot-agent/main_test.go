@@ -76,7 +76,7 @@ func TestInstallRunSIGTERM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
 	sock := filepath.Join(sockDir, "notify")
 	pc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -100,7 +100,7 @@ func TestInstallRunSIGTERM(t *testing.T) {
 			mu.Unlock()
 		}
 	}()
-	t.Cleanup(func() { pc.Close(); <-readDone })
+	t.Cleanup(func() { _ = pc.Close(); <-readDone })
 	gotNotify := func(s string) bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -122,9 +122,9 @@ func TestInstallRunSIGTERM(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- agent.Wait() }()
 	t.Cleanup(func() {
-		agent.Process.Kill()
+		_ = agent.Process.Kill()
 		select {
-		case <-exited:
+		case <-exited: //nolint:errcheck // killed: its error says so
 		case <-time.After(5 * time.Second):
 		}
 	})

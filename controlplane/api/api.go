@@ -103,9 +103,6 @@ func New(o Options) *API {
 // ServeHTTP implements http.Handler.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
-// handlerFunc is a handler that returns its error for writeError.
-type handlerFunc func(w http.ResponseWriter, r *http.Request) error
-
 // access is what a route requires of the caller.
 type access int
 

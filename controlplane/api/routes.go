@@ -119,7 +119,7 @@ func ValidSlug(s string) bool {
 		return false
 	}
 	for _, ch := range s {
-		if !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || ch == '-') {
+		if (ch < 'a' || ch > 'z') && (ch < '0' || ch > '9') && ch != '-' {
 			return false
 		}
 	}

@@ -39,7 +39,7 @@ func freePort(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
@@ -133,7 +133,7 @@ func startPebble(t *testing.T, challengePort int) *pebble {
 		resp, err := c.Get(fmt.Sprintf("https://localhost:%d/roots/0", mgmt))
 		if err == nil {
 			p.rootPEM, _ = io.ReadAll(resp.Body)
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == 200 {
 				break
 			}
@@ -237,7 +237,7 @@ func TestACMECertificateFromARealACMEServer(t *testing.T) {
 			resp, err := client.Get(cfg.PublicURL + "/healthz")
 			if err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				return resp
 			}
 			if time.Now().After(deadline) {
@@ -294,7 +294,7 @@ func TestACMEConfigurationErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer a.Close()
+			defer func() { _ = a.Close() }()
 			if err := a.Listen(); err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Errorf("Listen = %v; want an error naming %s", err, c.want)
 			}

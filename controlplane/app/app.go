@@ -500,7 +500,7 @@ func (a *App) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := a.srv.Shutdown(sctx)
-	<-errc
+	<-errc //nolint:errcheck // after Shutdown, Serve returns http.ErrServerClosed
 	// Jobs stop at a recorded step and resume there on the next start.
 	a.Provision.Close()
 	if lost != nil {
@@ -526,7 +526,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return err
 	}
-	defer a.Close()
+	defer func() { _ = a.Close() }()
 	if err := a.Listen(); err != nil {
 		return err
 	}

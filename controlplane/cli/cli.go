@@ -6,7 +6,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -287,11 +286,6 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func prettyJSON(v any) string {
-	b, _ := json.MarshalIndent(v, "", "  ")
-	return string(b)
 }
 
 func sortedKeys[M ~map[string]V, V any](m M) []string {

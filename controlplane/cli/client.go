@@ -115,7 +115,7 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) ([]by
 		}
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return nil, err

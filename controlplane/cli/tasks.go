@@ -39,202 +39,216 @@ type errTaskFailed struct{ msg string }
 func (e *errTaskFailed) Error() string { return e.msg }
 
 func runTasks(ctx context.Context, env Env, args []string) error {
-	const what = "task id"
 	verbs := map[string]func([]string) error{
-		"run": func(args []string) error {
-			// Everything after "--" is the command, flags or not.
-			var argv []string
-			for i, a := range args {
-				if a == "--" {
-					args, argv = args[:i], args[i+1:]
-					break
-				}
-			}
-			v := newVerb(env, "tasks run")
-			server := v.fs.String("server", "", "server id to run on (required)")
-			sysd := v.fs.String("systemd", "", "systemd unit action as UNIT:ACTION, e.g. nginx.service:restart")
-			file := v.fs.String("file", "", "write a file at this absolute path on the server")
-			from := v.fs.String("from", "", "with --file: local file whose content to write")
-			mode := v.fs.String("mode", "", "with --file: octal mode (default 0644)")
-			owner := v.fs.String("owner", "", "with --file: owner user")
-			group := v.fs.String("group", "", "with --file: owner group")
-			dir := v.fs.String("dir", "", "exec: working directory")
-			user := v.fs.String("user", "", "exec: run as this user")
-			timeout := v.fs.Duration("timeout", 0, "exec: kill the command after this long (default: the deadline)")
-			deadline := v.fs.Duration("deadline", 0, "give up on the task after this long (default 1h)")
-			var envs stringList
-			v.fs.Var(&envs, "env", "exec: environment variable KEY=VALUE (repeat)")
-			detach := v.fs.Bool("detach", false, "print the task id and return without waiting")
-			pos, err := v.parse(args)
-			if err != nil {
-				return err
-			}
-			argv = append(pos, argv...)
-			if *server == "" {
-				return usagef("tasks run: --server is required")
-			}
-			spec := tasks.Spec{DeadlineS: int(deadline.Round(time.Second) / time.Second)}
-			kinds := 0
-			if len(argv) > 0 {
-				kinds++
-				spec.Kind, spec.Argv, spec.Dir, spec.User = protocol.KindExec, argv, *dir, *user
-				spec.TimeoutS = int(timeout.Round(time.Second) / time.Second)
-				for _, e := range envs {
-					k, v, ok := strings.Cut(e, "=")
-					if !ok {
-						return usagef("--env %q: use KEY=VALUE", e)
-					}
-					if spec.Env == nil {
-						spec.Env = map[string]string{}
-					}
-					spec.Env[k] = v
-				}
-			}
-			if *sysd != "" {
-				kinds++
-				unit, action, ok := strings.Cut(*sysd, ":")
-				if !ok {
-					return usagef("--systemd %q: use UNIT:ACTION, e.g. nginx.service:restart", *sysd)
-				}
-				spec.Kind, spec.Unit, spec.Action = protocol.KindSystemd, unit, action
-			}
-			if *file != "" {
-				kinds++
-				if *from == "" {
-					return usagef("--file needs --from LOCAL_FILE")
-				}
-				b, err := os.ReadFile(*from)
-				if err != nil {
-					return fmt.Errorf("read %s: %w", *from, err)
-				}
-				spec.Kind, spec.Path, spec.ContentBase64 = protocol.KindFile, *file, base64.StdEncoding.EncodeToString(b)
-				spec.Mode, spec.Owner, spec.Group = *mode, *owner, *group
-			}
-			if kinds != 1 {
-				return usagef("tasks run: give exactly one of a command (after --), --systemd UNIT:ACTION or --file PATH --from LOCAL")
-			}
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			var t tasks.Task
-			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(*server)+"/tasks"), spec, &t)
-			if err != nil {
-				return err
-			}
-			if *detach {
-				return v.print(raw, func() {
-					fmt.Fprintf(env.Stdout, "Task %s is %s. Follow it with: devpilot tasks logs -f %s\n", t.ID, t.State, t.ID)
-				})
-			}
-			if t.State == protocol.TaskQueued {
-				fmt.Fprintf(env.Stderr, "# task %s is queued: the server's agent is not connected; waiting for it\n", t.ID)
-			}
-			end, err := followLogs(ctx, env, cl, *v.ws, t.ID, 0)
-			if err != nil {
-				return err
-			}
-			return taskOutcome(end)
-		},
-		"list": func(args []string) error {
-			v := newVerb(env, "tasks list")
-			server := v.fs.String("server", "", "only this server's tasks")
-			dep := v.fs.String("deployment", "", "only this deployment's tasks")
-			state := v.fs.String("state", "", "only tasks in this state")
-			limit := v.fs.Int("limit", 50, "at most this many (newest first)")
-			_, cl, err := v.start(args)
-			if err != nil {
-				return err
-			}
-			q := url.Values{}
-			for k, v := range map[string]string{"server": *server, "deployment": *dep, "state": *state, "limit": strconv.Itoa(*limit)} {
-				if v != "" {
-					q.Set(k, v)
-				}
-			}
-			var resp struct {
-				Tasks []tasks.Task `json:"tasks"`
-			}
-			raw, err := cl.do(ctx, "GET", v.path("/tasks?"+q.Encode()), nil, &resp)
-			if err != nil {
-				return err
-			}
-			return v.print(raw, func() {
-				rows := [][]string{}
-				for _, t := range resp.Tasks {
-					rows = append(rows, []string{t.ID, t.ServerID, t.Kind, stateLine(&t), exitText(t.ExitCode), ts(&t.CreatedAt), summary(&t)})
-				}
-				v.out.table([]string{"ID", "SERVER", "KIND", "STATE", "EXIT", "CREATED", "WHAT"}, rows)
-			})
-		},
-		"show": func(args []string) error {
-			v := newVerb(env, "tasks show")
-			id, cl, err := v.startOne(args, what)
-			if err != nil {
-				return err
-			}
-			var t tasks.Task
-			raw, err := cl.do(ctx, "GET", v.path("/tasks/"+url.PathEscape(id)), nil, &t)
-			if err != nil {
-				return err
-			}
-			return v.print(raw, func() { showTask(v.out, &t) })
-		},
-		"logs": func(args []string) error {
-			v := newVerb(env, "tasks logs")
-			fol := v.fs.Bool("f", false, "follow the output until the task ends")
-			v.fs.BoolVar(fol, "follow", false, "same as -f")
-			after := v.fs.Int64("after", 0, "only output after this chunk sequence number")
-			id, cl, err := v.startOne(args, what)
-			if err != nil {
-				return err
-			}
-			if *fol {
-				end, err := followLogs(ctx, env, cl, *v.ws, id, *after)
-				if err != nil {
-					return err
-				}
-				return taskOutcome(end)
-			}
-			next := *after
-			for {
-				var p tasks.LogPage
-				if _, err := cl.do(ctx, "GET", v.path(fmt.Sprintf("/tasks/%s/logs?after=%d", url.PathEscape(id), next)), nil, &p); err != nil {
-					return err
-				}
-				for _, ch := range p.Chunks {
-					writeChunk(env, ch)
-				}
-				next = p.Next
-				if !p.More {
-					if p.Truncated {
-						fmt.Fprintln(env.Stderr, "# output beyond the control plane's per-task limit was dropped")
-					}
-					return nil
-				}
-			}
-		},
-		"cancel": func(args []string) error {
-			v := newVerb(env, "tasks cancel")
-			id, cl, err := v.startOne(args, what)
-			if err != nil {
-				return err
-			}
-			var t tasks.Task
-			raw, err := cl.do(ctx, "POST", v.path("/tasks/"+url.PathEscape(id)+"/cancel"), nil, &t)
-			if err != nil {
-				return err
-			}
-			return v.print(raw, func() {
-				if t.State == protocol.TaskCanceled {
-					fmt.Fprintf(env.Stdout, "Task %s canceled.\n", t.ID)
-				} else {
-					fmt.Fprintf(env.Stdout, "Asked the agent to stop task %s (%s); it reports canceled when it has.\n", t.ID, t.State)
-				}
-			})
-		},
+		"run":    func(args []string) error { return runTaskRun(ctx, env, args) },
+		"list":   func(args []string) error { return runTaskList(ctx, env, args) },
+		"show":   func(args []string) error { return runTaskShow(ctx, env, args) },
+		"logs":   func(args []string) error { return runTaskLogs(ctx, env, args) },
+		"cancel": func(args []string) error { return runTaskCancel(ctx, env, args) },
 	}
 	return subcommand(env, "tasks", args, verbs, []string{"run", "list", "show", "logs", "cancel"})
+}
+
+// runTaskRun is `tasks run`: start a task and, unless --detach, follow it.
+func runTaskRun(ctx context.Context, env Env, args []string) error {
+	// Everything after "--" is the command, flags or not.
+	var argv []string
+	for i, a := range args {
+		if a == "--" {
+			args, argv = args[:i], args[i+1:]
+			break
+		}
+	}
+	v := newVerb(env, "tasks run")
+	server := v.fs.String("server", "", "server id to run on (required)")
+	sysd := v.fs.String("systemd", "", "systemd unit action as UNIT:ACTION, e.g. nginx.service:restart")
+	file := v.fs.String("file", "", "write a file at this absolute path on the server")
+	from := v.fs.String("from", "", "with --file: local file whose content to write")
+	mode := v.fs.String("mode", "", "with --file: octal mode (default 0644)")
+	owner := v.fs.String("owner", "", "with --file: owner user")
+	group := v.fs.String("group", "", "with --file: owner group")
+	dir := v.fs.String("dir", "", "exec: working directory")
+	user := v.fs.String("user", "", "exec: run as this user")
+	timeout := v.fs.Duration("timeout", 0, "exec: kill the command after this long (default: the deadline)")
+	deadline := v.fs.Duration("deadline", 0, "give up on the task after this long (default 1h)")
+	var envs stringList
+	v.fs.Var(&envs, "env", "exec: environment variable KEY=VALUE (repeat)")
+	detach := v.fs.Bool("detach", false, "print the task id and return without waiting")
+	pos, err := v.parse(args)
+	if err != nil {
+		return err
+	}
+	argv = append(pos, argv...)
+	if *server == "" {
+		return usagef("tasks run: --server is required")
+	}
+	spec := tasks.Spec{DeadlineS: int(deadline.Round(time.Second) / time.Second)}
+	kinds := 0
+	if len(argv) > 0 {
+		kinds++
+		spec.Kind, spec.Argv, spec.Dir, spec.User = protocol.KindExec, argv, *dir, *user
+		spec.TimeoutS = int(timeout.Round(time.Second) / time.Second)
+		for _, e := range envs {
+			k, v, ok := strings.Cut(e, "=")
+			if !ok {
+				return usagef("--env %q: use KEY=VALUE", e)
+			}
+			if spec.Env == nil {
+				spec.Env = map[string]string{}
+			}
+			spec.Env[k] = v
+		}
+	}
+	if *sysd != "" {
+		kinds++
+		unit, action, ok := strings.Cut(*sysd, ":")
+		if !ok {
+			return usagef("--systemd %q: use UNIT:ACTION, e.g. nginx.service:restart", *sysd)
+		}
+		spec.Kind, spec.Unit, spec.Action = protocol.KindSystemd, unit, action
+	}
+	if *file != "" {
+		kinds++
+		if *from == "" {
+			return usagef("--file needs --from LOCAL_FILE")
+		}
+		b, err := os.ReadFile(*from)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", *from, err)
+		}
+		spec.Kind, spec.Path, spec.ContentBase64 = protocol.KindFile, *file, base64.StdEncoding.EncodeToString(b)
+		spec.Mode, spec.Owner, spec.Group = *mode, *owner, *group
+	}
+	if kinds != 1 {
+		return usagef("tasks run: give exactly one of a command (after --), --systemd UNIT:ACTION or --file PATH --from LOCAL")
+	}
+	cl, err := v.connect()
+	if err != nil {
+		return err
+	}
+	var t tasks.Task
+	raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(*server)+"/tasks"), spec, &t)
+	if err != nil {
+		return err
+	}
+	if *detach {
+		return v.print(raw, func() {
+			fmt.Fprintf(env.Stdout, "Task %s is %s. Follow it with: devpilot tasks logs -f %s\n", t.ID, t.State, t.ID)
+		})
+	}
+	if t.State == protocol.TaskQueued {
+		fmt.Fprintf(env.Stderr, "# task %s is queued: the server's agent is not connected; waiting for it\n", t.ID)
+	}
+	end, err := followLogs(ctx, env, cl, *v.ws, t.ID, 0)
+	if err != nil {
+		return err
+	}
+	return taskOutcome(end)
+}
+
+// runTaskList is `tasks list`.
+func runTaskList(ctx context.Context, env Env, args []string) error {
+	v := newVerb(env, "tasks list")
+	server := v.fs.String("server", "", "only this server's tasks")
+	dep := v.fs.String("deployment", "", "only this deployment's tasks")
+	state := v.fs.String("state", "", "only tasks in this state")
+	limit := v.fs.Int("limit", 50, "at most this many (newest first)")
+	_, cl, err := v.start(args)
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"server": *server, "deployment": *dep, "state": *state, "limit": strconv.Itoa(*limit)} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	var resp struct {
+		Tasks []tasks.Task `json:"tasks"`
+	}
+	raw, err := cl.do(ctx, "GET", v.path("/tasks?"+q.Encode()), nil, &resp)
+	if err != nil {
+		return err
+	}
+	return v.print(raw, func() {
+		rows := [][]string{}
+		for _, t := range resp.Tasks {
+			rows = append(rows, []string{t.ID, t.ServerID, t.Kind, stateLine(&t), exitText(t.ExitCode), ts(&t.CreatedAt), summary(&t)})
+		}
+		v.out.table([]string{"ID", "SERVER", "KIND", "STATE", "EXIT", "CREATED", "WHAT"}, rows)
+	})
+}
+
+// runTaskShow is `tasks show ID`.
+func runTaskShow(ctx context.Context, env Env, args []string) error {
+	v := newVerb(env, "tasks show")
+	id, cl, err := v.startOne(args, "task id")
+	if err != nil {
+		return err
+	}
+	var t tasks.Task
+	raw, err := cl.do(ctx, "GET", v.path("/tasks/"+url.PathEscape(id)), nil, &t)
+	if err != nil {
+		return err
+	}
+	return v.print(raw, func() { showTask(v.out, &t) })
+}
+
+// runTaskLogs is `tasks logs ID`: the output so far, or all of it with -f.
+func runTaskLogs(ctx context.Context, env Env, args []string) error {
+	v := newVerb(env, "tasks logs")
+	fol := v.fs.Bool("f", false, "follow the output until the task ends")
+	v.fs.BoolVar(fol, "follow", false, "same as -f")
+	after := v.fs.Int64("after", 0, "only output after this chunk sequence number")
+	id, cl, err := v.startOne(args, "task id")
+	if err != nil {
+		return err
+	}
+	if *fol {
+		end, err := followLogs(ctx, env, cl, *v.ws, id, *after)
+		if err != nil {
+			return err
+		}
+		return taskOutcome(end)
+	}
+	next := *after
+	for {
+		var p tasks.LogPage
+		if _, err := cl.do(ctx, "GET", v.path(fmt.Sprintf("/tasks/%s/logs?after=%d", url.PathEscape(id), next)), nil, &p); err != nil {
+			return err
+		}
+		for _, ch := range p.Chunks {
+			writeChunk(env, ch)
+		}
+		next = p.Next
+		if !p.More {
+			if p.Truncated {
+				fmt.Fprintln(env.Stderr, "# output beyond the control plane's per-task limit was dropped")
+			}
+			return nil
+		}
+	}
+}
+
+// runTaskCancel is `tasks cancel ID`.
+func runTaskCancel(ctx context.Context, env Env, args []string) error {
+	v := newVerb(env, "tasks cancel")
+	id, cl, err := v.startOne(args, "task id")
+	if err != nil {
+		return err
+	}
+	var t tasks.Task
+	raw, err := cl.do(ctx, "POST", v.path("/tasks/"+url.PathEscape(id)+"/cancel"), nil, &t)
+	if err != nil {
+		return err
+	}
+	return v.print(raw, func() {
+		if t.State == protocol.TaskCanceled {
+			fmt.Fprintf(env.Stdout, "Task %s canceled.\n", t.ID)
+		} else {
+			fmt.Fprintf(env.Stdout, "Asked the agent to stop task %s (%s); it reports canceled when it has.\n", t.ID, t.State)
+		}
+	})
 }
 
 func exitText(c *int) string {
@@ -376,7 +390,7 @@ func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, w
 	if err != nil {
 		return nil, after, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		var eb struct {

@@ -112,7 +112,7 @@ func TestClientRetriesAndAuthenticates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Body.Close()
+	_ = r.Body.Close()
 	if r.StatusCode != 200 || calls.Load() != 3 || capture.Status != 200 {
 		t.Errorf("status %d after %d calls (capture %d), want 200 after 3", r.StatusCode, calls.Load(), capture.Status)
 	}
@@ -131,7 +131,7 @@ func TestClientRetriesAndAuthenticates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Body.Close()
+	_ = r.Body.Close()
 	if calls.Load() != 101 || capture.Status != 401 || string(capture.Body) != `{"id":"unauthorized"}` {
 		t.Errorf("401: %d calls, capture %d %q", calls.Load()-100, capture.Status, capture.Body)
 	}

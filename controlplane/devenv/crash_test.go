@@ -68,7 +68,7 @@ func (p *serveProc) waitReady(limit time.Duration) {
 		}
 		if p.client != nil {
 			if resp, err := p.client.Get(p.url + "/readyz"); err == nil {
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				if resp.StatusCode == 200 {
 					break
 				}
@@ -112,7 +112,7 @@ func (p *serveProc) do(method, path string, body, out any) int {
 	if err != nil {
 		p.t.Fatalf("%s %s: %v", method, path, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if out != nil {
 		_ = json.NewDecoder(resp.Body).Decode(out)
 	}
@@ -133,7 +133,7 @@ func freeAddr(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	return ln.Addr().String()
 }
 
@@ -159,7 +159,7 @@ func TestControlPlaneKilledDuringEachStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
+	defer func() { _ = logf.Close() }()
 	p := &serveProc{t: t, dataDir: dataDir, url: "https://" + addr, log: logf, env: databaseEnv(t), args: []string{"serve",
 		"--data-dir", dataDir, "--listen", addr, "--digitalocean-api-url", sim.URL, "--agent-dir", agentDir,
 		"--log-level", "debug"}}

@@ -24,6 +24,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr/vultrsim"
 	"github.com/devpilot/devpilot/controlplane/ids"
+	"github.com/devpilot/devpilot/shared/atomicfile"
 )
 
 // EnvFile is the name of the file Start writes into the data directory.
@@ -213,7 +214,7 @@ func (e *Env) closeSims() {
 		e.Vultr.Close()
 	}
 	if e.Machines != nil {
-		e.Machines.Close()
+		_ = e.Machines.Close()
 	}
 }
 
@@ -238,9 +239,5 @@ func writeEnv(path string, v map[string]string) error {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "%s='%s'\n", k, strings.ReplaceAll(v[k], "'", `'\''`))
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(path, []byte(b.String()), 0o600)
 }

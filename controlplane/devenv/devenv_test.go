@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	agentDir = dir
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	goleak.VerifyTestMain(m,
 		// http.Transport keeps idle connections' goroutines until they time out.
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
@@ -163,7 +163,7 @@ func (h *harness) call(token, method, path string, body any, out any) int {
 	if err != nil {
 		h.t.Fatalf("%s %s: %v", method, path, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	raw, _ := io.ReadAll(resp.Body)
 	h.mu.Lock()
 	h.responses = append(h.responses, string(raw)+"\n"+headerText(resp.Header))

@@ -118,7 +118,7 @@ func TestTasksOnRealAgents(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		var events []string
 		sc := bufio.NewScanner(resp.Body)
 		for sc.Scan() {
@@ -300,7 +300,7 @@ func TestControlPlaneRestartedMidTask(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
+	defer func() { _ = logf.Close() }()
 	p := &serveProc{t: t, dataDir: dataDir, url: "https://" + addr, log: logf, env: databaseEnv(t), args: []string{"serve",
 		"--data-dir", dataDir, "--listen", addr, "--digitalocean-api-url", sim.URL, "--agent-dir", agentDir}}
 	p.start()

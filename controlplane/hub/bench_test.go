@@ -188,7 +188,7 @@ func writeHeapProfile(b *testing.B, path string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if err := pprof.WriteHeapProfile(f); err != nil {
 		b.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func benchHandshake(d *websocket.Dialer, url string, i int, key ed25519.PrivateK
 		}
 	}
 	if err != nil {
-		c.Close()
+		_ = c.Close()
 		return nil, fmt.Errorf("challenge: %w", err)
 	}
 	id := benchID(i)
@@ -337,13 +337,13 @@ func benchHandshake(d *websocket.Dialer, url string, i int, key ed25519.PrivateK
 		Signature: ed25519.Sign(key, protocol.SignedMessage(ch.Nonce, id)), AgentVersion: "bench",
 	})
 	if err := c.WriteMessage(websocket.TextMessage, b); err != nil {
-		c.Close()
+		_ = c.Close()
 		return nil, err
 	}
 	_, b, err = c.ReadMessage()
 	if err != nil || !strings.Contains(string(b), `"welcome"`) {
-		c.Close()
-		return nil, fmt.Errorf("welcome: %q %v", b, err)
+		_ = c.Close()
+		return nil, fmt.Errorf("welcome: %q %w", b, err)
 	}
 	return c, nil
 }

@@ -214,7 +214,7 @@ func dial(t *testing.T, url string) *agent {
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { _ = conn.Close() })
 	a := &agent{t: t, conn: conn}
 	e := a.read()
 	var ch protocol.Challenge
@@ -298,7 +298,7 @@ func (a *agent) expectError(code string) {
 	if pe.Message == "" {
 		a.t.Errorf("error %s has no message", code)
 	}
-	a.expectClosed()
+	_ = a.expectClosed()
 }
 
 // expectClosed reads until the connection ends, returning the close error.
@@ -407,7 +407,7 @@ func TestEnrollTokenIsSingleUse(t *testing.T) {
 	if got := e.metric(t, "devpilot_hub_enrollments_total", ""); got != 1 {
 		t.Errorf("enrollments = %v, want 1", got)
 	}
-	a.conn.Close()
+	_ = a.conn.Close()
 	eventually(t, "disconnection", func() bool { return e.hub.Connected() == 0 })
 
 	// The same token again, even with a new key, is refused.
@@ -483,7 +483,7 @@ func TestAuth(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
 	a, _, priv := e.enroll(t, "srv-1")
-	a.conn.Close()
+	_ = a.conn.Close()
 	eventually(t, "disconnection", func() bool { return e.hub.Connected() == 0 })
 	e.reg.addServer("srv-gone", "t", time.Now().Add(time.Hour))
 	e.enroll(t, "srv-del")
@@ -755,7 +755,7 @@ func TestSessionReplaced(t *testing.T) {
 	if got := second.read(); got.Type != protocol.TypeCancel {
 		t.Errorf("second session got %s", got.Type)
 	}
-	second.conn.Close()
+	_ = second.conn.Close()
 	eventually(t, "disconnection", func() bool { return len(e.reg.eventList()) == 3 })
 	if got := e.reg.eventList()[2]; got != "disconnected srv-1" {
 		t.Errorf("last event = %q", got)
@@ -834,7 +834,7 @@ func TestCloseDisconnectsAllAndFlushes(t *testing.T) {
 			t.Errorf("close = %v, want going away", err)
 		}
 	}
-	pending.expectClosed()
+	_ = pending.expectClosed()
 	if n := e.failures(t); n != 0 {
 		t.Errorf("shutdown counted %v auth failures", n)
 	}

@@ -192,7 +192,7 @@ func view(in store.Integration) *Integration {
 	return out
 }
 
-func audit(q *store.Queries, ctx context.Context, ws string, actor Actor, action, target string, detail any, at time.Time) error {
+func audit(ctx context.Context, q *store.Queries, ws string, actor Actor, action, target string, detail any, at time.Time) error {
 	return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: ws, Actor: string(actor), Action: action, Target: target,
 		DetailJSON: mustJSON(detail), At: at})
 }
@@ -225,7 +225,7 @@ func (s *Service) Connect(ctx context.Context, actor Actor, workspaceID, provide
 		if err := q.CreateIntegration(ctx, in); err != nil {
 			return err
 		}
-		return audit(q, ctx, workspaceID, actor, "integration.connect", in.ID,
+		return audit(ctx, q, workspaceID, actor, "integration.connect", in.ID,
 			map[string]string{"provider": provider, "access_key": accessKey}, now)
 	})
 	if errors.Is(err, store.ErrConflict) {
@@ -342,7 +342,7 @@ func (s *Service) Test(ctx context.Context, actor Actor, workspaceID, id string)
 		if err := q.UpdateIntegration(ctx, in); err != nil {
 			return err
 		}
-		return audit(q, ctx, workspaceID, actor, "integration.test", id, detail, now)
+		return audit(ctx, q, workspaceID, actor, "integration.test", id, detail, now)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("record test: %w", err)
@@ -379,7 +379,7 @@ func (s *Service) Rotate(ctx context.Context, actor Actor, workspaceID, id strin
 		if err := q.UpdateIntegration(ctx, in); err != nil {
 			return err
 		}
-		return audit(q, ctx, workspaceID, actor, "integration.rotate", id, map[string]string{"secret_key_hint": in.SecretHint}, now)
+		return audit(ctx, q, workspaceID, actor, "integration.rotate", id, map[string]string{"secret_key_hint": in.SecretHint}, now)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("save rotated secret: %w", err)
@@ -404,7 +404,7 @@ func (s *Service) Rename(ctx context.Context, actor Actor, workspaceID, id, acce
 		if err := q.UpdateIntegration(ctx, in); err != nil {
 			return err
 		}
-		return audit(q, ctx, workspaceID, actor, "integration.rename", id, map[string]string{"from": old, "to": accessKey}, in.UpdatedAt)
+		return audit(ctx, q, workspaceID, actor, "integration.rename", id, map[string]string{"from": old, "to": accessKey}, in.UpdatedAt)
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return nil, problem.Conflict("", "a %s integration labelled %q already exists", in.Provider, accessKey)
@@ -430,7 +430,7 @@ func (s *Service) Remove(ctx context.Context, actor Actor, workspaceID, id strin
 		if err := q.DetachIntegration(ctx, id); err != nil {
 			return err
 		}
-		return audit(q, ctx, workspaceID, actor, "integration.remove", id,
+		return audit(ctx, q, workspaceID, actor, "integration.remove", id,
 			map[string]string{"provider": in.Provider, "access_key": in.AccessKey}, s.now())
 	})
 	if errors.Is(err, store.ErrNotFound) {

@@ -26,7 +26,7 @@ func fixture(t *testing.T, now *time.Time) (*Service, *Registry) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() { _ = st.Close() })
 	keys, err := secrets.LoadOrCreateKeyring(filepath.Join(t.TempDir(), "keys"))
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +116,7 @@ func TestSessionsMoveServersOnlineAndOffline(t *testing.T) {
 		t.Errorf("after first session: %s installed %v version %q", srv.State, srv.InstalledAt, srv.AgentVersion)
 	}
 	first := *srv.InstalledAt
-	s.store.Q().SetServerState(ctx, "srv_a", StateOnline, now, StateInstalling)
+	_, _ = s.store.Q().SetServerState(ctx, "srv_a", StateOnline, now, StateInstalling)
 	if err := r.Disconnected(ctx, "srv_a", now); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/devpilot/devpilot/shared/atomicfile"
 )
 
 // Errors callers can test for with errors.Is. The messages wrapping them
@@ -120,7 +122,7 @@ func LoadKeyring(path string) (*Keyring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secrets: open keyring: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("secrets: stat keyring: %w", err)
@@ -187,7 +189,7 @@ func parseKeyring(data []byte) (*Keyring, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&kf); err != nil {
 		// json errors quote offsets and types, not the key values.
-		return nil, fmt.Errorf("%w: %v", ErrKeyringInvalid, err)
+		return nil, fmt.Errorf("%w: %w", ErrKeyringInvalid, err)
 	}
 	if kf.Version != 1 {
 		return nil, fmt.Errorf("%w: version %d not supported (want 1)", ErrKeyringInvalid, kf.Version)
@@ -483,75 +485,15 @@ func (k *Keyring) saveLocked(active string, order []string, keys map[string]*mas
 	return writeFileAtomic(k.path, data, true)
 }
 
-// writeFileAtomic writes data to a 0600 temp file next to path, fsyncs it,
-// then renames it over path (replace) or hard-links it to path, failing with
-// os.ErrExist if path exists (!replace), and fsyncs the directory.
-func writeFileAtomic(path string, data []byte, replace bool) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+// writeFileAtomic writes data 0600 to path: replacing it (replace), or
+// failing with os.ErrExist if path exists (!replace).
+func writeFileAtomic(path string, data []byte, replace bool) error {
+	err := atomicfile.Write(path, data, atomicfile.Options{Perm: 0o600, NoReplace: !replace})
+	if err != nil && replace {
+		return fmt.Errorf("secrets: save keyring: %w", err)
+	}
 	if err != nil {
-		return fmt.Errorf("secrets: save keyring: %w", err)
-	}
-	tmpName := tmp.Name()
-	defer func() {
-		if tmp != nil {
-			tmp.Close()
-		}
-		os.Remove(tmpName) // after rename this is a no-op; after link it drops the extra name
-	}()
-	if err := tmp.Chmod(0o600); err != nil && runtime.GOOS != "windows" {
-		return fmt.Errorf("secrets: save keyring: %w", err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("secrets: save keyring: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("secrets: save keyring: fsync: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		tmp = nil
-		return fmt.Errorf("secrets: save keyring: %w", err)
-	}
-	tmp = nil
-	if replace {
-		if err := os.Rename(tmpName, path); err != nil {
-			return fmt.Errorf("secrets: save keyring: %w", err)
-		}
-	} else if err := os.Link(tmpName, path); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("secrets: create keyring: %w", os.ErrExist)
-		}
-		// No hard links on this file system: fall back to an exclusive create.
-		f, cerr := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if cerr != nil {
-			return fmt.Errorf("secrets: create keyring: %w", cerr)
-		}
-		if _, werr := f.Write(data); werr != nil {
-			f.Close()
-			return fmt.Errorf("secrets: create keyring: %w", werr)
-		}
-		if serr := f.Sync(); serr != nil {
-			f.Close()
-			return fmt.Errorf("secrets: create keyring: fsync: %w", serr)
-		}
-		if cerr := f.Close(); cerr != nil {
-			return fmt.Errorf("secrets: create keyring: %w", cerr)
-		}
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("secrets: save keyring: open dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("secrets: save keyring: fsync dir: %w", err)
+		return fmt.Errorf("secrets: create keyring: %w", err)
 	}
 	return nil
 }

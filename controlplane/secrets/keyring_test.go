@@ -343,7 +343,9 @@ func TestInvalidKeyringFiles(t *testing.T) {
 	}
 	// And a hand-written valid one loads and works.
 	path := filepath.Join(t.TempDir(), KeyringFileName)
-	os.WriteFile(path, []byte(`{"version":1,"active":"k1","keys":[{"id":"k1","key":"`+key+`","created_at":"2025-01-01T00:00:00Z"}]}`), 0o600)
+	if err := os.WriteFile(path, []byte(`{"version":1,"active":"k1","keys":[{"id":"k1","key":"`+key+`","created_at":"2025-01-01T00:00:00Z"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	k, err := LoadKeyring(path)
 	if err != nil {
 		t.Fatal(err)
@@ -367,7 +369,7 @@ func TestKeyringPrintsNoKeyMaterial(t *testing.T) {
 			t.Errorf("%s: %s does not describe the keyring", verb, out)
 		}
 	}
-	b, _ := json.Marshal(k)
+	b, _ := json.Marshal(k) //nolint:staticcheck // SA9005 is the point: nothing of the keyring reaches JSON
 	assertNoKeyMaterial(t, path, "json", string(b))
 }
 
@@ -440,7 +442,7 @@ func TestConcurrentUseDuringRotate(t *testing.T) {
 				for _, c := range []string{ct, old[i/2]} {
 					v, err := k.Decrypt(c, rec)
 					if err != nil || v.Reveal() != canary {
-						errc <- fmt.Errorf("decrypt during rotation: %v", err)
+						errc <- fmt.Errorf("decrypt during rotation: %w", err)
 						return
 					}
 				}

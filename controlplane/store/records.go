@@ -90,7 +90,7 @@ func (q *Queries) ListWorkspaces(ctx context.Context) ([]Workspace, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Workspace
 	for rows.Next() {
 		var w Workspace
@@ -140,7 +140,7 @@ func (q *Queries) ListTokens(ctx context.Context, workspaceID string) ([]Token, 
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Token
 	for rows.Next() {
 		t, err := scanToken(rows)
@@ -230,7 +230,7 @@ func (q *Queries) ListIntegrations(ctx context.Context, workspaceID string) ([]I
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Integration
 	for rows.Next() {
 		in, err := scanIntegration(rows)
@@ -284,7 +284,7 @@ func (q *Queries) ListAudit(ctx context.Context, workspaceID string, before int6
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []AuditEntry
 	for rows.Next() {
 		var e AuditEntry

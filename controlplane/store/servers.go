@@ -145,7 +145,7 @@ func (q *Queries) servers(ctx context.Context, where string, args ...any) ([]Ser
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Server
 	for rows.Next() {
 		s, err := scanServer(rows)
@@ -201,7 +201,7 @@ func (q *Queries) Steps(ctx context.Context, serverID string) ([]Step, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Step
 	for rows.Next() {
 		var s Step
@@ -262,7 +262,7 @@ func (q *Queries) ListSSHKeys(ctx context.Context) ([]SSHKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []SSHKey
 	for rows.Next() {
 		var k SSHKey
@@ -389,7 +389,7 @@ func (q *Queries) HealthSince(ctx context.Context, serverID string, t time.Time)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	out := []HealthPoint{}
 	for rows.Next() {
 		var p HealthPoint

@@ -83,29 +83,7 @@ func TestQueriesBehaveTheSameOnBothDatabases(t *testing.T) {
 				t.Errorf("health = %+v, %v; want one sample at 12.5%%", hs, err)
 			}
 
-			task := store.Task{ID: "tsk_1", WorkspaceID: "ws_1", ServerID: "srv_1", Kind: "exec", SpecJSON: "sealed",
-				State: "running", CreatedBy: "test", CreatedAt: now, Deadline: now.Add(time.Hour), UpdatedAt: now}
-			if err := q.CreateTask(ctx, task); err != nil {
-				t.Fatal(err)
-			}
-			for seq := int64(1); seq <= 3; seq++ {
-				if _, err := q.AddTaskLog(ctx, "srv_1", "tsk_1", store.TaskLog{Seq: seq, Stream: "stdout", Data: []byte("0123456789"), At: now}, 25); err != nil {
-					t.Fatal(err)
-				}
-			}
-			exit := 3
-			task.State, task.ExitCode, task.LastLogSeq, task.FinishedAt = "failed", &exit, 2, &now
-			if ok, err := q.FinishTask(ctx, task); !ok || err != nil {
-				t.Fatalf("finish: %v, %v", ok, err)
-			}
-			task.State = "succeeded"
-			if ok, err := q.FinishTask(ctx, task); ok || err != nil {
-				t.Errorf("a second final result must not win: %v, %v", ok, err)
-			}
-			v, err := q.GetTask(ctx, "ws_1", "tsk_1")
-			if err != nil || v.State != "failed" || v.ExitCode == nil || *v.ExitCode != 3 || !v.LogTruncated || v.LogBytes != 20 || v.LastLogSeq != 2 {
-				t.Errorf("task = %+v, %v; want failed, exit 3, log truncated at 20 bytes, last seq 2", v, err)
-			}
+			checkTaskResultWinsOnce(t, ctx, q, now)
 
 			boom := errors.New("boom")
 			err = st.InTx(ctx, func(q *store.Queries) error {
@@ -121,6 +99,35 @@ func TestQueriesBehaveTheSameOnBothDatabases(t *testing.T) {
 				t.Errorf("a failed transaction left its workspace behind: %v", err)
 			}
 		})
+	}
+}
+
+// checkTaskResultWinsOnce: the first final result of a task is kept, its log
+// is cut at the limit.
+func checkTaskResultWinsOnce(t *testing.T, ctx context.Context, q *store.Queries, now time.Time) {
+	t.Helper()
+	task := store.Task{ID: "tsk_1", WorkspaceID: "ws_1", ServerID: "srv_1", Kind: "exec", SpecJSON: "sealed",
+		State: "running", CreatedBy: "test", CreatedAt: now, Deadline: now.Add(time.Hour), UpdatedAt: now}
+	if err := q.CreateTask(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	for seq := int64(1); seq <= 3; seq++ {
+		if _, err := q.AddTaskLog(ctx, "srv_1", "tsk_1", store.TaskLog{Seq: seq, Stream: "stdout", Data: []byte("0123456789"), At: now}, 25); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exit := 3
+	task.State, task.ExitCode, task.LastLogSeq, task.FinishedAt = "failed", &exit, 2, &now
+	if ok, err := q.FinishTask(ctx, task); !ok || err != nil {
+		t.Fatalf("finish: %v, %v", ok, err)
+	}
+	task.State = "succeeded"
+	if ok, err := q.FinishTask(ctx, task); ok || err != nil {
+		t.Errorf("a second final result must not win: %v, %v", ok, err)
+	}
+	v, err := q.GetTask(ctx, "ws_1", "tsk_1")
+	if err != nil || v.State != "failed" || v.ExitCode == nil || *v.ExitCode != 3 || !v.LogTruncated || v.LogBytes != 20 || v.LastLogSeq != 2 {
+		t.Errorf("task = %+v, %v; want failed, exit 3, log truncated at 20 bytes, last seq 2", v, err)
 	}
 }
 
@@ -158,12 +165,12 @@ func TestLeadershipMovesToTheStandby(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
+	defer func() { _ = a.Close() }()
 	b, err := store.Open(ctx, dsn, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	defer func() { _ = b.Close() }()
 	poll := 50 * time.Millisecond
 
 	la, err := a.Lead(ctx, store.LeadOptions{Poll: poll})
@@ -204,7 +211,7 @@ func TestLeadershipMovesToTheStandby(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer admin.Close()
+	defer func() { _ = admin.Close() }()
 	var killed bool
 	err = admin.QueryRow(`SELECT pg_terminate_backend(pid) FROM pg_locks
 		WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&killed)

@@ -152,7 +152,7 @@ func (q *Queries) tasks(ctx context.Context, where string, args ...any) ([]Task,
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Task
 	for rows.Next() {
 		t, err := scanTask(rows)
@@ -260,7 +260,7 @@ func (q *Queries) AddTaskLog(ctx context.Context, serverID, taskID string, l Tas
 		for rows.Next() {
 			var s int64
 			if err := rows.Scan(&s); err != nil {
-				rows.Close()
+				_ = rows.Close()
 				return p, err
 			}
 			if s != p.LogSeq+1 {
@@ -268,7 +268,7 @@ func (q *Queries) AddTaskLog(ctx context.Context, serverID, taskID string, l Tas
 			}
 			p.LogSeq = s
 		}
-		rows.Close()
+		_ = rows.Close()
 		if err := rows.Err(); err != nil {
 			return p, err
 		}
@@ -285,7 +285,7 @@ func (q *Queries) TaskLogs(ctx context.Context, taskID string, after int64, limi
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []TaskLog
 	size := 0
 	for rows.Next() {
@@ -378,7 +378,7 @@ func (q *Queries) deployments(ctx context.Context, where string, args ...any) ([
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Deployment
 	for rows.Next() {
 		d, err := scanDeployment(rows)
@@ -397,7 +397,7 @@ func (q *Queries) DeploymentTargets(ctx context.Context, deploymentID string) ([
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []DeploymentTarget
 	for rows.Next() {
 		var t DeploymentTarget

@@ -111,7 +111,7 @@ func (c *cp) call(token, method, path string, body, out any) int {
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", method, path, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	raw, _ := io.ReadAll(resp.Body)
 	if out != nil && len(raw) > 0 {
 		if err := json.Unmarshal(raw, out); err != nil {
@@ -246,19 +246,19 @@ func (a *fakeAgent) dial() error {
 	}
 	var ch protocol.Challenge
 	if err := readData(conn, protocol.TypeChallenge, &ch); err != nil {
-		conn.Close()
+		_ = conn.Close()
 		return err
 	}
 	hello := protocol.Hello{ServerID: a.id, Mode: protocol.ModeAuth, PublicKey: a.priv.Public().(ed25519.PublicKey),
 		Signature: ed25519.Sign(a.priv, protocol.SignedMessage(ch.Nonce, a.id)), AgentVersion: "fake"}
 	b, _ := protocol.Encode(protocol.TypeHello, hello)
 	if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
-		conn.Close()
+		_ = conn.Close()
 		return err
 	}
 	var w protocol.Welcome
 	if err := readData(conn, protocol.TypeWelcome, &w); err != nil {
-		conn.Close()
+		_ = conn.Close()
 		return err
 	}
 	a.mu.Lock()

@@ -107,7 +107,7 @@ func (s Spec) Build() (protocol.Task, error) {
 	t := protocol.Task{Kind: s.Kind}
 	switch s.Kind {
 	case protocol.KindDeploy:
-		if !s.StepFields.empty() {
+		if !s.empty() {
 			return t, bad("A deploy task takes only steps (and deadline_s); put the fields in its steps.", "deploy task with fields outside its steps")
 		}
 		d, err := buildSteps(s.Steps, "")

@@ -33,6 +33,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/devpilot/devpilot/shared/atomicfile"
 )
 
 // File names inside the TLS directory.
@@ -409,7 +411,7 @@ func validDNSName(h string) bool {
 			return false
 		}
 		for _, c := range label {
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' && c != '_' {
 				return false
 			}
 		}
@@ -491,42 +493,11 @@ func writeKey(path string, key *ecdsa.PrivateKey) error {
 	return writeFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 }
 
-// writeFileAtomic writes via a temp file in the same directory (fsync,
-// chmod, rename, fsync dir), so readers see the old or the new file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp") // created 0600
-	if err != nil {
+// writeFileAtomic writes through atomicfile, so readers see the old or the
+// new file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	if err := atomicfile.WriteFile(path, data, mode); err != nil {
 		return fmt.Errorf("tlsauto: write %s: %w", filepath.Base(path), err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err = tmp.Write(data); err != nil {
-		return fmt.Errorf("tlsauto: write %s: %w", filepath.Base(path), err)
-	}
-	if err = tmp.Chmod(mode); err != nil && runtime.GOOS != "windows" {
-		return fmt.Errorf("tlsauto: write %s: %w", filepath.Base(path), err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("tlsauto: write %s: fsync: %w", filepath.Base(path), err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("tlsauto: write %s: %w", filepath.Base(path), err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("tlsauto: write %s: %w", filepath.Base(path), err)
-	}
-	if runtime.GOOS != "windows" {
-		if d, derr := os.Open(dir); derr == nil {
-			defer d.Close()
-			if err = d.Sync(); err != nil {
-				return fmt.Errorf("tlsauto: write %s: fsync dir: %w", filepath.Base(path), err)
-			}
-		}
 	}
 	return nil
 }

@@ -51,10 +51,10 @@ func serve(t *testing.T, cfg *tls.Config) string {
 			if tc.Handshake() == nil {
 				_, _ = io.WriteString(tc, "ok")
 			}
-			tc.Close()
+			_ = tc.Close()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); <-done })
+	t.Cleanup(func() { _ = ln.Close(); <-done })
 	return ln.Addr().String()
 }
 
@@ -68,7 +68,7 @@ func dial(addr string, cfg *tls.Config, serverName string) (*x509.Certificate, e
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	b, err := io.ReadAll(c)
 	if err != nil || string(b) != "ok" {
 		return nil, errors.New("no answer after handshake")
@@ -137,11 +137,11 @@ func TestHTTPSEndToEnd(t *testing.T) {
 	}
 	srv := &http.Server{
 		TLSConfig: b.ServerConfig(),
-		Handler:   http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello") }),
+		Handler:   http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "hello") }),
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { srv.Close(); <-done })
+	t.Cleanup(func() { _ = srv.Close(); <-done })
 
 	tr := &http.Transport{TLSClientConfig: b.ClientConfig(), ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -150,7 +150,7 @@ func TestHTTPSEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if string(body) != "hello" || resp.ProtoMajor != 2 {
 		t.Fatalf("got %q over %s", body, resp.Proto)
 	}
@@ -265,7 +265,9 @@ func TestEnsureKeepsAndReissues(t *testing.T) {
 	}
 
 	// A corrupted server certificate is replaced.
-	os.WriteFile(filepath.Join(dir, ServerCertFile), []byte("garbage"), 0o644)
+	if err := os.WriteFile(filepath.Join(dir, ServerCertFile), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if !ensure(t, dir, hosts, now).Reissued() {
 		t.Fatal("garbage server.crt was not replaced")
 	}
@@ -441,7 +443,9 @@ func TestCAFileProblems(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()
 		ensure(t, dir, nil, time.Now())
-		os.Chmod(filepath.Join(dir, CAKeyFile), 0o644)
+		if err := os.Chmod(filepath.Join(dir, CAKeyFile), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		_, err := Ensure(dir, nil, time.Now())
 		if !errors.Is(err, ErrKeyPerms) || !strings.Contains(err.Error(), "chmod 600") {
 			t.Fatalf("err = %v", err)
@@ -451,7 +455,9 @@ func TestCAFileProblems(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()
 		ensure(t, dir, nil, time.Now())
-		os.Chmod(filepath.Join(dir, ServerKeyFile), 0o640)
+		if err := os.Chmod(filepath.Join(dir, ServerKeyFile), 0o640); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := Ensure(dir, nil, time.Now()); !errors.Is(err, ErrKeyPerms) {
 			t.Fatalf("err = %v", err)
 		}
@@ -460,7 +466,9 @@ func TestCAFileProblems(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()
 		first := ensure(t, dir, nil, time.Now())
-		os.Remove(filepath.Join(dir, CACertFile))
+		if err := os.Remove(filepath.Join(dir, CACertFile)); err != nil {
+			t.Fatal(err)
+		}
 		again := ensure(t, dir, nil, time.Now())
 		if again.CAPin != first.CAPin || again.CreatedCA {
 			t.Fatal("pin changed after re-issuing ca.crt from ca.key")
@@ -476,7 +484,7 @@ func TestCAFileProblems(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()
 		first := ensure(t, dir, nil, time.Now())
-		os.Remove(filepath.Join(dir, CAKeyFile))
+		_ = os.Remove(filepath.Join(dir, CAKeyFile))
 		_, err := Ensure(dir, nil, time.Now())
 		if err == nil || !strings.Contains(err.Error(), "ca.key is missing") {
 			t.Fatalf("err = %v", err)
@@ -491,7 +499,9 @@ func TestCAFileProblems(t *testing.T) {
 		ensure(t, a, nil, time.Now())
 		ensure(t, b, nil, time.Now())
 		key, _ := os.ReadFile(filepath.Join(b, CAKeyFile))
-		os.WriteFile(filepath.Join(a, CAKeyFile), key, 0o600)
+		if err := os.WriteFile(filepath.Join(a, CAKeyFile), key, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := Ensure(a, nil, time.Now()); err == nil || !strings.Contains(err.Error(), "does not belong") {
 			t.Fatalf("err = %v", err)
 		}
@@ -544,7 +554,9 @@ func TestLoadFiles(t *testing.T) {
 	otherDir := t.TempDir()
 	ensure(t, otherDir, nil, time.Now())
 	otherKey, _ := os.ReadFile(filepath.Join(otherDir, ServerKeyFile))
-	os.WriteFile(keyFile, otherKey, 0o600)
+	if err := os.WriteFile(keyFile, otherKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if third, err := dial(addr, b.ClientConfig(), "localhost"); err != nil || third.SerialNumber.Cmp(second.SerialNumber) != 0 {
 		t.Fatalf("mismatched pair on disk broke serving: %v", err)
 	}

@@ -38,7 +38,7 @@ func buildAgent(t *testing.T) string {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "devpilot-agent"), "github.com/devpilot/devpilot/cmd/devpilot-agent")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			agentBuild = fmt.Errorf("build devpilot-agent: %v\n%s", err, out)
+			agentBuild = fmt.Errorf("build devpilot-agent: %w\n%s", err, out)
 		}
 	})
 	if agentBuild != nil {

@@ -115,7 +115,7 @@ func (b *browser) do(method, path string, form url.Values, header map[string]str
 	if err != nil {
 		b.p.t.Fatalf("%s %s: %v", method, path, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	raw, _ := io.ReadAll(resp.Body)
 	return answer{resp.StatusCode, resp.Header, string(raw)}
 }
@@ -164,7 +164,7 @@ func (p *plain) api(token, method, path string, body any, out any) int {
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if out != nil {
 		_ = json.NewDecoder(resp.Body).Decode(out)
 	}

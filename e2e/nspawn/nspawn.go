@@ -191,7 +191,7 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 		// No overlayfs here: a full copy (slower, same result).
 		r.log.Warn("overlay mount failed, copying the root file system", zap.String("output", string(out)), zap.Error(err))
 		if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", r.o.RootFS+"/.", m.Root).CombinedOutput(); err != nil {
-			return fmt.Errorf("nspawn: copy root file system: %v: %s", err, out)
+			return fmt.Errorf("nspawn: copy root file system: %w: %s", err, out)
 		}
 	}
 	port, err := freePort()
@@ -208,13 +208,13 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 	}
 	m.console = console
 	if m.cgroups, err = makeCgroups(m.Name); err != nil {
-		console.Close()
+		_ = console.Close()
 		return fmt.Errorf("nspawn: cgroups: %w", err)
 	}
 	m.Started = time.Now()
 	cmd, err := m.start()
 	if err != nil {
-		console.Close()
+		_ = console.Close()
 		return fmt.Errorf("nspawn: start systemd-nspawn: %w", err)
 	}
 	go r.supervise(m, cmd)
@@ -230,7 +230,11 @@ func (r *Runtime) boot(ctx context.Context, m *Machine) error {
 		select {
 		case <-m.done:
 			log, _ := os.ReadFile(filepath.Join(m.Dir, "console.log"))
-			return fmt.Errorf("nspawn: container %s exited during boot (%v): %s", m.Name, m.err, tail(log, 2000))
+			why := m.err
+			if why == nil {
+				why = errors.New("exit status 0")
+			}
+			return fmt.Errorf("nspawn: container %s exited during boot (%w): %s", m.Name, why, tail(log, 2000))
 		case <-ctx.Done():
 			r.stop(m)
 			return ctx.Err()
@@ -275,7 +279,7 @@ func (m *Machine) start() (*exec.Cmd, error) {
 // supervise waits for systemd-nspawn and starts it again when the
 // container rebooted, as systemd-nspawn@.service would.
 func (r *Runtime) supervise(m *Machine, cmd *exec.Cmd) {
-	defer m.console.Close()
+	defer func() { _ = m.console.Close() }()
 	for {
 		err := cmd.Wait()
 		var ee *exec.ExitError
@@ -358,7 +362,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -592,7 +596,7 @@ func (r *Runtime) cleanup(m *Machine) error {
 			err = nil
 			break
 		}
-		err = fmt.Errorf("nspawn: umount %s: %v: %s", m.Root, uerr, out)
+		err = fmt.Errorf("nspawn: umount %s: %w: %s", m.Root, uerr, out)
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {

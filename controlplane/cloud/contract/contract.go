@@ -117,12 +117,6 @@ type Spec struct {
 	LoadTime time.Duration
 }
 
-// Provider returns "digitalocean" or "vultr".
-func (s *Spec) Provider() string { return s.provider }
-
-// Exceptions returns the exceptions applied to this spec.
-func (s *Spec) Exceptions() []Exception { return append([]Exception(nil), s.exceptions...) }
-
 // PathCount returns how many paths the loaded spec has.
 func (s *Spec) PathCount() int { return s.doc.Paths.PathItems.Len() }
 

@@ -239,7 +239,7 @@ func TestNetworkFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	ln.Close()
+	_ = ln.Close()
 	e := &env{url: "http://" + addr}
 	_, err = e.provider(t, rwToken).Validate(context.Background())
 	ce := asCloudError(t, err, cloud.CodeProviderError)
@@ -337,7 +337,7 @@ func TestCreateValidationErrors(t *testing.T) {
 		{"user data too large", cloud.InstanceSpec{Name: "a1", Region: "fra1", Size: "s-1vcpu-1gb", Image: "debian-12-x64", UserData: strings.Repeat("x", 64<<10+1)}, cloud.CodeValidation},
 	} {
 		_, err := p.CreateInstance(context.Background(), tc.spec)
-		asCloudError(t, err, tc.code)
+		_ = asCloudError(t, err, tc.code)
 	}
 }
 
@@ -444,7 +444,7 @@ func TestInstanceLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in.State != cloud.StateActive || !(strings.HasPrefix(in.PublicIPv4, "203.0.113.") || strings.HasPrefix(in.PublicIPv4, "192.0.2.")) {
+	if in.State != cloud.StateActive || !strings.HasPrefix(in.PublicIPv4, "203.0.113.") && !strings.HasPrefix(in.PublicIPv4, "192.0.2.") {
 		t.Fatalf("booted instance = %+v", in)
 	}
 	if err := p.DeleteInstance(ctx, ids[0]); err != nil {
@@ -454,7 +454,7 @@ func TestInstanceLifecycle(t *testing.T) {
 		t.Fatalf("deleting a missing droplet: %v", err)
 	}
 	_, err = p.GetInstance(ctx, ids[0])
-	asCloudError(t, err, cloud.CodeNotFound)
+	_ = asCloudError(t, err, cloud.CodeNotFound)
 	if !errors.Is(err, cloud.ErrNotFound) {
 		t.Fatal("errors.Is(ErrNotFound) fails")
 	}

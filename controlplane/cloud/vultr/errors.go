@@ -57,7 +57,7 @@ func apiMessage(status int, body []byte) string {
 // fail maps a failed govultr call to a *cloud.Error using the captured last
 // answer (govultr's own error strings carry neither the status nor, after
 // a retry, a reliable body).
-func (p *Provider) fail(op string, ctx context.Context, c *cloud.Capture, err error) error {
+func (p *Provider) fail(ctx context.Context, op string, c *cloud.Capture, err error) error {
 	e := &cloud.Error{Provider: cloud.Vultr, Op: op, Status: c.Status}
 	switch {
 	case c.Status == 0 && ctx.Err() != nil:

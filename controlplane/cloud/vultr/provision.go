@@ -3,6 +3,7 @@ package vultr
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -39,7 +40,7 @@ func (p *Provider) EnsureSSHKey(ctx context.Context, name, authorizedKey string)
 	cctx, capt := cloud.WithCapture(ctx)
 	k, _, err := p.client.SSHKey.Create(cctx, &govultr.SSHKeyReq{Name: name, SSHKey: strings.TrimSpace(authorizedKey)})
 	if err != nil {
-		return "", p.fail(op, cctx, capt, err)
+		return "", p.fail(cctx, op, capt, err)
 	}
 	if k == nil || k.ID == "" {
 		return "", local(op, cloud.CodeProviderError, "the API created the key but returned no id", serverHint)
@@ -103,7 +104,7 @@ func (p *Provider) EnsureFirewall(ctx context.Context, spec cloud.FirewallSpec) 
 		cctx, capt := cloud.WithCapture(ctx)
 		g, _, err := p.client.FirewallGroup.Create(cctx, &govultr.FirewallGroupReq{Description: spec.Name})
 		if err != nil {
-			return "", p.fail(op, cctx, capt, err)
+			return "", p.fail(cctx, op, capt, err)
 		}
 		if g == nil || g.ID == "" {
 			return "", local(op, cloud.CodeProviderError, "the API created the firewall group but returned no id", serverHint)
@@ -127,7 +128,7 @@ func (p *Provider) EnsureFirewall(ctx context.Context, spec cloud.FirewallSpec) 
 		}
 		cctx, capt := cloud.WithCapture(ctx)
 		if err := p.client.FirewallRule.Delete(cctx, id, r.ID); err != nil {
-			if e := p.fail(op, cctx, capt, err); !isNotFound(e) {
+			if e := p.fail(cctx, op, capt, err); !isNotFound(e) {
 				return "", e
 			}
 		}
@@ -142,7 +143,7 @@ func (p *Provider) EnsureFirewall(ctx context.Context, spec cloud.FirewallSpec) 
 			Notes: "devpilot",
 		})
 		if err != nil {
-			return "", p.fail(op, cctx, capt, err)
+			return "", p.fail(cctx, op, capt, err)
 		}
 	}
 	return id, nil
@@ -189,8 +190,9 @@ func (p *Provider) CreateInstance(ctx context.Context, spec cloud.InstanceSpec) 
 	cctx, capt := cloud.WithCapture(ctx)
 	in, _, err := p.client.Instance.Create(cctx, req)
 	if err != nil {
-		e := p.fail(op, cctx, capt, err)
-		if ce, ok := e.(*cloud.Error); ok && ce.Code == cloud.CodeUnavailable {
+		e := p.fail(cctx, op, capt, err)
+		var ce *cloud.Error
+		if errors.As(e, &ce) && ce.Code == cloud.CodeUnavailable {
 			ce.Hint = p.soldOutHint(ctx, spec.Size, spec.Region)
 		}
 		return nil, e
@@ -216,7 +218,7 @@ func (p *Provider) GetInstance(ctx context.Context, id string) (*cloud.Instance,
 	cctx, capt := cloud.WithCapture(ctx)
 	in, _, err := p.client.Instance.Get(cctx, id)
 	if err != nil {
-		return nil, p.fail("get instance", cctx, capt, err)
+		return nil, p.fail(cctx, "get instance", capt, err)
 	}
 	if in == nil {
 		return nil, local("get instance", cloud.CodeProviderError, "the API returned no instance", serverHint)
@@ -248,7 +250,7 @@ func (p *Provider) ListInstances(ctx context.Context, tag string) ([]cloud.Insta
 func (p *Provider) DeleteInstance(ctx context.Context, id string) error {
 	cctx, capt := cloud.WithCapture(ctx)
 	if err := p.client.Instance.Delete(cctx, id); err != nil {
-		if e := p.fail("delete instance", cctx, capt, err); !isNotFound(e) {
+		if e := p.fail(cctx, "delete instance", capt, err); !isNotFound(e) {
 			return e
 		}
 	}
@@ -259,7 +261,7 @@ func (p *Provider) DeleteInstance(ctx context.Context, id string) error {
 func (p *Provider) DeleteFirewall(ctx context.Context, id string) error {
 	cctx, capt := cloud.WithCapture(ctx)
 	if err := p.client.FirewallGroup.Delete(cctx, id); err != nil {
-		if e := p.fail("delete firewall group", cctx, capt, err); !isNotFound(e) {
+		if e := p.fail(cctx, "delete firewall group", capt, err); !isNotFound(e) {
 			return e
 		}
 	}

@@ -84,7 +84,7 @@ func (p *Provider) Validate(ctx context.Context) (*cloud.Account, error) {
 	ctx, capt := cloud.WithCapture(ctx)
 	acct, _, err := p.client.Account.Get(ctx)
 	if err != nil {
-		return nil, p.fail("validate API key", ctx, capt, err)
+		return nil, p.fail(ctx, "validate API key", capt, err)
 	}
 	if acct == nil {
 		return nil, &cloud.Error{Code: cloud.CodeProviderError, Provider: cloud.Vultr, Op: "validate API key",
@@ -190,7 +190,7 @@ func (p *Provider) availability(ctx context.Context, op string, regions []string
 		cctx, capt := cloud.WithCapture(ctx)
 		pa, _, err := p.client.Region.Availability(cctx, id, "")
 		if err != nil {
-			return nil, p.fail(op, cctx, capt, err)
+			return nil, p.fail(cctx, op, capt, err)
 		}
 		set := map[string]bool{}
 		if pa != nil {
@@ -217,7 +217,7 @@ func listAllWith[T any](ctx context.Context, p *Provider, op string, base govult
 		cctx, capt := cloud.WithCapture(ctx)
 		items, meta, err := list(cctx, &lo)
 		if err != nil {
-			return nil, p.fail(op, cctx, capt, err)
+			return nil, p.fail(cctx, op, capt, err)
 		}
 		all = append(all, items...)
 		if meta == nil || meta.Links == nil || meta.Links.Next == "" || seen[meta.Links.Next] {

@@ -96,7 +96,7 @@ func (f *fixture) do(t *testing.T, base, token, method, path, body string) answe
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	a := answer{status: resp.StatusCode, header: resp.Header}
 	if len(b) > 0 {
@@ -456,7 +456,7 @@ func TestControlAPI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp.StatusCode
 	}
 	const tok = "dop_v1_control_api_token_0000000000000000000000000000000000000009"
@@ -476,7 +476,7 @@ func TestControlAPI(t *testing.T) {
 	}
 	var st dosim.State
 	err = json.NewDecoder(resp.Body).Decode(&st)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,7 +512,7 @@ func TestCloseStopsBoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if resp.StatusCode != 202 {
 		t.Fatalf("create: %d", resp.StatusCode)
 	}

@@ -216,7 +216,7 @@ func (s *Sim) createSSHKey(w http.ResponseWriter, r *http.Request, c caller) {
 
 func validAuthorizedKey(k string) bool {
 	f := strings.Fields(k)
-	if len(f) < 2 || !(strings.HasPrefix(f[0], "ssh-") || strings.HasPrefix(f[0], "ecdsa-") || strings.HasPrefix(f[0], "sk-")) {
+	if len(f) < 2 || !strings.HasPrefix(f[0], "ssh-") && !strings.HasPrefix(f[0], "ecdsa-") && !strings.HasPrefix(f[0], "sk-") {
 		return false
 	}
 	_, err := base64.StdEncoding.DecodeString(f[1])

@@ -94,7 +94,7 @@ func (e *env) do(t *testing.T, method, path, key string, body any) (int, http.He
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header, b
 }
