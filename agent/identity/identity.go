@@ -93,7 +93,7 @@ func Replace(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	defer os.Remove(f.Name()) // no-op after the rename
+	defer func() { _ = os.Remove(f.Name()) }() // no-op after the rename
 	err = f.Chmod(0o600)
 	if err == nil {
 		err = pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der})

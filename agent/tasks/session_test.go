@@ -116,7 +116,7 @@ func TestUnackedOutputIsResentOnTheLiveSession(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); <-done }) //nolint:errcheck // how the session ended is not this cleanup's business
 
 	agenttest.WaitFor(t, "session", func() bool { return len(hub.Heartbeats()) > 0 })
 	conns := hub.Connections()

@@ -152,14 +152,14 @@ func (c *Collector) Run(ctx context.Context, t Target, cmd string, stdin io.Read
 	if err != nil {
 		return "", err
 	}
-	defer client.Close()
+	defer func() { _ = client.Close() }()
 	stop := context.AfterFunc(ctx, func() { _ = client.Close() })
 	defer stop()
 	sess, err := client.NewSession()
 	if err != nil {
 		return "", fmt.Errorf("sshdiag: open session: %w", err)
 	}
-	defer sess.Close()
+	defer func() { _ = sess.Close() }()
 	out := &tailBuffer{max: c.o.MaxSection}
 	sess.Stdin, sess.Stdout, sess.Stderr = stdin, out, out
 	err = sess.Run(cmd)

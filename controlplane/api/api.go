@@ -150,7 +150,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, need access, h func(
 	if err != nil {
 		a.metrics.authFail.Inc()
 		w.Header().Set("WWW-Authenticate", `Bearer realm="devpilot"`)
-		if err == errUnauthorized && a.o.Throttle != nil {
+		if errors.Is(err, errUnauthorized) && a.o.Throttle != nil {
 			if over, after := a.o.Throttle.Fail(httpguard.ClientKey(r)); over {
 				w.Header().Set("Retry-After", httpguard.RetryAfter(after))
 				return errThrottled

@@ -356,7 +356,7 @@ func RecoverOwnerToken(ctx context.Context, dataDir, database string) (Recovered
 	if err != nil {
 		return Recovered{}, err
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }()
 	ws, err := st.Q().WorkspaceBySlug(ctx, DefaultWS)
 	if err != nil {
 		return Recovered{}, fmt.Errorf("default workspace: %w", err)

@@ -63,7 +63,9 @@ func startDoor(t *testing.T, dir string, tune func(*app.Config)) *door {
 	go func() { done <- a.Serve(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
 		_ = a.Close()
 	})
 	pool := x509.NewCertPool()
@@ -106,7 +108,7 @@ func (d *door) do(t *testing.T, token, method, path string, in any) answer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	a := answer{code: resp.StatusCode, header: resp.Header, body: string(b)}
 	var eb struct {
@@ -377,7 +379,7 @@ func TestTrickledBodyIsCut(t *testing.T) {
 	if err != nil {
 		t.Fatalf("stalled API body: %v", err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestTimeout {
 		t.Errorf("stalled API body: %d", resp.StatusCode)
 	}
@@ -395,7 +397,7 @@ func TestConsoleFormsAreBounded(t *testing.T) {
 	if err != nil {
 		t.Fatalf("multipart sign-in: no answer before the body: %v", err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusUnsupportedMediaType {
 		t.Errorf("multipart sign-in: %d", resp.StatusCode)
 	}
@@ -404,7 +406,7 @@ func TestConsoleFormsAreBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("70 KiB sign-in form: %d", resp.StatusCode)
 	}
@@ -481,7 +483,7 @@ func TestFailedAuthenticationsAreThrottled(t *testing.T) {
 		t.Fatal(err)
 	}
 	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	signin := func(token string) *http.Response {
 		m := csrfRE.FindSubmatch(page)
 		if m == nil {
@@ -492,7 +494,7 @@ func TestFailedAuthenticationsAreThrottled(t *testing.T) {
 			t.Fatal(err)
 		}
 		page, _ = io.ReadAll(resp.Body) // a refusal renders the form again, with a new csrf value
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp
 	}
 	if resp := signin("dpt_guess_5"); resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {

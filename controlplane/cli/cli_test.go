@@ -39,7 +39,7 @@ func agentDir(t *testing.T) string {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "devpilot-agent"), "github.com/devpilot/devpilot/cmd/devpilot-agent")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			built.err = fmt.Errorf("build devpilot-agent: %v\n%s", err, out)
+			built.err = fmt.Errorf("build devpilot-agent: %w\n%s", err, out)
 		}
 	})
 	if built.err != nil {

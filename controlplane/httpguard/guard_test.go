@@ -44,7 +44,7 @@ func TestBodyDeadlineDoesNotCutSlowHandlers(t *testing.T) {
 			t.Fatalf("%s: %v", c.method, err)
 		}
 		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		if resp.StatusCode != 200 || string(b) != "done "+c.body {
 			t.Errorf("%s outlasting the body deadline: %d %q", c.method, resp.StatusCode, b)
 		}

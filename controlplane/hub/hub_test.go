@@ -576,7 +576,7 @@ func TestSilentUntilHandshakeTimeout(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.HandshakeTimeout = 500 * time.Millisecond })
 	before := e.metric(t, "devpilot_hub_auth_failures_total", reasonTimeout)
 	a := dial(t, e.url)
-	a.expectClosed()
+	_ = a.expectClosed()
 	eventually(t, "timeout metric", func() bool {
 		return e.metric(t, "devpilot_hub_auth_failures_total", reasonTimeout)-before == 1
 	})

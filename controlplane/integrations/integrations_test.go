@@ -104,7 +104,7 @@ func fault(t *testing.T, base string, body any) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		t.Fatalf("set faults: %d", resp.StatusCode)
 	}
@@ -204,7 +204,7 @@ func TestAfterTheFaultTheVerdictIsRecorded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if _, err := e.svc.Test(ctx, "test", e.ws, in.ID); err == nil || cloud.Temporary(err) {
 		t.Fatalf("test of a locked account: %v, want a refusal", err)
 	}

@@ -93,7 +93,7 @@ func (c *cp) rotate() (int, keyrotation.Result, string) {
 		c.t.Error(err)
 		return 0, keyrotation.Result{}, ""
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	var res keyrotation.Result
 	if resp.StatusCode == 200 {
@@ -187,7 +187,7 @@ func TestRotationSkipsAndReportsAnUndecryptableRow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if err := json.NewDecoder(resp.Body).Decode(&audit); err != nil {
 		t.Fatal(err)
 	}

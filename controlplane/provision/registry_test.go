@@ -156,7 +156,9 @@ func TestIdentityConflictQuarantineAndRekey(t *testing.T) {
 	if err := r.Connected(ctx, "srv_a", protocol.Hello{}, now); err != nil {
 		t.Fatal(err)
 	}
-	s.store.Q().SetServerState(ctx, "srv_a", StateOnline, now, StateInstalling)
+	if _, err := s.store.Q().SetServerState(ctx, "srv_a", StateOnline, now, StateInstalling); err != nil {
+		t.Fatal(err)
+	}
 
 	c := hub.Conflict{Replacements: 3, Window: 2 * time.Minute, Remotes: []string{"198.51.100.7:40001", "203.0.113.9:50002"}, At: now}
 	if err := r.IdentityConflict(ctx, "srv_a", c); err != nil {

@@ -32,7 +32,7 @@ func (q *Queries) ListSealed(ctx context.Context, c SealedColumn) ([]Sealed, err
 	if err != nil {
 		return nil, fmt.Errorf("list %s.%s: %w", c.Table, c.Column, err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []Sealed
 	for rows.Next() {
 		var s Sealed

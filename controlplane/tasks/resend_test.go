@@ -135,7 +135,7 @@ func TestTaskFinishesAfterTheStoreRecoversWithoutAReconnect(t *testing.T) {
 	go func() { agentDone <- sess.Run(actx) }()
 	t.Cleanup(func() {
 		acancel()
-		<-agentDone
+		<-agentDone //nolint:errcheck // the session ends because acancel ended it
 		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer scancel()
 		r.Shutdown(sctx)
