@@ -102,20 +102,11 @@ var ErrHostKeyChanged = errors.New("host key changed")
 // the error is for not getting in at all (or ctx ending midway), and what
 // was collected until then is returned with it.
 func (c *Collector) Collect(ctx context.Context, t Target) (string, error) {
-	if t.Signer == nil {
-		return "", errors.New("sshdiag: no key to log in with")
-	}
-	addr := t.Addr
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		addr = net.JoinHostPort(addr, fmt.Sprint(c.o.Port))
-	}
-	client, err := c.dial(ctx, t.ServerID, addr, t.Signer)
+	client, closeClient, err := c.login(ctx, t)
 	if err != nil {
 		return "", err
 	}
-	defer func() { _ = client.Close() }()
-	stop := context.AfterFunc(ctx, func() { _ = client.Close() })
-	defer stop()
+	defer closeClient()
 
 	var b strings.Builder
 	for _, cmd := range c.o.Commands {
@@ -136,13 +127,12 @@ func (c *Collector) Collect(ctx context.Context, t Target) (string, error) {
 	return strings.TrimSpace(b.String()), nil
 }
 
-// Run logs in to t (retrying until ctx ends, like Collect) and runs cmd
-// with stdin, so a secret reaches a command on the server without being in
-// its arguments. It returns the bounded, redacted output; a failed command
-// is an error naming its exit status.
-func (c *Collector) Run(ctx context.Context, t Target, cmd string, stdin io.Reader) (string, error) {
+// login connects to t (retrying until ctx ends) and returns the client
+// and a func that closes it; ctx ending closes it too, so nothing waits on
+// a server that stopped answering.
+func (c *Collector) login(ctx context.Context, t Target) (*ssh.Client, func(), error) {
 	if t.Signer == nil {
-		return "", errors.New("sshdiag: no key to log in with")
+		return nil, nil, errors.New("sshdiag: no key to log in with")
 	}
 	addr := t.Addr
 	if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -150,11 +140,22 @@ func (c *Collector) Run(ctx context.Context, t Target, cmd string, stdin io.Read
 	}
 	client, err := c.dial(ctx, t.ServerID, addr, t.Signer)
 	if err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = client.Close() })
+	return client, func() { stop(); _ = client.Close() }, nil
+}
+
+// Run logs in to t (retrying until ctx ends, like Collect) and runs cmd
+// with stdin, so a secret reaches a command on the server without being in
+// its arguments. It returns the bounded, redacted output; a failed command
+// is an error naming its exit status.
+func (c *Collector) Run(ctx context.Context, t Target, cmd string, stdin io.Reader) (string, error) {
+	client, closeClient, err := c.login(ctx, t)
+	if err != nil {
 		return "", err
 	}
-	defer func() { _ = client.Close() }()
-	stop := context.AfterFunc(ctx, func() { _ = client.Close() })
-	defer stop()
+	defer closeClient()
 	sess, err := client.NewSession()
 	if err != nil {
 		return "", fmt.Errorf("sshdiag: open session: %w", err)
