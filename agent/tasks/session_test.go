@@ -32,19 +32,7 @@ func TestThroughSessionResentUntilAcked(t *testing.T) {
 	e := newEnv(t)
 	// Resends on the live session are TestUnackedOutputIsResentOnTheLiveSession's.
 	r := newRunner(t, e, func(o *tasks.Options) { o.AckTimeout = time.Hour })
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	c, err := session.New(session.Options{
-		Config: config.FromBootstrap(hub.Bootstrap("srv-t")), Key: key, Health: health{},
-		Log: zaptest.NewLogger(t), Tasks: r,
-		BackoffBase: time.Millisecond, BackoffCap: 5 * time.Millisecond, HandshakeTimeout: 5 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done }) //nolint:errcheck // how the session ended is not this cleanup's business
+	runSession(t, hub, r, "srv-t")
 
 	agenttest.WaitFor(t, "session", func() bool { return len(hub.Heartbeats()) > 0 })
 	marker := filepath.Join(e.root, "runs")
@@ -104,19 +92,7 @@ func TestUnackedOutputIsResentOnTheLiveSession(t *testing.T) {
 	hub := agenttest.New(t)
 	e := newEnv(t)
 	r := newRunner(t, e, func(o *tasks.Options) { o.AckTimeout, o.AckTimeoutMax = 20*time.Millisecond, 80*time.Millisecond })
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	c, err := session.New(session.Options{
-		Config: config.FromBootstrap(hub.Bootstrap("srv-r")), Key: key, Health: health{},
-		Log: zaptest.NewLogger(t), Tasks: r,
-		BackoffBase: time.Millisecond, BackoffCap: 5 * time.Millisecond, HandshakeTimeout: 5 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done }) //nolint:errcheck // how the session ended is not this cleanup's business
+	runSession(t, hub, r, "srv-r")
 
 	agenttest.WaitFor(t, "session", func() bool { return len(hub.Heartbeats()) > 0 })
 	conns := hub.Connections()
@@ -148,4 +124,23 @@ func TestUnackedOutputIsResentOnTheLiveSession(t *testing.T) {
 	if r.Executions() != 1 {
 		t.Errorf("%d executions, want 1", r.Executions())
 	}
+}
+
+// runSession runs a real agent session for serverID against hub with r as
+// its task runner, until the test ends.
+func runSession(t *testing.T, hub *agenttest.Hub, r *tasks.Runner, serverID string) {
+	t.Helper()
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	c, err := session.New(session.Options{
+		Config: config.FromBootstrap(hub.Bootstrap(serverID)), Key: key, Health: health{},
+		Log: zaptest.NewLogger(t), Tasks: r,
+		BackoffBase: time.Millisecond, BackoffCap: 5 * time.Millisecond, HandshakeTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done }) //nolint:errcheck // how the session ended is not this cleanup's business
 }

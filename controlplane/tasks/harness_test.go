@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -67,7 +69,13 @@ func startCPWith(t testing.TB, tweak func(*app.Config)) *cp {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx) }()
-	c := &cp{t: t, app: a, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	if cfg.TLS != app.TLSOff {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(a.CACertPEM)
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	}
+	c := &cp{t: t, app: a, client: &http.Client{Transport: tr}}
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

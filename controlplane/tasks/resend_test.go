@@ -2,14 +2,9 @@ package tasks_test
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"io"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +18,6 @@ import (
 	agenttasks "github.com/devpilot/devpilot/agent/tasks"
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/store"
-	"github.com/devpilot/devpilot/controlplane/store/storetest"
 	"github.com/devpilot/devpilot/shared/protocol"
 	"github.com/devpilot/devpilot/shared/tlspin"
 )
@@ -74,40 +68,10 @@ func (f storeFault) heal() {
 // same agent session: the agent sends again what was not acknowledged.
 func TestTaskFinishesAfterTheStoreRecoversWithoutAReconnect(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
 	core, cpLogs := observer.New(zapcore.WarnLevel)
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.New(ctx, app.Config{DataDir: dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", TLS: app.TLSAuto,
-		Out: io.Discard, AgentDir: t.TempDir(), HeartbeatInterval: time.Second, Logger: zap.New(core)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- a.Serve(ctx) }()
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(a.CACertPEM)
-	c := &cp{t: t, app: a, client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		c.client.CloseIdleConnections()
-		_ = a.Close()
-	})
-	b, err := os.ReadFile(filepath.Join(dir, app.OwnerTokenFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.token = strings.TrimSpace(string(b))
-	ws, err := a.Store.Q().WorkspaceBySlug(ctx, app.DefaultWS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.wsID = ws.ID
+	// TLS, since the real agent pins the control plane's CA.
+	c := startCPWith(t, func(cfg *app.Config) { cfg.TLS = app.TLSAuto; cfg.Logger = zap.New(core) })
+	a := c.app
 	fa := c.server("web-1") // its id and enrolled key; the real agent below uses them
 
 	// The real agent: session and task runner.
