@@ -2,10 +2,13 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/keyrotation"
@@ -23,45 +26,46 @@ type tokenRow struct {
 	Token      string     `json:"token"`
 }
 
-func runTokens(ctx context.Context, env Env, args []string) error {
-	verbs := map[string]func([]string) error{
-		"create": func(args []string) error {
-			v := newVerbWith(env, "tokens create", verbFlags{json: true, workspace: "workspace the token acts in"})
+func tokensCmd(env Env) *cobra.Command {
+	create := verbCmd(env, &cobra.Command{Use: "create [--role admin|viewer] [--name N]", Short: "create an API token (printed once, on stdout)", Args: cobra.NoArgs,
+		Example: "  devpilot tokens create --role admin --name ci > ci.token\n  devpilot tokens create --role admin --name laptop | devpilot login --url https://cp:8443"},
+		verbFlags{output: true, workspace: "workspace the token acts in"}, func(v *verb) runFn {
 			role := v.fs.String("role", "viewer", "admin (read and change) or viewer (read only)")
 			name := v.fs.String("name", "", "who or what will use the token")
-			_, cl, err := v.start(args)
+			_ = v.cmd.RegisterFlagCompletionFunc("role", cobra.FixedCompletions([]string{"admin", "viewer"}, cobra.ShellCompDirectiveNoFileComp))
+			return func(ctx context.Context, _ []string) error {
+				cl, err := v.connect()
+				if err != nil {
+					return err
+				}
+				if *name == "" {
+					*name = *role + " token"
+				}
+				var t tokenRow
+				raw, err := cl.do(ctx, "POST", v.path("/tokens"), map[string]string{"name": *name, "role": *role}, &t)
+				if err != nil {
+					return err
+				}
+				return v.print(raw, func() {
+					fmt.Fprintf(env.Stderr, "Created %s token %s in workspace %s. It is shown only now:\n", t.Role, t.ID, t.Workspace)
+					fmt.Fprintln(env.Stdout, t.Token)
+				})
+			}
+		})
+	list := verbCmd(env, &cobra.Command{Use: "list", Short: "list API tokens", Args: cobra.NoArgs}, apiVerb, func(v *verb) runFn {
+		return func(ctx context.Context, _ []string) error {
+			cl, err := v.connect()
 			if err != nil {
 				return err
 			}
-			if *name == "" {
-				*name = *role + " token"
-			}
-			var t tokenRow
-			raw, err := cl.do(ctx, "POST", v.path("/tokens"), map[string]string{"name": *name, "role": *role}, &t)
-			if err != nil {
-				return err
-			}
-			return v.print(raw, func() {
-				fmt.Fprintf(env.Stderr, "Created %s token %s in workspace %s. It is shown only now:\n", t.Role, t.ID, t.Workspace)
-				fmt.Fprintln(env.Stdout, t.Token)
-			})
-		},
-		"list": func(args []string) error {
-			v := newVerb(env, "tokens list")
-			_, cl, err := v.start(args)
-			if err != nil {
-				return err
-			}
-			var resp struct {
-				Tokens []tokenRow `json:"tokens"`
-			}
-			raw, err := cl.do(ctx, "GET", v.path("/tokens"), nil, &resp)
+			var all []tokenRow
+			raw, err := v.list(ctx, cl, v.path("/tokens"), "tokens", &all)
 			if err != nil {
 				return err
 			}
 			return v.print(raw, func() {
 				rows := [][]string{}
-				for _, t := range resp.Tokens {
+				for _, t := range all {
 					state := "active"
 					if t.RevokedAt != nil {
 						state = "revoked " + ts(t.RevokedAt)
@@ -70,148 +74,163 @@ func runTokens(ctx context.Context, env Env, args []string) error {
 				}
 				v.out.table([]string{"ID", "NAME", "ROLE", "CREATED", "LAST USED", "STATE"}, rows)
 			})
-		},
-		"revoke": func(args []string) error {
-			v := newVerbWith(env, "tokens revoke", verbFlags{workspace: "workspace slug"})
-			id, cl, err := v.startOne(args, "token id")
+		}
+	})
+	revoke := verbCmd(env, &cobra.Command{Use: "revoke NAME|ID [--force]", Short: "revoke an API token (it stops working at once)", Args: one("token name or id"),
+		Example: "  devpilot tokens revoke ci --force"}, apiVerb, func(v *verb) runFn {
+		force := v.fs.Bool("force", false, "don't ask for confirmation")
+		v.cmd.ValidArgsFunction = completeNames(tokenNoun)(v)
+		return func(ctx context.Context, args []string) error {
+			cl, err := v.connect()
 			if err != nil {
+				return err
+			}
+			id, err := v.resolve(ctx, cl, tokenNoun, args[0])
+			if err != nil {
+				return err
+			}
+			if err := confirm(env, *force, fmt.Sprintf("Revoke token %s? Whatever uses it is refused from now on.", id)); err != nil {
 				return err
 			}
 			if _, err := cl.do(ctx, "DELETE", v.path("/tokens/"+url.PathEscape(id)), nil, nil); err != nil {
 				return err
 			}
-			fmt.Fprintf(env.Stdout, "Revoked token %s.\n", id)
-			return nil
-		},
-		"recover": func(args []string) error {
-			// Offline: no API and no token, only the machine's data dir.
-			fs := newFlags("tokens recover", env)
-			dataDir := fs.String("data-dir", "devpilot-data", "the data directory of devpilot serve")
-			database := fs.String("database", "", "the --database of devpilot serve (empty: SQLite in the data dir; a password goes in DEVPILOT_DATABASE)")
-			if pos, err := parse(fs, env, args); err != nil {
-				return err
-			} else if len(pos) > 0 {
-				return usagef("tokens recover takes no arguments")
-			}
-			if err := passwordInArgs(fs, "database"); err != nil {
-				return err
-			}
-			rec, err := app.RecoverOwnerToken(ctx, *dataDir, *database)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(env.Stdout, "New owner token %s written to %s (mode 0600); it works at once, no restart needed.\n", rec.TokenID, rec.File)
-			if rec.LiveOwner > 1 {
-				fmt.Fprintf(env.Stdout, "%d owner tokens are live; revoke the ones nobody should hold with devpilot tokens revoke ID (devpilot tokens list shows them).\n", rec.LiveOwner)
-			}
-			return nil
-		},
+			return v.printValue(map[string]any{"id": id, "revoked": true}, func() { fmt.Fprintf(env.Stdout, "Revoked token %s.\n", id) })
+		}
+	})
+	recoverCmd := &cobra.Command{Use: "recover --data-dir D [--database URL]", Short: "on the control plane's machine: write a new owner token into the data dir",
+		Long: `recover needs no API and no token: it opens the control plane's database
+(the data dir's SQLite, or --database) and writes a new owner token to
+D/owner.token (mode 0600). It works at once beside a running control plane.`,
+		Args: noArgs, Example: "  sudo devpilot tokens recover --data-dir /var/lib/devpilot"}
+	dataDir := recoverCmd.Flags().String("data-dir", "devpilot-data", "the data directory of devpilot serve")
+	database := recoverCmd.Flags().String("database", "", "the --database of devpilot serve (empty: SQLite in the data dir; a password goes in DEVPILOT_DATABASE)")
+	recoverCmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := passwordInArgs(cmd.Flags(), "database"); err != nil {
+			return err
+		}
+		rec, err := app.RecoverOwnerToken(cmd.Context(), *dataDir, *database)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "New owner token %s written to %s (mode 0600); it works at once, no restart needed.\n", rec.TokenID, rec.File)
+		if rec.LiveOwner > 1 {
+			fmt.Fprintf(env.Stdout, "%d owner tokens are live; revoke the ones nobody should hold with devpilot tokens revoke ID (devpilot tokens list shows them).\n", rec.LiveOwner)
+		}
+		return nil
 	}
-	return subcommand(env, "tokens", args, verbs, []string{"create", "list", "revoke", "recover"})
+	return group("tokens", "create, list and revoke API tokens; recover an owner token on the machine",
+		"  devpilot tokens create --role viewer --name dashboard\n  devpilot tokens revoke dashboard", create, list, revoke, recoverCmd)
 }
 
-func runWorkspaces(ctx context.Context, env Env, args []string) error {
-	verbs := map[string]func([]string) error{
-		"create": func(args []string) error {
-			v := newVerbWith(env, "workspaces create", verbFlags{json: true})
-			name := v.fs.String("name", "", "display name (default: the slug)")
-			slug, cl, err := v.startOne(args, "slug")
+func workspacesCmd(env Env) *cobra.Command {
+	create := verbCmd(env, &cobra.Command{Use: "create SLUG [--name NAME]", Short: "create a workspace (owner token)", Args: one("slug"),
+		Example: "  devpilot workspaces create staging --name 'Staging'"}, verbFlags{output: true}, func(v *verb) runFn {
+		name := v.fs.String("name", "", "display name (default: the slug)")
+		return func(ctx context.Context, args []string) error {
+			cl, err := v.connect()
 			if err != nil {
 				return err
 			}
-			raw, err := cl.do(ctx, "POST", "/v1/workspaces", map[string]string{"slug": slug, "name": *name}, nil)
+			raw, err := cl.do(ctx, "POST", "/v1/workspaces", map[string]string{"slug": args[0], "name": *name}, nil)
 			if err != nil {
 				return err
 			}
-			return v.print(raw, func() { fmt.Fprintf(env.Stdout, "Created workspace %s.\n", slug) })
-		},
-		"list": func(args []string) error {
-			v := newVerbWith(env, "workspaces list", verbFlags{json: true})
-			_, cl, err := v.start(args)
+			return v.print(raw, func() { fmt.Fprintf(env.Stdout, "Created workspace %s.\n", args[0]) })
+		}
+	})
+	list := verbCmd(env, &cobra.Command{Use: "list", Short: "list workspaces", Args: cobra.NoArgs}, verbFlags{output: true}, func(v *verb) runFn {
+		return func(ctx context.Context, _ []string) error {
+			cl, err := v.connect()
 			if err != nil {
 				return err
 			}
-			var resp struct {
-				Workspaces []struct {
-					Slug, Name string
-					CreatedAt  time.Time `json:"created_at"`
-				} `json:"workspaces"`
+			var all []struct {
+				Slug, Name string
+				CreatedAt  time.Time `json:"created_at"`
 			}
-			raw, err := cl.do(ctx, "GET", "/v1/workspaces", nil, &resp)
+			raw, err := v.list(ctx, cl, "/v1/workspaces", "workspaces", &all)
 			if err != nil {
 				return err
 			}
 			return v.print(raw, func() {
 				rows := [][]string{}
-				for _, w := range resp.Workspaces {
+				for _, w := range all {
 					rows = append(rows, []string{w.Slug, w.Name, ts(&w.CreatedAt)})
 				}
 				v.out.table([]string{"SLUG", "NAME", "CREATED"}, rows)
 			})
-		},
-	}
-	return subcommand(env, "workspaces", args, verbs, []string{"create", "list"})
+		}
+	})
+	return group("workspaces", "create and list workspaces", "  devpilot workspaces list", create, list)
 }
 
-func runKeys(ctx context.Context, env Env, args []string) error {
-	verbs := map[string]func([]string) error{
-		"rotate": func(args []string) error {
-			v := newVerbWith(env, "keys rotate", verbFlags{json: true})
-			_, cl, err := v.start(args)
+func keysCmd(env Env) *cobra.Command {
+	rotate := verbCmd(env, &cobra.Command{Use: "rotate", Short: "re-encrypt every secret under a new master key, while serving", Args: cobra.NoArgs},
+		verbFlags{output: true}, func(v *verb) runFn {
+			return func(ctx context.Context, _ []string) error {
+				cl, err := v.connect()
+				if err != nil {
+					return err
+				}
+				var res keyrotation.Result
+				raw, err := cl.do(ctx, "POST", "/v1/keys/rotate", nil, &res)
+				if err != nil {
+					return err
+				}
+				return v.print(raw, func() {
+					fmt.Fprintf(env.Stdout, "New master key %s is active; %d secrets re-encrypted; retired keys: %v.\n", res.KeyID, res.Reencrypted, res.Retired)
+					if len(res.Skipped) == 0 {
+						return
+					}
+					fmt.Fprintf(env.Stdout, "%d stored secrets do not decrypt and were left as they are (their keys %v are kept):\n", len(res.Skipped), res.Kept)
+					for _, s := range res.Skipped {
+						fmt.Fprintf(env.Stdout, "  %s %s: %s (key %s)\n", s.Table, s.ID, s.Reason, s.KeyID)
+					}
+					fmt.Fprintln(env.Stdout, "Restore those rows from a backup, or delete them (and enter the secret again), then rotate again.")
+				})
+			}
+		})
+	return group("keys", "rotate the master key that encrypts secrets at rest", "  devpilot keys rotate", rotate)
+}
+
+func auditCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "audit [--limit N]", Short: "show the audit log: who changed what, when", Args: cobra.NoArgs,
+		Example: "  devpilot audit --limit 20"}, apiVerb, func(v *verb) runFn {
+		limit := v.fs.Int("limit", 50, "how many entries, newest first")
+		return func(ctx context.Context, _ []string) error {
+			cl, err := v.connect()
 			if err != nil {
 				return err
 			}
-			var res keyrotation.Result
-			raw, err := cl.do(ctx, "POST", "/v1/keys/rotate", nil, &res)
+			items, err := cl.listN(ctx, v.path("/audit?limit="+strconv.Itoa(*limit)), "entries", *limit)
 			if err != nil {
 				return err
+			}
+			raw, _ := json.Marshal(map[string]any{"entries": items})
+			var entries []struct {
+				ID     int64          `json:"id"`
+				Actor  string         `json:"actor"`
+				Action string         `json:"action"`
+				Target string         `json:"target"`
+				Detail map[string]any `json:"detail"`
+				At     time.Time      `json:"at"`
+			}
+			b, _ := json.Marshal(items)
+			if err := json.Unmarshal(b, &entries); err != nil {
+				return fmt.Errorf("decode audit: %w", err)
 			}
 			return v.print(raw, func() {
-				fmt.Fprintf(env.Stdout, "New master key %s is active; %d secrets re-encrypted; retired keys: %v.\n", res.KeyID, res.Reencrypted, res.Retired)
-				if len(res.Skipped) == 0 {
-					return
+				rows := [][]string{}
+				for _, e := range entries {
+					detail := ""
+					for _, k := range sortedKeys(e.Detail) {
+						detail += fmt.Sprintf("%s=%v ", k, e.Detail[k])
+					}
+					rows = append(rows, []string{ts(&e.At), e.Actor, e.Action, e.Target, detail})
 				}
-				fmt.Fprintf(env.Stdout, "%d stored secrets do not decrypt and were left as they are (their keys %v are kept):\n", len(res.Skipped), res.Kept)
-				for _, s := range res.Skipped {
-					fmt.Fprintf(env.Stdout, "  %s %s: %s (key %s)\n", s.Table, s.ID, s.Reason, s.KeyID)
-				}
-				fmt.Fprintln(env.Stdout, "Restore those rows from a backup, or delete them (and enter the secret again), then rotate again.")
+				v.out.table([]string{"WHEN", "WHO", "ACTION", "TARGET", "DETAIL"}, rows)
 			})
-		},
-	}
-	return subcommand(env, "keys", args, verbs, []string{"rotate"})
-}
-
-func runAudit(ctx context.Context, env Env, args []string) error {
-	v := newVerb(env, "audit")
-	limit := v.fs.Int("limit", 50, "how many entries, newest first")
-	_, cl, err := v.start(args)
-	if err != nil {
-		return err
-	}
-	var resp struct {
-		Entries []struct {
-			ID     int64          `json:"id"`
-			Actor  string         `json:"actor"`
-			Action string         `json:"action"`
-			Target string         `json:"target"`
-			Detail map[string]any `json:"detail"`
-			At     time.Time      `json:"at"`
-		} `json:"entries"`
-	}
-	raw, err := cl.do(ctx, "GET", v.path("/audit?limit="+strconv.Itoa(*limit)), nil, &resp)
-	if err != nil {
-		return err
-	}
-	return v.print(raw, func() {
-		rows := [][]string{}
-		for _, e := range resp.Entries {
-			detail := ""
-			for _, k := range sortedKeys(e.Detail) {
-				detail += fmt.Sprintf("%s=%v ", k, e.Detail[k])
-			}
-			rows = append(rows, []string{ts(&e.At), e.Actor, e.Action, e.Target, detail})
 		}
-		v.out.table([]string{"WHEN", "WHO", "ACTION", "TARGET", "DETAIL"}, rows)
 	})
 }

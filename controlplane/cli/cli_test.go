@@ -158,7 +158,7 @@ func TestDemoWalkthrough(t *testing.T) {
 		t.Errorf("catalog: %+v", r)
 	}
 	for _, in := range list.Integrations {
-		if r := cli(t, v, "", "integrations", "remove", in.ID); r.code != 0 || !strings.Contains(r.stdout, "not touched") {
+		if r := cli(t, v, "", "integrations", "remove", in.ID, "--force"); r.code != 0 || !strings.Contains(r.stdout, "not touched") {
 			t.Errorf("remove: %+v", r)
 		}
 	}
@@ -251,7 +251,7 @@ func TestServersTasksAndDeployThroughTheCLI(t *testing.T) {
 
 	// A task's output comes back on stdout; its exit code decides ours.
 	r = cli(t, v, "", "tasks", "run", "--server", id, "--", "sh", "-c", "echo out-line; echo err-line >&2; exit 3")
-	if r.code != 1 || !strings.Contains(r.stdout, "out-line") || !strings.Contains(r.stderr, "err-line") || !strings.Contains(r.stderr, "exit code 3") {
+	if r.code != 3 || !strings.Contains(r.stdout, "out-line") || !strings.Contains(r.stderr, "err-line") || !strings.Contains(r.stderr, "exit code 3") {
 		t.Errorf("tasks run (failing): %+v", r)
 	}
 	if r := cli(t, v, "", "tasks", "run", "--server", id, "--", "echo", "fine"); r.code != 0 || r.stdout != "fine\n" {

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 )
@@ -36,23 +38,84 @@ type APIError struct {
 
 func (e *APIError) Error() string { return e.Message }
 
-// connOpts says where the API is and how to authenticate; anything unset is
-// found in the local data directory, so the CLI works on the control
-// plane's own machine with no configuration at all.
+// connOpts says where the API is and how to authenticate. First found
+// wins: the flags (--url, --token-file, --ca-cert), their DEVPILOT_*
+// variables (and DEVPILOT_TOKEN), the current context of the config file
+// (devpilot login; --context or DEVPILOT_CONTEXT picks another), then the
+// local data directory, so the CLI works on the control plane's own
+// machine with no configuration at all. A context is used whole or not at
+// all: its token is never sent to a URL given some other way.
 type connOpts struct {
-	url, tokenFile, caCert, dataDir string
+	url, tokenFile, caCert, dataDir, context string
+	fs                                       *pflag.FlagSet
 }
 
-func (o connOpts) client(getenv func(string) string) (*client, error) {
-	base := o.url
+// connFlags registers the flags that say how to reach the API.
+func connFlags(fs *pflag.FlagSet) *connOpts {
+	o := &connOpts{fs: fs}
+	fs.StringVar(&o.url, "url", "", "control plane URL (default: the current context's, else read from the data dir)")
+	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the API token (or set DEVPILOT_TOKEN; default: the context's, else the data dir's owner.token)")
+	fs.StringVar(&o.caCert, "ca-cert", "", "CA certificate to trust (default: the context's, else the data dir's TLS CA)")
+	fs.StringVar(&o.dataDir, "data-dir", "devpilot-data", "control plane data directory, for local defaults")
+	fs.StringVar(&o.context, "context", "", "saved connection to use (default: the current one; see devpilot context list)")
+	return o
+}
+
+// set reports whether a flag was given, as an argument or in its variable.
+func (o connOpts) set(env Env, name string) bool {
+	if f := o.fs.Lookup(name); f != nil && f.Changed {
+		return true
+	}
+	return env.Getenv(envName(name)) != ""
+}
+
+func (o connOpts) client(env Env) (*client, error) {
+	getenv := env.Getenv
+	base, ca := o.url, o.caCert
+	tok := ""
+	explicitToken := o.set(env, "token-file") || getenv("DEVPILOT_TOKEN") != ""
+	if f := o.fs.Lookup("token-file"); f != nil && f.Changed {
+		b, err := os.ReadFile(o.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read --token-file: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	} else if t := getenv("DEVPILOT_TOKEN"); t != "" {
+		tok = strings.TrimSpace(t)
+	}
+	useCtx := o.context != "" || (base == "" && !explicitToken && !o.set(env, "data-dir"))
+	if useCtx {
+		cfg, path, err := loadConfig(env)
+		if err != nil {
+			return nil, err
+		}
+		name := o.context
+		if name == "" {
+			name = cfg.Current
+		}
+		if c, ok := cfg.Contexts[name]; ok && name != "" {
+			if base == "" {
+				base = c.URL
+			}
+			if tok == "" && (base == c.URL) {
+				tok = c.Token
+			}
+			if ca == "" {
+				ca = c.CACert
+			}
+		} else if o.context != "" {
+			return nil, &hintError{msg: fmt.Sprintf("no context %q in %s", o.context, path), hint: "`devpilot context list` shows the saved ones; `devpilot login` adds one"}
+		}
+	}
+	fromDataDir := base == ""
 	if base == "" {
 		b, err := os.ReadFile(filepath.Join(o.dataDir, app.URLFile))
 		if err != nil {
-			return nil, fmt.Errorf("no API URL: set DEVPILOT_URL or --url, or run on the control plane's machine (no %s in %s)", app.URLFile, o.dataDir)
+			return nil, &hintError{msg: fmt.Sprintf("no API URL (no %s in %s)", app.URLFile, o.dataDir),
+				hint: "run `devpilot login --url URL`, set DEVPILOT_URL or --url, or run on the control plane's machine"}
 		}
 		base = strings.TrimSpace(string(b))
 	}
-	tok := getenv("DEVPILOT_TOKEN")
 	if tok == "" {
 		f := o.tokenFile
 		if f == "" {
@@ -60,19 +123,25 @@ func (o connOpts) client(getenv func(string) string) (*client, error) {
 		}
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("no API token: set DEVPILOT_TOKEN or DEVPILOT_TOKEN_FILE (could not read %s)", f)
+			return nil, &hintError{msg: fmt.Sprintf("no API token (could not read %s)", f),
+				hint: "run `devpilot login`, or set DEVPILOT_TOKEN or DEVPILOT_TOKEN_FILE"}
 		}
 		tok = strings.TrimSpace(string(b))
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	ca := o.caCert
-	if ca == "" && o.url == "" {
+	if ca == "" && fromDataDir {
 		// --tls auto's CA; with acme or files there is none, and the
 		// system's roots apply.
 		if p := filepath.Join(o.dataDir, app.TLSDir, "ca.crt"); fileExists(p) {
 			ca = p
 		}
 	}
+	return o.clientFrom(base, tok, ca)
+}
+
+// clientFrom makes a client of the API at base with a token, trusting the
+// CA certificate in the file ca (none: the system's roots).
+func (connOpts) clientFrom(base, tok, ca string) (*client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if ca != "" && strings.HasPrefix(base, "https://") {
 		pem, err := os.ReadFile(ca)
 		if err != nil {

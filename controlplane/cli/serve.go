@@ -2,12 +2,13 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -46,8 +47,11 @@ func logFlags(fs interface {
 	fs.StringVar(format, "log-format", "json", "json or console")
 }
 
-func runServe(ctx context.Context, env Env, args []string) error {
-	fs := newFlags("serve", env)
+func serveCmd(env Env) *cobra.Command {
+	c := &cobra.Command{Use: "serve", Short: "run the control plane", Args: noArgs,
+		Example: "  devpilot serve --data-dir /var/lib/devpilot --public-url https://cp.example.com:8443"}
+	fs := c.Flags()
+	fs.SortFlags = false
 	var cfg app.Config
 	var level, format string
 	fs.StringVar(&cfg.DataDir, "data-dir", "devpilot-data", "where the database, keys and TLS files live")
@@ -73,11 +77,11 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	fs.IntVar(&cfg.MaxUnauthenticated, "max-unauthenticated", httpguard.DefaultMaxUnauthenticated,
 		"requests one client address may have in flight before they authenticate (behind a proxy, every client shares its address)")
 	logFlags(fs, &level, &format)
-	if pos, err := parse(fs, env, args); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return usagef("serve takes no arguments")
-	}
+	c.RunE = func(cmd *cobra.Command, _ []string) error { return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format) }
+	return c
+}
+
+func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acmeDomains, level, format string) error {
 	if cfg.BodyTimeout <= 0 || cfg.MaxUnauthenticated <= 0 {
 		return usagef("--body-timeout and --max-unauthenticated must be positive")
 	}
@@ -101,8 +105,10 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	return app.Run(ctx, cfg)
 }
 
-func runDev(ctx context.Context, env Env, args []string) error {
-	fs := newFlags("dev", env)
+func devCmd(env Env) *cobra.Command {
+	c := &cobra.Command{Use: "dev", Short: "run the control plane with simulated clouds on this machine", Args: noArgs,
+		Example: "  devpilot dev &\n  set -a; . .devpilot-dev/dev.env; set +a"}
+	fs := c.Flags()
 	var cfg devenv.Config
 	var level, format string
 	fs.StringVar(&cfg.DataDir, "data-dir", ".devpilot-dev", "where the dev control plane keeps its data and writes dev.env")
@@ -110,11 +116,20 @@ func runDev(ctx context.Context, env Env, args []string) error {
 	logFlags(fs, &level, &format)
 	fs.Lookup("log-format").DefValue = "console"
 	format = "console"
-	if pos, err := parse(fs, env, args); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return usagef("dev takes no arguments")
+	c.RunE = func(cmd *cobra.Command, _ []string) error { return dev(cmd.Context(), env, cfg, level, format) }
+	return c
+}
+
+// noArgs refuses positional arguments with a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return &usageError{msg: fmt.Sprintf("%s takes no arguments (got %q)", strings.TrimPrefix(cmd.CommandPath(), "devpilot "), args[0]),
+			hint: fmt.Sprintf("Run '%s --help' for usage.", cmd.CommandPath())}
 	}
+	return nil
+}
+
+func dev(ctx context.Context, env Env, cfg devenv.Config, level, format string) error {
 	log, err := newLogger(env, level, format)
 	if err != nil {
 		return err
@@ -135,10 +150,10 @@ func runDev(ctx context.Context, env Env, args []string) error {
 // password in it: argv is readable by every user of the machine (ps,
 // /proc/PID/cmdline). The same URL is fine in the flag's environment
 // variable.
-func passwordInArgs(fs *flag.FlagSet, name string) error {
+func passwordInArgs(fs *pflag.FlagSet, name string) error {
 	var err error
-	fs.Visit(func(f *flag.Flag) { // only flags set from the arguments
-		if f.Name != name {
+	fs.Visit(func(f *pflag.Flag) { // only flags set from the arguments (applyEnv leaves Changed alone)
+		if f.Name != name || !f.Changed {
 			return
 		}
 		if u, perr := url.Parse(f.Value.String()); perr == nil && u.User != nil {

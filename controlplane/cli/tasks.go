@@ -18,6 +18,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
 	"github.com/devpilot/devpilot/controlplane/tasks"
@@ -38,215 +39,301 @@ type errTaskFailed struct{ msg string }
 
 func (e *errTaskFailed) Error() string { return e.msg }
 
-func runTasks(ctx context.Context, env Env, args []string) error {
-	verbs := map[string]func([]string) error{
-		"run":    func(args []string) error { return runTaskRun(ctx, env, args) },
-		"list":   func(args []string) error { return runTaskList(ctx, env, args) },
-		"show":   func(args []string) error { return runTaskShow(ctx, env, args) },
-		"logs":   func(args []string) error { return runTaskLogs(ctx, env, args) },
-		"cancel": func(args []string) error { return runTaskCancel(ctx, env, args) },
-	}
-	return subcommand(env, "tasks", args, verbs, []string{"run", "list", "show", "logs", "cancel"})
+func (l *stringList) Type() string { return "strings" }
+
+func tasksCmd(env Env) *cobra.Command {
+	return group("tasks", "run commands, unit actions and file writes on a server; list, show, follow and cancel tasks",
+		"  devpilot tasks run --server web-1 -- uptime\n  devpilot tasks logs -f task_…",
+		taskRunCmd(env), taskListCmd(env), taskShowCmd(env), taskLogsCmd(env), taskCancelCmd(env))
 }
 
-// runTaskRun is `tasks run`: start a task and, unless --detach, follow it.
-func runTaskRun(ctx context.Context, env Env, args []string) error {
-	// Everything after "--" is the command, flags or not.
-	var argv []string
-	for i, a := range args {
-		if a == "--" {
-			args, argv = args[:i], args[i+1:]
-			break
-		}
-	}
-	v := newVerb(env, "tasks run")
-	server := v.fs.String("server", "", "server id to run on (required)")
-	sysd := v.fs.String("systemd", "", "systemd unit action as UNIT:ACTION, e.g. nginx.service:restart")
-	file := v.fs.String("file", "", "write a file at this absolute path on the server")
-	from := v.fs.String("from", "", "with --file: local file whose content to write")
-	mode := v.fs.String("mode", "", "with --file: octal mode (default 0644)")
-	owner := v.fs.String("owner", "", "with --file: owner user")
-	group := v.fs.String("group", "", "with --file: owner group")
-	dir := v.fs.String("dir", "", "exec: working directory")
-	user := v.fs.String("user", "", "exec: run as this user")
-	timeout := v.fs.Duration("timeout", 0, "exec: kill the command after this long (default: the deadline)")
-	deadline := v.fs.Duration("deadline", 0, "give up on the task after this long (default 1h)")
-	var envs stringList
-	v.fs.Var(&envs, "env", "exec: environment variable KEY=VALUE (repeat)")
-	detach := v.fs.Bool("detach", false, "print the task id and return without waiting")
-	pos, err := v.parse(args)
-	if err != nil {
-		return err
-	}
-	argv = append(pos, argv...)
-	if *server == "" {
-		return usagef("tasks run: --server is required")
-	}
-	spec := tasks.Spec{DeadlineS: int(deadline.Round(time.Second) / time.Second)}
-	kinds := 0
-	if len(argv) > 0 {
-		kinds++
-		spec.Kind, spec.Argv, spec.Dir, spec.User = protocol.KindExec, argv, *dir, *user
-		spec.TimeoutS = int(timeout.Round(time.Second) / time.Second)
-		for _, e := range envs {
-			k, v, ok := strings.Cut(e, "=")
-			if !ok {
-				return usagef("--env %q: use KEY=VALUE", e)
-			}
-			if spec.Env == nil {
-				spec.Env = map[string]string{}
-			}
-			spec.Env[k] = v
-		}
-	}
-	if *sysd != "" {
-		kinds++
-		unit, action, ok := strings.Cut(*sysd, ":")
-		if !ok {
-			return usagef("--systemd %q: use UNIT:ACTION, e.g. nginx.service:restart", *sysd)
-		}
-		spec.Kind, spec.Unit, spec.Action = protocol.KindSystemd, unit, action
-	}
-	if *file != "" {
-		kinds++
-		if *from == "" {
-			return usagef("--file needs --from LOCAL_FILE")
-		}
-		b, err := os.ReadFile(*from)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", *from, err)
-		}
-		spec.Kind, spec.Path, spec.ContentBase64 = protocol.KindFile, *file, base64.StdEncoding.EncodeToString(b)
-		spec.Mode, spec.Owner, spec.Group = *mode, *owner, *group
-	}
-	if kinds != 1 {
-		return usagef("tasks run: give exactly one of a command (after --), --systemd UNIT:ACTION or --file PATH --from LOCAL")
-	}
-	cl, err := v.connect()
-	if err != nil {
-		return err
-	}
-	var t tasks.Task
-	raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(*server)+"/tasks"), spec, &t)
-	if err != nil {
-		return err
-	}
-	if *detach {
-		return v.print(raw, func() {
-			fmt.Fprintf(env.Stdout, "Task %s is %s. Follow it with: devpilot tasks logs -f %s\n", t.ID, t.State, t.ID)
+// taskRunCmd is `tasks run`: start a task and, unless --detach, follow it.
+func taskRunCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{
+		Use:   "run --server NAME|ID [flags] -- COMMAND [ARG...]",
+		Short: "run a command, a systemd unit action or a file write on a server, and follow it",
+		Long: `run starts one task on a server and streams its output: the command's
+stdout to stdout, its stderr to stderr. It exits with the command's exit
+code (0 when it succeeded); when the task ends without one (canceled, timed
+out, refused, agent lost) it exits 255, like ssh. Ctrl-C detaches (exit 130):
+the task goes on, and the message says how to follow or cancel it.
+
+Under -o json the output goes to stderr and the final task object to stdout.
+With --detach it prints the task's id (-o json: the task object) and returns.`,
+		Example: `  devpilot tasks run --server web-1 -- sh -c 'uptime; df -h /'
+  devpilot tasks run --server web-1 --systemd nginx.service:restart
+  devpilot tasks run --server web-1 --file /etc/app.conf --from app.conf --mode 0640
+  id=$(devpilot tasks run --server web-1 --detach -- make backup)`,
+		Args: cobra.ArbitraryArgs,
+	}, apiVerb, func(v *verb) runFn {
+		server := v.fs.String("server", "", "server name or id to run on (required)")
+		sysd := v.fs.String("systemd", "", "systemd unit action as UNIT:ACTION, e.g. nginx.service:restart")
+		file := v.fs.String("file", "", "write a file at this absolute path on the server")
+		from := v.fs.String("from", "", "with --file: local file whose content to write")
+		mode := v.fs.String("mode", "", "with --file: octal mode (default 0644)")
+		owner := v.fs.String("owner", "", "with --file: owner user")
+		group := v.fs.String("group", "", "with --file: owner group")
+		dir := v.fs.String("dir", "", "exec: working directory")
+		user := v.fs.String("user", "", "exec: run as this user")
+		timeout := v.fs.Duration("timeout", 0, "exec: kill the command after this long (default: the deadline)")
+		deadline := v.fs.Duration("deadline", 0, "give up on the task after this long (default 1h)")
+		var envs stringList
+		v.fs.Var(&envs, "env", "exec: environment variable KEY=VALUE (repeat)")
+		detach := v.fs.Bool("detach", false, "print the task id and return without waiting")
+		_ = v.cmd.RegisterFlagCompletionFunc("server", func(cmd *cobra.Command, args []string, tc string) ([]string, cobra.ShellCompDirective) {
+			return completeNames(serverNoun)(v)(cmd, nil, tc)
 		})
+		return func(ctx context.Context, argv []string) error {
+			if *server == "" {
+				return usagef("tasks run: --server is required")
+			}
+			spec := tasks.Spec{DeadlineS: int(deadline.Round(time.Second) / time.Second)}
+			kinds := 0
+			if len(argv) > 0 {
+				kinds++
+				spec.Kind, spec.Argv, spec.Dir, spec.User = protocol.KindExec, argv, *dir, *user
+				spec.TimeoutS = int(timeout.Round(time.Second) / time.Second)
+				for _, e := range envs {
+					k, val, ok := strings.Cut(e, "=")
+					if !ok {
+						return usagef("--env %q: use KEY=VALUE", e)
+					}
+					if spec.Env == nil {
+						spec.Env = map[string]string{}
+					}
+					spec.Env[k] = val
+				}
+			}
+			if *sysd != "" {
+				kinds++
+				unit, action, ok := strings.Cut(*sysd, ":")
+				if !ok {
+					return usagef("--systemd %q: use UNIT:ACTION, e.g. nginx.service:restart", *sysd)
+				}
+				spec.Kind, spec.Unit, spec.Action = protocol.KindSystemd, unit, action
+			}
+			if *file != "" {
+				kinds++
+				if *from == "" {
+					return usagef("--file needs --from LOCAL_FILE")
+				}
+				b, err := os.ReadFile(*from)
+				if err != nil {
+					return fmt.Errorf("read %s: %w", *from, err)
+				}
+				spec.Kind, spec.Path, spec.ContentBase64 = protocol.KindFile, *file, base64.StdEncoding.EncodeToString(b)
+				spec.Mode, spec.Owner, spec.Group = *mode, *owner, *group
+			}
+			if kinds != 1 {
+				return usagef("tasks run: give exactly one of a command (after --), --systemd UNIT:ACTION or --file PATH --from LOCAL")
+			}
+			cl, err := v.connect()
+			if err != nil {
+				return remoteErr(err)
+			}
+			id, err := v.resolve(ctx, cl, serverNoun, *server)
+			if err != nil {
+				return remoteErr(err)
+			}
+			var t tasks.Task
+			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/tasks"), spec, &t)
+			if err != nil {
+				return remoteErr(err)
+			}
+			if *detach {
+				return v.print(raw, func() {
+					fmt.Fprintln(env.Stdout, t.ID)
+					fmt.Fprintf(env.Stderr, "# task %s is %s; follow it with: %s\n", t.ID, t.State, v.again("tasks logs -f "+t.ID))
+				})
+			}
+			if t.State == protocol.TaskQueued {
+				fmt.Fprintf(env.Stderr, "# task %s is queued: the server's agent is not connected; waiting for it\n", t.ID)
+			}
+			return v.follow(ctx, cl, t.ID, 0)
+		}
+	})
+}
+
+// again is a devpilot command line for the verb's workspace.
+func (v *verb) again(verb string) string {
+	if v.ws != nil && *v.ws != "default" {
+		verb += " --workspace " + *v.ws
 	}
-	if t.State == protocol.TaskQueued {
-		fmt.Fprintf(env.Stderr, "# task %s is queued: the server's agent is not connected; waiting for it\n", t.ID)
+	return "devpilot " + verb
+}
+
+// follow streams a task's output until it ends and turns its end into the
+// exit code: the remote one, or 255 when it has none; 130 on Ctrl-C, with
+// the commands to follow or cancel the task, which goes on.
+func (v *verb) follow(ctx context.Context, cl *client, id string, after int64) error {
+	logs := v.env
+	if v.json() {
+		logs.Stdout = v.env.Stderr // stdout holds the final task alone
 	}
-	end, err := followLogs(ctx, env, cl, *v.ws, t.ID, 0)
+	end, raw, err := followLogs(ctx, logs, cl, *v.ws, id, after)
+	if ctx.Err() != nil {
+		fmt.Fprintf(v.env.Stderr, "\nDetached from task %s: it goes on on the server.\n  follow it: %s\n  cancel it: %s\n",
+			id, v.again("tasks logs -f "+id), v.again("tasks cancel "+id))
+		return &exitError{code: ExitInterrupted}
+	}
 	if err != nil {
-		return err
+		return remoteErr(err)
+	}
+	if v.json() {
+		if err := v.out.raw(raw); err != nil {
+			return err
+		}
 	}
 	return taskOutcome(end)
 }
 
-// runTaskList is `tasks list`.
-func runTaskList(ctx context.Context, env Env, args []string) error {
-	v := newVerb(env, "tasks list")
-	server := v.fs.String("server", "", "only this server's tasks")
-	dep := v.fs.String("deployment", "", "only this deployment's tasks")
-	state := v.fs.String("state", "", "only tasks in this state")
-	limit := v.fs.Int("limit", 50, "at most this many (newest first)")
-	_, cl, err := v.start(args)
-	if err != nil {
+// remoteErr reports an error of the CLI itself in a verb that otherwise
+// exits with a remote exit code: 255 (usage errors keep 2).
+func remoteErr(err error) error {
+	if err == nil || errors.Is(err, errUsage) {
 		return err
 	}
-	q := url.Values{}
-	for k, v := range map[string]string{"server": *server, "deployment": *dep, "state": *state, "limit": strconv.Itoa(*limit)} {
-		if v != "" {
-			q.Set(k, v)
-		}
-	}
-	var resp struct {
-		Tasks []tasks.Task `json:"tasks"`
-	}
-	raw, err := cl.do(ctx, "GET", v.path("/tasks?"+q.Encode()), nil, &resp)
-	if err != nil {
+	var ee *exitError
+	if errors.As(err, &ee) {
 		return err
 	}
-	return v.print(raw, func() {
-		rows := [][]string{}
-		for _, t := range resp.Tasks {
-			rows = append(rows, []string{t.ID, t.ServerID, t.Kind, stateLine(&t), exitText(t.ExitCode), ts(&t.CreatedAt), summary(&t)})
+	return &withCode{code: ExitRemoteUnknown, err: err}
+}
+
+// taskListCmd is `tasks list`.
+func taskListCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "list [--server NAME|ID] [--state S]", Short: "list tasks, newest first", Args: cobra.NoArgs,
+		Example: "  devpilot tasks list --server web-1 --state failed"}, apiVerb, func(v *verb) runFn {
+		server := v.fs.String("server", "", "only this server's tasks (name or id)")
+		dep := v.fs.String("deployment", "", "only this deployment's tasks")
+		state := v.fs.String("state", "", "only tasks in this state")
+		limit := v.fs.Int("limit", 50, "at most this many (newest first)")
+		return func(ctx context.Context, _ []string) error {
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			if *server != "" {
+				if *server, err = v.resolve(ctx, cl, serverNoun, *server); err != nil {
+					return err
+				}
+			}
+			q := url.Values{}
+			for k, x := range map[string]string{"server": *server, "deployment": *dep, "state": *state, "limit": strconv.Itoa(*limit)} {
+				if x != "" {
+					q.Set(k, x)
+				}
+			}
+			items, err := cl.listN(ctx, v.path("/tasks?"+q.Encode()), "tasks", *limit)
+			if err != nil {
+				return err
+			}
+			raw, _ := json.Marshal(map[string]any{"tasks": items})
+			var all []tasks.Task
+			b, _ := json.Marshal(items)
+			if err := json.Unmarshal(b, &all); err != nil {
+				return fmt.Errorf("decode tasks: %w", err)
+			}
+			return v.print(raw, func() {
+				rows := [][]string{}
+				for _, t := range all {
+					rows = append(rows, []string{t.ID, t.ServerID, t.Kind, v.out.paint(stateLine(&t)), exitText(t.ExitCode), ts(&t.CreatedAt), summary(&t)})
+				}
+				v.out.table([]string{"ID", "SERVER", "KIND", "STATE", "EXIT", "CREATED", "WHAT"}, rows)
+			})
 		}
-		v.out.table([]string{"ID", "SERVER", "KIND", "STATE", "EXIT", "CREATED", "WHAT"}, rows)
 	})
 }
 
-// runTaskShow is `tasks show ID`.
-func runTaskShow(ctx context.Context, env Env, args []string) error {
-	v := newVerb(env, "tasks show")
-	id, cl, err := v.startOne(args, "task id")
-	if err != nil {
-		return err
-	}
-	var t tasks.Task
-	raw, err := cl.do(ctx, "GET", v.path("/tasks/"+url.PathEscape(id)), nil, &t)
-	if err != nil {
-		return err
-	}
-	return v.print(raw, func() { showTask(v.out, &t) })
-}
-
-// runTaskLogs is `tasks logs ID`: the output so far, or all of it with -f.
-func runTaskLogs(ctx context.Context, env Env, args []string) error {
-	v := newVerb(env, "tasks logs")
-	fol := v.fs.Bool("f", false, "follow the output until the task ends")
-	v.fs.BoolVar(fol, "follow", false, "same as -f")
-	after := v.fs.Int64("after", 0, "only output after this chunk sequence number")
-	id, cl, err := v.startOne(args, "task id")
-	if err != nil {
-		return err
-	}
-	if *fol {
-		end, err := followLogs(ctx, env, cl, *v.ws, id, *after)
-		if err != nil {
-			return err
-		}
-		return taskOutcome(end)
-	}
-	next := *after
-	for {
-		var p tasks.LogPage
-		if _, err := cl.do(ctx, "GET", v.path(fmt.Sprintf("/tasks/%s/logs?after=%d", url.PathEscape(id), next)), nil, &p); err != nil {
-			return err
-		}
-		for _, ch := range p.Chunks {
-			writeChunk(env, ch)
-		}
-		next = p.Next
-		if !p.More {
-			if p.Truncated {
-				fmt.Fprintln(env.Stderr, "# output beyond the control plane's per-task limit was dropped")
+// taskShowCmd is `tasks show ID`.
+func taskShowCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "show TASK-ID", Short: "show a task: state, exit code, times, steps", Args: one("task id"),
+		Example: "  devpilot tasks show task_…"}, apiVerb, func(v *verb) runFn {
+		return func(ctx context.Context, args []string) error {
+			cl, err := v.connect()
+			if err != nil {
+				return err
 			}
-			return nil
+			var t tasks.Task
+			raw, err := cl.do(ctx, "GET", v.path("/tasks/"+url.PathEscape(args[0])), nil, &t)
+			if err != nil {
+				return err
+			}
+			return v.print(raw, func() { showTask(v.out, &t) })
 		}
-	}
+	})
 }
 
-// runTaskCancel is `tasks cancel ID`.
-func runTaskCancel(ctx context.Context, env Env, args []string) error {
-	v := newVerb(env, "tasks cancel")
-	id, cl, err := v.startOne(args, "task id")
-	if err != nil {
-		return err
-	}
-	var t tasks.Task
-	raw, err := cl.do(ctx, "POST", v.path("/tasks/"+url.PathEscape(id)+"/cancel"), nil, &t)
-	if err != nil {
-		return err
-	}
-	return v.print(raw, func() {
-		if t.State == protocol.TaskCanceled {
-			fmt.Fprintf(env.Stdout, "Task %s canceled.\n", t.ID)
-		} else {
-			fmt.Fprintf(env.Stdout, "Asked the agent to stop task %s (%s); it reports canceled when it has.\n", t.ID, t.State)
+// taskLogsCmd is `tasks logs ID`: the output so far, or all of it with -f.
+func taskLogsCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "logs TASK-ID [-f]", Short: "print a task's output; -f follows it until the task ends",
+		Long: `logs prints what the task wrote so far (stdout to stdout, stderr to stderr).
+With -f it follows until the task ends and exits like tasks run does: with
+the command's exit code. Under -o json it prints {"chunks": [...]} (with -f:
+the output on stderr and the final task on stdout).`,
+		Args: one("task id"), Example: "  devpilot tasks logs -f task_…"}, apiVerb, func(v *verb) runFn {
+		fol := v.fs.BoolP("follow", "f", false, "follow the output until the task ends")
+		after := v.fs.Int64("after", 0, "only output after this chunk sequence number")
+		return func(ctx context.Context, args []string) error {
+			id := args[0]
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			if *fol {
+				return v.follow(ctx, cl, id, *after)
+			}
+			next := *after
+			chunks := []tasks.LogChunk{}
+			truncated := false
+			for {
+				var p tasks.LogPage
+				if _, err := cl.do(ctx, "GET", v.path(fmt.Sprintf("/tasks/%s/logs?after=%d", url.PathEscape(id), next)), nil, &p); err != nil {
+					return err
+				}
+				for _, ch := range p.Chunks {
+					if v.json() {
+						chunks = append(chunks, ch)
+					} else {
+						writeChunk(env, ch)
+					}
+				}
+				next = p.Next
+				if !p.More {
+					truncated = p.Truncated
+					break
+				}
+			}
+			return v.printValue(map[string]any{"chunks": chunks, "truncated": truncated}, func() {
+				if truncated {
+					fmt.Fprintln(env.Stderr, "# output beyond the control plane's per-task limit was dropped")
+				}
+			})
+		}
+	})
+}
+
+// taskCancelCmd is `tasks cancel ID`.
+func taskCancelCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "cancel TASK-ID", Short: "stop a task", Args: one("task id"),
+		Example: "  devpilot tasks cancel task_…"}, apiVerb, func(v *verb) runFn {
+		return func(ctx context.Context, args []string) error {
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			var t tasks.Task
+			raw, err := cl.do(ctx, "POST", v.path("/tasks/"+url.PathEscape(args[0])+"/cancel"), nil, &t)
+			if err != nil {
+				return err
+			}
+			return v.print(raw, func() {
+				if t.State == protocol.TaskCanceled {
+					fmt.Fprintf(env.Stdout, "Task %s canceled.\n", t.ID)
+				} else {
+					fmt.Fprintf(env.Stdout, "Asked the agent to stop task %s (%s); it reports canceled when it has.\n", t.ID, t.State)
+				}
+			})
 		}
 	})
 }
@@ -318,7 +405,8 @@ func showTask(o *output, t *tasks.Task) {
 	}
 }
 
-// taskOutcome turns a final task into the command's result.
+// taskOutcome turns a final task into the command's result: nil when it
+// succeeded, else the remote exit code (255 when there is none).
 func taskOutcome(t *tasks.Task) error {
 	if t.State == protocol.TaskSucceeded {
 		return nil
@@ -330,7 +418,11 @@ func taskOutcome(t *tasks.Task) error {
 	if t.Error != "" {
 		msg += ": " + t.Error
 	}
-	return &errTaskFailed{msg}
+	code := ExitRemoteUnknown
+	if t.ExitCode != nil && *t.ExitCode > 0 && *t.ExitCode < 256 {
+		code = *t.ExitCode
+	}
+	return &exitError{code: code, msg: msg}
 }
 
 func writeChunk(env Env, c tasks.LogChunk) {
@@ -353,42 +445,42 @@ func writeChunk(env Env, c tasks.LogChunk) {
 // followLogs streams a task's output (server-sent events) to stdout and
 // stderr until the task ends, resuming after the last chunk seen if the
 // connection breaks. It returns the final task.
-func followLogs(ctx context.Context, env Env, cl *client, ws, id string, after int64) (*tasks.Task, error) {
+func followLogs(ctx context.Context, env Env, cl *client, ws, id string, after int64) (*tasks.Task, []byte, error) {
 	stream := &http.Client{Transport: cl.http.Transport} // no overall timeout: tasks run for long
 	failures := 0
 	for {
-		end, last, err := followOnce(ctx, env, stream, cl, ws, id, after)
+		end, raw, last, err := followOnce(ctx, env, stream, cl, ws, id, after)
 		if end != nil || ctx.Err() != nil {
-			return end, ctx.Err()
+			return end, raw, ctx.Err()
 		}
 		var ae *APIError
 		if errors.As(err, &ae) {
-			return nil, err
+			return nil, nil, err
 		}
 		if last > after {
 			after, failures = last, 0
 		}
 		if failures++; failures > 5 {
-			return nil, fmt.Errorf("following task %s: %w", id, err)
+			return nil, nil, fmt.Errorf("following task %s: %w", id, err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		case <-time.After(time.Duration(failures) * time.Second):
 		}
 	}
 }
 
-func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, ws, id string, after int64) (*tasks.Task, int64, error) {
+func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, ws, id string, after int64) (*tasks.Task, []byte, int64, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s%s/tasks/%s/logs?follow=1&after=%d", cl.base, wsPath(ws), url.PathEscape(id), after), nil)
 	if err != nil {
-		return nil, after, err
+		return nil, nil, after, err
 	}
 	req.Header.Set("Authorization", "Bearer "+cl.token.Reveal())
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := stream.Do(req)
 	if err != nil {
-		return nil, after, err
+		return nil, nil, after, err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
@@ -397,10 +489,10 @@ func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, w
 			Error APIError `json:"error"`
 		}
 		if json.Unmarshal(raw, &eb) != nil || eb.Error.Code == "" {
-			return nil, after, &APIError{Status: resp.StatusCode, Code: "http_error", Message: resp.Status}
+			return nil, nil, after, &APIError{Status: resp.StatusCode, Code: "http_error", Message: resp.Status}
 		}
 		eb.Error.Status = resp.StatusCode
-		return nil, after, &eb.Error
+		return nil, nil, after, &eb.Error
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
@@ -420,12 +512,12 @@ func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, w
 			case "end":
 				var t tasks.Task
 				if err := json.Unmarshal(data.Bytes(), &t); err != nil {
-					return nil, after, fmt.Errorf("decode end event: %w", err)
+					return nil, nil, after, fmt.Errorf("decode end event: %w", err)
 				}
 				if t.Log.Truncated {
 					fmt.Fprintln(env.Stderr, "# output beyond the control plane's per-task limit was dropped")
 				}
-				return &t, after, nil
+				return &t, bytes.Clone(data.Bytes()), after, nil
 			}
 			typ = ""
 			data.Reset()
@@ -436,9 +528,9 @@ func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, w
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, after, err
+		return nil, nil, after, err
 	}
-	return nil, after, io.ErrUnexpectedEOF
+	return nil, nil, after, io.ErrUnexpectedEOF
 }
 
 // --- deploy
@@ -592,77 +684,112 @@ func plainText(pf PlanFile) error {
 	return nil
 }
 
-func runDeploy(ctx context.Context, env Env, args []string) error {
-	v := newVerb(env, "deploy")
-	planPath := v.fs.String("f", "", "plan file (YAML; see the README)")
-	var servers stringList
-	v.fs.Var(&servers, "server", "deploy to this server id (repeat; overrides the plan's targets)")
-	tag := v.fs.String("tag", "", "deploy to the servers carrying this tag (overrides the plan's targets)")
-	par := v.fs.Int("max-parallel", 0, "servers deployed at once (overrides the plan; default 1)")
-	deadline := v.fs.Duration("deadline", 0, "each server's deadline (overrides the plan; default 1h)")
-	detach := v.fs.Bool("detach", false, "print the deployment id and return without waiting")
-	interval := v.fs.Duration("poll", time.Second, "how often progress is checked")
-	pos, err := v.parse(args)
-	if err != nil {
-		return err
-	}
-	if len(pos) == 2 && pos[0] == "status" {
-		cl, err := v.connect()
-		if err != nil {
+func deployCmd(env Env) *cobra.Command {
+	var interval time.Duration
+	status := verbCmd(env, &cobra.Command{Use: "status DEPLOYMENT-ID", Short: "follow a deployment until it ends (-o json: its state now)",
+		Args: one("deployment id"), Example: "  devpilot deploy status dep_…"}, apiVerb, func(v *verb) runFn {
+		v.fs.DurationVar(&interval, "poll", time.Second, "how often progress is checked")
+		return func(ctx context.Context, args []string) error {
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			var d tasks.Deployment
+			raw, err := cl.do(ctx, "GET", v.path("/deployments/"+url.PathEscape(args[0])), nil, &d)
+			if err != nil {
+				return err
+			}
+			if v.json() {
+				return v.out.raw(raw)
+			}
+			_, err = watchDeployment(ctx, v, cl, &d, interval)
 			return err
 		}
-		var d tasks.Deployment
-		raw, err := cl.do(ctx, "GET", v.path("/deployments/"+url.PathEscape(pos[1])), nil, &d)
-		if err != nil {
-			return err
-		}
-		if v.out.json {
-			v.out.raw(raw)
+	})
+	c := verbCmd(env, &cobra.Command{
+		Use:   "deploy -f PLAN.yaml [--server NAME|ID...|--tag T] [--max-parallel N]",
+		Short: "roll a deploy plan across servers in batches (deploy -f plan.yaml; deploy status ID)",
+		Long: `deploy runs a plan file's steps on many servers, a batch at a time, and
+shows each server's progress; it exits 1 if any server failed. Under -o json
+the progress goes to stderr and the final deployment to stdout.`,
+		Example: `  devpilot deploy -f plan.yaml
+  devpilot deploy -f plan.yaml --server web-1 --server web-2 --max-parallel 2
+  devpilot deploy status dep_…`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("deploy: unexpected argument %q (the plan is given with -f; `deploy status ID` follows one)", args[0])
+			}
 			return nil
+		},
+	}, apiVerb, func(v *verb) runFn {
+		planPath := v.fs.StringP("file", "f", "", "plan file (YAML; see the README)")
+		var servers stringList
+		v.fs.Var(&servers, "server", "deploy to this server, name or id (repeat; overrides the plan's targets)")
+		tag := v.fs.String("tag", "", "deploy to the servers carrying this tag (overrides the plan's targets)")
+		par := v.fs.Int("max-parallel", 0, "servers deployed at once (overrides the plan; default 1)")
+		deadline := v.fs.Duration("deadline", 0, "each server's deadline (overrides the plan; default 1h)")
+		detach := v.fs.Bool("detach", false, "print the deployment id and return without waiting")
+		v.fs.DurationVar(&interval, "poll", time.Second, "how often progress is checked")
+		return func(ctx context.Context, _ []string) error {
+			if *planPath == "" {
+				return usagef("deploy: give the plan with -f plan.yaml")
+			}
+			req, err := LoadPlan(*planPath)
+			if err != nil {
+				return err
+			}
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			if len(servers) > 0 || *tag != "" {
+				req.Servers, req.Tag = nil, *tag
+				for _, s := range servers {
+					id, err := v.resolve(ctx, cl, serverNoun, s)
+					if err != nil {
+						return err
+					}
+					req.Servers = append(req.Servers, id)
+				}
+			}
+			if *par > 0 {
+				req.MaxParallel = *par
+			}
+			if *deadline > 0 {
+				req.DeadlineS = int(deadline.Round(time.Second) / time.Second)
+			}
+			var d tasks.Deployment
+			raw, err := cl.do(ctx, "POST", v.path("/deployments"), req, &d)
+			if err != nil {
+				return err
+			}
+			if *detach {
+				return v.print(raw, func() {
+					fmt.Fprintln(env.Stdout, d.ID)
+					fmt.Fprintf(env.Stderr, "# deployment %s started on %d servers; follow it with: %s\n", d.ID, len(d.Targets), v.again("deploy status "+d.ID))
+				})
+			}
+			fmt.Fprintf(v.progress().w, "Deployment %s: %d servers, %d at a time\n", d.ID, len(d.Targets), d.MaxParallel)
+			raw, err = watchDeployment(ctx, v, cl, &d, interval)
+			if v.json() && raw != nil {
+				if perr := v.out.raw(raw); perr != nil {
+					return perr
+				}
+			}
+			return err
 		}
-		return watchDeployment(ctx, env, cl, *v.ws, &d, *interval)
-	}
-	if len(pos) > 0 {
-		return usagef("deploy: unexpected argument %q (the plan is given with -f; `deploy status ID` follows one)", pos[0])
-	}
-	if *planPath == "" {
-		return usagef("deploy: give the plan with -f plan.yaml")
-	}
-	req, err := LoadPlan(*planPath)
-	if err != nil {
-		return err
-	}
-	if len(servers) > 0 || *tag != "" {
-		req.Servers, req.Tag = servers, *tag
-	}
-	if *par > 0 {
-		req.MaxParallel = *par
-	}
-	if *deadline > 0 {
-		req.DeadlineS = int(deadline.Round(time.Second) / time.Second)
-	}
-	cl, err := v.connect()
-	if err != nil {
-		return err
-	}
-	var d tasks.Deployment
-	raw, err := cl.do(ctx, "POST", v.path("/deployments"), req, &d)
-	if err != nil {
-		return err
-	}
-	if *detach {
-		return v.print(raw, func() {
-			fmt.Fprintf(env.Stdout, "Deployment %s started on %d servers. Follow it with: devpilot deploy status %s\n", d.ID, len(d.Targets), d.ID)
-		})
-	}
-	fmt.Fprintf(env.Stdout, "Deployment %s: %d servers, %d at a time\n", d.ID, len(d.Targets), d.MaxParallel)
-	return watchDeployment(ctx, env, cl, *v.ws, &d, *interval)
+	})
+	c.AddCommand(status)
+	return c
 }
 
-// watchDeployment prints each server's progress until the deployment ends;
-// an error if any server failed.
-func watchDeployment(ctx context.Context, env Env, cl *client, ws string, d *tasks.Deployment, interval time.Duration) error {
+// watchDeployment prints each server's progress until the deployment ends
+// (to stderr under -o json/yaml) and returns its last answer; an error if
+// any server failed.
+func watchDeployment(ctx context.Context, v *verb, cl *client, d *tasks.Deployment, interval time.Duration) ([]byte, error) {
+	w := v.progress().w
 	seen := map[string]string{}
+	var raw []byte
 	for {
 		for _, t := range d.Targets {
 			if seen[t.ServerID] == t.State {
@@ -688,20 +815,29 @@ func watchDeployment(ctx context.Context, env Env, cl *client, ws string, d *tas
 			if t.TaskID != "" && protocol.Final(t.State) && t.State != protocol.TaskSucceeded {
 				line += "  (devpilot tasks logs " + t.TaskID + ")"
 			}
-			fmt.Fprintln(env.Stdout, line)
+			fmt.Fprintln(w, line)
+		}
+		if d.State != tasks.DeployRunning && raw != nil {
+			break
 		}
 		if d.State != tasks.DeployRunning {
+			// The answer that started the watch: fetch it once for -o json.
+			var err error
+			if raw, err = cl.do(ctx, "GET", v.path("/deployments/"+url.PathEscape(d.ID)), nil, nil); err != nil {
+				return nil, err
+			}
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(interval):
 		}
 		// A fresh value: decoding into the old one would merge its Counts map.
 		var next tasks.Deployment
-		if _, err := cl.do(ctx, "GET", wsPath(ws)+"/deployments/"+url.PathEscape(d.ID), nil, &next); err != nil {
-			return err
+		var err error
+		if raw, err = cl.do(ctx, "GET", v.path("/deployments/"+url.PathEscape(d.ID)), nil, &next); err != nil {
+			return nil, err
 		}
 		*d = next
 	}
@@ -709,13 +845,13 @@ func watchDeployment(ctx context.Context, env Env, cl *client, ws string, d *tas
 	for _, k := range sortedKeys(d.Counts) {
 		counts = append(counts, fmt.Sprintf("%d %s", d.Counts[k], k))
 	}
-	fmt.Fprintf(env.Stdout, "Deployment %s %s: %s\n", d.ID, d.State, strings.Join(counts, ", "))
+	fmt.Fprintf(w, "Deployment %s %s: %s\n", d.ID, d.State, strings.Join(counts, ", "))
 	if d.State != tasks.DeploySucceeded {
 		msg := "deployment " + d.ID + " " + d.State
 		if d.Error != "" {
 			msg += ": " + d.Error
 		}
-		return &errTaskFailed{msg}
+		return raw, &errTaskFailed{msg}
 	}
-	return nil
+	return raw, nil
 }
