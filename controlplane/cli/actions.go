@@ -98,14 +98,18 @@ func lifecycleCmds(env Env) []*cobra.Command {
 	var allow intList
 	reboot := start(&cobra.Command{Use: "reboot NAME|ID [--hard] [--wait]", Short: "reboot a server (gracefully; --hard power-cycles it)",
 		Example: "  devpilot servers reboot web-1 --wait"},
-		func(v *verb, _ []string) (map[string]any, error) { return map[string]any{"type": "reboot", "hard": hard}, nil }, nil)
+		func(v *verb, _ []string) (map[string]any, error) {
+			return map[string]any{"type": "reboot", "hard": hard}, nil
+		}, nil)
 	reboot.Flags().BoolVar(&hard, "hard", false, "power-cycle instead of a clean reboot")
 	powerOff := start(&cobra.Command{Use: "power-off NAME|ID [--force] [--yes] [--wait]", Short: "shut a server down (it keeps costing money while stopped)",
 		Long: `power-off shuts the server down cleanly; --force cuts the power instead.
 It asks first on a terminal; --yes (or --force) skips the question, and
 without a terminal one of them is needed.`,
 		Example: "  devpilot servers power-off web-1 --yes --wait"},
-		func(v *verb, _ []string) (map[string]any, error) { return map[string]any{"type": "power_off", "force": force}, nil },
+		func(v *verb, _ []string) (map[string]any, error) {
+			return map[string]any{"type": "power_off", "force": force}, nil
+		},
 		func(v *verb) (string, bool) { return "Power off server %s? What runs on it stops.", yes || force })
 	powerOff.Flags().BoolVar(&force, "force", false, "cut the power instead of a clean shutdown (implies --yes)")
 	powerOff.Flags().BoolVarP(&yes, "yes", "y", false, "don't ask for confirmation")
@@ -119,7 +123,9 @@ without a terminal one of them is needed.`,
 			}
 			return map[string]any{"type": "resize", "size": size}, nil
 		},
-		func(v *verb) (string, bool) { return "Resize server %s to " + size + "? It is powered off while it moves.", resizeForce })
+		func(v *verb) (string, bool) {
+			return "Resize server %s to " + size + "? It is powered off while it moves.", resizeForce
+		})
 	resize.Flags().StringVar(&size, "size", "", "the new size, e.g. s-2vcpu-2gb")
 	resize.Flags().BoolVar(&resizeForce, "force", false, "don't ask for confirmation")
 	ports := start(&cobra.Command{Use: "ports NAME|ID --allow P,P [--wait]", Short: "set the inbound TCP ports the server's firewall opens",

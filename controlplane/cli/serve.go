@@ -77,7 +77,9 @@ func serveCmd(env Env) *cobra.Command {
 	fs.IntVar(&cfg.MaxUnauthenticated, "max-unauthenticated", httpguard.DefaultMaxUnauthenticated,
 		"requests one client address may have in flight before they authenticate (behind a proxy, every client shares its address)")
 	logFlags(fs, &level, &format)
-	c.RunE = func(cmd *cobra.Command, _ []string) error { return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format) }
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)
+	}
 	return c
 }
 
