@@ -10,21 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/app"
-	"github.com/devpilot/devpilot/controlplane/keyrotation"
 )
-
-type tokenRow struct {
-	ID         string     `json:"id"`
-	Name       string     `json:"name"`
-	Role       string     `json:"role"`
-	Workspace  string     `json:"workspace"`
-	CreatedBy  string     `json:"created_by"`
-	CreatedAt  time.Time  `json:"created_at"`
-	LastUsedAt *time.Time `json:"last_used_at"`
-	RevokedAt  *time.Time `json:"revoked_at"`
-	Token      string     `json:"token"`
-}
 
 func tokensCmd(env Env) *cobra.Command {
 	create := verbCmd(env, &cobra.Command{Use: "create [--role admin|viewer] [--name N]", Short: "create an API token (printed once, on stdout)", Args: cobra.NoArgs,
@@ -41,14 +29,14 @@ func tokensCmd(env Env) *cobra.Command {
 				if *name == "" {
 					*name = *role + " token"
 				}
-				var t tokenRow
+				var t apitypes.CreatedToken
 				raw, err := cl.do(ctx, "POST", v.path("/tokens"), map[string]string{"name": *name, "role": *role}, &t)
 				if err != nil {
 					return err
 				}
 				return v.print(raw, func() {
 					fmt.Fprintf(env.Stderr, "Created %s token %s in workspace %s. It is shown only now:\n", t.Role, t.ID, t.Workspace)
-					fmt.Fprintln(env.Stdout, t.Token)
+					fmt.Fprintln(env.Stdout, t.Secret)
 				})
 			}
 		})
@@ -58,7 +46,7 @@ func tokensCmd(env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var all []tokenRow
+			var all []apitypes.Token
 			raw, err := v.list(ctx, cl, v.path("/tokens"), "tokens", &all)
 			if err != nil {
 				return err
@@ -173,7 +161,7 @@ func keysCmd(env Env) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				var res keyrotation.Result
+				var res apitypes.KeyRotation
 				raw, err := cl.do(ctx, "POST", "/v1/keys/rotate", nil, &res)
 				if err != nil {
 					return err

@@ -11,8 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/devpilot/devpilot/controlplane/cloud"
-	"github.com/devpilot/devpilot/controlplane/integrations"
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 )
 
 func ts(t *time.Time) string {
@@ -28,7 +27,7 @@ func integrationsCmd(env Env) *cobra.Command {
 	// answer sends a request answered with one integration and prints it,
 	// after note (if not empty) unless -o json/yaml.
 	answer := func(ctx context.Context, v *verb, cl *client, method, path string, body any, note string) error {
-		var in integrations.Integration
+		var in apitypes.Integration
 		raw, err := cl.do(ctx, method, path, body, &in)
 		if err != nil {
 			return err
@@ -103,14 +102,14 @@ wherever an integration is asked for.`,
 			if *name != "" {
 				path += "?name=" + url.QueryEscape(*name)
 			}
-			var all []integrations.Integration
+			var all []apitypes.Integration
 			items, err := cl.listAll(ctx, path, "integrations")
 			if err != nil {
 				return err
 			}
 			kept := []json.RawMessage{}
 			for _, raw := range items {
-				var in integrations.Integration
+				var in apitypes.Integration
 				if err := json.Unmarshal(raw, &in); err != nil {
 					return fmt.Errorf("decode integrations: %w", err)
 				}
@@ -167,7 +166,7 @@ wherever an integration is asked for.`,
 		func(v *verb) func(ctx context.Context, cl *client, id string) error {
 			force := v.fs.Bool("force", false, "don't ask for confirmation")
 			return func(ctx context.Context, cl *client, id string) error {
-				var in integrations.Integration
+				var in apitypes.Integration
 				raw, err := cl.do(ctx, "GET", byID(v, id, ""), nil, &in)
 				if err != nil {
 					return err
@@ -193,7 +192,7 @@ wherever an integration is asked for.`,
 				if *refresh {
 					q = "?refresh=1"
 				}
-				var cat cloud.Catalog
+				var cat apitypes.Catalog
 				raw, err := cl.do(ctx, "GET", byID(v, id, "/catalog"+q), nil, &cat)
 				if err != nil {
 					return err
@@ -201,7 +200,7 @@ wherever an integration is asked for.`,
 				if *region == "" {
 					return v.print(raw, func() { printCatalog(v.out, &cat, "") })
 				}
-				if _, ok := cat.Region(*region); !ok {
+				if !slices.ContainsFunc(cat.Regions, func(r apitypes.Region) bool { return r.ID == *region }) {
 					valid := []string{}
 					for _, r := range cat.Regions {
 						valid = append(valid, r.ID)
@@ -219,9 +218,9 @@ wherever an integration is asked for.`,
 
 // inRegion is the part of a catalog that concerns one region: the region
 // and the sizes offered there (available or sold out).
-func inRegion(cat cloud.Catalog, region string) cloud.Catalog {
+func inRegion(cat apitypes.Catalog, region string) apitypes.Catalog {
 	out := cat
-	out.Regions, out.Sizes = nil, []cloud.Size{}
+	out.Regions, out.Sizes = nil, []apitypes.Size{}
 	for _, r := range cat.Regions {
 		if r.ID == region {
 			out.Regions = append(out.Regions, r)
@@ -243,7 +242,7 @@ func inRegion(cat cloud.Catalog, region string) cloud.Catalog {
 	return out
 }
 
-func showIntegration(o *output, in *integrations.Integration) {
+func showIntegration(o *output, in *apitypes.Integration) {
 	kv := [][2]string{{"id", in.ID}, {"name", in.AccessKey}, {"provider", in.Provider}, {"access key", in.AccessKey},
 		{"secret key", "…" + orDash(in.SecretKeyHint)}, {"status", in.Status}, {"write access", in.WriteAccess},
 		{"last validated", ts(in.LastValidatedAt)}}
@@ -260,7 +259,7 @@ func showIntegration(o *output, in *integrations.Integration) {
 // printCatalog prints the catalog's tables; with a region (the catalog
 // already cut to it, see inRegion) the sizes say whether they can be
 // created there now.
-func printCatalog(o *output, cat *cloud.Catalog, region string) {
+func printCatalog(o *output, cat *apitypes.Catalog, region string) {
 	fmt.Fprintln(o.w, "REGIONS")
 	rows := [][]string{}
 	for _, r := range cat.Regions {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/provision"
 )
 
@@ -67,7 +68,7 @@ steps go to stderr and the final server to stdout.`,
   devpilot servers create --integration my-vultr --name db-1 --region ewr --size vc2-1c-1gb --port 22,5432 -o json`,
 		Args: cobra.NoArgs,
 	}, apiVerb, func(v *verb) runFn {
-		var req provision.CreateRequest
+		var req apitypes.CreateServer
 		var ports intList
 		v.fs.StringVar(&req.IntegrationID, "integration", "", "integration name or id (see devpilot integrations list)")
 		v.fs.StringVar(&req.Name, "name", "", "server name (becomes the hostname)")
@@ -90,7 +91,7 @@ steps go to stderr and the final server to stdout.`,
 				}
 			}
 			req.Ports = ports
-			var srv provision.Server
+			var srv apitypes.Server
 			raw, err := cl.do(ctx, "POST", v.path("/servers"), req, &srv)
 			if err != nil {
 				return err
@@ -141,10 +142,10 @@ steps go to stderr and the final server to stdout.`,
 				}
 				// Filtered here too: a control plane that ignores the query
 				// still gives the right answer.
-				var all []provision.Server
+				var all []apitypes.Server
 				kept := []json.RawMessage{}
 				for _, raw := range items {
-					var s provision.Server
+					var s apitypes.Server
 					if err := json.Unmarshal(raw, &s); err != nil {
 						return fmt.Errorf("decode servers: %w", err)
 					}
@@ -167,7 +168,7 @@ steps go to stderr and the final server to stdout.`,
 	show := onServer(env, &cobra.Command{Use: "show NAME|ID", Short: "show a server: state, steps, agent, health", Example: "  devpilot servers show web-1"},
 		func(v *verb) func(ctx context.Context, cl *client, id string) error {
 			return func(ctx context.Context, cl *client, id string) error {
-				var srv provision.Server
+				var srv apitypes.Server
 				raw, err := cl.do(ctx, "GET", v.path("/servers/"+url.PathEscape(id)), nil, &srv)
 				if err != nil {
 					return err
@@ -189,7 +190,7 @@ steps go to stderr and the final server to stdout.`,
 					}
 					q = "?destroy=true"
 				}
-				var srv provision.Server
+				var srv apitypes.Server
 				raw, err := cl.do(ctx, "DELETE", v.path("/servers/"+url.PathEscape(id)+q), nil, &srv)
 				if err != nil {
 					return err
@@ -209,8 +210,8 @@ steps go to stderr and the final server to stdout.`,
 		func(v *verb) func(ctx context.Context, cl *client, id string) error {
 			printOnly := v.fs.Bool("print", false, "don't deliver the token over SSH: print it with the command to run on the server")
 			return func(ctx context.Context, cl *client, id string) error {
-				var rk provision.Rekey
-				raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/rekey"), provision.RekeyRequest{Print: *printOnly}, &rk)
+				var rk apitypes.Rekey
+				raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/rekey"), apitypes.RekeyRequest{Print: *printOnly}, &rk)
 				if err != nil {
 					return err
 				}
@@ -237,7 +238,7 @@ steps go to stderr and the final server to stdout.`,
 		verbs...)
 }
 
-func healthLine(s *provision.Server) string {
+func healthLine(s *apitypes.Server) string {
 	h := s.Health
 	if h == nil {
 		return "-"
@@ -249,7 +250,7 @@ func healthLine(s *provision.Server) string {
 	return line
 }
 
-func showServer(o *output, s *provision.Server) {
+func showServer(o *output, s *apitypes.Server) {
 	kv := [][2]string{{"id", s.ID}, {"name", s.Name}, {"provider", s.Provider}, {"state", s.State},
 		{"region/size/image", s.Region + " / " + s.Size + " / " + s.Image}, {"ports", strings.Trim(fmt.Sprint(s.Ports), "[]")},
 		{"instance", orDash(s.InstanceID)}, {"public ipv4", orDash(s.PublicIPv4)}, {"tags", strings.Join(s.Tags, " ")},
@@ -290,7 +291,7 @@ func showServer(o *output, s *provision.Server) {
 	}
 }
 
-func agentLine(s *provision.Server) string {
+func agentLine(s *apitypes.Server) string {
 	a := s.Agent
 	if a.InstalledAt == nil {
 		return "not installed yet"
@@ -314,7 +315,7 @@ func watchServer(ctx context.Context, v *verb, cl *client, id string) ([]byte, e
 	w := v.progress().w
 	fmt.Fprintf(w, "Provisioning %s…\n", id)
 	for {
-		var srv provision.Server
+		var srv apitypes.Server
 		raw, err := cl.do(ctx, "GET", v.path("/servers/"+url.PathEscape(id)), nil, &srv)
 		if err != nil {
 			return nil, err

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/tasks"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
@@ -87,7 +88,7 @@ With --detach it prints the task's id (-o json: the task object) and returns.`,
 			if *server == "" {
 				return usagef("tasks run: --server is required")
 			}
-			spec := tasks.Spec{DeadlineS: int(deadline.Round(time.Second) / time.Second)}
+			spec := apitypes.TaskSpec{DeadlineS: int(deadline.Round(time.Second) / time.Second)}
 			kinds := 0
 			if len(argv) > 0 {
 				kinds++
@@ -135,7 +136,7 @@ With --detach it prints the task's id (-o json: the task object) and returns.`,
 			if err != nil {
 				return remoteErr(err)
 			}
-			var t tasks.Task
+			var t apitypes.Task
 			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/tasks"), spec, &t)
 			if err != nil {
 				return remoteErr(err)
@@ -229,7 +230,7 @@ func taskListCmd(env Env) *cobra.Command {
 				return err
 			}
 			raw, _ := json.Marshal(map[string]any{"tasks": items})
-			var all []tasks.Task
+			var all []apitypes.Task
 			b, _ := json.Marshal(items)
 			if err := json.Unmarshal(b, &all); err != nil {
 				return fmt.Errorf("decode tasks: %w", err)
@@ -254,7 +255,7 @@ func taskShowCmd(env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var t tasks.Task
+			var t apitypes.Task
 			raw, err := cl.do(ctx, "GET", v.path("/tasks/"+url.PathEscape(args[0])), nil, &t)
 			if err != nil {
 				return err
@@ -284,10 +285,10 @@ the output on stderr and the final task on stdout).`,
 				return v.follow(ctx, cl, id, *after)
 			}
 			next := *after
-			chunks := []tasks.LogChunk{}
+			chunks := []apitypes.LogChunk{}
 			truncated := false
 			for {
-				var p tasks.LogPage
+				var p apitypes.LogPage
 				if _, err := cl.do(ctx, "GET", v.path(fmt.Sprintf("/tasks/%s/logs?after=%d", url.PathEscape(id), next)), nil, &p); err != nil {
 					return err
 				}
@@ -322,7 +323,7 @@ func taskCancelCmd(env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var t tasks.Task
+			var t apitypes.Task
 			raw, err := cl.do(ctx, "POST", v.path("/tasks/"+url.PathEscape(args[0])+"/cancel"), nil, &t)
 			if err != nil {
 				return err
@@ -345,7 +346,7 @@ func exitText(c *int) string {
 	return strconv.Itoa(*c)
 }
 
-func stateLine(t *tasks.Task) string {
+func stateLine(t *apitypes.Task) string {
 	s := t.State
 	if t.Reason != "" && t.Reason != t.State {
 		s += " (" + t.Reason + ")"
@@ -354,7 +355,7 @@ func stateLine(t *tasks.Task) string {
 }
 
 // summary is a short description of what a task does.
-func summary(t *tasks.Task) string {
+func summary(t *apitypes.Task) string {
 	sp := t.Spec
 	switch {
 	case sp.Exec != nil:
@@ -373,7 +374,7 @@ func summary(t *tasks.Task) string {
 	return ""
 }
 
-func showTask(o *output, t *tasks.Task) {
+func showTask(o *output, t *apitypes.Task) {
 	kv := [][2]string{{"ID", t.ID}, {"Server", t.ServerID}, {"Kind", t.Kind}, {"What", summary(t)}, {"State", stateLine(t)},
 		{"Exit code", exitText(t.ExitCode)}, {"Attempts", strconv.Itoa(t.Attempts)}, {"Created", ts(&t.CreatedAt) + " by " + t.CreatedBy},
 		{"Sent", ts(t.SentAt)}, {"Started", ts(t.StartedAt)}, {"Finished", ts(t.FinishedAt)}, {"Deadline", ts(&t.Deadline)}}
@@ -407,7 +408,7 @@ func showTask(o *output, t *tasks.Task) {
 
 // taskOutcome turns a final task into the command's result: nil when it
 // succeeded, else the remote exit code (255 when there is none).
-func taskOutcome(t *tasks.Task) error {
+func taskOutcome(t *apitypes.Task) error {
 	if t.State == protocol.TaskSucceeded {
 		return nil
 	}
@@ -425,7 +426,7 @@ func taskOutcome(t *tasks.Task) error {
 	return &exitError{code: code, msg: msg}
 }
 
-func writeChunk(env Env, c tasks.LogChunk) {
+func writeChunk(env Env, c apitypes.LogChunk) {
 	data := c.Data
 	if data == nil {
 		data = []byte(c.Text)
@@ -445,7 +446,7 @@ func writeChunk(env Env, c tasks.LogChunk) {
 // followLogs streams a task's output (server-sent events) to stdout and
 // stderr until the task ends, resuming after the last chunk seen if the
 // connection breaks. It returns the final task.
-func followLogs(ctx context.Context, env Env, cl *client, ws, id string, after int64) (*tasks.Task, []byte, error) {
+func followLogs(ctx context.Context, env Env, cl *client, ws, id string, after int64) (*apitypes.Task, []byte, error) {
 	stream := &http.Client{Transport: cl.http.Transport} // no overall timeout: tasks run for long
 	failures := 0
 	for {
@@ -471,7 +472,7 @@ func followLogs(ctx context.Context, env Env, cl *client, ws, id string, after i
 	}
 }
 
-func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, ws, id string, after int64) (*tasks.Task, []byte, int64, error) {
+func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, ws, id string, after int64) (*apitypes.Task, []byte, int64, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s%s/tasks/%s/logs?follow=1&after=%d", cl.base, wsPath(ws), url.PathEscape(id), after), nil)
 	if err != nil {
 		return nil, nil, after, err
@@ -504,13 +505,13 @@ func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, w
 		case line == "":
 			switch typ {
 			case "log":
-				var c tasks.LogChunk
+				var c apitypes.LogChunk
 				if err := json.Unmarshal(data.Bytes(), &c); err == nil {
 					writeChunk(env, c)
 					after = c.Seq
 				}
 			case "end":
-				var t tasks.Task
+				var t apitypes.Task
 				if err := json.Unmarshal(data.Bytes(), &t); err != nil {
 					return nil, nil, after, fmt.Errorf("decode end event: %w", err)
 				}
@@ -694,7 +695,7 @@ func deployCmd(env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var d tasks.Deployment
+			var d apitypes.Deployment
 			raw, err := cl.do(ctx, "GET", v.path("/deployments/"+url.PathEscape(args[0])), nil, &d)
 			if err != nil {
 				return err
@@ -758,7 +759,7 @@ the progress goes to stderr and the final deployment to stdout.`,
 			if *deadline > 0 {
 				req.DeadlineS = int(deadline.Round(time.Second) / time.Second)
 			}
-			var d tasks.Deployment
+			var d apitypes.Deployment
 			raw, err := cl.do(ctx, "POST", v.path("/deployments"), req, &d)
 			if err != nil {
 				return err
@@ -786,7 +787,7 @@ the progress goes to stderr and the final deployment to stdout.`,
 // watchDeployment prints each server's progress until the deployment ends
 // (to stderr under -o json/yaml) and returns its last answer; an error if
 // any server failed.
-func watchDeployment(ctx context.Context, v *verb, cl *client, d *tasks.Deployment, interval time.Duration) ([]byte, error) {
+func watchDeployment(ctx context.Context, v *verb, cl *client, d *apitypes.Deployment, interval time.Duration) ([]byte, error) {
 	w := v.progress().w
 	seen := map[string]string{}
 	var raw []byte
@@ -834,7 +835,7 @@ func watchDeployment(ctx context.Context, v *verb, cl *client, d *tasks.Deployme
 		case <-time.After(interval):
 		}
 		// A fresh value: decoding into the old one would merge its Counts map.
-		var next tasks.Deployment
+		var next apitypes.Deployment
 		var err error
 		if raw, err = cl.do(ctx, "GET", v.path("/deployments/"+url.PathEscape(d.ID)), nil, &next); err != nil {
 			return nil, err
