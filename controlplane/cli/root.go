@@ -138,11 +138,12 @@ func group(use, short, example string, verbs ...*cobra.Command) *cobra.Command {
 			}
 			msg := fmt.Sprintf("%s: unknown verb %q (one of %s)", cmd.CommandPath(), args[0], strings.Join(names, ", "))
 			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
-				msg += fmt.Sprintf("; did you mean %q?", s[0])
+				msg += fmt.Sprintf("; did you mean %q?", strings.Join(s, `" or "`))
 			}
 			return &usageError{msg: msg, hint: fmt.Sprintf("Run '%s --help' for usage.", cmd.CommandPath())}
 		},
 	}
+	c.SuggestionsMinimumDistance = 2
 	c.AddCommand(verbs...)
 	return c
 }
