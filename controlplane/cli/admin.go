@@ -17,7 +17,7 @@ import (
 func tokensCmd(env Env) *cobra.Command {
 	create := verbCmd(env, &cobra.Command{Use: "create [--role admin|viewer] [--name N]", Short: "create an API token (printed once, on stdout)", Args: cobra.NoArgs,
 		Example: "  devpilot tokens create --role admin --name ci > ci.token\n  devpilot tokens create --role admin --name laptop | devpilot login --url https://cp:8443"},
-		verbFlags{output: true, workspace: "workspace the token acts in"}, func(v *verb) runFn {
+		verbFlags{json: true, workspace: "workspace the token acts in"}, func(v *verb) runFn {
 			role := v.fs.String("role", "viewer", "admin (read and change) or viewer (read only)")
 			name := v.fs.String("name", "", "who or what will use the token")
 			_ = v.cmd.RegisterFlagCompletionFunc("role", cobra.FixedCompletions([]string{"admin", "viewer"}, cobra.ShellCompDirectiveNoFileComp))
@@ -113,7 +113,7 @@ D/owner.token (mode 0600). It works at once beside a running control plane.`,
 
 func workspacesCmd(env Env) *cobra.Command {
 	create := verbCmd(env, &cobra.Command{Use: "create SLUG [--name NAME]", Short: "create a workspace (owner token)", Args: one("slug"),
-		Example: "  devpilot workspaces create staging --name 'Staging'"}, verbFlags{output: true}, func(v *verb) runFn {
+		Example: "  devpilot workspaces create staging --name 'Staging'"}, verbFlags{json: true}, func(v *verb) runFn {
 		name := v.fs.String("name", "", "display name (default: the slug)")
 		return func(ctx context.Context, args []string) error {
 			cl, err := v.connect()
@@ -127,7 +127,7 @@ func workspacesCmd(env Env) *cobra.Command {
 			return v.print(raw, func() { fmt.Fprintf(env.Stdout, "Created workspace %s.\n", args[0]) })
 		}
 	})
-	list := verbCmd(env, &cobra.Command{Use: "list", Short: "list workspaces", Args: cobra.NoArgs}, verbFlags{output: true}, func(v *verb) runFn {
+	list := verbCmd(env, &cobra.Command{Use: "list", Short: "list workspaces", Args: cobra.NoArgs}, verbFlags{json: true}, func(v *verb) runFn {
 		return func(ctx context.Context, _ []string) error {
 			cl, err := v.connect()
 			if err != nil {
@@ -155,7 +155,7 @@ func workspacesCmd(env Env) *cobra.Command {
 
 func keysCmd(env Env) *cobra.Command {
 	rotate := verbCmd(env, &cobra.Command{Use: "rotate", Short: "re-encrypt every secret under a new master key, while serving", Args: cobra.NoArgs},
-		verbFlags{output: true}, func(v *verb) runFn {
+		verbFlags{json: true}, func(v *verb) runFn {
 			return func(ctx context.Context, _ []string) error {
 				cl, err := v.connect()
 				if err != nil {

@@ -8,11 +8,14 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/spf13/pflag"
 )
 
 // Env is the process environment the CLI runs in (tests substitute it).
@@ -78,7 +81,7 @@ func (e *withCode) Error() string { return e.err.Error() }
 func (e *withCode) Unwrap() error { return e.err }
 
 func report(env Env, err error) int {
-	if err == nil {
+	if err == nil || errors.Is(err, flag.ErrHelp) || errors.Is(err, pflag.ErrHelp) {
 		return ExitOK
 	}
 	var wc *withCode

@@ -95,7 +95,7 @@ The token is read from --token-file, else DEVPILOT_TOKEN, else standard input
 		Example: `  devpilot tokens create --role admin --name laptop | devpilot login --url https://cp.example.com:8443 --name prod
   devpilot login --url https://10.0.0.5:8443 --ca-cert ca.crt --token-file admin.token --name lab`,
 		Args: cobra.NoArgs,
-	}, verbFlags{output: true, local: true}, func(v *verb) runFn {
+	}, verbFlags{json: true, local: true}, func(v *verb) runFn {
 		url := v.fs.String("url", "", "control plane URL (required)")
 		tokenFile := v.fs.String("token-file", "", "file holding the API token (else DEVPILOT_TOKEN, else stdin)")
 		caCert := v.fs.String("ca-cert", "", "CA certificate to trust (for --tls auto, the data dir's tls/ca.crt)")
@@ -152,7 +152,7 @@ The token is read from --token-file, else DEVPILOT_TOKEN, else standard input
 
 func contextCmd(env Env) *cobra.Command {
 	list := verbCmd(env, &cobra.Command{Use: "list", Short: "list the saved contexts; * marks the current one", Args: cobra.NoArgs},
-		verbFlags{output: true, local: true}, func(v *verb) runFn {
+		verbFlags{json: true, local: true}, func(v *verb) runFn {
 			return func(ctx context.Context, _ []string) error {
 				cfg, _, err := loadConfig(v.env)
 				if err != nil {
@@ -191,7 +191,7 @@ func contextCmd(env Env) *cobra.Command {
 			}
 			return sortedKeys(cfg.Contexts), cobra.ShellCompDirectiveNoFileComp
 		}
-		return verbCmd(env, c, verbFlags{output: true, local: true}, func(v *verb) runFn {
+		return verbCmd(env, c, verbFlags{json: true, local: true}, func(v *verb) runFn {
 			return func(ctx context.Context, args []string) error {
 				cfg, path, err := loadConfig(v.env)
 				if err != nil {

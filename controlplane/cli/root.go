@@ -239,7 +239,7 @@ func normalizeArgs(root *cobra.Command, args []string) []string {
 
 func versionCmd(env Env) *cobra.Command {
 	return verbCmd(env, &cobra.Command{Use: "version", Short: "print the version", Args: cobra.NoArgs},
-		verbFlags{output: true, local: true}, func(v *verb) runFn {
+		verbFlags{json: true, local: true}, func(v *verb) runFn {
 			return func(ctx context.Context, _ []string) error {
 				return v.printValue(map[string]string{"version": version.String()}, func() {
 					fmt.Fprintln(env.Stdout, "devpilot", version.String())

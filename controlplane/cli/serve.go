@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/url"
 	"strings"
@@ -152,18 +153,27 @@ func dev(ctx context.Context, env Env, cfg devenv.Config, level, format string) 
 // password in it: argv is readable by every user of the machine (ps,
 // /proc/PID/cmdline). The same URL is fine in the flag's environment
 // variable.
-func passwordInArgs(fs *pflag.FlagSet, name string) error {
-	var err error
-	fs.Visit(func(f *pflag.Flag) { // only flags set from the arguments (applyEnv leaves Changed alone)
-		if f.Name != name || !f.Changed {
-			return
+// It takes a cobra command's *pflag.FlagSet or, for a plain-function
+// command (legacy.go), a *flag.FlagSet.
+func passwordInArgs(flags any, name string) error {
+	value := ""
+	switch fs := flags.(type) {
+	case *pflag.FlagSet:
+		if f := fs.Lookup(name); f != nil && f.Changed { // from the arguments (applyEnv leaves Changed alone)
+			value = f.Value.String()
 		}
-		if u, perr := url.Parse(f.Value.String()); perr == nil && u.User != nil {
-			if _, has := u.User.Password(); has {
-				err = usagef("--%s holds a password, which any user can read in the process list: "+
-					"drop it from the URL and set %s instead, or use PGPASSWORD or ~/.pgpass", name, envName(name))
+	case *flag.FlagSet:
+		fs.Visit(func(f *flag.Flag) { // only flags set from the arguments
+			if f.Name == name {
+				value = f.Value.String()
 			}
+		})
+	}
+	if u, err := url.Parse(value); err == nil && u.User != nil {
+		if _, has := u.User.Password(); has {
+			return usagef("--%s holds a password, which any user can read in the process list: "+
+				"drop it from the URL and set %s instead, or use PGPASSWORD or ~/.pgpass", name, envName(name))
 		}
-	})
-	return err
+	}
+	return nil
 }

@@ -496,3 +496,29 @@ func TestOutputFormats(t *testing.T) {
 		t.Errorf("not a terminal: %q", s)
 	}
 }
+
+// TestLegacyHelpers: the pre-cobra helpers a plain-function command uses
+// still parse as before: -flag and --flag, flags after arguments,
+// DEVPILOT_* defaults, -h.
+func TestLegacyHelpers(t *testing.T) {
+	t.Parallel()
+	env := Env{Stdin: strings.NewReader(""), Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{},
+		Getenv: func(k string) string { return map[string]string{"DEVPILOT_WORKSPACE": "from-env", "DEVPILOT_TO": "f.tar"}[k] }}
+	v := newVerb(env, "backup list")
+	pos, err := v.parse([]string{"first", "-json", "second"})
+	if err != nil || strings.Join(pos, " ") != "first second" || !v.json() || *v.ws != "from-env" {
+		t.Errorf("newVerb parse: %q %v json=%v ws=%q", pos, err, v.json(), *v.ws)
+	}
+	if _, err := newVerb(env, "backup list").parse([]string{"--bogus"}); report(env, err) != 2 {
+		t.Errorf("unknown flag: %v", err)
+	}
+	fs := newFlags("backup", env)
+	to := fs.String("to", "", "archive")
+	pos, err = parse(fs, env, []string{"x", "-to", "g.tar"})
+	if err != nil || *to != "g.tar" || strings.Join(pos, " ") != "x" {
+		t.Errorf("parse: %q %v to=%q", pos, err, *to)
+	}
+	if _, err := parse(newFlags("backup", env), env, []string{"-h"}); report(env, err) != 0 {
+		t.Errorf("-h: %v", err)
+	}
+}

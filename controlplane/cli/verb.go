@@ -26,17 +26,19 @@ type verb struct {
 	conn *connOpts
 	out  *output // nil without -o
 	ws   *string // nil without --workspace
+
+	legacyName string // newVerb's name (see legacy.go)
 }
 
 // verbFlags says which common flags a verb has.
 type verbFlags struct {
-	output    bool   // -o/--json/--format/--no-header
+	json      bool   // -o/--json/--format/--no-header (the name from before cobra)
 	workspace string // help of --workspace (default "default"); "" for none
 	local     bool   // no connection flags (the verb does not call the API)
 }
 
 // apiVerb is the usual set: connection flags, output flags, --workspace.
-var apiVerb = verbFlags{output: true, workspace: "workspace slug"}
+var apiVerb = verbFlags{json: true, workspace: "workspace slug"}
 
 // verbCmd completes c (Use, Short, Args, Example set by the caller) as a
 // verb: setup registers the verb's own flags on v.fs and returns what the
@@ -48,7 +50,7 @@ func verbCmd(env Env, c *cobra.Command, vf verbFlags, setup func(v *verb) runFn)
 	if !vf.local {
 		v.conn = connFlags(v.fs)
 	}
-	if vf.output {
+	if vf.json {
 		v.out = outFlags(v.fs, env)
 	}
 	if vf.workspace != "" {
@@ -66,7 +68,12 @@ func verbCmd(env Env, c *cobra.Command, vf verbFlags, setup func(v *verb) runFn)
 }
 
 // name is the verb's command path without "devpilot ", for messages.
-func (v *verb) name() string { return strings.TrimPrefix(v.cmd.CommandPath(), "devpilot ") }
+func (v *verb) name() string {
+	if v.legacyName != "" {
+		return v.legacyName
+	}
+	return strings.TrimPrefix(v.cmd.CommandPath(), "devpilot ")
+}
 
 // connect makes the API client from the connection flags.
 func (v *verb) connect() (*client, error) { return v.conn.client(v.env) }
