@@ -142,4 +142,3 @@ func (v *verb) startOne(args []string, what string) (string, *client, error) {
 	cl, err := v.connect()
 	return id, cl, err
 }
-

@@ -434,7 +434,7 @@ func TestAttach(t *testing.T) {
 func TestListsFollowNext(t *testing.T) {
 	t.Parallel()
 	pages := map[string]string{
-		"":  `{"servers":[{"id":"srv_aaaaaaaaaaaaaaaa","name":"web-1","state":"online"},{"id":"srv_bbbbbbbbbbbbbbbb","name":"web-2","state":"failed"}],"next":"/v1/workspaces/default/servers?cursor=p2"}`,
+		"":   `{"servers":[{"id":"srv_aaaaaaaaaaaaaaaa","name":"web-1","state":"online"},{"id":"srv_bbbbbbbbbbbbbbbb","name":"web-2","state":"failed"}],"next":"/v1/workspaces/default/servers?cursor=p2"}`,
 		"p2": `{"servers":[{"id":"srv_cccccccccccccccc","name":"web-3","state":"online"}],"next":""}`,
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -503,7 +503,9 @@ func TestOutputFormats(t *testing.T) {
 func TestLegacyHelpers(t *testing.T) {
 	t.Parallel()
 	env := Env{Stdin: strings.NewReader(""), Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{},
-		Getenv: func(k string) string { return map[string]string{"DEVPILOT_WORKSPACE": "from-env", "DEVPILOT_TO": "f.tar"}[k] }}
+		Getenv: func(k string) string {
+			return map[string]string{"DEVPILOT_WORKSPACE": "from-env", "DEVPILOT_TO": "f.tar"}[k]
+		}}
 	v := newVerb(env, "backup list")
 	pos, err := v.parse([]string{"first", "-json", "second"})
 	if err != nil || strings.Join(pos, " ") != "first second" || !v.json() || *v.ws != "from-env" {
