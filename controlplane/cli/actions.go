@@ -49,60 +49,22 @@ func (s actionStep) errText() string {
 	return string(s.Error)
 }
 
-func actionFinal(state string) bool { return state == "succeeded" || state == "failed" }
-
 // lifecycleCmds are the servers verbs that start an action, and
 // `servers actions` to list them.
 func lifecycleCmds(env Env) []*cobra.Command {
-	// start makes a verb that posts the body build returns; ask, if not
-	// empty, is the question a destructive action asks first (skipped
-	// when skip says so).
-	start := func(c *cobra.Command, build func(v *verb, args []string) (map[string]any, error), ask func(v *verb) (string, bool)) *cobra.Command {
-		return onServer(env, c, func(v *verb) func(ctx context.Context, cl *client, id string) error {
-			wait := v.fs.Bool("wait", false, "show the action's steps as they run, until it succeeded or failed")
-			return func(ctx context.Context, cl *client, id string) error {
-				body, err := build(v, v.cmd.Flags().Args())
-				if err != nil {
-					return err
-				}
-				if ask != nil {
-					if q, skip := ask(v); q != "" {
-						if err := confirm(env, skip, fmt.Sprintf(q, id)); err != nil {
-							return err
-						}
-					}
-				}
-				var a action
-				raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/actions"), body, &a)
-				if err != nil {
-					return err
-				}
-				if !*wait {
-					return v.print(raw, func() {
-						fmt.Fprintf(env.Stdout, "Action %s (%s) on %s is %s. Follow it with: devpilot servers actions %s\n", a.ID, a.Type, id, a.State, id)
-					})
-				}
-				raw, err = watchAction(ctx, v, cl, id, &a)
-				if err != nil {
-					return err
-				}
-				return v.print(raw, func() {})
-			}
-		})
-	}
 	noBody := func(typ string) func(v *verb, args []string) (map[string]any, error) {
 		return func(*verb, []string) (map[string]any, error) { return map[string]any{"type": typ}, nil }
 	}
 	var hard, force, yes, resizeForce bool
 	var size string
 	var allow intList
-	reboot := start(&cobra.Command{Use: "reboot NAME|ID [--hard] [--wait]", Short: "reboot a server (gracefully; --hard power-cycles it)",
+	reboot := actionVerb(env, &cobra.Command{Use: "reboot NAME|ID [--hard] [--wait]", Short: "reboot a server (gracefully; --hard power-cycles it)",
 		Example: "  devpilot servers reboot web-1 --wait"},
 		func(v *verb, _ []string) (map[string]any, error) {
 			return map[string]any{"type": "reboot", "hard": hard}, nil
 		}, nil)
 	reboot.Flags().BoolVar(&hard, "hard", false, "power-cycle instead of a clean reboot")
-	powerOff := start(&cobra.Command{Use: "power-off NAME|ID [--force] [--yes] [--wait]", Short: "shut a server down (it keeps costing money while stopped)",
+	powerOff := actionVerb(env, &cobra.Command{Use: "power-off NAME|ID [--force] [--yes] [--wait]", Short: "shut a server down (it keeps costing money while stopped)",
 		Long: `power-off shuts the server down cleanly; --force cuts the power instead.
 It asks first on a terminal; --yes (or --force) skips the question, and
 without a terminal one of them is needed.`,
@@ -113,9 +75,9 @@ without a terminal one of them is needed.`,
 		func(v *verb) (string, bool) { return "Power off server %s? What runs on it stops.", yes || force })
 	powerOff.Flags().BoolVar(&force, "force", false, "cut the power instead of a clean shutdown (implies --yes)")
 	powerOff.Flags().BoolVarP(&yes, "yes", "y", false, "don't ask for confirmation")
-	powerOn := start(&cobra.Command{Use: "power-on NAME|ID [--wait]", Short: "start a stopped server", Example: "  devpilot servers power-on web-1 --wait"},
+	powerOn := actionVerb(env, &cobra.Command{Use: "power-on NAME|ID [--wait]", Short: "start a stopped server", Example: "  devpilot servers power-on web-1 --wait"},
 		noBody("power_on"), nil)
-	resize := start(&cobra.Command{Use: "resize NAME|ID --size SIZE [--force] [--wait]", Short: "move a server to another size (it is powered off meanwhile)",
+	resize := actionVerb(env, &cobra.Command{Use: "resize NAME|ID --size SIZE [--force] [--wait]", Short: "move a server to another size (it is powered off meanwhile)",
 		Example: "  devpilot servers resize web-1 --size s-2vcpu-2gb --force --wait\n  devpilot integrations catalog my-do --region nyc3   # the sizes"},
 		func(v *verb, _ []string) (map[string]any, error) {
 			if size == "" {
@@ -128,7 +90,7 @@ without a terminal one of them is needed.`,
 		})
 	resize.Flags().StringVar(&size, "size", "", "the new size, e.g. s-2vcpu-2gb")
 	resize.Flags().BoolVar(&resizeForce, "force", false, "don't ask for confirmation")
-	ports := start(&cobra.Command{Use: "ports NAME|ID --allow P,P [--wait]", Short: "set the inbound TCP ports the server's firewall opens",
+	ports := actionVerb(env, &cobra.Command{Use: "ports NAME|ID --allow P,P [--wait]", Short: "set the inbound TCP ports the server's firewall opens",
 		Example: "  devpilot servers ports web-1 --allow 22,8080"},
 		func(v *verb, _ []string) (map[string]any, error) {
 			if len(allow) == 0 {
@@ -138,50 +100,7 @@ without a terminal one of them is needed.`,
 		}, nil)
 	ports.Flags().Var(&allow, "allow", "the TCP ports to open, comma-separated or repeated (the list replaces the old one)")
 
-	rename := verbCmd(env, &cobra.Command{Use: "rename NAME|ID NEW-NAME [--wait]", Short: "give a server a new name (and hostname)",
-		Example: "  devpilot servers rename web-1 web-2", Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 2 {
-				return &usageError{msg: "servers rename: give the server (name or id) and its new name",
-					hint: "Run 'devpilot servers rename --help' for usage."}
-			}
-			return nil
-		}}, apiVerb, func(v *verb) runFn {
-		wait := v.fs.Bool("wait", false, "show the action's steps as they run, until it succeeded or failed")
-		return func(ctx context.Context, args []string) error {
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			// The server first, then the new name; the other order works
-			// too when only the second argument names a server.
-			old, neu := args[0], args[1]
-			id, err := v.resolve(ctx, cl, serverNoun, old)
-			var ae *APIError
-			if errors.As(err, &ae) && ae.Code == "not_found" {
-				if id2, err2 := v.resolve(ctx, cl, serverNoun, neu); err2 == nil {
-					id, err, neu = id2, nil, old
-				}
-			}
-			if err != nil {
-				return err
-			}
-			var a action
-			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/actions"), map[string]any{"type": "rename", "name": neu}, &a)
-			if err != nil {
-				return err
-			}
-			if *wait {
-				if raw, err = watchAction(ctx, v, cl, id, &a); err != nil {
-					return err
-				}
-				return v.print(raw, func() {})
-			}
-			return v.print(raw, func() {
-				fmt.Fprintf(env.Stdout, "Action %s (rename to %s) on %s is %s.\n", a.ID, neu, id, a.State)
-			})
-		}
-	})
-
+	rename := serverRenameCmd(env)
 	actions := onServer(env, &cobra.Command{Use: "actions NAME|ID", Short: "list a server's lifecycle actions, newest first",
 		Example: "  devpilot servers actions web-1"},
 		func(v *verb) func(ctx context.Context, cl *client, id string) error {
@@ -268,4 +187,87 @@ func watchAction(ctx context.Context, v *verb, cl *client, server string, a *act
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// actionVerb makes a verb that posts the body build returns; ask, if not
+// empty, is the question a destructive action asks first (skipped
+// when skip says so).
+func actionVerb(env Env, c *cobra.Command, build func(v *verb, args []string) (map[string]any, error), ask func(v *verb) (string, bool)) *cobra.Command {
+	return onServer(env, c, func(v *verb) func(ctx context.Context, cl *client, id string) error {
+		wait := v.fs.Bool("wait", false, "show the action's steps as they run, until it succeeded or failed")
+		return func(ctx context.Context, cl *client, id string) error {
+			body, err := build(v, v.cmd.Flags().Args())
+			if err != nil {
+				return err
+			}
+			if ask != nil {
+				if q, skip := ask(v); q != "" {
+					if err := confirm(env, skip, fmt.Sprintf(q, id)); err != nil {
+						return err
+					}
+				}
+			}
+			var a action
+			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/actions"), body, &a)
+			if err != nil {
+				return err
+			}
+			if !*wait {
+				return v.print(raw, func() {
+					fmt.Fprintf(env.Stdout, "Action %s (%s) on %s is %s. Follow it with: devpilot servers actions %s\n", a.ID, a.Type, id, a.State, id)
+				})
+			}
+			raw, err = watchAction(ctx, v, cl, id, &a)
+			if err != nil {
+				return err
+			}
+			return v.print(raw, func() {})
+		}
+	})
+}
+
+func serverRenameCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "rename NAME|ID NEW-NAME [--wait]", Short: "give a server a new name (and hostname)",
+		Example: "  devpilot servers rename web-1 web-2", Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return &usageError{msg: "servers rename: give the server (name or id) and its new name",
+					hint: "Run 'devpilot servers rename --help' for usage."}
+			}
+			return nil
+		}}, apiVerb, func(v *verb) runFn {
+		wait := v.fs.Bool("wait", false, "show the action's steps as they run, until it succeeded or failed")
+		return func(ctx context.Context, args []string) error {
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			// The server first, then the new name; the other order works
+			// too when only the second argument names a server.
+			old, neu := args[0], args[1]
+			id, err := v.resolve(ctx, cl, serverNoun, old)
+			var ae *APIError
+			if errors.As(err, &ae) && ae.Code == "not_found" {
+				if id2, err2 := v.resolve(ctx, cl, serverNoun, neu); err2 == nil {
+					id, err, neu = id2, nil, old
+				}
+			}
+			if err != nil {
+				return err
+			}
+			var a action
+			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/actions"), map[string]any{"type": "rename", "name": neu}, &a)
+			if err != nil {
+				return err
+			}
+			if *wait {
+				if raw, err = watchAction(ctx, v, cl, id, &a); err != nil {
+					return err
+				}
+				return v.print(raw, func() {})
+			}
+			return v.print(raw, func() {
+				fmt.Fprintf(env.Stdout, "Action %s (rename to %s) on %s is %s.\n", a.ID, neu, id, a.State)
+			})
+		}
+	})
 }

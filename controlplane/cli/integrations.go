@@ -23,22 +23,6 @@ func ts(t *time.Time) string {
 
 func integrationsCmd(env Env) *cobra.Command {
 	const what = "integration name or id"
-	byID := func(v *verb, id, rest string) string { return v.path("/integrations/" + url.PathEscape(id) + rest) }
-	// answer sends a request answered with one integration and prints it,
-	// after note (if not empty) unless -o json/yaml.
-	answer := func(ctx context.Context, v *verb, cl *client, method, path string, body any, note string) error {
-		var in apitypes.Integration
-		raw, err := cl.do(ctx, method, path, body, &in)
-		if err != nil {
-			return err
-		}
-		return v.print(raw, func() {
-			if note != "" {
-				fmt.Fprintln(env.Stdout, note)
-			}
-			showIntegration(v.out, &in)
-		})
-	}
 	// onOne is a verb acting on one integration given by name or id.
 	onOne := func(c *cobra.Command, setup func(v *verb) func(ctx context.Context, cl *client, id string) error) *cobra.Command {
 		c.Args = one(what)
@@ -59,85 +43,20 @@ func integrationsCmd(env Env) *cobra.Command {
 		})
 	}
 
-	connect := verbCmd(env, &cobra.Command{
-		Use:   "connect --provider digitalocean|vultr --access-key NAME",
-		Short: "connect a cloud account (the secret key is read from stdin, a file or DEVPILOT_SECRET_KEY)",
-		Long: `connect validates the key with the provider (and that it may create servers),
-then stores it encrypted. The access key is the integration's name: use it
-wherever an integration is asked for.`,
-		Example: `  devpilot integrations connect --provider digitalocean --access-key my-do   # paste the token
-  devpilot integrations connect --provider vultr --access-key my-vultr --secret-file vultr.key`,
-		Args: cobra.NoArgs,
-	}, apiVerb, func(v *verb) runFn {
-		provider := v.fs.String("provider", "", "digitalocean or vultr")
-		accessKey := v.fs.String("access-key", "", "a name for this key, e.g. the token's name at the provider")
-		secretFile := v.fs.String("secret-file", "", "file holding the secret key (else DEVPILOT_SECRET_KEY, else stdin)")
-		_ = v.cmd.RegisterFlagCompletionFunc("provider", cobra.FixedCompletions([]string{"digitalocean", "vultr"}, cobra.ShellCompDirectiveNoFileComp))
-		return func(ctx context.Context, _ []string) error {
-			if *provider == "" || *accessKey == "" {
-				return usagef("integrations connect: --provider and --access-key are required")
-			}
-			secret, err := readSecret(env, *secretFile, "DEVPILOT_SECRET_KEY", "secret key")
-			if err != nil {
-				return err
-			}
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			body := map[string]string{"provider": *provider, "access_key": *accessKey, "secret_key": secret}
-			return answer(ctx, v, cl, "POST", v.path("/integrations"), body, "")
-		}
-	})
+	connect := integrationConnectCmd(env)
 
-	list := verbCmd(env, &cobra.Command{Use: "list", Short: "list the connected cloud accounts", Args: cobra.NoArgs,
-		Example: "  devpilot integrations list\n  devpilot integrations list -o json"}, apiVerb, func(v *verb) runFn {
-		name := v.fs.String("name", "", "only the integration with this name (access key)")
-		return func(ctx context.Context, _ []string) error {
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			path := v.path("/integrations")
-			if *name != "" {
-				path += "?name=" + url.QueryEscape(*name)
-			}
-			var all []apitypes.Integration
-			items, err := cl.listAll(ctx, path, "integrations")
-			if err != nil {
-				return err
-			}
-			kept := []json.RawMessage{}
-			for _, raw := range items {
-				var in apitypes.Integration
-				if err := json.Unmarshal(raw, &in); err != nil {
-					return fmt.Errorf("decode integrations: %w", err)
-				}
-				if *name != "" && in.AccessKey != *name {
-					continue
-				}
-				all, kept = append(all, in), append(kept, raw)
-			}
-			return v.printValue(map[string]any{"integrations": kept}, func() {
-				rows := [][]string{}
-				for _, in := range all {
-					rows = append(rows, []string{in.ID, in.AccessKey, in.Provider, "…" + orDash(in.SecretKeyHint), in.Status, in.WriteAccess, ts(in.LastValidatedAt)})
-				}
-				v.out.table([]string{"ID", "NAME", "PROVIDER", "SECRET", "STATUS", "WRITE", "LAST VALIDATED"}, rows)
-			})
-		}
-	})
+	list := integrationListCmd(env)
 
 	show := onOne(&cobra.Command{Use: "show NAME|ID", Short: "show one integration", Example: "  devpilot integrations show my-do"},
 		func(v *verb) func(ctx context.Context, cl *client, id string) error {
 			return func(ctx context.Context, cl *client, id string) error {
-				return answer(ctx, v, cl, "GET", byID(v, id, ""), nil, "")
+				return answerIntegration(ctx, v, cl, "GET", byID(v, id, ""), nil, "")
 			}
 		})
 	test := onOne(&cobra.Command{Use: "test NAME|ID", Short: "check that the stored credentials still work", Example: "  devpilot integrations test my-do"},
 		func(v *verb) func(ctx context.Context, cl *client, id string) error {
 			return func(ctx context.Context, cl *client, id string) error {
-				return answer(ctx, v, cl, "POST", byID(v, id, "/test"), nil, "Credentials work.")
+				return answerIntegration(ctx, v, cl, "POST", byID(v, id, "/test"), nil, "Credentials work.")
 			}
 		})
 	rotate := onOne(&cobra.Command{Use: "rotate NAME|ID", Short: "replace the secret key (validated before it replaces the old one)",
@@ -149,7 +68,7 @@ wherever an integration is asked for.`,
 				if err != nil {
 					return err
 				}
-				return answer(ctx, v, cl, "PUT", byID(v, id, "/secret"), map[string]string{"secret_key": secret},
+				return answerIntegration(ctx, v, cl, "PUT", byID(v, id, "/secret"), map[string]string{"secret_key": secret},
 					"Secret rotated: the new key was validated and replaced the old one.")
 			}
 		})
@@ -158,7 +77,7 @@ wherever an integration is asked for.`,
 		func(v *verb) func(ctx context.Context, cl *client, id string) error {
 			accessKey := v.fs.String("access-key", "", "the new name")
 			return func(ctx context.Context, cl *client, id string) error {
-				return answer(ctx, v, cl, "PATCH", byID(v, id, ""), map[string]string{"access_key": *accessKey}, "")
+				return answerIntegration(ctx, v, cl, "PATCH", byID(v, id, ""), map[string]string{"access_key": *accessKey}, "")
 			}
 		})
 	remove := onOne(&cobra.Command{Use: "remove NAME|ID", Short: "delete an integration's credentials (nothing in the cloud is touched)",
@@ -296,4 +215,97 @@ func printCatalog(o *output, cat *apitypes.Catalog, region string) {
 		rows = append(rows, []string{im.ID, im.Name, orDash(im.Neutral)})
 	}
 	o.table([]string{"ID", "NAME", "ALSO KNOWN AS"}, rows)
+}
+
+func integrationConnectCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{
+		Use:   "connect --provider digitalocean|vultr --access-key NAME",
+		Short: "connect a cloud account (the secret key is read from stdin, a file or DEVPILOT_SECRET_KEY)",
+		Long: `connect validates the key with the provider (and that it may create servers),
+then stores it encrypted. The access key is the integration's name: use it
+wherever an integration is asked for.`,
+		Example: `  devpilot integrations connect --provider digitalocean --access-key my-do   # paste the token
+  devpilot integrations connect --provider vultr --access-key my-vultr --secret-file vultr.key`,
+		Args: cobra.NoArgs,
+	}, apiVerb, func(v *verb) runFn {
+		provider := v.fs.String("provider", "", "digitalocean or vultr")
+		accessKey := v.fs.String("access-key", "", "a name for this key, e.g. the token's name at the provider")
+		secretFile := v.fs.String("secret-file", "", "file holding the secret key (else DEVPILOT_SECRET_KEY, else stdin)")
+		_ = v.cmd.RegisterFlagCompletionFunc("provider", cobra.FixedCompletions([]string{"digitalocean", "vultr"}, cobra.ShellCompDirectiveNoFileComp))
+		return func(ctx context.Context, _ []string) error {
+			if *provider == "" || *accessKey == "" {
+				return usagef("integrations connect: --provider and --access-key are required")
+			}
+			secret, err := readSecret(env, *secretFile, "DEVPILOT_SECRET_KEY", "secret key")
+			if err != nil {
+				return err
+			}
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			body := map[string]string{"provider": *provider, "access_key": *accessKey, "secret_key": secret}
+			return answerIntegration(ctx, v, cl, "POST", v.path("/integrations"), body, "")
+		}
+	})
+}
+
+func integrationListCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "list", Short: "list the connected cloud accounts", Args: cobra.NoArgs,
+		Example: "  devpilot integrations list\n  devpilot integrations list -o json"}, apiVerb, func(v *verb) runFn {
+		name := v.fs.String("name", "", "only the integration with this name (access key)")
+		return func(ctx context.Context, _ []string) error {
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			path := v.path("/integrations")
+			if *name != "" {
+				path += "?name=" + url.QueryEscape(*name)
+			}
+			var all []apitypes.Integration
+			items, err := cl.listAll(ctx, path, "integrations")
+			if err != nil {
+				return err
+			}
+			kept := []json.RawMessage{}
+			for _, raw := range items {
+				var in apitypes.Integration
+				if err := json.Unmarshal(raw, &in); err != nil {
+					return fmt.Errorf("decode integrations: %w", err)
+				}
+				if *name != "" && in.AccessKey != *name {
+					continue
+				}
+				all, kept = append(all, in), append(kept, raw)
+			}
+			return v.printValue(map[string]any{"integrations": kept}, func() {
+				rows := [][]string{}
+				for _, in := range all {
+					rows = append(rows, []string{in.ID, in.AccessKey, in.Provider, "…" + orDash(in.SecretKeyHint), in.Status, in.WriteAccess, ts(in.LastValidatedAt)})
+				}
+				v.out.table([]string{"ID", "NAME", "PROVIDER", "SECRET", "STATUS", "WRITE", "LAST VALIDATED"}, rows)
+			})
+		}
+	})
+}
+
+func byID(v *verb, id, rest string) string {
+	return v.path("/integrations/" + url.PathEscape(id) + rest)
+}
+
+// answerIntegration sends a request answered with one integration and
+// prints it, after note (if not empty) unless -o json/yaml.
+func answerIntegration(ctx context.Context, v *verb, cl *client, method, path string, body any, note string) error {
+	var in apitypes.Integration
+	raw, err := cl.do(ctx, method, path, body, &in)
+	if err != nil {
+		return err
+	}
+	return v.print(raw, func() {
+		if note != "" {
+			fmt.Fprintln(v.env.Stdout, note)
+		}
+		showIntegration(v.out, &in)
+	})
 }

@@ -56,181 +56,15 @@ func onServer(env Env, c *cobra.Command, setup func(v *verb) func(ctx context.Co
 }
 
 func serversCmd(env Env) *cobra.Command {
-	create := verbCmd(env, &cobra.Command{
-		Use:   "create --integration NAME|ID --name NAME --region R --size S [--image I] [--port P,P] [--wait]",
-		Short: "create a server: its instance, firewall and the Devpilot agent",
-		Long: `create asks the integration's cloud for an instance and a firewall, and
-installs the Devpilot agent on it through cloud-init. See the choices with
-devpilot integrations catalog NAME --region R. With --wait it shows each
-step as it runs until the server is online (or failed); under -o json the
-steps go to stderr and the final server to stdout.`,
-		Example: `  devpilot servers create --integration my-do --name web-1 --region nyc3 --size s-1vcpu-1gb --wait
-  devpilot servers create --integration my-vultr --name db-1 --region ewr --size vc2-1c-1gb --port 22,5432 -o json`,
-		Args: cobra.NoArgs,
-	}, apiVerb, func(v *verb) runFn {
-		var req apitypes.CreateServer
-		var ports intList
-		v.fs.StringVar(&req.IntegrationID, "integration", "", "integration name or id (see devpilot integrations list)")
-		v.fs.StringVar(&req.Name, "name", "", "server name (becomes the hostname)")
-		v.fs.StringVar(&req.Region, "region", "", "provider region, e.g. nyc3 or ewr")
-		v.fs.StringVar(&req.Size, "size", "", "provider size/plan, e.g. s-1vcpu-1gb or vc2-1c-1gb")
-		v.fs.StringVar(&req.Image, "image", "debian-12", "image: provider id or debian-12 / ubuntu-24.04")
-		v.fs.Var(&ports, "port", "inbound TCP port to open (repeat or comma-separate; default 22,80,443)")
-		wait := v.fs.Bool("wait", false, "show the provisioning steps live until the server is online or failed")
-		_ = v.cmd.RegisterFlagCompletionFunc("integration", func(cmd *cobra.Command, args []string, tc string) ([]string, cobra.ShellCompDirective) {
-			return completeNames(integrationNoun)(v)(cmd, nil, tc)
-		})
-		return func(ctx context.Context, _ []string) error {
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			if req.IntegrationID != "" {
-				if req.IntegrationID, err = v.resolve(ctx, cl, integrationNoun, req.IntegrationID); err != nil {
-					return err
-				}
-			}
-			req.Ports = ports
-			var srv apitypes.Server
-			raw, err := cl.do(ctx, "POST", v.path("/servers"), req, &srv)
-			if err != nil {
-				return err
-			}
-			if *wait {
-				raw, err := watchServer(ctx, v, cl, srv.ID)
-				if err != nil {
-					return err
-				}
-				return v.print(raw, func() {})
-			}
-			return v.print(raw, func() {
-				fmt.Fprintf(env.Stdout, "Server %s (%s) is %s. Follow it with: devpilot servers show %s\n", srv.Name, srv.ID, srv.State, srv.Name)
-			})
-		}
-	})
+	create := serverCreateCmd(env)
 
-	list := verbCmd(env, &cobra.Command{Use: "list [--state S] [--tag T] [--integration NAME|ID] [--name N]", Short: "list servers",
-		Example: "  devpilot servers list --state online\n  devpilot servers list --format NAME,STATE,IPV4 --no-header", Args: cobra.NoArgs},
-		apiVerb, func(v *verb) runFn {
-			state := v.fs.String("state", "", "only servers in this state (online, offline, stopped, failed, …)")
-			tag := v.fs.String("tag", "", "only servers with this tag")
-			integ := v.fs.String("integration", "", "only servers of this integration (name or id)")
-			name := v.fs.String("name", "", "only the server with this name")
-			return func(ctx context.Context, _ []string) error {
-				cl, err := v.connect()
-				if err != nil {
-					return err
-				}
-				if *integ != "" {
-					if *integ, err = v.resolve(ctx, cl, integrationNoun, *integ); err != nil {
-						return err
-					}
-				}
-				q := url.Values{}
-				for k, x := range map[string]string{"state": *state, "tag": *tag, "integration": *integ, "name": *name} {
-					if x != "" {
-						q.Set(k, x)
-					}
-				}
-				path := v.path("/servers")
-				if len(q) > 0 {
-					path += "?" + q.Encode()
-				}
-				items, err := cl.listAll(ctx, path, "servers")
-				if err != nil {
-					return err
-				}
-				// Filtered here too: a control plane that ignores the query
-				// still gives the right answer.
-				var all []apitypes.Server
-				kept := []json.RawMessage{}
-				for _, raw := range items {
-					var s apitypes.Server
-					if err := json.Unmarshal(raw, &s); err != nil {
-						return fmt.Errorf("decode servers: %w", err)
-					}
-					if (*state != "" && s.State != *state) || (*tag != "" && !slices.Contains(s.Tags, *tag)) ||
-						(*integ != "" && s.IntegrationID != *integ) || (*name != "" && s.Name != *name) {
-						continue
-					}
-					all, kept = append(all, s), append(kept, raw)
-				}
-				return v.printValue(map[string]any{"servers": kept}, func() {
-					rows := [][]string{}
-					for _, s := range all {
-						rows = append(rows, []string{s.ID, s.Name, s.Provider, s.Region, v.out.paint(s.State), orDash(s.PublicIPv4), healthLine(&s)})
-					}
-					v.out.table([]string{"ID", "NAME", "PROVIDER", "REGION", "STATE", "IPV4", "HEALTH"}, rows)
-				})
-			}
-		})
+	list := serverListCmd(env)
 
-	show := onServer(env, &cobra.Command{Use: "show NAME|ID", Short: "show a server: state, steps, agent, health", Example: "  devpilot servers show web-1"},
-		func(v *verb) func(ctx context.Context, cl *client, id string) error {
-			return func(ctx context.Context, cl *client, id string) error {
-				var srv apitypes.Server
-				raw, err := cl.do(ctx, "GET", v.path("/servers/"+url.PathEscape(id)), nil, &srv)
-				if err != nil {
-					return err
-				}
-				return v.print(raw, func() { showServer(v.out, &srv) })
-			}
-		})
+	show := serverShowCmd(env)
 
-	del := onServer(env, &cobra.Command{Use: "delete NAME|ID [--destroy [--force]]", Short: "forget a server, or with --destroy delete its instance and firewall too",
-		Example: "  devpilot servers delete web-1\n  devpilot servers delete web-1 --destroy --force"},
-		func(v *verb) func(ctx context.Context, cl *client, id string) error {
-			destroy := v.fs.Bool("destroy", false, "also delete the cloud instance and its firewall (default: only forget the server)")
-			force := v.fs.Bool("force", false, "with --destroy: don't ask for confirmation")
-			return func(ctx context.Context, cl *client, id string) error {
-				q := ""
-				if *destroy {
-					if err := confirm(env, *force, fmt.Sprintf("Destroy server %s's cloud instance and firewall? Its disk is lost.", id)); err != nil {
-						return err
-					}
-					q = "?destroy=true"
-				}
-				var srv apitypes.Server
-				raw, err := cl.do(ctx, "DELETE", v.path("/servers/"+url.PathEscape(id)+q), nil, &srv)
-				if err != nil {
-					return err
-				}
-				return v.print(raw, func() {
-					if *destroy {
-						fmt.Fprintf(env.Stdout, "Deleting %s (%s): its instance and firewall are being destroyed.\n", srv.Name, srv.ID)
-					} else {
-						fmt.Fprintf(env.Stdout, "Forgot %s (%s); the cloud instance was left alone.\n", srv.Name, srv.ID)
-					}
-				})
-			}
-		})
+	del := serverDelCmd(env)
 
-	rekey := onServer(env, &cobra.Command{Use: "rekey NAME|ID [--print]", Short: "revoke the agent's identity key and give the agent a new bootstrap token",
-		Example: "  devpilot servers rekey web-1\n  devpilot servers rekey web-1 --print"},
-		func(v *verb) func(ctx context.Context, cl *client, id string) error {
-			printOnly := v.fs.Bool("print", false, "don't deliver the token over SSH: print it with the command to run on the server")
-			return func(ctx context.Context, cl *client, id string) error {
-				var rk apitypes.Rekey
-				raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/rekey"), apitypes.RekeyRequest{Print: *printOnly}, &rk)
-				if err != nil {
-					return err
-				}
-				return v.print(raw, func() {
-					fmt.Fprintf(env.Stdout, "Server %s (%s): its agent identity key is revoked.\n", rk.Server.ID, rk.Server.Name)
-					if rk.Delivered != "" {
-						fmt.Fprintf(env.Stdout, "A new bootstrap token was delivered over %s; the agent enrolls a new identity. Watch it with: devpilot servers show %s\n",
-							rk.Delivered, rk.Server.Name)
-						return
-					}
-					if rk.DeliveryError != "" {
-						fmt.Fprintf(env.Stdout, "Not delivered: %s.\n", rk.DeliveryError)
-					}
-					fmt.Fprintf(env.Stdout, "Run this on the server, as root, within its validity (until %s), to enroll its agent with a new identity:\n\n  %s\n\n",
-						rk.ExpiresAt.Local().Format(time.DateTime), rk.Command)
-					fmt.Fprintln(env.Stdout, "Until then the old key is refused (a quarantined server stays quarantined and its tasks wait).")
-				})
-			}
-		})
+	rekey := serverRekeyCmd(env)
 	verbs := []*cobra.Command{create, list, show, del, rekey}
 	verbs = append(verbs, lifecycleCmds(env)...)
 	return group("servers", "create, list, show, delete, reboot, resize… servers",
@@ -360,4 +194,190 @@ func watchServer(ctx context.Context, v *verb, cl *client, id string) ([]byte, e
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+func serverCreateCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{
+		Use:   "create --integration NAME|ID --name NAME --region R --size S [--image I] [--port P,P] [--wait]",
+		Short: "create a server: its instance, firewall and the Devpilot agent",
+		Long: `create asks the integration's cloud for an instance and a firewall, and
+installs the Devpilot agent on it through cloud-init. See the choices with
+devpilot integrations catalog NAME --region R. With --wait it shows each
+step as it runs until the server is online (or failed); under -o json the
+steps go to stderr and the final server to stdout.`,
+		Example: `  devpilot servers create --integration my-do --name web-1 --region nyc3 --size s-1vcpu-1gb --wait
+  devpilot servers create --integration my-vultr --name db-1 --region ewr --size vc2-1c-1gb --port 22,5432 -o json`,
+		Args: cobra.NoArgs,
+	}, apiVerb, func(v *verb) runFn {
+		var req apitypes.CreateServer
+		var ports intList
+		v.fs.StringVar(&req.IntegrationID, "integration", "", "integration name or id (see devpilot integrations list)")
+		v.fs.StringVar(&req.Name, "name", "", "server name (becomes the hostname)")
+		v.fs.StringVar(&req.Region, "region", "", "provider region, e.g. nyc3 or ewr")
+		v.fs.StringVar(&req.Size, "size", "", "provider size/plan, e.g. s-1vcpu-1gb or vc2-1c-1gb")
+		v.fs.StringVar(&req.Image, "image", "debian-12", "image: provider id or debian-12 / ubuntu-24.04")
+		v.fs.Var(&ports, "port", "inbound TCP port to open (repeat or comma-separate; default 22,80,443)")
+		wait := v.fs.Bool("wait", false, "show the provisioning steps live until the server is online or failed")
+		_ = v.cmd.RegisterFlagCompletionFunc("integration", func(cmd *cobra.Command, args []string, tc string) ([]string, cobra.ShellCompDirective) {
+			return completeNames(integrationNoun)(v)(cmd, nil, tc)
+		})
+		return func(ctx context.Context, _ []string) error {
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			if req.IntegrationID != "" {
+				if req.IntegrationID, err = v.resolve(ctx, cl, integrationNoun, req.IntegrationID); err != nil {
+					return err
+				}
+			}
+			req.Ports = ports
+			var srv apitypes.Server
+			raw, err := cl.do(ctx, "POST", v.path("/servers"), req, &srv)
+			if err != nil {
+				return err
+			}
+			if *wait {
+				raw, err := watchServer(ctx, v, cl, srv.ID)
+				if err != nil {
+					return err
+				}
+				return v.print(raw, func() {})
+			}
+			return v.print(raw, func() {
+				fmt.Fprintf(env.Stdout, "Server %s (%s) is %s. Follow it with: devpilot servers show %s\n", srv.Name, srv.ID, srv.State, srv.Name)
+			})
+		}
+	})
+}
+
+func serverListCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "list [--state S] [--tag T] [--integration NAME|ID] [--name N]", Short: "list servers",
+		Example: "  devpilot servers list --state online\n  devpilot servers list --format NAME,STATE,IPV4 --no-header", Args: cobra.NoArgs},
+		apiVerb, func(v *verb) runFn {
+			state := v.fs.String("state", "", "only servers in this state (online, offline, stopped, failed, …)")
+			tag := v.fs.String("tag", "", "only servers with this tag")
+			integ := v.fs.String("integration", "", "only servers of this integration (name or id)")
+			name := v.fs.String("name", "", "only the server with this name")
+			return func(ctx context.Context, _ []string) error {
+				cl, err := v.connect()
+				if err != nil {
+					return err
+				}
+				if *integ != "" {
+					if *integ, err = v.resolve(ctx, cl, integrationNoun, *integ); err != nil {
+						return err
+					}
+				}
+				q := url.Values{}
+				for k, x := range map[string]string{"state": *state, "tag": *tag, "integration": *integ, "name": *name} {
+					if x != "" {
+						q.Set(k, x)
+					}
+				}
+				path := v.path("/servers")
+				if len(q) > 0 {
+					path += "?" + q.Encode()
+				}
+				items, err := cl.listAll(ctx, path, "servers")
+				if err != nil {
+					return err
+				}
+				// Filtered here too: a control plane that ignores the query
+				// still gives the right answer.
+				var all []apitypes.Server
+				kept := []json.RawMessage{}
+				for _, raw := range items {
+					var s apitypes.Server
+					if err := json.Unmarshal(raw, &s); err != nil {
+						return fmt.Errorf("decode servers: %w", err)
+					}
+					if (*state != "" && s.State != *state) || (*tag != "" && !slices.Contains(s.Tags, *tag)) ||
+						(*integ != "" && s.IntegrationID != *integ) || (*name != "" && s.Name != *name) {
+						continue
+					}
+					all, kept = append(all, s), append(kept, raw)
+				}
+				return v.printValue(map[string]any{"servers": kept}, func() {
+					rows := [][]string{}
+					for _, s := range all {
+						rows = append(rows, []string{s.ID, s.Name, s.Provider, s.Region, v.out.paint(s.State), orDash(s.PublicIPv4), healthLine(&s)})
+					}
+					v.out.table([]string{"ID", "NAME", "PROVIDER", "REGION", "STATE", "IPV4", "HEALTH"}, rows)
+				})
+			}
+		})
+}
+
+func serverShowCmd(env Env) *cobra.Command {
+	return onServer(env, &cobra.Command{Use: "show NAME|ID", Short: "show a server: state, steps, agent, health", Example: "  devpilot servers show web-1"},
+		func(v *verb) func(ctx context.Context, cl *client, id string) error {
+			return func(ctx context.Context, cl *client, id string) error {
+				var srv apitypes.Server
+				raw, err := cl.do(ctx, "GET", v.path("/servers/"+url.PathEscape(id)), nil, &srv)
+				if err != nil {
+					return err
+				}
+				return v.print(raw, func() { showServer(v.out, &srv) })
+			}
+		})
+}
+
+func serverDelCmd(env Env) *cobra.Command {
+	return onServer(env, &cobra.Command{Use: "delete NAME|ID [--destroy [--force]]", Short: "forget a server, or with --destroy delete its instance and firewall too",
+		Example: "  devpilot servers delete web-1\n  devpilot servers delete web-1 --destroy --force"},
+		func(v *verb) func(ctx context.Context, cl *client, id string) error {
+			destroy := v.fs.Bool("destroy", false, "also delete the cloud instance and its firewall (default: only forget the server)")
+			force := v.fs.Bool("force", false, "with --destroy: don't ask for confirmation")
+			return func(ctx context.Context, cl *client, id string) error {
+				q := ""
+				if *destroy {
+					if err := confirm(env, *force, fmt.Sprintf("Destroy server %s's cloud instance and firewall? Its disk is lost.", id)); err != nil {
+						return err
+					}
+					q = "?destroy=true"
+				}
+				var srv apitypes.Server
+				raw, err := cl.do(ctx, "DELETE", v.path("/servers/"+url.PathEscape(id)+q), nil, &srv)
+				if err != nil {
+					return err
+				}
+				return v.print(raw, func() {
+					if *destroy {
+						fmt.Fprintf(env.Stdout, "Deleting %s (%s): its instance and firewall are being destroyed.\n", srv.Name, srv.ID)
+					} else {
+						fmt.Fprintf(env.Stdout, "Forgot %s (%s); the cloud instance was left alone.\n", srv.Name, srv.ID)
+					}
+				})
+			}
+		})
+}
+
+func serverRekeyCmd(env Env) *cobra.Command {
+	return onServer(env, &cobra.Command{Use: "rekey NAME|ID [--print]", Short: "revoke the agent's identity key and give the agent a new bootstrap token",
+		Example: "  devpilot servers rekey web-1\n  devpilot servers rekey web-1 --print"},
+		func(v *verb) func(ctx context.Context, cl *client, id string) error {
+			printOnly := v.fs.Bool("print", false, "don't deliver the token over SSH: print it with the command to run on the server")
+			return func(ctx context.Context, cl *client, id string) error {
+				var rk apitypes.Rekey
+				raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/rekey"), apitypes.RekeyRequest{Print: *printOnly}, &rk)
+				if err != nil {
+					return err
+				}
+				return v.print(raw, func() {
+					fmt.Fprintf(env.Stdout, "Server %s (%s): its agent identity key is revoked.\n", rk.Server.ID, rk.Server.Name)
+					if rk.Delivered != "" {
+						fmt.Fprintf(env.Stdout, "A new bootstrap token was delivered over %s; the agent enrolls a new identity. Watch it with: devpilot servers show %s\n",
+							rk.Delivered, rk.Server.Name)
+						return
+					}
+					if rk.DeliveryError != "" {
+						fmt.Fprintf(env.Stdout, "Not delivered: %s.\n", rk.DeliveryError)
+					}
+					fmt.Fprintf(env.Stdout, "Run this on the server, as root, within its validity (until %s), to enroll its agent with a new identity:\n\n  %s\n\n",
+						rk.ExpiresAt.Local().Format(time.DateTime), rk.Command)
+					fmt.Fprintln(env.Stdout, "Until then the old key is refused (a quarantined server stays quarantined and its tasks wait).")
+				})
+			}
+		})
 }

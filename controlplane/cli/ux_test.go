@@ -442,10 +442,10 @@ func TestListsFollowNext(t *testing.T) {
 			w.WriteHeader(401)
 			return
 		}
-		switch {
-		case r.URL.Path == "/v1/workspaces/default/servers":
+		switch r.URL.Path {
+		case "/v1/workspaces/default/servers":
 			_, _ = w.Write([]byte(pages[r.URL.Query().Get("cursor")]))
-		case r.URL.Path == "/v1/workspaces/default/servers/srv_cccccccccccccccc":
+		case "/v1/workspaces/default/servers/srv_cccccccccccccccc":
 			_, _ = w.Write([]byte(`{"id":"srv_cccccccccccccccc","name":"web-3","state":"online","steps":[]}`))
 		default:
 			w.WriteHeader(404)
@@ -513,6 +513,17 @@ func TestLegacyHelpers(t *testing.T) {
 	}
 	if _, err := newVerb(env, "backup list").parse([]string{"--bogus"}); report(env, err) != 2 {
 		t.Errorf("unknown flag: %v", err)
+	}
+	// start and startOne connect once parsed: here to a data dir that is not there.
+	w := newVerbWith(env, "backup show", verbFlags{json: true, workspace: "workspace slug"})
+	if _, _, err := w.startOne([]string{"one", "--data-dir", "/nonexistent/dd"}, "archive"); err == nil || !strings.Contains(err.Error(), "/nonexistent/dd") {
+		t.Errorf("startOne: %v", err)
+	}
+	if _, _, err := newVerb(env, "backup list").start([]string{"--data-dir=/nonexistent/dd"}); err == nil || !strings.Contains(err.Error(), "/nonexistent/dd") {
+		t.Errorf("start: %v", err)
+	}
+	if _, err := newVerb(env, "backup show").parseOne([]string{"a", "b"}, "archive"); report(env, err) != 2 {
+		t.Errorf("parseOne with two: %v", err)
 	}
 	fs := newFlags("backup", env)
 	to := fs.String("to", "", "archive")
