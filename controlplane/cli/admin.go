@@ -86,27 +86,31 @@ func tokensCmd(env Env) *cobra.Command {
 			return v.printValue(map[string]any{"id": id, "revoked": true}, func() { fmt.Fprintf(env.Stdout, "Revoked token %s.\n", id) })
 		}
 	})
-	recoverCmd := &cobra.Command{Use: "recover --data-dir D [--database URL]", Short: "on the control plane's machine: write a new owner token into the data dir",
+	recoverCmd := verbCmd(env, &cobra.Command{Use: "recover --data-dir D [--database URL]", Short: "on the control plane's machine: write a new owner token into the data dir",
 		Long: `recover needs no API and no token: it opens the control plane's database
 (the data dir's SQLite, or --database) and writes a new owner token to
-D/owner.token (mode 0600). It works at once beside a running control plane.`,
-		Args: noArgs, Example: "  sudo devpilot tokens recover --data-dir /var/lib/devpilot"}
-	dataDir := recoverCmd.Flags().String("data-dir", "devpilot-data", "the data directory of devpilot serve")
-	database := recoverCmd.Flags().String("database", "", "the --database of devpilot serve (empty: SQLite in the data dir; a password goes in DEVPILOT_DATABASE)")
-	recoverCmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		if err := passwordInArgs(cmd.Flags(), "database"); err != nil {
-			return err
+D/owner.token (mode 0600). It works at once beside a running control plane.
+The token itself is never printed (-o json: its id and the file).`,
+		Args: noArgs, Example: "  sudo devpilot tokens recover --data-dir /var/lib/devpilot"}, verbFlags{json: true, local: true}, func(v *verb) runFn {
+		dataDir := v.fs.String("data-dir", "devpilot-data", "the data directory of devpilot serve")
+		database := v.fs.String("database", "", "the --database of devpilot serve (empty: SQLite in the data dir; a password goes in DEVPILOT_DATABASE)")
+		return func(ctx context.Context, _ []string) error {
+			if err := passwordInArgs(v.fs, "database"); err != nil {
+				return err
+			}
+			rec, err := app.RecoverOwnerToken(ctx, *dataDir, *database)
+			if err != nil {
+				return err
+			}
+			out := map[string]any{"token_id": rec.TokenID, "file": rec.File, "live_owner_tokens": rec.LiveOwner}
+			return v.printValue(out, func() {
+				fmt.Fprintf(env.Stdout, "New owner token %s written to %s (mode 0600); it works at once, no restart needed.\n", rec.TokenID, rec.File)
+				if rec.LiveOwner > 1 {
+					fmt.Fprintf(env.Stdout, "%d owner tokens are live; revoke the ones nobody should hold with devpilot tokens revoke ID (devpilot tokens list shows them).\n", rec.LiveOwner)
+				}
+			})
 		}
-		rec, err := app.RecoverOwnerToken(cmd.Context(), *dataDir, *database)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(env.Stdout, "New owner token %s written to %s (mode 0600); it works at once, no restart needed.\n", rec.TokenID, rec.File)
-		if rec.LiveOwner > 1 {
-			fmt.Fprintf(env.Stdout, "%d owner tokens are live; revoke the ones nobody should hold with devpilot tokens revoke ID (devpilot tokens list shows them).\n", rec.LiveOwner)
-		}
-		return nil
-	}
+	})
 	return group("tokens", "create, list and revoke API tokens; recover an owner token on the machine",
 		"  devpilot tokens create --role viewer --name dashboard\n  devpilot tokens revoke dashboard", create, list, revoke, recoverCmd)
 }
