@@ -79,14 +79,31 @@ func (o *output) raw(raw []byte) error {
 
 // blockStyle drops the flow style JSON parses as, so YAML prints as YAML;
 // strings that would read as another type stay quoted (their tag is !!str).
+// A key given twice keeps its last value, as JSON decoders do (YAML
+// refuses duplicates).
 func blockStyle(n *yaml.Node) {
+	if n.Kind == yaml.MappingNode {
+		last := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			last[n.Content[i].Value] = i
+		}
+		kept := n.Content[:0]
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if last[n.Content[i].Value] == i {
+				kept = append(kept, n.Content[i], n.Content[i+1])
+			}
+		}
+		n.Content = kept
+	}
 	if n.Kind != yaml.ScalarNode {
 		n.Style = 0
 	} else if n.Tag != "!!str" {
 		n.Style = 0
 	} else {
 		n.Style &^= yaml.FlowStyle
-		if n.Style == yaml.DoubleQuotedStyle {
+		// Strings with a line break stay double-quoted: yaml.v3 writes
+		// "\n" as a literal block that reads back as "".
+		if n.Style == yaml.DoubleQuotedStyle && !strings.ContainsAny(n.Value, "\n\r") {
 			n.Style = 0
 		}
 	}
