@@ -183,7 +183,8 @@ func watchAction(ctx context.Context, v *verb, cl *client, server string, a *act
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			fmt.Fprintf(v.env.Stderr, "\nStopped watching: action %s goes on.\n  follow it: %s\n", a.ID, v.again("servers actions "+server))
+			return nil, &exitError{code: ExitInterrupted}
 		case <-time.After(time.Second):
 		}
 	}

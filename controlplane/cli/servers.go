@@ -190,7 +190,8 @@ func watchServer(ctx context.Context, v *verb, cl *client, id string) ([]byte, e
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			fmt.Fprintf(v.env.Stderr, "\nStopped watching: %s goes on provisioning.\n  follow it: %s\n", srv.Name, v.again("servers show "+srv.Name))
+			return nil, &exitError{code: ExitInterrupted}
 		case <-time.After(time.Second):
 		}
 	}

@@ -724,6 +724,8 @@ the progress goes to stderr and the final deployment to stdout.`,
 		},
 	}, apiVerb, func(v *verb) runFn {
 		planPath := v.fs.StringP("file", "f", "", "plan file (YAML; see the README)")
+		v.fs.StringVar(planPath, "f", "", "the flag's name before cobra, so DEVPILOT_F keeps working")
+		_ = v.fs.MarkHidden("f")
 		var servers stringList
 		v.fs.Var(&servers, "server", "deploy to this server, name or id (repeat; overrides the plan's targets)")
 		tag := v.fs.String("tag", "", "deploy to the servers carrying this tag (overrides the plan's targets)")
