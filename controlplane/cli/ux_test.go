@@ -189,6 +189,18 @@ func TestNamesOutputsAndExitCodes(t *testing.T) {
 		t.Errorf("tasks cancel: %+v", r)
 	}
 
+	// deploy under -o json: progress on stderr, the deployment on stdout.
+	plan := filepath.Join(t.TempDir(), "plan.yaml")
+	if err := os.WriteFile(plan, []byte("steps:\n  - name: hello\n    kind: exec\n    argv: [echo, hello]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = cli(t, v, "", "deploy", "-f", plan, "--server", "web-1", "-o", "json", "--poll", "100ms")
+	var dep struct{ ID, State string }
+	mustJSON(t, "deploy -o json", r.stdout, &dep)
+	if r.code != 0 || dep.State != "succeeded" || !strings.Contains(r.stderr, "Deployment "+dep.ID) {
+		t.Errorf("deploy -o json: %+v", r)
+	}
+
 	// Every read verb prints one JSON document under -o json.
 	for _, args := range [][]string{
 		{"integrations", "list"}, {"integrations", "show", "my-do"}, {"integrations", "catalog", "my-do"},
@@ -358,7 +370,7 @@ func TestLoginAndContexts(t *testing.T) {
 		t.Error("context remove left the token in the config file")
 	}
 	for _, o := range outputs {
-		if strings.Contains(o, tok) {
+		if strings.Contains(o, tok) || strings.Contains(o, "dpt_wrong_token") {
 			t.Fatalf("the token appears in the CLI's output:\n%s", o)
 		}
 	}
