@@ -1,6 +1,6 @@
 // Package cli is the `devpilot` command line, built on cobra: `serve` and
 // `dev` run the control plane, the other verbs are a client of its admin
-// API, laid out one file per noun (integrations.go, servers.go, tasks.go…).
+// API, laid out one file per noun (integrations.go, servers.go, tasks.go, deploy.go…).
 // Flags all have a DEVPILOT_* environment variable; secrets are read from
 // a file, standard input or the environment, never from an argument.
 package cli

@@ -2,11 +2,8 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/url"
-	"strconv"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -113,116 +110,4 @@ The token itself is never printed (-o json: its id and the file).`,
 	})
 	return group("tokens", "create, list and revoke API tokens; recover an owner token on the machine",
 		"  devpilot tokens create --role viewer --name dashboard\n  devpilot tokens revoke dashboard", create, list, revoke, recoverCmd)
-}
-
-func workspacesCmd(env Env) *cobra.Command {
-	create := verbCmd(env, &cobra.Command{Use: "create SLUG [--name NAME]", Short: "create a workspace (owner token)", Args: one("slug"),
-		Example: "  devpilot workspaces create staging --name 'Staging'"}, verbFlags{json: true}, func(v *verb) runFn {
-		name := v.fs.String("name", "", "display name (default: the slug)")
-		return func(ctx context.Context, args []string) error {
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			raw, err := cl.do(ctx, "POST", "/v1/workspaces", map[string]string{"slug": args[0], "name": *name}, nil)
-			if err != nil {
-				return err
-			}
-			return v.print(raw, func() { fmt.Fprintf(env.Stdout, "Created workspace %s.\n", args[0]) })
-		}
-	})
-	list := verbCmd(env, &cobra.Command{Use: "list", Short: "list workspaces", Args: cobra.NoArgs}, verbFlags{json: true}, func(v *verb) runFn {
-		return func(ctx context.Context, _ []string) error {
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			var all []struct {
-				Slug, Name string
-				CreatedAt  time.Time `json:"created_at"`
-			}
-			raw, err := v.list(ctx, cl, "/v1/workspaces", "workspaces", &all)
-			if err != nil {
-				return err
-			}
-			return v.print(raw, func() {
-				rows := [][]string{}
-				for _, w := range all {
-					rows = append(rows, []string{w.Slug, w.Name, ts(&w.CreatedAt)})
-				}
-				v.out.table([]string{"SLUG", "NAME", "CREATED"}, rows)
-			})
-		}
-	})
-	return group("workspaces", "create and list workspaces", "  devpilot workspaces list", create, list)
-}
-
-func keysCmd(env Env) *cobra.Command {
-	rotate := verbCmd(env, &cobra.Command{Use: "rotate", Short: "re-encrypt every secret under a new master key, while serving", Args: cobra.NoArgs},
-		verbFlags{json: true}, func(v *verb) runFn {
-			return func(ctx context.Context, _ []string) error {
-				cl, err := v.connect()
-				if err != nil {
-					return err
-				}
-				var res apitypes.KeyRotation
-				raw, err := cl.do(ctx, "POST", "/v1/keys/rotate", nil, &res)
-				if err != nil {
-					return err
-				}
-				return v.print(raw, func() {
-					fmt.Fprintf(env.Stdout, "New master key %s is active; %d secrets re-encrypted; retired keys: %v.\n", res.KeyID, res.Reencrypted, res.Retired)
-					if len(res.Skipped) == 0 {
-						return
-					}
-					fmt.Fprintf(env.Stdout, "%d stored secrets do not decrypt and were left as they are (their keys %v are kept):\n", len(res.Skipped), res.Kept)
-					for _, s := range res.Skipped {
-						fmt.Fprintf(env.Stdout, "  %s %s: %s (key %s)\n", s.Table, s.ID, s.Reason, s.KeyID)
-					}
-					fmt.Fprintln(env.Stdout, "Restore those rows from a backup, or delete them (and enter the secret again), then rotate again.")
-				})
-			}
-		})
-	return group("keys", "rotate the master key that encrypts secrets at rest", "  devpilot keys rotate", rotate)
-}
-
-func auditCmd(env Env) *cobra.Command {
-	return verbCmd(env, &cobra.Command{Use: "audit [--limit N]", Short: "show the audit log: who changed what, when", Args: cobra.NoArgs,
-		Example: "  devpilot audit --limit 20"}, apiVerb, func(v *verb) runFn {
-		limit := v.fs.Int("limit", 50, "how many entries, newest first")
-		return func(ctx context.Context, _ []string) error {
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			items, err := cl.listN(ctx, v.path("/audit?limit="+strconv.Itoa(*limit)), "entries", *limit)
-			if err != nil {
-				return err
-			}
-			raw, _ := json.Marshal(map[string]any{"entries": items})
-			var entries []struct {
-				ID     int64          `json:"id"`
-				Actor  string         `json:"actor"`
-				Action string         `json:"action"`
-				Target string         `json:"target"`
-				Detail map[string]any `json:"detail"`
-				At     time.Time      `json:"at"`
-			}
-			b, _ := json.Marshal(items)
-			if err := json.Unmarshal(b, &entries); err != nil {
-				return fmt.Errorf("decode audit: %w", err)
-			}
-			return v.print(raw, func() {
-				rows := [][]string{}
-				for _, e := range entries {
-					detail := ""
-					for _, k := range sortedKeys(e.Detail) {
-						detail += fmt.Sprintf("%s=%v ", k, e.Detail[k])
-					}
-					rows = append(rows, []string{ts(&e.At), e.Actor, e.Action, e.Target, detail})
-				}
-				v.out.table([]string{"WHEN", "WHO", "ACTION", "TARGET", "DETAIL"}, rows)
-			})
-		}
-	})
 }
