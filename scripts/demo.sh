@@ -31,22 +31,27 @@ Devpilot is running locally with simulated clouds. In another terminal, from $(p
   devpilot integrations connect --provider vultr --access-key blocked <<<"\$VULTR_SIM_BLOCKED_KEY"
 
   # test, rotate (a bad token is refused; the old one keeps working), browse the catalog
-  devpilot integrations test <id>
-  devpilot integrations catalog <id> --region nyc3
-  devpilot integrations rotate <id> <<<"not-a-valid-token"
+  devpilot integrations test my-do
+  devpilot integrations catalog my-do --region nyc3
+  devpilot integrations rotate my-do <<<"not-a-valid-token"
 
   # a server: watch it walk through its steps until its agent confirms the install
-  devpilot servers create --integration <id> --name web-1 --region nyc3 --size s-1vcpu-1gb --image debian-12 --wait
-  devpilot servers show <server id>
+  devpilot servers create --integration my-do --name web-1 --region nyc3 --size s-1vcpu-1gb --image debian-12 --wait
+  devpilot servers show web-1
+  devpilot servers list -o json
 
   # run something on it and follow the output
-  devpilot tasks run --server <server id> -- sh -c 'uname -a; uptime'
+  devpilot tasks run --server web-1 -- sh -c 'uname -a; uptime'
+  devpilot tasks run --server web-1 -- sh -c 'exit 3'; echo \$?   # 3: the remote exit code
 
   # a rolling deployment (see controlplane/cli/testdata/plan.yaml for a fuller plan)
   devpilot deploy -f plan.yaml --tag devpilot
 
   # remove the integration: its credentials go, its servers stay
-  devpilot integrations remove <id>
+  devpilot integrations remove my-vultr   # asks first; --force to skip
+
+  # shell completion, server names included
+  source <(devpilot completion bash)
 
   # faults: the next 3 DigitalOcean requests answer 429 (Retry-After: 1)
   curl -s -X POST "\$DO_SIM_URL/_sim/faults" -d '{"rate_limit":{"requests":3,"retry_after_s":1}}'
