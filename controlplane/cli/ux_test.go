@@ -446,7 +446,7 @@ func TestAttach(t *testing.T) {
 func TestListsFollowNext(t *testing.T) {
 	t.Parallel()
 	pages := map[string]string{
-		"":   `{"servers":[{"id":"srv_aaaaaaaaaaaaaaaa","name":"web-1","state":"online"},{"id":"srv_bbbbbbbbbbbbbbbb","name":"web-2","state":"failed"}],"next":"/v1/workspaces/default/servers?cursor=p2"}`,
+		"":   `{"servers":[{"id":"srv_aaaaaaaaaaaaaaaa","name":"web-1","state":"online"},{"id":"srv_bbbbbbbbbbbbbbbb","name":"web-3","state":"failed"}],"next":"/v1/workspaces/default/servers?cursor=p2"}`,
 		"p2": `{"servers":[{"id":"srv_cccccccccccccccc","name":"web-3","state":"online"}],"next":""}`,
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -475,6 +475,8 @@ func TestListsFollowNext(t *testing.T) {
 	if len(list.Servers) != 2 {
 		t.Errorf("servers list --state online: %+v", list)
 	}
+	// web-3 on the second page is the live one of two: a failed server's
+	// name can be taken again.
 	if r := cli(t, v, "", "servers", "show", "web-3"); r.code != 0 || !strings.Contains(r.stdout, "srv_cccccccccccccccc") {
 		t.Errorf("a name on the second page: %+v", r)
 	}

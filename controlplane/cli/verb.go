@@ -164,6 +164,19 @@ func (v *verb) resolve(ctx context.Context, cl *client, n noun, arg string) (str
 			}
 		}
 	}
+	if len(found) > 1 {
+		// A failed or deleted server's name can be taken again: the live
+		// one is meant.
+		var live []map[string]any
+		for _, m := range found {
+			if st, _ := m["state"].(string); st != "failed" && st != "deleted" {
+				live = append(live, m)
+			}
+		}
+		if len(live) == 1 {
+			found = live
+		}
+	}
 	single := strings.TrimSuffix(n.plural, "s")
 	switch len(found) {
 	case 0:
