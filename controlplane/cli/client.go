@@ -26,6 +26,9 @@ type client struct {
 	base  string
 	token secrets.Value
 	http  *http.Client
+	// workspace is the context's workspace when a saved context gave the
+	// connection, else "".
+	workspace string
 }
 
 // APIError is an error body from the API.
@@ -83,6 +86,7 @@ func (o connOpts) client(env Env) (*client, error) {
 	} else if t := getenv("DEVPILOT_TOKEN"); t != "" {
 		tok = strings.TrimSpace(t)
 	}
+	ctxWorkspace := ""
 	useCtx := o.context != "" || (base == "" && !explicitToken && !o.set(env, "data-dir"))
 	if useCtx {
 		cfg, path, err := loadConfig(env)
@@ -102,6 +106,9 @@ func (o connOpts) client(env Env) (*client, error) {
 			}
 			if ca == "" {
 				ca = c.CACert
+			}
+			if base == c.URL {
+				ctxWorkspace = c.Workspace
 			}
 		} else if o.context != "" {
 			return nil, &hintError{msg: fmt.Sprintf("no context %q in %s", o.context, path), hint: "`devpilot context list` shows the saved ones; `devpilot login` adds one"}
@@ -135,7 +142,11 @@ func (o connOpts) client(env Env) (*client, error) {
 			ca = p
 		}
 	}
-	return o.clientFrom(base, tok, ca)
+	cl, err := o.clientFrom(base, tok, ca)
+	if err == nil {
+		cl.workspace = ctxWorkspace
+	}
+	return cl, err
 }
 
 // clientFrom makes a client of the API at base with a token, trusting the

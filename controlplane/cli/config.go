@@ -27,6 +27,9 @@ type contextConfig struct {
 	URL    string `yaml:"url"`
 	Token  string `yaml:"token"`
 	CACert string `yaml:"ca_cert,omitempty"` // absolute path of the CA certificate to trust
+	// Workspace is the token's workspace (from GET /v1/whoami): the
+	// default --workspace while this context is used.
+	Workspace string `yaml:"workspace,omitempty"`
 }
 
 // configPath is $XDG_CONFIG_HOME/devpilot/config.yaml, else
@@ -134,6 +137,7 @@ The token is read from --token-file, else DEVPILOT_TOKEN, else standard input
 			if err != nil {
 				return err
 			}
+			cc.Workspace = who["workspace"]
 			cfg.Contexts[n] = cc
 			cfg.Current = n
 			path, err := saveConfig(v.env, cfg)

@@ -356,6 +356,24 @@ func TestLoginAndContexts(t *testing.T) {
 	if r := run(with(bare, "DEVPILOT_URL", "https://127.0.0.1:1"), "", "servers", "list"); r.code != 1 || !strings.Contains(r.stderr, "no API token") {
 		t.Errorf("DEVPILOT_URL without a token must not use the context's: %+v", r)
 	}
+	// A token of another workspace: its context's verbs act there.
+	if r := run(v, "", "workspaces", "create", "staging"); r.code != 0 {
+		t.Fatalf("workspaces create: %+v", r)
+	}
+	r = run(v, "", "tokens", "create", "--workspace", "staging", "--role", "admin", "--name", "stg")
+	stg := strings.TrimSpace(r.stdout)
+	if r.code != 0 || stg == "" {
+		t.Fatalf("tokens create --workspace staging: %+v", r)
+	}
+	if r := run(bare, stg, "login", "--url", v["DEVPILOT_URL"], "--ca-cert", v["DEVPILOT_CA_CERT"], "--name", "stg"); r.code != 0 {
+		t.Fatalf("login stg: %+v", r)
+	}
+	if r := run(bare, "", "tokens", "list", "-o", "json"); r.code != 0 || !strings.Contains(r.stdout, `"stg"`) {
+		t.Errorf("the staging context must act in staging: %+v", r)
+	}
+	if r := run(bare, "", "tokens", "list", "--workspace", "default"); r.code != 1 {
+		t.Errorf("a staging token in default: %+v", r)
+	}
 	if r := run(bare, "", "context", "use", "dev"); r.code != 0 {
 		t.Errorf("context use: %+v", r)
 	}
@@ -370,7 +388,7 @@ func TestLoginAndContexts(t *testing.T) {
 		t.Error("context remove left the token in the config file")
 	}
 	for _, o := range outputs {
-		if strings.Contains(o, tok) || strings.Contains(o, "dpt_wrong_token") {
+		if strings.Contains(o, tok) || strings.Contains(o, "dpt_wrong_token") || (stg != "" && strings.Contains(o, stg) && o != stg+"\n") {
 			t.Fatalf("the token appears in the CLI's output:\n%s", o)
 		}
 	}

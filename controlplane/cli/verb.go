@@ -75,8 +75,15 @@ func (v *verb) name() string {
 	return strings.TrimPrefix(v.cmd.CommandPath(), "devpilot ")
 }
 
-// connect makes the API client from the connection flags.
-func (v *verb) connect() (*client, error) { return v.conn.client(v.env) }
+// connect makes the API client from the connection flags. With a saved
+// context, --workspace defaults to the context's (its token's) workspace.
+func (v *verb) connect() (*client, error) {
+	cl, err := v.conn.client(v.env)
+	if err == nil && v.ws != nil && cl.workspace != "" && !v.conn.set(v.env, "workspace") {
+		*v.ws = cl.workspace
+	}
+	return cl, err
+}
 
 // path is an API path in the verb's workspace: path("/servers").
 func (v *verb) path(rest string) string { return wsPath(*v.ws) + rest }
