@@ -19,8 +19,6 @@ func Main(ctx context.Context, args []string, env Env) int {
 	root := newRoot(env)
 	root.SetArgs(normalizeArgs(root, args))
 	if len(args) == 0 {
-		root.InitDefaultHelpCmd()
-		root.InitDefaultCompletionCmd()
 		root.SetOut(env.Stderr)
 		_ = root.Usage()
 		return ExitUsage
@@ -114,6 +112,17 @@ Every flag can also be set as DEVPILOT_<FLAG>, e.g. DEVPILOT_WORKSPACE.`,
 	}
 	root.SetHelpCommandGroupID("api")
 	root.SetCompletionCommandGroupID("api")
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "completion":
+			c.Short = "print the shell completion script (bash, zsh, fish, powershell): verbs, flags and names"
+			c.Example = "  source <(devpilot completion bash)\n  devpilot completion zsh > \"${fpath[1]}/_devpilot\"\n  devpilot completion fish | source"
+		case "help":
+			c.Short = "help about any command"
+		}
+	}
 	return root
 }
 
