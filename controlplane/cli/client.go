@@ -101,8 +101,10 @@ func (o connOpts) client(env Env) (*client, error) {
 			if base == "" {
 				base = c.URL
 			}
-			if tok == "" && (base == c.URL) {
-				tok = c.Token
+			if tok == "" && base == c.URL {
+				if tok, err = openToken(env, name, c); err != nil {
+					return nil, err
+				}
 			}
 			if ca == "" {
 				ca = c.CACert

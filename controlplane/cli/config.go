@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
+	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/shared/atomicfile"
 )
 
@@ -24,7 +25,9 @@ type config struct {
 }
 
 type contextConfig struct {
-	URL    string `yaml:"url"`
+	URL string `yaml:"url"`
+	// Token is the API token sealed with the keyring beside the config
+	// file (keyring.json, 0600; see sealToken): never plaintext at rest.
 	Token  string `yaml:"token"`
 	CACert string `yaml:"ca_cert,omitempty"` // absolute path of the CA certificate to trust
 	// Workspace is the token's workspace (from GET /v1/whoami): the
@@ -84,6 +87,38 @@ func saveConfig(env Env, cfg *config) (string, error) {
 	return path, os.Chmod(path, 0o600)
 }
 
+// keyringPath is the keyring that seals the config's tokens: beside the
+// config file, 0600 in the 0700 directory.
+func keyringPath(env Env) string { return filepath.Join(filepath.Dir(configPath(env)), "keyring.json") }
+
+// sealToken encrypts a context's token with the CLI's keyring (the control
+// plane's own AES-GCM sealing, bound to the context's name), creating the
+// keyring on first use. The config file alone (pasted, backed up, shared)
+// then holds no usable token; the keyring file is what to guard.
+func sealToken(env Env, name, tok string) (string, error) {
+	if configPath(env) == "" {
+		return "", &hintError{msg: "nowhere to save the config", hint: "set HOME or XDG_CONFIG_HOME"}
+	}
+	k, err := secrets.LoadOrCreateKeyring(keyringPath(env))
+	if err != nil {
+		return "", err
+	}
+	return k.Encrypt(secrets.New(tok), "context:"+name)
+}
+
+// openToken decrypts a context's token (see sealToken).
+func openToken(env Env, name string, c contextConfig) (string, error) {
+	k, err := secrets.LoadKeyring(keyringPath(env))
+	if err == nil {
+		var v secrets.Value
+		if v, err = k.Decrypt(c.Token, "context:"+name); err == nil {
+			return v.Reveal(), nil
+		}
+	}
+	return "", &hintError{msg: fmt.Sprintf("the token of context %q does not open with %s: %v", name, keyringPath(env), err),
+		hint: fmt.Sprintf("log in again: devpilot login --url %s --name %s", c.URL, name)}
+}
+
 func loginCmd(env Env) *cobra.Command {
 	return verbCmd(env, &cobra.Command{
 		Use:   "login",
@@ -94,7 +129,8 @@ $XDG_CONFIG_HOME/devpilot/config.yaml (else ~/.config/devpilot/config.yaml),
 mode 0600, and makes it the current one.
 
 The token is read from --token-file, else DEVPILOT_TOKEN, else standard input
-(a prompt without echo on a terminal); never from an argument.`,
+(a prompt without echo on a terminal); never from an argument. It is stored
+sealed with the keyring beside the config (keyring.json, 0600).`,
 		Example: `  devpilot tokens create --role admin --name laptop | devpilot login --url https://cp.example.com:8443 --name prod
   devpilot login --url https://10.0.0.5:8443 --ca-cert ca.crt --token-file admin.token --name lab`,
 		Args: cobra.NoArgs,
@@ -138,6 +174,9 @@ The token is read from --token-file, else DEVPILOT_TOKEN, else standard input
 				return err
 			}
 			cc.Workspace = who["workspace"]
+			if cc.Token, err = sealToken(v.env, n, tok); err != nil {
+				return err
+			}
 			cfg.Contexts[n] = cc
 			cfg.Current = n
 			path, err := saveConfig(v.env, cfg)

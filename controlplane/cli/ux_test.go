@@ -344,6 +344,14 @@ func TestLoginAndContexts(t *testing.T) {
 	if r := run(bare, "", "integrations", "list"); r.code != 0 || !strings.HasPrefix(r.stdout, "ID") {
 		t.Errorf("integrations list through the context: %+v", r)
 	}
+	// Sealed at rest: the config file holds no token, the keyring is 0600.
+	if b, _ := os.ReadFile(cfg); strings.Contains(string(b), tok) || strings.Contains(string(b), strings.TrimPrefix(tok, "dpt_")) {
+		t.Errorf("the config file holds the token in plaintext:\n%s", b)
+	}
+	kr := filepath.Join(home, "devpilot", "keyring.json")
+	if st, err := os.Stat(kr); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("keyring %s: %v (want mode 0600)", kr, err)
+	}
 	for _, f := range []string{"table", "json", "yaml"} {
 		if r := run(bare, "", "context", "list", "-o", f); r.code != 0 || !strings.Contains(r.stdout, "dev") {
 			t.Errorf("context list -o %s: %+v", f, r)
@@ -373,6 +381,16 @@ func TestLoginAndContexts(t *testing.T) {
 	}
 	if r := run(bare, "", "tokens", "list", "--workspace", "default"); r.code != 1 {
 		t.Errorf("a staging token in default: %+v", r)
+	}
+	// Without its keyring a context says to log in again.
+	if err := os.Rename(kr, kr+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(bare, "", "tokens", "list"); r.code != 1 || !strings.Contains(r.stderr, "devpilot login --url") {
+		t.Errorf("a context without its keyring: %+v", r)
+	}
+	if err := os.Rename(kr+".away", kr); err != nil {
+		t.Fatal(err)
 	}
 	if r := run(bare, "", "context", "use", "dev"); r.code != 0 {
 		t.Errorf("context use: %+v", r)
