@@ -46,6 +46,7 @@ func (o *output) check() error {
 	if !slices.Contains(outputFormats, o.format) {
 		return usagef("-o %q: use one of %s", o.format, strings.Join(outputFormats, ", "))
 	}
+	o.json = o.format == "json" // what code from before cobra tests (v.out.json)
 	return nil
 }
 

@@ -558,8 +558,11 @@ func TestLegacyHelpers(t *testing.T) {
 		}}
 	v := newVerb(env, "backup list")
 	pos, err := v.parse([]string{"first", "-json", "second"})
-	if err != nil || strings.Join(pos, " ") != "first second" || !v.json() || *v.ws != "from-env" {
+	if err != nil || strings.Join(pos, " ") != "first second" || !v.json() || !v.out.json || *v.ws != "from-env" {
 		t.Errorf("newVerb parse: %q %v json=%v ws=%q", pos, err, v.json(), *v.ws)
+	}
+	if w := newVerb(env, "backup list"); w.parseErr([]string{"-o", "json"}) != nil || !w.out.json {
+		t.Error("-o json must set out.json for code from before cobra")
 	}
 	if _, err := newVerb(env, "backup list").parse([]string{"--bogus"}); report(env, err) != 2 {
 		t.Errorf("unknown flag: %v", err)
@@ -584,4 +587,9 @@ func TestLegacyHelpers(t *testing.T) {
 	if _, err := parse(newFlags("backup", env), env, []string{"-h"}); report(env, err) != 0 {
 		t.Errorf("-h: %v", err)
 	}
+}
+
+func (v *verb) parseErr(args []string) error {
+	_, err := v.parse(args)
+	return err
 }
