@@ -4,7 +4,7 @@ import "testing"
 
 func TestChangeTopic(t *testing.T) {
 	for q, want := range map[string]string{
-		"UPDATE servers SET state = ?":                 TopicServers,
+		"UPDATE servers SET state = ?":                  TopicServers,
 		"\n\t\tINSERT INTO server_steps (a) VALUES (?)": TopicServers,
 		"INSERT INTO server_health VALUES (?)":          TopicServers,
 		"update tasks set state = ?":                    TopicTasks,
