@@ -93,6 +93,9 @@ type Cursor struct {
 // ID is the cursor as an opaque event id ("<epoch>-<seq>").
 func (c Cursor) ID() string { return c.epoch + "-" + strconv.FormatUint(c.seq, 10) }
 
+// EventID is e's id, what a listener resumes from after seeing it.
+func (f *Feed) EventID(e Event) string { return Cursor{epoch: f.epoch, seq: e.Seq}.ID() }
+
 // Now is the cursor at the newest event: a new listener starts here.
 func (f *Feed) Now() Cursor {
 	f.mu.Lock()

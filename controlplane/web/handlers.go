@@ -35,7 +35,9 @@ func (c *Console) routes() {
 	c.handle("GET /ui/w/{ws}/settings/integrations/{id}/remove", changes, c.removeIntegrationPage)
 	c.handle("POST /ui/w/{ws}/settings/integrations/{id}/remove", changes, c.removeIntegration)
 
+	c.handle("GET /ui/w/{ws}/events", readOnly, c.events)
 	c.handle("GET /ui/w/{ws}/servers", readOnly, c.serversPage)
+	c.handle("GET /ui/w/{ws}/servers/live", readOnly, c.serversLive)
 	c.handle("GET /ui/w/{ws}/servers/new", changes, c.newServerPage)
 	c.handle("POST /ui/w/{ws}/servers", changes, c.createServer)
 	c.handle("GET /ui/w/{ws}/servers/{id}", readOnly, c.serverPage)
@@ -89,7 +91,7 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 					Hint: "Sign in with an admin token to make changes."}})
 			return
 		}
-		err = h(w, r, s)
+		err = h(w, c.withSince(r), s)
 		if err == nil {
 			return
 		}
@@ -120,7 +122,7 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 // isFragment reports whether the request comes from the console's script
 // (live updates) rather than a navigation.
 func isFragment(r *http.Request) bool {
-	return strings.HasSuffix(r.URL.Path, "/live") || strings.HasSuffix(r.URL.Path, "/logs")
+	return strings.HasSuffix(r.URL.Path, "/live") || strings.HasSuffix(r.URL.Path, "/logs") || strings.HasSuffix(r.URL.Path, "/events")
 }
 
 func (c *Console) home(w http.ResponseWriter, r *http.Request) {

@@ -104,6 +104,19 @@ func (c *Console) serversPage(w http.ResponseWriter, r *http.Request, s *session
 	return nil
 }
 
+// serversLive is the servers list's table, which the script re-reads when
+// a server changes.
+func (c *Console) serversLive(w http.ResponseWriter, r *http.Request, s *session) error {
+	var out struct {
+		Servers []server `json:"servers"`
+	}
+	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &out); err != nil {
+		return err
+	}
+	c.fragment(w, "servers", "live", page{S: s, WS: r.PathValue("ws"), Data: out.Servers})
+	return nil
+}
+
 // catalog is an integration's catalog (cloud.Catalog's JSON).
 type catalog struct {
 	Regions []struct {

@@ -14,6 +14,7 @@ func (c *Console) taskRoutes() {
 	c.handle("GET /ui/w/{ws}/tasks", readOnly, c.tasksPage)
 	c.handle("POST /ui/w/{ws}/tasks", changes, c.runTask)
 	c.handle("GET /ui/w/{ws}/tasks/{id}", readOnly, c.taskPage)
+	c.handle("GET /ui/w/{ws}/tasks/{id}/live", readOnly, c.taskLive)
 	c.handle("GET /ui/w/{ws}/tasks/{id}/logs", readOnly, c.taskLogs)
 	c.handle("POST /ui/w/{ws}/tasks/{id}/cancel", changes, c.cancelTask)
 	c.handle("GET /ui/w/{ws}/deployments/{id}", readOnly, c.deploymentPage)
@@ -213,17 +214,36 @@ type taskData struct {
 	Logs   string // the console's event stream URL
 }
 
-func (c *Console) taskPage(w http.ResponseWriter, r *http.Request, s *session) error {
+func (c *Console) loadTask(r *http.Request, s *session) (taskData, error) {
 	var d taskData
 	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/tasks/"+url.PathEscape(r.PathValue("id")), nil, &d.Task); err != nil {
-		return err
+		return d, err
 	}
 	var sv server
 	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers/"+url.PathEscape(d.Task.ServerID), nil, &sv); err == nil {
 		d.Server = sv.Name
 	}
 	d.Logs = uiBase(r) + "/tasks/" + url.PathEscape(d.Task.ID) + "/logs"
+	return d, nil
+}
+
+func (c *Console) taskPage(w http.ResponseWriter, r *http.Request, s *session) error {
+	d, err := c.loadTask(r, s)
+	if err != nil {
+		return err
+	}
 	c.render(w, r, http.StatusOK, "task", page{Title: "Task " + d.Task.ID, S: s, Nav: "tasks", Data: d})
+	return nil
+}
+
+// taskLive is the task page's state, facts and Cancel button, which the
+// script re-reads when a task changes.
+func (c *Console) taskLive(w http.ResponseWriter, r *http.Request, s *session) error {
+	d, err := c.loadTask(r, s)
+	if err != nil {
+		return err
+	}
+	c.fragment(w, "task", "live", page{S: s, WS: r.PathValue("ws"), Data: d})
 	return nil
 }
 
