@@ -22,6 +22,35 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Code + ": " + e.Message }
 
+// Title is what a page says of the refusal, in words: "Not found", not
+// "Refused not_found".
+func (e *apiError) Title() string {
+	switch e.Status {
+	case http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusUnsupportedMediaType:
+		return "Not accepted"
+	case http.StatusUnauthorized:
+		return "Signed out"
+	case http.StatusForbidden:
+		return "Not allowed"
+	case http.StatusNotFound:
+		return "Not found"
+	case http.StatusRequestTimeout:
+		return "Timed out"
+	case http.StatusConflict:
+		return "Conflict"
+	case http.StatusRequestEntityTooLarge:
+		return "Too large"
+	case http.StatusTooManyRequests:
+		return "Too many attempts"
+	case http.StatusServiceUnavailable:
+		return "Unavailable"
+	}
+	if e.Status >= 500 {
+		return "Error"
+	}
+	return "Refused"
+}
+
 // recorder is a minimal in-memory http.ResponseWriter.
 type recorder struct {
 	h      http.Header

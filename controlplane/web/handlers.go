@@ -80,7 +80,7 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 			return
 		}
 		if r.Method != http.MethodGet && !checkCSRF(r, s) {
-			c.render(w, r, http.StatusForbidden, "error", page{Title: "Refused", S: s,
+			c.render(w, r, http.StatusForbidden, "error", page{Title: "Not allowed", S: s,
 				Err: &apiError{Status: 403, Code: "csrf", Message: "the form's security token is missing or stale",
 					Hint: "Reload the page and try again."}})
 			return
@@ -109,7 +109,7 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 			}
 			http.Redirect(w, r, "/ui/signin?expired=1", http.StatusSeeOther)
 		case errors.As(err, &ae):
-			c.render(w, r, ae.Status, "error", page{Title: "Refused", S: s, WS: r.PathValue("ws"), Err: ae})
+			c.render(w, r, ae.Status, "error", page{Title: ae.Title(), S: s, WS: r.PathValue("ws"), Err: ae})
 		default:
 			c.log.Error("console request failed", zap.String("path", r.URL.Path), zap.Error(err))
 			c.render(w, r, http.StatusInternalServerError, "error", page{Title: "Error", S: s, WS: r.PathValue("ws"),

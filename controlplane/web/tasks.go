@@ -1,13 +1,16 @@
 package web
 
 import (
-	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/devpilot/devpilot/controlplane/planfile"
+	"github.com/devpilot/devpilot/controlplane/tasks"
 )
 
 func (c *Console) taskRoutes() {
@@ -90,9 +93,11 @@ type tasksData struct {
 	Available bool
 }
 
-const examplePlan = `{"steps": [
-  {"name": "hello", "kind": "exec", "argv": ["/bin/sh", "-c", "echo deploying on $(hostname)"]}
-]}`
+const examplePlan = `steps:
+  - name: hello
+    kind: exec
+    argv: ["/bin/sh", "-c", "echo deploying on $(hostname)"]
+`
 
 func (c *Console) tasksPage(w http.ResponseWriter, r *http.Request, s *session) error {
 	return c.renderTasks(w, r, s, http.StatusOK, nil)
@@ -144,62 +149,65 @@ func (c *Console) renderTasks(w http.ResponseWriter, r *http.Request, s *session
 	return nil
 }
 
+// noLocalFiles refuses a plan step's from: (a file on the CLI user's
+// machine); the console has no such files.
+func noLocalFiles(string) ([]byte, error) {
+	return nil, errors.New("from: names a file on your machine, which the console cannot read; put the file's text in content instead")
+}
+
 // runTask starts a command or a deploy plan on one server (a task) or on
-// every server with a tag (a deployment).
+// every server with a tag (a deployment). Plans are YAML, read exactly as
+// `devpilot deploy -f` reads them (package planfile); the target chosen in
+// the form replaces the plan's servers or tag.
 func (c *Console) runTask(w http.ResponseWriter, r *http.Request, s *session) error {
 	target, kind := r.PostFormValue("target"), r.PostFormValue("kind")
-	var steps []json.RawMessage
+	refuse := func(msg, hint string) error {
+		return c.renderTasks(w, r, s, http.StatusUnprocessableEntity, &apiError{Status: 422, Code: "validation_failed", Message: msg, Hint: hint})
+	}
+	var spec tasks.Spec
+	var plan tasks.DeploymentRequest
 	switch kind {
 	case "command":
 		cmd := strings.TrimSpace(r.PostFormValue("command"))
 		if cmd == "" {
-			return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
-				Message: "the command is empty", Hint: "Type a shell command, e.g. uptime."})
+			return refuse("the command is empty", "Type a shell command, e.g. uptime.")
 		}
-		b, _ := json.Marshal(map[string]any{"kind": "exec", "argv": []string{"/bin/sh", "-c", cmd}})
-		steps = []json.RawMessage{b}
+		spec = tasks.Spec{Kind: "exec", StepFields: tasks.StepFields{Argv: []string{"/bin/sh", "-c", cmd}}}
+		plan.Plan.Steps = []tasks.Step{{Kind: "exec", StepFields: spec.StepFields}}
 	case "plan":
-		var plan struct {
-			Steps []json.RawMessage `json:"steps"`
+		var err error
+		plan, err = planfile.Parse([]byte(r.PostFormValue("plan")), "from the form", noLocalFiles)
+		if err != nil {
+			return refuse(err.Error(), "Write YAML as for `devpilot deploy -f plan.yaml`: steps: with kind exec (argv), systemd (unit, action) or file (path, content).")
 		}
-		dec := json.NewDecoder(strings.NewReader(r.PostFormValue("plan")))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&plan); err != nil {
-			return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
-				Message: "the deploy plan is not valid JSON", Hint: `Write {"steps": [{"kind": "exec", "argv": [...]}, …]}.`})
+		if len(plan.Plan.Steps) == 0 {
+			return refuse("the plan has no steps", "Add steps: with at least one step.")
 		}
-		steps = plan.Steps
+		spec = tasks.Spec{Kind: "deploy", Steps: plan.Plan.Steps, DeadlineS: plan.DeadlineS}
 	default:
-		return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
-			Message: "choose a command or a deploy plan"})
+		return refuse(fmt.Sprintf("unknown kind %q", kind), "Choose command or plan.")
 	}
 	var err error
 	switch {
-	case strings.HasPrefix(target, "server:") && kind == "command":
+	case strings.HasPrefix(target, "server:"):
 		var t task
-		var spec map[string]any
-		_ = json.Unmarshal(steps[0], &spec)
 		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/servers/"+url.PathEscape(strings.TrimPrefix(target, "server:"))+"/tasks", spec, &t)
 		if err == nil {
-			return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(t.ID), "Task started.", nil)
-		}
-	case strings.HasPrefix(target, "server:") && kind == "plan":
-		var t task
-		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/servers/"+url.PathEscape(strings.TrimPrefix(target, "server:"))+"/tasks",
-			map[string]any{"kind": "deploy", "steps": steps}, &t)
-		if err == nil {
-			return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(t.ID), "Deploy started.", nil)
+			msg := "Task started."
+			if kind == "plan" {
+				msg = "Deploy started."
+			}
+			return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(t.ID), msg, nil)
 		}
 	case strings.HasPrefix(target, "tag:"):
+		plan.Servers, plan.Tag = nil, strings.TrimPrefix(target, "tag:")
 		var d deployment
-		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/deployments",
-			map[string]any{"tag": strings.TrimPrefix(target, "tag:"), "plan": map[string]any{"steps": steps}}, &d)
+		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/deployments", plan, &d)
 		if err == nil {
 			return c.done(w, r, s, uiBase(r)+"/deployments/"+url.PathEscape(d.ID), "Deployment started.", nil)
 		}
 	default:
-		return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
-			Message: "choose a server or a tag to run on"})
+		return refuse("choose a server or a tag to run on", "Pick one in the list “On”.")
 	}
 	var ae *apiError
 	if errors.As(err, &ae) && ae.Status != http.StatusUnauthorized {
