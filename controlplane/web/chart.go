@@ -51,8 +51,9 @@ type chart struct {
 // tick is an axis mark: its position (y for the value axis, x for time)
 // and label.
 type tick struct {
-	At    string
-	Label string
+	At     string
+	Label  string
+	Anchor string // text-anchor: the time axis's ends stay inside the box
 }
 
 // charts draws CPU, memory and disk use over the window ending at now.
@@ -93,9 +94,9 @@ func charts(ss []sample, now time.Time, window time.Duration) []chart {
 	for _, v := range []float64{0, 50, 100} {
 		yTicks = append(yTicks, tick{At: fmt.Sprintf("%.1f", yOf(v)), Label: fmt.Sprintf("%.0f%%", v)})
 	}
-	for _, f := range []float64{0, 0.5, 1} {
+	for i, f := range []float64{0, 0.5, 1} {
 		t := start.Add(time.Duration(f * float64(span)))
-		xTicks = append(xTicks, tick{At: fmt.Sprintf("%.1f", xOf(t)), Label: t.UTC().Format(clock)})
+		xTicks = append(xTicks, tick{At: fmt.Sprintf("%.1f", xOf(t)), Label: t.UTC().Format(clock), Anchor: []string{"start", "middle", "end"}[i]})
 	}
 	for _, m := range metrics {
 		ch := chart{Label: m.label, Latest: "—", Since: since, YTicks: yTicks, XTicks: xTicks,

@@ -43,6 +43,8 @@ func (c *Console) routes() {
 	c.handle("GET /ui/w/{ws}/servers/{id}", readOnly, c.serverPage)
 	c.handle("GET /ui/w/{ws}/servers/{id}/live", readOnly, c.serverLive)
 	c.handle("POST /ui/w/{ws}/servers/{id}/delete", changes, c.deleteServer)
+	c.handle("POST /ui/w/{ws}/servers/{id}/actions", changes, c.serverAction)
+	c.handle("GET /ui/w/{ws}/servers/{id}/resize", changes, c.resizePage)
 
 	c.taskRoutes()
 

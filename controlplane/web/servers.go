@@ -75,6 +75,21 @@ func (s server) Busy() bool {
 	return s.State == "provisioning" || s.State == "installing" || s.State == "deleting"
 }
 
+// Manageable reports whether lifecycle actions apply: the server exists
+// in the cloud and is not being created or removed.
+func (s server) Manageable() bool {
+	return s.InstanceID != "" && !s.Busy() && s.State != "deleted" && s.State != "failed"
+}
+
+// PortsText is the server's ports as the ports field takes them.
+func (s server) PortsText() string {
+	ps := make([]string, len(s.Ports))
+	for i, p := range s.Ports {
+		ps[i] = strconv.Itoa(p)
+	}
+	return strings.Join(ps, ", ")
+}
+
 // Took is how long a step ran.
 func (s step) Took() string {
 	if s.StartedAt == nil || s.FinishedAt == nil {
@@ -259,8 +274,9 @@ func (c *Console) createServer(w http.ResponseWriter, r *http.Request, s *sessio
 
 // serverData is the server detail page's (and its live fragment's) data.
 type serverData struct {
-	Server server
-	Charts []chart
+	Server  server
+	Actions []action // recent lifecycle actions, newest first
+	Charts  []chart
 	Live   string // URL the script polls
 }
 
@@ -277,6 +293,11 @@ func (c *Console) loadServer(r *http.Request, s *session) (serverData, error) {
 		return d, err
 	}
 	d.Charts = charts(h.Samples, c.o.Now(), time.Hour)
+	acts, err := c.loadActions(r, s, d.Server.ID)
+	if err != nil {
+		return d, err
+	}
+	d.Actions = acts
 	d.Live = uiBase(r) + "/servers/" + url.PathEscape(d.Server.ID) + "/live"
 	return d, nil
 }
