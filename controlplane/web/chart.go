@@ -4,17 +4,12 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 )
 
 // sample is one stored health sample (GET …/servers/{id}/health).
-type sample struct {
-	At          time.Time `json:"at"`
-	CPUPercent  float64   `json:"cpu_percent"`
-	MemUsedMB   int64     `json:"mem_used_mb"`
-	MemTotalMB  int64     `json:"mem_total_mb"`
-	DiskUsedMB  int64     `json:"disk_used_mb"`
-	DiskTotalMB int64     `json:"disk_total_mb"`
-}
+type sample = apitypes.HealthSample
 
 // Chart geometry: the SVG viewBox is ChartW × ChartH; the plot, values
 // 0-100 %, is the box at (plotL, plotT) of plotW × plotH, with the y axis's

@@ -4,26 +4,12 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"time"
+
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 )
 
-// integration is what the console shows of an integration (the API's view).
-type integration struct {
-	ID              string     `json:"id"`
-	Provider        string     `json:"provider"`
-	AccessKey       string     `json:"access_key"`
-	SecretKeyHint   string     `json:"secret_key_hint"`
-	Status          string     `json:"status"`
-	WriteAccess     string     `json:"write_access"`
-	LastValidatedAt *time.Time `json:"last_validated_at"`
-	LastError       *apiError  `json:"last_error"`
-	CreatedAt       time.Time  `json:"created_at"`
-	Account         *struct {
-		Name          string `json:"name"`
-		Email         string `json:"email"`
-		InstanceLimit int    `json:"instance_limit"`
-	} `json:"account"`
-}
+// integration is the API's integration.
+type integration = apitypes.Integration
 
 // providerCard is one provider's card on the Integrations page.
 type providerCard struct {

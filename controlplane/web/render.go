@@ -71,6 +71,8 @@ var funcs = template.FuncMap{
 		return ""
 	},
 	"providerName": providerName,
+	"took":         took,
+	"diskPct":      diskPct,
 	// day is a date (UTC); the full time is in the element's title.
 	"day": func(t time.Time) string {
 		if t.IsZero() {

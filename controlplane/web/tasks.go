@@ -7,8 +7,8 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"time"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/planfile"
 	"github.com/devpilot/devpilot/controlplane/tasks"
 )
@@ -24,32 +24,8 @@ func (c *Console) taskRoutes() {
 	c.handle("GET /ui/w/{ws}/deployments/{id}/live", readOnly, c.deploymentLive)
 }
 
-// task is what the console shows of a task (the API's view).
-type task struct {
-	ID           string     `json:"id"`
-	ServerID     string     `json:"server_id"`
-	DeploymentID string     `json:"deployment_id"`
-	Kind         string     `json:"kind"`
-	State        string     `json:"state"`
-	Reason       string     `json:"reason"`
-	Error        string     `json:"error"`
-	ExitCode     *int       `json:"exit_code"`
-	CreatedBy    string     `json:"created_by"`
-	CreatedAt    time.Time  `json:"created_at"`
-	StartedAt    *time.Time `json:"started_at"`
-	FinishedAt   *time.Time `json:"finished_at"`
-	Spec         struct {
-		Exec *struct {
-			Argv []string `json:"argv"`
-		} `json:"exec"`
-		Deploy *struct {
-			Steps []struct {
-				Name string `json:"name"`
-				Kind string `json:"kind"`
-			} `json:"steps"`
-		} `json:"deploy"`
-	} `json:"spec"`
-}
+// task is the API's task, with what the templates ask of it.
+type task struct{ apitypes.Task }
 
 // Finished reports whether the task is over.
 func (t task) Finished() bool { return t.FinishedAt != nil }
@@ -278,26 +254,8 @@ func (c *Console) cancelTask(w http.ResponseWriter, r *http.Request, s *session)
 	return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(id), "Cancellation requested.", nil)
 }
 
-// deployment is what the console shows of a deployment (the API's view).
-type deployment struct {
-	ID          string         `json:"id"`
-	State       string         `json:"state"`
-	Tag         string         `json:"tag"`
-	MaxParallel int            `json:"max_parallel"`
-	Error       string         `json:"error"`
-	CreatedAt   time.Time      `json:"created_at"`
-	FinishedAt  *time.Time     `json:"finished_at"`
-	Counts      map[string]int `json:"counts"`
-	Targets     []struct {
-		ServerID string `json:"server_id"`
-		Batch    int    `json:"batch"`
-		TaskID   string `json:"task_id"`
-		State    string `json:"state"`
-		Reason   string `json:"reason"`
-		Error    string `json:"error"`
-		ExitCode *int   `json:"exit_code"`
-	} `json:"targets"`
-}
+// deployment is the API's deployment, with what the templates ask of it.
+type deployment struct{ apitypes.Deployment }
 
 // Busy reports whether the deployment is still running.
 func (d deployment) Busy() bool { return d.FinishedAt == nil }
