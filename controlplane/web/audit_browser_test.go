@@ -63,27 +63,58 @@ type widthCheck struct {
 func (b *tab) checkPage(name string) {
 	b.t.Helper()
 	b.shot(name)
+	for _, v := range b.axe(name) {
+		b.t.Errorf("axe on %s: %s (%s): %s\n  %s", name, v.ID, v.Impact, v.Help, strings.Join(v.Nodes, "\n  "))
+	}
+	w := b.phoneWidth(name)
+	if w.ScrollWidth > w.InnerWidth {
+		b.t.Errorf("%s scrolls sideways at 390 px: scrollWidth %d > innerWidth %d; too wide: %v", name, w.ScrollWidth, w.InnerWidth, w.Wide)
+	}
+}
+
+// axe runs axe-core on the open page and returns its violations.
+func (b *tab) axe(name string) []axeViolation {
+	b.t.Helper()
 	src := axeSource(b.t)
 	if !get(b, "axe loaded?", chromedp.Evaluate[bool](`typeof axe !== "undefined"`)) {
 		get(b, "inject axe", chromedp.Evaluate[bool](src+";\ntrue"))
 	}
-	vs := get(b, "axe "+name, chromedp.Evaluate[[]axeViolation](`(() => {
+	return get(b, "axe "+name, chromedp.Evaluate[[]axeViolation](`(() => {
 		return axe.run(document, {resultTypes: ["violations"]}).then(r => r.violations.map(v => ({
 			id: v.id, impact: v.impact || "", help: v.help,
 			nodes: v.nodes.map(n => n.target.join(" ") + " — " + (n.failureSummary || "").replace(/\s+/g, " "))})));
 	})()`, chromedp.EvalAwaitPromise))
-	for _, v := range vs {
-		b.t.Errorf("axe on %s: %s (%s): %s\n  %s", name, v.ID, v.Impact, v.Help, strings.Join(v.Nodes, "\n  "))
-	}
+}
+
+// phoneWidth measures the open page at 390×844 (and screenshots it),
+// then returns to the desktop size.
+func (b *tab) phoneWidth(name string) widthCheck {
+	b.t.Helper()
 	b.run("phone viewport", chromedp.EmulateViewport(390, 844))
 	w := get(b, "measure "+name, chromedp.Evaluate[widthCheck](`(() => ({
 		sw: document.scrollingElement.scrollWidth, iw: window.innerWidth,
 		wide: Array.from(document.querySelectorAll("body *")).filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
-			.slice(0, 8).map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + (e.className && e.className.baseVal === undefined ? "." + e.className : "") +
+			.slice(0, 8).map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + (typeof e.className === "string" && e.className ? "." + e.className : "") +
 				" right=" + Math.round(e.getBoundingClientRect().right))}))()`))
 	b.shot(name + "-390")
 	b.run("desktop viewport", chromedp.EmulateViewport(1280, 900))
-	if w.ScrollWidth > w.InnerWidth {
-		b.t.Errorf("%s scrolls sideways at 390 px: scrollWidth %d > innerWidth %d; too wide: %v", name, w.ScrollWidth, w.InnerWidth, w.Wide)
+	return w
+}
+
+// checksCanFail: the page checks see a page that breaks them, so their
+// silence on the console's pages means something.
+func (b *tab) checksCanFail() {
+	b.t.Helper()
+	b.run("bad page", chromedp.Navigate(`data:text/html,<html><body><img src="x.png"><div style="width:600px">wide</div></body></html>`))
+	vs := b.axe("bad page")
+	ids := []string{}
+	for _, v := range vs {
+		ids = append(ids, v.ID)
+	}
+	if !strings.Contains(strings.Join(ids, " "), "image-alt") {
+		b.t.Errorf("axe missed an image without alt: %v", ids)
+	}
+	if w := b.phoneWidth("bad-page"); w.ScrollWidth <= w.InnerWidth {
+		b.t.Errorf("a 600 px element did not widen the page at 390 px: %+v", w)
 	}
 }

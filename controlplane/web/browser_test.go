@@ -196,6 +196,8 @@ func TestConsoleInABrowser(t *testing.T) {
 	})
 	b := &tab{t: t, ctx: ctx, base: env.App.URL, dir: screenshots(t)}
 
+	b.checksCanFail()
+
 	// Sign in.
 	b.run("open console", chromedp.Navigate(env.App.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#token")))
 	b.checkPage("signin")
@@ -301,6 +303,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 
 	t.Run("task", func(t *testing.T) { runTaskInBrowser(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env) })
+	t.Run("lifecycle", func(t *testing.T) { lifecycleButtons(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, serverPath) })
 	t.Run("live list", func(t *testing.T) { serversListIsLive(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, doID) })
 	t.Run("deployment", func(t *testing.T) {
 		deploymentPage(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, strings.TrimPrefix(serverPath, "/ui/w/default/servers/"))

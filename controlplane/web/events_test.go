@@ -142,6 +142,16 @@ func TestEventStreamFollowsChangesAndResumes(t *testing.T) {
 		t.Fatalf("unresumable id: %+v", r)
 	}
 
+	// Closing the feed (the control plane shutting down) ends open streams:
+	// http.Server.Shutdown would wait for them otherwise.
+	p.a.Store.Changes().Close()
+	for s3.sc.Scan() {
+		_ = s3.sc.Text() // whatever was sent before the end
+	}
+	if err := s3.sc.Err(); err != nil {
+		t.Errorf("stream after the feed closed: %v", err)
+	}
+
 	// Bad topics are refused naming the valid ones; a stranger gets 401.
 	bad := b.do("GET", "/ui/w/default/events?topics=servers,secrets", nil, nil)
 	if bad.status != 400 || !strings.Contains(bad.body, "servers, tasks, deployments") {
