@@ -52,3 +52,23 @@ func TestResumeRefusesWhatItCannotReplay(t *testing.T) {
 		t.Error("a closed feed still listens")
 	}
 }
+
+// FuzzResume feeds Last-Event-ID values (sent by any browser) to Resume:
+// it never panics, and resumes only from a position this feed has issued.
+func FuzzResume(f *testing.F) {
+	feed := changefeed.New(8)
+	feed.Publish("servers", "tasks")
+	for _, s := range []string{feed.Now().ID(), "", "-", "x-1", "0-0", feed.Now().ID() + "0", "ffffffffffff-18446744073709551615", "a-b-c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		c, ok := feed.Resume(id)
+		if !ok {
+			return
+		}
+		evs, _, ok, _, err := feed.Since(c)
+		if err != nil || !ok || len(evs) > 2 {
+			t.Fatalf("resumed %q to a position the feed never issued: %v %v %v", id, evs, ok, err)
+		}
+	})
+}
