@@ -27,11 +27,7 @@ var providers = []struct{ id, secretLabel string }{
 }
 
 func (c *Console) listIntegrations(r *http.Request, s *session) ([]integration, error) {
-	var out struct {
-		Integrations []integration `json:"integrations"`
-	}
-	err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/integrations", nil, &out)
-	return out.Integrations, err
+	return listAll[integration](c, r, s, wsBase(r)+"/integrations", "integrations")
 }
 
 func (c *Console) integrationsPage(w http.ResponseWriter, r *http.Request, s *session) error {

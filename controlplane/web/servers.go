@@ -59,26 +59,22 @@ func diskPct(h *protocol.Health) string {
 }
 
 func (c *Console) serversPage(w http.ResponseWriter, r *http.Request, s *session) error {
-	var out struct {
-		Servers []server `json:"servers"`
-	}
-	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &out); err != nil {
+	list, err := c.listServers(r, s)
+	if err != nil {
 		return err
 	}
-	c.render(w, r, http.StatusOK, "servers", page{Title: "Servers", S: s, Nav: "servers", Data: out.Servers})
+	c.render(w, r, http.StatusOK, "servers", page{Title: "Servers", S: s, Nav: "servers", Data: list})
 	return nil
 }
 
 // serversLive is the servers list's table, which the script re-reads when
 // a server changes.
 func (c *Console) serversLive(w http.ResponseWriter, r *http.Request, s *session) error {
-	var out struct {
-		Servers []server `json:"servers"`
-	}
-	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &out); err != nil {
+	list, err := c.listServers(r, s)
+	if err != nil {
 		return err
 	}
-	c.fragment(w, "servers", "live", page{S: s, WS: r.PathValue("ws"), Data: out.Servers})
+	c.fragment(w, "servers", "live", page{S: s, WS: r.PathValue("ws"), Data: list})
 	return nil
 }
 

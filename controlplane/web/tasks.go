@@ -102,13 +102,11 @@ func (c *Console) renderTasks(w http.ResponseWriter, r *http.Request, s *session
 		return err
 	}
 	d.Tasks = out.Tasks
-	var srvs struct {
-		Servers []server `json:"servers"`
-	}
-	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &srvs); err != nil {
+	srvs, err := c.listServers(r, s)
+	if err != nil {
 		return err
 	}
-	for _, sv := range srvs.Servers {
+	for _, sv := range srvs {
 		d.Names[sv.ID] = sv.Name
 		if sv.State == "deleted" {
 			continue
@@ -271,13 +269,11 @@ func (c *Console) loadDeployment(r *http.Request, s *session) (deploymentData, e
 	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/deployments/"+url.PathEscape(r.PathValue("id")), nil, &d.Deployment); err != nil {
 		return d, err
 	}
-	var srvs struct {
-		Servers []server `json:"servers"`
-	}
-	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &srvs); err != nil {
+	srvs, err := c.listServers(r, s)
+	if err != nil {
 		return d, err
 	}
-	for _, sv := range srvs.Servers {
+	for _, sv := range srvs {
 		d.Names[sv.ID] = sv.Name
 	}
 	d.Live = uiBase(r) + "/deployments/" + url.PathEscape(d.Deployment.ID) + "/live"
