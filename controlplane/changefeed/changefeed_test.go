@@ -3,8 +3,12 @@ package changefeed_test
 import (
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"github.com/devpilot/devpilot/controlplane/changefeed"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestResumeGetsWhatWasMissed(t *testing.T) {
 	f := changefeed.New(4)
