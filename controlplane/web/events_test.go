@@ -161,3 +161,28 @@ func TestEventStreamFollowsChangesAndResumes(t *testing.T) {
 		t.Errorf("stream without a session: %d", a.status)
 	}
 }
+
+// Open event streams (one per console tab) hold their requests for
+// minutes; a signed-in user's do not count against the address's cap on
+// unauthenticated requests, so many tabs leave the console usable.
+func TestManyStreamsDoNotExhaustTheUnauthenticatedCap(t *testing.T) {
+	t.Parallel()
+	p := newPlain(t)
+	b := p.browser()
+	b.signIn(p.owner)
+	for i := range 40 { // over httpguard.DefaultMaxUnauthenticated
+		s, a := b.stream("/ui/w/default/events?topics=servers", nil)
+		if s == nil {
+			t.Fatalf("stream %d: %d", i, a.status)
+		}
+		if e := s.next(); e.typ != "ready" {
+			t.Fatalf("stream %d began with %+v", i, e)
+		}
+	}
+	if a := b.do("GET", "/ui/w/default/servers", nil, nil); a.status != 200 {
+		t.Errorf("a page with 40 streams open: %d", a.status)
+	}
+	if a := p.browser().do("GET", "/ui/signin", nil, nil); a.status != 200 {
+		t.Errorf("the sign-in page from the same address: %d", a.status)
+	}
+}

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 )
 
@@ -81,6 +82,10 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 				Err: &apiError{Status: 401, Code: "unauthorized", Message: "you are not signed in", Hint: "Sign in again."}})
 			return
 		}
+		// A valid session is an authenticated client: its request no longer
+		// counts against its address's cap on unauthenticated requests
+		// (an event stream holds its request for minutes).
+		httpguard.Authenticated(r.Context())
 		if r.Method != http.MethodGet && !checkCSRF(r, s) {
 			c.render(w, r, http.StatusForbidden, "error", page{Title: "Not allowed", S: s,
 				Err: &apiError{Status: 403, Code: "csrf", Message: "the form's security token is missing or stale",
