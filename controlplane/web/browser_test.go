@@ -284,6 +284,8 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	// The page updates itself: no reload from here on.
 	b.waitText("#server-state", "online", 90*time.Second)
+	// The lifecycle buttons are part of the live page: there once online.
+	b.waitText("#lifecycle", "Reboot", 30*time.Second)
 	if steps := b.waitText("ol.timeline", "done", time.Second); !strings.Contains(steps, "s-1vcpu-2gb debian-12-x64 in nyc3") {
 		t.Errorf("server not created as picked: %q", steps)
 	}

@@ -12,7 +12,13 @@
   var live = document.querySelector("[data-live-url]");
   var refresh = function () {};
   if (live) {
-    var last = live.innerHTML, busy = false, again = false;
+    var last = live.innerHTML, busy = false, again = false, deferred = false;
+    live.addEventListener("focusout", function (e) {
+      if (deferred && !(e.relatedTarget && live.contains(e.relatedTarget) && /^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(e.relatedTarget.tagName))) {
+        deferred = false;
+        refresh();
+      }
+    });
     refresh = function () {
       if (busy) { again = true; return; }
       busy = true;
@@ -23,6 +29,13 @@
           return r.text();
         })
         .then(function (html) {
+          // Someone typing in a form of the live part keeps what they
+          // typed: the new version waits until they leave the form.
+          var a = document.activeElement;
+          if (html !== last && a && live.contains(a) && /^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(a.tagName)) {
+            deferred = true;
+            return;
+          }
           if (html !== last) {
             live.innerHTML = html;
             last = html;
