@@ -21,11 +21,11 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/devpilot/devpilot/controlplane/changefeed"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 	"github.com/pressly/goose/v3"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/devpilot/devpilot/controlplane/changefeed"
 )
 
 //go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
