@@ -8,7 +8,7 @@ import (
 
 // Change topics: what the console's pages show, by the tables behind it.
 const (
-	TopicServers     = "servers"     // servers, their steps and health
+	TopicServers     = "servers"     // servers, their steps, health and lifecycle actions
 	TopicTasks       = "tasks"       // tasks' state (not their output: that has its own stream)
 	TopicDeployments = "deployments" // deployments and their targets
 )
@@ -25,7 +25,9 @@ func changeTopic(query string) string {
 		}
 	}
 	switch strings.ToLower(strings.Trim(table, `"(`)) {
-	case "servers", "server_steps", "server_health":
+	case "servers", "server_steps", "server_health", "server_actions", "server_action_steps":
+		// server_actions: issue 11's lifecycle actions (its migration
+		// 00011); a later table of actions must be named here too.
 		return TopicServers
 	case "tasks":
 		return TopicTasks

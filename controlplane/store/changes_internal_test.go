@@ -7,6 +7,7 @@ func TestChangeTopic(t *testing.T) {
 		"UPDATE servers SET state = ?":                  TopicServers,
 		"\n\t\tINSERT INTO server_steps (a) VALUES (?)": TopicServers,
 		"INSERT INTO server_health VALUES (?)":          TopicServers,
+		"UPDATE server_actions SET state = ?":           TopicServers,
 		"update tasks set state = ?":                    TopicTasks,
 		"DELETE FROM deployment_targets WHERE id = ?":   TopicDeployments,
 		"UPDATE console_sessions SET used_at = ?":       "", // every page view: must not wake pages

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 )
 
 // Lifecycle actions (issue 11's contract): the server page's buttons post
@@ -16,7 +18,9 @@ import (
 // through the API like every other change. Power off and resize first show
 // a confirmation page (a plain form: no script needed).
 
-// action is the API's view of one lifecycle action.
+// action is the API's view of one lifecycle action (issue 11's
+// apitypes.Action: when that type is merged, this becomes
+// `type action struct{ apitypes.Action }`).
 type action struct {
 	ID       string         `json:"id"`
 	ServerID string         `json:"server_id"`
@@ -24,15 +28,15 @@ type action struct {
 	Params   map[string]any `json:"params"`
 	State    string         `json:"state"`
 	Steps    []struct {
-		Name       string     `json:"name"`
-		State      string     `json:"state"`
-		StartedAt  *time.Time `json:"started_at"`
-		FinishedAt *time.Time `json:"finished_at"`
-		Error      string     `json:"error"`
+		Name       string                `json:"name"`
+		State      string                `json:"state"`
+		StartedAt  *time.Time            `json:"started_at"`
+		FinishedAt *time.Time            `json:"finished_at"`
+		Error      *apitypes.ErrorDetail `json:"error"`
 	} `json:"steps"`
-	Error      *apiError  `json:"error"`
-	CreatedAt  time.Time  `json:"created_at"`
-	FinishedAt *time.Time `json:"finished_at"`
+	Error      *apitypes.ErrorDetail `json:"error"`
+	CreatedAt  time.Time             `json:"created_at"`
+	FinishedAt *time.Time            `json:"finished_at"`
 }
 
 // actionTypes are the types the console offers, with their words.

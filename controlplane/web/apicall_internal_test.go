@@ -1,6 +1,7 @@
 package web
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -48,5 +49,25 @@ func TestListAllFollowsNext(t *testing.T) {
 	}
 	if _, err := listAll[server](c, r, s, "/v1/missing", "servers"); err == nil || !strings.Contains(err.Error(), "not_found") {
 		t.Errorf("a refused page: %v", err)
+	}
+}
+
+// The console reads an action as issue 11's contract writes it: errors
+// are objects ({code, message, hint}) on the action and on its steps.
+func TestActionDecodesTheContractsShape(t *testing.T) {
+	t.Parallel()
+	raw := `{"id":"act_aaaaaaaaaaaaaaaa","server_id":"srv_aaaaaaaaaaaaaaaa","type":"resize","params":{"size":"s-2vcpu-2gb"},
+		"state":"failed","steps":[{"name":"power_off","state":"done","started_at":"2026-01-02T15:00:00Z","finished_at":"2026-01-02T15:00:05Z","error":null},
+		{"name":"resize","state":"failed","started_at":"2026-01-02T15:00:05Z","finished_at":null,
+		 "error":{"code":"quota_exceeded","message":"no capacity","hint":"Pick another size."}}],
+		"error":{"code":"quota_exceeded","message":"no capacity","hint":"Pick another size."},
+		"created_at":"2026-01-02T15:00:00Z","finished_at":"2026-01-02T15:00:06Z"}`
+	var a action
+	if err := json.Unmarshal([]byte(raw), &a); err != nil {
+		t.Fatal(err)
+	}
+	if a.Label() != "Resize" || len(a.Steps) != 2 || a.Steps[1].Error == nil || a.Steps[1].Error.Code != "quota_exceeded" ||
+		a.Error == nil || a.Error.Hint != "Pick another size." {
+		t.Errorf("decoded %+v", a)
 	}
 }
