@@ -54,6 +54,7 @@ type axeViolation struct {
 type widthCheck struct {
 	ScrollWidth int      `json:"sw"`
 	InnerWidth  int      `json:"iw"`
+	ClientWidth int      `json:"cw"` // innerWidth less a classic scrollbar
 	Wide        []string `json:"wide"`
 }
 
@@ -67,8 +68,9 @@ func (b *tab) checkPage(name string) {
 		b.t.Errorf("axe on %s: %s (%s): %s\n  %s", name, v.ID, v.Impact, v.Help, strings.Join(v.Nodes, "\n  "))
 	}
 	w := b.phoneWidth(name)
-	if w.ScrollWidth > w.InnerWidth {
-		b.t.Errorf("%s scrolls sideways at 390 px: scrollWidth %d > innerWidth %d; too wide: %v", name, w.ScrollWidth, w.InnerWidth, w.Wide)
+	if w.ScrollWidth > w.InnerWidth || w.ScrollWidth > w.ClientWidth {
+		b.t.Errorf("%s scrolls sideways at 390 px: scrollWidth %d > innerWidth %d (clientWidth %d); too wide: %v",
+			name, w.ScrollWidth, w.InnerWidth, w.ClientWidth, w.Wide)
 	}
 }
 
@@ -92,8 +94,8 @@ func (b *tab) phoneWidth(name string) widthCheck {
 	b.t.Helper()
 	b.run("phone viewport", chromedp.EmulateViewport(390, 844))
 	w := get(b, "measure "+name, chromedp.Evaluate[widthCheck](`(() => ({
-		sw: document.scrollingElement.scrollWidth, iw: window.innerWidth,
-		wide: Array.from(document.querySelectorAll("body *")).filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+		sw: document.scrollingElement.scrollWidth, iw: window.innerWidth, cw: document.scrollingElement.clientWidth,
+		wide: Array.from(document.querySelectorAll("body *")).filter(e => e.getBoundingClientRect().right > document.scrollingElement.clientWidth + 0.5)
 			.slice(0, 8).map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + (typeof e.className === "string" && e.className ? "." + e.className : "") +
 				" right=" + Math.round(e.getBoundingClientRect().right))}))()`))
 	b.shot(name + "-390")
@@ -114,7 +116,7 @@ func (b *tab) checksCanFail() {
 	if !strings.Contains(strings.Join(ids, " "), "image-alt") {
 		b.t.Errorf("axe missed an image without alt: %v", ids)
 	}
-	if w := b.phoneWidth("bad-page"); w.ScrollWidth <= w.InnerWidth {
+	if w := b.phoneWidth("bad-page"); w.ScrollWidth <= w.InnerWidth || w.ScrollWidth <= w.ClientWidth {
 		b.t.Errorf("a 600 px element did not widen the page at 390 px: %+v", w)
 	}
 }
