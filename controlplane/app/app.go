@@ -497,6 +497,8 @@ func (a *App) Serve(ctx context.Context) error {
 	a.Hub.Close()
 	// Ends log followers (long-lived responses Shutdown would wait for).
 	a.Tasks.Close()
+	// Ends the console's event streams, for the same reason.
+	a.Store.Changes().Close()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := a.srv.Shutdown(sctx)

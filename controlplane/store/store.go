@@ -24,6 +24,8 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 	"github.com/pressly/goose/v3"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/devpilot/devpilot/controlplane/changefeed"
 )
 
 //go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
@@ -49,6 +51,7 @@ type Store struct {
 	db      *sql.DB
 	dialect Dialect
 	path    string // SQLite: the file; PostgreSQL: the URL without its password
+	feed    *changefeed.Feed
 }
 
 // IsPostgresURL reports whether dsn names a PostgreSQL database.
@@ -110,7 +113,7 @@ func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
 }
 
 func open(ctx context.Context, db *sql.DB, d Dialect, path string) (*Store, error) {
-	s := &Store{db: db, dialect: d, path: path}
+	s := &Store{db: db, dialect: d, path: path, feed: changefeed.New(0)}
 	if err := s.migrate(ctx); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -157,13 +160,22 @@ func (s *Store) Path() string { return s.path }
 // Ping reports whether the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the database (and ends the change feed's listeners).
+func (s *Store) Close() error {
+	s.feed.Close()
+	return s.db.Close()
+}
+
+// Changes is the feed of this process's committed writes, by topic (see
+// changeTopic). Writes by another control plane on the same PostgreSQL
+// database do not appear in it.
+func (s *Store) Changes() *changefeed.Feed { return s.feed }
 
 // Q returns queries that run outside a transaction.
-func (s *Store) Q() *Queries { return s.queries(s.db) }
+func (s *Store) Q() *Queries { return s.queries(s.db, s.feed.Publish) }
 
-func (s *Store) queries(x execer) *Queries {
+func (s *Store) queries(x execer, publish func(...string)) *Queries {
+	x = notifier{x, publish}
 	if s.dialect == Postgres {
 		return &Queries{x: rebinder{x}}
 	}
@@ -191,13 +203,15 @@ func (s *Store) InTx(ctx context.Context, fn func(q *Queries) error) error {
 			return fmt.Errorf("begin: %w", err)
 		}
 	}
-	if err := fn(s.queries(tx)); err != nil {
+	var changed []string
+	if err := fn(s.queries(tx, func(t ...string) { changed = append(changed, t...) })); err != nil {
 		_ = tx.Rollback()
 		return err
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	s.feed.Publish(changed...) // after the commit: a listener reads what changed
 	return nil
 }
 

@@ -22,6 +22,35 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Code + ": " + e.Message }
 
+// Title is what a page says of the refusal, in words: "Not found", not
+// "Refused not_found".
+func (e *apiError) Title() string {
+	switch e.Status {
+	case http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusUnsupportedMediaType:
+		return "Not accepted"
+	case http.StatusUnauthorized:
+		return "Signed out"
+	case http.StatusForbidden:
+		return "Not allowed"
+	case http.StatusNotFound:
+		return "Not found"
+	case http.StatusRequestTimeout:
+		return "Timed out"
+	case http.StatusConflict:
+		return "Conflict"
+	case http.StatusRequestEntityTooLarge:
+		return "Too large"
+	case http.StatusTooManyRequests:
+		return "Too many attempts"
+	case http.StatusServiceUnavailable:
+		return "Unavailable"
+	}
+	if e.Status >= 500 {
+		return "Error"
+	}
+	return "Refused"
+}
+
 // recorder is a minimal in-memory http.ResponseWriter.
 type recorder struct {
 	h      http.Header
@@ -100,4 +129,45 @@ func (c *Console) call(r *http.Request, token, method, path string, in, out any)
 		}
 	}
 	return nil
+}
+
+// maxListPages bounds how many pages listAll follows (100 000 items at
+// the API's largest page): a broken next link cannot loop for ever.
+const maxListPages = 100
+
+// listAll GETs a list ({"<key>": [...], "next": "…"}) and follows next
+// until it is empty, so the console shows every item however the API
+// pages them.
+func listAll[T any](c *Console, r *http.Request, s *session, path, key string) ([]T, error) {
+	var all []T
+	for n := 0; path != ""; n++ {
+		if n == maxListPages {
+			return all, fmt.Errorf("list %s: more than %d pages", key, maxListPages)
+		}
+		var page map[string]json.RawMessage
+		if err := c.call(r, s.token.Reveal(), http.MethodGet, path, nil, &page); err != nil {
+			return nil, err
+		}
+		var items []T
+		if raw, ok := page[key]; ok {
+			if err := json.Unmarshal(raw, &items); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", key, err)
+			}
+		}
+		all = append(all, items...)
+		next := ""
+		if raw, ok := page["next"]; ok {
+			_ = json.Unmarshal(raw, &next) // absent or null: the last page
+		}
+		if next == path || !strings.HasPrefix(next, "/v1/") {
+			next = ""
+		}
+		path = next
+	}
+	return all, nil
+}
+
+// listServers is every server of the request's workspace.
+func (c *Console) listServers(r *http.Request, s *session) ([]server, error) {
+	return listAll[server](c, r, s, wsBase(r)+"/servers", "servers")
 }

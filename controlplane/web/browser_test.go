@@ -196,9 +196,11 @@ func TestConsoleInABrowser(t *testing.T) {
 	})
 	b := &tab{t: t, ctx: ctx, base: env.App.URL, dir: screenshots(t)}
 
+	b.checksCanFail()
+
 	// Sign in.
 	b.run("open console", chromedp.Navigate(env.App.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#token")))
-	b.shot("signin")
+	b.checkPage("signin")
 	b.run("sign in",
 		chromedp.SendKeys(chromedp.CSS("#token"), v["DEVPILOT_TOKEN"]),
 		chromedp.Click(chromedp.CSS(`form[action="/ui/signin"] button`)),
@@ -228,7 +230,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	if secretBox != "" || strings.Contains(page, v["DO_SIM_READONLY_TOKEN"]) {
 		t.Error("the refused secret is echoed back")
 	}
-	b.shot("integrations-refused")
+	b.checkPage("integrations-refused")
 
 	connect("vultr", "blocked", v["VULTR_SIM_BLOCKED_KEY"])
 	b.waitText("#card-vultr .notice.err", "ip_not_allowed", 5*time.Second)
@@ -245,7 +247,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	if got := b.text("#card-digitalocean .validated"); !strings.Contains(got, "UTC") {
 		t.Errorf("last validated: %q", got)
 	}
-	b.shot("integrations")
+	b.checkPage("integrations")
 
 	// Create a server; a size sold out in the chosen region cannot be picked.
 	env.DO.ApplyFaults(dosim.FaultsRequest{SoldOut: []dosim.SoldOutSpec{{Region: "nyc3", Size: "s-1vcpu-1gb", SoldOut: true}}})
@@ -273,28 +275,53 @@ func TestConsoleInABrowser(t *testing.T) {
 	b.run("fill server form",
 		chromedp.SendKeys(chromedp.CSS("#name"), "web-1"),
 		chromedp.SetValue(chromedp.CSS("#size"), "s-1vcpu-2gb"))
-	b.shot("create-server")
+	b.checkPage("create-server")
 	b.run("create server", chromedp.Click(chromedp.CSS(`#create-server button[type="submit"]`)),
 		chromedp.WaitVisible(chromedp.CSS("#server-state")))
-	if loc := b.location(); !strings.HasPrefix(loc, "/ui/w/default/servers/srv_") {
-		t.Fatalf("after create at %s", loc)
+	serverPath := b.location()
+	if !strings.HasPrefix(serverPath, "/ui/w/default/servers/srv_") {
+		t.Fatalf("after create at %s", serverPath)
 	}
 	// The page updates itself: no reload from here on.
 	b.waitText("#server-state", "online", 90*time.Second)
+	// The lifecycle buttons are part of the live page: there once online.
+	b.waitText("#lifecycle", "Reboot", 30*time.Second)
 	if steps := b.waitText("ol.timeline", "done", time.Second); !strings.Contains(steps, "s-1vcpu-2gb debian-12-x64 in nyc3") {
 		t.Errorf("server not created as picked: %q", steps)
 	}
 	b.run("health chart", chromedp.WaitVisible(chromedp.CSS("figure.chart polyline.line")))
-	time.Sleep(2 * time.Second) // a few more samples for the screenshot
-	b.shot("server")
+	b.checkPage("server")
+	checkChart(b)
 
 	b.run("servers list", chromedp.Navigate(env.App.URL+"/ui/w/default/servers"), chromedp.WaitVisible(chromedp.CSS("table.list")))
 	if row := b.text("table.list tbody"); !strings.Contains(row, "web-1") || !strings.Contains(row, "online") || !strings.Contains(row, "CPU") {
 		t.Errorf("servers list row: %q", row)
 	}
-	b.shot("servers")
+	b.checkPage("servers")
+	// At 1280 px the servers table fits: nothing scrolls sideways.
+	if fit := get(b, "measure table", chromedp.Evaluate[[]int](
+		`[document.querySelector("table.list").scrollWidth, document.querySelector("main").clientWidth, document.scrollingElement.scrollWidth, innerWidth]`)); fit[0] > fit[1] || fit[2] > fit[3] {
+		t.Errorf("servers table at 1280 px: table %d wide in main %d; page %d in window %d", fit[0], fit[1], fit[2], fit[3])
+	}
 
 	t.Run("task", func(t *testing.T) { runTaskInBrowser(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env) })
+	t.Run("lifecycle", func(t *testing.T) { lifecycleButtons(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, serverPath) })
+	t.Run("live list", func(t *testing.T) { serversListIsLive(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, doID) })
+	t.Run("deployment", func(t *testing.T) {
+		deploymentPage(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, strings.TrimPrefix(serverPath, "/ui/w/default/servers/"))
+	})
+
+	// Error pages say what happened, and pass the same checks.
+	b.run("not found", chromedp.Navigate(env.App.URL+"/ui/w/default/servers/srv_aaaaaaaaaaaaaaaa"), chromedp.WaitVisible(chromedp.CSS("main h1")))
+	if h := b.text("main h1"); h != "Not found" {
+		t.Errorf("not-found page heading %q", h)
+	}
+	b.checkPage("not-found")
+	b.run("remove page", chromedp.Navigate(env.App.URL+"/ui/w/default/settings/integrations"),
+		chromedp.Click(chromedp.CSS(`#card-digitalocean a.danger`)), chromedp.WaitVisible(chromedp.CSS("main form")))
+	b.checkPage("remove-integration")
+	b.run("new server, no integration chosen", chromedp.Navigate(env.App.URL+"/ui/w/default/servers/new"), chromedp.WaitVisible(chromedp.CSS("#integration")))
+	b.checkPage("new-server")
 
 	// Sign out: the console is closed again.
 	b.run("sign out", chromedp.Click(chromedp.CSS(`form[action="/ui/signout"] button`)),

@@ -25,11 +25,11 @@ func TestChartsDrawInsideTheirBox(t *testing.T) {
 			{At: now.Add(-time.Hour), CPUPercent: 10, MemUsedMB: 1, MemTotalMB: 2},
 			{At: now.Add(-30 * time.Minute), CPUPercent: 250, MemUsedMB: 1, MemTotalMB: 2}, // clamped to 100
 			{At: now, CPUPercent: 20, MemUsedMB: 1, MemTotalMB: 2},
-		}, 3, "20%", "", 0, "between 10% and 100%"},
+		}, 3, "20%", "", plotL, "between 10% and 100%"},
 		{"young server", []sample{
 			{At: now.Add(-5 * time.Minute), CPUPercent: 5},
 			{At: now, CPUPercent: 7},
-		}, 2, "7%", "14:55:00 UTC", 0, "since 14:55:00 UTC"},
+		}, 2, "7%", "14:55:00 UTC", plotL, "since 14:55:00 UTC"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -45,12 +45,19 @@ func TestChartsDrawInsideTheirBox(t *testing.T) {
 				xy := strings.Split(pt, ",")
 				x, _ := strconv.ParseFloat(xy[0], 64)
 				y, _ := strconv.ParseFloat(xy[1], 64)
-				if x < 0 || x > chartW || y < 0 || y > chartH {
-					t.Errorf("point %s outside the %dx%d box", pt, chartW, chartH)
+				if x < plotL || x > plotL+plotW || y < plotT || y > plotT+plotH {
+					t.Errorf("point %s outside the plot box", pt)
 				}
 				if i == 0 && tc.firstX >= 0 && x != tc.firstX {
 					t.Errorf("first point at x=%v, want %v", x, tc.firstX)
 				}
+			}
+			if tc.n > 0 && len(strings.Split(cpu.Readout, ";")) != tc.n {
+				t.Errorf("readout of %d samples: %q", tc.n, cpu.Readout)
+			}
+			if len(cpu.YTicks) != 3 || cpu.YTicks[2].Label != "100%" || len(cpu.XTicks) != 3 ||
+				cpu.XTicks[2].Label != now.Format("15:04") && cpu.XTicks[2].Label != now.Format("15:04:05") {
+				t.Errorf("axes: %+v %+v", cpu.YTicks, cpu.XTicks)
 			}
 			// Disk has no totals in these samples: nothing is drawn for it.
 			if cs[2].Points != "" {

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 )
 
@@ -35,12 +36,16 @@ func (c *Console) routes() {
 	c.handle("GET /ui/w/{ws}/settings/integrations/{id}/remove", changes, c.removeIntegrationPage)
 	c.handle("POST /ui/w/{ws}/settings/integrations/{id}/remove", changes, c.removeIntegration)
 
+	c.handle("GET /ui/w/{ws}/events", readOnly, c.events)
 	c.handle("GET /ui/w/{ws}/servers", readOnly, c.serversPage)
+	c.handle("GET /ui/w/{ws}/servers/live", readOnly, c.serversLive)
 	c.handle("GET /ui/w/{ws}/servers/new", changes, c.newServerPage)
 	c.handle("POST /ui/w/{ws}/servers", changes, c.createServer)
 	c.handle("GET /ui/w/{ws}/servers/{id}", readOnly, c.serverPage)
 	c.handle("GET /ui/w/{ws}/servers/{id}/live", readOnly, c.serverLive)
 	c.handle("POST /ui/w/{ws}/servers/{id}/delete", changes, c.deleteServer)
+	c.handle("POST /ui/w/{ws}/servers/{id}/actions", changes, c.serverAction)
+	c.handle("GET /ui/w/{ws}/servers/{id}/resize", changes, c.resizePage)
 
 	c.taskRoutes()
 
@@ -77,8 +82,12 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 				Err: &apiError{Status: 401, Code: "unauthorized", Message: "you are not signed in", Hint: "Sign in again."}})
 			return
 		}
+		// A valid session is an authenticated client: its request no longer
+		// counts against its address's cap on unauthenticated requests
+		// (an event stream holds its request for minutes).
+		httpguard.Authenticated(r.Context())
 		if r.Method != http.MethodGet && !checkCSRF(r, s) {
-			c.render(w, r, http.StatusForbidden, "error", page{Title: "Refused", S: s,
+			c.render(w, r, http.StatusForbidden, "error", page{Title: "Not allowed", S: s,
 				Err: &apiError{Status: 403, Code: "csrf", Message: "the form's security token is missing or stale",
 					Hint: "Reload the page and try again."}})
 			return
@@ -89,7 +98,7 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 					Hint: "Sign in with an admin token to make changes."}})
 			return
 		}
-		err = h(w, r, s)
+		err = h(w, c.withSince(r), s)
 		if err == nil {
 			return
 		}
@@ -107,7 +116,7 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 			}
 			http.Redirect(w, r, "/ui/signin?expired=1", http.StatusSeeOther)
 		case errors.As(err, &ae):
-			c.render(w, r, ae.Status, "error", page{Title: "Refused", S: s, WS: r.PathValue("ws"), Err: ae})
+			c.render(w, r, ae.Status, "error", page{Title: ae.Title(), S: s, WS: r.PathValue("ws"), Err: ae})
 		default:
 			c.log.Error("console request failed", zap.String("path", r.URL.Path), zap.Error(err))
 			c.render(w, r, http.StatusInternalServerError, "error", page{Title: "Error", S: s, WS: r.PathValue("ws"),
@@ -120,7 +129,7 @@ func (c *Console) handle(pattern string, write bool, h handler) {
 // isFragment reports whether the request comes from the console's script
 // (live updates) rather than a navigation.
 func isFragment(r *http.Request) bool {
-	return strings.HasSuffix(r.URL.Path, "/live") || strings.HasSuffix(r.URL.Path, "/logs")
+	return strings.HasSuffix(r.URL.Path, "/live") || strings.HasSuffix(r.URL.Path, "/logs") || strings.HasSuffix(r.URL.Path, "/events")
 }
 
 func (c *Console) home(w http.ResponseWriter, r *http.Request) {

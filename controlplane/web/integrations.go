@@ -4,26 +4,12 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"time"
+
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 )
 
-// integration is what the console shows of an integration (the API's view).
-type integration struct {
-	ID              string     `json:"id"`
-	Provider        string     `json:"provider"`
-	AccessKey       string     `json:"access_key"`
-	SecretKeyHint   string     `json:"secret_key_hint"`
-	Status          string     `json:"status"`
-	WriteAccess     string     `json:"write_access"`
-	LastValidatedAt *time.Time `json:"last_validated_at"`
-	LastError       *apiError  `json:"last_error"`
-	CreatedAt       time.Time  `json:"created_at"`
-	Account         *struct {
-		Name          string `json:"name"`
-		Email         string `json:"email"`
-		InstanceLimit int    `json:"instance_limit"`
-	} `json:"account"`
-}
+// integration is the API's integration.
+type integration = apitypes.Integration
 
 // providerCard is one provider's card on the Integrations page.
 type providerCard struct {
@@ -41,11 +27,7 @@ var providers = []struct{ id, secretLabel string }{
 }
 
 func (c *Console) listIntegrations(r *http.Request, s *session) ([]integration, error) {
-	var out struct {
-		Integrations []integration `json:"integrations"`
-	}
-	err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/integrations", nil, &out)
-	return out.Integrations, err
+	return listAll[integration](c, r, s, wsBase(r)+"/integrations", "integrations")
 }
 
 func (c *Console) integrationsPage(w http.ResponseWriter, r *http.Request, s *session) error {

@@ -6,6 +6,7 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"path"
 	"strings"
 	"time"
@@ -24,6 +25,19 @@ type page struct {
 	FlashErr *apiError
 	Err      *apiError
 	Data     any
+	// Since is the change feed's position before the page read its data:
+	// where the page's event stream starts.
+	Since string
+}
+
+// EventsURL is the page's event stream for topics (space-separated), or
+// "" when signed out.
+func (p page) EventsURL(topics string) string {
+	if p.S == nil || p.WS == "" {
+		return ""
+	}
+	return "/ui/w/" + url.PathEscape(p.WS) + "/events?topics=" + url.QueryEscape(strings.ReplaceAll(topics, " ", ",")) +
+		"&since=" + url.QueryEscape(p.Since)
 }
 
 // User is what the layout shows of the signed-in token.
@@ -57,6 +71,15 @@ var funcs = template.FuncMap{
 		return ""
 	},
 	"providerName": providerName,
+	"took":         took,
+	"diskPct":      diskPct,
+	// day is a date (UTC); the full time is in the element's title.
+	"day": func(t time.Time) string {
+		if t.IsZero() {
+			return "—"
+		}
+		return t.UTC().Format("2006-01-02")
+	},
 	"pct": func(used, total int64) string {
 		if total <= 0 {
 			return "—"
@@ -108,6 +131,9 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	}
 	if p.WS == "" && p.S != nil {
 		p.WS = p.S.workspace
+	}
+	if p.Since == "" {
+		p.Since = sinceOf(r)
 	}
 	c.execute(w, status, name, "layout", p)
 }

@@ -4,13 +4,16 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/shared/protocol"
 )
 
 // failedServer is the API's view of a server whose provisioning failed at
@@ -48,18 +51,18 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 	exit := 2
 	refusal := &apiError{Status: 403, Code: "insufficient_scope", Message: "token is read-only", Hint: "Create a token with write scope."}
 	srv := failedServer(t)
-	online := server{ID: "srv_2", Name: "db-1", Provider: "vultr", State: "online", Health: &health{CPUPercent: 3,
-		MemTotalMB: 1024, MemUsedMB: 200}, HealthAt: &at}
+	online := server{apitypes.Server{ID: "srv_2", Name: "db-1", Provider: "vultr", State: "online", InstanceID: "i-1", Ports: []int{22},
+		Health: &protocol.Health{CPUPercent: 3, MemTotalMB: 1024, MemUsedMB: 200}, HealthAt: &at}}
+	stopped := server{apitypes.Server{ID: "srv_3", Name: "db-2", Provider: "vultr", State: "stopped", StateReason: "powered off by resize act_1"}}
 	online.Agent.Connected, online.Agent.Version, online.Agent.LastSeenAt = true, "1.2.3", &at
 	invalid := integration{ID: "int_1", Provider: "digitalocean", AccessKey: "ci", SecretKeyHint: "abcd",
-		Status: "invalid", WriteAccess: "no", LastValidatedAt: &at, LastError: refusal, CreatedAt: at}
+		Status: "invalid", WriteAccess: "no", LastValidatedAt: &at,
+		LastError: &apitypes.Problem{Code: refusal.Code, Message: refusal.Message, Hint: refusal.Hint}, CreatedAt: at}
 	var failedTask task
 	failedTask.ID, failedTask.ServerID, failedTask.Kind, failedTask.State = "tsk_1", "srv_2", "exec", "failed"
 	failedTask.Reason, failedTask.Error, failedTask.ExitCode = "exit", "exit status 2", &exit
 	failedTask.StartedAt, failedTask.FinishedAt, failedTask.CreatedAt = &at, &at, at
-	failedTask.Spec.Exec = &struct {
-		Argv []string `json:"argv"`
-	}{Argv: []string{"/bin/sh", "-c", "false"}}
+	failedTask.Spec.Exec = &protocol.ExecSpec{Argv: []string{"/bin/sh", "-c", "false"}}
 	var dep deployment
 	if err := json.Unmarshal([]byte(`{"id":"dep_1","state":"failed","tag":"web","max_parallel":1,
 		"error":"1 of 2 targets failed","created_at":"2026-01-02T15:00:00Z","finished_at":"2026-01-02T15:01:00Z",
@@ -85,7 +88,15 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 			{Provider: "digitalocean", Name: "DigitalOcean", SecretLabel: "token", Integrations: []integration{invalid}, Err: refusal, AccessKey: "ci"},
 			{Provider: "vultr", Name: "Vultr", SecretLabel: "API key"}}}, []string{"invalid"}},
 		{"remove", "layout", page{Title: "Remove integration", Data: invalid}, nil},
-		{"servers", "layout", page{Title: "Servers", Data: []server{srv, online}}, []string{"web-1", "db-1"}},
+		{"servers", "layout", page{Title: "Servers", Data: []server{srv, online, stopped}}, []string{"web-1", "db-1", "powered off by resize act_1"}},
+		{"servers", "live", page{Data: []server{srv, online}}, []string{"web-1", "db-1"}},
+		{"action", "layout", page{Title: "Resize", Data: confirmData{Server: online, Type: "resize", Label: "Resize", Form: url.Values{},
+			Sizes: sizeOptions(cat, "nyc3", ""), Warning: "stops for a few minutes"}}, []string{"s-1vcpu-1gb", "stops for a few minutes", `name="confirm" value="1"`}},
+		{"action", "layout", page{Title: "Power off", Data: confirmData{Server: online, Type: "power_off", Label: "Power off",
+			Form: url.Values{"force": {"1"}}, SizesErr: refusal, Warning: "Forced"}}, []string{`name="force" value="1"`, "Forced"}},
+		{"server", "layout", page{Title: online.Name, Data: serverData{Server: online, Actions: []action{
+			{ID: "act_1", Type: "resize", State: "failed", Error: &apitypes.ErrorDetail{Code: refusal.Code, Message: refusal.Message, Hint: refusal.Hint},
+				CreatedAt: at}}}}, []string{"Resize", "token is read-only"}},
 		{"newserver", "layout", page{Title: "Create server", Err: refusal, Data: newServerData{
 			Integrations: []integration{invalid}, Integration: &invalid, Catalog: cat, Region: "nyc3",
 			Sizes: sizeOptions(cat, "nyc3", "s-1vcpu-1gb"), Name: "web-2", CatalogErr: refusal}}, nil},
@@ -98,6 +109,7 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 			Tags: []string{"web"}, Target: "server:srv_2", Kind: "command", Plan: examplePlan, Names: names, Available: true}}, []string{"failed"}},
 		{"tasks", "layout", page{Title: "Tasks", Data: tasksData{Names: names}}, nil},
 		{"task", "layout", page{Title: "Task tsk_1", Data: taskData{Task: failedTask, Server: "db-1", Logs: "/logs"}}, []string{"exit status 2"}},
+		{"task", "live", page{Data: taskData{Task: failedTask, Server: "db-1"}}, []string{`id="task-exit">2<`}},
 		{"deployment", "layout", page{Title: "Deployment dep_1", Data: deploymentData{Deployment: dep, Names: names, Live: "/live"}}, []string{"1 of 2 targets failed"}},
 		{"deployment", "live", page{Data: deploymentData{Deployment: dep, Names: names}}, nil},
 	}

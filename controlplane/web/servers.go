@@ -9,82 +9,47 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/devpilot/devpilot/controlplane/apitypes"
+	"github.com/devpilot/devpilot/shared/protocol"
 )
 
-// server is what the console shows of a server (the API's view).
-type server struct {
-	ID            string     `json:"id"`
-	Name          string     `json:"name"`
-	Provider      string     `json:"provider"`
-	IntegrationID string     `json:"integration_id"`
-	Region        string     `json:"region"`
-	Size          string     `json:"size"`
-	Image         string     `json:"image"`
-	Ports         []int      `json:"ports"`
-	State         string     `json:"state"`
-	StateReason   string     `json:"state_reason"`
-	InstanceID    string     `json:"instance_id"`
-	PublicIPv4    string     `json:"public_ipv4"`
-	Tags          []string   `json:"tags"`
-	Steps         []step     `json:"steps"`
-	Health        *health    `json:"health"`
-	HealthAt      *time.Time `json:"health_at"`
-	Agent         struct {
-		Connected  bool       `json:"connected"`
-		Version    string     `json:"version"`
-		LastSeenAt *time.Time `json:"last_seen_at"`
-	} `json:"agent"`
-	Error       *stepError `json:"error"`
-	Diagnostics string     `json:"diagnostics"`
-	CreatedAt   time.Time  `json:"created_at"`
-}
-
-// stepError is a provisioning step's failure (provision.StepError's JSON):
-// the API's error body plus the step that failed.
-type stepError struct {
-	Step    string `json:"step"`
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	Hint    string `json:"hint"`
-}
-
-type step struct {
-	Name       string     `json:"name"`
-	State      string     `json:"state"`
-	Attempts   int        `json:"attempts"`
-	StartedAt  *time.Time `json:"started_at"`
-	FinishedAt *time.Time `json:"finished_at"`
-	Error      *stepError `json:"error"`
-	Detail     string     `json:"detail"`
-}
-
-type health struct {
-	CPUPercent float64 `json:"cpu_percent"`
-	Load1      float64 `json:"load1"`
-	MemTotalMB int64   `json:"mem_total_mb"`
-	MemUsedMB  int64   `json:"mem_used_mb"`
-	Disks      []struct {
-		Mount   string `json:"mount"`
-		TotalMB int64  `json:"total_mb"`
-		UsedMB  int64  `json:"used_mb"`
-	} `json:"disks"`
-}
+// server is the API's server, with what the templates ask of it.
+type server struct{ apitypes.Server }
 
 // Busy reports whether the server is still changing on its own.
 func (s server) Busy() bool {
 	return s.State == "provisioning" || s.State == "installing" || s.State == "deleting"
 }
 
-// Took is how long a step ran.
-func (s step) Took() string {
+// Manageable reports whether lifecycle actions apply: the server exists
+// in the cloud and is not being created or removed.
+func (s server) Manageable() bool {
+	return s.InstanceID != "" && !s.Busy() && s.State != "deleted" && s.State != "failed"
+}
+
+// PortsText is the server's ports as the ports field takes them.
+func (s server) PortsText() string {
+	ps := make([]string, len(s.Ports))
+	for i, p := range s.Ports {
+		ps[i] = strconv.Itoa(p)
+	}
+	return strings.Join(ps, ", ")
+}
+
+// took is how long a step ran.
+func took(s apitypes.Step) string {
 	if s.StartedAt == nil || s.FinishedAt == nil {
 		return ""
 	}
 	return s.FinishedAt.Sub(*s.StartedAt).Round(10 * time.Millisecond).String()
 }
 
-// DiskPct is the root file system's use.
-func (h *health) DiskPct() string {
+// diskPct is the root file system's use.
+func diskPct(h *protocol.Health) string {
+	if h == nil {
+		return "—"
+	}
 	for _, d := range h.Disks {
 		if (d.Mount == "/" || len(h.Disks) == 1) && d.TotalMB > 0 {
 			return fmt.Sprintf("%.0f%%", float64(d.UsedMB)*100/float64(d.TotalMB))
@@ -94,38 +59,27 @@ func (h *health) DiskPct() string {
 }
 
 func (c *Console) serversPage(w http.ResponseWriter, r *http.Request, s *session) error {
-	var out struct {
-		Servers []server `json:"servers"`
-	}
-	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &out); err != nil {
+	list, err := c.listServers(r, s)
+	if err != nil {
 		return err
 	}
-	c.render(w, r, http.StatusOK, "servers", page{Title: "Servers", S: s, Nav: "servers", Data: out.Servers})
+	c.render(w, r, http.StatusOK, "servers", page{Title: "Servers", S: s, Nav: "servers", Data: list})
 	return nil
 }
 
-// catalog is an integration's catalog (cloud.Catalog's JSON).
-type catalog struct {
-	Regions []struct {
-		ID        string `json:"id"`
-		Name      string `json:"name"`
-		Available bool   `json:"available"`
-	} `json:"regions"`
-	Sizes []struct {
-		ID           string   `json:"id"`
-		VCPUs        int      `json:"vcpus"`
-		MemoryMB     int      `json:"memory_mb"`
-		DiskGB       int      `json:"disk_gb"`
-		PriceMonthly float64  `json:"price_monthly"`
-		Regions      []string `json:"regions"`
-		SoldOut      []string `json:"sold_out"`
-	} `json:"sizes"`
-	Images []struct {
-		ID      string `json:"id"`
-		Name    string `json:"name"`
-		Neutral string `json:"neutral"`
-	} `json:"images"`
+// serversLive is the servers list's table, which the script re-reads when
+// a server changes.
+func (c *Console) serversLive(w http.ResponseWriter, r *http.Request, s *session) error {
+	list, err := c.listServers(r, s)
+	if err != nil {
+		return err
+	}
+	c.fragment(w, "servers", "live", page{S: s, WS: r.PathValue("ws"), Data: list})
+	return nil
 }
+
+// catalog is an integration's catalog.
+type catalog = apitypes.Catalog
 
 // sizeOption is one entry of the size picker for the selected region.
 type sizeOption struct {
@@ -246,9 +200,10 @@ func (c *Console) createServer(w http.ResponseWriter, r *http.Request, s *sessio
 
 // serverData is the server detail page's (and its live fragment's) data.
 type serverData struct {
-	Server server
-	Charts []chart
-	Live   string // URL the script polls
+	Server  server
+	Actions []action // recent lifecycle actions, newest first
+	Charts  []chart
+	Live    string // URL the script polls
 }
 
 func (c *Console) loadServer(r *http.Request, s *session) (serverData, error) {
@@ -258,12 +213,17 @@ func (c *Console) loadServer(r *http.Request, s *session) (serverData, error) {
 		return d, err
 	}
 	var h struct {
-		Samples []sample `json:"samples"`
+		Samples []apitypes.HealthSample `json:"samples"`
 	}
 	if err := c.call(r, s.token.Reveal(), http.MethodGet, base+"/health?since=1h", nil, &h); err != nil {
 		return d, err
 	}
 	d.Charts = charts(h.Samples, c.o.Now(), time.Hour)
+	acts, err := c.loadActions(r, s, d.Server.ID)
+	if err != nil {
+		return d, err
+	}
+	d.Actions = acts
 	d.Live = uiBase(r) + "/servers/" + url.PathEscape(d.Server.ID) + "/live"
 	return d, nil
 }

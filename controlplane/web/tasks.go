@@ -1,51 +1,31 @@
 package web
 
 import (
-	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
-	"time"
+
+	"github.com/devpilot/devpilot/controlplane/apitypes"
+	"github.com/devpilot/devpilot/controlplane/planfile"
+	"github.com/devpilot/devpilot/controlplane/tasks"
 )
 
 func (c *Console) taskRoutes() {
 	c.handle("GET /ui/w/{ws}/tasks", readOnly, c.tasksPage)
 	c.handle("POST /ui/w/{ws}/tasks", changes, c.runTask)
 	c.handle("GET /ui/w/{ws}/tasks/{id}", readOnly, c.taskPage)
+	c.handle("GET /ui/w/{ws}/tasks/{id}/live", readOnly, c.taskLive)
 	c.handle("GET /ui/w/{ws}/tasks/{id}/logs", readOnly, c.taskLogs)
 	c.handle("POST /ui/w/{ws}/tasks/{id}/cancel", changes, c.cancelTask)
 	c.handle("GET /ui/w/{ws}/deployments/{id}", readOnly, c.deploymentPage)
 	c.handle("GET /ui/w/{ws}/deployments/{id}/live", readOnly, c.deploymentLive)
 }
 
-// task is what the console shows of a task (the API's view).
-type task struct {
-	ID           string     `json:"id"`
-	ServerID     string     `json:"server_id"`
-	DeploymentID string     `json:"deployment_id"`
-	Kind         string     `json:"kind"`
-	State        string     `json:"state"`
-	Reason       string     `json:"reason"`
-	Error        string     `json:"error"`
-	ExitCode     *int       `json:"exit_code"`
-	CreatedBy    string     `json:"created_by"`
-	CreatedAt    time.Time  `json:"created_at"`
-	StartedAt    *time.Time `json:"started_at"`
-	FinishedAt   *time.Time `json:"finished_at"`
-	Spec         struct {
-		Exec *struct {
-			Argv []string `json:"argv"`
-		} `json:"exec"`
-		Deploy *struct {
-			Steps []struct {
-				Name string `json:"name"`
-				Kind string `json:"kind"`
-			} `json:"steps"`
-		} `json:"deploy"`
-	} `json:"spec"`
-}
+// task is the API's task, with what the templates ask of it.
+type task struct{ apitypes.Task }
 
 // Finished reports whether the task is over.
 func (t task) Finished() bool { return t.FinishedAt != nil }
@@ -89,9 +69,11 @@ type tasksData struct {
 	Available bool
 }
 
-const examplePlan = `{"steps": [
-  {"name": "hello", "kind": "exec", "argv": ["/bin/sh", "-c", "echo deploying on $(hostname)"]}
-]}`
+const examplePlan = `steps:
+  - name: hello
+    kind: exec
+    argv: ["/bin/sh", "-c", "echo deploying on $(hostname)"]
+`
 
 func (c *Console) tasksPage(w http.ResponseWriter, r *http.Request, s *session) error {
 	return c.renderTasks(w, r, s, http.StatusOK, nil)
@@ -120,13 +102,11 @@ func (c *Console) renderTasks(w http.ResponseWriter, r *http.Request, s *session
 		return err
 	}
 	d.Tasks = out.Tasks
-	var srvs struct {
-		Servers []server `json:"servers"`
-	}
-	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &srvs); err != nil {
+	srvs, err := c.listServers(r, s)
+	if err != nil {
 		return err
 	}
-	for _, sv := range srvs.Servers {
+	for _, sv := range srvs {
 		d.Names[sv.ID] = sv.Name
 		if sv.State == "deleted" {
 			continue
@@ -143,62 +123,65 @@ func (c *Console) renderTasks(w http.ResponseWriter, r *http.Request, s *session
 	return nil
 }
 
+// noLocalFiles refuses a plan step's from: (a file on the CLI user's
+// machine); the console has no such files.
+func noLocalFiles(string) ([]byte, error) {
+	return nil, errors.New("from: names a file on your machine, which the console cannot read; put the file's text in content instead")
+}
+
 // runTask starts a command or a deploy plan on one server (a task) or on
-// every server with a tag (a deployment).
+// every server with a tag (a deployment). Plans are YAML, read exactly as
+// `devpilot deploy -f` reads them (package planfile); the target chosen in
+// the form replaces the plan's servers or tag.
 func (c *Console) runTask(w http.ResponseWriter, r *http.Request, s *session) error {
 	target, kind := r.PostFormValue("target"), r.PostFormValue("kind")
-	var steps []json.RawMessage
+	refuse := func(msg, hint string) error {
+		return c.renderTasks(w, r, s, http.StatusUnprocessableEntity, &apiError{Status: 422, Code: "validation_failed", Message: msg, Hint: hint})
+	}
+	var spec tasks.Spec
+	var plan tasks.DeploymentRequest
 	switch kind {
 	case "command":
 		cmd := strings.TrimSpace(r.PostFormValue("command"))
 		if cmd == "" {
-			return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
-				Message: "the command is empty", Hint: "Type a shell command, e.g. uptime."})
+			return refuse("the command is empty", "Type a shell command, e.g. uptime.")
 		}
-		b, _ := json.Marshal(map[string]any{"kind": "exec", "argv": []string{"/bin/sh", "-c", cmd}})
-		steps = []json.RawMessage{b}
+		spec = tasks.Spec{Kind: "exec", StepFields: tasks.StepFields{Argv: []string{"/bin/sh", "-c", cmd}}}
+		plan.Plan.Steps = []tasks.Step{{Kind: "exec", StepFields: spec.StepFields}}
 	case "plan":
-		var plan struct {
-			Steps []json.RawMessage `json:"steps"`
+		var err error
+		plan, err = planfile.Parse([]byte(r.PostFormValue("plan")), "from the form", noLocalFiles)
+		if err != nil {
+			return refuse(err.Error(), "Write YAML as for `devpilot deploy -f plan.yaml`: steps: with kind exec (argv), systemd (unit, action) or file (path, content).")
 		}
-		dec := json.NewDecoder(strings.NewReader(r.PostFormValue("plan")))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&plan); err != nil {
-			return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
-				Message: "the deploy plan is not valid JSON", Hint: `Write {"steps": [{"kind": "exec", "argv": [...]}, …]}.`})
+		if len(plan.Plan.Steps) == 0 {
+			return refuse("the plan has no steps", "Add steps: with at least one step.")
 		}
-		steps = plan.Steps
+		spec = tasks.Spec{Kind: "deploy", Steps: plan.Plan.Steps, DeadlineS: plan.DeadlineS}
 	default:
-		return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
-			Message: "choose a command or a deploy plan"})
+		return refuse(fmt.Sprintf("unknown kind %q", kind), "Choose command or plan.")
 	}
 	var err error
 	switch {
-	case strings.HasPrefix(target, "server:") && kind == "command":
+	case strings.HasPrefix(target, "server:"):
 		var t task
-		var spec map[string]any
-		_ = json.Unmarshal(steps[0], &spec)
 		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/servers/"+url.PathEscape(strings.TrimPrefix(target, "server:"))+"/tasks", spec, &t)
 		if err == nil {
-			return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(t.ID), "Task started.", nil)
-		}
-	case strings.HasPrefix(target, "server:") && kind == "plan":
-		var t task
-		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/servers/"+url.PathEscape(strings.TrimPrefix(target, "server:"))+"/tasks",
-			map[string]any{"kind": "deploy", "steps": steps}, &t)
-		if err == nil {
-			return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(t.ID), "Deploy started.", nil)
+			msg := "Task started."
+			if kind == "plan" {
+				msg = "Deploy started."
+			}
+			return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(t.ID), msg, nil)
 		}
 	case strings.HasPrefix(target, "tag:"):
+		plan.Servers, plan.Tag = nil, strings.TrimPrefix(target, "tag:")
 		var d deployment
-		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/deployments",
-			map[string]any{"tag": strings.TrimPrefix(target, "tag:"), "plan": map[string]any{"steps": steps}}, &d)
+		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/deployments", plan, &d)
 		if err == nil {
 			return c.done(w, r, s, uiBase(r)+"/deployments/"+url.PathEscape(d.ID), "Deployment started.", nil)
 		}
 	default:
-		return c.renderTasks(w, r, s, http.StatusBadRequest, &apiError{Status: 400, Code: "validation",
-			Message: "choose a server or a tag to run on"})
+		return refuse("choose a server or a tag to run on", "Pick one in the list “On”.")
 	}
 	var ae *apiError
 	if errors.As(err, &ae) && ae.Status != http.StatusUnauthorized {
@@ -213,17 +196,36 @@ type taskData struct {
 	Logs   string // the console's event stream URL
 }
 
-func (c *Console) taskPage(w http.ResponseWriter, r *http.Request, s *session) error {
+func (c *Console) loadTask(r *http.Request, s *session) (taskData, error) {
 	var d taskData
 	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/tasks/"+url.PathEscape(r.PathValue("id")), nil, &d.Task); err != nil {
-		return err
+		return d, err
 	}
 	var sv server
 	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers/"+url.PathEscape(d.Task.ServerID), nil, &sv); err == nil {
 		d.Server = sv.Name
 	}
 	d.Logs = uiBase(r) + "/tasks/" + url.PathEscape(d.Task.ID) + "/logs"
+	return d, nil
+}
+
+func (c *Console) taskPage(w http.ResponseWriter, r *http.Request, s *session) error {
+	d, err := c.loadTask(r, s)
+	if err != nil {
+		return err
+	}
 	c.render(w, r, http.StatusOK, "task", page{Title: "Task " + d.Task.ID, S: s, Nav: "tasks", Data: d})
+	return nil
+}
+
+// taskLive is the task page's state, facts and Cancel button, which the
+// script re-reads when a task changes.
+func (c *Console) taskLive(w http.ResponseWriter, r *http.Request, s *session) error {
+	d, err := c.loadTask(r, s)
+	if err != nil {
+		return err
+	}
+	c.fragment(w, "task", "live", page{S: s, WS: r.PathValue("ws"), Data: d})
 	return nil
 }
 
@@ -250,26 +252,8 @@ func (c *Console) cancelTask(w http.ResponseWriter, r *http.Request, s *session)
 	return c.done(w, r, s, uiBase(r)+"/tasks/"+url.PathEscape(id), "Cancellation requested.", nil)
 }
 
-// deployment is what the console shows of a deployment (the API's view).
-type deployment struct {
-	ID          string         `json:"id"`
-	State       string         `json:"state"`
-	Tag         string         `json:"tag"`
-	MaxParallel int            `json:"max_parallel"`
-	Error       string         `json:"error"`
-	CreatedAt   time.Time      `json:"created_at"`
-	FinishedAt  *time.Time     `json:"finished_at"`
-	Counts      map[string]int `json:"counts"`
-	Targets     []struct {
-		ServerID string `json:"server_id"`
-		Batch    int    `json:"batch"`
-		TaskID   string `json:"task_id"`
-		State    string `json:"state"`
-		Reason   string `json:"reason"`
-		Error    string `json:"error"`
-		ExitCode *int   `json:"exit_code"`
-	} `json:"targets"`
-}
+// deployment is the API's deployment, with what the templates ask of it.
+type deployment struct{ apitypes.Deployment }
 
 // Busy reports whether the deployment is still running.
 func (d deployment) Busy() bool { return d.FinishedAt == nil }
@@ -285,13 +269,11 @@ func (c *Console) loadDeployment(r *http.Request, s *session) (deploymentData, e
 	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/deployments/"+url.PathEscape(r.PathValue("id")), nil, &d.Deployment); err != nil {
 		return d, err
 	}
-	var srvs struct {
-		Servers []server `json:"servers"`
-	}
-	if err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/servers", nil, &srvs); err != nil {
+	srvs, err := c.listServers(r, s)
+	if err != nil {
 		return d, err
 	}
-	for _, sv := range srvs.Servers {
+	for _, sv := range srvs {
 		d.Names[sv.ID] = sv.Name
 	}
 	d.Live = uiBase(r) + "/deployments/" + url.PathEscape(d.Deployment.ID) + "/live"

@@ -135,8 +135,8 @@ const MaxFormBytes = 64 << 10
 func (c *Console) readForm(w http.ResponseWriter, r *http.Request) bool {
 	refuse := func(status int, code, msg, hint string) bool {
 		w.Header().Set("Connection", "close")
-		c.render(w, r, status, "error", page{Title: "Refused",
-			Err: &apiError{Status: status, Code: code, Message: msg, Hint: hint}})
+		e := &apiError{Status: status, Code: code, Message: msg, Hint: hint}
+		c.render(w, r, status, "error", page{Title: e.Title(), Err: e})
 		return false
 	}
 	if r.ContentLength != 0 {

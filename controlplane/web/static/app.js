@@ -1,14 +1,27 @@
 // Devpilot console: small progressive enhancements. Every page works
-// without this file; it adds live updates and picker hints.
+// without this file; it adds live updates, the chart readout and form
+// hints.
 (function () {
   "use strict";
 
-  // Live server detail: re-render the server's fragment every second while
-  // it is changing, every five seconds otherwise.
+  // Live parts: an element with data-live-url is re-read (and replaced)
+  // when the console's event stream (data-events-url) says that what it
+  // shows changed. One stream per page; the browser resumes it with
+  // Last-Event-ID after a drop. Without EventSource, the part is re-read
+  // every five seconds instead.
   var live = document.querySelector("[data-live-url]");
+  var refresh = function () {};
   if (live) {
-    var last = "";
-    var poll = function () {
+    var last = live.innerHTML, busy = false, again = false, deferred = false;
+    live.addEventListener("focusout", function (e) {
+      if (deferred && !(e.relatedTarget && live.contains(e.relatedTarget) && /^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(e.relatedTarget.tagName))) {
+        deferred = false;
+        refresh();
+      }
+    });
+    refresh = function () {
+      if (busy) { again = true; return; }
+      busy = true;
       fetch(live.getAttribute("data-live-url"), { credentials: "same-origin", cache: "no-store" })
         .then(function (r) {
           if (r.status === 401) { window.location.reload(); throw new Error("signed out"); }
@@ -16,15 +29,77 @@
           return r.text();
         })
         .then(function (html) {
-          if (html !== last) { live.innerHTML = html; last = html; }
-          var bar = live.querySelector("[data-busy]");
-          var busy = bar && bar.getAttribute("data-busy") === "true";
-          setTimeout(poll, busy ? 1000 : 5000);
+          // Someone typing in a form of the live part keeps what they
+          // typed: the new version waits until they leave the form.
+          var a = document.activeElement;
+          if (html !== last && a && live.contains(a) && /^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(a.tagName)) {
+            deferred = true;
+            return;
+          }
+          if (html !== last) {
+            live.innerHTML = html;
+            last = html;
+            setupCharts(live);
+            live.dispatchEvent(new CustomEvent("devpilot:updated", { bubbles: true }));
+          }
         })
-        .catch(function () { setTimeout(poll, 5000); });
+        .catch(function () { /* the next event or poll tries again */ })
+        .then(function () {
+          busy = false;
+          live.setAttribute("data-refreshed", String(Date.now()));
+          if (again) { again = false; refresh(); }
+        });
     };
-    setTimeout(poll, 1000);
+    var eventsURL = live.getAttribute("data-events-url");
+    if (eventsURL && window.EventSource) {
+      var es = new EventSource(eventsURL);
+      es.addEventListener("ready", function () { live.setAttribute("data-stream", "open"); });
+      es.addEventListener("change", refresh);
+      es.addEventListener("reset", refresh);
+      window.addEventListener("pagehide", function () { es.close(); });
+    } else {
+      setInterval(refresh, 5000);
+    }
   }
+
+  // Charts: hovering or the arrow keys show a sample's value.
+  function setupCharts(root) {
+    Array.prototype.forEach.call(root.querySelectorAll("figure.chart[data-readout]"), function (fig) {
+      var raw = fig.getAttribute("data-readout");
+      var svg = fig.querySelector("svg");
+      var out = fig.querySelector(".readout");
+      var cursor = fig.querySelector(".cursor");
+      if (!raw || !svg || !out) { return; }
+      var pts = raw.split(";").map(function (s) {
+        var p = s.split(" ");
+        return { x: parseFloat(p[0]), y: parseFloat(p[1]), text: p.slice(2).join(" ") };
+      });
+      var at = pts.length - 1;
+      var show = function (i) {
+        at = Math.max(0, Math.min(pts.length - 1, i));
+        out.textContent = pts[at].text;
+        if (cursor) {
+          cursor.setAttribute("x1", pts[at].x); cursor.setAttribute("x2", pts[at].x);
+          cursor.setAttribute("visibility", "visible");
+        }
+      };
+      fig.tabIndex = 0;
+      fig.setAttribute("aria-label", fig.querySelector("figcaption").textContent + " chart: arrow keys read the samples");
+      svg.addEventListener("pointermove", function (e) {
+        var box = svg.getBoundingClientRect();
+        var x = (e.clientX - box.left) / box.width * 320;
+        var best = 0;
+        pts.forEach(function (p, i) { if (Math.abs(p.x - x) < Math.abs(pts[best].x - x)) { best = i; } });
+        show(best);
+      });
+      fig.addEventListener("focus", function () { show(at); });
+      fig.addEventListener("keydown", function (e) {
+        var step = { ArrowLeft: -1, ArrowRight: 1, Home: -pts.length, End: pts.length }[e.key];
+        if (step) { e.preventDefault(); show(at + step); }
+      });
+    });
+  }
+  setupCharts(document);
 
   // Size picker: sizes sold out or not offered in the chosen region are
   // marked and cannot be selected.
@@ -57,35 +132,47 @@
     s.addEventListener("change", function () { if (s.value) { s.form.submit(); } });
   });
 
-  // Task logs: follow the task's server-sent events.
+  // Task form: only the chosen kind's fields are shown (without the
+  // script, both are, each labelled).
+  var kinds = document.querySelectorAll("input[name=kind]");
+  if (kinds.length) {
+    var showKind = function () {
+      Array.prototype.forEach.call(document.querySelectorAll("[data-kind]"), function (el) {
+        var on = document.querySelector("input[name=kind]:checked");
+        el.hidden = !on || el.getAttribute("data-kind") !== on.value;
+      });
+    };
+    Array.prototype.forEach.call(kinds, function (k) { k.addEventListener("change", showKind); });
+    showKind();
+  }
+
+  // Task logs: follow the task's output (the API's stream of it). When it
+  // ends, the task's facts are re-read too.
   var logs = document.querySelector("[data-logs-url]");
   if (logs && window.EventSource) {
-    var out = logs.querySelector("pre");
-    var state = document.getElementById("task-state");
-    var es = new EventSource(logs.getAttribute("data-logs-url"));
+    var pre = logs.querySelector("pre");
+    var les = new EventSource(logs.getAttribute("data-logs-url"));
     var append = function (text, cls) {
       var span = document.createElement("span");
       if (cls) { span.className = cls; }
       span.textContent = text;
-      out.appendChild(span);
-      out.scrollTop = out.scrollHeight;
+      pre.appendChild(span);
+      pre.scrollTop = pre.scrollHeight;
     };
-    es.addEventListener("log", function (e) {
+    les.addEventListener("log", function (e) {
       var m;
       try { m = JSON.parse(e.data); } catch (err) { append(e.data + "\n"); return; }
       append(m.text !== undefined ? m.text : (m.data || ""), m.stream === "stderr" ? "stderr" : "");
     });
-    es.onmessage = function (e) { append(e.data + "\n"); };
-    var finish = function (e) {
-      var m = {};
-      try { m = JSON.parse(e.data); } catch (err) { /* plain text */ }
-      if (state && m.state) { state.textContent = m.state; state.className = "badge " + m.state; }
+    les.onmessage = function (e) { append(e.data + "\n"); };
+    var finish = function () {
       logs.setAttribute("data-done", "true");
-      es.close();
+      les.close();
+      refresh();
     };
-    es.addEventListener("result", finish);
-    es.addEventListener("end", finish);
-    es.addEventListener("done", finish);
-    es.onerror = function () { if (es.readyState === 2) { logs.setAttribute("data-done", "true"); } };
+    les.addEventListener("result", finish);
+    les.addEventListener("end", finish);
+    les.addEventListener("done", finish);
+    les.onerror = function () { if (les.readyState === 2) { logs.setAttribute("data-done", "true"); } };
   }
 })();
