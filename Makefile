@@ -1,7 +1,9 @@
 # Devpilot — see README.md.
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSION)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSION) \
+	-X github.com/devpilot/devpilot/shared/version.Commit=$(COMMIT)
 DEMO_DIR ?= .demo
 DEMO_LISTEN ?= 127.0.0.1:8443
 
