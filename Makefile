@@ -75,7 +75,12 @@ demo: build
 	@./scripts/demo.sh "$(DEMO_DIR)" "$(DEMO_LISTEN)"
 
 clean:
-	rm -rf bin $(DEMO_DIR)
+	rm -rf bin dist $(DEMO_DIR)
+
+.PHONY: packages
+## packages: .deb and .rpm of devpilot and devpilot-agent in dist/ (nfpm, no Docker; ARCHES="amd64 arm64" for more)
+packages:
+	GO=$(GO) VERSION=$(VERSION) COMMIT=$(COMMIT) ./scripts/packages.sh dist
 
 .PHONY: e2e e2e-rootfs
 E2E_CACHE ?= /var/cache/devpilot-e2e
