@@ -82,6 +82,17 @@ clean:
 packages:
 	GO=$(GO) VERSION=$(VERSION) COMMIT=$(COMMIT) ./scripts/packages.sh dist
 
+.PHONY: image
+IMAGE_ARCH ?= amd64
+## image: the control plane's OCI image, no Docker: dist/image (OCI layout) and dist/devpilot-image.tar (docker/podman load)
+image:
+	rm -rf dist/stage-image && mkdir -p dist/stage-image/agent
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/stage-image/devpilot ./cmd/devpilot
+	for a in amd64 arm64; do CGO_ENABLED=0 GOOS=linux GOARCH=$$a $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+		-o dist/stage-image/agent/devpilot-agent-linux-$$a ./cmd/devpilot-agent || exit 1; done
+	$(GO) run ./packaging/cmd/devpilot-image --binary dist/stage-image/devpilot --agent-dir dist/stage-image/agent \
+		--version '$(VERSION)' --revision '$(COMMIT)' --arch $(IMAGE_ARCH) --out dist
+
 .PHONY: e2e e2e-rootfs
 E2E_CACHE ?= /var/cache/devpilot-e2e
 
