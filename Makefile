@@ -100,7 +100,12 @@ E2E_CACHE ?= /var/cache/devpilot-e2e
 e2e-rootfs:
 	./e2e/rootfs.sh "$(E2E_CACHE)"
 
-## e2e: every simulated server boots a real Debian system (systemd-nspawn, cloud-init, sshd); root only
+PKG_VERSION = $(shell ./scripts/packages.sh --version-of '$(VERSION)')
+
+## e2e: every simulated server boots a real Debian system (systemd-nspawn, cloud-init, sshd); root only.
+## TestDebPackage installs the devpilot .deb (built here: deb only, amd64) in one of them.
 e2e: e2e-rootfs
+	GO=$(GO) VERSION=$(VERSION) COMMIT=$(COMMIT) ARCHES=amd64 PACKAGES=devpilot PACKAGERS=deb ./scripts/packages.sh dist
+	DEVPILOT_E2E_DEB="$(CURDIR)/dist/devpilot_$(PKG_VERSION)-1_amd64.deb" \
 	DEVPILOT_E2E_ROOTFS="$(E2E_CACHE)/rootfs-bookworm" DEVPILOT_E2E_TIMINGS="$(CURDIR)/e2e/.cache/timings.txt" \
 		$(GO) test -tags e2e -count=1 -v -parallel 4 -timeout 14m ./e2e/...

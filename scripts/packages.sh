@@ -4,6 +4,7 @@
 # (static, CGO_ENABLED=0), packages by nfpm (tools/go.mod).
 #   VERSION  git describe output (the Makefile's), turned into PKG_VERSION
 #   COMMIT   the git commit stamped into the binaries
+#   PACKAGES, PACKAGERS  subsets of "devpilot devpilot-agent" and "deb rpm"
 #   ARCHES   package architectures (default amd64); the control-plane
 #            package of each carries the agent builds for amd64 and arm64
 set -eu
@@ -12,6 +13,8 @@ GO=${GO:-go}
 VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
 COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}
 ARCHES=${ARCHES:-amd64}
+PACKAGES=${PACKAGES:-devpilot devpilot-agent} # a subset for tests
+PACKAGERS=${PACKAGERS:-deb rpm}
 
 # pkg_version turns git describe output into a version dpkg and rpm both
 # accept and order correctly: v1.2.3 → 1.2.3; v1.2.3-4-gabcdef0 →
@@ -60,8 +63,8 @@ for arch in $ARCHES; do
 	# /usr/local); `devpilot-agent install` lays /usr/local/bin itself.
 	sed 's|^ExecStart=/usr/local/bin/devpilot-agent |ExecStart=/usr/bin/devpilot-agent |' packaging/devpilot-agent.service >"$stage/devpilot-agent.service"
 	grep -q '^ExecStart=/usr/bin/devpilot-agent run$' "$stage/devpilot-agent.service"
-	for pkg in devpilot devpilot-agent; do
-		for fmt in deb rpm; do
+	for pkg in $PACKAGES; do
+		for fmt in $PACKAGERS; do
 			STAGE=$stage PKG_ARCH=$arch PKG_VERSION=$PKG_VERSION \
 				$NFPM package --config "packaging/nfpm/$pkg.yaml" --packager "$fmt" --target "$DIST/"
 		done
