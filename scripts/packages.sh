@@ -25,18 +25,19 @@ pkg_version() {
 	v=${1#v}
 	dirty=
 	case "$v" in *-dirty) v=${v%-dirty} dirty=.dirty ;; esac
-	case "$v" in
-	[0-9]*-[0-9]*-g[0-9a-f]*)
+	if printf '%s' "$v" | grep -Eq '^[0-9]+\.[0-9A-Za-z.~-]*-[0-9]+-g[0-9a-f]+$'; then
 		hash=${v##*-}
 		rest=${v%-*}
 		n=${rest##*-}
 		base=${rest%-*}
 		v="$base+git$n.$hash"
-		;;
-	[0-9]*) ;;
-	dev | "") v=0.0.0+dev ;;
-	*) v="0.0.0+git.g$v" ;;
-	esac
+	elif printf '%s' "$v" | grep -Eq '^[0-9]+\.'; then
+		: # a release tag
+	elif [ "$v" = dev ] || [ -z "$v" ]; then
+		v=0.0.0+dev
+	else
+		v="0.0.0+git.g$v" # an untagged commit
+	fi
 	# What is left of a '-' is a pre-release (v2.0.0-rc1): '~' sorts it
 	# before the release in both dpkg and rpm.
 	printf '%s%s\n' "$(printf '%s' "$v" | tr '-' '~' | tr -c 'A-Za-z0-9.+~\n' '.')" "$dirty"
@@ -70,4 +71,4 @@ for arch in $ARCHES; do
 		done
 	done
 done
-ls -l "$DIST"/*.deb "$DIST"/*.rpm
+ls -l "$DIST"/*.deb "$DIST"/*.rpm 2>/dev/null || true
