@@ -32,12 +32,13 @@ import (
 )
 
 // maxExposure is the most `systemd-analyze security devpilot` may score
-// (0 best, 10 worst). devpilot.service scores about 1.x: what is left is
-// what the control plane needs — network access (AF_INET/AF_INET6 for the
-// clouds' APIs and agents), no IPAddressDeny, and the syscall filter
-// allowing @system-service. 2.0 is systemd's "OK" band's upper end; a
-// unit change that loosens the sandbox noticeably fails here.
-const maxExposure = 2.0
+// (0 best, 10 worst). devpilot.service measures 1.1 in bookworm's systemd
+// 252: what is left is what a control plane needs — AF_INET/AF_INET6
+// (the clouds' APIs, agents, clients), no IPAddressDeny, a syscall filter
+// of @system-service, and a user that owns its data. 1.5 leaves room for
+// another systemd's weights; loosening the sandbox noticeably (dropping
+// ProtectSystem, PrivateUsers or the capability bounding set) fails here.
+const maxExposure = 1.5
 
 // controlPlaneDeb is the devpilot .deb to install: DEVPILOT_E2E_DEB (make
 // e2e builds it with make packages), or one built now into dir.
@@ -117,7 +118,7 @@ func TestDebPackage(t *testing.T) {
 	if err := copyFile(deb, filepath.Join(cp.Root, "root", filepath.Base(deb))); err != nil {
 		t.Fatal(err)
 	}
-	if out, code := sh(t, cp, "apt-get install -y --no-download /root/"+filepath.Base(deb)+" 2>&1"); code != 0 {
+	if out, code := sh(t, cp, "cd /root && apt-get install -y ./"+filepath.Base(deb)+" 2>&1"); code != 0 {
 		t.Fatalf("apt-get install the .deb: exit %d\n%s", code, out)
 	}
 	t.Logf("installed %s in %v", filepath.Base(deb), time.Since(timing).Round(time.Millisecond))
@@ -148,9 +149,13 @@ func TestDebPackage(t *testing.T) {
 	}
 	// Type=notify: start returned, so READY=1 came.
 	t.Logf("systemctl start devpilot returned (READY=1) after %v", time.Since(timing).Round(time.Millisecond))
-	if out, _ := sh(t, cp, "systemctl show devpilot -p ActiveState -p SubState -p StatusText --value | tr '\\n' ' '"); out != "active running serving" {
-		t.Errorf("devpilot.service: %q, want active running with status serving", out)
+	for prop, want := range map[string]string{"ActiveState": "active", "SubState": "running", "StatusText": "serving", "Type": "notify", "User": "devpilot"} {
+		if out, _ := sh(t, cp, "systemctl show devpilot -p "+prop+" --value"); out != want {
+			t.Errorf("devpilot.service %s=%q, want %q", prop, out, want)
+		}
 	}
+	// systemd stamps this at READY and at each WATCHDOG=1.
+	watchdogAt, _ := sh(t, cp, "systemctl show devpilot -p WatchdogTimestampMonotonic --value")
 	if out, _ := sh(t, cp, "ps -o user= -p $(systemctl show devpilot -p MainPID --value)"); out != "devpilot" {
 		t.Errorf("the control plane runs as %q, want devpilot", out)
 	}
@@ -204,13 +209,13 @@ func TestDebPackage(t *testing.T) {
 	})
 	t.Logf("server %s online, agent connected, %v after create", srv.ID, time.Since(timing).Round(time.Millisecond))
 
-	// The watchdog is fed (a passing self-check every WatchdogSec/3).
-	waitFor(t, 2*time.Minute, "a watchdog ping", func() string {
+	// The watchdog is fed: a passing self-check every WatchdogSec/3 (20 s).
+	waitFor(t, 2*time.Minute, "a watchdog ping after READY", func() string {
 		out, _ := sh(t, cp, "systemctl show devpilot -p WatchdogTimestampMonotonic --value")
-		if out != "" && out != "0" {
+		if out != watchdogAt && out != "" && out != "0" {
 			return ""
 		}
-		return "WatchdogTimestampMonotonic=" + out
+		return "WatchdogTimestampMonotonic still " + out
 	})
 
 	// Remove: the service stops, the data stays.
