@@ -50,9 +50,16 @@ func controlPlaneDeb(t *testing.T, dir string) string {
 		}
 		return p
 	}
+	return buildDeb(t, dir)
+}
+
+// buildDeb runs scripts/packages.sh for the devpilot .deb alone; env may
+// set VERSION.
+func buildDeb(t *testing.T, dir string, env ...string) string {
+	t.Helper()
 	cmd := exec.Command("./scripts/packages.sh", dir)
 	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "ARCHES=amd64", "PACKAGES=devpilot", "PACKAGERS=deb")
+	cmd.Env = append(append(os.Environ(), "ARCHES=amd64", "PACKAGES=devpilot", "PACKAGERS=deb"), env...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build the .deb: %v\n%s", err, out)
 	}
@@ -217,6 +224,36 @@ func TestDebPackage(t *testing.T) {
 		}
 		return "WatchdogTimestampMonotonic still " + out
 	})
+
+	// Upgrade: a newer package restarts the running service, which keeps
+	// its data and gets its agent back.
+	timing = time.Now()
+	newer := buildDeb(t, filepath.Join(dir, "upgrade"), "VERSION=v99.0.0")
+	if err := copyFile(newer, filepath.Join(cp.Root, "root", filepath.Base(newer))); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := sh(t, cp, "systemctl show devpilot -p MainPID --value")
+	if out, code := sh(t, cp, "cd /root && apt-get install -y ./"+filepath.Base(newer)+" 2>&1"); code != 0 {
+		t.Fatalf("apt-get install the newer .deb: exit %d\n%s", code, out)
+	}
+	if out, _ := sh(t, cp, "systemctl show devpilot -p MainPID --value"); out == pid || out == "0" {
+		t.Errorf("after the upgrade the control plane's pid is %s (was %s): not restarted", out, pid)
+	}
+	if out, _ := sh(t, cp, "systemctl show devpilot -p StatusText --value; devpilot version"); !strings.HasPrefix(out, "serving\ndevpilot v99.0.0 ") {
+		t.Errorf("after the upgrade: %q, want the new version serving", out)
+	}
+	waitFor(t, 3*time.Minute, "the server's agent back after the upgrade", func() string {
+		var s provision.Server
+		if code := api.do(t, "GET", servers+"/"+srv.ID, nil, &s); code != http.StatusOK {
+			return fmt.Sprintf("GET server: %d", code)
+		}
+		if s.State == "online" && s.Agent.Connected {
+			return ""
+		}
+		b, _ := json.Marshal(s)
+		return string(b)
+	})
+	t.Logf("upgraded to %s and the agent reconnected in %v", filepath.Base(newer), time.Since(timing).Round(time.Millisecond))
 
 	// Remove: the service stops, the data stays.
 	timing = time.Now()
