@@ -186,6 +186,11 @@ func TestDebPackage(t *testing.T) {
 	if out, _ := sh(t, cp, "stat -c '%a %U' /var/lib/devpilot/owner.token"); out != "600 devpilot" {
 		t.Errorf("owner token file: %s, want 600 devpilot", out)
 	}
+	// Canary: the owner token reached the file only, not the journal
+	// (stdout and stderr of the unit), which is kept on disk.
+	if n, _ := sh(t, cp, "journalctl -u devpilot --no-pager -o cat | grep -cF '"+strings.TrimSpace(string(tok))+"'"); n != "0" {
+		t.Errorf("the owner token is in the journal (%s lines)", n)
+	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
 	api := &apiClient{url: url, token: strings.TrimSpace(string(tok)),
