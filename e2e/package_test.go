@@ -25,9 +25,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
-	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/e2e/nspawn"
 )
 
@@ -197,12 +197,12 @@ func TestDebPackage(t *testing.T) {
 		c: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}
 	defer api.c.CloseIdleConnections()
 
-	var in struct{ ID, Status string }
+	var in apitypes.Integration
 	if code := api.do(t, "POST", integrations, map[string]string{"provider": "digitalocean", "access_key": "e2e", "secret_key": doToken}, &in); code != http.StatusCreated || in.Status != "valid" {
 		t.Fatalf("connect digitalocean: %d %+v", code, in)
 	}
 	timing = time.Now()
-	var srv provision.Server
+	var srv apitypes.Server
 	if code := api.do(t, "POST", servers, map[string]any{"integration_id": in.ID, "name": "pkg-e2e", "region": "nyc3",
 		"size": "s-1vcpu-1gb", "image": "debian-12"}, &srv); code != http.StatusAccepted {
 		t.Fatalf("create server: %d %+v", code, srv)
@@ -211,7 +211,7 @@ func TestDebPackage(t *testing.T) {
 		if errs := rt.Failures(); len(errs) > 0 {
 			t.Fatalf("a container failed to boot: %v", errs)
 		}
-		var s provision.Server
+		var s apitypes.Server
 		api.do(t, "GET", servers+"/"+srv.ID, nil, &s)
 		if s.State == "online" && s.Agent.Connected && s.Agent.InstalledAt != nil {
 			return ""
@@ -220,6 +220,13 @@ func TestDebPackage(t *testing.T) {
 		return string(b)
 	})
 	t.Logf("server %s online, agent connected, %v after create", srv.ID, time.Since(timing).Round(time.Millisecond))
+	// The agent it installed is the package's build: the same version line.
+	cpVersion, _ := sh(t, cp, "devpilot version")
+	var online apitypes.Server
+	api.do(t, "GET", servers+"/"+srv.ID, nil, &online)
+	if "devpilot "+online.Agent.Version != cpVersion {
+		t.Errorf("agent_version %q, want the packaged build's %q", online.Agent.Version, strings.TrimPrefix(cpVersion, "devpilot "))
+	}
 
 	// The watchdog is fed: a passing self-check every WatchdogSec/3 (20 s).
 	waitFor(t, 2*time.Minute, "a watchdog ping after READY", func() string {
@@ -248,7 +255,7 @@ func TestDebPackage(t *testing.T) {
 		t.Errorf("after the upgrade: %q, want the new version serving", out)
 	}
 	waitFor(t, 3*time.Minute, "the server's agent back after the upgrade", func() string {
-		var s provision.Server
+		var s apitypes.Server
 		if code := api.do(t, "GET", servers+"/"+srv.ID, nil, &s); code != http.StatusOK {
 			return fmt.Sprintf("GET server: %d", code)
 		}
