@@ -202,10 +202,13 @@ func TestDebPackage(t *testing.T) {
 		t.Fatalf("connect digitalocean: %d %+v", code, in)
 	}
 	timing = time.Now()
+	// The operator's CLI on the control plane's machine: as the devpilot
+	// user it finds URL, CA and owner token in the data dir.
+	out, code := sh(t, cp, "runuser -u devpilot -- devpilot servers create --data-dir /var/lib/devpilot --json "+
+		"--integration "+in.ID+" --name pkg-e2e --region nyc3 --size s-1vcpu-1gb --image debian-12 2>&1")
 	var srv apitypes.Server
-	if code := api.do(t, "POST", servers, map[string]any{"integration_id": in.ID, "name": "pkg-e2e", "region": "nyc3",
-		"size": "s-1vcpu-1gb", "image": "debian-12"}, &srv); code != http.StatusAccepted {
-		t.Fatalf("create server: %d %+v", code, srv)
+	if err := json.Unmarshal([]byte(out), &srv); code != 0 || err != nil || srv.ID == "" {
+		t.Fatalf("devpilot servers create in the container: exit %d, %v:\n%s", code, err, out)
 	}
 	waitFor(t, 6*time.Minute, "the server online with its agent connected", func() string {
 		if errs := rt.Failures(); len(errs) > 0 {
@@ -220,6 +223,9 @@ func TestDebPackage(t *testing.T) {
 		return string(b)
 	})
 	t.Logf("server %s online, agent connected, %v after create", srv.ID, time.Since(timing).Round(time.Millisecond))
+	if out, _ := sh(t, cp, "runuser -u devpilot -- devpilot servers list --data-dir /var/lib/devpilot"); !strings.Contains(out, "pkg-e2e") || !strings.Contains(out, "online") {
+		t.Errorf("devpilot servers list in the container:\n%s", out)
+	}
 	// The agent it installed is the package's build: the same version line.
 	cpVersion, _ := sh(t, cp, "devpilot version")
 	var online apitypes.Server
