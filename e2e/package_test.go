@@ -273,6 +273,43 @@ func TestDebPackage(t *testing.T) {
 	})
 	t.Logf("upgraded to %s and the agent reconnected in %v", filepath.Base(newer), time.Since(timing).Round(time.Millisecond))
 
+	// The watchdog under systemd, quickened by a drop-in (WatchdogSec=6,
+	// a self-check every 2 s): a serving control plane keeps its pid across
+	// several periods; a hung one (SIGSTOP) is killed and restarted.
+	timing = time.Now()
+	if out, code := sh(t, cp, "mkdir -p /etc/systemd/system/devpilot.service.d && "+
+		"printf '[Service]\\nWatchdogSec=6\\n' >/etc/systemd/system/devpilot.service.d/e2e-watchdog.conf && "+
+		"systemctl daemon-reload && systemctl restart devpilot 2>&1"); code != 0 {
+		t.Fatalf("restart with WatchdogSec=6: exit %d: %s", code, out)
+	}
+	pid, _ = sh(t, cp, "systemctl show devpilot -p MainPID --value")
+	pings := map[string]bool{}
+	waitFor(t, 2*time.Minute, "three watchdog pings from one process", func() string {
+		at, _ := sh(t, cp, "systemctl show devpilot -p WatchdogTimestampMonotonic --value")
+		pings[at] = true
+		if now, _ := sh(t, cp, "systemctl show devpilot -p MainPID --value"); now != pid {
+			t.Fatalf("the watchdog restarted a serving control plane (pid %s → %s)", pid, now)
+		}
+		if len(pings) > 3 {
+			return ""
+		}
+		return fmt.Sprintf("%d distinct ping times", len(pings))
+	})
+	sh(t, cp, "kill -STOP "+pid)
+	waitFor(t, 2*time.Minute, "the hung control plane restarted by the watchdog", func() string {
+		now, _ := sh(t, cp, "systemctl show devpilot -p MainPID --value")
+		state, _ := sh(t, cp, "systemctl show devpilot -p ActiveState --value")
+		if now != pid && now != "0" && state == "active" {
+			return ""
+		}
+		return "pid " + now + ", " + state
+	})
+	if out, _ := sh(t, cp, "journalctl -u devpilot --no-pager | grep -c 'Watchdog timeout'"); out == "0" || out == "" {
+		t.Errorf("no watchdog timeout in the journal: %q", out)
+	}
+	t.Logf("watchdog: pings kept a serving process, SIGSTOP → restarted in %v", time.Since(timing).Round(time.Millisecond))
+	sh(t, cp, "rm -r /etc/systemd/system/devpilot.service.d && systemctl daemon-reload")
+
 	// Remove: the service stops, the data stays.
 	timing = time.Now()
 	if out, code := sh(t, cp, "apt-get remove -y devpilot 2>&1"); code != 0 {
