@@ -120,28 +120,7 @@ func TestDebPackage(t *testing.T) {
 	})
 	t.Logf("container %s booted in %v", cp.Name, time.Since(timing).Round(time.Millisecond))
 
-	// Install.
-	timing = time.Now()
-	if err := copyFile(deb, filepath.Join(cp.Root, "root", filepath.Base(deb))); err != nil {
-		t.Fatal(err)
-	}
-	if out, code := sh(t, cp, "cd /root && apt-get install -y ./"+filepath.Base(deb)+" 2>&1"); code != 0 {
-		t.Fatalf("apt-get install the .deb: exit %d\n%s", code, out)
-	}
-	t.Logf("installed %s in %v", filepath.Base(deb), time.Since(timing).Round(time.Millisecond))
-	for script, want := range map[string]string{
-		"id -un devpilot; getent passwd devpilot | cut -d: -f6,7":     "devpilot\n/var/lib/devpilot:/usr/sbin/nologin",
-		"stat -c '%a %U:%G' /var/lib/devpilot":                        "700 devpilot:devpilot",
-		"stat -c '%a %U:%G' /etc/devpilot/devpilot.env":               "640 root:devpilot",
-		"dpkg-query -W -f '${Conffiles}' devpilot | awk '{print $1}'": "/etc/devpilot/devpilot.env",
-		"systemctl is-enabled devpilot":                               "enabled",
-		"systemctl is-active devpilot":                                "inactive",
-		"ls /usr/lib/devpilot/agent":                                  "devpilot-agent-linux-amd64\ndevpilot-agent-linux-arm64",
-	} {
-		if out, _ := sh(t, cp, script); out != want {
-			t.Errorf("%s:\n%s\nwant:\n%s", script, out, want)
-		}
-	}
+	installDeb(t, cp, deb)
 
 	// Configure as the env file says, then start.
 	port := freeTCPPort(t)
@@ -243,10 +222,44 @@ func TestDebPackage(t *testing.T) {
 		return "WatchdogTimestampMonotonic still " + out
 	})
 
+	upgradeDeb(t, cp, api, filepath.Join(dir, "upgrade"), srv.ID)
+	checkWatchdog(t, cp)
+	removePackage(t, cp)
+}
+
+// installDeb installs the package and checks what it laid out.
+func installDeb(t *testing.T, cp *nspawn.Machine, deb string) {
+	// Install.
+	timing := time.Now()
+	if err := copyFile(deb, filepath.Join(cp.Root, "root", filepath.Base(deb))); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := sh(t, cp, "cd /root && apt-get install -y ./"+filepath.Base(deb)+" 2>&1"); code != 0 {
+		t.Fatalf("apt-get install the .deb: exit %d\n%s", code, out)
+	}
+	t.Logf("installed %s in %v", filepath.Base(deb), time.Since(timing).Round(time.Millisecond))
+	for script, want := range map[string]string{
+		"id -un devpilot; getent passwd devpilot | cut -d: -f6,7":     "devpilot\n/var/lib/devpilot:/usr/sbin/nologin",
+		"stat -c '%a %U:%G' /var/lib/devpilot":                        "700 devpilot:devpilot",
+		"stat -c '%a %U:%G' /etc/devpilot/devpilot.env":               "640 root:devpilot",
+		"dpkg-query -W -f '${Conffiles}' devpilot | awk '{print $1}'": "/etc/devpilot/devpilot.env",
+		"systemctl is-enabled devpilot":                               "enabled",
+		"systemctl is-active devpilot":                                "inactive",
+		"ls /usr/lib/devpilot/agent":                                  "devpilot-agent-linux-amd64\ndevpilot-agent-linux-arm64",
+	} {
+		if out, _ := sh(t, cp, script); out != want {
+			t.Errorf("%s:\n%s\nwant:\n%s", script, out, want)
+		}
+	}
+
+}
+
+// upgradeDeb installs a newer package over the running one.
+func upgradeDeb(t *testing.T, cp *nspawn.Machine, api *apiClient, dir, serverID string) {
 	// Upgrade: a newer package restarts the running service, which keeps
 	// its data and gets its agent back.
-	timing = time.Now()
-	newer := buildDeb(t, filepath.Join(dir, "upgrade"), "VERSION=v99.0.0")
+	timing := time.Now()
+	newer := buildDeb(t, dir, "VERSION=v99.0.0")
 	if err := copyFile(newer, filepath.Join(cp.Root, "root", filepath.Base(newer))); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +275,7 @@ func TestDebPackage(t *testing.T) {
 	}
 	waitFor(t, 3*time.Minute, "the server's agent back after the upgrade", func() string {
 		var s apitypes.Server
-		if code := api.do(t, "GET", servers+"/"+srv.ID, nil, &s); code != http.StatusOK {
+		if code := api.do(t, "GET", servers+"/"+serverID, nil, &s); code != http.StatusOK {
 			return fmt.Sprintf("GET server: %d", code)
 		}
 		if s.State == "online" && s.Agent.Connected {
@@ -273,16 +286,20 @@ func TestDebPackage(t *testing.T) {
 	})
 	t.Logf("upgraded to %s and the agent reconnected in %v", filepath.Base(newer), time.Since(timing).Round(time.Millisecond))
 
+}
+
+// checkWatchdog proves the unit's watchdog is fed and fires.
+func checkWatchdog(t *testing.T, cp *nspawn.Machine) {
 	// The watchdog under systemd, quickened by a drop-in (WatchdogSec=6,
 	// a self-check every 2 s): a serving control plane keeps its pid across
 	// several periods; a hung one (SIGSTOP) is killed and restarted.
-	timing = time.Now()
+	timing := time.Now()
 	if out, code := sh(t, cp, "mkdir -p /etc/systemd/system/devpilot.service.d && "+
 		"printf '[Service]\\nWatchdogSec=6\\n' >/etc/systemd/system/devpilot.service.d/e2e-watchdog.conf && "+
 		"systemctl daemon-reload && systemctl restart devpilot 2>&1"); code != 0 {
 		t.Fatalf("restart with WatchdogSec=6: exit %d: %s", code, out)
 	}
-	pid, _ = sh(t, cp, "systemctl show devpilot -p MainPID --value")
+	pid, _ := sh(t, cp, "systemctl show devpilot -p MainPID --value")
 	pings := map[string]bool{}
 	waitFor(t, 2*time.Minute, "three watchdog pings from one process", func() string {
 		at, _ := sh(t, cp, "systemctl show devpilot -p WatchdogTimestampMonotonic --value")
@@ -310,8 +327,12 @@ func TestDebPackage(t *testing.T) {
 	t.Logf("watchdog: pings kept a serving process, SIGSTOP → restarted in %v", time.Since(timing).Round(time.Millisecond))
 	sh(t, cp, "rm -r /etc/systemd/system/devpilot.service.d && systemctl daemon-reload")
 
+}
+
+// removePackage removes the package: the service stops, the data stays.
+func removePackage(t *testing.T, cp *nspawn.Machine) {
 	// Remove: the service stops, the data stays.
-	timing = time.Now()
+	timing := time.Now()
 	if out, code := sh(t, cp, "apt-get remove -y devpilot 2>&1"); code != 0 {
 		t.Fatalf("apt-get remove devpilot: exit %d\n%s", code, out)
 	}
