@@ -1,7 +1,9 @@
 # Devpilot — see README.md.
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSION)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSION) \
+	-X github.com/devpilot/devpilot/shared/version.Commit=$(COMMIT)
 DEMO_DIR ?= .demo
 DEMO_LISTEN ?= 127.0.0.1:8443
 
@@ -73,7 +75,23 @@ demo: build
 	@./scripts/demo.sh "$(DEMO_DIR)" "$(DEMO_LISTEN)"
 
 clean:
-	rm -rf bin $(DEMO_DIR)
+	rm -rf bin dist $(DEMO_DIR)
+
+.PHONY: packages
+## packages: .deb and .rpm of devpilot and devpilot-agent in dist/ (nfpm, no Docker; ARCHES="amd64 arm64" for more)
+packages:
+	GO=$(GO) VERSION=$(VERSION) COMMIT=$(COMMIT) ./scripts/packages.sh dist
+
+.PHONY: image
+IMAGE_ARCH ?= amd64
+## image: the control plane's OCI image, no Docker: dist/image (OCI layout) and dist/devpilot-image.tar (docker/podman load)
+image:
+	rm -rf dist/stage-image && mkdir -p dist/stage-image/agent
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/stage-image/devpilot ./cmd/devpilot
+	for a in amd64 arm64; do CGO_ENABLED=0 GOOS=linux GOARCH=$$a $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+		-o dist/stage-image/agent/devpilot-agent-linux-$$a ./cmd/devpilot-agent || exit 1; done
+	$(GO) run ./packaging/cmd/devpilot-image --binary dist/stage-image/devpilot --agent-dir dist/stage-image/agent \
+		--version '$(VERSION)' --revision '$(COMMIT)' --arch $(IMAGE_ARCH) --out dist
 
 .PHONY: e2e e2e-rootfs
 E2E_CACHE ?= /var/cache/devpilot-e2e
@@ -82,7 +100,12 @@ E2E_CACHE ?= /var/cache/devpilot-e2e
 e2e-rootfs:
 	./e2e/rootfs.sh "$(E2E_CACHE)"
 
-## e2e: every simulated server boots a real Debian system (systemd-nspawn, cloud-init, sshd); root only
+PKG_VERSION = $(shell ./scripts/packages.sh --version-of '$(VERSION)')
+
+## e2e: every simulated server boots a real Debian system (systemd-nspawn, cloud-init, sshd); root only.
+## TestDebPackage installs the devpilot .deb (built here: deb only, amd64) in one of them.
 e2e: e2e-rootfs
+	GO=$(GO) VERSION=$(VERSION) COMMIT=$(COMMIT) ARCHES=amd64 PACKAGES=devpilot PACKAGERS=deb ./scripts/packages.sh dist
+	DEVPILOT_E2E_DEB="$(CURDIR)/dist/devpilot_$(PKG_VERSION)-1_amd64.deb" \
 	DEVPILOT_E2E_ROOTFS="$(E2E_CACHE)/rootfs-bookworm" DEVPILOT_E2E_TIMINGS="$(CURDIR)/e2e/.cache/timings.txt" \
 		$(GO) test -tags e2e -count=1 -v -parallel 4 -timeout 14m ./e2e/...

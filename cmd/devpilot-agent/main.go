@@ -33,7 +33,7 @@ Usage:
   devpilot-agent run       [--root-dir DIR] [--config FILE] [--identity FILE]
   devpilot-agent status    [--root-dir DIR] [--supervisor systemd|none]
   devpilot-agent uninstall [--root-dir DIR] [--supervisor systemd|none] [--keep-state] [--keep-config]
-  devpilot-agent version
+  devpilot-agent version   (or --version: version, commit, Go version)
 
 Flags (each has an environment variable; the flag wins):
   --root-dir DIR         DEVPILOT_AGENT_ROOT_DIR    prefix for every path (default /), for

@@ -468,6 +468,8 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
+	sd := a.startSystemd(ctx)
+	defer sd.stopping()
 	if a.acme != nil {
 		wctx, stopWarm := context.WithCancel(ctx)
 		warmed := make(chan struct{})
@@ -492,6 +494,7 @@ func (a *App) Serve(ctx context.Context) error {
 		a.log.Error("stopping: this control plane is no longer the active one", zap.Error(lost))
 	}
 	a.log.Info("shutting down")
+	sd.stopping()
 	// Agent sessions are hijacked connections Shutdown does not wait for:
 	// say goodbye to them first, so they start redialling at once.
 	a.Hub.Close()
