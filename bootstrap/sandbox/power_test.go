@@ -70,4 +70,3 @@ func TestPowerOffOn(t *testing.T) {
 		t.Errorf("power off unknown: %v, want ErrUnknownMachine", err)
 	}
 }
-
