@@ -74,6 +74,7 @@ type Sim struct {
 	firewalls []*firewall
 	droplets  []*droplet
 	actions   map[int]*action
+	counts    map[int]map[string]int // droplet id -> action type -> actions accepted (never forgotten)
 	nextKey   int
 	nextDrop  int
 	nextAct   int
@@ -101,6 +102,7 @@ type faults struct {
 	status5xx            int
 	latency              time.Duration
 	bootDelay            time.Duration
+	actionDelay          time.Duration // how long a droplet action stays in-progress at least
 }
 
 // New returns a simulator with an empty active account and no tokens.
@@ -126,6 +128,7 @@ func New(opts Options) *Sim {
 			bootDelay: opts.BootDelay,
 		},
 		actions:  map[int]*action{},
+		counts:   map[int]map[string]int{},
 		nextKey:  41208731,
 		nextDrop: 502387411,
 		nextAct:  2184602217,
@@ -227,6 +230,14 @@ func (s *Sim) SetBootDelay(d time.Duration) {
 	s.faults.bootDelay = d
 }
 
+// SetActionDelay sets how long droplet actions accepted from now on stay
+// "in-progress" at least (a Runtime may take longer).
+func (s *Sim) SetActionDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.actionDelay = d
+}
+
 // SetScopeCheckAfterValidation chooses when a read-only token's write is
 // refused with 403: false (the default) before the request body is
 // validated, true after it (a malformed write then gets its 400/422 even
@@ -243,8 +254,8 @@ func (s *Sim) SetScopeCheckAfterValidation(after bool) {
 func (s *Sim) ResetFaults() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	bd := s.faults.bootDelay
-	s.faults = faults{soldOut: map[string]map[string]bool{}, status5xx: http.StatusInternalServerError, bootDelay: bd}
+	bd, ad := s.faults.bootDelay, s.faults.actionDelay
+	s.faults = faults{soldOut: map[string]map[string]bool{}, status5xx: http.StatusInternalServerError, bootDelay: bd, actionDelay: ad}
 }
 
 // call is one API request being answered.
