@@ -39,6 +39,8 @@ func (s *Sim) routes(mux *http.ServeMux) {
 	mux.Handle("GET /v2/tags", h(s.listTags))
 	mux.Handle("GET /v2/tags/{name}", h(s.getTag))
 	mux.Handle("DELETE /v2/tags/{name}", h(s.deleteTag))
+	mux.Handle("POST /v2/tags/{name}/resources", h(s.tagResources(true)))
+	mux.Handle("DELETE /v2/tags/{name}/resources", h(s.tagResources(false)))
 
 	mux.Handle("GET /v2/firewalls", h(s.listFirewalls))
 	mux.Handle("POST /v2/firewalls", h(s.createFirewall))

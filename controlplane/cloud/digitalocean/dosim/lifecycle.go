@@ -296,6 +296,69 @@ func (s *Sim) deleteTag(c *call) {
 	c.noContent()
 }
 
+// tagResources is POST/DELETE /v2/tags/{name}/resources
+// (DO:resources/tags/tags_assign_resources.yml): 204; only droplets are
+// simulated.
+func (s *Sim) tagResources(add bool) func(*call) {
+	return func(c *call) {
+		var req struct {
+			Resources []struct {
+				ID   string `json:"resource_id"`
+				Type string `json:"resource_type"`
+			} `json:"resources"`
+		}
+		if !c.decode(&req) {
+			return
+		}
+		check := func() (string, []*droplet, int, string) {
+			name, ok := s.findTag(c.r.PathValue("name"), false)
+			if !ok {
+				return "", nil, http.StatusNotFound, "tag not found"
+			}
+			if len(req.Resources) == 0 {
+				return "", nil, http.StatusBadRequest, "resources must not be empty" // UNVERIFIED text
+			}
+			var ds []*droplet
+			for _, r := range req.Resources {
+				id, err := strconv.Atoi(r.ID)
+				d := s.dropletByID(id)
+				if r.Type != "droplet" || err != nil || d == nil {
+					return "", nil, http.StatusNotFound, "The resource you were accessing could not be found."
+				}
+				ds = append(ds, d)
+			}
+			return name, ds, 0, ""
+		}
+		s.mu.Lock()
+		_, _, st, msg := check()
+		s.mu.Unlock()
+		if st != 0 {
+			c.fail(st, msg)
+			return
+		}
+		if !c.writeAllowed() {
+			return
+		}
+		s.mu.Lock()
+		name, ds, st, msg := check()
+		for _, d := range ds {
+			has := slices.Contains(d.tags, name)
+			if add && !has {
+				d.tags = append(d.tags, name)
+			}
+			if !add && has {
+				d.tags = slices.DeleteFunc(d.tags, func(t string) bool { return t == name })
+			}
+		}
+		s.mu.Unlock()
+		if st != 0 {
+			c.fail(st, msg)
+			return
+		}
+		c.noContent()
+	}
+}
+
 // dropTag deletes a tag everywhere. Caller holds s.mu.
 func (s *Sim) dropTag(name string) {
 	s.tags = slices.DeleteFunc(s.tags, func(t string) bool { return t == name })

@@ -98,6 +98,9 @@ func (s *Sim) powerAction(typ string) authedHandler {
 		}
 		s.countAction(in.ID, typ)
 		in.busy = true
+		if typ != "halt" {
+			in.ServerStatus = "installingbooting" // booting until the Runtime is done (UNVERIFIED which value)
+		}
 		booted := in.bootCalled
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -126,6 +129,9 @@ func (s *Sim) carryOut(in *instance, typ string, booted bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	in.busy = false
+	if typ != "halt" {
+		in.ServerStatus = "ok"
+	}
 	if err != nil {
 		s.log.Warn("simulated power action failed", zap.String("instance", in.ID), zap.String("type", typ), zap.Error(err))
 		return
