@@ -99,6 +99,7 @@ type FirewallState struct {
 	Name         string   `json:"name"`
 	Tags         []string `json:"tags"`
 	InboundPorts []string `json:"inbound_ports"` // "tcp/22"
+	DropletIDs   []int    `json:"droplet_ids"`
 }
 
 // State returns a snapshot of the simulated account.
@@ -131,7 +132,7 @@ func (s *Sim) State() State {
 	}
 	st.Firewalls = []FirewallState{}
 	for _, f := range s.firewalls {
-		fs := FirewallState{ID: f.id, Name: f.name, Tags: slices.Clone(f.tags), InboundPorts: []string{}}
+		fs := FirewallState{ID: f.id, Name: f.name, Tags: slices.Clone(f.tags), InboundPorts: []string{}, DropletIDs: append([]int{}, f.dropletID...)}
 		for _, r := range f.inbound {
 			fs.InboundPorts = append(fs.InboundPorts, r.Protocol+"/"+r.Ports)
 		}

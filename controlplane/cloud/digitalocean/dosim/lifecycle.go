@@ -100,7 +100,7 @@ func (s *Sim) validateAction(d *droplet, req *dropletActionReq) (int, string) {
 		}
 		if size.Disk < d.size.Disk {
 			// A disk cannot shrink (DO:resources/droplets/models/droplet_actions.yml, resize.disk).
-			return unproc, "This size is not available because it has a smaller disk." // UNVERIFIED text
+			return unproc, "The requested size has a smaller disk than the Droplet; a disk cannot shrink." // UNVERIFIED text
 		}
 	case "rename":
 		if len(req.Name) > 255 || !dropletNameRe.MatchString(req.Name) {
@@ -159,7 +159,6 @@ func (s *Sim) postDropletAction(c *call) {
 // startAction carries an accepted action out in the background. Caller
 // holds s.mu.
 func (s *Sim) startAction(d *droplet, a *action, req dropletActionReq) {
-	delay := s.faults.actionDelay
 	power, _ := s.runtime.(simrun.Power)
 	mid := strconv.Itoa(d.id)
 	var steps []func(context.Context) error
@@ -185,14 +184,7 @@ func (s *Sim) startAction(d *droplet, a *action, req dropletActionReq) {
 				break
 			}
 		}
-		if delay > 0 {
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-s.ctx.Done():
-				t.Stop()
-			}
-		}
+		s.awaitActionDelay(a.started)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		a.done, a.doneAt, a.errored = true, s.now(), err != nil
@@ -218,6 +210,29 @@ func (s *Sim) startAction(d *droplet, a *action, req dropletActionReq) {
 			d.snapshotIDs = append(d.snapshotIDs, a.id)
 		}
 	}()
+}
+
+// awaitActionDelay returns once the action delay (as it is now, or as
+// SetActionDelay changes it meanwhile) passed since started.
+func (s *Sim) awaitActionDelay(started time.Time) {
+	for {
+		s.mu.Lock()
+		left := started.Add(s.faults.actionDelay).Sub(s.now())
+		changed := s.delayChanged
+		s.mu.Unlock()
+		if left <= 0 {
+			return
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-t.C:
+		case <-changed:
+			t.Stop()
+		case <-s.ctx.Done():
+			t.Stop()
+			return
+		}
+	}
 }
 
 func (s *Sim) listDropletActions(c *call) {
