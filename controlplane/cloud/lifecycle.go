@@ -49,10 +49,10 @@ type Lifecycle interface {
 // the instance and the state that means done.
 type ActionRef struct {
 	Provider string `json:"provider"`
-	Type     string `json:"type"`               // reboot, power_off, resize, rename, ...
-	Instance string `json:"instance"`           // instance id
-	ID       string `json:"id,omitempty"`       // DigitalOcean action id
-	Want     string `json:"want,omitempty"`     // Vultr: StateActive or StateOff once done; "" done at once
+	Type     string `json:"type"`                // reboot, power_off, resize, rename, ...
+	Instance string `json:"instance"`            // instance id
+	ID       string `json:"id,omitempty"`        // DigitalOcean action id
+	Want     string `json:"want,omitempty"`      // Vultr: StateActive or StateOff once done; "" done at once
 	WantSize string `json:"want_size,omitempty"` // Vultr resize: the plan once done
 }
 

@@ -35,7 +35,10 @@ func (r *powerRuntime) Boot(_ context.Context, m simrun.Machine) error {
 	r.add("boot " + m.ID)
 	return nil
 }
-func (r *powerRuntime) Destroy(_ context.Context, id string) error { r.add("destroy " + id); return nil }
+func (r *powerRuntime) Destroy(_ context.Context, id string) error {
+	r.add("destroy " + id)
+	return nil
+}
 func (r *powerRuntime) PowerOff(_ context.Context, id string) error {
 	r.add("off " + id)
 	return nil
