@@ -148,6 +148,8 @@ type Service struct {
 	now          func() time.Time
 	o            Options
 	watch        *watcher
+	actionPoller *cloud.ActionPoller // one for all lifecycle actions (lifecycle.go)
+	owner        string              // this process, as action leases name it
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -189,6 +191,8 @@ func New(o Options) *Service {
 		disconnect: o.Disconnect, log: o.Logger.Named("provision"), now: o.Now, o: o,
 		kick: make(chan struct{}, 1), jobs: map[string]context.CancelFunc{}, waiters: map[string]chan struct{}{}}
 	s.watch = newWatcher(o.PollInterval, o.Now)
+	s.actionPoller = cloud.NewActionPoller(min(o.PollInterval, 2*time.Second))
+	s.owner = ids.New("cp")
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -224,6 +228,7 @@ func (s *Service) loop() {
 	defer t.Stop()
 	for {
 		s.schedule()
+		s.scheduleActions()
 		select {
 		case <-s.ctx.Done():
 			return
