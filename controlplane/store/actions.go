@@ -63,7 +63,8 @@ func (q *Queries) GetAction(ctx context.Context, workspaceID, id string) (Server
 // ListActions returns a server's actions, newest first, at most limit,
 // created before the cursor action (cursor "" starts at the newest).
 func (q *Queries) ListActions(ctx context.Context, serverID, beforeID string, limit int) ([]ServerAction, error) {
-	return q.actions(ctx, `WHERE server_id = ? AND (? = '' OR id < ?) ORDER BY id DESC LIMIT ?`, serverID, beforeID, beforeID, limit)
+	return q.actions(ctx, `WHERE server_id = ? AND (? = '' OR (created_at, id) < (SELECT created_at, id FROM server_actions WHERE id = ?))
+		ORDER BY created_at DESC, id DESC LIMIT ?`, serverID, beforeID, beforeID, limit)
 }
 
 // OpenActions returns unfinished actions (queued or running).
