@@ -33,6 +33,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/reconcile"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
@@ -91,6 +92,7 @@ type Config struct {
 
 	// Tasks.
 	TaskSweepInterval time.Duration // how often overdue tasks are timed out; default 5 s
+	ReconcileInterval time.Duration // liveness reconcile passes (controlplane/reconcile); default 30 s
 	TaskDeadlineGrace time.Duration // how long after its deadline the control plane times a task out; default 15 s
 	TaskMaxLogBytes   int64         // output stored per task; default tasks.DefaultMaxLogBytes (8 MiB)
 
@@ -120,6 +122,7 @@ type App struct {
 	Keys         *secrets.Keyring
 	Integrations *integrations.Service
 	Provision    *provision.Service
+	Reconciler   *reconcile.Reconciler
 	Hub          *hub.Hub
 	Tasks        *tasks.Service
 	handler      http.Handler
@@ -205,6 +208,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})
+	a.Reconciler = a.reconciler(cfg)
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
@@ -220,6 +224,24 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.handler = guard.Wrap(web.Route(apiHandler,
 		web.New(web.Options{API: apiHandler, Logger: cfg.Logger, Store: a.Store, Keys: a.Keys})))
 	return a, nil
+}
+
+// reconciler builds the liveness reconciler (controlplane/reconcile).
+func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
+	return reconcile.New(reconcile.Options{
+		Store: a.Store, Provider: a.Integrations.Provider, Interval: cfg.ReconcileInterval, Logger: cfg.Logger,
+		Live: func(id string) reconcile.Live {
+			st, _ := a.Hub.Status(id)
+			return reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen}
+		},
+		Tags: func(srv store.Server) []string {
+			ws, err := a.Store.Q().WorkspaceByID(context.Background(), srv.WorkspaceID)
+			if err != nil {
+				return nil
+			}
+			return []string{provision.TagAll, provision.TagWorkspace(ws.Slug), provision.TagServer(srv.ID)}
+		},
+	})
 }
 
 // connector builds provider clients, pointed at simulators when configured.
@@ -466,6 +488,8 @@ func (a *App) Serve(ctx context.Context) error {
 		a.Provision.Close()
 		return err
 	}
+	a.Reconciler.Start()
+	defer a.Reconciler.Close()
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	if a.acme != nil {

@@ -491,8 +491,12 @@ func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
 	case len(srv.AgentPublicKey) == 0 && len(srv.RevokedAgentKey) > 0:
 		v.StateReason = "rekeyed: waiting for the real agent to enroll with the new bootstrap token " +
 			"(on the server: devpilot-agent enroll --token-file FILE); the old identity key is refused"
-	case srv.State == StateStopped:
-		v.StateReason = "the instance is powered off; start it with a power_on action"
+	case srv.State == StateStopped || srv.State == "agent_offline" || srv.State == "lost" || srv.State == "unknown":
+		// Set by the reconciler (controlplane/reconcile) or a power_off action.
+		v.StateReason, _ = s.store.Q().ServerStateReason(ctx, srv.ID)
+		if v.StateReason == "" && srv.State == StateStopped {
+			v.StateReason = "the instance is powered off; start it with a power_on action"
+		}
 	case srv.QuarantinedAt != nil:
 		v.StateReason = srv.QuarantineReason + ". No tasks are sent (queued ones wait) and the key is refused. " +
 			"Fix: devpilot servers rekey " + srv.ID + " issues a new bootstrap token for the real agent and revokes the key."
