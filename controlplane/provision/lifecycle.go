@@ -39,7 +39,7 @@ const StateStopped = "stopped"
 // Action step names.
 const (
 	ActStepPreflight = "preflight"
-	ActStepShutdown  = "shutdown"   // graceful shutdown (cloud)
+	ActStepShutdown  = "shutdown" // graceful shutdown (cloud)
 	ActStepWaitShut  = "wait_shutdown"
 	ActStepPowerOff  = "power_off" // hard power off (cloud); skipped when already off
 	ActStepWaitOff   = "wait_off"
@@ -369,14 +369,14 @@ func (s *Service) scheduleActions() {
 }
 
 type actionJob struct {
-	s      *Service
-	a      store.ServerAction
-	p      actionParams
-	steps  []actionStep
-	srv    store.Server
-	cloud  cloud.Provider
-	lc     cloud.Lifecycle
-	log    *zap.Logger
+	s     *Service
+	a     store.ServerAction
+	p     actionParams
+	steps []actionStep
+	srv   store.Server
+	cloud cloud.Provider
+	lc    cloud.Lifecycle
+	log   *zap.Logger
 }
 
 var errLeaseLost = errors.New("action lease lost to another control plane")
