@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -197,6 +199,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
 		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval,
+		Owner: leaseOwner(cfg.DataDir),
 		Live: func(id string) (provision.Live, bool) {
 			st, ok := a.Hub.Status(id)
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
@@ -224,6 +227,19 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.handler = guard.Wrap(web.Route(apiHandler,
 		web.New(web.Options{API: apiHandler, Logger: cfg.Logger, Store: a.Store, Keys: a.Keys})))
 	return a, nil
+}
+
+// leaseOwner names this control plane in action leases: host and data
+// directory, so a restart takes its own leases back at once while another
+// control plane (another data dir) waits for them to expire.
+func leaseOwner(dataDir string) string {
+	host, _ := os.Hostname()
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		abs = dataDir
+	}
+	sum := sha256.Sum256([]byte(host + "\x00" + abs))
+	return "cp_" + hex.EncodeToString(sum[:8])
 }
 
 // reconciler builds the liveness reconciler (controlplane/reconcile).

@@ -113,6 +113,10 @@ type Options struct {
 	PollInterval time.Duration // wait_active polling; default 5 s
 	RetryMin     time.Duration // first retry wait of a transient failure; default 2 s
 	StepTimeout  time.Duration // how long a step retries transient failures; default 15 min
+	// Owner names this control plane in lifecycle action leases; the same
+	// control plane restarted (same host, same data dir) takes its own
+	// leases back at once, others wait for them to expire. "": random.
+	Owner string
 
 	// OnAgentConnected is called after every agent session start (the
 	// task service resends what the agent has not acknowledged).
@@ -192,7 +196,10 @@ func New(o Options) *Service {
 		kick: make(chan struct{}, 1), jobs: map[string]context.CancelFunc{}, waiters: map[string]chan struct{}{}}
 	s.watch = newWatcher(o.PollInterval, o.Now)
 	s.actionPoller = cloud.NewActionPoller(min(o.PollInterval, 2*time.Second))
-	s.owner = ids.New("cp")
+	s.owner = o.Owner
+	if s.owner == "" {
+		s.owner = ids.New("cp")
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
