@@ -126,7 +126,11 @@ func TestLifecycleActionsOnBothClouds(t *testing.T) {
 		}
 		h.call("", "GET", servers+"/"+srv.ID+"/actions?limit=3", nil, &list)
 		if len(list.Actions) != 3 || list.Next == "" || list.Actions[0].Type != "rename" {
-			t.Errorf("first page: %d actions, next %q", len(list.Actions), list.Next)
+			var types []string
+			for _, a := range list.Actions {
+				types = append(types, a.Type)
+			}
+			t.Errorf("first page: %v, next %q; want rename first", types, list.Next)
 		}
 
 		counts := c.counts(srv.InstanceID)

@@ -735,19 +735,27 @@ func (j *actionJob) do(ctx context.Context, i int, resumed bool) (string, error)
 	return "", fmt.Errorf("unknown action step %q", st.Name)
 }
 
-// waitAgentBack waits until the server's agent reconnected after since
-// (a new session sets last_seen_at and turns the server online).
+// waitAgentBack waits until the server's agent is connected and heard
+// from after since (the hub's live view: a new session after a reboot or
+// power on, or a heartbeat on a session that survived, e.g. a Vultr plan
+// change); without a live view, until the stored last_seen_at is.
 func (j *actionJob) waitAgentBack(ctx context.Context, since time.Time) (string, error) {
 	wake := j.s.waiter(j.srv.ID)
 	deadline := time.NewTimer(j.s.o.AgentTimeout)
 	defer deadline.Stop()
 	for {
-		srv, err := j.s.store.Q().GetServer(ctx, "", j.srv.ID)
-		if err != nil {
-			return "", err
-		}
-		if srv.State == StateOnline && srv.LastSeenAt != nil && srv.LastSeenAt.After(since) {
-			return "agent back at " + srv.LastSeenAt.UTC().Format(time.RFC3339), nil
+		if j.s.live != nil {
+			if l, ok := j.s.live(j.srv.ID); ok && l.Connected && l.LastSeen.After(since) {
+				return "agent heard from at " + l.LastSeen.UTC().Format(time.RFC3339) + " (session since " + l.Since.UTC().Format(time.RFC3339) + ")", nil
+			}
+		} else {
+			srv, err := j.s.store.Q().GetServer(ctx, "", j.srv.ID)
+			if err != nil {
+				return "", err
+			}
+			if srv.State == StateOnline && srv.LastSeenAt != nil && srv.LastSeenAt.After(since) {
+				return "agent back at " + srv.LastSeenAt.UTC().Format(time.RFC3339), nil
+			}
 		}
 		t := time.NewTimer(j.s.o.PollInterval)
 		select {
