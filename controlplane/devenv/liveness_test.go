@@ -139,10 +139,10 @@ func TestLivenessExplainsItself(t *testing.T) {
 
 	// Deleted outside Devpilot: lost within two passes (plus slack for
 	// this loaded machine), never merely offline.
+	start := time.Now()
 	if !h.env.Vultr.DeleteOutside(context.Background(), sVU.InstanceID) {
 		t.Fatal("delete outside")
 	}
-	start := time.Now()
 	got = h.waitState(sVU.ID, "lost", time.Minute)
 	t.Logf("lost after %v (interval %v): %s", time.Since(start).Round(time.Millisecond), reconcileEvery, got.StateReason)
 }
