@@ -58,7 +58,8 @@ type Machine struct {
 	cmd      *exec.Cmd // the current systemd-nspawn (a reboot starts a new one)
 	boots    int
 	stopping bool
-	done     chan struct{} // closed when the container is off for good
+	off      bool          // powered off (power.go); the file system is kept
+	done     chan struct{} // closed when the container is off for good (or until PowerOn)
 	err      error         // the last systemd-nspawn's exit status, after done
 }
 
