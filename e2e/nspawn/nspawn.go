@@ -280,7 +280,8 @@ func (m *Machine) start() (*exec.Cmd, error) {
 // supervise waits for systemd-nspawn and starts it again when the
 // container rebooted, as systemd-nspawn@.service would.
 func (r *Runtime) supervise(m *Machine, cmd *exec.Cmd) {
-	defer func() { _ = m.console.Close() }()
+	console := m.console // PowerOn opens a new one for the next supervisor
+	defer func() { _ = console.Close() }()
 	for {
 		err := cmd.Wait()
 		var ee *exec.ExitError
