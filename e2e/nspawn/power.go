@@ -81,7 +81,13 @@ func (r *Runtime) PowerOn(ctx context.Context, id string) error {
 		}
 		select {
 		case <-m.done:
-			return fmt.Errorf("nspawn: container %s exited during power on: %v", m.Name, m.err)
+			m.mu.Lock()
+			why := m.err
+			m.mu.Unlock()
+			if why == nil {
+				why = errors.New("exit status 0")
+			}
+			return fmt.Errorf("nspawn: container %s exited during power on: %w", m.Name, why)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
