@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -95,8 +96,10 @@ type Config struct {
 	// Tasks.
 	TaskSweepInterval time.Duration // how often overdue tasks are timed out; default 5 s
 	ReconcileInterval time.Duration // liveness reconcile passes (controlplane/reconcile); default 30 s
-	TaskDeadlineGrace time.Duration // how long after its deadline the control plane times a task out; default 15 s
-	TaskMaxLogBytes   int64         // output stored per task; default tasks.DefaultMaxLogBytes (8 MiB)
+	// ReconcileFirewallEvery: firewall drift is checked every n-th pass; default 10.
+	ReconcileFirewallEvery int
+	TaskDeadlineGrace      time.Duration // how long after its deadline the control plane times a task out; default 15 s
+	TaskMaxLogBytes        int64         // output stored per task; default tasks.DefaultMaxLogBytes (8 MiB)
 
 	// SSH diagnostics of servers whose agent did not confirm the install.
 	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
@@ -250,6 +253,14 @@ func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
 			st, _ := a.Hub.Status(id)
 			return reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen}
 		},
+		Firewall: func(srv store.Server) (cloud.FirewallSpec, bool) {
+			var ports []int
+			if json.Unmarshal([]byte(srv.PortsJSON), &ports) != nil || srv.FirewallID == "" {
+				return cloud.FirewallSpec{}, false
+			}
+			return cloud.FirewallSpec{Name: provision.FirewallName(srv.ID), Tag: provision.TagServer(srv.ID), Ports: ports}, true
+		},
+		FirewallEvery: cfg.ReconcileFirewallEvery,
 		Tags: func(srv store.Server) []string {
 			ws, err := a.Store.Q().WorkspaceByID(context.Background(), srv.WorkspaceID)
 			if err != nil {

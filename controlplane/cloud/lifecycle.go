@@ -70,3 +70,10 @@ type ActionStatus struct {
 
 // Done reports whether the action ended (completed or errored).
 func (s ActionStatus) Done() bool { return s.State != ActionInProgress }
+
+// FirewallRepairer is EnsureFirewall that reports whether the firewall had
+// to be changed: the reconciler puts back rules edited outside Devpilot
+// and records that it did. Both providers implement it.
+type FirewallRepairer interface {
+	RepairFirewall(ctx context.Context, spec FirewallSpec) (id string, changed bool, err error)
+}

@@ -51,9 +51,15 @@ type Options struct {
 	Provider func(ctx context.Context, workspaceID, integrationID string) (cloud.Provider, error)
 	Live     func(serverID string) Live
 	Tags     func(srv store.Server) []string // the cloud tags a server must carry
-	Interval time.Duration                   // between passes; default 30 s
-	Logger   *zap.Logger
-	Now      func() time.Time
+	// Firewall is the firewall a server must have (its name, tag and
+	// exactly its ports); nil: firewalls are not checked.
+	Firewall func(srv store.Server) (cloud.FirewallSpec, bool)
+	// FirewallEvery: firewalls are checked on every n-th pass (they cost
+	// one or two calls per server, not one per integration); default 10.
+	FirewallEvery int
+	Interval      time.Duration // between passes; default 30 s
+	Logger        *zap.Logger
+	Now           func() time.Time
 }
 
 // Reconciler runs passes until Close.
@@ -61,8 +67,9 @@ type Reconciler struct {
 	o   Options
 	log *zap.Logger
 
-	mu   sync.Mutex
-	seen map[string]observation // server id → last pass's observation
+	mu     sync.Mutex
+	seen   map[string]observation // server id → last pass's observation
+	passes int
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -84,6 +91,9 @@ func New(o Options) *Reconciler {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.FirewallEvery <= 0 {
+		o.FirewallEvery = 10
 	}
 	r := &Reconciler{o: o, log: o.Logger.Named("reconcile"), seen: map[string]observation{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
@@ -132,6 +142,10 @@ func (r *Reconciler) Pass(ctx context.Context) {
 	for _, a := range open {
 		busy[a.ServerID] = true // a lifecycle action owns the state meanwhile
 	}
+	r.mu.Lock()
+	r.passes++
+	firewalls := r.o.Firewall != nil && (r.passes-1)%r.o.FirewallEvery == 0
+	r.mu.Unlock()
 	byIntegration := map[string][]store.Server{}
 	for _, s := range servers {
 		if s.IntegrationID == "" || s.InstanceID == "" || busy[s.ID] {
@@ -140,12 +154,12 @@ func (r *Reconciler) Pass(ctx context.Context) {
 		byIntegration[s.IntegrationID] = append(byIntegration[s.IntegrationID], s)
 	}
 	for id, list := range byIntegration {
-		r.integration(ctx, id, list)
+		r.integration(ctx, id, list, firewalls)
 	}
 }
 
 // integration reconciles the servers of one integration with one list call.
-func (r *Reconciler) integration(ctx context.Context, integrationID string, servers []store.Server) {
+func (r *Reconciler) integration(ctx context.Context, integrationID string, servers []store.Server, firewalls bool) {
 	p, err := r.o.Provider(ctx, servers[0].WorkspaceID, integrationID)
 	var insts []cloud.Instance
 	if err == nil {
@@ -169,6 +183,9 @@ func (r *Reconciler) integration(ctx context.Context, integrationID string, serv
 		}
 		in := insts[i]
 		r.repairTags(ctx, p, s, in)
+		if firewalls {
+			r.repairFirewall(ctx, p, s)
+		}
 		live := r.o.Live(s.ID)
 		switch {
 		case in.State == cloud.StateOff:
@@ -250,4 +267,39 @@ func (r *Reconciler) repairTags(ctx context.Context, p cloud.Provider, s store.S
 		_ = r.o.Store.Q().AddAudit(ctx, store.AuditEntry{WorkspaceID: s.WorkspaceID, Actor: "reconciler", Action: "server.drift.tag",
 			Target: s.ID, DetailJSON: fmt.Sprintf(`{"tag":%q,"repaired":"tag removed outside Devpilot was put back"}`, tag), At: r.o.Now()})
 	}
+}
+
+// repairFirewall makes the server's firewall allow exactly its ports again
+// when someone edited it outside Devpilot, and audits it.
+func (r *Reconciler) repairFirewall(ctx context.Context, p cloud.Provider, s store.Server) {
+	fr, ok := p.(cloud.FirewallRepairer)
+	if !ok {
+		return
+	}
+	spec, ok := r.o.Firewall(s)
+	if !ok {
+		return
+	}
+	id, changed, err := fr.RepairFirewall(ctx, spec)
+	if err != nil {
+		r.log.Warn("check firewall", zap.String("server", s.ID), zap.Error(err))
+		return
+	}
+	if !changed {
+		return
+	}
+	r.log.Info("firewall edited outside Devpilot put back", zap.String("server", s.ID), zap.String("firewall", id))
+	_ = r.o.Store.Q().AddAudit(ctx, store.AuditEntry{WorkspaceID: s.WorkspaceID, Actor: "reconciler", Action: "server.drift.firewall",
+		Target: s.ID, DetailJSON: fmt.Sprintf(`{"firewall":%q,"ports":%s,"repaired":"rules edited outside Devpilot were put back"}`, id, portsJSON(spec.Ports)), At: r.o.Now()})
+}
+
+func portsJSON(ports []int) string {
+	b := []byte{'['}
+	for i, p := range ports {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = fmt.Appendf(b, "%d", p)
+	}
+	return string(append(b, ']'))
 }
