@@ -78,6 +78,10 @@ func setup(t *testing.T) (*fixture, []string) {
 		Provider: func(context.Context, string, string) (cloud.Provider, error) { return f.p, nil },
 		Live:     func(string) reconcile.Live { return f.live },
 		Tags:     func(s store.Server) []string { return []string{"devpilot", "devpilot-srv-" + s.ID} },
+		Firewall: func(s store.Server) (cloud.FirewallSpec, bool) {
+			return cloud.FirewallSpec{Name: "fw-" + strings.TrimPrefix(s.ID, "srv_"), Tag: "devpilot-srv-" + s.ID, Ports: []int{22}}, true
+		},
+		FirewallEvery: 1,
 	})
 	return f, ids
 }
@@ -161,5 +165,49 @@ func TestSilentAgentIsAgentOffline(t *testing.T) {
 	f.r.Pass(ctx)
 	if s, _ := f.state(t, "srv_a"); s != "online" {
 		t.Errorf("srv_a after the agent came back: %s", s)
+	}
+}
+
+// A firewall rule added outside Devpilot is removed again, and the audit
+// log says so; an untouched firewall is left alone and not audited.
+func TestFirewallDriftIsRepaired(t *testing.T) {
+	f, _ := setup(t)
+	ctx := context.Background()
+	f.r.Pass(ctx) // creates fw-a and fw-b (the spec's ports) the first time
+	var fw string
+	for _, x := range f.sim.State().Firewalls {
+		if x.Name == "fw-a" {
+			fw = x.ID
+		}
+	}
+	if fw == "" {
+		t.Fatalf("no firewall fw-a: %+v", f.sim.State().Firewalls)
+	}
+	audits := func() int {
+		es, _ := f.st.Q().ListAudit(ctx, "ws_1", 0, 100)
+		n := 0
+		for _, e := range es {
+			if e.Action == "server.drift.firewall" && e.Target == "srv_a" {
+				n++
+			}
+		}
+		return n
+	}
+	before := audits()
+	f.r.Pass(ctx)
+	if audits() != before {
+		t.Error("an untouched firewall was audited as drift")
+	}
+	if !f.sim.AddInboundOutside(fw, 3306) {
+		t.Fatal("add rule outside")
+	}
+	f.r.Pass(ctx)
+	for _, x := range f.sim.State().Firewalls {
+		if x.ID == fw && !slices.Equal(x.InboundPorts, []string{"tcp/22"}) {
+			t.Errorf("firewall after repair: %v, want only tcp/22", x.InboundPorts)
+		}
+	}
+	if audits() != before+1 {
+		t.Errorf("repair audited %d times, want once", audits()-before)
 	}
 }
