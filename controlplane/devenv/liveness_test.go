@@ -28,6 +28,7 @@ func startReconciling(t *testing.T) *harness {
 	env, err := devenv.Start(context.Background(), devenv.Config{
 		DataDir: h.dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", Logger: log, Out: h.out, BootDelay: 10 * time.Millisecond,
 		AgentDir: agentDir, HeartbeatInterval: time.Second, PollInterval: 50 * time.Millisecond, ReconcileInterval: reconcileEvery,
+		ReconcileFirewallEvery: 1,
 	})
 	if err != nil {
 		t.Fatalf("start dev environment: %v", err)
@@ -126,6 +127,40 @@ func TestLivenessExplainsItself(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("tag not put back (%v) or not audited (%v): %+v", tagged, audited, audit.Entries)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// A firewall rule added outside Devpilot is removed again and audited.
+	var fwID string
+	for _, fw := range h.env.DO.State().Firewalls {
+		if slices.Contains(fw.Tags, tag) {
+			fwID = fw.ID
+		}
+	}
+	if fwID == "" || !h.env.DO.AddInboundOutside(fwID, 3306) {
+		t.Fatalf("no firewall for %s to edit", sDO.ID)
+	}
+	deadline = time.Now().Add(time.Minute)
+	for {
+		var audit struct {
+			Entries []struct{ Action, Target string } `json:"entries"`
+		}
+		h.call("", "GET", "/v1/workspaces/default/audit", nil, &audit)
+		var ports []string
+		for _, fw := range h.env.DO.State().Firewalls {
+			if fw.ID == fwID {
+				ports = fw.InboundPorts
+			}
+		}
+		audited := slices.ContainsFunc(audit.Entries, func(e struct{ Action, Target string }) bool {
+			return e.Action == "server.drift.firewall" && e.Target == sDO.ID
+		})
+		if !slices.Contains(ports, "tcp/3306") && audited {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("firewall rule added outside not removed (%v) or not audited (%v)", ports, audited)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
