@@ -185,7 +185,7 @@ func checkAction(req apitypes.ActionRequest) (actionParams, error) {
 }
 
 // actionable lists the server states an action may start from.
-var actionable = []string{StateOnline, StateOffline, StateStopped, "agent_offline"}
+var actionable = []string{StateOnline, StateOffline, StateStopped, "agent_offline", "unknown"}
 
 // CreateAction validates and records a lifecycle action; its job starts at
 // once. A server with an unfinished action answers conflict.
@@ -700,7 +700,7 @@ func (j *actionJob) do(ctx context.Context, i int, resumed bool) (string, error)
 		if err != nil {
 			return "", err
 		}
-		if _, err := q.SetServerState(ctx, j.srv.ID, StateStopped, j.s.now(), StateOnline, StateOffline, "agent_offline"); err != nil {
+		if _, err := q.SetServerState(ctx, j.srv.ID, StateStopped, j.s.now(), StateOnline, StateOffline, "agent_offline", "unknown"); err != nil {
 			return "", err
 		}
 		return d, nil
