@@ -204,3 +204,17 @@ func (p *Provider) ListActions(ctx context.Context, id string) ([]cloud.ActionRe
 	}
 	return out, nil
 }
+
+// Snapshot takes a snapshot of a droplet (a droplet action).
+func (p *Provider) Snapshot(ctx context.Context, id, name string) (cloud.ActionRef, error) {
+	const op = "snapshot droplet"
+	n, err := p.dropletID(op, id)
+	if err != nil {
+		return cloud.ActionRef{}, err
+	}
+	a, _, err := p.client.DropletActions.Snapshot(ctx, n, name)
+	if err != nil {
+		return cloud.ActionRef{}, p.apiError(op, err)
+	}
+	return ref("snapshot", id, a), nil
+}

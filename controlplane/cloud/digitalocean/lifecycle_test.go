@@ -202,13 +202,16 @@ func TestLifecycleContract(t *testing.T) {
 	if _, err := p.Power(ctx, "999", cloud.PowerReboot); cloud.CodeOf(err) != cloud.CodeNotFound {
 		t.Errorf("reboot missing droplet: %v, want not_found", err)
 	}
+	r, err = p.Snapshot(ctx, in.ID, "before-tags")
+	must(err)
+	wait(r)
 	acts, err := p.ListActions(ctx, in.ID)
 	must(err)
 	var types []string
 	for _, a := range acts {
 		types = append(types, a.Type)
 	}
-	want := []string{"create", "reboot", "power_cycle", "shutdown", "resize", "power_on", "rename"}
+	want := []string{"create", "reboot", "power_cycle", "shutdown", "resize", "power_on", "rename", "snapshot"}
 	if !slices.Equal(types, want) {
 		t.Errorf("droplet actions = %v, want %v", types, want)
 	}

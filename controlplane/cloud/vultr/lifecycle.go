@@ -153,3 +153,27 @@ func (p *Provider) Reinstall(ctx context.Context, id string) (cloud.ActionRef, e
 	}
 	return cloud.ActionRef{Provider: cloud.Vultr, Type: "reinstall", Instance: id, Want: cloud.StateActive}, nil
 }
+
+// SnapshotStatus returns a snapshot's status ("pending", "complete").
+func (p *Provider) SnapshotStatus(ctx context.Context, id string) (string, error) {
+	cctx, capt := cloud.WithCapture(ctx)
+	sn, _, err := p.client.Snapshot.Get(cctx, id)
+	if err != nil {
+		return "", p.fail(cctx, "get snapshot", capt, err)
+	}
+	if sn == nil {
+		return "", local("get snapshot", cloud.CodeProviderError, "the API returned no snapshot", serverHint)
+	}
+	return sn.Status, nil
+}
+
+// DeleteSnapshot deletes a snapshot; a missing one is not an error.
+func (p *Provider) DeleteSnapshot(ctx context.Context, id string) error {
+	cctx, capt := cloud.WithCapture(ctx)
+	if err := p.client.Snapshot.Delete(cctx, id); err != nil {
+		if e := p.fail(cctx, "delete snapshot", capt, err); !isNotFound(e) {
+			return e
+		}
+	}
+	return nil
+}

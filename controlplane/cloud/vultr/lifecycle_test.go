@@ -73,6 +73,8 @@ var lifecycleOperations = []string{
 	"PATCH /v2/instances/{instance-id}",
 	"GET /v2/snapshots",
 	"POST /v2/snapshots",
+	"GET /v2/snapshots/{snapshot-id}",
+	"DELETE /v2/snapshots/{snapshot-id}",
 }
 
 // TestLifecycleContract drives every lifecycle call through govultr
@@ -198,6 +200,14 @@ func TestLifecycleContract(t *testing.T) {
 	must(err)
 	if !slices.Contains(snaps, snap) {
 		t.Errorf("snapshots = %v, want %s", snaps, snap)
+	}
+	if st, err := p.SnapshotStatus(ctx, snap); err != nil || st != "complete" {
+		t.Errorf("snapshot status %q %v", st, err)
+	}
+	must(p.DeleteSnapshot(ctx, snap))
+	must(p.DeleteSnapshot(ctx, snap))
+	if _, err := p.SnapshotStatus(ctx, snap); cloud.CodeOf(err) != cloud.CodeNotFound {
+		t.Errorf("deleted snapshot: %v, want not_found", err)
 	}
 	r, err = p.Reinstall(ctx, in.ID)
 	must(err)
