@@ -18,8 +18,9 @@ import (
 //	GET  /v1/workspaces/{ws}/servers/{id}/actions/{action}   → apitypes.Action
 //
 // 409 conflict when the server has an unfinished action; 422
-// validation_failed for an unknown type or a size the catalog does not
-// offer (the hint names the valid choices); 400 for a malformed field.
+// validation_failed for an unknown type, a size the catalog does not offer,
+// bad ports or a bad name (the hint names the valid choices); 400 for a
+// malformed body.
 func (a *API) actionRoutes() {
 	if a.o.Servers == nil {
 		return

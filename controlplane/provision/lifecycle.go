@@ -146,6 +146,14 @@ func validServerName(n string) bool {
 	return true
 }
 
+// unprocessable is the contract's 422 validation_failed for a request
+// whose JSON is fine but whose values are not (the hint names the choices).
+func unprocessable(hint, format string, args ...any) *problem.Error {
+	e := problem.Validation(hint, format, args...)
+	e.Status = 422
+	return e
+}
+
 // checkAction validates a request at the door and names the valid choices.
 func checkAction(req apitypes.ActionRequest) (actionParams, error) {
 	var p actionParams
@@ -158,16 +166,16 @@ func checkAction(req apitypes.ActionRequest) (actionParams, error) {
 	case apitypes.ActionPowerOn:
 	case apitypes.ActionResize:
 		if req.Size == "" {
-			return p, problem.Validation("Give the size to resize to, e.g. {\"type\":\"resize\",\"size\":\"s-2vcpu-2gb\"}; the integration's catalog lists the sizes.", "resize needs a size")
+			return p, unprocessable("Give the size to resize to, e.g. {\"type\":\"resize\",\"size\":\"s-2vcpu-2gb\"}; the integration's catalog lists the sizes.", "resize needs a size")
 		}
 		p.Size = req.Size
 	case apitypes.ActionPorts:
 		if len(req.Ports) == 0 || len(req.Ports) > 50 {
-			return p, problem.Validation("Give 1 to 50 TCP ports, e.g. {\"type\":\"ports\",\"ports\":[22,8080]}.", "ports needs 1 to 50 ports")
+			return p, unprocessable("Give 1 to 50 TCP ports, e.g. {\"type\":\"ports\",\"ports\":[22,8080]}.", "ports needs 1 to 50 ports")
 		}
 		for _, port := range req.Ports {
 			if port < 1 || port > 65535 {
-				return p, problem.Validation("Ports are TCP port numbers from 1 to 65535.", "port %d is out of range", port)
+				return p, unprocessable("Ports are TCP port numbers from 1 to 65535.", "port %d is out of range", port)
 			}
 		}
 		p.Ports = slices.Clone(req.Ports)
@@ -175,7 +183,7 @@ func checkAction(req apitypes.ActionRequest) (actionParams, error) {
 		p.Ports = slices.Compact(p.Ports)
 	case apitypes.ActionRename:
 		if !validServerName(req.Name) {
-			return p, problem.Validation("A server name is 1 to 63 "+serverNameChars+".", "name %q is not a valid server name", req.Name)
+			return p, unprocessable("A server name is 1 to 63 "+serverNameChars+".", "name %q is not a valid server name", req.Name)
 		}
 		p.Name = req.Name
 	default:
