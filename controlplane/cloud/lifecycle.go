@@ -1,6 +1,9 @@
 package cloud
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Power actions, as Lifecycle.Power takes them.
 const (
@@ -54,6 +57,9 @@ type ActionRef struct {
 	ID       string `json:"id,omitempty"`        // DigitalOcean action id
 	Want     string `json:"want,omitempty"`      // Vultr: StateActive or StateOff once done; "" done at once
 	WantSize string `json:"want_size,omitempty"` // Vultr resize: the plan once done
+	// Started is when the cloud says the action started (DigitalOcean);
+	// zero when it does not say.
+	Started time.Time `json:"started_at,omitzero"`
 }
 
 // Action states.

@@ -576,8 +576,18 @@ func (j *actionJob) adopt(ctx context.Context, name string) (cloud.ActionRef, bo
 				known[st.Ref.ID] = true
 			}
 		}
+		var stepStart time.Time
+		for _, st := range j.steps {
+			if st.Name == name && st.StartedAt != nil {
+				stepStart = *st.StartedAt
+			}
+		}
 		for k := len(refs) - 1; k >= 0; k-- {
-			if refs[k].Type == typ && !known[refs[k].ID] && j.newerThanPrevious(refs[k]) {
+			// Started no earlier than a minute before the step (clock skew
+			// between us and the cloud): an older action of the same type
+			// is not this step's.
+			recent := refs[k].Started.IsZero() || !refs[k].Started.Before(stepStart.Add(-time.Minute))
+			if refs[k].Type == typ && !known[refs[k].ID] && recent && j.newerThanPrevious(refs[k]) {
 				return refs[k], true
 			}
 		}

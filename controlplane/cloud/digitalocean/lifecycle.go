@@ -23,7 +23,11 @@ func (p *Provider) dropletID(op, id string) (int, error) {
 }
 
 func ref(typ, id string, a *godo.Action) cloud.ActionRef {
-	return cloud.ActionRef{Provider: cloud.DigitalOcean, Type: typ, Instance: id, ID: strconv.Itoa(a.ID)}
+	r := cloud.ActionRef{Provider: cloud.DigitalOcean, Type: typ, Instance: id, ID: strconv.Itoa(a.ID)}
+	if a.StartedAt != nil {
+		r.Started = a.StartedAt.Time
+	}
+	return r
 }
 
 // Power implements cloud.Lifecycle with POST /v2/droplets/{id}/actions.
