@@ -570,10 +570,25 @@ func (j *actionJob) adopt(ctx context.Context, name string) (cloud.ActionRef, bo
 		if err != nil {
 			return cloud.ActionRef{}, false
 		}
+		// Cloud actions recorded by this job or any other of this server's
+		// recent actions are not this step's.
 		known := map[string]bool{}
 		for _, st := range j.steps {
 			if st.Ref != nil {
 				known[st.Ref.ID] = true
+			}
+		}
+		others, err := j.s.store.Q().ListActions(ctx, j.a.ServerID, "", 100)
+		if err != nil {
+			return cloud.ActionRef{}, false
+		}
+		for _, o := range others {
+			var steps []actionStep
+			_ = json.Unmarshal([]byte(o.StepsJSON), &steps)
+			for _, st := range steps {
+				if st.Ref != nil {
+					known[st.Ref.ID] = true
+				}
 			}
 		}
 		var stepStart time.Time
