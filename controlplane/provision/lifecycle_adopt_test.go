@@ -67,7 +67,7 @@ func TestResumedStepAdoptsTheCloudAction(t *testing.T) {
 		}
 		started := s.now().UTC()
 		j := &actionJob{s: s, a: a, p: actionParams{Hard: true}, cloud: p, lc: p, log: s.log,
-			srv: store.Server{ID: "srv_a", InstanceID: in.ID, Provider: cloud.DigitalOcean, IntegrationID: "int_1"},
+			srv:   store.Server{ID: "srv_a", InstanceID: in.ID, Provider: cloud.DigitalOcean, IntegrationID: "int_1"},
 			steps: []actionStep{{Name: ActStepReboot, State: StepRunning, StartedAt: &started}, {Name: ActStepWaitBoot, State: StepPending}}}
 		if callFirst { // the crashed run's call, which landed
 			if _, err := p.Power(ctx, in.ID, cloud.PowerCycle); err != nil {
