@@ -75,6 +75,7 @@ const (
 	StateAgentRestarting State = "agent-restarting" // exited; waiting out the restart delay
 	StateAgentFailed     State = "agent-failed"     // start limit hit; no more restarts
 	StateStopped         State = "stopped"          // being destroyed
+	StatePoweredOff      State = "powered-off"      // PowerOff: nothing runs, the root is kept
 )
 
 // Info describes a machine, for tests and diagnostics.
@@ -111,7 +112,10 @@ type machine struct {
 	log      *zap.Logger
 }
 
-var _ simrun.Runtime = (*Runtime)(nil)
+var (
+	_ simrun.Runtime = (*Runtime)(nil)
+	_ simrun.Power   = (*Runtime)(nil)
+)
 
 // New returns a Runtime keeping machine roots under o.Dir.
 func New(o Options) *Runtime {

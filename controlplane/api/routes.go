@@ -48,6 +48,7 @@ func (a *API) routes() {
 	a.handle("GET /v1/workspaces/{ws}/integrations/{id}/catalog", read, a.catalog)
 
 	a.serverRoutes()
+	a.actionRoutes()
 	a.taskRoutes()
 	if a.o.Agent != nil {
 		a.mux.Handle("GET /v1/agent/", a.o.Agent)

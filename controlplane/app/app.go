@@ -5,7 +5,10 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +36,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/reconcile"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
@@ -91,8 +95,11 @@ type Config struct {
 
 	// Tasks.
 	TaskSweepInterval time.Duration // how often overdue tasks are timed out; default 5 s
-	TaskDeadlineGrace time.Duration // how long after its deadline the control plane times a task out; default 15 s
-	TaskMaxLogBytes   int64         // output stored per task; default tasks.DefaultMaxLogBytes (8 MiB)
+	ReconcileInterval time.Duration // liveness reconcile passes (controlplane/reconcile); default 30 s
+	// ReconcileFirewallEvery: firewall drift is checked every n-th pass; default 10.
+	ReconcileFirewallEvery int
+	TaskDeadlineGrace      time.Duration // how long after its deadline the control plane times a task out; default 15 s
+	TaskMaxLogBytes        int64         // output stored per task; default tasks.DefaultMaxLogBytes (8 MiB)
 
 	// SSH diagnostics of servers whose agent did not confirm the install.
 	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
@@ -120,6 +127,7 @@ type App struct {
 	Keys         *secrets.Keyring
 	Integrations *integrations.Service
 	Provision    *provision.Service
+	Reconciler   *reconcile.Reconciler
 	Hub          *hub.Hub
 	Tasks        *tasks.Service
 	handler      http.Handler
@@ -194,6 +202,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
 		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval,
+		Owner: leaseOwner(cfg.DataDir),
 		Live: func(id string) (provision.Live, bool) {
 			st, ok := a.Hub.Status(id)
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
@@ -205,6 +214,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})
+	a.Reconciler = a.reconciler(cfg)
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
@@ -220,6 +230,45 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.handler = guard.Wrap(web.Route(apiHandler,
 		web.New(web.Options{API: apiHandler, Logger: cfg.Logger, Store: a.Store, Keys: a.Keys})))
 	return a, nil
+}
+
+// leaseOwner names this control plane in action leases: host and data
+// directory, so a restart takes its own leases back at once while another
+// control plane (another data dir) waits for them to expire.
+func leaseOwner(dataDir string) string {
+	host, _ := os.Hostname()
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		abs = dataDir
+	}
+	sum := sha256.Sum256([]byte(host + "\x00" + abs))
+	return "cp_" + hex.EncodeToString(sum[:8])
+}
+
+// reconciler builds the liveness reconciler (controlplane/reconcile).
+func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
+	return reconcile.New(reconcile.Options{
+		Store: a.Store, Provider: a.Integrations.Provider, Interval: cfg.ReconcileInterval, Logger: cfg.Logger,
+		Live: func(id string) reconcile.Live {
+			st, _ := a.Hub.Status(id)
+			return reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen}
+		},
+		Firewall: func(srv store.Server) (cloud.FirewallSpec, bool) {
+			var ports []int
+			if json.Unmarshal([]byte(srv.PortsJSON), &ports) != nil || srv.FirewallID == "" {
+				return cloud.FirewallSpec{}, false
+			}
+			return cloud.FirewallSpec{Name: provision.FirewallName(srv.ID), Tag: provision.TagServer(srv.ID), Ports: ports}, true
+		},
+		FirewallEvery: cfg.ReconcileFirewallEvery,
+		Tags: func(srv store.Server) []string {
+			ws, err := a.Store.Q().WorkspaceByID(context.Background(), srv.WorkspaceID)
+			if err != nil {
+				return nil
+			}
+			return []string{provision.TagAll, provision.TagWorkspace(ws.Slug), provision.TagServer(srv.ID)}
+		},
+	})
 }
 
 // connector builds provider clients, pointed at simulators when configured.
@@ -466,6 +515,8 @@ func (a *App) Serve(ctx context.Context) error {
 		a.Provision.Close()
 		return err
 	}
+	a.Reconciler.Start()
+	defer a.Reconciler.Close()
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	sd := a.startSystemd(ctx)

@@ -46,6 +46,9 @@ type Config struct {
 	AgentTimeout      time.Duration
 	HeartbeatInterval time.Duration
 	PollInterval      time.Duration
+	ReconcileInterval time.Duration
+	// ReconcileFirewallEvery: firewall drift checked every n-th pass (app's default 10).
+	ReconcileFirewallEvery int
 
 	// Runtime boots simulated instances; nil: the sandbox runtime (user-data
 	// as a process tree under DataDir/machines, no SSH diagnostics). The
@@ -151,6 +154,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		DigitalOceanAPIURL: e.DOURL, VultrAPIURL: e.VultrURL,
 		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
+		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
 	})
 	if err != nil {
 		e.closeSims()

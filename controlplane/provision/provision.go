@@ -113,6 +113,10 @@ type Options struct {
 	PollInterval time.Duration // wait_active polling; default 5 s
 	RetryMin     time.Duration // first retry wait of a transient failure; default 2 s
 	StepTimeout  time.Duration // how long a step retries transient failures; default 15 min
+	// Owner names this control plane in lifecycle action leases; the same
+	// control plane restarted (same host, same data dir) takes its own
+	// leases back at once, others wait for them to expire. "": random.
+	Owner string
 
 	// OnAgentConnected is called after every agent session start (the
 	// task service resends what the agent has not acknowledged).
@@ -148,6 +152,8 @@ type Service struct {
 	now          func() time.Time
 	o            Options
 	watch        *watcher
+	actionPoller *cloud.ActionPoller // one for all lifecycle actions (lifecycle.go)
+	owner        string              // this process, as action leases name it
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -189,6 +195,11 @@ func New(o Options) *Service {
 		disconnect: o.Disconnect, log: o.Logger.Named("provision"), now: o.Now, o: o,
 		kick: make(chan struct{}, 1), jobs: map[string]context.CancelFunc{}, waiters: map[string]chan struct{}{}}
 	s.watch = newWatcher(o.PollInterval, o.Now)
+	s.actionPoller = cloud.NewActionPoller(min(o.PollInterval, 2*time.Second))
+	s.owner = o.Owner
+	if s.owner == "" {
+		s.owner = ids.New("cp")
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -224,6 +235,7 @@ func (s *Service) loop() {
 	defer t.Stop()
 	for {
 		s.schedule()
+		s.scheduleActions()
 		select {
 		case <-s.ctx.Done():
 			return
@@ -486,6 +498,12 @@ func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
 	case len(srv.AgentPublicKey) == 0 && len(srv.RevokedAgentKey) > 0:
 		v.StateReason = "rekeyed: waiting for the real agent to enroll with the new bootstrap token " +
 			"(on the server: devpilot-agent enroll --token-file FILE); the old identity key is refused"
+	case srv.State == StateStopped || srv.State == "agent_offline" || srv.State == "lost" || srv.State == "unknown":
+		// Set by the reconciler (controlplane/reconcile) or a power_off action.
+		v.StateReason, _ = s.store.Q().ServerStateReason(ctx, srv.ID)
+		if v.StateReason == "" && srv.State == StateStopped {
+			v.StateReason = "the instance is powered off; start it with a power_on action"
+		}
 	case srv.QuarantinedAt != nil:
 		v.StateReason = srv.QuarantineReason + ". No tasks are sent (queued ones wait) and the key is refused. " +
 			"Fix: devpilot servers rekey " + srv.ID + " issues a new bootstrap token for the real agent and revokes the key."

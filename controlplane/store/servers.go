@@ -338,7 +338,7 @@ func (q *Queries) RevokeAgentKey(ctx context.Context, id string, at time.Time) e
 // server turns online.
 func (q *Queries) SaveAgentSession(ctx context.Context, id, version, factsJSON string, at time.Time) error {
 	return affected(q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
-		installed_at = COALESCE(installed_at, ?), state = CASE WHEN state = 'offline' THEN 'online' ELSE state END,
+		installed_at = COALESCE(installed_at, ?), state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
 		updated_at = ? WHERE id = ?`, version, factsJSON, at.UTC(), at.UTC(), at.UTC(), id))
 }
 

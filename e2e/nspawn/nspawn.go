@@ -58,7 +58,8 @@ type Machine struct {
 	cmd      *exec.Cmd // the current systemd-nspawn (a reboot starts a new one)
 	boots    int
 	stopping bool
-	done     chan struct{} // closed when the container is off for good
+	off      bool          // powered off (power.go); the file system is kept
+	done     chan struct{} // closed when the container is off for good (or until PowerOn)
 	err      error         // the last systemd-nspawn's exit status, after done
 }
 
@@ -279,7 +280,8 @@ func (m *Machine) start() (*exec.Cmd, error) {
 // supervise waits for systemd-nspawn and starts it again when the
 // container rebooted, as systemd-nspawn@.service would.
 func (r *Runtime) supervise(m *Machine, cmd *exec.Cmd) {
-	defer func() { _ = m.console.Close() }()
+	console := m.console // PowerOn opens a new one for the next supervisor
+	defer func() { _ = console.Close() }()
 	for {
 		err := cmd.Wait()
 		var ee *exec.ExitError

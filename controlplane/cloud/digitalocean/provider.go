@@ -330,51 +330,58 @@ func sameFirewall(f *godo.Firewall, want *godo.FirewallRequest) bool {
 // targets the tag spec.Tag (created if missing), lets TCP spec.Ports in
 // from anywhere (IPv4 and IPv6) and everything out.
 func (p *Provider) EnsureFirewall(ctx context.Context, spec cloud.FirewallSpec) (string, error) {
+	id, _, err := p.RepairFirewall(ctx, spec)
+	return id, err
+}
+
+// RepairFirewall implements cloud.FirewallRepairer: EnsureFirewall that
+// also reports whether it had to change (or create) the firewall.
+func (p *Provider) RepairFirewall(ctx context.Context, spec cloud.FirewallSpec) (string, bool, error) {
 	const op = "ensure firewall"
 	invalid := func(msg string) error {
 		return &cloud.Error{Code: cloud.CodeValidation, Provider: cloud.DigitalOcean, Op: op, Message: msg}
 	}
 	if !firewallNameRe.MatchString(spec.Name) || len(spec.Name) > 255 {
-		return "", invalid(fmt.Sprintf("firewall name %q must be letters, digits, dots and dashes", spec.Name))
+		return "", false, invalid(fmt.Sprintf("firewall name %q must be letters, digits, dots and dashes", spec.Name))
 	}
 	if !validTag(spec.Tag) {
-		return "", invalid(fmt.Sprintf("tag %q must be letters, digits, colons, dashes and underscores", spec.Tag))
+		return "", false, invalid(fmt.Sprintf("tag %q must be letters, digits, colons, dashes and underscores", spec.Tag))
 	}
 	for _, port := range spec.Ports {
 		if port < 1 || port > 65535 {
-			return "", invalid(fmt.Sprintf("port %d is out of range", port))
+			return "", false, invalid(fmt.Sprintf("port %d is out of range", port))
 		}
 	}
 	if err := p.ensureTag(ctx, op, spec.Tag); err != nil {
-		return "", err
+		return "", false, err
 	}
 	for attempt := 0; attempt < 2; attempt++ {
 		fws, err := list(ctx, p.perPage, p.client.Firewalls.List)
 		if err != nil {
-			return "", p.apiError(op, err)
+			return "", false, p.apiError(op, err)
 		}
 		i := slices.IndexFunc(fws, func(f godo.Firewall) bool { return f.Name == spec.Name })
 		if i >= 0 {
 			f := &fws[i]
 			want := desiredFirewall(spec, f)
 			if sameFirewall(f, want) {
-				return f.ID, nil
+				return f.ID, false, nil
 			}
 			if _, _, err := p.client.Firewalls.Update(ctx, f.ID, want); err != nil {
-				return "", p.apiError(op, err)
+				return "", false, p.apiError(op, err)
 			}
-			return f.ID, nil
+			return f.ID, true, nil
 		}
 		f, _, err := p.client.Firewalls.Create(ctx, desiredFirewall(spec, nil))
 		if err == nil {
-			return f.ID, nil
+			return f.ID, true, nil
 		}
 		if ce := p.apiError(op, err); ce.Status != http.StatusConflict {
-			return "", ce
+			return "", false, ce
 		}
 		// 409 "duplicate name": created concurrently; find it and update it.
 	}
-	return "", &cloud.Error{Code: cloud.CodeProviderError, Provider: cloud.DigitalOcean, Op: op,
+	return "", false, &cloud.Error{Code: cloud.CodeProviderError, Provider: cloud.DigitalOcean, Op: op,
 		Message: fmt.Sprintf("firewall %q is reported to exist but is not listed", spec.Name)}
 }
 

@@ -25,3 +25,14 @@ type Runtime interface {
 	Boot(ctx context.Context, m Machine) error
 	Destroy(ctx context.Context, id string) error
 }
+
+// Power is implemented by runtimes whose machines can be powered off and on
+// without being destroyed: PowerOff stops everything the machine runs (the
+// agent goes away) and keeps its disk; PowerOn boots it again from that disk
+// (the user-data does not run a second time; the agent comes back by
+// itself). Powering off a machine that is off, or on one that runs, is a
+// no-op. An unknown id is an error.
+type Power interface {
+	PowerOff(ctx context.Context, id string) error
+	PowerOn(ctx context.Context, id string) error
+}

@@ -73,21 +73,28 @@ type firewallRuleKey struct {
 // deleted. Vultr groups accept only what a rule allows; everything else
 // inbound is dropped and outbound is open.
 func (p *Provider) EnsureFirewall(ctx context.Context, spec cloud.FirewallSpec) (string, error) {
+	id, _, err := p.RepairFirewall(ctx, spec)
+	return id, err
+}
+
+// RepairFirewall implements cloud.FirewallRepairer: EnsureFirewall that
+// also reports whether it changed (or created) the group's rules.
+func (p *Provider) RepairFirewall(ctx context.Context, spec cloud.FirewallSpec) (string, bool, error) {
 	const op = "ensure firewall group"
 	if spec.Name == "" {
-		return "", local(op, cloud.CodeValidation, "firewall name is empty", "")
+		return "", false, local(op, cloud.CodeValidation, "firewall name is empty", "")
 	}
 	want := map[firewallRuleKey]bool{}
 	for _, port := range spec.Ports {
 		if port < 1 || port > 65535 {
-			return "", local(op, cloud.CodeValidation, fmt.Sprintf("port %d is out of range", port), "Ports are 1 to 65535.")
+			return "", false, local(op, cloud.CodeValidation, fmt.Sprintf("port %d is out of range", port), "Ports are 1 to 65535.")
 		}
 		ps := strconv.Itoa(port)
 		want[firewallRuleKey{"v4", "tcp", ps, "0.0.0.0", 0, ""}] = true
 		want[firewallRuleKey{"v6", "tcp", ps, "::", 0, ""}] = true
 	}
 	if len(want)/2 > 25 {
-		return "", local(op, cloud.CodeValidation, "too many ports", "A Vultr firewall group holds at most 50 rules: 25 ports for IPv4 and IPv6.")
+		return "", false, local(op, cloud.CodeValidation, "too many ports", "A Vultr firewall group holds at most 50 rules: 25 ports for IPv4 and IPv6.")
 	}
 
 	groups, err := listAll(ctx, p, op, func(ctx context.Context, lo *govultr.ListOptions) ([]govultr.FirewallGroup, *govultr.Meta, error) {
@@ -95,21 +102,23 @@ func (p *Provider) EnsureFirewall(ctx context.Context, spec cloud.FirewallSpec) 
 		return r, m, err
 	})
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	var id string
+	changed := false
 	if i := slices.IndexFunc(groups, func(g govultr.FirewallGroup) bool { return g.Description == spec.Name }); i >= 0 {
 		id = groups[i].ID
 	} else {
 		cctx, capt := cloud.WithCapture(ctx)
 		g, _, err := p.client.FirewallGroup.Create(cctx, &govultr.FirewallGroupReq{Description: spec.Name})
 		if err != nil {
-			return "", p.fail(cctx, op, capt, err)
+			return "", false, p.fail(cctx, op, capt, err)
 		}
 		if g == nil || g.ID == "" {
-			return "", local(op, cloud.CodeProviderError, "the API created the firewall group but returned no id", serverHint)
+			return "", false, local(op, cloud.CodeProviderError, "the API created the firewall group but returned no id", serverHint)
 		}
 		id = g.ID
+		changed = true
 	}
 
 	rules, err := listAll(ctx, p, op, func(ctx context.Context, lo *govultr.ListOptions) ([]govultr.FirewallRule, *govultr.Meta, error) {
@@ -117,7 +126,7 @@ func (p *Provider) EnsureFirewall(ctx context.Context, spec cloud.FirewallSpec) 
 		return r, m, err
 	})
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	have := map[firewallRuleKey]bool{}
 	for _, r := range rules {
@@ -126,10 +135,11 @@ func (p *Provider) EnsureFirewall(ctx context.Context, spec cloud.FirewallSpec) 
 			have[k] = true
 			continue
 		}
+		changed = true
 		cctx, capt := cloud.WithCapture(ctx)
 		if err := p.client.FirewallRule.Delete(cctx, id, r.ID); err != nil {
 			if e := p.fail(cctx, op, capt, err); !isNotFound(e) {
-				return "", e
+				return "", false, e
 			}
 		}
 	}
@@ -137,16 +147,17 @@ func (p *Provider) EnsureFirewall(ctx context.Context, spec cloud.FirewallSpec) 
 		if have[k] {
 			continue
 		}
+		changed = true
 		cctx, capt := cloud.WithCapture(ctx)
 		_, _, err := p.client.FirewallRule.Create(cctx, id, &govultr.FirewallRuleReq{
 			IPType: k.ipType, Protocol: k.protocol, Subnet: k.subnet, SubnetSize: k.size, Port: k.port,
 			Notes: "devpilot",
 		})
 		if err != nil {
-			return "", p.fail(cctx, op, capt, err)
+			return "", false, p.fail(cctx, op, capt, err)
 		}
 	}
-	return id, nil
+	return id, changed, nil
 }
 
 func sortedRuleKeys(m map[firewallRuleKey]bool) []firewallRuleKey {

@@ -36,7 +36,11 @@ func (s *Sim) routes(mux *http.ServeMux) {
 	mux.Handle("DELETE /v2/account/keys/{key}", h(s.deleteKey))
 
 	mux.Handle("POST /v2/tags", h(s.createTag))
+	mux.Handle("GET /v2/tags", h(s.listTags))
 	mux.Handle("GET /v2/tags/{name}", h(s.getTag))
+	mux.Handle("DELETE /v2/tags/{name}", h(s.deleteTag))
+	mux.Handle("POST /v2/tags/{name}/resources", h(s.tagResources(true)))
+	mux.Handle("DELETE /v2/tags/{name}/resources", h(s.tagResources(false)))
 
 	mux.Handle("GET /v2/firewalls", h(s.listFirewalls))
 	mux.Handle("POST /v2/firewalls", h(s.createFirewall))
@@ -45,11 +49,17 @@ func (s *Sim) routes(mux *http.ServeMux) {
 	mux.Handle("DELETE /v2/firewalls/{id}", h(s.deleteFirewall))
 	mux.Handle("POST /v2/firewalls/{id}/tags", h(s.firewallTags(true)))
 	mux.Handle("DELETE /v2/firewalls/{id}/tags", h(s.firewallTags(false)))
+	mux.Handle("POST /v2/firewalls/{id}/droplets", h(s.firewallDroplets(true)))
+	mux.Handle("DELETE /v2/firewalls/{id}/droplets", h(s.firewallDroplets(false)))
 
 	mux.Handle("POST /v2/droplets", h(s.createDroplet))
 	mux.Handle("GET /v2/droplets", h(s.listDroplets))
 	mux.Handle("GET /v2/droplets/{id}", h(s.getDroplet))
+	mux.Handle("DELETE /v2/droplets", h(s.deleteDropletsByTag))
 	mux.Handle("DELETE /v2/droplets/{id}", h(s.deleteDroplet))
+	mux.Handle("POST /v2/droplets/{id}/actions", h(s.postDropletAction))
+	mux.Handle("GET /v2/droplets/{id}/actions", h(s.listDropletActions))
+	mux.Handle("GET /v2/droplets/{id}/actions/{action}", h(s.getDropletAction))
 
 	mux.Handle("GET /v2/actions/{id}", h(s.getAction))
 
@@ -444,8 +454,42 @@ func findImage(ref any) (imageSpec, bool) {
 type action struct {
 	id        int
 	dropletID int
+	typ       string // "create" or a droplet action type
 	region    string
 	started   time.Time
+
+	// Droplet actions (not create): done once the runtime finished and the
+	// action's duration passed.
+	done    bool
+	doneAt  time.Time
+	errored bool
+}
+
+// actionJSON renders an action. Caller holds s.mu.
+func (s *Sim) actionJSON(a *action) map[string]any {
+	status, completed := "in-progress", any(nil)
+	if a.typ == "create" {
+		d := s.dropletByID(a.dropletID)
+		switch {
+		case d == nil: // deleted: its create action finished long ago
+			status, completed = "completed", a.started.UTC().Format(time.RFC3339)
+		case d.failed:
+			status, completed = "errored", d.bootAt.UTC().Format(time.RFC3339)
+		case s.isActive(d) || d.off:
+			status, completed = "completed", d.bootAt.UTC().Format(time.RFC3339)
+		}
+	} else if a.done && !s.now().Before(a.doneAt) {
+		status, completed = "completed", a.doneAt.UTC().Format(time.RFC3339)
+		if a.errored {
+			status = "errored"
+		}
+	}
+	r, _ := findRegion(a.region)
+	return map[string]any{
+		"id": a.id, "status": status, "type": a.typ, "started_at": a.started.UTC().Format(time.RFC3339),
+		"completed_at": completed, "resource_id": a.dropletID, "resource_type": "droplet",
+		"region": s.regionJSON(r), "region_slug": a.region,
+	}
 }
 
 func (s *Sim) getAction(c *call) {
@@ -454,27 +498,7 @@ func (s *Sim) getAction(c *call) {
 	a, ok := s.actions[id]
 	var body map[string]any
 	if ok {
-		status, completed := "in-progress", any(nil)
-		var d *droplet
-		for _, x := range s.droplets {
-			if x.id == a.dropletID {
-				d = x
-			}
-		}
-		switch {
-		case d == nil: // deleted: its create action finished long ago
-			status, completed = "completed", a.started.UTC().Format(time.RFC3339)
-		case d.failed:
-			status, completed = "errored", d.bootAt.UTC().Format(time.RFC3339)
-		case s.isActive(d):
-			status, completed = "completed", d.bootAt.UTC().Format(time.RFC3339)
-		}
-		r, _ := findRegion(a.region)
-		body = map[string]any{
-			"id": a.id, "status": status, "type": "create", "started_at": a.started.UTC().Format(time.RFC3339),
-			"completed_at": completed, "resource_id": a.dropletID, "resource_type": "droplet",
-			"region": s.regionJSON(r), "region_slug": a.region,
-		}
+		body = s.actionJSON(a)
 	}
 	s.mu.Unlock()
 	if !ok {

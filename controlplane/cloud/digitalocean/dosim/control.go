@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -16,6 +17,11 @@ import (
 //	DELETE /_sim/tokens  {"token": "..."}                      revoke a token (204)
 //	POST   /_sim/faults  FaultsRequest: set any subset of faults (204)
 //	DELETE /_sim/faults  clear faults (ResetFaults) (204)
+//	GET    /_sim/actions            droplet id -> action type -> count, deleted droplets included
+//	DELETE /_sim/droplets/{id}      delete a droplet outside Devpilot (204; 404 unknown)
+//	POST   /_sim/droplets/{id}/power_off  power it off outside Devpilot (204; 404 unknown)
+//	DELETE /_sim/droplets/{id}/tags/{tag}  remove one of its tags outside Devpilot (204; 404)
+//	POST   /_sim/firewalls/{id}/inbound   {"port": 3306} add an inbound TCP rule outside Devpilot (204; 404)
 
 // FaultsRequest is the body of POST /_sim/faults; absent fields are left
 // as they are.
@@ -28,6 +34,7 @@ type FaultsRequest struct {
 	ServerErrors         *BurstSpec    `json:"server_errors,omitempty"` // next Requests answer Status (500)
 	LatencyMS            *int          `json:"latency_ms,omitempty"`
 	BootDelayMS          *int          `json:"boot_delay_ms,omitempty"`
+	ActionDelayMS        *int          `json:"action_delay_ms,omitempty"`
 	ScopeAfterValidation *bool         `json:"scope_after_validation,omitempty"`
 }
 
@@ -75,14 +82,15 @@ type TokenState struct {
 
 // DropletState is a droplet as the control API shows it.
 type DropletState struct {
-	ID         int      `json:"id"`
-	Name       string   `json:"name"`
-	Status     string   `json:"status"`
-	Region     string   `json:"region"`
-	Size       string   `json:"size"`
-	Image      string   `json:"image"`
-	Tags       []string `json:"tags"`
-	PublicIPv4 string   `json:"public_ipv4"`
+	ID         int            `json:"id"`
+	Name       string         `json:"name"`
+	Status     string         `json:"status"`
+	Region     string         `json:"region"`
+	Size       string         `json:"size"`
+	Image      string         `json:"image"`
+	Tags       []string       `json:"tags"`
+	PublicIPv4 string         `json:"public_ipv4"`
+	Actions    map[string]int `json:"actions"` // accepted API actions by type, create included
 }
 
 // FirewallState is a firewall as the control API shows it.
@@ -91,6 +99,7 @@ type FirewallState struct {
 	Name         string   `json:"name"`
 	Tags         []string `json:"tags"`
 	InboundPorts []string `json:"inbound_ports"` // "tcp/22"
+	DropletIDs   []int    `json:"droplet_ids"`
 }
 
 // State returns a snapshot of the simulated account.
@@ -110,7 +119,11 @@ func (s *Sim) State() State {
 	st.Droplets = []DropletState{}
 	for _, d := range s.droplets {
 		ds := DropletState{ID: d.id, Name: d.name, Status: "new", Region: d.region.Slug, Size: d.size.Slug, Image: d.image.Slug, Tags: slices.Clone(d.tags)}
-		if d.failed {
+		ds.Actions = map[string]int{}
+		for k, v := range s.counts[d.id] {
+			ds.Actions[k] = v
+		}
+		if d.failed || d.off {
 			ds.Status = "off"
 		} else if s.isActive(d) {
 			ds.Status, ds.PublicIPv4 = "active", d.ip
@@ -119,7 +132,7 @@ func (s *Sim) State() State {
 	}
 	st.Firewalls = []FirewallState{}
 	for _, f := range s.firewalls {
-		fs := FirewallState{ID: f.id, Name: f.name, Tags: slices.Clone(f.tags), InboundPorts: []string{}}
+		fs := FirewallState{ID: f.id, Name: f.name, Tags: slices.Clone(f.tags), InboundPorts: []string{}, DropletIDs: append([]int{}, f.dropletID...)}
 		for _, r := range f.inbound {
 			fs.InboundPorts = append(fs.InboundPorts, r.Protocol+"/"+r.Ports)
 		}
@@ -175,6 +188,9 @@ func (s *Sim) ApplyFaults(f FaultsRequest) {
 	if f.BootDelayMS != nil {
 		s.SetBootDelay(time.Duration(*f.BootDelayMS) * time.Millisecond)
 	}
+	if f.ActionDelayMS != nil {
+		s.SetActionDelay(time.Duration(*f.ActionDelayMS) * time.Millisecond)
+	}
 	if f.ScopeAfterValidation != nil {
 		s.SetScopeCheckAfterValidation(*f.ScopeAfterValidation)
 	}
@@ -224,5 +240,51 @@ func (s *Sim) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /_sim/faults", func(w http.ResponseWriter, _ *http.Request) {
 		s.ResetFaults()
 		w.WriteHeader(http.StatusNoContent)
+	})
+	notFound := func(w http.ResponseWriter) {
+		writeJSON(w, http.StatusNotFound, map[string]string{"id": "not_found", "message": "no such resource in the simulator"})
+	}
+	done := func(w http.ResponseWriter, ok bool) {
+		if !ok {
+			notFound(w)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+	mux.HandleFunc("GET /_sim/actions", func(w http.ResponseWriter, _ *http.Request) {
+		s.mu.Lock()
+		out := map[string]map[string]int{}
+		for id, m := range s.counts {
+			out[strconv.Itoa(id)] = maps.Clone(m)
+		}
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("DELETE /_sim/droplets/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id, _ := strconv.Atoi(r.PathValue("id"))
+		done(w, s.DeleteOutside(id))
+	})
+	mux.HandleFunc("POST /_sim/droplets/{id}/power_off", func(w http.ResponseWriter, r *http.Request) {
+		id, _ := strconv.Atoi(r.PathValue("id"))
+		ok, err := s.PowerOffOutside(r.Context(), id)
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, map[string]string{"id": "server_error", "message": err.Error()})
+			return
+		}
+		done(w, ok)
+	})
+	mux.HandleFunc("DELETE /_sim/droplets/{id}/tags/{tag}", func(w http.ResponseWriter, r *http.Request) {
+		id, _ := strconv.Atoi(r.PathValue("id"))
+		done(w, s.UntagOutside(id, r.PathValue("tag")))
+	})
+	mux.HandleFunc("POST /_sim/firewalls/{id}/inbound", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Port int `json:"port"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Port < 1 || req.Port > 65535 {
+			bad(w, `body must be {"port": 1..65535}`)
+			return
+		}
+		done(w, s.AddInboundOutside(r.PathValue("id"), req.Port))
 	})
 }

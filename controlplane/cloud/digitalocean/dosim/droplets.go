@@ -29,6 +29,10 @@ type droplet struct {
 	created  time.Time
 	bootAt   time.Time // active from then on, once booted
 
+	off         bool // powered off (by an action or outside Devpilot)
+	pending     *action
+	snapshotIDs []int
+
 	booted     bool // the Runtime's Boot returned (true at once without a Runtime)
 	failed     bool // the Runtime's Boot failed
 	cancelBoot context.CancelFunc
@@ -66,8 +70,11 @@ func (s *Sim) dropletJSON(d *droplet) map[string]any {
 	switch {
 	case d.failed:
 		status = "off"
-	case s.isActive(d):
+	case d.off || s.isActive(d):
 		status = "active"
+		if d.off {
+			status = "off"
+		}
 		gw := d.ip[:strings.LastIndexByte(d.ip, '.')] + ".1"
 		v4 = append(v4, map[string]any{"ip_address": d.ip, "netmask": "255.255.255.0", "gateway": gw, "type": "public"})
 	}
@@ -75,7 +82,7 @@ func (s *Sim) dropletJSON(d *droplet) map[string]any {
 		"id": d.id, "name": d.name, "memory": d.size.Memory, "vcpus": d.size.VCPUs, "disk": d.size.Disk,
 		"disk_info": sizeJSON(d.size)["disk_info"], "locked": false, "status": status, "kernel": nil,
 		"created_at": d.created.UTC().Format(time.RFC3339), "features": []string{"droplet_agent", "private_networking"},
-		"backup_ids": []int{}, "next_backup_window": nil, "snapshot_ids": []int{}, "image": imageJSON(d.image),
+		"backup_ids": []int{}, "next_backup_window": nil, "snapshot_ids": append([]int{}, d.snapshotIDs...), "image": imageJSON(d.image),
 		"volume_ids": []string{}, "size": sizeJSON(d.size), "size_slug": d.size.Slug,
 		"networks": map[string]any{"v4": v4, "v6": []any{}}, "region": s.regionJSON(d.region),
 		"tags": slices.Clone(d.tags), "vpc_uuid": "760e09ef-dc84-11e8-981e-3cfdfeaae000",
@@ -215,7 +222,8 @@ func (s *Sim) createDroplet(c *call) {
 	}
 	dp := &d
 	s.droplets = append(s.droplets, dp)
-	s.actions[d.actionID] = &action{id: d.actionID, dropletID: d.id, region: d.region.Slug, started: now}
+	s.actions[d.actionID] = &action{id: d.actionID, dropletID: d.id, typ: "create", region: d.region.Slug, started: now}
+	s.countAction(d.id, "create")
 	if s.runtime == nil {
 		d.booted = true
 	} else {
@@ -303,26 +311,38 @@ func (s *Sim) deleteDroplet(c *call) {
 		return
 	}
 	id, _ := strconv.Atoi(c.r.PathValue("id"))
+	if !s.removeDroplet(c.r.Context(), id) {
+		c.fail(http.StatusNotFound, "The resource you were accessing could not be found.")
+		return
+	}
+	c.noContent()
+}
+
+// removeDroplet deletes a droplet and destroys what the Runtime runs for
+// it; false when there is no such droplet.
+func (s *Sim) removeDroplet(ctx context.Context, id int) bool {
 	s.mu.Lock()
 	d := s.dropletByID(id)
 	if d != nil {
 		s.droplets = slices.DeleteFunc(s.droplets, func(x *droplet) bool { return x == d })
+		for _, f := range s.firewalls {
+			f.dropletID = slices.DeleteFunc(f.dropletID, func(x int) bool { return x == id })
+		}
 	}
 	s.mu.Unlock()
 	if d == nil {
-		c.fail(http.StatusNotFound, "The resource you were accessing could not be found.")
-		return
+		return false
 	}
 	if d.cancelBoot != nil {
 		d.cancelBoot()
 		<-d.bootDone
 		// Destroy even when the request or the simulator is going away:
 		// whatever the runtime started must not outlive the droplet.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.r.Context()), time.Minute)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		if err := s.runtime.Destroy(ctx, strconv.Itoa(d.id)); err != nil {
 			s.log.Warn("simulated droplet not destroyed cleanly", zap.Int("droplet", d.id), zap.Error(err))
 		}
 	}
-	c.noContent()
+	return true
 }

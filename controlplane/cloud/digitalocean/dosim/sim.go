@@ -64,20 +64,22 @@ type Sim struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.Mutex
-	closed    bool
-	tokens    map[string]*token
-	account   accountState
-	faults    faults
-	keys      []*sshKey
-	tags      []string // canonical capitalisation, creation order
-	firewalls []*firewall
-	droplets  []*droplet
-	actions   map[int]*action
-	nextKey   int
-	nextDrop  int
-	nextAct   int
-	nextIP    int
+	mu           sync.Mutex
+	closed       bool
+	tokens       map[string]*token
+	account      accountState
+	faults       faults
+	keys         []*sshKey
+	tags         []string // canonical capitalisation, creation order
+	firewalls    []*firewall
+	droplets     []*droplet
+	actions      map[int]*action
+	delayChanged chan struct{}          // closed and replaced when the action delay changes
+	counts       map[int]map[string]int // droplet id -> action type -> actions accepted (never forgotten)
+	nextKey      int
+	nextDrop     int
+	nextAct      int
+	nextIP       int
 }
 
 type token struct {
@@ -101,6 +103,7 @@ type faults struct {
 	status5xx            int
 	latency              time.Duration
 	bootDelay            time.Duration
+	actionDelay          time.Duration // how long a droplet action stays in-progress at least
 }
 
 // New returns a simulator with an empty active account and no tokens.
@@ -125,10 +128,12 @@ func New(opts Options) *Sim {
 			status5xx: http.StatusInternalServerError,
 			bootDelay: opts.BootDelay,
 		},
-		actions:  map[int]*action{},
-		nextKey:  41208731,
-		nextDrop: 502387411,
-		nextAct:  2184602217,
+		actions:      map[int]*action{},
+		counts:       map[int]map[string]int{},
+		delayChanged: make(chan struct{}),
+		nextKey:      41208731,
+		nextDrop:     502387411,
+		nextAct:      2184602217,
 	}
 }
 
@@ -227,6 +232,18 @@ func (s *Sim) SetBootDelay(d time.Duration) {
 	s.faults.bootDelay = d
 }
 
+// SetActionDelay sets how long droplet actions stay "in-progress" at least
+// (a Runtime may take longer), counted from each action's start; it
+// applies to actions in progress too, so a test can hold actions with a
+// long delay and release them with 0.
+func (s *Sim) SetActionDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.actionDelay = d
+	close(s.delayChanged)
+	s.delayChanged = make(chan struct{})
+}
+
 // SetScopeCheckAfterValidation chooses when a read-only token's write is
 // refused with 403: false (the default) before the request body is
 // validated, true after it (a malformed write then gets its 400/422 even
@@ -243,8 +260,8 @@ func (s *Sim) SetScopeCheckAfterValidation(after bool) {
 func (s *Sim) ResetFaults() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	bd := s.faults.bootDelay
-	s.faults = faults{soldOut: map[string]map[string]bool{}, status5xx: http.StatusInternalServerError, bootDelay: bd}
+	bd, ad := s.faults.bootDelay, s.faults.actionDelay
+	s.faults = faults{soldOut: map[string]map[string]bool{}, status5xx: http.StatusInternalServerError, bootDelay: bd, actionDelay: ad}
 }
 
 // call is one API request being answered.

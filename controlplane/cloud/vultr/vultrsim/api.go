@@ -73,6 +73,8 @@ type instance struct {
 	cancel     context.CancelFunc
 	done       chan struct{}
 	bootCalled bool
+	machine    simrun.Machine // what Boot was given, for reinstall
+	busy       bool           // a power action is being carried out
 }
 
 const maxFirewallRules = 50
@@ -97,6 +99,7 @@ func (s *Sim) apiMux() http.Handler {
 	route("/v2/instances", map[string]http.HandlerFunc{"GET": s.authed(s.listInstances), "POST": s.authed(s.createInstance)})
 	route("/v2/instances/{id}", map[string]http.HandlerFunc{"GET": s.authed(s.getInstance), "PATCH": s.authed(s.updateInstance), "DELETE": s.authed(s.deleteInstance)})
 	route("/v2/instances/{id}/user-data", map[string]http.HandlerFunc{"GET": s.authed(s.getUserData)})
+	s.lifecycleRoutes(route)
 	// The catalog needs no key (the spec gives these operations security: []).
 	route("/v2/regions", map[string]http.HandlerFunc{"GET": s.listRegions})
 	route("/v2/regions/{id}/availability", map[string]http.HandlerFunc{"GET": s.availability})
@@ -706,6 +709,7 @@ func (s *Sim) createInstance(w http.ResponseWriter, r *http.Request, c caller) {
 		return
 	}
 	s.instances = append(s.instances, in)
+	s.countAction(in.ID, "create")
 	delay := s.bootDelay
 	m := simrun.Machine{
 		Provider: "vultr", ID: in.ID, Hostname: in.Hostname, Region: in.Region, PublicIPv4: in.IP,
@@ -717,7 +721,7 @@ func (s *Sim) createInstance(w http.ResponseWriter, r *http.Request, c caller) {
 		}
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
-	in.cancel, in.done = cancel, make(chan struct{})
+	in.cancel, in.done, in.machine = cancel, make(chan struct{}), m
 	body := s.instanceView(in, true)
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -897,11 +901,12 @@ func (s *Sim) updateInstance(w http.ResponseWriter, r *http.Request, c caller) {
 	}
 	if req.Plan != "" && req.Plan != in.Plan.ID {
 		pi := slices.IndexFunc(s.plans, func(p plan) bool { return p.ID == req.Plan })
-		if pi < 0 || !slices.Contains(s.plans[pi].Locations, in.Region) {
+		if pi < 0 || !slices.Contains(s.plans[pi].Locations, in.Region) || !canUpgrade(in.Plan, s.plans[pi]) {
 			writeError(w, http.StatusBadRequest, msgInvalidPlan)
 			return
 		}
 		in.Plan = s.plans[pi]
+		s.countAction(in.ID, "plan")
 	}
 	if req.Label != nil {
 		in.Label = *req.Label

@@ -2,6 +2,7 @@ package vultrsim
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"slices"
 	"time"
@@ -15,6 +16,11 @@ import (
 //	POST   /_sim/faults  Faults (every field optional; only given ones change) → 200 State
 //	DELETE /_sim/faults  → 200 State (ResetFaults)
 //	GET    /_sim/state   → 200 State
+//	GET    /_sim/actions → 200 {instance id: {action type: count}}, deleted instances included
+//	DELETE /_sim/instances/{id}            delete it outside Devpilot → 204 (404 unknown)
+//	POST   /_sim/instances/{id}/halt       halt it outside Devpilot → 204 (404 unknown)
+//	DELETE /_sim/instances/{id}/tags/{tag} remove one of its tags outside Devpilot → 204 (404)
+//	POST   /_sim/firewalls/{id}/rules      {"port":"3306"} add an inbound TCP rule outside Devpilot → 204 (404)
 //
 // The control API has no authentication: serve the simulator on loopback.
 
@@ -64,17 +70,19 @@ type KeyState struct {
 
 // InstanceState is one simulated instance.
 type InstanceState struct {
-	ID              string   `json:"id"`
-	Label           string   `json:"label"`
-	Region          string   `json:"region"`
-	Plan            string   `json:"plan"`
-	OSID            int      `json:"os_id"`
-	Status          string   `json:"status"`
-	ServerStatus    string   `json:"server_status"`
-	IP              string   `json:"ip"`
-	Tags            []string `json:"tags"`
-	FirewallGroupID string   `json:"firewall_group_id"`
-	UserData        string   `json:"user_data"` // base64, as sent
+	ID              string         `json:"id"`
+	Label           string         `json:"label"`
+	Region          string         `json:"region"`
+	Plan            string         `json:"plan"`
+	OSID            int            `json:"os_id"`
+	Status          string         `json:"status"`
+	ServerStatus    string         `json:"server_status"`
+	IP              string         `json:"ip"`
+	Tags            []string       `json:"tags"`
+	FirewallGroupID string         `json:"firewall_group_id"`
+	UserData        string         `json:"user_data"` // base64, as sent
+	PowerStatus     string         `json:"power_status"`
+	Actions         map[string]int `json:"actions"` // accepted API actions by type, create included
 }
 
 // State returns a snapshot of the simulator.
@@ -108,7 +116,11 @@ func (s *Sim) State() State {
 			ID: in.ID, Label: in.Label, Region: in.Region, Plan: in.Plan.ID, OSID: in.OS.ID,
 			Status: in.Status, ServerStatus: in.ServerStatus, IP: in.IP, Tags: slices.Clone(in.Tags),
 			FirewallGroupID: in.FirewallGroupID, UserData: in.UserData,
+			PowerStatus: in.PowerStatus, Actions: maps.Clone(s.counts[in.ID]),
 		})
+		if st.Instances[len(st.Instances)-1].Actions == nil {
+			st.Instances[len(st.Instances)-1].Actions = map[string]int{}
+		}
 	}
 	return st
 }
@@ -193,6 +205,45 @@ func (s *Sim) controlMux() http.Handler {
 	})
 	mux.HandleFunc("GET /_sim/state", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.State())
+	})
+	done := func(w http.ResponseWriter, ok bool) {
+		if !ok {
+			writeError(w, http.StatusNotFound, "no such resource in the simulator")
+			return
+		}
+		noContent(w)
+	}
+	mux.HandleFunc("GET /_sim/actions", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		out := map[string]map[string]int{}
+		for id, m := range s.counts {
+			out[id] = maps.Clone(m)
+		}
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("DELETE /_sim/instances/{id}", func(w http.ResponseWriter, r *http.Request) {
+		done(w, s.DeleteOutside(r.Context(), r.PathValue("id")))
+	})
+	mux.HandleFunc("POST /_sim/instances/{id}/halt", func(w http.ResponseWriter, r *http.Request) {
+		ok, err := s.PowerOffOutside(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		done(w, ok)
+	})
+	mux.HandleFunc("DELETE /_sim/instances/{id}/tags/{tag}", func(w http.ResponseWriter, r *http.Request) {
+		done(w, s.UntagOutside(r.PathValue("id"), r.PathValue("tag")))
+	})
+	mux.HandleFunc("POST /_sim/firewalls/{id}/rules", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Port string `json:"port"`
+		}
+		if !decodeBody(w, r, &req) {
+			return
+		}
+		done(w, s.AddRuleOutside(r.PathValue("id"), req.Port))
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown control endpoint")

@@ -90,6 +90,8 @@ type Sim struct {
 	sshKeys   []*sshKey
 	firewalls []*firewallGroup
 	instances []*instance
+	snapshots []*snapshot
+	counts    map[string]map[string]int // instance id -> action type -> accepted API actions
 	ipSeq     int
 	requests  int
 	throttled int // answers refused by the real per-IP limit

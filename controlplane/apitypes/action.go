@@ -1,0 +1,68 @@
+package apitypes
+
+import "time"
+
+// Action types a server accepts on POST …/servers/{id}/actions.
+const (
+	ActionReboot   = "reboot"
+	ActionPowerOff = "power_off"
+	ActionPowerOn  = "power_on"
+	ActionResize   = "resize"
+	ActionPorts    = "ports"
+	ActionRename   = "rename"
+)
+
+// ActionTypes lists the accepted action types, in the order error hints
+// name them.
+var ActionTypes = []string{ActionReboot, ActionPowerOff, ActionPowerOn, ActionResize, ActionPorts, ActionRename}
+
+// Action states.
+const (
+	ActionQueued    = "queued"
+	ActionRunning   = "running"
+	ActionSucceeded = "succeeded"
+	ActionFailed    = "failed"
+)
+
+// ActionRequest is the body of POST /v1/workspaces/{ws}/servers/{id}/actions.
+// Exactly the fields of its type are read:
+//
+//	{"type":"reboot","hard":false} {"type":"power_off","force":false} {"type":"power_on"}
+//	{"type":"resize","size":"s-2vcpu-2gb"} {"type":"ports","ports":[22,8080]} {"type":"rename","name":"web-2"}
+type ActionRequest struct {
+	Type  string `json:"type"`
+	Hard  bool   `json:"hard,omitempty"`  // reboot: the cloud's hard reboot instead of asking the agent
+	Force bool   `json:"force,omitempty"` // power_off: the cloud's power off at once, no graceful shutdown
+	Size  string `json:"size,omitempty"`  // resize
+	Ports []int  `json:"ports,omitempty"` // ports: the new inbound TCP set, exactly
+	Name  string `json:"name,omitempty"`  // rename
+}
+
+// Action is one lifecycle action of a server (202 answer of POST, GET
+// …/servers/{id}/actions/{action}).
+type Action struct {
+	ID         string         `json:"id"` // act_…
+	ServerID   string         `json:"server_id"`
+	Type       string         `json:"type"`
+	Params     map[string]any `json:"params"` // the request's fields for its type
+	State      string         `json:"state"`  // queued, running, succeeded, failed
+	Steps      []ActionStep   `json:"steps"`
+	Error      *ErrorDetail   `json:"error"` // null unless failed
+	CreatedAt  time.Time      `json:"created_at"`
+	FinishedAt *time.Time     `json:"finished_at"`
+}
+
+// ActionStep is one recorded step of an action.
+type ActionStep struct {
+	Name       string       `json:"name"`
+	State      string       `json:"state"` // pending, running, done, failed
+	StartedAt  *time.Time   `json:"started_at"`
+	FinishedAt *time.Time   `json:"finished_at"`
+	Error      *ErrorDetail `json:"error"`
+}
+
+// ActionList is GET …/servers/{id}/actions.
+type ActionList struct {
+	Actions []Action `json:"actions"`
+	Next    string   `json:"next"`
+}

@@ -1,0 +1,70 @@
+//go:build e2e
+
+package e2e_test
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/devpilot/devpilot/controlplane/apitypes"
+	"github.com/devpilot/devpilot/controlplane/provision"
+)
+
+// TestPowerOffOnRebootRealContainer: power off, power on and reboot of a
+// real booted container through the API; the container really stops, and
+// its agent (a systemd unit) comes back online by itself after each.
+func TestPowerOffOnRebootRealContainer(t *testing.T) {
+	t.Parallel()
+	h := start(t, envOptions{agentTimeout: 6 * time.Minute})
+	do := h.connect("digitalocean", h.env.Values["DO_SIM_TOKEN"])
+	s := h.createServer(do, "e2e-life", "nyc3", "s-1vcpu-1gb", "debian-12")
+	connected := func(s provision.Server) bool { return s.State == "online" && s.Agent.Connected }
+	got := h.waitServer(t, s.ID, 5*time.Minute, "online", connected)
+	m, ok := h.rt.Machine(got.InstanceID)
+	if !ok {
+		t.Fatalf("no container for instance %s", got.InstanceID)
+	}
+	act := func(body map[string]any) {
+		t.Helper()
+		var a apitypes.Action
+		if c := h.call("POST", servers+"/"+s.ID+"/actions", body, &a); c != http.StatusAccepted {
+			t.Fatalf("POST %v: %d %+v", body, c, a)
+		}
+		deadline := time.Now().Add(5 * time.Minute)
+		for a.State != apitypes.ActionSucceeded {
+			if a.State == apitypes.ActionFailed || time.Now().After(deadline) {
+				t.Fatalf("%s: %s %+v steps %+v", a.Type, a.State, a.Error, a.Steps)
+			}
+			time.Sleep(200 * time.Millisecond)
+			h.call("GET", servers+"/"+s.ID+"/actions/"+a.ID, nil, &a)
+		}
+		for _, st := range a.Steps {
+			if st.StartedAt != nil && st.FinishedAt != nil {
+				t.Logf("%s %-14s %v", a.Type, st.Name, st.FinishedAt.Sub(*st.StartedAt).Round(time.Millisecond))
+			}
+		}
+	}
+
+	act(map[string]any{"type": "power_off"})
+	if m.Running() {
+		t.Error("container still running after power_off")
+	}
+	h.waitServer(t, s.ID, time.Minute, "stopped without an agent", func(s provision.Server) bool { return s.State == "stopped" && !s.Agent.Connected })
+
+	boots := m.Boots()
+	act(map[string]any{"type": "power_on"})
+	if !m.Running() || m.Boots() != boots+1 {
+		t.Errorf("after power_on: running %v, boots %d (was %d)", m.Running(), m.Boots(), boots)
+	}
+	h.waitServer(t, s.ID, 2*time.Minute, "online after power on", connected)
+
+	act(map[string]any{"type": "reboot"})
+	if m.Boots() != boots+2 {
+		t.Errorf("after reboot: boots %d, want %d", m.Boots(), boots+2)
+	}
+	h.waitServer(t, s.ID, 2*time.Minute, "online after reboot", connected)
+	if out, _ := sh(t, m, "systemctl is-active devpilot-agent"); out != "active" {
+		t.Errorf("devpilot-agent after reboot: %q", out)
+	}
+}
