@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 )
@@ -18,26 +17,8 @@ import (
 // through the API like every other change. Power off and resize first show
 // a confirmation page (a plain form: no script needed).
 
-// action is the API's view of one lifecycle action (issue 11's
-// apitypes.Action: when that type is merged, this becomes
-// `type action struct{ apitypes.Action }`).
-type action struct {
-	ID       string         `json:"id"`
-	ServerID string         `json:"server_id"`
-	Type     string         `json:"type"`
-	Params   map[string]any `json:"params"`
-	State    string         `json:"state"`
-	Steps    []struct {
-		Name       string                `json:"name"`
-		State      string                `json:"state"`
-		StartedAt  *time.Time            `json:"started_at"`
-		FinishedAt *time.Time            `json:"finished_at"`
-		Error      *apitypes.ErrorDetail `json:"error"`
-	} `json:"steps"`
-	Error      *apitypes.ErrorDetail `json:"error"`
-	CreatedAt  time.Time             `json:"created_at"`
-	FinishedAt *time.Time            `json:"finished_at"`
-}
+// action is the API's view of one lifecycle action.
+type action struct{ apitypes.Action }
 
 // actionTypes are the types the console offers, with their words.
 var actionTypes = map[string]string{
