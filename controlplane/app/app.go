@@ -107,6 +107,14 @@ type Config struct {
 	AuthFailureBurst   int
 	AuthFailureEvery   time.Duration
 
+	// TLS auto renewal while serving (see tlsauto.Bundle.Renew): how often
+	// the certificate is checked (default daily); tests inject the clock,
+	// the ticks, and a hook called after each check.
+	TLSRenewEvery time.Duration
+	TLSRenewTick  <-chan time.Time
+	Clock         func() time.Time
+	OnTLSCheck    func(reissued bool, err error)
+
 	Logger *zap.Logger
 	Out    io.Writer // where the first start says which file holds the owner token (default stdout)
 }
@@ -129,6 +137,9 @@ type App struct {
 	CAPin        string // TLS auto only
 	acme         *autocert.Manager
 	acmeDomains  []string
+	tlsBundle    *tlsauto.Bundle // TLS auto only
+	ops          *opsMetrics
+	Registry     *prometheus.Registry // what /metrics serves
 
 	ln  net.Listener
 	srv *http.Server
@@ -153,7 +164,9 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	a := &App{cfg: cfg, log: cfg.Logger}
+	a := &App{cfg: cfg, log: cfg.Logger, Registry: prometheus.NewRegistry()}
+	a.ops = newOpsMetrics(a, a.Registry)
+	a.ops.setRole("standby")
 	var err error
 	if a.Store, err = store.Open(ctx, cfg.Database, filepath.Join(cfg.DataDir, DBFile)); err != nil {
 		return nil, err
@@ -169,6 +182,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		_ = a.Store.Close()
 		return nil, err
 	}
+	a.ops.setRole("active")
 	if a.Store.Dialect() == store.Postgres {
 		a.log.Info("active control plane of the database", zap.String("database", a.Store.Path()))
 	}
@@ -189,7 +203,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		_ = a.Store.Close()
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
+	reg := a.Registry
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
@@ -408,11 +422,12 @@ func (a *App) Listen() error {
 	}
 	switch a.cfg.TLS {
 	case TLSAuto:
-		b, err := tlsauto.Ensure(filepath.Join(a.cfg.DataDir, TLSDir), hosts, time.Now())
+		b, err := tlsauto.Ensure(filepath.Join(a.cfg.DataDir, TLSDir), hosts, a.now())
 		if err != nil {
 			_ = ln.Close()
 			return fmt.Errorf("tls: %w", err)
 		}
+		a.tlsBundle = b
 		a.tlsConfig, a.CACertPEM, a.CAPin = b.ServerConfig(), b.CACertPEM, b.CAPin
 	case TLSFiles:
 		c, err := tlsauto.LoadFiles(a.cfg.TLSCertFile, a.cfg.TLSKeyFile)
@@ -468,6 +483,12 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
+	if a.tlsBundle != nil {
+		rctx, stopRenew := context.WithCancel(ctx)
+		renewed := make(chan struct{})
+		go func() { defer close(renewed); a.renewTLS(rctx) }()
+		defer func() { stopRenew(); <-renewed }()
+	}
 	if a.acme != nil {
 		wctx, stopWarm := context.WithCancel(ctx)
 		warmed := make(chan struct{})
