@@ -3,6 +3,7 @@ module github.com/devpilot/devpilot
 go 1.26.8
 
 require (
+	filippo.io/age v1.2.1
 	github.com/chromedp/chromedp v0.23.0
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/digitalocean/godo v1.236.0
