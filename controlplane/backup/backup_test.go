@@ -248,11 +248,11 @@ func TestTamperedArchivesAreRefused(t *testing.T) {
 			}
 			return b
 		}),
-		"extra entry":     rebuild(same, "tls/evil"),
-		"path escape":     rebuild(same, "../evil"),
-		"other format":    rebuild(func(n string, b []byte) []byte { return bytes.Replace(b, []byte(backup.Format), []byte("x/1"), 1) }),
-		"not gzip":        []byte("hello"),
-		"truncated":       buf.Bytes()[:buf.Len()/2],
+		"extra entry":  rebuild(same, "tls/evil"),
+		"path escape":  rebuild(same, "../evil"),
+		"other format": rebuild(func(n string, b []byte) []byte { return bytes.Replace(b, []byte(backup.Format), []byte("x/1"), 1) }),
+		"not gzip":     []byte("hello"),
+		"truncated":    buf.Bytes()[:buf.Len()/2],
 	} {
 		to := t.TempDir()
 		_, err := backup.Restore(ctx, bytes.NewReader(archive), backup.RestoreOptions{DataDir: to})
