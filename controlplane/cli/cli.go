@@ -54,6 +54,7 @@ func commands() []command {
 		{"workspaces", "create and list workspaces", runWorkspaces},
 		{"keys", "rotate the master key that encrypts secrets at rest", runKeys},
 		{"audit", "show the audit log", runAudit},
+		{"backup", "archive the data dir while serving (backup --to FILE), optionally encrypted; restore FILE --data-dir D", runBackup}, {"restore", "restore a backup into a new data dir", runRestore}, {"migrate", "show the schema version and pending migrations (migrate status)", runMigrate},
 		{"version", "print the version", runVersion},
 	}
 }
