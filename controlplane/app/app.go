@@ -139,6 +139,7 @@ type App struct {
 	acmeDomains  []string
 	tlsBundle    *tlsauto.Bundle // TLS auto only
 	ops          *opsMetrics
+	cloudMetrics *cloud.Metrics
 	Registry     *prometheus.Registry // what /metrics serves
 
 	ln  net.Listener
@@ -166,6 +167,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	a := &App{cfg: cfg, log: cfg.Logger, Registry: prometheus.NewRegistry()}
 	a.ops = newOpsMetrics(a, a.Registry)
+	a.cloudMetrics = cloud.NewMetrics(a.Registry)
 	a.ops.setRole("standby")
 	var err error
 	if a.Store, err = store.Open(ctx, cfg.Database, filepath.Join(cfg.DataDir, DBFile)); err != nil {
@@ -207,7 +209,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
-		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval,
+		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,
 		Live: func(id string) (provision.Live, bool) {
 			st, ok := a.Hub.Status(id)
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
@@ -220,7 +222,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Logger: cfg.Logger,
-		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes})
+		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	apiHandler := api.New(api.Options{
@@ -239,7 +241,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 // connector builds provider clients, pointed at simulators when configured.
 func (a *App) connector() integrations.Connector {
 	return func(provider string, secret secrets.Value) (cloud.Provider, error) {
-		c := cloud.Config{Secret: secret, Logger: a.log.Named(provider)}
+		c := cloud.Config{Secret: secret, Logger: a.log.Named(provider), Metrics: a.cloudMetrics}
 		switch provider {
 		case cloud.DigitalOcean:
 			c.BaseURL = a.cfg.DigitalOceanAPIURL

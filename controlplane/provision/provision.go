@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"regexp"
 	"slices"
 	"sort"
@@ -126,6 +127,8 @@ type Options struct {
 	// --token-file -`, the token on stdin). nil, or when it fails, the
 	// token is answered for the operator to run the command.
 	EnrollOverSSH func(ctx context.Context, t DiagnoseTarget, token secrets.Value) error
+	// Registerer receives the provisioning metrics; nil keeps them unexported.
+	Registerer prometheus.Registerer
 }
 
 // DiagnoseTarget is what Diagnose needs to reach a server.
@@ -148,6 +151,7 @@ type Service struct {
 	now          func() time.Time
 	o            Options
 	watch        *watcher
+	m            *metrics
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -189,6 +193,7 @@ func New(o Options) *Service {
 		disconnect: o.Disconnect, log: o.Logger.Named("provision"), now: o.Now, o: o,
 		kick: make(chan struct{}, 1), jobs: map[string]context.CancelFunc{}, waiters: map[string]chan struct{}{}}
 	s.watch = newWatcher(o.PollInterval, o.Now)
+	s.m = newMetrics(o.Registerer)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
