@@ -309,3 +309,30 @@ func FuzzUnpack(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkCreate: a backup of a small data dir, plain and with a
+// passphrase at the default scrypt work factor (what `devpilot backup
+// --encrypt` costs beyond the copy).
+func BenchmarkCreate(b *testing.B) {
+	dir := b.TempDir()
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, backup.DBName))
+	if err != nil {
+		b.Fatal(err)
+	}
+	_ = st.Close()
+	if _, err := secrets.LoadOrCreateKeyring(secrets.DefaultKeyringPath(dir)); err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		pass secrets.Value
+	}{{"plain", secrets.Value{}}, {"encrypted", secrets.New("a passphrase")}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := backup.Create(context.Background(), io.Discard, backup.Options{DataDir: dir, Passphrase: c.pass}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
