@@ -150,56 +150,81 @@ func Create(ctx context.Context, w io.Writer, o Options) (Manifest, error) {
 	defer func() { _ = os.RemoveAll(work) }()
 
 	m := Manifest{Format: Format, Version: version.String(), Database: string(st.Dialect()), CreatedAt: o.Now().UTC()}
-	var keyring []byte
 	snap := filepath.Join(work, DBName)
-	for attempt := 0; ; attempt++ {
-		before, err := os.ReadFile(o.MasterKeyFile)
-		if err != nil {
-			return Manifest{}, fmt.Errorf("backup: read keyring: %w", err)
-		}
-		if m.SchemaVersion, err = st.SchemaVersion(ctx); err != nil {
-			return Manifest{}, fmt.Errorf("backup: schema version: %w", err)
-		}
-		if !pg {
-			_ = os.Remove(snap)
-			if _, err := st.DB().ExecContext(ctx, `VACUUM INTO ?`, snap); err != nil {
-				return Manifest{}, fmt.Errorf("backup: snapshot the database: %w", err)
-			}
-		}
-		after, err := os.ReadFile(o.MasterKeyFile)
-		if err != nil {
-			return Manifest{}, fmt.Errorf("backup: read keyring: %w", err)
-		}
-		if bytes.Equal(before, after) {
-			keyring = after
-			break
-		}
-		if attempt == 4 {
-			return Manifest{}, problem.Conflict("wait for devpilot keys rotate to finish, then back up again",
-				"the master keyring changed during each of 5 snapshots")
-		}
+	keyring, err := snapshot(ctx, st, o.MasterKeyFile, snap, pg, &m)
+	if err != nil {
+		return Manifest{}, err
 	}
 	if pg {
 		m.Note = PostgresNote
-	}
-
-	type entry struct {
-		name string
-		data []byte // or
-		file string
-		mode os.FileMode
 	}
 	entries := []entry{{name: KeyringName, data: keyring, mode: 0o600}}
 	if !pg {
 		entries = append(entries, entry{name: DBName, file: snap, mode: 0o600})
 	}
+	more, err := dataFiles(o.DataDir)
+	if err != nil {
+		return Manifest{}, err
+	}
+	entries = append(entries, more...)
+	if m.Files, err = describe(entries); err != nil {
+		return Manifest{}, err
+	}
+	if err := writeArchive(w, m, entries, o); err != nil {
+		return Manifest{}, err
+	}
+	return m, nil
+}
+
+type entry struct {
+	name string
+	data []byte // or
+	file string
+	mode os.FileMode
+}
+
+// snapshot copies the database into snap (SQLite) and returns the keyring
+// as it was both before and after the copy, trying again (5 times in all)
+// while a key rotation changes it.
+func snapshot(ctx context.Context, st *store.Store, keyFile, snap string, pg bool, m *Manifest) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		before, err := os.ReadFile(keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("backup: read keyring: %w", err)
+		}
+		if m.SchemaVersion, err = st.SchemaVersion(ctx); err != nil {
+			return nil, fmt.Errorf("backup: schema version: %w", err)
+		}
+		if !pg {
+			_ = os.Remove(snap)
+			if _, err := st.DB().ExecContext(ctx, `VACUUM INTO ?`, snap); err != nil {
+				return nil, fmt.Errorf("backup: snapshot the database: %w", err)
+			}
+		}
+		after, err := os.ReadFile(keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("backup: read keyring: %w", err)
+		}
+		if bytes.Equal(before, after) {
+			return after, nil
+		}
+		if attempt == 4 {
+			return nil, problem.Conflict("wait for devpilot keys rotate to finish, then back up again",
+				"the master keyring changed during each of 5 snapshots")
+		}
+	}
+}
+
+// dataFiles are the TLS and ACME files of the data dir.
+func dataFiles(dataDir string) ([]entry, error) {
+	var entries []entry
 	for _, dir := range []string{TLSDir, ACMEDir} {
-		des, err := os.ReadDir(filepath.Join(o.DataDir, dir))
+		des, err := os.ReadDir(filepath.Join(dataDir, dir))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return Manifest{}, fmt.Errorf("backup: %w", err)
+			return nil, fmt.Errorf("backup: %w", err)
 		}
 		for _, de := range des {
 			if !de.Type().IsRegular() || !validName(de.Name()) {
@@ -207,15 +232,19 @@ func Create(ctx context.Context, w io.Writer, o Options) (Manifest, error) {
 			}
 			info, err := de.Info()
 			if err != nil {
-				return Manifest{}, fmt.Errorf("backup: %w", err)
+				return nil, fmt.Errorf("backup: %w", err)
 			}
-			entries = append(entries, entry{name: dir + "/" + de.Name(), file: filepath.Join(o.DataDir, dir, de.Name()),
+			entries = append(entries, entry{name: dir + "/" + de.Name(), file: filepath.Join(dataDir, dir, de.Name()),
 				mode: info.Mode().Perm()})
 		}
 	}
-	// Read every file once into memory-free hashing passes: size and
-	// sha256 first (the manifest leads the archive), then the copy. TLS
-	// files are small; the snapshot is ours and does not change.
+	return entries, nil
+}
+
+// describe hashes every entry for the manifest, which leads the archive.
+// TLS files are small; the snapshot is ours and does not change.
+func describe(entries []entry) ([]File, error) {
+	var files []File
 	for _, e := range entries {
 		f := File{Path: e.name, Mode: uint32(e.mode & 0o644)}
 		if e.data != nil {
@@ -224,19 +253,24 @@ func Create(ctx context.Context, w io.Writer, o Options) (Manifest, error) {
 		} else {
 			sz, sum, err := hashFile(e.file)
 			if err != nil {
-				return Manifest{}, fmt.Errorf("backup: %w", err)
+				return nil, fmt.Errorf("backup: %w", err)
 			}
 			f.Size, f.SHA256 = sz, sum
 		}
-		m.Files = append(m.Files, f)
+		files = append(files, f)
 	}
+	return files, nil
+}
 
+// writeArchive writes the manifest and the entries, encrypted with age
+// when o has a passphrase.
+func writeArchive(w io.Writer, m Manifest, entries []entry, o Options) error {
 	out := w
 	var enc io.WriteCloser
 	if !o.Passphrase.IsZero() {
 		r, err := age.NewScryptRecipient(o.Passphrase.Reveal())
 		if err != nil {
-			return Manifest{}, problem.Validation("use a longer passphrase", "passphrase: %v", err)
+			return problem.Validation("use a longer passphrase", "passphrase: %v", err)
 		}
 		wf := o.WorkFactor
 		if wf == 0 {
@@ -244,7 +278,7 @@ func Create(ctx context.Context, w io.Writer, o Options) (Manifest, error) {
 		}
 		r.SetWorkFactor(wf)
 		if enc, err = age.Encrypt(w, r); err != nil {
-			return Manifest{}, fmt.Errorf("backup: encrypt: %w", err)
+			return fmt.Errorf("backup: encrypt: %w", err)
 		}
 		out = enc
 	}
@@ -252,7 +286,7 @@ func Create(ctx context.Context, w io.Writer, o Options) (Manifest, error) {
 	tw := tar.NewWriter(gz)
 	mj, _ := json.MarshalIndent(m, "", "  ")
 	if err := writeEntry(tw, ManifestName, 0o644, m.CreatedAt, bytes.NewReader(mj), int64(len(mj))); err != nil {
-		return Manifest{}, err
+		return err
 	}
 	for i, e := range entries {
 		var rd io.Reader
@@ -261,7 +295,7 @@ func Create(ctx context.Context, w io.Writer, o Options) (Manifest, error) {
 		} else {
 			f, err := os.Open(e.file)
 			if err != nil {
-				return Manifest{}, fmt.Errorf("backup: %w", err)
+				return fmt.Errorf("backup: %w", err)
 			}
 			defer func() { _ = f.Close() }()
 			rd = f
@@ -270,24 +304,24 @@ func Create(ctx context.Context, w io.Writer, o Options) (Manifest, error) {
 		// fails here rather than making an archive that does not verify.
 		h := sha256.New()
 		if err := writeEntry(tw, e.name, os.FileMode(m.Files[i].Mode), m.CreatedAt, io.TeeReader(rd, h), m.Files[i].Size); err != nil {
-			return Manifest{}, err
+			return err
 		}
 		if hex.EncodeToString(h.Sum(nil)) != m.Files[i].SHA256 {
-			return Manifest{}, problem.Conflict("back up again", "%s changed while it was archived", e.name)
+			return problem.Conflict("back up again", "%s changed while it was archived", e.name)
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return Manifest{}, fmt.Errorf("backup: %w", err)
+		return fmt.Errorf("backup: %w", err)
 	}
 	if err := gz.Close(); err != nil {
-		return Manifest{}, fmt.Errorf("backup: %w", err)
+		return fmt.Errorf("backup: %w", err)
 	}
 	if enc != nil {
 		if err := enc.Close(); err != nil {
-			return Manifest{}, fmt.Errorf("backup: encrypt: %w", err)
+			return fmt.Errorf("backup: encrypt: %w", err)
 		}
 	}
-	return m, nil
+	return nil
 }
 
 func writeEntry(tw *tar.Writer, name string, mode os.FileMode, mt time.Time, r io.Reader, size int64) error {

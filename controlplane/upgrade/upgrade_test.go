@@ -64,7 +64,7 @@ func run(dir string, env []string, name string, args ...string) ([]byte, error) 
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return out, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		return out, fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return out, nil
 }
