@@ -18,6 +18,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -334,5 +335,43 @@ func BenchmarkCreate(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestPostgresBackupHoldsKeyringAndTLS: on PostgreSQL the archive holds
+// the keyring and TLS files, says in its manifest that the database is
+// pg_dump's, and restores.
+func TestPostgresBackupHoldsKeyringAndTLS(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := storetest.PostgresURL(t)
+	st, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Close()
+	dir, _ := dataDir(t)
+	var buf bytes.Buffer
+	m, err := backup.Create(ctx, &buf, backup.Options{DataDir: dir, Database: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest, _ := store.LatestSchema(store.Postgres)
+	if m.Database != "postgres" || m.SchemaVersion != latest || !strings.Contains(m.Note, "pg_dump") || len(m.Files) != 5 {
+		t.Fatalf("manifest: %+v", m)
+	}
+	raw := entries(t, buf.Bytes())
+	if _, ok := raw[backup.DBName]; ok {
+		t.Fatal("a PostgreSQL backup holds the data dir's SQLite file")
+	}
+	if bytes.Contains(buf.Bytes(), []byte(dsn)) || bytes.Contains(raw[backup.ManifestName], []byte("postgres://")) {
+		t.Fatal("the archive names the database URL")
+	}
+	to := t.TempDir()
+	if _, err := backup.Restore(ctx, bytes.NewReader(buf.Bytes()), backup.RestoreOptions{DataDir: to}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := secrets.LoadKeyring(secrets.DefaultKeyringPath(to)); err != nil {
+		t.Fatal(err)
 	}
 }
