@@ -114,6 +114,14 @@ type Config struct {
 	AuthFailureBurst   int
 	AuthFailureEvery   time.Duration
 
+	// TLS auto renewal while serving (see tlsauto.Bundle.Renew): how often
+	// the certificate is checked (default daily); tests inject the clock,
+	// the ticks, and a hook called after each check.
+	TLSRenewEvery time.Duration
+	TLSRenewTick  <-chan time.Time
+	Clock         func() time.Time
+	OnTLSCheck    func(reissued bool, err error)
+
 	Logger *zap.Logger
 	Out    io.Writer // where the first start says which file holds the owner token (default stdout)
 }
@@ -137,6 +145,10 @@ type App struct {
 	CAPin        string // TLS auto only
 	acme         *autocert.Manager
 	acmeDomains  []string
+	tlsBundle    *tlsauto.Bundle // TLS auto only
+	ops          *opsMetrics
+	cloudMetrics *cloud.Metrics
+	Registry     *prometheus.Registry // what /metrics serves
 
 	ln  net.Listener
 	srv *http.Server
@@ -161,7 +173,10 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	a := &App{cfg: cfg, log: cfg.Logger}
+	a := &App{cfg: cfg, log: cfg.Logger, Registry: prometheus.NewRegistry()}
+	a.ops = newOpsMetrics(a, a.Registry)
+	a.cloudMetrics = cloud.NewMetrics(a.Registry)
+	a.ops.setRole("standby")
 	var err error
 	if a.Store, err = store.Open(ctx, cfg.Database, filepath.Join(cfg.DataDir, DBFile)); err != nil {
 		return nil, err
@@ -177,6 +192,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		_ = a.Store.Close()
 		return nil, err
 	}
+	a.ops.setRole("active")
 	if a.Store.Dialect() == store.Postgres {
 		a.log.Info("active control plane of the database", zap.String("database", a.Store.Path()))
 	}
@@ -197,11 +213,11 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		_ = a.Store.Close()
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
+	reg := a.Registry
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
-		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval,
+		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,
 		Owner: leaseOwner(cfg.DataDir),
 		Live: func(id string) (provision.Live, bool) {
 			st, ok := a.Hub.Status(id)
@@ -216,7 +232,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		HeartbeatInterval: cfg.HeartbeatInterval})
 	a.Reconciler = a.reconciler(cfg)
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Logger: cfg.Logger,
-		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes})
+		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	apiHandler := api.New(api.Options{
@@ -274,7 +290,7 @@ func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
 // connector builds provider clients, pointed at simulators when configured.
 func (a *App) connector() integrations.Connector {
 	return func(provider string, secret secrets.Value) (cloud.Provider, error) {
-		c := cloud.Config{Secret: secret, Logger: a.log.Named(provider)}
+		c := cloud.Config{Secret: secret, Logger: a.log.Named(provider), Metrics: a.cloudMetrics}
 		switch provider {
 		case cloud.DigitalOcean:
 			c.BaseURL = a.cfg.DigitalOceanAPIURL
@@ -457,11 +473,12 @@ func (a *App) Listen() error {
 	}
 	switch a.cfg.TLS {
 	case TLSAuto:
-		b, err := tlsauto.Ensure(filepath.Join(a.cfg.DataDir, TLSDir), hosts, time.Now())
+		b, err := tlsauto.Ensure(filepath.Join(a.cfg.DataDir, TLSDir), hosts, a.now())
 		if err != nil {
 			_ = ln.Close()
 			return fmt.Errorf("tls: %w", err)
 		}
+		a.tlsBundle = b
 		a.tlsConfig, a.CACertPEM, a.CAPin = b.ServerConfig(), b.CACertPEM, b.CAPin
 	case TLSFiles:
 		c, err := tlsauto.LoadFiles(a.cfg.TLSCertFile, a.cfg.TLSKeyFile)
@@ -521,6 +538,12 @@ func (a *App) Serve(ctx context.Context) error {
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	sd := a.startSystemd(ctx)
 	defer sd.stopping()
+	if a.tlsBundle != nil {
+		rctx, stopRenew := context.WithCancel(ctx)
+		renewed := make(chan struct{})
+		go func() { defer close(renewed); a.renewTLS(rctx) }()
+		defer func() { stopRenew(); <-renewed }()
+	}
 	if a.acme != nil {
 		wctx, stopWarm := context.WithCancel(ctx)
 		warmed := make(chan struct{})

@@ -50,7 +50,11 @@ type command struct {
 // {"backup", "copy the database to a file", runBackup} here and it becomes
 // `devpilot backup`, with its own flag parsing and -h.
 func commands() []command {
-	return []command{}
+	return []command{
+		{"backup", "archive the data dir while serving (backup --to FILE), optionally encrypted", runBackup},
+		{"restore", "restore a backup into a new, empty data dir (restore FILE --data-dir D)", runRestore},
+		{"migrate", "show the schema version and pending migrations (migrate status)", runMigrate},
+	}
 }
 
 // Attach adds a command written as func(ctx, Env, args) to parent: cobra

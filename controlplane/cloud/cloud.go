@@ -221,4 +221,5 @@ type Config struct {
 	MaxRetries int
 	MinWait    time.Duration
 	MaxWait    time.Duration
+	Metrics    *Metrics // nil: none
 }

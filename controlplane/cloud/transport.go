@@ -36,6 +36,10 @@ type TransportConfig struct {
 	MaxWait    time.Duration // default 30s
 
 	Logger *zap.Logger
+
+	// Metrics, when set, count every attempt under Provider's name.
+	Metrics  *Metrics
+	Provider string
 }
 
 // DigitalOcean allows 250 requests per minute per token; stay at 240.
@@ -71,6 +75,9 @@ func NewHTTPClient(cfg TransportConfig) *http.Client {
 		burst := max(cfg.Burst, 1)
 		limiter = rate.NewLimiter(rate.Limit(cfg.RequestsPerSecond), burst)
 	}
+	if cfg.Metrics != nil {
+		base = &metricsTransport{m: cfg.Metrics, provider: cfg.Provider, next: base}
+	}
 	log := cfg.Logger
 	rc := &retryablehttp.Client{
 		HTTPClient:   &http.Client{Transport: &limitTransport{limiter: limiter, next: base}},
@@ -83,6 +90,7 @@ func NewHTTPClient(cfg TransportConfig) *http.Client {
 		},
 		Backoff: func(minWait, maxWait time.Duration, attempt int, resp *http.Response) time.Duration {
 			d := Backoff(minWait, maxWait, attempt, resp, time.Now())
+			cfg.Metrics.retried(cfg.Provider)
 			log.Debug("provider request will be retried", zap.Int("attempt", attempt+1), zap.Duration("wait", d), zap.Int("status", statusOf(resp)))
 			return d
 		},

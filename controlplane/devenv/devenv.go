@@ -72,6 +72,8 @@ type Env struct {
 	cancel  context.CancelFunc
 	done    chan error
 	servers []*http.Server
+	appCfg  app.Config
+	stopped bool
 }
 
 // Credentials of the simulated accounts. They are kept in the data
@@ -149,13 +151,14 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		e.closeSims()
 		return nil, fmt.Errorf("vultr simulator: %w", err)
 	}
-	e.App, err = app.New(ctx, app.Config{
+	e.appCfg = app.Config{
 		DataDir: cfg.DataDir, Database: cfg.Database, Listen: cfg.Listen, TLS: app.TLSAuto, Logger: cfg.Logger, Out: cfg.Out,
 		DigitalOceanAPIURL: e.DOURL, VultrAPIURL: e.VultrURL,
 		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
-	})
+	}
+	e.App, err = app.New(ctx, e.appCfg)
 	if err != nil {
 		e.closeSims()
 		return nil, err
@@ -224,13 +227,47 @@ func (e *Env) closeSims() {
 
 // Close stops the control plane gracefully, then the simulators.
 func (e *Env) Close() error {
+	err := e.stopApp()
+	e.closeSims()
+	return err
+}
+
+func (e *Env) stopApp() error {
+	if e.stopped {
+		return nil
+	}
+	e.stopped = true
 	e.cancel()
 	err := <-e.done
-	e.closeSims()
 	if cerr := e.App.Close(); err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// RestartControlPlane stops the control plane gracefully and starts
+// another on dataDir (a restored backup, say) with the same simulators,
+// address and settings, so the simulated servers' agents, which keep
+// running, reconnect to it. dev.env is not rewritten.
+func (e *Env) RestartControlPlane(ctx context.Context, dataDir string) error {
+	addr := strings.TrimPrefix(strings.TrimPrefix(e.App.URL, "https://"), "http://")
+	if err := e.stopApp(); err != nil {
+		return err
+	}
+	c := e.appCfg
+	c.DataDir, c.Listen, c.Out = dataDir, addr, io.Discard
+	a, err := app.New(ctx, c)
+	if err != nil {
+		return err
+	}
+	if err := a.Listen(); err != nil {
+		_ = a.Close()
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	e.App, e.cancel, e.done, e.stopped = a, cancel, make(chan error, 1), false
+	go func() { e.done <- a.Serve(sctx) }()
+	return nil
 }
 
 // writeEnv writes shell KEY=value lines, single-quoted, mode 0600 (the

@@ -65,6 +65,11 @@ func newMetrics(r prometheus.Registerer) *metrics {
 	m.enrollments = register(r, m.enrollments)
 	m.heartbeats = register(r, m.heartbeats)
 	m.authFailures = register(r, m.authFailures)
+	// Every reason from the start, at 0, so alerts on a rate see the series.
+	for _, reason := range []string{reasonBadRequest, reasonUnsupported, reasonTokenInvalid, reasonAuthFailed, reasonDeleted,
+		reasonQuarantined, reasonKeyRevoked, reasonTimeout, reasonIO, reasonInternal} {
+		m.authFailures.WithLabelValues(reason)
+	}
 	m.messages = register(r, m.messages)
 	m.conflicts = register(r, m.conflicts)
 	return m

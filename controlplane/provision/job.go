@@ -82,6 +82,7 @@ func (s *Service) runProvision(ctx context.Context, id string) {
 		j.log.Error("mark online", zap.Error(err))
 		return
 	}
+	s.m.jobs.WithLabelValues("online").Inc()
 	j.log.Info("server online")
 }
 
@@ -96,13 +97,15 @@ func (j *job) step(ctx context.Context, st store.Step) error {
 		return err
 	}
 	j.log.Debug("step started", zap.String("step", st.Name))
-	deadline := s.now().Add(s.o.StepTimeout)
+	started := s.now()
+	deadline := started.Add(s.o.StepTimeout)
 	for attempt := 0; ; attempt++ {
 		detail, err := j.run(ctx, st.Name)
 		if err == nil {
 			if ferr := s.store.Q().FinishStep(context.WithoutCancel(ctx), j.srv.ID, st.Seq, StepDone, "", detail, s.now()); ferr != nil {
 				return ferr
 			}
+			s.m.stepEnded(st.Name, outcomeDone, started, s.now())
 			j.log.Info("step done", zap.String("step", st.Name))
 			return nil
 		}
@@ -110,8 +113,10 @@ func (j *job) step(ctx context.Context, st store.Step) error {
 			return errStopped
 		}
 		if permanent(err) || s.now().After(deadline) {
+			s.m.stepEnded(st.Name, outcomeFailed, started, s.now())
 			return j.fail(st, err)
 		}
+		s.m.stepEnded(st.Name, outcomeRetried, started, s.now())
 		// Transient: note it on the step so the user sees why it waits.
 		_ = s.store.Q().NoteStep(ctx, j.srv.ID, st.Seq, errorJSON(st.Name, err), "retrying after a transient failure")
 		wait := s.o.RetryMin << min(attempt, 5)

@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"regexp"
 	"slices"
 	"sort"
@@ -130,6 +131,8 @@ type Options struct {
 	// --token-file -`, the token on stdin). nil, or when it fails, the
 	// token is answered for the operator to run the command.
 	EnrollOverSSH func(ctx context.Context, t DiagnoseTarget, token secrets.Value) error
+	// Registerer receives the provisioning metrics; nil keeps them unexported.
+	Registerer prometheus.Registerer
 }
 
 // DiagnoseTarget is what Diagnose needs to reach a server.
@@ -154,6 +157,7 @@ type Service struct {
 	watch        *watcher
 	actionPoller *cloud.ActionPoller // one for all lifecycle actions (lifecycle.go)
 	owner        string              // this process, as action leases name it
+	m            *metrics
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -200,6 +204,7 @@ func New(o Options) *Service {
 	if s.owner == "" {
 		s.owner = ids.New("cp")
 	}
+	s.m = newMetrics(o.Registerer)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }

@@ -63,11 +63,20 @@ func IsPostgresURL(dsn string) bool {
 // sqlitePath, a postgres:// URL a PostgreSQL database. Pending migrations
 // are applied.
 func Open(ctx context.Context, dsn, sqlitePath string) (*Store, error) {
+	return openDSN(ctx, dsn, sqlitePath, true)
+}
+
+// OpenAsIs is Open without applying migrations (devpilot migrate status).
+func OpenAsIs(ctx context.Context, dsn, sqlitePath string) (*Store, error) {
+	return openDSN(ctx, dsn, sqlitePath, false)
+}
+
+func openDSN(ctx context.Context, dsn, sqlitePath string, migrate bool) (*Store, error) {
 	switch {
 	case dsn == "" || dsn == string(SQLite):
-		return OpenSQLite(ctx, sqlitePath)
+		return openSQLite(ctx, sqlitePath, migrate)
 	case IsPostgresURL(dsn):
-		return OpenPostgres(ctx, dsn)
+		return openPostgres(ctx, dsn, migrate)
 	default:
 		return nil, fmt.Errorf("database %q: want empty or \"sqlite\" (SQLite in the data dir) or a postgres:// URL", RedactURL(dsn))
 	}
@@ -76,6 +85,10 @@ func Open(ctx context.Context, dsn, sqlitePath string) (*Store, error) {
 // OpenSQLite opens (creating if needed, mode 0600) the SQLite database at
 // path and applies pending migrations.
 func OpenSQLite(ctx context.Context, path string) (*Store, error) {
+	return openSQLite(ctx, path, true)
+}
+
+func openSQLite(ctx context.Context, path string, migrate bool) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -92,7 +105,7 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	// One writer at a time is SQLite's model; a small pool keeps readers
 	// from queueing behind it.
 	db.SetMaxOpenConns(4)
-	return open(ctx, db, SQLite, path)
+	return open(ctx, db, SQLite, path, migrate)
 }
 
 // OpenPostgres connects to the PostgreSQL database at dsn (a postgres://
@@ -100,6 +113,10 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 // reads them) and applies pending migrations. The connection is checked
 // before anything else, so a wrong URL fails here with what the server said.
 func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
+	return openPostgres(ctx, dsn, true)
+}
+
+func openPostgres(ctx context.Context, dsn string, migrate bool) (*Store, error) {
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", RedactURL(dsn), err)
@@ -109,11 +126,14 @@ func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("open store %s: %w", RedactURL(dsn), err)
 	}
-	return open(ctx, db, Postgres, RedactURL(dsn))
+	return open(ctx, db, Postgres, RedactURL(dsn), migrate)
 }
 
-func open(ctx context.Context, db *sql.DB, d Dialect, path string) (*Store, error) {
+func open(ctx context.Context, db *sql.DB, d Dialect, path string, migrate bool) (*Store, error) {
 	s := &Store{db: db, dialect: d, path: path, feed: changefeed.New(0)}
+	if !migrate {
+		return s, nil
+	}
 	if err := s.migrate(ctx); err != nil {
 		_ = db.Close()
 		return nil, err

@@ -98,6 +98,7 @@ func (s *Service) HandleResult(_ context.Context, serverID string, env protocol.
 			return
 		}
 		if ok {
+			s.m.start.Observe(now.Sub(t.CreatedAt).Seconds())
 			s.notify(r.TaskID)
 		}
 	case protocol.Final(r.State):

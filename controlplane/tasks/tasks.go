@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"hash/fnv"
 	"sync"
 	"time"
@@ -72,6 +73,8 @@ type Options struct {
 	// OnLogStored, if set, is called after a new output chunk was stored
 	// (on the agent session's goroutine: keep it quick).
 	OnLogStored func(taskID string, seq int64)
+	// Registerer receives the task metrics; nil keeps them unexported.
+	Registerer prometheus.Registerer
 }
 
 // Service runs tasks and deployments. Create it with New, register
@@ -83,6 +86,7 @@ type Service struct {
 	log   *zap.Logger
 	now   func() time.Time
 	out   *outbox
+	m     *metrics
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -133,6 +137,7 @@ func New(o Options) *Service {
 		waiters: map[string]chan struct{}{}, kicked: map[string]bool{}, kickSig: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.out = newOutbox(s)
+	s.m = newMetrics(o.Registerer)
 	return s
 }
 
@@ -474,6 +479,9 @@ func (s *Service) dispatch(ctx context.Context, serverID, taskID string, since t
 			s.log.Info("send task failed; resent when the agent reconnects", zap.String("task", taskID), zap.Error(err))
 		}
 		return
+	}
+	if t.LastSentAt == nil {
+		s.m.dispatch.Observe(s.now().Sub(t.CreatedAt).Seconds())
 	}
 	if _, err := s.store.Q().MarkTaskSent(ctx, taskID, s.now()); err != nil {
 		s.log.Warn("record task sent", zap.String("task", taskID), zap.Error(err))

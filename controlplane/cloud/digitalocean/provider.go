@@ -55,6 +55,8 @@ func New(cfg cloud.Config) (*Provider, error) {
 		MinWait:           cfg.MinWait,
 		MaxWait:           cfg.MaxWait,
 		Logger:            log,
+		Metrics:           cfg.Metrics,
+		Provider:          cloud.DigitalOcean,
 	})
 	var opts []godo.ClientOpt
 	if cfg.BaseURL != "" {

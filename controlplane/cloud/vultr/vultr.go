@@ -55,6 +55,8 @@ func New(cfg cloud.Config) (*Provider, error) {
 		MinWait:           cfg.MinWait,
 		MaxWait:           cfg.MaxWait,
 		Logger:            log,
+		Metrics:           cfg.Metrics,
+		Provider:          cloud.Vultr,
 	})
 	c := govultr.NewClient(hc)
 	c.SetRetryLimit(0) // the transport is the only retry policy
