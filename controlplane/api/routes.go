@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/problem"
@@ -63,8 +64,8 @@ func (a *API) whoami(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]string{"token_id": c.p.TokenID, "name": c.p.TokenName,
-		"role": c.p.Role, "workspace": ws.Slug})
+	return writeJSON(w, http.StatusOK, apitypes.Whoami{TokenID: c.p.TokenID, Name: c.p.TokenName,
+		Role: c.p.Role, Workspace: ws.Slug})
 }
 
 func (a *API) listWorkspaces(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -72,20 +73,17 @@ func (a *API) listWorkspaces(w http.ResponseWriter, r *http.Request, c *call) er
 	if err != nil {
 		return err
 	}
-	out := []store.Workspace{}
+	out := apitypes.WorkspaceList{Workspaces: []apitypes.Workspace{}}
 	for _, ws := range all {
 		if c.p.CanAccess(ws.ID) {
-			out = append(out, ws)
+			out.Workspaces = append(out.Workspaces, workspaceOut(ws))
 		}
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"workspaces": out})
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) createWorkspace(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		Slug string `json:"slug"`
-		Name string `json:"name"`
-	}
+	var req apitypes.CreateWorkspace
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -109,7 +107,7 @@ func (a *API) createWorkspace(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusCreated, ws)
+	return writeJSON(w, http.StatusCreated, workspaceOut(ws))
 }
 
 // ValidSlug reports whether s can name a workspace (it also becomes a
@@ -138,38 +136,30 @@ func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, c *call) error 
 		"kept_key_ids": res.Kept, "skipped": res.Skipped})
 	_ = a.o.Store.Q().AddAudit(r.Context(), store.AuditEntry{WorkspaceID: c.p.WorkspaceID, Actor: c.p.Actor(),
 		Action: "keys.rotate", Target: res.KeyID, DetailJSON: string(detail), At: a.o.Now()})
-	return writeJSON(w, http.StatusOK, res)
+	return writeJSON(w, http.StatusOK, keyRotationOut(res))
 }
 
 // --- tokens
-
-type tokenView struct {
-	store.Token
-	Workspace string `json:"workspace"`
-}
 
 func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c *call) error {
 	ts, err := a.o.Store.Q().ListTokens(r.Context(), c.ws.ID)
 	if err != nil {
 		return err
 	}
-	out := make([]tokenView, 0, len(ts))
+	out := apitypes.TokenList{Tokens: make([]apitypes.Token, 0, len(ts))}
 	for _, t := range ts {
 		// Owner tokens are the owner's business: an admin neither sees
 		// nor revokes them.
 		if t.Role == auth.RoleOwner && c.p.Role != auth.RoleOwner {
 			continue
 		}
-		out = append(out, tokenView{t, c.ws.Slug})
+		out.Tokens = append(out.Tokens, tokenOut(t, c.ws.Slug))
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) createToken(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		Name string `json:"name"`
-		Role string `json:"role"`
-	}
+	var req apitypes.CreateToken
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -193,10 +183,7 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request, c *call) error
 		return err
 	}
 	// The only time the token is ever shown.
-	return writeJSON(w, http.StatusCreated, struct {
-		tokenView
-		Secret string `json:"token"`
-	}{tokenView{t, c.ws.Slug}, secret.Reveal()})
+	return writeJSON(w, http.StatusCreated, apitypes.CreatedToken{Token: tokenOut(t, c.ws.Slug), Secret: secret.Reveal()})
 }
 
 func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -251,20 +238,12 @@ func (a *API) listAudit(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	type entry struct {
-		store.AuditEntry
-		Detail rawJSON `json:"detail"`
-	}
-	out := make([]entry, 0, len(es))
+	out := apitypes.AuditList{Entries: make([]apitypes.AuditEntry, 0, len(es))}
 	for _, e := range es {
-		out = append(out, entry{e, rawJSON(e.DetailJSON)})
+		out.Entries = append(out.Entries, auditOut(e))
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"entries": out})
+	return writeJSON(w, http.StatusOK, out)
 }
-
-type rawJSON string
-
-func (r rawJSON) MarshalJSON() ([]byte, error) { return []byte(r), nil }
 
 // --- integrations
 
@@ -273,15 +252,15 @@ func (a *API) listIntegrations(w http.ResponseWriter, r *http.Request, c *call) 
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"integrations": list})
+	out := apitypes.IntegrationList{Integrations: make([]apitypes.Integration, 0, len(list))}
+	for _, in := range list {
+		out.Integrations = append(out.Integrations, integrationOut(in))
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) connectIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		Provider  string `json:"provider"`
-		AccessKey string `json:"access_key"`
-		SecretKey string `json:"secret_key"`
-	}
+	var req apitypes.ConnectIntegration
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -289,7 +268,7 @@ func (a *API) connectIntegration(w http.ResponseWriter, r *http.Request, c *call
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusCreated, in)
+	return writeJSON(w, http.StatusCreated, integrationOut(in))
 }
 
 func (a *API) getIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -297,13 +276,11 @@ func (a *API) getIntegration(w http.ResponseWriter, r *http.Request, c *call) er
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, in)
+	return writeJSON(w, http.StatusOK, integrationOut(in))
 }
 
 func (a *API) renameIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		AccessKey string `json:"access_key"`
-	}
+	var req apitypes.RenameIntegration
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -311,7 +288,7 @@ func (a *API) renameIntegration(w http.ResponseWriter, r *http.Request, c *call)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, in)
+	return writeJSON(w, http.StatusOK, integrationOut(in))
 }
 
 func (a *API) removeIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -327,13 +304,11 @@ func (a *API) testIntegration(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, in)
+	return writeJSON(w, http.StatusOK, integrationOut(in))
 }
 
 func (a *API) rotateIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		SecretKey string `json:"secret_key"`
-	}
+	var req apitypes.RotateIntegrationSecret
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -341,7 +316,7 @@ func (a *API) rotateIntegration(w http.ResponseWriter, r *http.Request, c *call)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, in)
+	return writeJSON(w, http.StatusOK, integrationOut(in))
 }
 
 func (a *API) catalog(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -349,5 +324,5 @@ func (a *API) catalog(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, cat)
+	return writeJSON(w, http.StatusOK, catalogOut(cat))
 }

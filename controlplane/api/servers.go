@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
 )
@@ -24,18 +25,18 @@ func (a *API) serverRoutes() {
 // one-time bootstrap token over SSH, or answers it (shown only here) with
 // the command to run on the server.
 func (a *API) rekeyServer(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req provision.RekeyRequest
+	var req apitypes.RekeyRequest
 	if r.ContentLength != 0 {
 		if err := decode(r, &req); err != nil {
 			return err
 		}
 	}
-	rk, err := a.o.Servers.Rekey(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), req)
+	rk, err := a.o.Servers.Rekey(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), provision.RekeyRequest{Print: req.Print})
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	return writeJSON(w, http.StatusOK, rk)
+	return writeJSON(w, http.StatusOK, rekeyOut(rk))
 }
 
 // serverHealth returns stored health samples: ?since=1h (a duration, at most 24h).
@@ -52,7 +53,11 @@ func (a *API) serverHealth(w http.ResponseWriter, r *http.Request, c *call) erro
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"samples": pts})
+	out := apitypes.HealthSamples{Samples: make([]apitypes.HealthSample, 0, len(pts))}
+	for _, p := range pts {
+		out.Samples = append(out.Samples, healthOut(p))
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) listServers(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -60,20 +65,24 @@ func (a *API) listServers(w http.ResponseWriter, r *http.Request, c *call) error
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"servers": list})
+	out := apitypes.ServerList{Servers: make([]apitypes.Server, 0, len(list))}
+	for _, s := range list {
+		out.Servers = append(out.Servers, serverOut(s))
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) createServer(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req provision.CreateRequest
+	var req apitypes.CreateServer
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	srv, err := a.o.Servers.Create(r.Context(), c.p.Actor(), c.ws.ID, req)
+	srv, err := a.o.Servers.Create(r.Context(), c.p.Actor(), c.ws.ID, createServerIn(req))
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Location", r.URL.Path+"/"+srv.ID)
-	return writeJSON(w, http.StatusAccepted, srv)
+	return writeJSON(w, http.StatusAccepted, serverOut(srv))
 }
 
 func (a *API) getServer(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -81,7 +90,7 @@ func (a *API) getServer(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, srv)
+	return writeJSON(w, http.StatusOK, serverOut(srv))
 }
 
 func (a *API) deleteServer(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -90,5 +99,5 @@ func (a *API) deleteServer(w http.ResponseWriter, r *http.Request, c *call) erro
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusAccepted, srv)
+	return writeJSON(w, http.StatusAccepted, serverOut(srv))
 }

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
@@ -29,16 +30,16 @@ func (a *API) taskRoutes() {
 }
 
 func (a *API) createTask(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req tasks.Spec
+	var req apitypes.TaskSpec
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	t, err := a.o.Tasks.Create(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), req)
+	t, err := a.o.Tasks.Create(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), taskSpecIn(req))
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Location", "/v1/workspaces/"+c.ws.Slug+"/tasks/"+t.ID)
-	return writeJSON(w, http.StatusAccepted, t)
+	return writeJSON(w, http.StatusAccepted, taskOut(t))
 }
 
 func (a *API) listTasks(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -52,7 +53,11 @@ func (a *API) listTasks(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"tasks": list})
+	out := apitypes.TaskList{Tasks: make([]apitypes.Task, 0, len(list))}
+	for _, t := range list {
+		out.Tasks = append(out.Tasks, taskOut(t))
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) getTask(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -60,7 +65,7 @@ func (a *API) getTask(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, t)
+	return writeJSON(w, http.StatusOK, taskOut(t))
 }
 
 func (a *API) cancelTask(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -68,7 +73,7 @@ func (a *API) cancelTask(w http.ResponseWriter, r *http.Request, c *call) error 
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusAccepted, t)
+	return writeJSON(w, http.StatusAccepted, taskOut(t))
 }
 
 func intParam(v, name string) (int64, error) {
@@ -118,7 +123,7 @@ func (a *API) taskLogs(w http.ResponseWriter, r *http.Request, c *call) error {
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, p)
+		return writeJSON(w, http.StatusOK, logPageOut(p))
 	}
 	// Errors before the first byte (unknown task) are ordinary JSON errors.
 	if _, err := a.o.Tasks.Get(r.Context(), c.ws.ID, r.PathValue("id")); err != nil {
@@ -168,7 +173,7 @@ func (s *sse) event(id, typ string, v any) error {
 }
 
 func (s *sse) Chunk(c tasks.LogChunk) error {
-	return s.event(strconv.FormatInt(c.Seq, 10), "log", c)
+	return s.event(strconv.FormatInt(c.Seq, 10), "log", logChunkOut(c))
 }
 
 func (s *sse) Heartbeat() error {
@@ -179,19 +184,19 @@ func (s *sse) Heartbeat() error {
 	return nil
 }
 
-func (s *sse) End(t *tasks.Task) error { return s.event("", "end", t) }
+func (s *sse) End(t *tasks.Task) error { return s.event("", "end", taskOut(t)) }
 
 func (a *API) createDeployment(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req tasks.DeploymentRequest
+	var req apitypes.CreateDeployment
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	d, err := a.o.Tasks.Deploy(r.Context(), c.p.Actor(), c.ws.ID, req)
+	d, err := a.o.Tasks.Deploy(r.Context(), c.p.Actor(), c.ws.ID, deploymentIn(req))
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Location", "/v1/workspaces/"+c.ws.Slug+"/deployments/"+d.ID)
-	return writeJSON(w, http.StatusAccepted, d)
+	return writeJSON(w, http.StatusAccepted, deploymentOut(d))
 }
 
 func (a *API) listDeployments(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -203,7 +208,11 @@ func (a *API) listDeployments(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"deployments": list})
+	out := apitypes.DeploymentList{Deployments: make([]apitypes.Deployment, 0, len(list))}
+	for _, d := range list {
+		out.Deployments = append(out.Deployments, deploymentOut(d))
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) getDeployment(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -211,5 +220,5 @@ func (a *API) getDeployment(w http.ResponseWriter, r *http.Request, c *call) err
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, d)
+	return writeJSON(w, http.StatusOK, deploymentOut(d))
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/provision"
 )
 
@@ -32,7 +33,7 @@ func runServers(ctx context.Context, env Env, args []string) error {
 	verbs := map[string]func([]string) error{
 		"create": func(args []string) error {
 			v := newVerb(env, "servers create")
-			var req provision.CreateRequest
+			var req apitypes.CreateServer
 			var ports intList
 			v.fs.StringVar(&req.IntegrationID, "integration", "", "integration id (see `devpilot integrations list`)")
 			v.fs.StringVar(&req.Name, "name", "", "server name (becomes the hostname)")
@@ -46,7 +47,7 @@ func runServers(ctx context.Context, env Env, args []string) error {
 				return err
 			}
 			req.Ports = ports
-			var srv provision.Server
+			var srv apitypes.Server
 			raw, err := cl.do(ctx, "POST", v.path("/servers"), req, &srv)
 			if err != nil {
 				return err
@@ -65,7 +66,7 @@ func runServers(ctx context.Context, env Env, args []string) error {
 				return err
 			}
 			var resp struct {
-				Servers []provision.Server `json:"servers"`
+				Servers []apitypes.Server `json:"servers"`
 			}
 			raw, err := cl.do(ctx, "GET", v.path("/servers"), nil, &resp)
 			if err != nil {
@@ -85,7 +86,7 @@ func runServers(ctx context.Context, env Env, args []string) error {
 			if err != nil {
 				return err
 			}
-			var srv provision.Server
+			var srv apitypes.Server
 			raw, err := cl.do(ctx, "GET", v.path("/servers/"+url.PathEscape(id)), nil, &srv)
 			if err != nil {
 				return err
@@ -103,7 +104,7 @@ func runServers(ctx context.Context, env Env, args []string) error {
 			if *destroy {
 				q = "?destroy=true"
 			}
-			var srv provision.Server
+			var srv apitypes.Server
 			raw, err := cl.do(ctx, "DELETE", v.path("/servers/"+url.PathEscape(id)+q), nil, &srv)
 			if err != nil {
 				return err
@@ -123,8 +124,8 @@ func runServers(ctx context.Context, env Env, args []string) error {
 			if err != nil {
 				return err
 			}
-			var rk provision.Rekey
-			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/rekey"), provision.RekeyRequest{Print: *printOnly}, &rk)
+			var rk apitypes.Rekey
+			raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(id)+"/rekey"), apitypes.RekeyRequest{Print: *printOnly}, &rk)
 			if err != nil {
 				return err
 			}
@@ -147,7 +148,7 @@ func runServers(ctx context.Context, env Env, args []string) error {
 	return subcommand(env, "servers", args, verbs, []string{"create", "list", "show", "delete", "rekey"})
 }
 
-func healthLine(s *provision.Server) string {
+func healthLine(s *apitypes.Server) string {
 	h := s.Health
 	if h == nil {
 		return "-"
@@ -159,7 +160,7 @@ func healthLine(s *provision.Server) string {
 	return line
 }
 
-func showServer(o *output, s *provision.Server) {
+func showServer(o *output, s *apitypes.Server) {
 	kv := [][2]string{{"id", s.ID}, {"name", s.Name}, {"provider", s.Provider}, {"state", s.State},
 		{"region/size/image", s.Region + " / " + s.Size + " / " + s.Image}, {"ports", strings.Trim(fmt.Sprint(s.Ports), "[]")},
 		{"instance", orDash(s.InstanceID)}, {"public ipv4", orDash(s.PublicIPv4)}, {"tags", strings.Join(s.Tags, " ")},
@@ -200,7 +201,7 @@ func showServer(o *output, s *provision.Server) {
 	}
 }
 
-func agentLine(s *provision.Server) string {
+func agentLine(s *apitypes.Server) string {
 	a := s.Agent
 	if a.InstalledAt == nil {
 		return "not installed yet"
@@ -222,7 +223,7 @@ func watchServer(ctx context.Context, env Env, cl *client, ws, id string) error 
 	seen := map[string]string{}
 	fmt.Fprintf(env.Stdout, "Provisioning %s…\n", id)
 	for {
-		var srv provision.Server
+		var srv apitypes.Server
 		if _, err := cl.do(ctx, "GET", wsPath(ws)+"/servers/"+url.PathEscape(id), nil, &srv); err != nil {
 			return err
 		}

@@ -20,6 +20,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/tasks"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
@@ -126,7 +127,7 @@ func runTaskRun(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var t tasks.Task
+	var t apitypes.Task
 	raw, err := cl.do(ctx, "POST", v.path("/servers/"+url.PathEscape(*server)+"/tasks"), spec, &t)
 	if err != nil {
 		return err
@@ -164,7 +165,7 @@ func runTaskList(ctx context.Context, env Env, args []string) error {
 		}
 	}
 	var resp struct {
-		Tasks []tasks.Task `json:"tasks"`
+		Tasks []apitypes.Task `json:"tasks"`
 	}
 	raw, err := cl.do(ctx, "GET", v.path("/tasks?"+q.Encode()), nil, &resp)
 	if err != nil {
@@ -186,7 +187,7 @@ func runTaskShow(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var t tasks.Task
+	var t apitypes.Task
 	raw, err := cl.do(ctx, "GET", v.path("/tasks/"+url.PathEscape(id)), nil, &t)
 	if err != nil {
 		return err
@@ -213,7 +214,7 @@ func runTaskLogs(ctx context.Context, env Env, args []string) error {
 	}
 	next := *after
 	for {
-		var p tasks.LogPage
+		var p apitypes.LogPage
 		if _, err := cl.do(ctx, "GET", v.path(fmt.Sprintf("/tasks/%s/logs?after=%d", url.PathEscape(id), next)), nil, &p); err != nil {
 			return err
 		}
@@ -237,7 +238,7 @@ func runTaskCancel(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var t tasks.Task
+	var t apitypes.Task
 	raw, err := cl.do(ctx, "POST", v.path("/tasks/"+url.PathEscape(id)+"/cancel"), nil, &t)
 	if err != nil {
 		return err
@@ -258,7 +259,7 @@ func exitText(c *int) string {
 	return strconv.Itoa(*c)
 }
 
-func stateLine(t *tasks.Task) string {
+func stateLine(t *apitypes.Task) string {
 	s := t.State
 	if t.Reason != "" && t.Reason != t.State {
 		s += " (" + t.Reason + ")"
@@ -267,7 +268,7 @@ func stateLine(t *tasks.Task) string {
 }
 
 // summary is a short description of what a task does.
-func summary(t *tasks.Task) string {
+func summary(t *apitypes.Task) string {
 	sp := t.Spec
 	switch {
 	case sp.Exec != nil:
@@ -286,7 +287,7 @@ func summary(t *tasks.Task) string {
 	return ""
 }
 
-func showTask(o *output, t *tasks.Task) {
+func showTask(o *output, t *apitypes.Task) {
 	kv := [][2]string{{"ID", t.ID}, {"Server", t.ServerID}, {"Kind", t.Kind}, {"What", summary(t)}, {"State", stateLine(t)},
 		{"Exit code", exitText(t.ExitCode)}, {"Attempts", strconv.Itoa(t.Attempts)}, {"Created", ts(&t.CreatedAt) + " by " + t.CreatedBy},
 		{"Sent", ts(t.SentAt)}, {"Started", ts(t.StartedAt)}, {"Finished", ts(t.FinishedAt)}, {"Deadline", ts(&t.Deadline)}}
@@ -319,7 +320,7 @@ func showTask(o *output, t *tasks.Task) {
 }
 
 // taskOutcome turns a final task into the command's result.
-func taskOutcome(t *tasks.Task) error {
+func taskOutcome(t *apitypes.Task) error {
 	if t.State == protocol.TaskSucceeded {
 		return nil
 	}
@@ -333,7 +334,7 @@ func taskOutcome(t *tasks.Task) error {
 	return &errTaskFailed{msg}
 }
 
-func writeChunk(env Env, c tasks.LogChunk) {
+func writeChunk(env Env, c apitypes.LogChunk) {
 	data := c.Data
 	if data == nil {
 		data = []byte(c.Text)
@@ -353,7 +354,7 @@ func writeChunk(env Env, c tasks.LogChunk) {
 // followLogs streams a task's output (server-sent events) to stdout and
 // stderr until the task ends, resuming after the last chunk seen if the
 // connection breaks. It returns the final task.
-func followLogs(ctx context.Context, env Env, cl *client, ws, id string, after int64) (*tasks.Task, error) {
+func followLogs(ctx context.Context, env Env, cl *client, ws, id string, after int64) (*apitypes.Task, error) {
 	stream := &http.Client{Transport: cl.http.Transport} // no overall timeout: tasks run for long
 	failures := 0
 	for {
@@ -379,7 +380,7 @@ func followLogs(ctx context.Context, env Env, cl *client, ws, id string, after i
 	}
 }
 
-func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, ws, id string, after int64) (*tasks.Task, int64, error) {
+func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, ws, id string, after int64) (*apitypes.Task, int64, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s%s/tasks/%s/logs?follow=1&after=%d", cl.base, wsPath(ws), url.PathEscape(id), after), nil)
 	if err != nil {
 		return nil, after, err
@@ -412,13 +413,13 @@ func followOnce(ctx context.Context, env Env, stream *http.Client, cl *client, w
 		case line == "":
 			switch typ {
 			case "log":
-				var c tasks.LogChunk
+				var c apitypes.LogChunk
 				if err := json.Unmarshal(data.Bytes(), &c); err == nil {
 					writeChunk(env, c)
 					after = c.Seq
 				}
 			case "end":
-				var t tasks.Task
+				var t apitypes.Task
 				if err := json.Unmarshal(data.Bytes(), &t); err != nil {
 					return nil, after, fmt.Errorf("decode end event: %w", err)
 				}
@@ -611,7 +612,7 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 		if err != nil {
 			return err
 		}
-		var d tasks.Deployment
+		var d apitypes.Deployment
 		raw, err := cl.do(ctx, "GET", v.path("/deployments/"+url.PathEscape(pos[1])), nil, &d)
 		if err != nil {
 			return err
@@ -645,7 +646,7 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var d tasks.Deployment
+	var d apitypes.Deployment
 	raw, err := cl.do(ctx, "POST", v.path("/deployments"), req, &d)
 	if err != nil {
 		return err
@@ -661,7 +662,7 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 
 // watchDeployment prints each server's progress until the deployment ends;
 // an error if any server failed.
-func watchDeployment(ctx context.Context, env Env, cl *client, ws string, d *tasks.Deployment, interval time.Duration) error {
+func watchDeployment(ctx context.Context, env Env, cl *client, ws string, d *apitypes.Deployment, interval time.Duration) error {
 	seen := map[string]string{}
 	for {
 		for _, t := range d.Targets {
@@ -699,7 +700,7 @@ func watchDeployment(ctx context.Context, env Env, cl *client, ws string, d *tas
 		case <-time.After(interval):
 		}
 		// A fresh value: decoding into the old one would merge its Counts map.
-		var next tasks.Deployment
+		var next apitypes.Deployment
 		if _, err := cl.do(ctx, "GET", wsPath(ws)+"/deployments/"+url.PathEscape(d.ID), nil, &next); err != nil {
 			return err
 		}

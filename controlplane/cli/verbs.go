@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/cloud"
-	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/shared/version"
 )
 
@@ -51,7 +51,7 @@ func runIntegrations(ctx context.Context, env Env, args []string) error {
 	// answer sends a request answered with one integration and prints it,
 	// after note (if not empty) unless --json.
 	answer := func(v *verb, cl *client, method, path string, body any, note string) error {
-		var in integrations.Integration
+		var in apitypes.Integration
 		raw, err := cl.do(ctx, method, path, body, &in)
 		if err != nil {
 			return err
@@ -93,7 +93,7 @@ func runIntegrations(ctx context.Context, env Env, args []string) error {
 				return err
 			}
 			var resp struct {
-				Integrations []integrations.Integration `json:"integrations"`
+				Integrations []apitypes.Integration `json:"integrations"`
 			}
 			raw, err := cl.do(ctx, "GET", v.path("/integrations"), nil, &resp)
 			if err != nil {
@@ -185,7 +185,7 @@ func runIntegrations(ctx context.Context, env Env, args []string) error {
 	return subcommand(env, "integrations", args, verbs, []string{"connect", "list", "show", "test", "rotate", "rename", "remove", "catalog"})
 }
 
-func showIntegration(o *output, in *integrations.Integration) {
+func showIntegration(o *output, in *apitypes.Integration) {
 	kv := [][2]string{{"id", in.ID}, {"provider", in.Provider}, {"access key", in.AccessKey},
 		{"secret key", "…" + orDash(in.SecretKeyHint)}, {"status", in.Status}, {"write access", in.WriteAccess},
 		{"last validated", ts(in.LastValidatedAt)}}

@@ -292,12 +292,12 @@ func (s *Service) stopJob(id string) {
 
 // CreateRequest is what `POST …/servers` takes.
 type CreateRequest struct {
-	IntegrationID string `json:"integration_id"`
-	Name          string `json:"name"`
-	Region        string `json:"region"`
-	Size          string `json:"size"`
-	Image         string `json:"image"`
-	Ports         []int  `json:"ports"`
+	IntegrationID string
+	Name          string
+	Region        string
+	Size          string
+	Image         string
+	Ports         []int
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -404,39 +404,39 @@ func (s *Service) Delete(ctx context.Context, actor, workspaceID, id string, des
 
 // Server is what the API shows of a server.
 type Server struct {
-	ID            string           `json:"id"`
-	Name          string           `json:"name"`
-	Provider      string           `json:"provider"`
-	IntegrationID string           `json:"integration_id,omitempty"`
-	Region        string           `json:"region"`
-	Size          string           `json:"size"`
-	Image         string           `json:"image"`
-	Ports         []int            `json:"ports"`
-	State         string           `json:"state"`
-	StateReason   string           `json:"state_reason,omitempty"`
-	QuarantinedAt *time.Time       `json:"quarantined_at,omitempty"`
-	InstanceID    string           `json:"instance_id,omitempty"`
-	PublicIPv4    string           `json:"public_ipv4,omitempty"`
-	Tags          []string         `json:"tags"`
-	Steps         []StepView       `json:"steps"`
-	Health        *protocol.Health `json:"health"`
-	HealthAt      *time.Time       `json:"health_at"`
-	Agent         AgentView        `json:"agent"`
-	Error         *StepError       `json:"error"`
-	Diagnostics   string           `json:"diagnostics,omitempty"` // collected when the install did not confirm
-	CreatedAt     time.Time        `json:"created_at"`
-	UpdatedAt     time.Time        `json:"updated_at"`
+	ID            string
+	Name          string
+	Provider      string
+	IntegrationID string
+	Region        string
+	Size          string
+	Image         string
+	Ports         []int
+	State         string
+	StateReason   string
+	QuarantinedAt *time.Time
+	InstanceID    string
+	PublicIPv4    string
+	Tags          []string
+	Steps         []StepView
+	Health        *protocol.Health
+	HealthAt      *time.Time
+	Agent         AgentView
+	Error         *StepError
+	Diagnostics   string // collected when the install did not confirm
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
 }
 
 // StepView is one provisioning step.
 type StepView struct {
-	Name       string     `json:"name"`
-	State      string     `json:"state"`
-	Attempts   int        `json:"attempts"`
-	StartedAt  *time.Time `json:"started_at"`
-	FinishedAt *time.Time `json:"finished_at"`
-	Error      *StepError `json:"error"`
-	Detail     string     `json:"detail,omitempty"`
+	Name       string
+	State      string
+	Attempts   int
+	StartedAt  *time.Time
+	FinishedAt *time.Time
+	Error      *StepError
+	Detail     string
 }
 
 // StepError is a step's failure.
@@ -449,11 +449,11 @@ type StepError struct {
 
 // AgentView is the agent's side of a server.
 type AgentView struct {
-	Connected   bool            `json:"connected"`
-	Version     string          `json:"version,omitempty"`
-	InstalledAt *time.Time      `json:"installed_at"`
-	LastSeenAt  *time.Time      `json:"last_seen_at"`
-	Facts       *protocol.Facts `json:"facts,omitempty"`
+	Connected   bool
+	Version     string
+	InstalledAt *time.Time
+	LastSeenAt  *time.Time
+	Facts       *protocol.Facts
 }
 
 func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {

@@ -9,23 +9,23 @@ import (
 
 // Workspace is a tenant: integrations, servers and tokens belong to one.
 type Workspace struct {
-	ID        string    `json:"id"`
-	Slug      string    `json:"slug"`
-	Name      string    `json:"name"`
-	CreatedAt time.Time `json:"created_at"`
+	ID        string
+	Slug      string
+	Name      string
+	CreatedAt time.Time
 }
 
 // Token is an API token; the secret part is kept only as its sha256.
 type Token struct {
-	ID          string     `json:"id"`
-	WorkspaceID string     `json:"-"`
-	Name        string     `json:"name"`
-	Role        string     `json:"role"`
-	SecretHash  []byte     `json:"-"`
-	CreatedBy   string     `json:"created_by"`
-	CreatedAt   time.Time  `json:"created_at"`
-	LastUsedAt  *time.Time `json:"last_used_at"`
-	RevokedAt   *time.Time `json:"revoked_at"`
+	ID          string
+	WorkspaceID string
+	Name        string
+	Role        string
+	SecretHash  []byte
+	CreatedBy   string
+	CreatedAt   time.Time
+	LastUsedAt  *time.Time
+	RevokedAt   *time.Time
 }
 
 // Integration is a cloud account connected to a workspace.
@@ -47,13 +47,13 @@ type Integration struct {
 
 // AuditEntry records one change: who, what, when. Detail never holds a secret.
 type AuditEntry struct {
-	ID          int64     `json:"id"`
-	WorkspaceID string    `json:"-"`
-	Actor       string    `json:"actor"`
-	Action      string    `json:"action"`
-	Target      string    `json:"target"`
-	DetailJSON  string    `json:"-"`
-	At          time.Time `json:"at"`
+	ID          int64
+	WorkspaceID string
+	Actor       string
+	Action      string
+	Target      string
+	DetailJSON  string
+	At          time.Time
 }
 
 // --- workspaces

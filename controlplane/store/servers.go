@@ -365,13 +365,13 @@ func (q *Queries) MarkDeleted(ctx context.Context, id string, destroy bool, at t
 
 // HealthPoint is one stored health sample.
 type HealthPoint struct {
-	At          time.Time `json:"at"`
-	CPUPercent  float64   `json:"cpu_percent"`
-	Load1       float64   `json:"load1"`
-	MemUsedMB   int64     `json:"mem_used_mb"`
-	MemTotalMB  int64     `json:"mem_total_mb"`
-	DiskUsedMB  int64     `json:"disk_used_mb"`
-	DiskTotalMB int64     `json:"disk_total_mb"`
+	At          time.Time
+	CPUPercent  float64
+	Load1       float64
+	MemUsedMB   int64
+	MemTotalMB  int64
+	DiskUsedMB  int64
+	DiskTotalMB int64
 }
 
 // AddHealthPoint stores a sample (a repeat of the same instant is ignored).

@@ -10,7 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 )
 
 // failedServer is the API's view of a server whose provisioning failed at
@@ -19,11 +19,11 @@ func failedServer(t *testing.T) server {
 	t.Helper()
 	at := time.Date(2026, 1, 2, 15, 0, 0, 0, time.UTC)
 	done := at.Add(2 * time.Second)
-	fail := &provision.StepError{Step: "instance", Code: "quota_exceeded",
+	fail := &apitypes.StepError{Step: "instance", Code: "quota_exceeded",
 		Message: "droplet limit reached (10 of 10)", Hint: "Delete a droplet or ask DigitalOcean to raise the limit."}
-	api := provision.Server{ID: "srv_1", Name: "web-1", Provider: "digitalocean", Region: "nyc3",
+	api := apitypes.Server{ID: "srv_1", Name: "web-1", Provider: "digitalocean", Region: "nyc3",
 		Size: "s-1vcpu-1gb", Image: "debian-12-x64", Ports: []int{22, 80}, State: "failed", Tags: []string{"web"},
-		Steps: []provision.StepView{
+		Steps: []apitypes.Step{
 			{Name: "preflight", State: "done", Attempts: 1, StartedAt: &at, FinishedAt: &done},
 			{Name: "instance", State: "failed", Attempts: 3, StartedAt: &at, FinishedAt: &done, Error: fail},
 		},
