@@ -57,10 +57,32 @@ type Options struct {
 
 // API is the admin HTTP handler.
 type API struct {
-	o       Options
-	log     *zap.Logger
-	mux     *http.ServeMux
-	metrics *metrics
+	o          Options
+	log        *zap.Logger
+	mux        *http.ServeMux
+	metrics    *metrics
+	registered []Route
+}
+
+// Route is a registered route: its mux pattern and what it requires of
+// the caller.
+type Route struct {
+	Pattern string // "GET /v1/workspaces/{ws}/servers"
+	Access  string // "none", "read", "write" or "owner"
+}
+
+// Routes lists the registered routes in registration order (the
+// not-found fallback excluded); the OpenAPI and auth tests start from it.
+func (a *API) Routes() []Route { return append([]Route(nil), a.registered...) }
+
+func (n access) String() string {
+	return [...]string{"none", "read", "write", "owner"}[n]
+}
+
+// public registers a route that needs no token.
+func (a *API) public(pattern string, h http.Handler) {
+	a.registered = append(a.registered, Route{pattern, public.String()})
+	a.mux.Handle(pattern, h)
 }
 
 type metrics struct {
@@ -116,6 +138,9 @@ const (
 
 func (a *API) handle(pattern string, need access, h func(w http.ResponseWriter, r *http.Request, c *call) error) {
 	route := pattern
+	if pattern != "/" {
+		a.registered = append(a.registered, Route{pattern, need.String()})
+	}
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}

@@ -17,17 +17,18 @@ import (
 )
 
 func (a *API) routes() {
-	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	a.public("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	a.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	a.public("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := a.o.Store.Ping(r.Context()); err != nil {
 			_ = writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "database unavailable"})
 			return
 		}
 		_ = writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-	})
-	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.o.Gatherer, promhttp.HandlerOpts{}))
+	}))
+	a.public("GET /metrics", promhttp.HandlerFor(a.o.Gatherer, promhttp.HandlerOpts{}))
+	a.public("GET /v1/openapi.json", http.HandlerFunc(serveOpenAPI))
 
 	a.handle("GET /v1/whoami", read, a.whoami)
 	a.handle("GET /v1/workspaces", read, a.listWorkspaces)
@@ -51,7 +52,7 @@ func (a *API) routes() {
 	a.serverRoutes()
 	a.taskRoutes()
 	if a.o.Agent != nil {
-		a.mux.Handle("GET /v1/agent/", a.o.Agent)
+		a.public("GET /v1/agent/", a.o.Agent)
 	}
 
 	a.handle("/", read, func(w http.ResponseWriter, r *http.Request, c *call) error {
