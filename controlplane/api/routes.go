@@ -4,13 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/ids"
+	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
@@ -70,15 +70,23 @@ func (a *API) whoami(w http.ResponseWriter, r *http.Request, c *call) error {
 }
 
 func (a *API) listWorkspaces(w http.ResponseWriter, r *http.Request, c *call) error {
-	all, err := a.o.Store.Q().ListWorkspaces(r.Context())
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
+	all, err := a.o.Store.Q().WorkspacesPage(r.Context(), pg.after, pg.limit+1)
+	if err != nil {
+		return err
+	}
+	all, more := trim(all, pg.limit)
 	out := apitypes.WorkspaceList{Workspaces: []apitypes.Workspace{}}
 	for _, ws := range all {
 		if c.p.CanAccess(ws.ID) {
 			out.Workspaces = append(out.Workspaces, workspaceOut(ws))
 		}
+	}
+	if more {
+		out.Next = nextLink(r, store.Cursor{Key: all[len(all)-1].Slug})
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
@@ -143,18 +151,24 @@ func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, c *call) error 
 // --- tokens
 
 func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c *call) error {
-	ts, err := a.o.Store.Q().ListTokens(r.Context(), c.ws.ID)
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
+	// Owner tokens are the owner's business: an admin neither sees nor
+	// revokes them.
+	ts, err := a.o.Store.Q().TokensPage(r.Context(), c.ws.ID, c.p.Role != auth.RoleOwner, pg.after, pg.limit+1)
+	if err != nil {
+		return err
+	}
+	ts, more := trim(ts, pg.limit)
 	out := apitypes.TokenList{Tokens: make([]apitypes.Token, 0, len(ts))}
 	for _, t := range ts {
-		// Owner tokens are the owner's business: an admin neither sees
-		// nor revokes them.
-		if t.Role == auth.RoleOwner && c.p.Role != auth.RoleOwner {
-			continue
-		}
 		out.Tokens = append(out.Tokens, tokenOut(t, c.ws.Slug))
+	}
+	if more {
+		last := ts[len(ts)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
@@ -229,33 +243,69 @@ func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, c *call) error
 var errLastOwner = problem.Conflict("Make a new owner token first with `devpilot tokens recover --data-dir D` "+
 	"on the control plane's machine, then revoke this one.", "this is the last live owner token")
 
+// listAudit pages the audit log newest first; ?before=ID (the older
+// interface) still starts below an entry id.
 func (a *API) listAudit(w http.ResponseWriter, r *http.Request, c *call) error {
-	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-	if limit <= 0 || limit > 500 {
-		limit = 100
-	}
-	before, _ := strconv.ParseInt(r.URL.Query().Get("before"), 10, 64)
-	es, err := a.o.Store.Q().ListAudit(r.Context(), c.ws.ID, before, limit)
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
+	var before int64
+	if pg.after != nil {
+		before = pg.after.N
+	} else if v := r.URL.Query().Get("before"); v != "" {
+		if before, err = intParam(v, "before"); err != nil {
+			return err
+		}
+	}
+	es, err := a.o.Store.Q().ListAudit(r.Context(), c.ws.ID, before, pg.limit+1)
+	if err != nil {
+		return err
+	}
+	es, more := trim(es, pg.limit)
 	out := apitypes.AuditList{Entries: make([]apitypes.AuditEntry, 0, len(es))}
 	for _, e := range es {
 		out.Entries = append(out.Entries, auditOut(e))
+	}
+	if more {
+		out.Next = nextLink(r, store.Cursor{N: es[len(es)-1].ID})
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
 
 // --- integrations
 
+// listIntegrations pages a workspace's integrations, oldest first
+// (?name= only the one with that access key). A workspace has a handful:
+// the page is cut from the service's whole list.
 func (a *API) listIntegrations(w http.ResponseWriter, r *http.Request, c *call) error {
+	pg, err := pageOf(r)
+	if err != nil {
+		return err
+	}
 	list, err := a.o.Integrations.List(r.Context(), c.ws.ID)
 	if err != nil {
 		return err
 	}
-	out := apitypes.IntegrationList{Integrations: make([]apitypes.Integration, 0, len(list))}
+	name := r.URL.Query().Get("name")
+	var sel []*integrations.Integration
 	for _, in := range list {
+		if name != "" && in.AccessKey != name {
+			continue
+		}
+		if k := pg.after; k != nil && (in.CreatedAt.Before(k.At) || (in.CreatedAt.Equal(k.At) && in.ID <= k.ID)) {
+			continue
+		}
+		sel = append(sel, in)
+	}
+	sel, more := trim(sel, pg.limit)
+	out := apitypes.IntegrationList{Integrations: make([]apitypes.Integration, 0, len(sel))}
+	for _, in := range sel {
 		out.Integrations = append(out.Integrations, integrationOut(in))
+	}
+	if more {
+		last := sel[len(sel)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
 	}
 	return writeJSON(w, http.StatusOK, out)
 }

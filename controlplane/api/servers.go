@@ -2,11 +2,13 @@ package api
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/store"
 )
 
 func (a *API) serverRoutes() {
@@ -60,14 +62,37 @@ func (a *API) serverHealth(w http.ResponseWriter, r *http.Request, c *call) erro
 	return writeJSON(w, http.StatusOK, out)
 }
 
+// listServers pages a workspace's servers, oldest first, filtered by
+// ?state=, ?tag=, ?integration= and ?name=.
 func (a *API) listServers(w http.ResponseWriter, r *http.Request, c *call) error {
-	list, err := a.o.Servers.List(r.Context(), c.ws.ID)
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
-	out := apitypes.ServerList{Servers: make([]apitypes.Server, 0, len(list))}
+	q := r.URL.Query()
+	f := store.ServerFilter{State: q.Get("state"), IntegrationID: q.Get("integration"), Name: q.Get("name"),
+		After: pg.after, Limit: pg.limit + 1}
+	out := apitypes.ServerList{Servers: []apitypes.Server{}}
+	// Tags are those Devpilot sets: every server carries TagAll and its
+	// workspace's tag; TagServer names one server.
+	switch tag := q.Get("tag"); {
+	case tag == "" || tag == provision.TagAll || tag == provision.TagWorkspace(c.ws.Slug):
+	case strings.HasPrefix(tag, provision.TagServer("")):
+		f.ID = strings.TrimPrefix(tag, provision.TagServer(""))
+	default:
+		return writeJSON(w, http.StatusOK, out)
+	}
+	list, err := a.o.Servers.List(r.Context(), c.ws.ID, f)
+	if err != nil {
+		return err
+	}
+	list, more := trim(list, pg.limit)
 	for _, s := range list {
 		out.Servers = append(out.Servers, serverOut(s))
+	}
+	if more {
+		last := list[len(list)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
 	}
 	return writeJSON(w, http.StatusOK, out)
 }

@@ -42,20 +42,27 @@ func (a *API) createTask(w http.ResponseWriter, r *http.Request, c *call) error 
 	return writeJSON(w, http.StatusAccepted, taskOut(t))
 }
 
+// listTasks pages a workspace's tasks, newest first, filtered by
+// ?server=, ?deployment= and ?state=.
 func (a *API) listTasks(w http.ResponseWriter, r *http.Request, c *call) error {
+	pg, err := pageOf(r)
+	if err != nil {
+		return err
+	}
 	q := r.URL.Query()
-	limit, err := intParam(q.Get("limit"), "limit")
-	if err != nil {
-		return err
-	}
 	list, err := a.o.Tasks.List(r.Context(), c.ws.ID, store.TaskFilter{ServerID: q.Get("server"),
-		DeploymentID: q.Get("deployment"), State: q.Get("state"), Limit: int(limit)})
+		DeploymentID: q.Get("deployment"), State: q.Get("state"), After: pg.after, Limit: pg.limit + 1})
 	if err != nil {
 		return err
 	}
+	list, more := trim(list, pg.limit)
 	out := apitypes.TaskList{Tasks: make([]apitypes.Task, 0, len(list))}
 	for _, t := range list {
 		out.Tasks = append(out.Tasks, taskOut(t))
+	}
+	if more {
+		last := list[len(list)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
@@ -199,18 +206,24 @@ func (a *API) createDeployment(w http.ResponseWriter, r *http.Request, c *call) 
 	return writeJSON(w, http.StatusAccepted, deploymentOut(d))
 }
 
+// listDeployments pages a workspace's deployments, newest first.
 func (a *API) listDeployments(w http.ResponseWriter, r *http.Request, c *call) error {
-	limit, err := intParam(r.URL.Query().Get("limit"), "limit")
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
-	list, err := a.o.Tasks.ListDeployments(r.Context(), c.ws.ID, int(limit))
+	list, err := a.o.Tasks.ListDeployments(r.Context(), c.ws.ID, pg.after, pg.limit+1)
 	if err != nil {
 		return err
 	}
+	list, more := trim(list, pg.limit)
 	out := apitypes.DeploymentList{Deployments: make([]apitypes.Deployment, 0, len(list))}
 	for _, d := range list {
 		out.Deployments = append(out.Deployments, deploymentOut(d))
+	}
+	if more {
+		last := list[len(list)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
 	}
 	return writeJSON(w, http.StatusOK, out)
 }

@@ -50,6 +50,10 @@ const (
 	StateQuarantined = "quarantined"
 )
 
+// States are the states a server can be listed by.
+var States = []string{StateProvisioning, StateInstalling, StateOnline, StateOffline, StateFailed, StateDeleting,
+	StateDeleted, StateQuarantined}
+
 // Step names and states.
 const (
 	StepPreflight  = "preflight"
@@ -530,9 +534,13 @@ func (s *Service) Get(ctx context.Context, workspaceID, id string) (*Server, err
 	return s.view(ctx, srv)
 }
 
-// List returns a workspace's servers (not the deleted ones).
-func (s *Service) List(ctx context.Context, workspaceID string) ([]*Server, error) {
-	rows, err := s.store.Q().ListServers(ctx, workspaceID)
+// List returns a workspace's servers matching f (without a state, not
+// the deleted ones), oldest first.
+func (s *Service) List(ctx context.Context, workspaceID string, f store.ServerFilter) ([]*Server, error) {
+	if f.State != "" && !slices.Contains(States, f.State) {
+		return nil, problem.Validation("States: "+strings.Join(States, ", ")+".", "unknown state %q", f.State)
+	}
+	rows, err := s.store.Q().ServersPage(ctx, workspaceID, f)
 	if err != nil {
 		return nil, err
 	}

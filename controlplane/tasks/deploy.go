@@ -222,12 +222,13 @@ func (s *Service) Deployment(ctx context.Context, workspaceID, id string) (*Depl
 }
 
 // ListDeployments returns a workspace's deployments, newest first, without
-// their targets.
-func (s *Service) ListDeployments(ctx context.Context, workspaceID string, limit int) ([]*Deployment, error) {
-	if limit <= 0 || limit > 500 {
+// their targets: at most limit (at most MaxList; 0: 50) after the cursor
+// (nil: from the newest).
+func (s *Service) ListDeployments(ctx context.Context, workspaceID string, after *store.Cursor, limit int) ([]*Deployment, error) {
+	if limit <= 0 || limit > MaxList {
 		limit = 50
 	}
-	ds, err := s.store.Q().ListDeployments(ctx, workspaceID, limit)
+	ds, err := s.store.Q().ListDeployments(ctx, workspaceID, after, limit)
 	if err != nil {
 		return nil, err
 	}

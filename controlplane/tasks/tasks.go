@@ -353,9 +353,14 @@ func (s *Service) Get(ctx context.Context, workspaceID, id string) (*Task, error
 	return s.view(t), nil
 }
 
-// List returns a workspace's tasks, newest first.
+// MaxList bounds one page of a list (the API's 1000 and one to tell
+// whether more follow).
+const MaxList = 1001
+
+// List returns a workspace's tasks, newest first: at most f.Limit (at most
+// MaxList; 0: 50) after f.After.
 func (s *Service) List(ctx context.Context, workspaceID string, f store.TaskFilter) ([]*Task, error) {
-	if f.Limit <= 0 || f.Limit > 500 {
+	if f.Limit <= 0 || f.Limit > MaxList {
 		f.Limit = 50
 	}
 	if f.State != "" && !validState(f.State) {
