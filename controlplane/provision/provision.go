@@ -321,13 +321,17 @@ func (r *CreateRequest) check() error {
 	if len(r.Ports) > 20 {
 		return problem.Validation("", "at most 20 inbound ports")
 	}
+	seen := map[int]bool{}
 	for _, p := range r.Ports {
 		if p < 1 || p > 65535 {
-			return problem.Validation("", "port %d is not between 1 and 65535", p)
+			return problem.Validation("Ports are TCP port numbers from 1 to 65535.", "port %d is not between 1 and 65535", p)
 		}
+		if seen[p] {
+			return problem.Validation("List each port once.", "port %d is listed twice", p)
+		}
+		seen[p] = true
 	}
 	sort.Ints(r.Ports)
-	r.Ports = slices.Compact(r.Ports)
 	return nil
 }
 
@@ -339,6 +343,16 @@ func (s *Service) Create(ctx context.Context, actor string, workspaceID string, 
 	}
 	in, err := s.integrations.Get(ctx, workspaceID, req.IntegrationID)
 	if err != nil {
+		return nil, err
+	}
+	// Checked at the door against the (briefly cached) catalog, so a bad
+	// choice is refused now with the valid ones rather than failing at
+	// preflight; preflight checks again with a fresh catalog.
+	cat, err := s.integrations.Catalog(ctx, workspaceID, in.ID, false)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, _, err := CheckChoice(cat, in.Provider, "", req.Region, req.Size, req.Image); err != nil {
 		return nil, err
 	}
 	ports, _ := json.Marshal(req.Ports)
@@ -562,6 +576,13 @@ func errorJSON(step string, err error) string {
 	switch {
 	case errors.As(err, &ce):
 		e.Code, e.Message, e.Hint = string(ce.Code), ce.Error(), ce.Hint
+		if ce.Op == step {
+			// The step is named beside the message already (shown as
+			// "preflight: digitalocean: …", not "preflight: … preflight: …").
+			op := *ce
+			op.Op = ""
+			e.Message = op.Error()
+		}
 	case errors.As(err, &pe):
 		e.Code, e.Message, e.Hint = pe.Code, pe.Message, pe.Hint
 	}
