@@ -22,7 +22,7 @@ lint:
 	$(GO) tool -modfile=tools/go.mod golangci-lint run ./...
 
 # The control-plane suites that run a second time, on PostgreSQL.
-PG_SUITES ?= ./controlplane/store/... ./controlplane/provision/ ./controlplane/tasks/ ./controlplane/devenv/ ./controlplane/web/
+PG_SUITES ?= ./controlplane/store/... ./controlplane/api/ ./controlplane/provision/ ./controlplane/tasks/ ./controlplane/devenv/ ./controlplane/web/
 
 # Go tests run under gotestsum (tools/go.mod): one line per package, the
 # failing tests' output, and at the end every failing test listed by name.

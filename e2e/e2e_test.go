@@ -22,11 +22,10 @@ import (
 	"time"
 
 	"github.com/devpilot/devpilot/bootstrap/cloudinit"
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/cli"
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
-	"github.com/devpilot/devpilot/controlplane/provision"
-	"github.com/devpilot/devpilot/controlplane/tasks"
 	"github.com/devpilot/devpilot/e2e/nspawn"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
@@ -68,7 +67,7 @@ func TestRealServers(t *testing.T) {
 	created := time.Now()
 	sDO := h.createServer(do, "e2e-do", "nyc3", "s-1vcpu-1gb", "debian-12")
 	sVU := h.createServer(vu, "e2e-vultr", "ewr", "vc2-1c-1gb", "debian-12")
-	for _, s := range []provision.Server{sDO, sVU} {
+	for _, s := range []apitypes.Server{sDO, sVU} {
 		t.Run(s.Provider, func(t *testing.T) {
 			t.Parallel()
 			checkServer(t, h, s, created)
@@ -76,8 +75,8 @@ func TestRealServers(t *testing.T) {
 	}
 }
 
-func checkServer(t *testing.T, h *harness, s provision.Server, created time.Time) {
-	got := h.waitServer(t, s.ID, 5*time.Minute, "online with a connected agent", func(s provision.Server) bool {
+func checkServer(t *testing.T, h *harness, s apitypes.Server, created time.Time) {
+	got := h.waitServer(t, s.ID, 5*time.Minute, "online with a connected agent", func(s apitypes.Server) bool {
 		return s.State == "online" && s.Agent.Connected && s.Agent.InstalledAt != nil
 	})
 	online := time.Now()
@@ -215,7 +214,7 @@ func checkServer(t *testing.T, h *harness, s provision.Server, created time.Time
 }
 
 // recordPhases notes how long each install phase took on this server.
-func recordPhases(t *testing.T, h *harness, m *nspawn.Machine, s provision.Server, ph map[string]time.Time, created, online time.Time) {
+func recordPhases(t *testing.T, h *harness, m *nspawn.Machine, s apitypes.Server, ph map[string]time.Time, created, online time.Time) {
 	ci, code := sh(t, m, "systemctl show --timestamp=us+utc -P InactiveExitTimestamp cloud-init-local.service")
 	ciStart, err := time.Parse("Mon 2006-01-02 15:04:05.000000 MST", ci)
 	if code != 0 || err != nil {
@@ -290,7 +289,7 @@ func TestDiagnosticsWhenInstallFails(t *testing.T) {
 	v := h.env.Values
 	do := h.connect("digitalocean", v["DO_SIM_TOKEN"])
 	s := h.createServer(do, "e2e-broken", "nyc3", "s-1vcpu-1gb", "debian-12")
-	got := h.waitServer(t, s.ID, 5*time.Minute, "failed with diagnostics", func(s provision.Server) bool {
+	got := h.waitServer(t, s.ID, 5*time.Minute, "failed with diagnostics", func(s apitypes.Server) bool {
 		return s.State == "failed" && s.Diagnostics != ""
 	})
 	if got.Error == nil || got.Error.Code != "agent_timeout" {
@@ -355,7 +354,7 @@ func TestDiagnosticsWhenInstallFails(t *testing.T) {
 	if c := h.call("DELETE", servers+"/"+s.ID+"?destroy=true", nil, nil); c != 202 {
 		t.Fatalf("delete: %d", c)
 	}
-	h.waitServer(t, s.ID, time.Minute, "deleted", func(s provision.Server) bool { return s.State == "deleted" })
+	h.waitServer(t, s.ID, time.Minute, "deleted", func(s apitypes.Server) bool { return s.State == "deleted" })
 	waitFor(t, time.Minute, "container removed", func() string {
 		if _, ok := h.rt.Machine(m.ID); ok || m.Running() {
 			return fmt.Sprintf("still known to the runtime: %v, running: %v", ok, m.Running())
@@ -396,14 +395,14 @@ func listening(port int) bool {
 // checkTasks runs deployment tasks on the real system: a systemd restart
 // (through the agent's D-Bus connection to the container's systemd) and
 // an exec whose output streams back while it runs.
-func checkTasks(t *testing.T, h *harness, m *nspawn.Machine, s provision.Server) {
+func checkTasks(t *testing.T, h *harness, m *nspawn.Machine, s apitypes.Server) {
 	t.Helper()
 	sshPID := func() string { out, _ := sh(t, m, "systemctl show -P MainPID ssh.service"); return out }
 	before := sshPID()
 	if before == "" || before == "0" {
 		t.Fatalf("ssh.service is not running in the container: MainPID %q", before)
 	}
-	var task tasks.Task
+	var task apitypes.Task
 	if c := h.call("POST", servers+"/"+s.ID+"/tasks", map[string]any{"kind": "systemd", "unit": "ssh.service", "action": "restart"}, &task); c != 202 {
 		t.Fatalf("create systemd task: %d %+v", c, task)
 	}
@@ -421,7 +420,7 @@ func checkTasks(t *testing.T, h *harness, m *nspawn.Machine, s provision.Server)
 		t.Fatalf("create exec task: %d %+v", c, task)
 	}
 	sent := time.Now()
-	var page tasks.LogPage
+	var page apitypes.LogPage
 	waitFor(t, time.Minute, "first exec output line", func() string {
 		h.call("GET", "/v1/workspaces/default/tasks/"+task.ID+"/logs?after=0", nil, &page)
 		for _, c := range page.Chunks {
@@ -457,9 +456,9 @@ func checkTasks(t *testing.T, h *harness, m *nspawn.Machine, s provision.Server)
 }
 
 // waitTask polls a task until it is final.
-func (h *harness) waitTask(t *testing.T, id string) tasks.Task {
+func (h *harness) waitTask(t *testing.T, id string) apitypes.Task {
 	t.Helper()
-	var task tasks.Task
+	var task apitypes.Task
 	waitFor(t, 2*time.Minute, "task "+id+" final", func() string {
 		h.call("GET", "/v1/workspaces/default/tasks/"+id, nil, &task)
 		if protocol.Final(task.State) {

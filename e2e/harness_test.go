@@ -28,9 +28,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
 	"github.com/devpilot/devpilot/controlplane/devenv"
-	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/e2e/nspawn"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
@@ -248,9 +248,9 @@ func (h *harness) connect(provider, secret string) string {
 	return in.ID
 }
 
-func (h *harness) createServer(integrationID, name, region, size, image string) provision.Server {
+func (h *harness) createServer(integrationID, name, region, size, image string) apitypes.Server {
 	h.t.Helper()
-	var s provision.Server
+	var s apitypes.Server
 	body := map[string]any{"integration_id": integrationID, "name": name, "region": region, "size": size, "image": image}
 	if c := h.call("POST", servers, body, &s); c != http.StatusAccepted {
 		h.t.Fatalf("create server %s: %d %+v", name, c, s)
@@ -258,9 +258,9 @@ func (h *harness) createServer(integrationID, name, region, size, image string) 
 	return s
 }
 
-func (h *harness) server(id string) provision.Server {
+func (h *harness) server(id string) apitypes.Server {
 	h.t.Helper()
-	var s provision.Server
+	var s apitypes.Server
 	if c := h.call("GET", servers+"/"+id, nil, &s); c != http.StatusOK {
 		h.t.Fatalf("get server %s: %d", id, c)
 	}
@@ -268,7 +268,7 @@ func (h *harness) server(id string) provision.Server {
 }
 
 // waitServer polls until cond holds, failing the test after limit.
-func (h *harness) waitServer(t *testing.T, id string, limit time.Duration, what string, cond func(provision.Server) bool) provision.Server {
+func (h *harness) waitServer(t *testing.T, id string, limit time.Duration, what string, cond func(apitypes.Server) bool) apitypes.Server {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {

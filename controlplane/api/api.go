@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/cloud"
 	"github.com/devpilot/devpilot/controlplane/httpguard"
@@ -56,10 +57,32 @@ type Options struct {
 
 // API is the admin HTTP handler.
 type API struct {
-	o       Options
-	log     *zap.Logger
-	mux     *http.ServeMux
-	metrics *metrics
+	o          Options
+	log        *zap.Logger
+	mux        *http.ServeMux
+	metrics    *metrics
+	registered []Route
+}
+
+// Route is a registered route: its mux pattern and what it requires of
+// the caller.
+type Route struct {
+	Pattern string // "GET /v1/workspaces/{ws}/servers"
+	Access  string // "none", "read", "write" or "owner"
+}
+
+// Routes lists the registered routes in registration order (the
+// not-found fallback excluded); the OpenAPI and auth tests start from it.
+func (a *API) Routes() []Route { return append([]Route(nil), a.registered...) }
+
+func (n access) String() string {
+	return [...]string{"none", "read", "write", "owner"}[n]
+}
+
+// public registers a route that needs no token.
+func (a *API) public(pattern string, h http.Handler) {
+	a.registered = append(a.registered, Route{pattern, public.String()})
+	a.mux.Handle(pattern, h)
 }
 
 type metrics struct {
@@ -115,6 +138,9 @@ const (
 
 func (a *API) handle(pattern string, need access, h func(w http.ResponseWriter, r *http.Request, c *call) error) {
 	route := pattern
+	if pattern != "/" {
+		a.registered = append(a.registered, Route{pattern, need.String()})
+	}
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
@@ -312,16 +338,6 @@ func jsonErrorText(err error) string {
 	return "cannot be decoded"
 }
 
-type errorBody struct {
-	Error errorDetail `json:"error"`
-}
-
-type errorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	Hint    string `json:"hint,omitempty"`
-}
-
 // cloudStatus is the HTTP status for a provider failure.
 func cloudStatus(c cloud.Code) int {
 	switch c {
@@ -336,6 +352,10 @@ func cloudStatus(c cloud.Code) int {
 	}
 }
 
+func errorBody(code, message, hint string) apitypes.ErrorBody {
+	return apitypes.ErrorBody{Error: apitypes.ErrorDetail{Code: code, Message: message, Hint: hint}}
+}
+
 func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var (
 		pe *problem.Error
@@ -343,18 +363,18 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	)
 	switch {
 	case errors.As(err, &pe):
-		_ = writeJSON(w, pe.Status, errorBody{errorDetail{pe.Code, pe.Message, pe.Hint}})
+		_ = writeJSON(w, pe.Status, errorBody(pe.Code, pe.Message, pe.Hint))
 	case errors.As(err, &ce):
 		if ce.RetryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(int(ce.RetryAfter.Round(time.Second)/time.Second)))
 		}
-		_ = writeJSON(w, cloudStatus(ce.Code), errorBody{errorDetail{string(ce.Code), ce.Error(), ce.Hint}})
+		_ = writeJSON(w, cloudStatus(ce.Code), errorBody(string(ce.Code), ce.Error(), ce.Hint))
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads this.
 		w.WriteHeader(499)
 	default:
 		a.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
-		_ = writeJSON(w, http.StatusInternalServerError, errorBody{errorDetail{"internal",
-			"the control plane failed to handle the request", "See the control plane log; the request may be retried."}})
+		_ = writeJSON(w, http.StatusInternalServerError, errorBody("internal",
+			"the control plane failed to handle the request", "See the control plane log; the request may be retried."))
 	}
 }

@@ -11,27 +11,22 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/problem"
-	"github.com/devpilot/devpilot/controlplane/provision"
-	"github.com/devpilot/devpilot/controlplane/tasks"
 )
 
-// integrationRequest has the shape of connectIntegration's body: the one
-// that carries a cloud secret.
-type integrationRequest struct {
-	Provider  string `json:"provider"`
-	AccessKey string `json:"access_key"`
-	SecretKey string `json:"secret_key"`
-}
+// integrationRequest is connectIntegration's body: the one that carries a
+// cloud secret.
+type integrationRequest = apitypes.ConnectIntegration
 
 // requestTypes are the bodies handlers decode, from the flattest to the
 // most nested.
 func requestTypes() []func() any {
 	return []func() any{
 		func() any { return &integrationRequest{} },
-		func() any { return &provision.CreateRequest{} },
-		func() any { return &tasks.Spec{} },
-		func() any { return &tasks.DeploymentRequest{} },
+		func() any { return &apitypes.CreateServer{} },
+		func() any { return &apitypes.TaskSpec{} },
+		func() any { return &apitypes.CreateDeployment{} },
 	}
 }
 

@@ -4,29 +4,31 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/ids"
+	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 )
 
 func (a *API) routes() {
-	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	a.public("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	a.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	a.public("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := a.o.Store.Ping(r.Context()); err != nil {
 			_ = writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "database unavailable"})
 			return
 		}
 		_ = writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-	})
-	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.o.Gatherer, promhttp.HandlerOpts{}))
+	}))
+	a.public("GET /metrics", promhttp.HandlerFor(a.o.Gatherer, promhttp.HandlerOpts{}))
+	a.public("GET /v1/openapi.json", http.HandlerFunc(serveOpenAPI))
 
 	a.handle("GET /v1/whoami", read, a.whoami)
 	a.handle("GET /v1/workspaces", read, a.listWorkspaces)
@@ -51,7 +53,7 @@ func (a *API) routes() {
 	a.actionRoutes()
 	a.taskRoutes()
 	if a.o.Agent != nil {
-		a.mux.Handle("GET /v1/agent/", a.o.Agent)
+		a.public("GET /v1/agent/", a.o.Agent)
 	}
 
 	a.handle("/", read, func(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -64,29 +66,34 @@ func (a *API) whoami(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]string{"token_id": c.p.TokenID, "name": c.p.TokenName,
-		"role": c.p.Role, "workspace": ws.Slug})
+	return writeJSON(w, http.StatusOK, apitypes.Whoami{TokenID: c.p.TokenID, Name: c.p.TokenName,
+		Role: c.p.Role, Workspace: ws.Slug})
 }
 
 func (a *API) listWorkspaces(w http.ResponseWriter, r *http.Request, c *call) error {
-	all, err := a.o.Store.Q().ListWorkspaces(r.Context())
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
-	out := []store.Workspace{}
+	all, err := a.o.Store.Q().WorkspacesPage(r.Context(), pg.after, pg.limit+1)
+	if err != nil {
+		return err
+	}
+	all, more := trim(all, pg.limit)
+	out := apitypes.WorkspaceList{Workspaces: []apitypes.Workspace{}}
 	for _, ws := range all {
 		if c.p.CanAccess(ws.ID) {
-			out = append(out, ws)
+			out.Workspaces = append(out.Workspaces, workspaceOut(ws))
 		}
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"workspaces": out})
+	if more {
+		out.Next = nextLink(r, store.Cursor{Key: all[len(all)-1].Slug})
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) createWorkspace(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		Slug string `json:"slug"`
-		Name string `json:"name"`
-	}
+	var req apitypes.CreateWorkspace
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -110,7 +117,7 @@ func (a *API) createWorkspace(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusCreated, ws)
+	return writeJSON(w, http.StatusCreated, workspaceOut(ws))
 }
 
 // ValidSlug reports whether s can name a workspace (it also becomes a
@@ -139,38 +146,36 @@ func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, c *call) error 
 		"kept_key_ids": res.Kept, "skipped": res.Skipped})
 	_ = a.o.Store.Q().AddAudit(r.Context(), store.AuditEntry{WorkspaceID: c.p.WorkspaceID, Actor: c.p.Actor(),
 		Action: "keys.rotate", Target: res.KeyID, DetailJSON: string(detail), At: a.o.Now()})
-	return writeJSON(w, http.StatusOK, res)
+	return writeJSON(w, http.StatusOK, keyRotationOut(res))
 }
 
 // --- tokens
 
-type tokenView struct {
-	store.Token
-	Workspace string `json:"workspace"`
-}
-
 func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c *call) error {
-	ts, err := a.o.Store.Q().ListTokens(r.Context(), c.ws.ID)
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
-	out := make([]tokenView, 0, len(ts))
-	for _, t := range ts {
-		// Owner tokens are the owner's business: an admin neither sees
-		// nor revokes them.
-		if t.Role == auth.RoleOwner && c.p.Role != auth.RoleOwner {
-			continue
-		}
-		out = append(out, tokenView{t, c.ws.Slug})
+	// Owner tokens are the owner's business: an admin neither sees nor
+	// revokes them.
+	ts, err := a.o.Store.Q().TokensPage(r.Context(), c.ws.ID, c.p.Role != auth.RoleOwner, pg.after, pg.limit+1)
+	if err != nil {
+		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"tokens": out})
+	ts, more := trim(ts, pg.limit)
+	out := apitypes.TokenList{Tokens: make([]apitypes.Token, 0, len(ts))}
+	for _, t := range ts {
+		out.Tokens = append(out.Tokens, tokenOut(t, c.ws.Slug))
+	}
+	if more {
+		last := ts[len(ts)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) createToken(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		Name string `json:"name"`
-		Role string `json:"role"`
-	}
+	var req apitypes.CreateToken
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -194,10 +199,7 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request, c *call) error
 		return err
 	}
 	// The only time the token is ever shown.
-	return writeJSON(w, http.StatusCreated, struct {
-		tokenView
-		Secret string `json:"token"`
-	}{tokenView{t, c.ws.Slug}, secret.Reveal()})
+	return writeJSON(w, http.StatusCreated, apitypes.CreatedToken{Token: tokenOut(t, c.ws.Slug), Secret: secret.Reveal()})
 }
 
 func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -242,47 +244,75 @@ func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, c *call) error
 var errLastOwner = problem.Conflict("Make a new owner token first with `devpilot tokens recover --data-dir D` "+
 	"on the control plane's machine, then revoke this one.", "this is the last live owner token")
 
+// listAudit pages the audit log newest first; ?before=ID (the older
+// interface) still starts below an entry id.
 func (a *API) listAudit(w http.ResponseWriter, r *http.Request, c *call) error {
-	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-	if limit <= 0 || limit > 500 {
-		limit = 100
-	}
-	before, _ := strconv.ParseInt(r.URL.Query().Get("before"), 10, 64)
-	es, err := a.o.Store.Q().ListAudit(r.Context(), c.ws.ID, before, limit)
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
-	type entry struct {
-		store.AuditEntry
-		Detail rawJSON `json:"detail"`
+	var before int64
+	if pg.after != nil {
+		before = pg.after.N
+	} else if v := r.URL.Query().Get("before"); v != "" {
+		if before, err = intParam(v, "before"); err != nil {
+			return err
+		}
 	}
-	out := make([]entry, 0, len(es))
+	es, err := a.o.Store.Q().ListAudit(r.Context(), c.ws.ID, before, pg.limit+1)
+	if err != nil {
+		return err
+	}
+	es, more := trim(es, pg.limit)
+	out := apitypes.AuditList{Entries: make([]apitypes.AuditEntry, 0, len(es))}
 	for _, e := range es {
-		out = append(out, entry{e, rawJSON(e.DetailJSON)})
+		out.Entries = append(out.Entries, auditOut(e))
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"entries": out})
+	if more {
+		out.Next = nextLink(r, store.Cursor{N: es[len(es)-1].ID})
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
-
-type rawJSON string
-
-func (r rawJSON) MarshalJSON() ([]byte, error) { return []byte(r), nil }
 
 // --- integrations
 
+// listIntegrations pages a workspace's integrations, oldest first
+// (?name= only the one with that access key). A workspace has a handful:
+// the page is cut from the service's whole list.
 func (a *API) listIntegrations(w http.ResponseWriter, r *http.Request, c *call) error {
+	pg, err := pageOf(r)
+	if err != nil {
+		return err
+	}
 	list, err := a.o.Integrations.List(r.Context(), c.ws.ID)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"integrations": list})
+	name := r.URL.Query().Get("name")
+	var sel []*integrations.Integration
+	for _, in := range list {
+		if name != "" && in.AccessKey != name {
+			continue
+		}
+		if k := pg.after; k != nil && (in.CreatedAt.Before(k.At) || (in.CreatedAt.Equal(k.At) && in.ID <= k.ID)) {
+			continue
+		}
+		sel = append(sel, in)
+	}
+	sel, more := trim(sel, pg.limit)
+	out := apitypes.IntegrationList{Integrations: make([]apitypes.Integration, 0, len(sel))}
+	for _, in := range sel {
+		out.Integrations = append(out.Integrations, integrationOut(in))
+	}
+	if more {
+		last := sel[len(sel)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) connectIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		Provider  string `json:"provider"`
-		AccessKey string `json:"access_key"`
-		SecretKey string `json:"secret_key"`
-	}
+	var req apitypes.ConnectIntegration
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -290,7 +320,7 @@ func (a *API) connectIntegration(w http.ResponseWriter, r *http.Request, c *call
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusCreated, in)
+	return writeJSON(w, http.StatusCreated, integrationOut(in))
 }
 
 func (a *API) getIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -298,13 +328,11 @@ func (a *API) getIntegration(w http.ResponseWriter, r *http.Request, c *call) er
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, in)
+	return writeJSON(w, http.StatusOK, integrationOut(in))
 }
 
 func (a *API) renameIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		AccessKey string `json:"access_key"`
-	}
+	var req apitypes.RenameIntegration
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -312,7 +340,7 @@ func (a *API) renameIntegration(w http.ResponseWriter, r *http.Request, c *call)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, in)
+	return writeJSON(w, http.StatusOK, integrationOut(in))
 }
 
 func (a *API) removeIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -328,13 +356,11 @@ func (a *API) testIntegration(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, in)
+	return writeJSON(w, http.StatusOK, integrationOut(in))
 }
 
 func (a *API) rotateIntegration(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req struct {
-		SecretKey string `json:"secret_key"`
-	}
+	var req apitypes.RotateIntegrationSecret
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -342,7 +368,7 @@ func (a *API) rotateIntegration(w http.ResponseWriter, r *http.Request, c *call)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, in)
+	return writeJSON(w, http.StatusOK, integrationOut(in))
 }
 
 func (a *API) catalog(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -350,5 +376,5 @@ func (a *API) catalog(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, cat)
+	return writeJSON(w, http.StatusOK, catalogOut(cat))
 }

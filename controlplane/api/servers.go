@@ -2,10 +2,13 @@ package api
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/store"
 )
 
 func (a *API) serverRoutes() {
@@ -24,18 +27,18 @@ func (a *API) serverRoutes() {
 // one-time bootstrap token over SSH, or answers it (shown only here) with
 // the command to run on the server.
 func (a *API) rekeyServer(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req provision.RekeyRequest
+	var req apitypes.RekeyRequest
 	if r.ContentLength != 0 {
 		if err := decode(r, &req); err != nil {
 			return err
 		}
 	}
-	rk, err := a.o.Servers.Rekey(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), req)
+	rk, err := a.o.Servers.Rekey(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), provision.RekeyRequest{Print: req.Print})
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	return writeJSON(w, http.StatusOK, rk)
+	return writeJSON(w, http.StatusOK, rekeyOut(rk))
 }
 
 // serverHealth returns stored health samples: ?since=1h (a duration, at most 24h).
@@ -52,28 +55,59 @@ func (a *API) serverHealth(w http.ResponseWriter, r *http.Request, c *call) erro
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"samples": pts})
+	out := apitypes.HealthSamples{Samples: make([]apitypes.HealthSample, 0, len(pts))}
+	for _, p := range pts {
+		out.Samples = append(out.Samples, healthOut(p))
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
+// listServers pages a workspace's servers, oldest first, filtered by
+// ?state=, ?tag=, ?integration= and ?name=.
 func (a *API) listServers(w http.ResponseWriter, r *http.Request, c *call) error {
-	list, err := a.o.Servers.List(r.Context(), c.ws.ID)
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"servers": list})
+	q := r.URL.Query()
+	f := store.ServerFilter{State: q.Get("state"), IntegrationID: q.Get("integration"), Name: q.Get("name"),
+		After: pg.after, Limit: pg.limit + 1}
+	out := apitypes.ServerList{Servers: []apitypes.Server{}}
+	// Tags are those Devpilot sets: every server carries TagAll and its
+	// workspace's tag; TagServer names one server.
+	switch tag := q.Get("tag"); {
+	case tag == "" || tag == provision.TagAll || tag == provision.TagWorkspace(c.ws.Slug):
+	case strings.HasPrefix(tag, provision.TagServer("")):
+		f.ID = strings.TrimPrefix(tag, provision.TagServer(""))
+	default:
+		return writeJSON(w, http.StatusOK, out)
+	}
+	list, err := a.o.Servers.List(r.Context(), c.ws.ID, f)
+	if err != nil {
+		return err
+	}
+	list, more := trim(list, pg.limit)
+	for _, s := range list {
+		out.Servers = append(out.Servers, serverOut(s))
+	}
+	if more {
+		last := list[len(list)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) createServer(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req provision.CreateRequest
+	var req apitypes.CreateServer
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	srv, err := a.o.Servers.Create(r.Context(), c.p.Actor(), c.ws.ID, req)
+	srv, err := a.o.Servers.Create(r.Context(), c.p.Actor(), c.ws.ID, createServerIn(req))
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Location", r.URL.Path+"/"+srv.ID)
-	return writeJSON(w, http.StatusAccepted, srv)
+	return writeJSON(w, http.StatusAccepted, serverOut(srv))
 }
 
 func (a *API) getServer(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -81,7 +115,7 @@ func (a *API) getServer(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, srv)
+	return writeJSON(w, http.StatusOK, serverOut(srv))
 }
 
 func (a *API) deleteServer(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -90,5 +124,5 @@ func (a *API) deleteServer(w http.ResponseWriter, r *http.Request, c *call) erro
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusAccepted, srv)
+	return writeJSON(w, http.StatusAccepted, serverOut(srv))
 }

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
@@ -29,30 +30,41 @@ func (a *API) taskRoutes() {
 }
 
 func (a *API) createTask(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req tasks.Spec
+	var req apitypes.TaskSpec
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	t, err := a.o.Tasks.Create(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), req)
+	t, err := a.o.Tasks.Create(r.Context(), c.p.Actor(), c.ws.ID, r.PathValue("id"), taskSpecIn(req))
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Location", "/v1/workspaces/"+c.ws.Slug+"/tasks/"+t.ID)
-	return writeJSON(w, http.StatusAccepted, t)
+	return writeJSON(w, http.StatusAccepted, taskOut(t))
 }
 
+// listTasks pages a workspace's tasks, newest first, filtered by
+// ?server=, ?deployment= and ?state=.
 func (a *API) listTasks(w http.ResponseWriter, r *http.Request, c *call) error {
+	pg, err := pageOf(r)
+	if err != nil {
+		return err
+	}
 	q := r.URL.Query()
-	limit, err := intParam(q.Get("limit"), "limit")
-	if err != nil {
-		return err
-	}
 	list, err := a.o.Tasks.List(r.Context(), c.ws.ID, store.TaskFilter{ServerID: q.Get("server"),
-		DeploymentID: q.Get("deployment"), State: q.Get("state"), Limit: int(limit)})
+		DeploymentID: q.Get("deployment"), State: q.Get("state"), After: pg.after, Limit: pg.limit + 1})
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"tasks": list})
+	list, more := trim(list, pg.limit)
+	out := apitypes.TaskList{Tasks: make([]apitypes.Task, 0, len(list))}
+	for _, t := range list {
+		out.Tasks = append(out.Tasks, taskOut(t))
+	}
+	if more {
+		last := list[len(list)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) getTask(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -60,7 +72,7 @@ func (a *API) getTask(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, t)
+	return writeJSON(w, http.StatusOK, taskOut(t))
 }
 
 func (a *API) cancelTask(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -68,7 +80,7 @@ func (a *API) cancelTask(w http.ResponseWriter, r *http.Request, c *call) error 
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusAccepted, t)
+	return writeJSON(w, http.StatusAccepted, taskOut(t))
 }
 
 func intParam(v, name string) (int64, error) {
@@ -118,7 +130,7 @@ func (a *API) taskLogs(w http.ResponseWriter, r *http.Request, c *call) error {
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, p)
+		return writeJSON(w, http.StatusOK, logPageOut(p))
 	}
 	// Errors before the first byte (unknown task) are ordinary JSON errors.
 	if _, err := a.o.Tasks.Get(r.Context(), c.ws.ID, r.PathValue("id")); err != nil {
@@ -168,7 +180,7 @@ func (s *sse) event(id, typ string, v any) error {
 }
 
 func (s *sse) Chunk(c tasks.LogChunk) error {
-	return s.event(strconv.FormatInt(c.Seq, 10), "log", c)
+	return s.event(strconv.FormatInt(c.Seq, 10), "log", logChunkOut(c))
 }
 
 func (s *sse) Heartbeat() error {
@@ -179,31 +191,41 @@ func (s *sse) Heartbeat() error {
 	return nil
 }
 
-func (s *sse) End(t *tasks.Task) error { return s.event("", "end", t) }
+func (s *sse) End(t *tasks.Task) error { return s.event("", "end", taskOut(t)) }
 
 func (a *API) createDeployment(w http.ResponseWriter, r *http.Request, c *call) error {
-	var req tasks.DeploymentRequest
+	var req apitypes.CreateDeployment
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	d, err := a.o.Tasks.Deploy(r.Context(), c.p.Actor(), c.ws.ID, req)
+	d, err := a.o.Tasks.Deploy(r.Context(), c.p.Actor(), c.ws.ID, deploymentIn(req))
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Location", "/v1/workspaces/"+c.ws.Slug+"/deployments/"+d.ID)
-	return writeJSON(w, http.StatusAccepted, d)
+	return writeJSON(w, http.StatusAccepted, deploymentOut(d))
 }
 
+// listDeployments pages a workspace's deployments, newest first.
 func (a *API) listDeployments(w http.ResponseWriter, r *http.Request, c *call) error {
-	limit, err := intParam(r.URL.Query().Get("limit"), "limit")
+	pg, err := pageOf(r)
 	if err != nil {
 		return err
 	}
-	list, err := a.o.Tasks.ListDeployments(r.Context(), c.ws.ID, int(limit))
+	list, err := a.o.Tasks.ListDeployments(r.Context(), c.ws.ID, pg.after, pg.limit+1)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"deployments": list})
+	list, more := trim(list, pg.limit)
+	out := apitypes.DeploymentList{Deployments: make([]apitypes.Deployment, 0, len(list))}
+	for _, d := range list {
+		out.Deployments = append(out.Deployments, deploymentOut(d))
+	}
+	if more {
+		last := list[len(list)-1]
+		out.Next = nextLink(r, store.Cursor{At: last.CreatedAt, ID: last.ID})
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) getDeployment(w http.ResponseWriter, r *http.Request, c *call) error {
@@ -211,5 +233,5 @@ func (a *API) getDeployment(w http.ResponseWriter, r *http.Request, c *call) err
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, d)
+	return writeJSON(w, http.StatusOK, deploymentOut(d))
 }

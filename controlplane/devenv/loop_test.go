@@ -191,31 +191,45 @@ func TestPreflightRefusesWithTypedErrors(t *testing.T) {
 	_, do, _ := h.connect("digitalocean", "do", v["DO_SIM_TOKEN"])
 	h.env.DO.SetSoldOut("nyc3", "s-2vcpu-4gb", true)
 
+	// Refused at the door (422, against the catalog), nothing recorded.
 	cases := []struct {
 		name, region, size, image, code, hint string
 	}{
 		{"sold-out", "nyc3", "s-2vcpu-4gb", "debian-12", "unavailable", "available now in"},
 		{"bad-image", "nyc3", "s-1vcpu-1gb", "windows-95", "validation_failed", "debian-12"},
 		{"bad-size", "nyc3", "s-64vcpu-1tb", "debian-12", "validation_failed", "s-1vcpu-1gb"},
-		{"bad-region", "atlantis1", "s-1vcpu-1gb", "debian-12", "unavailable", "nyc3"},
+		{"bad-region", "atlantis1", "s-1vcpu-1gb", "debian-12", "validation_failed", "nyc3"},
 	}
 	for _, c := range cases {
-		s := h.createServer(do.ID, c.name, c.region, c.size, c.image, nil)
-		got := h.waitServer(s.ID, 20*time.Second, "failed", failed)
-		if got.Error == nil || got.Error.Step != "preflight" || got.Error.Code != c.code || !strings.Contains(got.Error.Hint, c.hint) {
-			t.Errorf("%s: error %+v, want preflight %s with a hint mentioning %q", c.name, got.Error, c.code, c.hint)
+		var ae apiError
+		body := map[string]any{"integration_id": do.ID, "name": c.name, "region": c.region, "size": c.size, "image": c.image}
+		if code := h.call("", "POST", servers, body, &ae); code != http.StatusUnprocessableEntity || ae.Error.Code != c.code ||
+			!strings.Contains(ae.Error.Hint, c.hint) || strings.Contains(ae.Error.Message, "preflight") {
+			t.Errorf("%s: %d %+v, want 422 %s with a hint mentioning %q", c.name, code, ae, c.code, c.hint)
 		}
 	}
-	if n := len(h.env.DO.State().Droplets); n != 0 {
-		t.Errorf("preflight failures created %d droplets", n)
+	// Sold out after the door's (cached) catalog said otherwise: preflight,
+	// with a fresh catalog, refuses and says so once.
+	h.env.DO.SetSoldOut("nyc3", "s-2vcpu-2gb", true)
+	s := h.createServer(do.ID, "sold-later", "nyc3", "s-2vcpu-2gb", "debian-12", nil)
+	got := h.waitServer(s.ID, 20*time.Second, "failed", failed)
+	if got.Error == nil || got.Error.Step != "preflight" || got.Error.Code != "unavailable" ||
+		!strings.Contains(got.Error.Hint, "available now in") || strings.Contains(got.Error.Message, "preflight") {
+		t.Errorf("sold out after the door: error %+v, want preflight unavailable, the step named once", got.Error)
+	}
+	// A failed server's name can be taken again.
+	h.env.DO.SetSoldOut("nyc3", "s-2vcpu-2gb", false)
+	h.createServer(do.ID, "sold-later", "nyc3", "s-1vcpu-1gb", "debian-12", nil)
+	if n := len(h.env.DO.State().Droplets); n > 1 {
+		t.Errorf("preflight failures created droplets: %d", n)
 	}
 
 	// At the account's droplet limit.
-	s := h.createServer(do.ID, "first", "nyc3", "s-1vcpu-1gb", "debian-12", nil)
+	s = h.createServer(do.ID, "first", "nyc3", "s-1vcpu-1gb", "debian-12", nil)
 	h.waitServer(s.ID, 60*time.Second, "online", online)
 	h.env.DO.SetDropletLimit(1)
 	s = h.createServer(do.ID, "second", "nyc3", "s-1vcpu-1gb", "debian-12", nil)
-	got := h.waitServer(s.ID, 20*time.Second, "failed", failed)
+	got = h.waitServer(s.ID, 20*time.Second, "failed", failed)
 	if got.Error == nil || got.Error.Step != "preflight" || got.Error.Code != "quota_exceeded" || got.Error.Hint == "" {
 		t.Errorf("droplet limit: %+v", got.Error)
 	}

@@ -36,17 +36,17 @@ type Connector func(provider string, secret secrets.Value) (cloud.Provider, erro
 // Integration is what the API shows of a stored integration: never the
 // secret, only its last four characters.
 type Integration struct {
-	ID              string         `json:"id"`
-	Provider        string         `json:"provider"`
-	AccessKey       string         `json:"access_key"`
-	SecretKeyHint   string         `json:"secret_key_hint"`
-	Status          string         `json:"status"`
-	WriteAccess     string         `json:"write_access"`
-	Account         *cloud.Account `json:"account,omitempty"`
-	LastValidatedAt *time.Time     `json:"last_validated_at"`
-	LastError       *ErrorInfo     `json:"last_error"`
-	CreatedAt       time.Time      `json:"created_at"`
-	UpdatedAt       time.Time      `json:"updated_at"`
+	ID              string
+	Provider        string
+	AccessKey       string
+	SecretKeyHint   string
+	Status          string
+	WriteAccess     string
+	Account         *cloud.Account
+	LastValidatedAt *time.Time
+	LastError       *ErrorInfo
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
 }
 
 // ErrorInfo is a recorded validation failure.

@@ -219,56 +219,9 @@ func (j *job) preflight(ctx context.Context) (string, error) {
 		return "", err
 	}
 	pv := j.srv.Provider
-	region, ok := cat.Region(j.srv.Region)
-	if !ok || !region.Available {
-		var avail []string
-		for _, r := range cat.Regions {
-			if r.Available {
-				avail = append(avail, r.ID)
-			}
-		}
-		what := "unknown"
-		if ok {
-			what = "not accepting new servers"
-		}
-		return "", &cloud.Error{Code: cloud.CodeUnavailable, Provider: pv, Op: "preflight",
-			Message: fmt.Sprintf("region %q is %s", j.srv.Region, what), Hint: "Regions open now: " + joinMax(avail, 15) + "."}
-	}
-	size, ok := cat.Size(j.srv.Size)
-	if !ok {
-		var ids []string
-		for _, s := range cat.Sizes {
-			if slices.Contains(s.Regions, j.srv.Region) {
-				ids = append(ids, s.ID)
-			}
-		}
-		return "", &cloud.Error{Code: cloud.CodeValidation, Provider: pv, Op: "preflight",
-			Message: fmt.Sprintf("size %q is unknown", j.srv.Size), Hint: "Sizes available in " + j.srv.Region + ": " + joinMax(ids, 12) + "."}
-	}
-	if !slices.Contains(size.Regions, j.srv.Region) {
-		hint := fmt.Sprintf("%s is not offered anywhere right now.", size.ID)
-		if len(size.Regions) > 0 {
-			hint = fmt.Sprintf("%s is available now in: %s. Pick one of those regions or another size.", size.ID, joinMax(size.Regions, 15))
-		}
-		what := "not offered"
-		if slices.Contains(size.SoldOut, j.srv.Region) {
-			what = "sold out"
-		}
-		return "", &cloud.Error{Code: cloud.CodeUnavailable, Provider: pv, Op: "preflight",
-			Message: fmt.Sprintf("size %s is %s in %s", size.ID, what, j.srv.Region), Hint: hint}
-	}
-	img, ok := cat.Image(j.srv.Image)
-	if !ok {
-		var names []string
-		for n := range cloud.NeutralImages {
-			names = append(names, n)
-		}
-		slices.Sort(names)
-		for _, im := range cat.Images {
-			names = append(names, im.ID)
-		}
-		return "", &cloud.Error{Code: cloud.CodeValidation, Provider: pv, Op: "preflight",
-			Message: fmt.Sprintf("image %q is unknown", j.srv.Image), Hint: "Images: " + joinMax(names, 12) + "."}
+	region, size, img, err := CheckChoice(cat, pv, "preflight", j.srv.Region, j.srv.Size, j.srv.Image)
+	if err != nil {
+		return "", err
 	}
 	acct, err := p.Validate(ctx)
 	if err != nil {
@@ -556,4 +509,63 @@ func (j *job) diagnose(ctx context.Context) {
 	if serr := s.store.Q().SetDiagnostics(context.WithoutCancel(ctx), j.srv.ID, text); serr != nil {
 		j.log.Error("store diagnostics", zap.Error(serr))
 	}
+}
+
+// CheckChoice finds region, size and image in the catalog and refuses,
+// naming the valid choices, a region that is unknown or closed, a size
+// unknown or not offered there (the sizes available in that region), or an
+// unknown image. op names the caller in the error ("" at the API's door).
+func CheckChoice(cat *cloud.Catalog, pv, op, regionID, sizeID, imageID string) (cloud.Region, cloud.Size, cloud.Image, error) {
+	region, ok := cat.Region(regionID)
+	if !ok || !region.Available {
+		var avail []string
+		for _, r := range cat.Regions {
+			if r.Available {
+				avail = append(avail, r.ID)
+			}
+		}
+		code, what := cloud.CodeValidation, "unknown"
+		if ok {
+			code, what = cloud.CodeUnavailable, "not accepting new servers"
+		}
+		return cloud.Region{}, cloud.Size{}, cloud.Image{}, &cloud.Error{Code: code, Provider: pv, Op: op,
+			Message: fmt.Sprintf("region %q is %s", regionID, what), Hint: "Regions open now: " + joinMax(avail, 15) + "."}
+	}
+	size, ok := cat.Size(sizeID)
+	if !ok {
+		var ids []string
+		for _, s := range cat.Sizes {
+			if slices.Contains(s.Regions, regionID) {
+				ids = append(ids, s.ID)
+			}
+		}
+		return cloud.Region{}, cloud.Size{}, cloud.Image{}, &cloud.Error{Code: cloud.CodeValidation, Provider: pv, Op: op,
+			Message: fmt.Sprintf("size %q is unknown", sizeID), Hint: "Sizes available in " + regionID + ": " + joinMax(ids, 12) + "."}
+	}
+	if !slices.Contains(size.Regions, regionID) {
+		hint := fmt.Sprintf("%s is not offered anywhere right now.", size.ID)
+		if len(size.Regions) > 0 {
+			hint = fmt.Sprintf("%s is available now in: %s. Pick one of those regions or another size.", size.ID, joinMax(size.Regions, 15))
+		}
+		what := "not offered"
+		if slices.Contains(size.SoldOut, regionID) {
+			what = "sold out"
+		}
+		return cloud.Region{}, cloud.Size{}, cloud.Image{}, &cloud.Error{Code: cloud.CodeUnavailable, Provider: pv, Op: op,
+			Message: fmt.Sprintf("size %s is %s in %s", size.ID, what, regionID), Hint: hint}
+	}
+	img, ok := cat.Image(imageID)
+	if !ok {
+		var names []string
+		for n := range cloud.NeutralImages {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		for _, im := range cat.Images {
+			names = append(names, im.ID)
+		}
+		return cloud.Region{}, cloud.Size{}, cloud.Image{}, &cloud.Error{Code: cloud.CodeValidation, Provider: pv, Op: op,
+			Message: fmt.Sprintf("image %q is unknown", imageID), Hint: "Images: " + joinMax(names, 12) + "."}
+	}
+	return region, size, img, nil
 }

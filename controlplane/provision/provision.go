@@ -51,6 +51,10 @@ const (
 	StateQuarantined = "quarantined"
 )
 
+// States are the states a server can be listed by.
+var States = []string{StateProvisioning, StateInstalling, StateOnline, StateOffline, StateFailed, StateDeleting,
+	StateDeleted, StateQuarantined}
+
 // Step names and states.
 const (
 	StepPreflight  = "preflight"
@@ -309,12 +313,12 @@ func (s *Service) stopJob(id string) {
 
 // CreateRequest is what `POST …/servers` takes.
 type CreateRequest struct {
-	IntegrationID string `json:"integration_id"`
-	Name          string `json:"name"`
-	Region        string `json:"region"`
-	Size          string `json:"size"`
-	Image         string `json:"image"`
-	Ports         []int  `json:"ports"`
+	IntegrationID string
+	Name          string
+	Region        string
+	Size          string
+	Image         string
+	Ports         []int
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -334,13 +338,17 @@ func (r *CreateRequest) check() error {
 	if len(r.Ports) > 20 {
 		return problem.Validation("", "at most 20 inbound ports")
 	}
+	seen := map[int]bool{}
 	for _, p := range r.Ports {
 		if p < 1 || p > 65535 {
-			return problem.Validation("", "port %d is not between 1 and 65535", p)
+			return problem.Validation("Ports are TCP port numbers from 1 to 65535.", "port %d is not between 1 and 65535", p)
 		}
+		if seen[p] {
+			return problem.Validation("List each port once.", "port %d is listed twice", p)
+		}
+		seen[p] = true
 	}
 	sort.Ints(r.Ports)
-	r.Ports = slices.Compact(r.Ports)
 	return nil
 }
 
@@ -352,6 +360,16 @@ func (s *Service) Create(ctx context.Context, actor string, workspaceID string, 
 	}
 	in, err := s.integrations.Get(ctx, workspaceID, req.IntegrationID)
 	if err != nil {
+		return nil, err
+	}
+	// Checked at the door against the (briefly cached) catalog, so a bad
+	// choice is refused now with the valid ones rather than failing at
+	// preflight; preflight checks again with a fresh catalog.
+	cat, err := s.integrations.Catalog(ctx, workspaceID, in.ID, false)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, _, err := CheckChoice(cat, in.Provider, "", req.Region, req.Size, req.Image); err != nil {
 		return nil, err
 	}
 	ports, _ := json.Marshal(req.Ports)
@@ -421,39 +439,39 @@ func (s *Service) Delete(ctx context.Context, actor, workspaceID, id string, des
 
 // Server is what the API shows of a server.
 type Server struct {
-	ID            string           `json:"id"`
-	Name          string           `json:"name"`
-	Provider      string           `json:"provider"`
-	IntegrationID string           `json:"integration_id,omitempty"`
-	Region        string           `json:"region"`
-	Size          string           `json:"size"`
-	Image         string           `json:"image"`
-	Ports         []int            `json:"ports"`
-	State         string           `json:"state"`
-	StateReason   string           `json:"state_reason,omitempty"`
-	QuarantinedAt *time.Time       `json:"quarantined_at,omitempty"`
-	InstanceID    string           `json:"instance_id,omitempty"`
-	PublicIPv4    string           `json:"public_ipv4,omitempty"`
-	Tags          []string         `json:"tags"`
-	Steps         []StepView       `json:"steps"`
-	Health        *protocol.Health `json:"health"`
-	HealthAt      *time.Time       `json:"health_at"`
-	Agent         AgentView        `json:"agent"`
-	Error         *StepError       `json:"error"`
-	Diagnostics   string           `json:"diagnostics,omitempty"` // collected when the install did not confirm
-	CreatedAt     time.Time        `json:"created_at"`
-	UpdatedAt     time.Time        `json:"updated_at"`
+	ID            string
+	Name          string
+	Provider      string
+	IntegrationID string
+	Region        string
+	Size          string
+	Image         string
+	Ports         []int
+	State         string
+	StateReason   string
+	QuarantinedAt *time.Time
+	InstanceID    string
+	PublicIPv4    string
+	Tags          []string
+	Steps         []StepView
+	Health        *protocol.Health
+	HealthAt      *time.Time
+	Agent         AgentView
+	Error         *StepError
+	Diagnostics   string // collected when the install did not confirm
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
 }
 
 // StepView is one provisioning step.
 type StepView struct {
-	Name       string     `json:"name"`
-	State      string     `json:"state"`
-	Attempts   int        `json:"attempts"`
-	StartedAt  *time.Time `json:"started_at"`
-	FinishedAt *time.Time `json:"finished_at"`
-	Error      *StepError `json:"error"`
-	Detail     string     `json:"detail,omitempty"`
+	Name       string
+	State      string
+	Attempts   int
+	StartedAt  *time.Time
+	FinishedAt *time.Time
+	Error      *StepError
+	Detail     string
 }
 
 // StepError is a step's failure.
@@ -466,11 +484,11 @@ type StepError struct {
 
 // AgentView is the agent's side of a server.
 type AgentView struct {
-	Connected   bool            `json:"connected"`
-	Version     string          `json:"version,omitempty"`
-	InstalledAt *time.Time      `json:"installed_at"`
-	LastSeenAt  *time.Time      `json:"last_seen_at"`
-	Facts       *protocol.Facts `json:"facts,omitempty"`
+	Connected   bool
+	Version     string
+	InstalledAt *time.Time
+	LastSeenAt  *time.Time
+	Facts       *protocol.Facts
 }
 
 func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
@@ -553,9 +571,13 @@ func (s *Service) Get(ctx context.Context, workspaceID, id string) (*Server, err
 	return s.view(ctx, srv)
 }
 
-// List returns a workspace's servers (not the deleted ones).
-func (s *Service) List(ctx context.Context, workspaceID string) ([]*Server, error) {
-	rows, err := s.store.Q().ListServers(ctx, workspaceID)
+// List returns a workspace's servers matching f (without a state, not
+// the deleted ones), oldest first.
+func (s *Service) List(ctx context.Context, workspaceID string, f store.ServerFilter) ([]*Server, error) {
+	if f.State != "" && !slices.Contains(States, f.State) {
+		return nil, problem.Validation("States: "+strings.Join(States, ", ")+".", "unknown state %q", f.State)
+	}
+	rows, err := s.store.Q().ServersPage(ctx, workspaceID, f)
 	if err != nil {
 		return nil, err
 	}
@@ -577,6 +599,13 @@ func errorJSON(step string, err error) string {
 	switch {
 	case errors.As(err, &ce):
 		e.Code, e.Message, e.Hint = string(ce.Code), ce.Error(), ce.Hint
+		if ce.Op == step {
+			// The step is named beside the message already (shown as
+			// "preflight: digitalocean: …", not "preflight: … preflight: …").
+			op := *ce
+			op.Op = ""
+			e.Message = op.Error()
+		}
 	case errors.As(err, &pe):
 		e.Code, e.Message, e.Hint = pe.Code, pe.Message, pe.Hint
 	}

@@ -22,18 +22,18 @@ import (
 // command that enrolls a new identity with it on the server; DeliveryError
 // says why SSH did not do it.
 type Rekey struct {
-	Server         *Server   `json:"server"`
-	Delivered      string    `json:"delivered,omitempty"`
-	DeliveryError  string    `json:"delivery_error,omitempty"`
-	BootstrapToken string    `json:"bootstrap_token,omitempty"`
-	ExpiresAt      time.Time `json:"expires_at"`
-	Command        string    `json:"command,omitempty"`
+	Server         *Server
+	Delivered      string
+	DeliveryError  string
+	BootstrapToken string
+	ExpiresAt      time.Time
+	Command        string
 }
 
 // RekeyRequest is the optional body of `POST …/servers/{id}/rekey`.
 type RekeyRequest struct {
 	// Print skips SSH delivery: the token is answered for the operator.
-	Print bool `json:"print"`
+	Print bool
 }
 
 // DeliverTimeout bounds a rekey's SSH delivery.

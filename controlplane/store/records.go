@@ -9,23 +9,23 @@ import (
 
 // Workspace is a tenant: integrations, servers and tokens belong to one.
 type Workspace struct {
-	ID        string    `json:"id"`
-	Slug      string    `json:"slug"`
-	Name      string    `json:"name"`
-	CreatedAt time.Time `json:"created_at"`
+	ID        string
+	Slug      string
+	Name      string
+	CreatedAt time.Time
 }
 
 // Token is an API token; the secret part is kept only as its sha256.
 type Token struct {
-	ID          string     `json:"id"`
-	WorkspaceID string     `json:"-"`
-	Name        string     `json:"name"`
-	Role        string     `json:"role"`
-	SecretHash  []byte     `json:"-"`
-	CreatedBy   string     `json:"created_by"`
-	CreatedAt   time.Time  `json:"created_at"`
-	LastUsedAt  *time.Time `json:"last_used_at"`
-	RevokedAt   *time.Time `json:"revoked_at"`
+	ID          string
+	WorkspaceID string
+	Name        string
+	Role        string
+	SecretHash  []byte
+	CreatedBy   string
+	CreatedAt   time.Time
+	LastUsedAt  *time.Time
+	RevokedAt   *time.Time
 }
 
 // Integration is a cloud account connected to a workspace.
@@ -47,13 +47,13 @@ type Integration struct {
 
 // AuditEntry records one change: who, what, when. Detail never holds a secret.
 type AuditEntry struct {
-	ID          int64     `json:"id"`
-	WorkspaceID string    `json:"-"`
-	Actor       string    `json:"actor"`
-	Action      string    `json:"action"`
-	Target      string    `json:"target"`
-	DetailJSON  string    `json:"-"`
-	At          time.Time `json:"at"`
+	ID          int64
+	WorkspaceID string
+	Actor       string
+	Action      string
+	Target      string
+	DetailJSON  string
+	At          time.Time
 }
 
 // --- workspaces
@@ -86,7 +86,17 @@ func (q *Queries) WorkspaceByID(ctx context.Context, id string) (Workspace, erro
 
 // ListWorkspaces lists all workspaces by slug.
 func (q *Queries) ListWorkspaces(ctx context.Context) ([]Workspace, error) {
-	rows, err := q.x.QueryContext(ctx, `SELECT id, slug, name, created_at FROM workspaces ORDER BY slug`)
+	return q.WorkspacesPage(ctx, nil, -1)
+}
+
+// WorkspacesPage lists at most limit workspaces (-1: all) by slug, after
+// the cursor's Key.
+func (q *Queries) WorkspacesPage(ctx context.Context, after *Cursor, limit int) ([]Workspace, error) {
+	key := ""
+	if after != nil {
+		key = after.Key
+	}
+	rows, err := q.x.QueryContext(ctx, `SELECT id, slug, name, created_at FROM workspaces WHERE slug > ? ORDER BY slug LIMIT ?`, key, lim(limit))
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +146,18 @@ func (q *Queries) TokenByID(ctx context.Context, id string) (Token, error) {
 
 // ListTokens lists a workspace's tokens, newest first.
 func (q *Queries) ListTokens(ctx context.Context, workspaceID string) ([]Token, error) {
-	rows, err := q.x.QueryContext(ctx, `SELECT `+tokenCols+` FROM api_tokens WHERE workspace_id = ? ORDER BY created_at DESC, id`, workspaceID)
+	return q.TokensPage(ctx, workspaceID, false, nil, -1)
+}
+
+// TokensPage lists at most limit (-1: all) of a workspace's tokens, newest
+// first, after the cursor (At, ID); noOwner leaves owner tokens out.
+func (q *Queries) TokensPage(ctx context.Context, workspaceID string, noOwner bool, after *Cursor, limit int) ([]Token, error) {
+	where, args := keyset([]string{"workspace_id = ?"}, []any{workspaceID}, after, "created_at", "id", true)
+	if noOwner {
+		where = append(where, "role <> 'owner'")
+	}
+	rows, err := q.x.QueryContext(ctx, `SELECT `+tokenCols+` FROM api_tokens WHERE `+and(where)+` ORDER BY created_at DESC, id DESC LIMIT ?`,
+		append(args, lim(limit))...)
 	if err != nil {
 		return nil, err
 	}
@@ -226,7 +247,19 @@ func (q *Queries) GetIntegration(ctx context.Context, workspaceID, id string) (I
 
 // ListIntegrations lists a workspace's integrations (workspaceID "" lists all).
 func (q *Queries) ListIntegrations(ctx context.Context, workspaceID string) ([]Integration, error) {
-	rows, err := q.x.QueryContext(ctx, `SELECT `+integrationCols+` FROM integrations WHERE ? = '' OR workspace_id = ? ORDER BY created_at, id`, workspaceID, workspaceID)
+	return q.IntegrationsPage(ctx, workspaceID, "", nil, -1)
+}
+
+// IntegrationsPage lists at most limit (-1: all) of a workspace's
+// integrations (workspaceID "": all), oldest first, after the cursor (At,
+// ID); name "" or only the one whose access key is name.
+func (q *Queries) IntegrationsPage(ctx context.Context, workspaceID, name string, after *Cursor, limit int) ([]Integration, error) {
+	where, args := keyset([]string{"(? = '' OR workspace_id = ?)"}, []any{workspaceID, workspaceID}, after, "created_at", "id", false)
+	if name != "" {
+		where, args = append(where, "access_key = ?"), append(args, name)
+	}
+	rows, err := q.x.QueryContext(ctx, `SELECT `+integrationCols+` FROM integrations WHERE `+and(where)+` ORDER BY created_at, id LIMIT ?`,
+		append(args, lim(limit))...)
 	if err != nil {
 		return nil, err
 	}

@@ -124,7 +124,36 @@ func (q *Queries) GetServer(ctx context.Context, workspaceID, id string) (Server
 
 // ListServers lists a workspace's servers that are not deleted, oldest first.
 func (q *Queries) ListServers(ctx context.Context, workspaceID string) ([]Server, error) {
-	return q.servers(ctx, `WHERE workspace_id = ? AND state <> 'deleted' ORDER BY created_at, id`, workspaceID)
+	return q.ServersPage(ctx, workspaceID, ServerFilter{Limit: -1})
+}
+
+// ServerFilter selects a page of servers. Zero fields do not filter.
+type ServerFilter struct {
+	State         string // stored state; "" lists all but deleted ones
+	IntegrationID string
+	Name          string
+	ID            string
+	After         *Cursor // (At, ID) of the last server of the previous page
+	Limit         int     // -1: all
+}
+
+// ServersPage lists a workspace's servers matching f, oldest first.
+func (q *Queries) ServersPage(ctx context.Context, workspaceID string, f ServerFilter) ([]Server, error) {
+	where, args := keyset([]string{"workspace_id = ?"}, []any{workspaceID}, f.After, "created_at", "id", false)
+	switch f.State {
+	case "quarantined": // shown over the stored state
+		where = append(where, "quarantined_at IS NOT NULL", "state <> 'deleted'")
+	case "":
+		where = append(where, "state <> 'deleted'")
+	default:
+		where, args = append(where, "state = ?", "quarantined_at IS NULL"), append(args, f.State)
+	}
+	for col, v := range map[string]string{"integration_id": f.IntegrationID, "name": f.Name, "id": f.ID} {
+		if v != "" {
+			where, args = append(where, col+" = ?"), append(args, v)
+		}
+	}
+	return q.servers(ctx, `WHERE `+and(where)+` ORDER BY created_at, id LIMIT ?`, append(args, lim(f.Limit))...)
 }
 
 // ServersInStates lists servers of any workspace in the given states.
@@ -365,13 +394,13 @@ func (q *Queries) MarkDeleted(ctx context.Context, id string, destroy bool, at t
 
 // HealthPoint is one stored health sample.
 type HealthPoint struct {
-	At          time.Time `json:"at"`
-	CPUPercent  float64   `json:"cpu_percent"`
-	Load1       float64   `json:"load1"`
-	MemUsedMB   int64     `json:"mem_used_mb"`
-	MemTotalMB  int64     `json:"mem_total_mb"`
-	DiskUsedMB  int64     `json:"disk_used_mb"`
-	DiskTotalMB int64     `json:"disk_total_mb"`
+	At          time.Time
+	CPUPercent  float64
+	Load1       float64
+	MemUsedMB   int64
+	MemTotalMB  int64
+	DiskUsedMB  int64
+	DiskTotalMB int64
 }
 
 // AddHealthPoint stores a sample (a repeat of the same instant is ignored).

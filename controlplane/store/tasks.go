@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"strings"
 	"time"
 )
 
@@ -50,6 +49,7 @@ type TaskFilter struct {
 	ServerID     string
 	DeploymentID string
 	State        string
+	After        *Cursor // (At, ID) of the last task of the previous page
 	Limit        int
 }
 
@@ -102,8 +102,7 @@ func (q *Queries) GetTask(ctx context.Context, workspaceID, id string) (Task, er
 
 // ListTasks lists a workspace's tasks, newest first.
 func (q *Queries) ListTasks(ctx context.Context, workspaceID string, f TaskFilter) ([]Task, error) {
-	where := []string{"workspace_id = ?"}
-	args := []any{workspaceID}
+	where, args := keyset([]string{"workspace_id = ?"}, []any{workspaceID}, f.After, "created_at", "id", true)
 	if f.ServerID != "" {
 		where, args = append(where, "server_id = ?"), append(args, f.ServerID)
 	}
@@ -116,7 +115,7 @@ func (q *Queries) ListTasks(ctx context.Context, workspaceID string, f TaskFilte
 	if f.Limit <= 0 {
 		f.Limit = 50
 	}
-	return q.tasks(ctx, `WHERE `+strings.Join(where, " AND ")+` ORDER BY created_at DESC, id DESC LIMIT ?`, append(args, f.Limit)...)
+	return q.tasks(ctx, `WHERE `+and(where)+` ORDER BY created_at DESC, id DESC LIMIT ?`, append(args, lim(f.Limit))...)
 }
 
 // PendingTasks lists a server's tasks the agent has not confirmed
@@ -363,9 +362,11 @@ func (q *Queries) GetDeployment(ctx context.Context, workspaceID, id string) (De
 	return d, one(err)
 }
 
-// ListDeployments lists a workspace's deployments, newest first.
-func (q *Queries) ListDeployments(ctx context.Context, workspaceID string, limit int) ([]Deployment, error) {
-	return q.deployments(ctx, `WHERE workspace_id = ? ORDER BY created_at DESC, id DESC LIMIT ?`, workspaceID, limit)
+// ListDeployments lists a workspace's deployments, newest first, after
+// the cursor (At, ID; nil: from the newest).
+func (q *Queries) ListDeployments(ctx context.Context, workspaceID string, after *Cursor, limit int) ([]Deployment, error) {
+	where, args := keyset([]string{"workspace_id = ?"}, []any{workspaceID}, after, "created_at", "id", true)
+	return q.deployments(ctx, `WHERE `+and(where)+` ORDER BY created_at DESC, id DESC LIMIT ?`, append(args, lim(limit))...)
 }
 
 // RunningDeployments lists every unfinished deployment.

@@ -44,31 +44,31 @@ type DeploymentRequest struct {
 
 // Deployment is what the API shows of a deployment.
 type Deployment struct {
-	ID          string         `json:"id"`
-	State       string         `json:"state"`
-	Tag         string         `json:"tag,omitempty"`
-	MaxParallel int            `json:"max_parallel"`
-	DeadlineS   int            `json:"deadline_s"`
-	Error       string         `json:"error,omitempty"`
-	CreatedBy   string         `json:"created_by"`
-	CreatedAt   time.Time      `json:"created_at"`
-	FinishedAt  *time.Time     `json:"finished_at"`
-	Counts      map[string]int `json:"counts"` // targets by state
-	Targets     []Target       `json:"targets"`
-	Plan        protocol.Task  `json:"plan"` // the deploy task's spec, redacted
+	ID          string
+	State       string
+	Tag         string
+	MaxParallel int
+	DeadlineS   int
+	Error       string
+	CreatedBy   string
+	CreatedAt   time.Time
+	FinishedAt  *time.Time
+	Counts      map[string]int // targets by state
+	Targets     []Target
+	Plan        protocol.Task // the deploy task's spec, redacted
 }
 
 // Target is one server of a deployment.
 type Target struct {
-	ServerID   string                `json:"server_id"`
-	Batch      int                   `json:"batch"` // from 1
-	TaskID     string                `json:"task_id,omitempty"`
-	State      string                `json:"state"` // pending, skipped, or the task's state
-	Reason     string                `json:"reason,omitempty"`
-	Error      string                `json:"error,omitempty"`
-	ExitCode   *int                  `json:"exit_code,omitempty"`
-	Steps      []protocol.StepResult `json:"steps,omitempty"`
-	FinishedAt *time.Time            `json:"finished_at,omitempty"`
+	ServerID   string
+	Batch      int // from 1
+	TaskID     string
+	State      string // pending, skipped, or the task's state
+	Reason     string
+	Error      string
+	ExitCode   *int
+	Steps      []protocol.StepResult
+	FinishedAt *time.Time
 }
 
 // Deploy starts a rolling deployment: the plan's steps as one deploy task
@@ -222,12 +222,13 @@ func (s *Service) Deployment(ctx context.Context, workspaceID, id string) (*Depl
 }
 
 // ListDeployments returns a workspace's deployments, newest first, without
-// their targets.
-func (s *Service) ListDeployments(ctx context.Context, workspaceID string, limit int) ([]*Deployment, error) {
-	if limit <= 0 || limit > 500 {
+// their targets: at most limit (at most MaxList; 0: 50) after the cursor
+// (nil: from the newest).
+func (s *Service) ListDeployments(ctx context.Context, workspaceID string, after *store.Cursor, limit int) ([]*Deployment, error) {
+	if limit <= 0 || limit > MaxList {
 		limit = 50
 	}
-	ds, err := s.store.Q().ListDeployments(ctx, workspaceID, limit)
+	ds, err := s.store.Q().ListDeployments(ctx, workspaceID, after, limit)
 	if err != nil {
 		return nil, err
 	}

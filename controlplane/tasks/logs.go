@@ -21,23 +21,23 @@ const (
 // as UTF-8 (invalid sequences replaced); Data carries the exact bytes, in
 // base64, only when they are not valid UTF-8.
 type LogChunk struct {
-	Seq    int64     `json:"seq"`
-	Stream string    `json:"stream"`
-	Step   int       `json:"step,omitempty"`
-	Text   string    `json:"text"`
-	Data   []byte    `json:"data,omitempty"`
-	At     time.Time `json:"at"`
+	Seq    int64
+	Stream string
+	Step   int
+	Text   string
+	Data   []byte
+	At     time.Time
 }
 
 // LogPage is a page of a task's output.
 type LogPage struct {
-	TaskID    string     `json:"task_id"`
-	State     string     `json:"state"`
-	Chunks    []LogChunk `json:"chunks"`
-	Next      int64      `json:"next"`      // pass as ?after= for the next page
-	More      bool       `json:"more"`      // more output is stored already
-	Done      bool       `json:"done"`      // the task is final and this page ends its output
-	Truncated bool       `json:"truncated"` // output beyond the control plane's cap was dropped
+	TaskID    string
+	State     string
+	Chunks    []LogChunk
+	Next      int64 // pass as ?after= for the next page
+	More      bool  // more output is stored already
+	Done      bool  // the task is final and this page ends its output
+	Truncated bool  // output beyond the control plane's cap was dropped
 }
 
 func chunk(l store.TaskLog) LogChunk {

@@ -171,34 +171,34 @@ func (s *Service) Close() {
 
 // Task is what the API shows of a task.
 type Task struct {
-	ID                string                `json:"id"`
-	ServerID          string                `json:"server_id"`
-	DeploymentID      string                `json:"deployment_id,omitempty"`
-	Kind              string                `json:"kind"`
-	State             string                `json:"state"`
-	Reason            string                `json:"reason,omitempty"`
-	Error             string                `json:"error,omitempty"`
-	ExitCode          *int                  `json:"exit_code"`
-	Attempts          int                   `json:"attempts"`
-	CreatedBy         string                `json:"created_by"`
-	CreatedAt         time.Time             `json:"created_at"`
-	Deadline          time.Time             `json:"deadline"`
-	SentAt            *time.Time            `json:"sent_at"`
-	StartedAt         *time.Time            `json:"started_at"`
-	FinishedAt        *time.Time            `json:"finished_at"`
-	CancelRequestedAt *time.Time            `json:"cancel_requested_at,omitempty"`
-	SHA256            string                `json:"sha256,omitempty"`
-	Unit              *protocol.UnitStatus  `json:"unit,omitempty"`
-	Steps             []protocol.StepResult `json:"steps,omitempty"`
-	Log               LogInfo               `json:"log"`
-	Spec              protocol.Task         `json:"spec"` // env values and file contents redacted
+	ID                string
+	ServerID          string
+	DeploymentID      string
+	Kind              string
+	State             string
+	Reason            string
+	Error             string
+	ExitCode          *int
+	Attempts          int
+	CreatedBy         string
+	CreatedAt         time.Time
+	Deadline          time.Time
+	SentAt            *time.Time
+	StartedAt         *time.Time
+	FinishedAt        *time.Time
+	CancelRequestedAt *time.Time
+	SHA256            string
+	Unit              *protocol.UnitStatus
+	Steps             []protocol.StepResult
+	Log               LogInfo
+	Spec              protocol.Task // env values and file contents redacted
 }
 
 // LogInfo summarises a task's stored output.
 type LogInfo struct {
-	Seq       int64 `json:"seq"`   // highest contiguous chunk received
-	Bytes     int64 `json:"bytes"` // stored
-	Truncated bool  `json:"truncated"`
+	Seq       int64 // highest contiguous chunk received
+	Bytes     int64 // stored
+	Truncated bool
 }
 
 // result is what result_json keeps.
@@ -358,9 +358,14 @@ func (s *Service) Get(ctx context.Context, workspaceID, id string) (*Task, error
 	return s.view(t), nil
 }
 
-// List returns a workspace's tasks, newest first.
+// MaxList bounds one page of a list (the API's 1000 and one to tell
+// whether more follow).
+const MaxList = 1001
+
+// List returns a workspace's tasks, newest first: at most f.Limit (at most
+// MaxList; 0: 50) after f.After.
 func (s *Service) List(ctx context.Context, workspaceID string, f store.TaskFilter) ([]*Task, error) {
-	if f.Limit <= 0 || f.Limit > 500 {
+	if f.Limit <= 0 || f.Limit > MaxList {
 		f.Limit = 50
 	}
 	if f.State != "" && !validState(f.State) {
