@@ -6,9 +6,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,6 +35,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	defer func() {
+		if agentBuild.dir != "" {
+			_ = os.RemoveAll(agentBuild.dir)
+		}
+	}()
 	goleak.VerifyTestMain(m,
 		// http.Transport keeps idle connections' goroutines until they time out.
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
@@ -186,12 +195,44 @@ type harness struct {
 	next  atomic.Int32
 }
 
-func start(t *testing.T) *harness {
+func start(t *testing.T) *harness { t.Helper(); return startWith(t, t.TempDir()) }
+
+// agentBuild is a devpilot-agent built once for the tests whose simulated
+// servers need a real agent (startWithAgents).
+var agentBuild struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// startWithAgents is start with a real agent to download: the simulated
+// servers (sandboxed processes) enroll and come online.
+func startWithAgents(t *testing.T) *harness {
+	t.Helper()
+	agentBuild.once.Do(func() {
+		agentBuild.dir, agentBuild.err = os.MkdirTemp("", "devpilot-api-agent-")
+		if agentBuild.err != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(agentBuild.dir, "devpilot-agent"), "github.com/devpilot/devpilot/cmd/devpilot-agent")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			agentBuild.err = fmt.Errorf("build devpilot-agent: %v\n%s", err, out)
+		}
+	})
+	if agentBuild.err != nil {
+		t.Fatal(agentBuild.err)
+	}
+	return startWith(t, agentBuild.dir)
+}
+
+func startWith(t *testing.T, agentDir string) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	env, err := devenv.Start(context.Background(), devenv.Config{
 		DataDir: dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", Out: io.Discard,
-		BootDelay: 10 * time.Millisecond, PollInterval: 50 * time.Millisecond, AgentDir: t.TempDir(),
+		BootDelay: 10 * time.Millisecond, PollInterval: 50 * time.Millisecond, AgentDir: agentDir,
+		HeartbeatInterval: time.Second,
 	})
 	if err != nil {
 		t.Fatalf("start control plane: %v", err)

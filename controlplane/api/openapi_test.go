@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/devpilot/devpilot/controlplane/api"
 	"github.com/devpilot/devpilot/controlplane/apitypes"
@@ -90,6 +91,9 @@ var exempt200 = map[string]string{
 	"GET /v1/agent/connect":                       "a WebSocket: shared/protocol's golden tests and the hub's own tests hold it",
 	"GET /v1/agent/download/{os}/{arch}":          "needs built agent binaries (devenv and e2e tests download them)",
 	"POST /v1/workspaces/{ws}/servers/{id}/rekey": "needs an enrolled agent (devenv's identity tests rekey one)",
+	"POST /v1/workspaces/{ws}/servers/{id}/actions": "needs a server past provisioning, so an agent: " +
+		"TestActionsHoldToTheDocument runs them with a real agent",
+	"GET /v1/workspaces/{ws}/servers/{id}/actions/{action}": "as POST …/actions (TestActionsHoldToTheDocument)",
 }
 
 // TestEveryOperationHoldsToTheDocument walks the whole API the way a user
@@ -125,6 +129,16 @@ func TestEveryOperationHoldsToTheDocument(t *testing.T) {
 	h.must(200, "GET", ws+"/servers/"+srv.ID+"/health?since=2h", nil, nil)
 	if r := h.do(h.token, "POST", ws+"/servers/"+srv.ID+"/rekey", apitypes.RekeyRequest{Print: true}); r.status != 409 {
 		t.Errorf("rekey before the agent enrolled: %d %s, want 409", r.status, r.body)
+	}
+	if r := h.do(h.token, "POST", ws+"/servers/"+srv.ID+"/actions", apitypes.ActionRequest{Type: "explode"}); r.status != 422 {
+		t.Errorf("action of an unknown type: %d %s, want 422", r.status, r.body)
+	}
+	if r := h.do(h.token, "POST", ws+"/servers/"+srv.ID+"/actions", apitypes.ActionRequest{Type: "rename", Name: "web-one"}); r.status != 409 {
+		t.Errorf("action while provisioning: %d %s, want 409", r.status, r.body)
+	}
+	h.must(200, "GET", ws+"/servers/"+srv.ID+"/actions", nil, nil)
+	if r := h.do(h.token, "GET", ws+"/servers/"+srv.ID+"/actions/act_aaaaaaaaaaaaaaaa", nil); r.status != 404 {
+		t.Errorf("an unknown action: %d %s, want 404", r.status, r.body)
 	}
 
 	var task apitypes.Task
@@ -212,5 +226,49 @@ func TestErrorsHaveOneShape(t *testing.T) {
 	r := h.doClient(&http.Client{Transport: h.base}, h.token, "GET", "/v1/nothing-here", nil)
 	if r.status != 404 || r.errorCode() != "not_found" {
 		t.Errorf("unknown route: %d %s", r.status, r.body)
+	}
+}
+
+// TestActionsHoldToTheDocument: with a real (sandboxed) agent online, a
+// lifecycle action's 202, its progress and the list all hold to the
+// document, and the action ends with every step done.
+func TestActionsHoldToTheDocument(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the agent and waits for a simulated server to come online (make test runs it)")
+	}
+	h := startWithAgents(t)
+	ws := "/v1/workspaces/default"
+	in := h.connect("default", "do-main")
+	var srv apitypes.Server
+	h.must(202, "POST", ws+"/servers", apitypes.CreateServer{IntegrationID: in.ID, Name: "web-1", Region: "nyc3",
+		Size: "s-1vcpu-1gb", Image: "debian-12", Ports: []int{22, 80}}, &srv)
+	deadline := time.Now().Add(3 * time.Minute)
+	for srv.State != "online" {
+		if srv.State == "failed" || time.Now().After(deadline) {
+			t.Fatalf("server %s: %s %+v", srv.Name, srv.State, srv.Error)
+		}
+		time.Sleep(100 * time.Millisecond)
+		h.must(200, "GET", ws+"/servers/"+srv.ID, nil, &srv)
+	}
+	var act apitypes.Action
+	h.must(202, "POST", ws+"/servers/"+srv.ID+"/actions", apitypes.ActionRequest{Type: "rename", Name: "web-one"}, &act)
+	if r := h.do(h.token, "POST", ws+"/servers/"+srv.ID+"/actions", apitypes.ActionRequest{Type: "reboot"}); r.status != 409 && r.status != 202 {
+		t.Errorf("a second action: %d %s, want 409 while the first runs (or 202 once it ended)", r.status, r.body)
+	}
+	for act.State != "succeeded" {
+		if act.State == "failed" || time.Now().After(deadline) {
+			t.Fatalf("rename: %s %+v steps %+v", act.State, act.Error, act.Steps)
+		}
+		time.Sleep(100 * time.Millisecond)
+		h.must(200, "GET", ws+"/servers/"+srv.ID+"/actions/"+act.ID, nil, &act)
+	}
+	var list apitypes.ActionList
+	h.must(200, "GET", ws+"/servers/"+srv.ID+"/actions?limit=1", nil, &list)
+	if len(list.Actions) != 1 {
+		t.Errorf("actions?limit=1: %d actions", len(list.Actions))
+	}
+	h.must(200, "GET", ws+"/servers/"+srv.ID, nil, &srv)
+	if srv.Name != "web-one" {
+		t.Errorf("after rename: name %q", srv.Name)
 	}
 }
