@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
-	"github.com/devpilot/devpilot/controlplane/provision"
 )
 
 // TestPowerOffOnRebootRealContainer: power off, power on and reboot of a
@@ -19,7 +18,7 @@ func TestPowerOffOnRebootRealContainer(t *testing.T) {
 	h := start(t, envOptions{agentTimeout: 6 * time.Minute})
 	do := h.connect("digitalocean", h.env.Values["DO_SIM_TOKEN"])
 	s := h.createServer(do, "e2e-life", "nyc3", "s-1vcpu-1gb", "debian-12")
-	connected := func(s provision.Server) bool { return s.State == "online" && s.Agent.Connected }
+	connected := func(s apitypes.Server) bool { return s.State == "online" && s.Agent.Connected }
 	got := h.waitServer(t, s.ID, 5*time.Minute, "online", connected)
 	m, ok := h.rt.Machine(got.InstanceID)
 	if !ok {
@@ -50,7 +49,7 @@ func TestPowerOffOnRebootRealContainer(t *testing.T) {
 	if m.Running() {
 		t.Error("container still running after power_off")
 	}
-	h.waitServer(t, s.ID, time.Minute, "stopped without an agent", func(s provision.Server) bool { return s.State == "stopped" && !s.Agent.Connected })
+	h.waitServer(t, s.ID, time.Minute, "stopped without an agent", func(s apitypes.Server) bool { return s.State == "stopped" && !s.Agent.Connected })
 
 	boots := m.Boots()
 	act(map[string]any{"type": "power_on"})

@@ -217,7 +217,7 @@ func startWithAgents(t *testing.T) *harness {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(agentBuild.dir, "devpilot-agent"), "github.com/devpilot/devpilot/cmd/devpilot-agent")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			agentBuild.err = fmt.Errorf("build devpilot-agent: %v\n%s", err, out)
+			agentBuild.err = fmt.Errorf("build devpilot-agent: %w\n%s", err, out)
 		}
 	})
 	if agentBuild.err != nil {

@@ -457,18 +457,18 @@ func TestAttach(t *testing.T) {
 	env := Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
 	root := newRoot(env)
 	var got []string
-	Attach(root, env, "backup", "copy the database", func(ctx context.Context, env Env, args []string) error {
+	Attach(root, env, "frobnicate", "copy the database", func(ctx context.Context, env Env, args []string) error {
 		got = args
-		return usagef("backup: --to is required")
+		return usagef("frobnicate: --to is required")
 	})
-	root.SetArgs([]string{"backup", "-h", "--to=x", "pos"})
+	root.SetArgs([]string{"frobnicate", "-h", "--to=x", "pos"})
 	code := report(env, root.ExecuteContext(context.Background()))
 	if code != 2 || strings.Join(got, " ") != "-h --to=x pos" || !strings.Contains(errb.String(), "--to is required") {
 		t.Errorf("attached command: exit %d, args %q, stderr %q", code, got, errb.String())
 	}
 	var c *cobra.Command
 	for _, x := range root.Commands() {
-		if x.Name() == "backup" {
+		if x.Name() == "frobnicate" {
 			c = x
 		}
 	}
