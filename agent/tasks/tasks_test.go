@@ -559,12 +559,17 @@ func TestDeployStopsAtFailedStep(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Error("the step after the failure ran")
 	}
-	steps := map[int]string{}
+	// Output is kept per step and stream; how a stream is cut into chunks
+	// depends on the pipe's timing, so the chunks are joined first.
+	steps := map[int]map[string]string{}
 	for _, l := range s.logs("d") {
-		steps[l.Step] += l.Stream + ":" + string(l.Data)
+		if steps[l.Step] == nil {
+			steps[l.Step] = map[string]string{}
+		}
+		steps[l.Step][l.Stream] += string(l.Data)
 	}
-	if !strings.Contains(steps[1], "system:step 1/3 (config)") || !strings.Contains(steps[2], "stdout:a=1\nmigrating") ||
-		!strings.Contains(steps[2], "step 2/3 (migrate): failed") || steps[3] != "" {
+	if !strings.Contains(steps[1]["system"], "step 1/3 (config)") || steps[2]["stdout"] != "a=1\nmigrating\n" ||
+		!strings.Contains(steps[2]["system"], "step 2/3 (migrate): failed") || len(steps[3]) != 0 {
 		t.Errorf("logs by step = %v", steps)
 	}
 }
