@@ -364,13 +364,22 @@ func (s *Service) Create(ctx context.Context, actor string, workspaceID string, 
 	}
 	// Checked at the door against the (briefly cached) catalog, so a bad
 	// choice is refused now with the valid ones rather than failing at
-	// preflight; preflight checks again with a fresh catalog.
+	// preflight; preflight checks again with a fresh catalog. A provider
+	// that cannot answer for now (429, 5xx, network) does not refuse the
+	// request: the job's preflight asks again with its retries, as it did
+	// before there was a check at the door. A refusal that lasts (a revoked
+	// token, no API access) is answered now.
 	cat, err := s.integrations.Catalog(ctx, workspaceID, in.ID, false)
-	if err != nil {
+	switch {
+	case err != nil && cloud.Temporary(err) && ctx.Err() == nil && errors.As(err, new(*cloud.Error)):
+		s.log.Info("catalog unavailable at the door; preflight will check the choice",
+			zap.String("integration", in.ID), zap.Error(err))
+	case err != nil:
 		return nil, err
-	}
-	if _, _, _, err := CheckChoice(cat, in.Provider, "", req.Region, req.Size, req.Image); err != nil {
-		return nil, err
+	default:
+		if _, _, _, err := CheckChoice(cat, in.Provider, "", req.Region, req.Size, req.Image); err != nil {
+			return nil, err
+		}
 	}
 	ports, _ := json.Marshal(req.Ports)
 	now := s.now().UTC()
