@@ -43,17 +43,27 @@ func TestCreateServerIsCheckedAtTheDoor(t *testing.T) {
 	if len(l.Servers) != 0 {
 		t.Errorf("refused requests recorded %d servers", len(l.Servers))
 	}
-	// A provider that cannot be asked (no catalog cached yet): the usual
-	// typed error, nothing recorded.
+	// A provider that cannot answer for now (503, no catalog cached yet)
+	// does not refuse the request: it is accepted and the job's preflight
+	// asks again with its retries.
 	other := h.connect("default", "do-2")
 	h.env.DO.FailNext5xx(1000, 503)
 	r := h.do(h.token, "POST", ws+"/servers", apitypes.CreateServer{IntegrationID: other.ID, Name: "web", Region: "nyc3",
 		Size: "s-1vcpu-1gb", Image: "debian-12"})
 	h.env.DO.FailNext5xx(0, 503)
-	if r.status != 502 || r.errorCode() != "provider_error" {
-		t.Errorf("catalog unavailable: %d %s, want 502 provider_error", r.status, r.body)
+	if r.status != 202 {
+		t.Errorf("catalog unavailable for now: %d %s, want 202 (preflight checks later)", r.status, r.body)
 	}
-	h.must(200, "GET", ws+"/servers", nil, &l)
+	// A refusal that lasts (the token revoked at the provider) is answered
+	// at the door with its typed error, and nothing is recorded.
+	third := h.connect("default", "do-3")
+	h.env.DO.RemoveToken(h.env.Values["DO_SIM_TOKEN"])
+	r = h.do(h.token, "POST", ws+"/servers", apitypes.CreateServer{IntegrationID: third.ID, Name: "web-3", Region: "nyc3",
+		Size: "s-1vcpu-1gb", Image: "debian-12"})
+	if r.status < 400 || r.errorCode() != "invalid_credentials" {
+		t.Errorf("token revoked: %d %s, want invalid_credentials", r.status, r.body)
+	}
+	h.must(200, "GET", ws+"/servers?name=web-3", nil, &l)
 	if len(l.Servers) != 0 {
 		t.Errorf("a refused request recorded %d servers", len(l.Servers))
 	}
