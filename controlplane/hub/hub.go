@@ -158,7 +158,14 @@ type Status struct {
 	Health       *protocol.Health
 	AgentVersion string
 	RemoteAddr   string
+	// Capabilities and BootID are what the session's hello advertised
+	// (protocol 1.1; empty from older agents).
+	Capabilities []string
+	BootID       string
 }
+
+// maxLastErrors bounds the remembered last errors (one per server).
+const maxLastErrors = 100_000
 
 // Hub serves agent sessions. Create it with New, mount it at protocol.Path,
 // and Close it on shutdown.
@@ -196,6 +203,9 @@ type Hub struct {
 
 	hmu     sync.Mutex
 	pending map[string]HealthSample
+
+	emu       sync.Mutex
+	lastError map[string]LastError // by server id
 
 	stop      chan struct{}
 	loopDone  chan struct{}
@@ -253,6 +263,7 @@ func New(o Options) *Hub {
 		all:       map[*session]struct{}{},
 		takeovers: map[string][]takeover{},
 		pending:   map[string]HealthSample{},
+		lastError: map[string]LastError{},
 		stop:      make(chan struct{}),
 		loopDone:  make(chan struct{}),
 	}
@@ -292,6 +303,8 @@ func (h *Hub) Status(serverID string) (Status, bool) {
 		LastSeen:     time.Unix(0, s.lastSeen.Load()),
 		AgentVersion: s.agentVersion,
 		RemoteAddr:   s.remote,
+		Capabilities: s.capabilities,
+		BootID:       s.bootID,
 	}
 	if hp := s.health.Load(); hp != nil {
 		c := *hp
@@ -299,6 +312,34 @@ func (h *Hub) Status(serverID string) (Status, bool) {
 		st.Health = &c
 	}
 	return st, true
+}
+
+// LastError is why a server's last session ended (its goodbye, the read
+// error, or the hub closing it) or the hub's last refusal of it.
+type LastError struct {
+	Reason string
+	At     time.Time
+}
+
+// LastError returns what ended serverID's last session, or refused it; false
+// when this hub saw none.
+func (h *Hub) LastError(serverID string) (LastError, bool) {
+	h.emu.Lock()
+	defer h.emu.Unlock()
+	e, ok := h.lastError[serverID]
+	return e, ok
+}
+
+func (h *Hub) noteError(serverID, reason string) {
+	if serverID == "" || reason == "" {
+		return
+	}
+	h.emu.Lock()
+	defer h.emu.Unlock()
+	if _, ok := h.lastError[serverID]; !ok && len(h.lastError) >= maxLastErrors {
+		return
+	}
+	h.lastError[serverID] = LastError{Reason: cut(reason, protocol.MaxReasonBytes), At: h.now()}
 }
 
 // Send delivers one message to serverID's agent. It returns ErrNotConnected
