@@ -221,7 +221,11 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		Owner: leaseOwner(cfg.DataDir),
 		Live: func(id string) (provision.Live, bool) {
 			st, ok := a.Hub.Status(id)
-			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
+			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health,
+				Capabilities: st.Capabilities, BootID: st.BootID}, ok
+		},
+		AskReboot: func(ctx context.Context, id, actionID string) error {
+			return a.Hub.Send(ctx, id, protocol.TypeReboot, protocol.Reboot{ID: actionID})
 		},
 		Disconnect:       func(id, code string) { a.Hub.Disconnect(id, code) },
 		Diagnose:         a.diagnoser(),
