@@ -271,7 +271,8 @@ func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
 		Store: a.Store, Provider: a.Integrations.Provider, Interval: cfg.ReconcileInterval, Logger: cfg.Logger,
 		Live: func(id string) reconcile.Live {
 			st, _ := a.Hub.Status(id)
-			return reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen}
+			le, _ := a.Hub.LastError(id)
+			return reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen, LastError: le.Reason}
 		},
 		Firewall: func(srv store.Server) (cloud.FirewallSpec, bool) {
 			var ports []int
