@@ -116,7 +116,7 @@ type Options struct {
 	Disconnect   func(serverID, code string) // ends an agent session, telling it why (protocol.Err*)
 	// AskReboot sends the server's agent a reboot request (protocol 1.1)
 	// named id; nil: reboots always use the cloud's.
-	AskReboot func(ctx context.Context, serverID, id string) error
+	AskReboot    func(ctx context.Context, serverID, id string) error
 	Logger       *zap.Logger
 	Now          func() time.Time
 	AgentTimeout time.Duration // wait_agent deadline; default 15 min
