@@ -271,8 +271,15 @@ func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
 		Store: a.Store, Provider: a.Integrations.Provider, Interval: cfg.ReconcileInterval, Logger: cfg.Logger,
 		Live: func(id string) reconcile.Live {
 			st, _ := a.Hub.Status(id)
-			le, _ := a.Hub.LastError(id)
-			return reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen, LastError: le.Reason}
+			live := reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen}
+			if !st.Connected {
+				if le, ok := a.Hub.LastError(id); ok {
+					live.LastError = le.Reason
+				} else if r, err := a.Store.Q().AgentLastError(context.Background(), id); err == nil {
+					live.LastError = r // seen by another control plane, or before a restart
+				}
+			}
+			return live
 		},
 		Firewall: func(srv store.Server) (cloud.FirewallSpec, bool) {
 			var ports []int

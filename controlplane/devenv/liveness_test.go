@@ -101,6 +101,11 @@ func TestLivenessExplainsItself(t *testing.T) {
 	if !strings.Contains(got.StateReason, "last error: missed heartbeats") {
 		t.Errorf("agent_offline reason %q does not name the last error", got.StateReason)
 	}
+	// Kept in the database too (migration 00014), for other control planes
+	// and after a restart.
+	if le, err := h.env.App.Store.Q().AgentLastError(context.Background(), sVU.ID); err != nil || le != "missed heartbeats" {
+		t.Errorf("stored last error = %q, %v; want missed heartbeats", le, err)
+	}
 	t.Logf("agent_offline: %s", got.StateReason)
 	if err := killPID(info.AgentPID, "CONT"); err != nil {
 		t.Fatal(err)

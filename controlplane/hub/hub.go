@@ -59,6 +59,13 @@ type Registry interface {
 	SaveHealth(ctx context.Context, latest map[string]HealthSample) error
 }
 
+// ErrorRecorder is an optional extension of Registry: the hub calls it
+// with a server's last error (see LastError) when a session ends or is
+// refused, so it outlives this hub.
+type ErrorRecorder interface {
+	AgentError(ctx context.Context, serverID, reason string, at time.Time) error
+}
+
 // AgentKeys is what the hub checks a hello's signature against.
 type AgentKeys struct {
 	Enrolled    ed25519.PublicKey // nil: none (never enrolled, or rekeyed)
@@ -340,6 +347,22 @@ func (h *Hub) noteError(serverID, reason string) {
 		return
 	}
 	h.lastError[serverID] = LastError{Reason: cut(reason, protocol.MaxReasonBytes), At: h.now()}
+}
+
+// recordError notes the last error and hands it to the Registry when it
+// is an ErrorRecorder. Not with a lifecycle stripe held for long: one
+// bounded store call.
+func (h *Hub) recordError(serverID, reason string) {
+	h.noteError(serverID, reason)
+	rec, ok := h.reg.(ErrorRecorder)
+	if !ok || serverID == "" || reason == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), registryWait)
+	defer cancel()
+	if err := rec.AgentError(ctx, serverID, cut(reason, protocol.MaxReasonBytes), h.now()); err != nil {
+		h.log.Warn("record agent error failed", zap.String("server", serverID), zap.Error(err))
+	}
 }
 
 // Send delivers one message to serverID's agent. It returns ErrNotConnected

@@ -247,7 +247,7 @@ func (h *Hub) refuse(s *session, serverID string, r *refusal) {
 	case reasonQuarantined, reasonKeyRevoked, reasonDeleted:
 		// Only refusals of a server that exists: an unknown peer cannot
 		// make the hub remember arbitrary ids.
-		h.noteError(serverID, "refused by the control plane: "+r.reason)
+		h.recordError(serverID, "refused by the control plane: "+r.reason)
 	}
 	fields := []zap.Field{zap.String("server", serverID), zap.String("remote", s.remote), zap.String("reason", r.reason)}
 	if r.detail != "" {
@@ -444,7 +444,7 @@ func (h *Hub) unregister(s *session, reason string) {
 		}
 	}
 	if mine {
-		h.noteError(s.serverID, reason)
+		h.recordError(s.serverID, reason)
 	}
 	h.log.Info("agent disconnected", zap.String("server", s.serverID), zap.String("remote", s.remote),
 		zap.String("reason", reason), zap.Duration("session", h.now().Sub(s.since)))
