@@ -443,7 +443,9 @@ func (h *Hub) unregister(s *session, reason string) {
 			reason += ": " + g.Error
 		}
 	}
-	if mine {
+	if mine && h.ctx.Err() == nil {
+		// Not when the hub itself is closing: that is no agent error, and
+		// it would cost a store write per session on shutdown.
 		h.recordError(s.serverID, reason)
 	}
 	h.log.Info("agent disconnected", zap.String("server", s.serverID), zap.String("remote", s.remote),
