@@ -15,6 +15,7 @@ import (
 	"github.com/devpilot/devpilot/bootstrap/sandbox"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
 	"github.com/devpilot/devpilot/controlplane/devenv"
+	"github.com/devpilot/devpilot/controlplane/provision"
 )
 
 // TestGracefulRebootThroughTheAgent: on both clouds a reboot without hard
@@ -165,4 +166,31 @@ func TestControlPlaneKilledDuringGracefulReboot(t *testing.T) {
 		t.Errorf("no step was killed while running; the test proved little")
 	}
 	t.Logf("killed %d times; agent reboots %d, cloud reboots %d; steps %+v", killed, agentReboots, cloudReboots, a.Steps)
+}
+
+// TestGracefulRebootFallsBackToTheCloud: an agent that was asked but does
+// not come back with a new boot (here: its boot id file never changes)
+// gets the cloud's reboot after AgentRebootTimeout, recorded as the
+// fallback.
+func TestGracefulRebootFallsBackToTheCloud(t *testing.T) {
+	old := provision.AgentRebootTimeout
+	provision.AgentRebootTimeout = 3 * time.Second
+	t.Cleanup(func() { provision.AgentRebootTimeout = old })
+	fixed := filepath.Join(t.TempDir(), "boot_id")
+	if err := os.WriteFile(fixed, []byte("same-boot-forever\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := startWith(t, func(c *devenv.Config) { c.AgentEnv = []string{"DEVPILOT_AGENT_BOOT_ID_FILE=" + fixed} })
+	_, do, _ := h.connect("digitalocean", "do", h.env.Values["DO_SIM_TOKEN"])
+	srv := h.waitServer(h.createServer(do.ID, "stuck-boot", "nyc3", "s-1vcpu-1gb", "debian-12", nil).ID, 90*time.Second, "online", online)
+	a := h.act(srv, map[string]any{"type": "reboot"})
+	n, _ := strconv.Atoi(srv.InstanceID)
+	if got := h.env.DO.ActionCounts(n)["reboot"]; got != 1 {
+		t.Errorf("droplet reboot actions = %d, want 1 (the fallback)", got)
+	}
+	fb, _ := a.Params["fallback"].(string)
+	if a.Params["via"] != "agent" || !strings.Contains(fb, "did not come back with a new boot") ||
+		!strings.Contains(a.Steps[1].Detail, "fell back to the cloud's reboot") {
+		t.Errorf("params %v, wait_reboot %q; want the fallback recorded", a.Params, a.Steps[1].Detail)
+	}
 }
