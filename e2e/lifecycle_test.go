@@ -4,6 +4,8 @@ package e2e_test
 
 import (
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +14,9 @@ import (
 
 // TestPowerOffOnRebootRealContainer: power off, power on and reboot of a
 // real booted container through the API; the container really stops, and
-// its agent (a systemd unit) comes back online by itself after each.
+// its agent (a systemd unit) comes back online by itself after each. The
+// reboot is graceful: the agent is asked and reboots the container through
+// systemd (D-Bus), and the simulated cloud sees no reboot action.
 func TestPowerOffOnRebootRealContainer(t *testing.T) {
 	t.Parallel()
 	h := start(t, envOptions{agentTimeout: 6 * time.Minute})
@@ -24,7 +28,7 @@ func TestPowerOffOnRebootRealContainer(t *testing.T) {
 	if !ok {
 		t.Fatalf("no container for instance %s", got.InstanceID)
 	}
-	act := func(body map[string]any) {
+	act := func(body map[string]any) apitypes.Action {
 		t.Helper()
 		var a apitypes.Action
 		if c := h.call("POST", servers+"/"+s.ID+"/actions", body, &a); c != http.StatusAccepted {
@@ -40,9 +44,10 @@ func TestPowerOffOnRebootRealContainer(t *testing.T) {
 		}
 		for _, st := range a.Steps {
 			if st.StartedAt != nil && st.FinishedAt != nil {
-				t.Logf("%s %-14s %v", a.Type, st.Name, st.FinishedAt.Sub(*st.StartedAt).Round(time.Millisecond))
+				t.Logf("%s %-14s %v %s", a.Type, st.Name, st.FinishedAt.Sub(*st.StartedAt).Round(time.Millisecond), st.Detail)
 			}
 		}
+		return a
 	}
 
 	act(map[string]any{"type": "power_off"})
@@ -58,7 +63,15 @@ func TestPowerOffOnRebootRealContainer(t *testing.T) {
 	}
 	h.waitServer(t, s.ID, 2*time.Minute, "online after power on", connected)
 
-	act(map[string]any{"type": "reboot"})
+	droplet, _ := strconv.Atoi(got.InstanceID)
+	cloudReboots := h.env.DO.ActionCounts(droplet)["reboot"]
+	a := act(map[string]any{"type": "reboot"})
+	if a.Params["via"] != "agent" || !strings.Contains(a.Steps[0].Detail, "asked the agent") {
+		t.Errorf("reboot params %v, first step %q; want it asked of the agent", a.Params, a.Steps[0].Detail)
+	}
+	if n := h.env.DO.ActionCounts(droplet)["reboot"]; n != cloudReboots {
+		t.Errorf("the cloud saw %d reboots (was %d); the agent's reboot must not use it", n, cloudReboots)
+	}
 	if m.Boots() != boots+2 {
 		t.Errorf("after reboot: boots %d, want %d", m.Boots(), boots+2)
 	}

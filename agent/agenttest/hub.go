@@ -59,6 +59,7 @@ type Hub struct {
 	autoAck    bool
 	logs       map[string][]protocol.TaskLog
 	results    map[string][]protocol.TaskResult
+	goodbyes   []protocol.Goodbye
 	wg         sync.WaitGroup
 }
 
@@ -323,10 +324,25 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 			if ack && p.send(c, protocol.TypeTaskAck, protocol.TaskAck{TaskID: r.TaskID, LogSeq: r.LastLogSeq, Final: true}) != nil {
 				return
 			}
+		case protocol.TypeGoodbye:
+			var g protocol.Goodbye
+			if protocol.DecodeData(env, &g) != nil {
+				return
+			}
+			h.mu.Lock()
+			h.goodbyes = append(h.goodbyes, g)
+			h.mu.Unlock()
 		default:
 			return
 		}
 	}
+}
+
+// Goodbyes returns the goodbye messages agents sent (protocol 1.1).
+func (h *Hub) Goodbyes() []protocol.Goodbye {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]protocol.Goodbye(nil), h.goodbyes...)
 }
 
 // peer is one accepted session.

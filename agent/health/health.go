@@ -31,6 +31,10 @@ type FSStat struct {
 // calls to Collect (the first call reports the average since boot).
 type Collector struct {
 	ProcRoot string // default "/proc"
+	// BootIDFile is read for Facts.BootID; default ProcRoot's
+	// sys/kernel/random/boot_id. The dev sandbox points it at the
+	// simulated machine's own (DEVPILOT_AGENT_BOOT_ID_FILE).
+	BootIDFile string
 	// Statfs sizes the file system mounted at path; default unix.Statfs.
 	Statfs func(path string) (FSStat, error)
 	// Version is reported as agent_version; default version.String().
@@ -282,6 +286,13 @@ func (c *Collector) Facts() protocol.Facts {
 	}
 	if total, _, err := c.memory(); err == nil {
 		f.MemoryMB = int(total)
+	}
+	if c.BootIDFile != "" {
+		if b, err := os.ReadFile(c.BootIDFile); err == nil {
+			f.BootID = strings.TrimSpace(string(b))
+		}
+	} else if b, err := c.read("sys/kernel/random/boot_id"); err == nil {
+		f.BootID = strings.TrimSpace(string(b))
 	}
 	f.Distro = prettyName("/etc/os-release")
 	if f.Distro == "" {

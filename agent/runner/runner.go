@@ -14,7 +14,9 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -48,6 +50,9 @@ type Options struct {
 	Tune func(*session.Options)
 	// TuneTasks adjusts the task runner's options (tests).
 	TuneTasks func(*tasks.Options)
+	// Reboot reboots the host when the control plane asks; default from
+	// DEVPILOT_AGENT_REBOOT (see RebootFromEnv).
+	Reboot func(context.Context) error
 	// TaskGrace is how long running tasks may finish after ctx ends
 	// before they are killed; default 20s.
 	TaskGrace time.Duration
@@ -105,7 +110,8 @@ func Run(ctx context.Context, o Options) error {
 	so := session.Options{
 		Config:   cfg,
 		Key:      key,
-		Health:   &health.Collector{ProcRoot: o.ProcRoot},
+		Health:   &health.Collector{ProcRoot: o.ProcRoot, BootIDFile: os.Getenv(EnvBootIDFile)},
+		Reboot:   o.Reboot,
 		Log:      log.Named("session"),
 		Notifier: n,
 		Progress: progress,
@@ -126,6 +132,12 @@ func Run(ctx context.Context, o Options) error {
 			log.Info("bootstrap token removed from config", zap.String("config", cfgPath))
 			return nil
 		},
+	}
+	if so.Reboot == nil {
+		so.Reboot, err = RebootFromEnv(log)
+		if err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
 	}
 	if o.Tune != nil {
 		o.Tune(&so)
@@ -148,5 +160,11 @@ func Run(ctx context.Context, o Options) error {
 	err = client.Run(ctx)
 	stopWatchdog()
 	wg.Wait()
+	if errors.Is(err, session.ErrRebooting) && os.Getenv(EnvReboot) == "exit" {
+		return ErrExitForReboot
+	}
+	if errors.Is(err, session.ErrRebooting) {
+		return nil // systemd is rebooting the host
+	}
 	return err
 }

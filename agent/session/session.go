@@ -73,6 +73,13 @@ type Options struct {
 	OnEnrolled func() error
 	// Tasks runs deployment tasks; nil: task messages are logged and ignored.
 	Tasks TaskHandler
+	// Reboot reboots the host when the hub asks (protocol 1.1, reboot).
+	// Set, the agent advertises protocol.CapReboot; on a reboot message it
+	// sends goodbye {reason: reboot}, closes the session normally, calls
+	// Reboot and, when that succeeded, Run returns ErrRebooting. A failed
+	// Reboot is logged and the agent reconnects (the control plane falls
+	// back to the cloud's reboot). nil: not advertised.
+	Reboot func(ctx context.Context) error
 
 	BackoffBase time.Duration // default 1s
 	BackoffCap  time.Duration // default 60s
@@ -89,6 +96,14 @@ type Options struct {
 	// Rand feeds the jitter; default math/rand.
 	Rand func() float64
 }
+
+// ErrRebooting is what Run returns after the host's reboot was started.
+var ErrRebooting = errors.New("session: rebooting the host, as the control plane asked")
+
+// rebootRequest ends a session: the hub asked for a reboot.
+type rebootRequest struct{ id string }
+
+func (r *rebootRequest) Error() string { return "the control plane asked for a reboot (" + r.id + ")" }
 
 // Client is the agent's connection to the hub.
 type Client struct {
@@ -246,6 +261,17 @@ func (c *Client) Run(ctx context.Context) error {
 			c.log.Info("session closed, stopping")
 			return nil
 		}
+		var rr *rebootRequest
+		if errors.As(err, &rr) {
+			c.status("rebooting the host (" + rr.id + ")")
+			rerr := c.o.Reboot(ctx)
+			if rerr == nil {
+				c.log.Info("reboot started", zap.String("id", rr.id))
+				c.o.Notifier.Stopping()
+				return ErrRebooting
+			}
+			c.log.Error("reboot failed; reconnecting", zap.String("id", rr.id), zap.Error(rerr))
+		}
 		connected := !welcomedAt.IsZero()
 		if connected && time.Since(welcomedAt) >= c.o.StableAfter {
 			b.Reset()
@@ -372,6 +398,9 @@ func (c *Client) handshake(conn *websocket.Conn) (time.Duration, error) {
 		Signature:    ed25519.Sign(c.o.Key, protocol.SignedMessage(ch.Nonce, c.o.Config.ServerID)),
 		AgentVersion: version.String(),
 		Facts:        c.o.Health.Facts(),
+	}
+	if c.o.Reboot != nil {
+		hello.Capabilities = []string{protocol.CapReboot}
 	}
 	if token != "" && !tryAuth {
 		hello.Mode = protocol.ModeEnroll
@@ -508,6 +537,10 @@ func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.
 				continue
 			}
 			if err := c.handle(data); err != nil {
+				var rr *rebootRequest
+				if errors.As(err, &rr) {
+					c.goodbye(conn, write, writeTimeout, rr.id)
+				}
 				return err
 			}
 		}
@@ -578,6 +611,18 @@ func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.
 	return err
 }
 
+// goodbye tells the hub the agent is going away to reboot, then closes the
+// session with a normal close frame.
+func (c *Client) goodbye(conn *websocket.Conn, write func([]byte) error, wait time.Duration, id string) {
+	if b, err := protocol.Encode(protocol.TypeGoodbye, protocol.Goodbye{Reason: protocol.GoodbyeReboot, RebootID: id}); err == nil {
+		if err := write(b); err != nil {
+			c.log.Warn("could not say goodbye", zap.Error(err))
+		}
+	}
+	msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "agent rebooting")
+	_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(wait))
+}
+
 func (c *Client) heartbeat(write func([]byte) error) error {
 	h, err := c.o.Health.Collect()
 	if err != nil {
@@ -607,6 +652,18 @@ func (c *Client) handle(data []byte) error {
 		if ref.Permanent() || ref.Code == protocol.ErrSessionReplace {
 			return ref
 		}
+	case protocol.TypeReboot:
+		var r protocol.Reboot
+		if err := protocol.DecodeData(env, &r); err != nil {
+			c.log.Warn("ignoring a malformed reboot request", zap.Error(err))
+			return nil
+		}
+		if c.o.Reboot == nil {
+			c.log.Warn("ignoring reboot request: this agent does not reboot its host", zap.String("id", r.ID))
+			return nil
+		}
+		c.log.Info("the control plane asked for a reboot", zap.String("id", r.ID))
+		return &rebootRequest{id: r.ID}
 	case protocol.TypeTask, protocol.TypeCancel, protocol.TypeTaskAck:
 		if c.o.Tasks == nil {
 			c.log.Warn("ignoring task message: this agent runs no tasks", zap.String("type", env.Type))

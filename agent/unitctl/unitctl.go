@@ -226,3 +226,20 @@ func ByName(name string, log *zap.Logger) (Controller, error) {
 	}
 	return nil, fmt.Errorf("supervisor %q: want systemd or none", name)
 }
+
+// Reboot reboots the host as `systemctl reboot` does: it starts
+// reboot.target with mode replace-irreversibly over D-Bus
+// (org.freedesktop.systemd1.Manager.StartUnit), or runs `systemctl reboot`
+// when D-Bus is unavailable. It returns once the job is queued; systemd
+// then stops every unit, the agent's too.
+func (s *Systemd) Reboot(ctx context.Context) error {
+	if c := s.connect(ctx); c != nil {
+		defer c.Close()
+		if _, err := c.StartUnitContext(ctx, "reboot.target", "replace-irreversibly", nil); err != nil {
+			return fmt.Errorf("systemd start reboot.target: %w", err)
+		}
+		return nil
+	}
+	_, err := s.systemctl(ctx, "reboot", "--no-block")
+	return err
+}

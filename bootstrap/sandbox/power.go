@@ -82,5 +82,6 @@ func (r *Runtime) resume(mc *machine) {
 		return
 	}
 	mc.log.Info("machine powered on; starting the agent")
+	r.newBoot(mc, root)
 	r.runAgent(mc, root)
 }

@@ -70,3 +70,34 @@ func TestPowerOffOn(t *testing.T) {
 		t.Errorf("power off unknown: %v, want ErrUnknownMachine", err)
 	}
 }
+
+// rebootingAgent reboots its machine the way devpilot-agent does in
+// DEVPILOT_AGENT_REBOOT=exit mode, once: it exits with ExitReboot on its
+// first start; it records the boot id it was given at each start.
+const rebootingAgent = `#!/bin/sh
+test "$DEVPILOT_AGENT_REBOOT" = exit || exit 3
+cat "$DEVPILOT_AGENT_BOOT_ID_FILE" >>"$DEVPILOT_AGENT_ROOT_DIR/boots"
+if [ ! -e "$DEVPILOT_AGENT_ROOT_DIR/rebooted" ]; then
+	touch "$DEVPILOT_AGENT_ROOT_DIR/rebooted"
+	exit 194
+fi
+exec sleep 1000
+`
+
+// The reboot hook: an agent exiting with ExitReboot reboots its machine
+// (a new boot id, the agent started again at once), never this host.
+func TestAgentRebootHook(t *testing.T) {
+	t.Parallel()
+	r := newRuntime(t, Options{StartLimitBurst: 1})
+	m := simrun.Machine{Provider: "digitalocean", ID: "rb1", Hostname: "web-1", UserData: userData(rebootingAgent)}
+	if err := r.Boot(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	info := waitFor(t, r, "rb1", "rebooted once and running", func(i Info) bool {
+		return i.Reboots == 1 && i.State == StateAgentRunning && i.AgentStarts == 2
+	})
+	boots := strings.Fields(readFile(t, filepath.Join(info.Root, "boots")))
+	if len(boots) != 2 || boots[0] == boots[1] || boots[1] != info.BootID {
+		t.Errorf("boot ids seen by the agent %v, current %s; want two different, the last current", boots, info.BootID)
+	}
+}

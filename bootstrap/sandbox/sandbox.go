@@ -12,6 +12,7 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,7 +39,17 @@ const (
 	AgentPath     = "usr/local/bin/devpilot-agent"
 	ResultPath    = "var/lib/cloud/data/result.json"       // written when the user-data finished
 	BootFinished  = "var/lib/cloud/instance/boot-finished" // written when it succeeded
+	// BootIDPath holds the machine's boot id (DEVPILOT_AGENT_BOOT_ID_FILE),
+	// a fresh one at every boot: first boot, power on and reboot.
+	BootIDPath = "run/sandbox-boot-id"
 )
+
+// The reboot hook: the runtime starts agents with DEVPILOT_AGENT_REBOOT=exit,
+// so an agent asked to reboot says goodbye and exits with ExitReboot; the
+// runtime then reboots that machine (its processes stopped, a new boot id,
+// the agent started again at once), never this host. Options.AgentEnv can
+// override it (DEVPILOT_AGENT_REBOOT=none plays an agent without reboots).
+const ExitReboot = 194 // agent/runner.ExitReboot
 
 // Defaults for Options' zero values (systemd's, with Restart=always RestartSec=1).
 const (
@@ -90,6 +101,8 @@ type Info struct {
 	AgentStarts            int    // times the agent was started
 	AgentRestarts          int    // AgentStarts - 1, when positive
 	AgentLastExit          string // how the last agent process ended
+	Reboots                int    // reboots the agent asked for (ExitReboot)
+	BootID                 string // the current boot's id (BootIDPath)
 }
 
 // Runtime runs simulated machines as sandboxed processes. Safe for
@@ -242,6 +255,8 @@ func (r *Runtime) env(root string) []string {
 		"TMPDIR=" + filepath.Join(root, "tmp"),
 		"PATH=" + filepath.Join(root, "usr/local/bin") + ":" + path,
 		"LANG=C.UTF-8",
+		"DEVPILOT_AGENT_REBOOT=exit",
+		"DEVPILOT_AGENT_BOOT_ID_FILE=" + filepath.Join(root, BootIDPath),
 	}
 	return append(env, r.o.AgentEnv...)
 }
@@ -280,6 +295,7 @@ func (r *Runtime) supervise(mc *machine, script *exec.Cmd) {
 		return
 	}
 	mc.log.Info("user-data succeeded; starting the agent")
+	r.newBoot(mc, root)
 	r.runAgent(mc, root)
 }
 
@@ -310,6 +326,18 @@ func (r *Runtime) runAgent(mc *machine, root string) {
 		if stopped {
 			r.setState(mc, StateStopped)
 			return
+		}
+		if exit == fmt.Sprintf("exit status %d", ExitReboot) {
+			// The agent's reboot: not a failure, so no restart delay and
+			// no start limit; the machine boots again with a new boot id.
+			starts = starts[:len(starts)-1]
+			r.mu.Lock()
+			mc.info.Reboots++
+			r.mu.Unlock()
+			note(logPath, "devpilot-agent asked for a reboot; rebooting the machine")
+			mc.log.Info("machine rebooting, as its agent asked")
+			r.newBoot(mc, root)
+			continue
 		}
 		r.mu.Lock()
 		mc.info.AgentLastExit = exit
@@ -391,6 +419,23 @@ func (r *Runtime) wait(mc *machine, cmd *exec.Cmd) (stopped bool, err error) {
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	awaitGroupGone(pgid)
 	return true, err
+}
+
+// newBoot gives the machine a fresh boot id.
+func (r *Runtime) newBoot(mc *machine, root string) {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	id := fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+	p := filepath.Join(root, BootIDPath)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		mc.log.Warn("write boot id", zap.Error(err))
+	}
+	if err := os.WriteFile(p, []byte(id+"\n"), 0o644); err != nil {
+		mc.log.Warn("write boot id", zap.Error(err))
+	}
+	r.mu.Lock()
+	mc.info.BootID = id
+	r.mu.Unlock()
 }
 
 // awaitGroupGone gives a SIGKILLed process group a moment to disappear, so

@@ -59,6 +59,9 @@ type ActionStep struct {
 	StartedAt  *time.Time   `json:"started_at"`
 	FinishedAt *time.Time   `json:"finished_at"`
 	Error      *ErrorDetail `json:"error"`
+	// Detail says what the step did (e.g. "asked the agent to reboot",
+	// or why a reboot used the cloud's); absent until it is done.
+	Detail string `json:"detail,omitempty"`
 }
 
 // ActionList is GET …/servers/{id}/actions.

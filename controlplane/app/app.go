@@ -221,7 +221,11 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		Owner: leaseOwner(cfg.DataDir),
 		Live: func(id string) (provision.Live, bool) {
 			st, ok := a.Hub.Status(id)
-			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health}, ok
+			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health,
+				Capabilities: st.Capabilities, BootID: st.BootID}, ok
+		},
+		AskReboot: func(ctx context.Context, id, actionID string) error {
+			return a.Hub.Send(ctx, id, protocol.TypeReboot, protocol.Reboot{ID: actionID})
 		},
 		Disconnect:       func(id, code string) { a.Hub.Disconnect(id, code) },
 		Diagnose:         a.diagnoser(),
@@ -267,7 +271,15 @@ func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
 		Store: a.Store, Provider: a.Integrations.Provider, Interval: cfg.ReconcileInterval, Logger: cfg.Logger,
 		Live: func(id string) reconcile.Live {
 			st, _ := a.Hub.Status(id)
-			return reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen}
+			live := reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen}
+			if !st.Connected {
+				if le, ok := a.Hub.LastError(id); ok {
+					live.LastError = le.Reason
+				} else if r, err := a.Store.Q().AgentLastError(context.Background(), id); err == nil {
+					live.LastError = r // seen by another control plane, or before a restart
+				}
+			}
+			return live
 		},
 		Firewall: func(srv store.Server) (cloud.FirewallSpec, bool) {
 			var ports []int

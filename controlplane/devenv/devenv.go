@@ -54,6 +54,9 @@ type Config struct {
 	// as a process tree under DataDir/machines, no SSH diagnostics). The
 	// e2e suite plugs in real containers (e2e/nspawn).
 	Runtime simrun.Runtime
+	// AgentEnv is extra KEY=value environment for the sandbox's agents
+	// (e.g. DEVPILOT_AGENT_REBOOT=none plays agents older than protocol 1.1).
+	AgentEnv []string
 	// SSHAddr maps an instance's public IPv4 to its sshd (with Runtime).
 	SSHAddr func(publicIPv4 string) string
 }
@@ -133,7 +136,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	// process tree under DataDir/machines, with the agent supervised.
 	runtime := cfg.Runtime
 	if runtime == nil {
-		e.Machines = sandbox.New(sandbox.Options{Dir: filepath.Join(cfg.DataDir, "machines"), Logger: cfg.Logger.Named("sandbox")})
+		e.Machines = sandbox.New(sandbox.Options{Dir: filepath.Join(cfg.DataDir, "machines"), Logger: cfg.Logger.Named("sandbox"), AgentEnv: cfg.AgentEnv})
 		runtime = e.Machines
 	}
 	e.DO = dosim.New(dosim.Options{Logger: cfg.Logger.Named("dosim"), BootDelay: cfg.BootDelay, Runtime: runtime})

@@ -97,13 +97,23 @@ type harness struct {
 
 func start(t *testing.T) *harness {
 	t.Helper()
+	return startWith(t, nil)
+}
+
+// startWith is start with the dev environment's config adjusted by tweak.
+func startWith(t *testing.T, tweak func(*devenv.Config)) *harness {
+	t.Helper()
 	h := &harness{t: t, dir: t.TempDir(), logs: &syncBuffer{}, out: &syncBuffer{}}
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	log := zap.New(zapcore.NewCore(enc, zapcore.AddSync(h.logs), zapcore.DebugLevel))
-	env, err := devenv.Start(context.Background(), devenv.Config{
+	cfg := devenv.Config{
 		DataDir: h.dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", Logger: log, Out: h.out, BootDelay: 10 * time.Millisecond,
 		AgentDir: agentDir, HeartbeatInterval: time.Second, PollInterval: 50 * time.Millisecond,
-	})
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	env, err := devenv.Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start dev environment: %v", err)
 	}

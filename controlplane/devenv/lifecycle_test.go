@@ -21,6 +21,7 @@ type action struct {
 		StartedAt  *time.Time `json:"started_at"`
 		FinishedAt *time.Time `json:"finished_at"`
 		Error      *struct{ Code, Message, Hint string }
+		Detail     string `json:"detail"`
 	} `json:"steps"`
 	Error      *struct{ Code, Message, Hint string } `json:"error"`
 	FinishedAt *time.Time                            `json:"finished_at"`

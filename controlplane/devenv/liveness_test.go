@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,6 +96,15 @@ func TestLivenessExplainsItself(t *testing.T) {
 	got := h.waitState(sVU.ID, "agent_offline", time.Minute)
 	if got.StateReason == "" {
 		t.Error("agent_offline without a reason")
+	}
+	// The hub closed the frozen agent's session: that is its last error.
+	if !strings.Contains(got.StateReason, "last error: missed heartbeats") {
+		t.Errorf("agent_offline reason %q does not name the last error", got.StateReason)
+	}
+	// Kept in the database too (migration 00014), for other control planes
+	// and after a restart.
+	if le, err := h.env.App.Store.Q().AgentLastError(context.Background(), sVU.ID); err != nil || le != "missed heartbeats" {
+		t.Errorf("stored last error = %q, %v; want missed heartbeats", le, err)
 	}
 	t.Logf("agent_offline: %s", got.StateReason)
 	if err := killPID(info.AgentPID, "CONT"); err != nil {

@@ -59,6 +59,13 @@ type Registry interface {
 	SaveHealth(ctx context.Context, latest map[string]HealthSample) error
 }
 
+// ErrorRecorder is an optional extension of Registry: the hub calls it
+// with a server's last error (see LastError) when a session ends or is
+// refused, so it outlives this hub.
+type ErrorRecorder interface {
+	AgentError(ctx context.Context, serverID, reason string, at time.Time) error
+}
+
 // AgentKeys is what the hub checks a hello's signature against.
 type AgentKeys struct {
 	Enrolled    ed25519.PublicKey // nil: none (never enrolled, or rekeyed)
@@ -158,7 +165,14 @@ type Status struct {
 	Health       *protocol.Health
 	AgentVersion string
 	RemoteAddr   string
+	// Capabilities and BootID are what the session's hello advertised
+	// (protocol 1.1; empty from older agents).
+	Capabilities []string
+	BootID       string
 }
+
+// maxLastErrors bounds the remembered last errors (one per server).
+const maxLastErrors = 100_000
 
 // Hub serves agent sessions. Create it with New, mount it at protocol.Path,
 // and Close it on shutdown.
@@ -196,6 +210,9 @@ type Hub struct {
 
 	hmu     sync.Mutex
 	pending map[string]HealthSample
+
+	emu       sync.Mutex
+	lastError map[string]LastError // by server id
 
 	stop      chan struct{}
 	loopDone  chan struct{}
@@ -253,6 +270,7 @@ func New(o Options) *Hub {
 		all:       map[*session]struct{}{},
 		takeovers: map[string][]takeover{},
 		pending:   map[string]HealthSample{},
+		lastError: map[string]LastError{},
 		stop:      make(chan struct{}),
 		loopDone:  make(chan struct{}),
 	}
@@ -292,6 +310,8 @@ func (h *Hub) Status(serverID string) (Status, bool) {
 		LastSeen:     time.Unix(0, s.lastSeen.Load()),
 		AgentVersion: s.agentVersion,
 		RemoteAddr:   s.remote,
+		Capabilities: s.capabilities,
+		BootID:       s.bootID,
 	}
 	if hp := s.health.Load(); hp != nil {
 		c := *hp
@@ -299,6 +319,50 @@ func (h *Hub) Status(serverID string) (Status, bool) {
 		st.Health = &c
 	}
 	return st, true
+}
+
+// LastError is why a server's last session ended (its goodbye, the read
+// error, or the hub closing it) or the hub's last refusal of it.
+type LastError struct {
+	Reason string
+	At     time.Time
+}
+
+// LastError returns what ended serverID's last session, or refused it; false
+// when this hub saw none.
+func (h *Hub) LastError(serverID string) (LastError, bool) {
+	h.emu.Lock()
+	defer h.emu.Unlock()
+	e, ok := h.lastError[serverID]
+	return e, ok
+}
+
+func (h *Hub) noteError(serverID, reason string) {
+	if serverID == "" || reason == "" {
+		return
+	}
+	h.emu.Lock()
+	defer h.emu.Unlock()
+	if _, ok := h.lastError[serverID]; !ok && len(h.lastError) >= maxLastErrors {
+		return
+	}
+	h.lastError[serverID] = LastError{Reason: cut(reason, protocol.MaxReasonBytes), At: h.now()}
+}
+
+// recordError notes the last error and hands it to the Registry when it
+// is an ErrorRecorder. Not with a lifecycle stripe held for long: one
+// bounded store call.
+func (h *Hub) recordError(serverID, reason string) {
+	h.noteError(serverID, reason)
+	rec, ok := h.reg.(ErrorRecorder)
+	if !ok || serverID == "" || reason == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), registryWait)
+	defer cancel()
+	if err := rec.AgentError(ctx, serverID, cut(reason, protocol.MaxReasonBytes), h.now()); err != nil {
+		h.log.Warn("record agent error failed", zap.String("server", serverID), zap.Error(err))
+	}
 }
 
 // Send delivers one message to serverID's agent. It returns ErrNotConnected

@@ -29,6 +29,8 @@ type session struct {
 	// Set once authenticated, read-only afterwards.
 	serverID     string
 	agentVersion string
+	capabilities []string // hello's (protocol 1.1)
+	bootID       string   // hello's facts.boot_id (protocol 1.1)
 	since        time.Time
 	ctx          context.Context
 	cancel       context.CancelFunc
@@ -39,6 +41,7 @@ type session struct {
 	wmu       chan struct{} // one data writer at a time; cap 1
 	closeOnce sync.Once
 	closedBy  atomic.Pointer[string] // why the hub closed it
+	goodbye   atomic.Pointer[protocol.Goodbye]
 }
 
 // refusal is why a handshake failed: code is sent to the agent (empty: just
@@ -240,6 +243,12 @@ func (h *Hub) refuse(s *session, serverID string, r *refusal) {
 		return
 	}
 	h.m.authFailures.WithLabelValues(r.reason).Inc()
+	switch r.reason {
+	case reasonQuarantined, reasonKeyRevoked, reasonDeleted:
+		// Only refusals of a server that exists: an unknown peer cannot
+		// make the hub remember arbitrary ids.
+		h.recordError(serverID, "refused by the control plane: "+r.reason)
+	}
 	fields := []zap.Field{zap.String("server", serverID), zap.String("remote", s.remote), zap.String("reason", r.reason)}
 	if r.detail != "" {
 		fields = append(fields, zap.String("detail", r.detail))
@@ -267,6 +276,10 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 	id := hello.ServerID
 	s.serverID = id
 	s.agentVersion = hello.AgentVersion
+	for _, c := range hello.Capabilities[:min(len(hello.Capabilities), 16)] {
+		s.capabilities = append(s.capabilities, cut(c, 64))
+	}
+	s.bootID = cut(hello.Facts.BootID, 64)
 	s.since = h.now()
 	s.lastSeen.Store(s.since.UnixNano())
 	// Not a child of h.ctx (that costs an entry in its children map per
@@ -421,6 +434,20 @@ func (h *Hub) unregister(s *session, reason string) {
 	if by := s.closedBy.Load(); by != nil {
 		reason = *by
 	}
+	if g := s.goodbye.Load(); g != nil {
+		reason = "agent said goodbye: " + g.Reason
+		if g.RebootID != "" {
+			reason += " (" + g.RebootID + ")"
+		}
+		if g.Error != "" {
+			reason += ": " + g.Error
+		}
+	}
+	if mine && h.ctx.Err() == nil {
+		// Not when the hub itself is closing: that is no agent error, and
+		// it would cost a store write per session on shutdown.
+		h.recordError(s.serverID, reason)
+	}
 	h.log.Info("agent disconnected", zap.String("server", s.serverID), zap.String("remote", s.remote),
 		zap.String("reason", reason), zap.Duration("session", h.now().Sub(s.since)))
 	if !mine {
@@ -472,6 +499,16 @@ func (h *Hub) readLoop(s *session) string {
 }
 
 func (h *Hub) dispatch(s *session, env protocol.Envelope) {
+	if env.Type == protocol.TypeGoodbye {
+		var g protocol.Goodbye
+		if err := protocol.DecodeData(env, &g); err != nil {
+			h.complain(s, err.Error())
+			return
+		}
+		g.Reason, g.RebootID, g.Error = cut(g.Reason, 64), cut(g.RebootID, maxServerID), cut(g.Error, protocol.MaxReasonBytes)
+		s.goodbye.Store(&g)
+		return
+	}
 	if env.Type == protocol.TypeHeartbeat {
 		var hb protocol.Heartbeat
 		if err := protocol.DecodeData(env, &hb); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/shared/protocol"
 )
 
 // Lifecycle actions (issue 11): a durable job per action, recorded in
@@ -45,7 +46,7 @@ const (
 	ActStepWaitOff   = "wait_off"
 	ActStepPowerOn   = "power_on"
 	ActStepWaitOn    = "wait_on"
-	ActStepReboot    = "reboot" // the cloud's reboot (graceful) or power_cycle (hard)
+	ActStepReboot    = "reboot" // asks the agent (graceful), else the cloud's reboot; hard: power_cycle
 	ActStepWaitBoot  = "wait_reboot"
 	ActStepResize    = "resize"
 	ActStepWaitSize  = "wait_resize"
@@ -60,6 +61,17 @@ const (
 // without renewal; the job renews it every third of that, so another
 // control plane takes a dead one's action over within ActionLease.
 var ActionLease = 30 * time.Second
+
+// AgentRebootTimeout is how long a graceful reboot waits for the agent it
+// asked to come back with a new boot before it falls back to the cloud's
+// reboot.
+var AgentRebootTimeout = 5 * time.Minute
+
+// How a reboot was made (actionParams.RebootVia), recorded before it starts.
+const (
+	rebootViaAgent = "agent"
+	rebootViaCloud = "cloud"
+)
 
 // ShutdownTimeout is how long power_off waits for a graceful shutdown
 // before it powers the instance off.
@@ -86,6 +98,13 @@ type actionParams struct {
 	OldPorts []int  `json:"old_ports,omitempty"`
 	Name     string `json:"name,omitempty"`
 	OldName  string `json:"old_name,omitempty"`
+	// Graceful reboot: how (agent or cloud), recorded before asking, so
+	// a restarted job never asks twice; the agent's boot id before; and
+	// the fallback to the cloud's reboot, with why.
+	RebootVia   string `json:"reboot_via,omitempty"`
+	AgentBoot   string `json:"agent_boot,omitempty"`
+	Fallback    bool   `json:"fallback,omitempty"`
+	FallbackWhy string `json:"fallback_why,omitempty"`
 }
 
 func (p actionParams) view(typ string) map[string]any {
@@ -93,6 +112,12 @@ func (p actionParams) view(typ string) map[string]any {
 	switch typ {
 	case apitypes.ActionReboot:
 		m["hard"] = p.Hard
+		if p.RebootVia != "" {
+			m["via"] = p.RebootVia
+		}
+		if p.Fallback {
+			m["fallback"] = p.FallbackWhy
+		}
 	case apitypes.ActionPowerOff:
 		m["force"] = p.Force
 	case apitypes.ActionResize:
@@ -287,7 +312,8 @@ func actionView(a store.ServerAction) *apitypes.Action {
 	v := &apitypes.Action{ID: a.ID, ServerID: a.ServerID, Type: a.Type, Params: p.view(a.Type), State: a.State,
 		Steps: []apitypes.ActionStep{}, CreatedAt: a.CreatedAt, FinishedAt: a.FinishedAt}
 	for _, st := range steps {
-		v.Steps = append(v.Steps, apitypes.ActionStep{Name: st.Name, State: st.State, StartedAt: st.StartedAt, FinishedAt: st.FinishedAt, Error: st.Error})
+		v.Steps = append(v.Steps, apitypes.ActionStep{Name: st.Name, State: st.State, StartedAt: st.StartedAt, FinishedAt: st.FinishedAt,
+			Error: st.Error, Detail: st.Detail})
 	}
 	if a.ErrorJSON != "" {
 		var e apitypes.ErrorDetail
@@ -663,6 +689,8 @@ func (j *actionJob) cloudType(step string) string {
 			return cloud.PowerCycle
 		}
 		return cloud.PowerReboot
+	case ActStepWaitBoot: // the fallback of a graceful reboot
+		return cloud.PowerReboot
 	case ActStepResize:
 		return "resize"
 	case ActStepRename:
@@ -673,7 +701,11 @@ func (j *actionJob) cloudType(step string) string {
 
 // waitPrev waits for the cloud action of step i-1.
 func (j *actionJob) waitPrev(ctx context.Context, i int, timeout time.Duration) (string, error) {
-	prev := j.steps[i-1]
+	return j.waitRef(ctx, j.steps[i-1], timeout)
+}
+
+// waitRef waits for the cloud action step st recorded.
+func (j *actionJob) waitRef(ctx context.Context, prev actionStep, timeout time.Duration) (string, error) {
 	if prev.Ref == nil {
 		return "nothing to wait for", nil
 	}
@@ -688,6 +720,111 @@ func (j *actionJob) waitPrev(ctx context.Context, i int, timeout time.Duration) 
 			Message: "the cloud reports the " + prev.Ref.Type + " action errored", Hint: "Look at the instance in the cloud's console, then try again."}
 	}
 	return prev.Ref.Type + " completed", nil
+}
+
+// reboot is the reboot step. Graceful (not hard): when the agent is
+// connected and offers reboots (protocol 1.1) it is asked, recorded
+// before asking; else the cloud's graceful reboot, and the detail says why.
+func (j *actionJob) reboot(ctx context.Context, i int, resumed bool) (string, error) {
+	st := &j.steps[i]
+	power := func() (cloud.ActionRef, error) { return j.lc.Power(ctx, j.srv.InstanceID, j.cloudType(st.Name)) }
+	if j.p.Hard {
+		return j.cloudStep(ctx, i, resumed, power)
+	}
+	switch j.p.RebootVia {
+	case rebootViaAgent:
+		return "asked the agent to reboot (boot " + j.p.AgentBoot + "; recorded before a restart)", nil
+	case rebootViaCloud:
+		return j.cloudStep(ctx, i, resumed, power)
+	}
+	why := "the agent is not connected"
+	if j.s.live != nil && j.s.o.AskReboot != nil {
+		if l, ok := j.s.live(j.srv.ID); ok && l.Connected {
+			why = "the agent does not offer reboots (protocol 1.0); the cloud's graceful reboot"
+			if slices.Contains(l.Capabilities, protocol.CapReboot) && l.BootID != "" {
+				j.p.RebootVia, j.p.AgentBoot = rebootViaAgent, l.BootID
+				if err := j.save(ctx); err != nil {
+					return "", err
+				}
+				if err := j.s.o.AskReboot(ctx, j.srv.ID, j.a.ID); err != nil {
+					// Perhaps sent, perhaps not: wait_reboot waits for a new
+					// boot and falls back to the cloud's reboot after
+					// AgentRebootTimeout.
+					return "asking the agent failed (" + err.Error() + "); waiting for it anyway", nil
+				}
+				return "asked the agent to reboot (boot " + l.BootID + ")", nil
+			}
+		}
+	}
+	j.p.RebootVia = rebootViaCloud
+	if err := j.save(ctx); err != nil {
+		return "", err
+	}
+	d, err := j.cloudStep(ctx, i, false, power)
+	if err != nil {
+		return "", err
+	}
+	return why + ": " + d, nil
+}
+
+// waitReboot is the wait_reboot step: for the agent's reboot, until it is
+// back with a new boot id (no cloud action), falling back to the cloud's
+// reboot after AgentRebootTimeout; else for the cloud's action.
+func (j *actionJob) waitReboot(ctx context.Context, i int, resumed bool) (string, error) {
+	st := &j.steps[i]
+	if j.p.RebootVia != rebootViaAgent {
+		return j.waitPrev(ctx, i, j.s.o.StepTimeout)
+	}
+	fallbackResumed := resumed && j.p.Fallback
+	if !j.p.Fallback {
+		d, err := j.waitNewBoot(ctx)
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			return d, err
+		}
+		j.p.Fallback = true
+		j.p.FallbackWhy = "the agent did not come back with a new boot within " + AgentRebootTimeout.String()
+		if err := j.save(ctx); err != nil {
+			return "", err
+		}
+		j.log.Warn("graceful reboot by the agent timed out; using the cloud's reboot")
+	}
+	d, err := j.cloudStep(ctx, i, fallbackResumed, func() (cloud.ActionRef, error) {
+		return j.lc.Power(ctx, j.srv.InstanceID, cloud.PowerReboot)
+	})
+	if err != nil {
+		return "", err
+	}
+	w, err := j.waitRef(ctx, *st, j.s.o.StepTimeout)
+	if err != nil {
+		return "", err
+	}
+	return j.p.FallbackWhy + "; fell back to the cloud's reboot: " + d + ", " + w, nil
+}
+
+// waitNewBoot waits until the agent is connected with a boot id other
+// than the one before the reboot; context.DeadlineExceeded after
+// AgentRebootTimeout.
+func (j *actionJob) waitNewBoot(ctx context.Context) (string, error) {
+	wake := j.s.waiter(j.srv.ID)
+	deadline := time.NewTimer(AgentRebootTimeout)
+	defer deadline.Stop()
+	for {
+		if l, ok := j.s.live(j.srv.ID); ok && l.Connected && l.BootID != "" && l.BootID != j.p.AgentBoot {
+			return "the agent is back with a new boot (" + j.p.AgentBoot + " → " + l.BootID + ")", nil
+		}
+		t := time.NewTimer(j.s.o.PollInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", ctx.Err()
+		case <-deadline.C:
+			t.Stop()
+			return "", context.DeadlineExceeded
+		case <-wake:
+			t.Stop()
+		case <-t.C:
+		}
+	}
 }
 
 func (j *actionJob) do(ctx context.Context, i int, resumed bool) (string, error) {
@@ -717,7 +854,9 @@ func (j *actionJob) do(ctx context.Context, i int, resumed bool) (string, error)
 		}
 		return j.cloudStep(ctx, i, resumed, func() (cloud.ActionRef, error) { return j.lc.Power(ctx, id, j.cloudType(st.Name)) })
 	case ActStepReboot:
-		return j.cloudStep(ctx, i, resumed, func() (cloud.ActionRef, error) { return j.lc.Power(ctx, id, j.cloudType(st.Name)) })
+		return j.reboot(ctx, i, resumed)
+	case ActStepWaitBoot:
+		return j.waitReboot(ctx, i, resumed)
 	case ActStepResize:
 		return j.cloudStep(ctx, i, resumed, func() (cloud.ActionRef, error) { return j.lc.Resize(ctx, id, j.p.Size) })
 	case ActStepRename:
@@ -737,7 +876,7 @@ func (j *actionJob) do(ctx context.Context, i int, resumed bool) (string, error)
 			return "", err
 		}
 		return d, nil
-	case ActStepWaitOn, ActStepWaitBoot, ActStepWaitSize, ActStepWaitName:
+	case ActStepWaitOn, ActStepWaitSize, ActStepWaitName:
 		return j.waitPrev(ctx, i, j.s.o.StepTimeout)
 	case ActStepWaitAgent:
 		return j.waitAgentBack(ctx, *st.StartedAt)

@@ -101,6 +101,9 @@ type Live struct {
 	Since     time.Time
 	LastSeen  time.Time
 	Health    *protocol.Health
+	// Capabilities and BootID are the session's hello's (protocol 1.1).
+	Capabilities []string
+	BootID       string
 }
 
 // Options configure the Service.
@@ -111,6 +114,9 @@ type Options struct {
 	UserData     UserDataFunc
 	Live         LiveFunc                    // nil: no live view
 	Disconnect   func(serverID, code string) // ends an agent session, telling it why (protocol.Err*)
+	// AskReboot sends the server's agent a reboot request (protocol 1.1)
+	// named id; nil: reboots always use the cloud's.
+	AskReboot    func(ctx context.Context, serverID, id string) error
 	Logger       *zap.Logger
 	Now          func() time.Time
 	AgentTimeout time.Duration // wait_agent deadline; default 15 min

@@ -164,6 +164,12 @@ func (r *Registry) Disconnected(ctx context.Context, serverID string, at time.Ti
 	return err
 }
 
+// AgentError implements hub.ErrorRecorder: the server's last agent error,
+// named by agent_offline (controlplane/reconcile).
+func (r *Registry) AgentError(ctx context.Context, serverID, reason string, _ time.Time) error {
+	return r.s.store.Q().SetAgentLastError(ctx, serverID, reason)
+}
+
 // SaveHealth implements hub.Registry.
 func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthSample) error {
 	err := r.s.store.InTx(ctx, func(q *store.Queries) error {

@@ -43,6 +43,10 @@ var watched = []string{StateOnline, StateOffline, StateAgentOffline, StateStoppe
 type Live struct {
 	Connected bool
 	LastSeen  time.Time
+	// LastError is why the agent's last session ended or was refused
+	// (the hub's view, e.g. its goodbye or "missed heartbeats"); "" if
+	// this control plane saw none.
+	LastError string
 }
 
 // Options configure a Reconciler.
@@ -198,6 +202,9 @@ func (r *Reconciler) integration(ctx context.Context, integrationID string, serv
 				reason += fmt.Sprintf(" for %s (last seen %s)", r.o.Now().Sub(live.LastSeen).Round(time.Second), live.LastSeen.UTC().Format(time.RFC3339))
 			} else if s.LastSeenAt != nil {
 				reason += fmt.Sprintf(" for %s (last seen %s)", r.o.Now().Sub(*s.LastSeenAt).Round(time.Second), s.LastSeenAt.UTC().Format(time.RFC3339))
+			}
+			if live.LastError != "" {
+				reason += "; last error: " + live.LastError
 			}
 			reason += "; look at the agent on the server (journalctl -u devpilot-agent)"
 			r.observe(ctx, s, StateAgentOffline, reason)

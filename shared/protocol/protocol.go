@@ -11,6 +11,8 @@
 //	agent → hub    heartbeat {health}                                every heartbeat_interval_s
 //	hub   → agent  task / cancel / task_ack                        (deployment tasks)
 //	agent → hub    task_log / task_result                          (deployment tasks)
+//	hub   → agent  reboot    {id}            only if hello.capabilities has "reboot"
+//	agent → hub    goodbye   {reason, reboot_id?}   then a normal close frame
 //
 // The signature in hello is ed25519 over SignedMessage(nonce, server_id):
 // on enrollment it proves possession of the key being registered, later it
@@ -26,7 +28,23 @@ import (
 // Version is the protocol the code speaks. Bump it with a dated line:
 //
 //	1 (2026-11-23): challenge, hello, welcome, error, heartbeat; task, cancel, task_ack, task_log, task_result (tasks.go).
+//
+// Minor versions add optional fields and messages only: the envelope's v
+// stays Version, old peers ignore what they do not know, and a side sends a
+// new message only when the other advertised it (Hello.Capabilities).
+//
+//	1.1 (2026-12-02): hello.capabilities ("reboot"), facts.boot_id; reboot (hub → agent), goodbye (agent → hub).
 const Version = 1
+
+// Minor is the minor version the code speaks (see Version).
+const Minor = 1
+
+// Capabilities an agent advertises in Hello.Capabilities.
+const (
+	// CapReboot: the agent reboots its host when sent a reboot message
+	// (saying goodbye first), and reports Facts.BootID.
+	CapReboot = "reboot"
+)
 
 // MinVersion is the oldest agent protocol the hub still accepts, so a fleet
 // provisioned months ago keeps working after a control plane upgrade.
@@ -62,6 +80,8 @@ const (
 	TypeTaskAck    = "task_ack"
 	TypeTaskLog    = "task_log"
 	TypeTaskResult = "task_result"
+	TypeReboot     = "reboot"  // 1.1, hub → agent, to agents with CapReboot
+	TypeGoodbye    = "goodbye" // 1.1, agent → hub, before the agent closes its session
 )
 
 // Envelope is one message on the wire.
@@ -92,6 +112,19 @@ type Hello struct {
 	Signature      []byte `json:"signature"`                 // over SignedMessage(nonce, server_id)
 	AgentVersion   string `json:"agent_version"`
 	Facts          Facts  `json:"facts"`
+	// Capabilities (1.1) lists what the agent can do beyond protocol 1
+	// (Cap*); absent from older agents.
+	Capabilities []string `json:"capabilities,omitempty"`
+}
+
+// HasCapability reports whether the hello advertised c.
+func (h Hello) HasCapability(c string) bool {
+	for _, x := range h.Capabilities {
+		if x == c {
+			return true
+		}
+	}
+	return false
 }
 
 // Facts describe the host, sent at every hello.
@@ -104,6 +137,33 @@ type Facts struct {
 	CPUs     int    `json:"cpus"`
 	MemoryMB int    `json:"memory_mb"`
 	Systemd  bool   `json:"systemd"` // running under systemd
+	// BootID (1.1) names the host's current boot
+	// (/proc/sys/kernel/random/boot_id): a reboot changes it, a reconnect
+	// does not.
+	BootID string `json:"boot_id,omitempty"`
+}
+
+// MaxReasonBytes bounds Goodbye.Reason.
+const MaxReasonBytes = 512
+
+// Reboot (1.1) asks the agent to reboot its host. ID names the request
+// (the control plane's action id), echoed in Goodbye.RebootID.
+type Reboot struct {
+	ID string `json:"id"`
+}
+
+// Goodbye reasons.
+const (
+	GoodbyeReboot   = "reboot"   // rebooting the host, as asked by RebootID
+	GoodbyeShutdown = "shutdown" // the agent is stopping
+	GoodbyeError    = "error"    // the agent failed; Error says how
+)
+
+// Goodbye (1.1) is the agent's last message of a session: why it closes.
+type Goodbye struct {
+	Reason   string `json:"reason"`
+	RebootID string `json:"reboot_id,omitempty"`
+	Error    string `json:"error,omitempty"` // at most MaxReasonBytes
 }
 
 // SignedMessage is what the agent signs in hello.

@@ -58,6 +58,11 @@ func goldens() []golden {
 				{Name: "restart", Kind: KindSystemd, Systemd: &SystemdSpec{Unit: "app.service", Action: "restart"}},
 				{Name: "check", Kind: KindExec, Exec: &ExecSpec{Argv: []string{"/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/healthz"}}},
 			}}}},
+		{"hello_auth_capabilities", TypeHello, &Hello{ServerID: "srv_01JD3Q7Z8X", Mode: ModeAuth,
+			PublicKey: seq(32, 100), Signature: seq(64, 1), AgentVersion: "0.2.0", Facts: withBoot(facts),
+			Capabilities: []string{CapReboot}}},
+		{"reboot", TypeReboot, &Reboot{ID: "act_01JE0R3B00T"}},
+		{"goodbye", TypeGoodbye, &Goodbye{Reason: GoodbyeReboot, RebootID: "act_01JE0R3B00T"}},
 		{"cancel", TypeCancel, &Cancel{TaskID: "tsk_01JD4A2B3C"}},
 		{"task_ack", TypeTaskAck, &TaskAck{TaskID: "tsk_01JD4A2B3C", LogSeq: 42, Final: true}},
 		{"task_log", TypeTaskLog, &TaskLog{TaskID: "tsk_01JD4A2B3D", Seq: 7, Stream: StreamStdout, Step: 3, Data: []byte("ok\n")}},
@@ -69,6 +74,35 @@ func goldens() []golden {
 					ActiveState: "active", SubState: "running", UnitFile: "enabled"}},
 				{Name: "check", Kind: KindExec, State: TaskFailed, ExitCode: &exit22, Error: "exit status 22"},
 			}}},
+	}
+}
+
+func withBoot(f Facts) Facts {
+	f.BootID = "2f0c8e3a-6a1b-4d1e-9c57-0f3b8d2a7e41"
+	return f
+}
+
+// A 1.0 agent's hello (no capabilities, no boot id) still decodes, and says
+// it cannot reboot.
+func TestOldHelloHasNoCapabilities(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("testdata", "hello_auth.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := Decode(bytes.TrimSpace(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h Hello
+	if err := DecodeData(e, &h); err != nil {
+		t.Fatal(err)
+	}
+	if h.HasCapability(CapReboot) || h.Facts.BootID != "" {
+		t.Errorf("old hello decoded as %+v", h)
+	}
+	n := Hello{Capabilities: []string{"later", CapReboot}}
+	if !n.HasCapability(CapReboot) {
+		t.Errorf("HasCapability missed %q", CapReboot)
 	}
 }
 
@@ -159,6 +193,10 @@ func payloadFor(typ string) any {
 		return &TaskLog{}
 	case TypeTaskResult:
 		return &TaskResult{}
+	case TypeReboot:
+		return &Reboot{}
+	case TypeGoodbye:
+		return &Goodbye{}
 	}
 	var v any
 	return &v
