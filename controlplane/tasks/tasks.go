@@ -21,6 +21,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/hub"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/problem"
@@ -52,9 +53,13 @@ type Options struct {
 	Hub   Sender       // required
 	// Keys encrypts task specs at rest (environment values and file
 	// contents may be secrets); required.
-	Keys   *secrets.Keyring
-	Logger *zap.Logger
-	Now    func() time.Time
+	Keys *secrets.Keyring
+	// Actions runs a deployment's firewall steps as the server's ports
+	// lifecycle action (provision.Service); nil: plans with firewall steps
+	// are refused.
+	Actions Actions
+	Logger  *zap.Logger
+	Now     func() time.Time
 	// SweepInterval is how often overdue tasks are looked for.
 	SweepInterval time.Duration
 	// DeadlineGrace is how long after its deadline an unfinished task is
@@ -102,6 +107,12 @@ type Service struct {
 	kicked  map[string]bool // deployments to advance
 	kickSig chan struct{}
 	started bool
+}
+
+// Actions starts lifecycle actions under a chosen id: if an action with
+// that id exists on the server, it is returned as it stands.
+type Actions interface {
+	StartActionID(ctx context.Context, id, actor, workspaceID, serverID string, req apitypes.ActionRequest) (*apitypes.Action, error)
 }
 
 // New returns a Service; Start runs its background work.
