@@ -349,7 +349,8 @@ func (s *Service) advance(ctx context.Context, id string) error {
 	for b := range batches {
 		var missing []store.DeploymentTarget
 		done, failed := true, 0
-		for _, t := range ts {
+		for i := range ts {
+			t := &ts[i]
 			if t.Batch != b {
 				continue
 			}
@@ -359,7 +360,7 @@ func (s *Service) advance(ctx context.Context, id string) error {
 			}
 			switch st {
 			case targetNeedsTask:
-				missing = append(missing, t)
+				missing = append(missing, *t)
 				done = false
 			case targetBusy:
 				done = false
@@ -413,8 +414,9 @@ const (
 // stepTarget moves a target through the phases that are done and says
 // where it stands. A firewall phase records its ports action's id on the
 // target before it starts the action, so a control plane resumed after a
-// crash waits on that action rather than starting a second one.
-func (s *Service) stepTarget(ctx context.Context, d store.Deployment, phases []Phase, t store.DeploymentTarget, tasks map[string]store.Task) (targetStatus, error) {
+// crash waits on that action rather than starting a second one. It
+// updates t as it moves it on.
+func (s *Service) stepTarget(ctx context.Context, d store.Deployment, phases []Phase, t *store.DeploymentTarget, tasks map[string]store.Task) (targetStatus, error) {
 	for {
 		switch {
 		case t.Skipped || t.Error != "":
@@ -485,7 +487,7 @@ func (s *Service) stepTarget(ctx context.Context, d store.Deployment, phases []P
 	}
 }
 
-func (s *Service) failTarget(ctx context.Context, d store.Deployment, t store.DeploymentTarget, ph Phase, msg string) error {
+func (s *Service) failTarget(ctx context.Context, d store.Deployment, t *store.DeploymentTarget, ph Phase, msg string) error {
 	msg = fmt.Sprintf("firewall step %d (ports %v): %s", ph.Step+1, ph.Ports, msg)
 	s.log.Info("deployment firewall step failed", zap.String("deployment", d.ID), zap.String("server", t.ServerID), zap.String("why", msg))
 	return s.store.Q().FailTarget(ctx, d.ID, t.Position, msg)
@@ -504,6 +506,9 @@ func (s *Service) startBatch(ctx context.Context, d store.Deployment, phases []P
 	created := make([]store.Task, 0, len(targets))
 	err := s.store.InTx(ctx, func(q *store.Queries) error {
 		for _, t := range targets {
+			if t.Phase >= len(phases) || phases[t.Phase].Deploy == nil {
+				return fmt.Errorf("target %d of deployment %s is not in a deploy phase", t.Position, d.ID)
+			}
 			pt := protocol.Task{ID: ids.New("task"), Kind: protocol.KindDeploy, Deadline: now.Add(time.Duration(d.DeadlineS) * time.Second),
 				Deploy: phases[t.Phase].Deploy}
 			task, err := s.newTask(pt, d.WorkspaceID, t.ServerID, d.ID, d.CreatedBy, now)
