@@ -63,6 +63,9 @@ func FuzzParse(f *testing.F) {
 		"steps:\n  - kind: file\n    path: /etc/motd\n    content: hi\n",
 		"{\"steps\": [{\"kind\": \"exec\", \"argv\": [\"true\"]}]}",
 		"steps: [\n", "", "- a\n- b\n", "steps:\n  - argv: [!!binary /w==]\n",
+		"steps:\n  - kind: firewall\n    ports: [22, 8080]\n  - kind: exec\n    argv: [true]\n",
+		"steps:\n  - kind: firewall\n    ports: [22, 22, 0, 65536, -1]\n",
+		"steps:\n  - kind: exec\n    argv: [a]\n  - kind: firewall\n    ports: [1]\n  - kind: file\n    path: /x\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -77,6 +80,31 @@ func FuzzParse(f *testing.F) {
 					t.Fatalf("accepted non-UTF-8 argv %q", a)
 				}
 			}
+		}
+		// What the API's door accepts: firewall ports in range, each once,
+		// sorted; every step in exactly one phase, in order.
+		phases, err := req.Plan.Build()
+		if err != nil {
+			return
+		}
+		n := 0
+		for _, ph := range phases {
+			if ph.Step != n {
+				t.Fatalf("phase starts at step %d, want %d", ph.Step, n)
+			}
+			if ph.Deploy != nil {
+				n += len(ph.Deploy.Steps)
+				continue
+			}
+			n++
+			for i, p := range ph.Ports {
+				if p < 1 || p > 65535 || i > 0 && p <= ph.Ports[i-1] {
+					t.Fatalf("accepted ports %v", ph.Ports)
+				}
+			}
+		}
+		if n != len(req.Plan.Steps) {
+			t.Fatalf("phases cover %d of %d steps", n, len(req.Plan.Steps))
 		}
 	})
 }
