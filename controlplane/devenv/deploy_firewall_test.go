@@ -282,3 +282,32 @@ func TestControlPlaneKilledDuringFirewallStep(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployFirewallStepFailureFailsTheServer: with the integration's token
+// revoked, the firewall step's ports action fails; the deployment fails
+// that server with the action's error and never runs the exec step.
+func TestDeployFirewallStepFailureFailsTheServer(t *testing.T) {
+	h := start(t)
+	_, do, _ := h.connect("digitalocean", "do", h.env.Values["DO_SIM_TOKEN"])
+	srv := h.createServer(do.ID, "fw-fail", "nyc3", "s-1vcpu-1gb", "debian-12", []int{22, 80, 443})
+	h.waitServer(srv.ID, 90*time.Second, "online", online)
+	h.env.DO.RemoveToken(h.env.Values["DO_SIM_TOKEN"])
+	var d fwDeployment
+	if c := h.api("POST", "/v1/workspaces/default/deployments", map[string]any{"servers": []string{srv.ID}, "plan": firewallPlan}, &d); c != http.StatusAccepted {
+		t.Fatalf("deploy: %d %+v", c, d)
+	}
+	d = waitDeployment(t, h.api, d.ID, 2*time.Minute)
+	if d.State != "failed" || len(d.Targets) != 1 || d.Targets[0].State != "failed" {
+		t.Fatalf("deployment: %+v", d)
+	}
+	if e := d.Targets[0].Error; !strings.Contains(e, "firewall step 1 (ports [22 8080])") {
+		t.Errorf("target error %q does not name the firewall step", e)
+	}
+	if d.Targets[0].TaskID != "" {
+		t.Errorf("the exec step ran (task %s) after the firewall step failed", d.Targets[0].TaskID)
+	}
+	acts := portsActions(t, h.api, srv.ID)
+	if len(acts) != 1 || acts[0].State != "failed" || acts[0].Error == nil || !strings.Contains(d.Targets[0].Error, acts[0].Error.Message) {
+		t.Errorf("ports actions %+v; target error %q should carry the action's", acts, d.Targets[0].Error)
+	}
+}
