@@ -200,7 +200,7 @@ func (p Plan) Build() ([]Phase, error) {
 		if len(st.Name) > 100 {
 			return nil, bad("", "%s: name is longer than 100 characters", where)
 		}
-		if !st.StepFields.empty() {
+		if !st.empty() {
 			return nil, bad("A firewall step takes only ports, e.g. {\"kind\":\"firewall\",\"ports\":[22,8080]}.", "%s: firewall step with exec, systemd or file fields", where)
 		}
 		ports, err := CheckPorts(st.Ports, where+": ")
