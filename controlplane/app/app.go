@@ -227,6 +227,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		Diagnose:         a.diagnoser(),
 		EnrollOverSSH:    a.enrollOverSSH(),
 		OnAgentConnected: func(id string) { a.Tasks.AgentConnected(id) },
+		OnActionDone:     func(id string) { a.Tasks.ActionDone(id) },
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})

@@ -24,3 +24,9 @@ func (s *Service) StartActionID(ctx context.Context, id, actor, workspaceID, ser
 	}
 	return a, err
 }
+
+func (s *Service) actionDone(id string) {
+	if s.o.OnActionDone != nil {
+		s.o.OnActionDone(id)
+	}
+}

@@ -443,6 +443,7 @@ func (s *Service) runAction(ctx context.Context, id string) {
 	j.a.State, j.a.FinishedAt = apitypes.ActionSucceeded, &now
 	if err := j.save(ctx); err == nil {
 		j.log.Info("action succeeded")
+		j.s.actionDone(j.a.ID)
 	}
 }
 
@@ -476,6 +477,7 @@ func (j *actionJob) fail(ctx context.Context, i int, err error) {
 	j.a.State, j.a.FinishedAt, j.a.ErrorJSON = apitypes.ActionFailed, &now, string(b)
 	if serr := j.save(ctx); serr == nil {
 		j.log.Warn("action failed", zap.String("step", j.steps[i].Name), zap.String("code", e.Code))
+		j.s.actionDone(j.a.ID)
 	}
 }
 

@@ -466,7 +466,7 @@ func (s *Service) stepTarget(ctx context.Context, d store.Deployment, phases []P
 				}
 				return targetFailed, s.failTarget(ctx, d, t, ph, msg)
 			default:
-				s.await(d.ID)
+				s.await(d.ID, t.ActionID)
 				return targetBusy, nil
 			}
 		}
@@ -493,12 +493,26 @@ func (s *Service) failTarget(ctx context.Context, d store.Deployment, t *store.D
 	return s.store.Q().FailTarget(ctx, d.ID, t.Position, msg)
 }
 
-// await has the deployment runner look at a deployment again at its next
-// tick (a firewall step's action is under way).
-func (s *Service) await(id string) {
+// await has the deployment runner look at a deployment again when the
+// firewall step's action it waits on is done (ActionDone), or at its next
+// tick at the latest (the action may run on another control plane).
+func (s *Service) await(id, actionID string) {
 	s.kmu.Lock()
 	s.kicked[id] = true
+	s.waitFor[actionID] = id
 	s.kmu.Unlock()
+}
+
+// ActionDone is told that a lifecycle action finished: a deployment
+// waiting on it advances at once.
+func (s *Service) ActionDone(actionID string) {
+	s.kmu.Lock()
+	id, ok := s.waitFor[actionID]
+	delete(s.waitFor, actionID)
+	s.kmu.Unlock()
+	if ok {
+		s.kick(id)
+	}
 }
 
 // startBatch creates the deploy tasks of a batch and queues their delivery.

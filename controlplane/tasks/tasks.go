@@ -102,9 +102,10 @@ type Service struct {
 	nmu     sync.Mutex
 	waiters map[string]chan struct{} // closed when the task changes
 
-	depMu   sync.Mutex      // one deployment advance at a time
-	kmu     sync.Mutex      // guards kicked
-	kicked  map[string]bool // deployments to advance
+	depMu   sync.Mutex        // one deployment advance at a time
+	kmu     sync.Mutex        // guards kicked
+	kicked  map[string]bool   // deployments to advance
+	waitFor map[string]string // ports action id -> the deployment waiting on it
 	kickSig chan struct{}
 	started bool
 }
@@ -145,7 +146,7 @@ func New(o Options) *Service {
 		o.Workers = 4
 	}
 	s := &Service{o: o, store: o.Store, log: o.Logger.Named("tasks"), now: o.Now,
-		waiters: map[string]chan struct{}{}, kicked: map[string]bool{}, kickSig: make(chan struct{}, 1)}
+		waiters: map[string]chan struct{}{}, kicked: map[string]bool{}, waitFor: map[string]string{}, kickSig: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.out = newOutbox(s)
 	s.m = newMetrics(o.Registerer)
