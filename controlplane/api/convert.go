@@ -132,7 +132,7 @@ func stepsIn(ss []apitypes.TaskStep) []tasks.Step {
 	}
 	out := make([]tasks.Step, 0, len(ss))
 	for _, s := range ss {
-		out = append(out, tasks.Step{Name: s.Name, Kind: s.Kind, StepFields: stepFieldsIn(s.StepFields)})
+		out = append(out, tasks.Step{Name: s.Name, Kind: s.Kind, StepFields: stepFieldsIn(s.StepFields), Ports: s.Ports})
 	}
 	return out
 }
@@ -171,8 +171,11 @@ func deploymentOut(d *tasks.Deployment) apitypes.Deployment {
 	out := apitypes.Deployment{ID: d.ID, State: d.State, Tag: d.Tag, MaxParallel: d.MaxParallel, DeadlineS: d.DeadlineS,
 		Error: d.Error, CreatedBy: d.CreatedBy, CreatedAt: d.CreatedAt, FinishedAt: d.FinishedAt, Counts: d.Counts,
 		Targets: make([]apitypes.Target, 0, len(d.Targets)), Plan: d.Plan}
+	for _, f := range d.Firewall {
+		out.Firewall = append(out.Firewall, apitypes.FirewallStep{Step: f.Step, Name: f.Name, Ports: f.Ports})
+	}
 	for _, t := range d.Targets {
-		out.Targets = append(out.Targets, apitypes.Target{ServerID: t.ServerID, Batch: t.Batch, TaskID: t.TaskID,
+		out.Targets = append(out.Targets, apitypes.Target{ServerID: t.ServerID, Batch: t.Batch, TaskID: t.TaskID, ActionID: t.ActionID,
 			State: t.State, Reason: t.Reason, Error: t.Error, ExitCode: t.ExitCode, Steps: t.Steps, FinishedAt: t.FinishedAt})
 	}
 	return out

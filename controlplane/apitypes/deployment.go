@@ -16,7 +16,9 @@ type CreateDeployment struct {
 	DeadlineS   int      `json:"deadline_s,omitempty"` // each server's task; default 3600
 }
 
-// Plan is a deployment's work: the steps of the deploy task each server runs.
+// Plan is a deployment's work: the steps each server runs, in order; runs
+// of exec, systemd and file steps go to the agent as deploy tasks, and a
+// firewall step runs on the control plane between them.
 type Plan struct {
 	Steps []TaskStep `json:"steps"`
 }
@@ -34,15 +36,26 @@ type Deployment struct {
 	FinishedAt  *time.Time     `json:"finished_at"`
 	Counts      map[string]int `json:"counts"` // targets by state
 	Targets     []Target       `json:"targets"`
-	Plan        protocol.Task  `json:"plan"` // the deploy task's spec, redacted
+	Plan        protocol.Task  `json:"plan"` // the plan's agent steps, redacted
+	// Firewall lists the plan's firewall steps (they run on the control
+	// plane, so the agent's plan above leaves them out).
+	Firewall []FirewallStep `json:"firewall_steps,omitempty"`
+}
+
+// FirewallStep is a deployment plan's firewall step.
+type FirewallStep struct {
+	Step  int    `json:"step"` // its index in the plan's steps, from 0
+	Name  string `json:"name,omitempty"`
+	Ports []int  `json:"ports"`
 }
 
 // Target is one server of a deployment.
 type Target struct {
 	ServerID   string                `json:"server_id"`
-	Batch      int                   `json:"batch"` // from 1
-	TaskID     string                `json:"task_id,omitempty"`
-	State      string                `json:"state"` // pending, skipped, or the task's state
+	Batch      int                   `json:"batch"`               // from 1
+	TaskID     string                `json:"task_id,omitempty"`   // its current (or last) agent phase's deploy task
+	ActionID   string                `json:"action_id,omitempty"` // the ports action of the firewall step it is in
+	State      string                `json:"state"`               // pending, skipped, or the task's state
 	Reason     string                `json:"reason,omitempty"`
 	Error      string                `json:"error,omitempty"`
 	ExitCode   *int                  `json:"exit_code,omitempty"`

@@ -15,11 +15,15 @@ type TaskSpec struct {
 	DeadlineS int        `json:"deadline_s,omitempty"` // default 3600
 }
 
-// TaskStep is one step of a deploy task (kind exec, systemd or file).
+// TaskStep is one step of a deploy task (kind exec, systemd or file) or,
+// in a deployment's plan only, of kind firewall: the control plane sets
+// the server's inbound ports to exactly Ports (its ports action) before
+// the next step.
 type TaskStep struct {
 	Name string `json:"name,omitempty"`
 	Kind string `json:"kind"`
 	StepFields
+	Ports []int `json:"ports,omitempty"` // firewall
 }
 
 // StepFields are the fields of the exec, systemd and file kinds.

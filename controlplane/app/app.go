@@ -231,11 +231,12 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		Diagnose:         a.diagnoser(),
 		EnrollOverSSH:    a.enrollOverSSH(),
 		OnAgentConnected: func(id string) { a.Tasks.AgentConnected(id) },
+		OnActionDone:     func(id string) { a.Tasks.ActionDone(id) },
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
 		HeartbeatInterval: cfg.HeartbeatInterval})
 	a.Reconciler = a.reconciler(cfg)
-	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Logger: cfg.Logger,
+	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Actions: a.Provision, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)

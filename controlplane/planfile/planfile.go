@@ -45,6 +45,7 @@ type Step struct {
 	Mode           string            `yaml:"mode"`
 	Owner          string            `yaml:"owner"`
 	Group          string            `yaml:"group"`
+	Ports          []int             `yaml:"ports"` // firewall: exactly the server's new inbound ports
 }
 
 // Parse turns a plan file's bytes (from the file called name) into a
@@ -64,7 +65,7 @@ func Parse(b []byte, name string, readFrom func(from string) ([]byte, error)) (t
 	for i, s := range pf.Steps {
 		st := tasks.Step{Name: s.Name, Kind: s.Kind, StepFields: tasks.StepFields{Argv: s.Argv, Env: s.Env, Dir: s.Dir, User: s.User,
 			TimeoutS: s.TimeoutS, MaxOutputBytes: s.MaxOutputBytes, Unit: s.Unit, Action: s.Action, Path: s.Path,
-			ContentBase64: s.ContentBase64, Mode: s.Mode, Owner: s.Owner, Group: s.Group}}
+			ContentBase64: s.ContentBase64, Mode: s.Mode, Owner: s.Owner, Group: s.Group}, Ports: s.Ports}
 		sources := 0
 		if s.Content != nil {
 			sources++

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/devpilot/devpilot/controlplane/planfile"
+	"github.com/devpilot/devpilot/controlplane/problem"
 )
 
 func noFiles(string) ([]byte, error) { return nil, errors.New("no local files here") }
@@ -62,6 +63,9 @@ func FuzzParse(f *testing.F) {
 		"steps:\n  - kind: file\n    path: /etc/motd\n    content: hi\n",
 		"{\"steps\": [{\"kind\": \"exec\", \"argv\": [\"true\"]}]}",
 		"steps: [\n", "", "- a\n- b\n", "steps:\n  - argv: [!!binary /w==]\n",
+		"steps:\n  - kind: firewall\n    ports: [22, 8080]\n  - kind: exec\n    argv: [true]\n",
+		"steps:\n  - kind: firewall\n    ports: [22, 22, 0, 65536, -1]\n",
+		"steps:\n  - kind: exec\n    argv: [a]\n  - kind: firewall\n    ports: [1]\n  - kind: file\n    path: /x\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -77,5 +81,85 @@ func FuzzParse(f *testing.F) {
 				}
 			}
 		}
+		// What the API's door accepts: firewall ports in range, each once,
+		// sorted; every step in exactly one phase, in order.
+		phases, err := req.Plan.Build()
+		if err != nil {
+			return
+		}
+		n := 0
+		for _, ph := range phases {
+			if ph.Step != n {
+				t.Fatalf("phase starts at step %d, want %d", ph.Step, n)
+			}
+			if ph.Deploy != nil {
+				n += len(ph.Deploy.Steps)
+				continue
+			}
+			n++
+			for i, p := range ph.Ports {
+				if p < 1 || p > 65535 || i > 0 && p <= ph.Ports[i-1] {
+					t.Fatalf("accepted ports %v", ph.Ports)
+				}
+			}
+		}
+		if n != len(req.Plan.Steps) {
+			t.Fatalf("phases cover %d of %d steps", n, len(req.Plan.Steps))
+		}
 	})
+}
+
+func TestParseFirewallStep(t *testing.T) {
+	req, err := planfile.Parse([]byte(`servers: [srv_1]
+steps:
+  - name: open app port
+    kind: firewall
+    ports: [8080, 22]
+  - kind: exec
+    argv: [/bin/true]
+`), "plan.yaml", noFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := req.Plan.Steps[0]; s.Kind != "firewall" || len(s.Ports) != 2 || s.Ports[0] != 8080 || s.Ports[1] != 22 {
+		t.Fatalf("firewall step parsed as %+v", s)
+	}
+	phases, err := req.Plan.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(phases) != 2 || phases[0].Deploy != nil || phases[1].Deploy == nil || phases[1].Step != 1 {
+		t.Fatalf("phases %+v: want the firewall step, then one deploy task", phases)
+	}
+	if p := phases[0].Ports; len(p) != 2 || p[0] != 22 || p[1] != 8080 || phases[0].Name != "open app port" {
+		t.Errorf("firewall phase %+v: want exactly [22 8080]", phases[0])
+	}
+}
+
+func TestFirewallStepRefusals(t *testing.T) {
+	for name, c := range map[string]struct{ doc, want string }{
+		"duplicate":           {"steps:\n  - kind: firewall\n    ports: [22, 80, 22]\n", "port 22 is listed twice"},
+		"zero":                {"steps:\n  - kind: firewall\n    ports: [0]\n", "port 0 is out of range"},
+		"too high":            {"steps:\n  - kind: firewall\n    ports: [65536]\n", "port 65536 is out of range"},
+		"none":                {"steps:\n  - kind: firewall\n", "ports needs 1 to 50 ports"},
+		"exec fields":         {"steps:\n  - kind: firewall\n    ports: [22]\n    argv: [/bin/true]\n", "firewall step with exec"},
+		"ports on exec":       {"steps:\n  - kind: exec\n    argv: [/bin/true]\n    ports: [22]\n", "exec step with ports"},
+		"unknown kind":        {"steps:\n  - kind: firewal\n    ports: [22]\n", "exec, systemd, file, firewall"},
+		"later step numbered": {"steps:\n  - kind: firewall\n    ports: [22]\n  - kind: exec\n    argv: []\n", "plan.steps[1]"},
+	} {
+		req, err := planfile.Parse([]byte(c.doc), "form", noFiles)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		_, err = req.Plan.Build()
+		var pe *problem.Error
+		switch {
+		case err == nil:
+			t.Errorf("%s: accepted", name)
+		case !errors.As(err, &pe):
+			t.Errorf("%s: %v is not a problem", name, err)
+		case !strings.Contains(pe.Message+" "+pe.Hint, c.want):
+			t.Errorf("%s: %q (hint %q) does not say %q", name, pe.Message, pe.Hint, c.want)
+		}
+	}
 }

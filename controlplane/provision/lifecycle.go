@@ -223,6 +223,10 @@ var actionable = []string{StateOnline, StateOffline, StateStopped, "agent_offlin
 // CreateAction validates and records a lifecycle action; its job starts at
 // once. A server with an unfinished action answers conflict.
 func (s *Service) CreateAction(ctx context.Context, actor, workspaceID, serverID string, req apitypes.ActionRequest) (*apitypes.Action, error) {
+	return s.createAction(ctx, ids.New("act"), actor, workspaceID, serverID, req)
+}
+
+func (s *Service) createAction(ctx context.Context, id, actor, workspaceID, serverID string, req apitypes.ActionRequest) (*apitypes.Action, error) {
 	p, err := checkAction(req)
 	if err != nil {
 		return nil, err
@@ -260,7 +264,7 @@ func (s *Service) CreateAction(ctx context.Context, actor, workspaceID, serverID
 	}
 	pj, _ := json.Marshal(p)
 	sj, _ := json.Marshal(steps)
-	a := store.ServerAction{ID: ids.New("act"), WorkspaceID: workspaceID, ServerID: srv.ID, Type: req.Type,
+	a := store.ServerAction{ID: id, WorkspaceID: workspaceID, ServerID: srv.ID, Type: req.Type,
 		ParamsJSON: string(pj), State: apitypes.ActionQueued, StepsJSON: string(sj), CreatedBy: actor, CreatedAt: now, UpdatedAt: now}
 	if err := s.store.Q().CreateAction(ctx, a); errors.Is(err, store.ErrConflict) {
 		return nil, problem.Conflict("Wait for it to finish: GET …/servers/"+srv.ID+"/actions lists it.",
@@ -465,6 +469,7 @@ func (s *Service) runAction(ctx context.Context, id string) {
 	j.a.State, j.a.FinishedAt = apitypes.ActionSucceeded, &now
 	if err := j.save(ctx); err == nil {
 		j.log.Info("action succeeded")
+		j.s.actionDone(j.a.ID)
 	}
 }
 
@@ -498,6 +503,7 @@ func (j *actionJob) fail(ctx context.Context, i int, err error) {
 	j.a.State, j.a.FinishedAt, j.a.ErrorJSON = apitypes.ActionFailed, &now, string(b)
 	if serr := j.save(ctx); serr == nil {
 		j.log.Warn("action failed", zap.String("step", j.steps[i].Name), zap.String("code", e.Code))
+		j.s.actionDone(j.a.ID)
 	}
 }
 

@@ -132,6 +132,9 @@ type Options struct {
 	// OnAgentConnected is called after every agent session start (the
 	// task service resends what the agent has not acknowledged).
 	OnAgentConnected func(serverID string)
+	// OnActionDone is called when a lifecycle action this control plane
+	// ran succeeded or failed (a deployment's firewall step waits on it).
+	OnActionDone func(actionID string)
 	// Diagnose collects what went wrong on a server whose agent did not
 	// confirm the install in time (e.g. over SSH); its text is stored and
 	// shown with the failed step. nil: no diagnostics.

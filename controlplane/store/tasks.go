@@ -325,6 +325,9 @@ type DeploymentTarget struct {
 	Batch    int
 	TaskID   string
 	Skipped  bool
+	Phase    int    // index of the plan phase it is in
+	ActionID string // the ports action of its current firewall phase
+	Error    string // why a firewall phase failed
 }
 
 const deploymentCols = `id, workspace_id, state, selector, max_parallel, deadline_s, plan_json, error, created_by, created_at, finished_at, updated_at`
@@ -393,7 +396,7 @@ func (q *Queries) deployments(ctx context.Context, where string, args ...any) ([
 
 // DeploymentTargets lists a deployment's targets in order.
 func (q *Queries) DeploymentTargets(ctx context.Context, deploymentID string) ([]DeploymentTarget, error) {
-	rows, err := q.x.QueryContext(ctx, `SELECT position, server_id, batch, task_id, skipped FROM deployment_targets
+	rows, err := q.x.QueryContext(ctx, `SELECT position, server_id, batch, task_id, skipped, phase, action_id, error FROM deployment_targets
 		WHERE deployment_id = ? ORDER BY position`, deploymentID)
 	if err != nil {
 		return nil, err
@@ -402,7 +405,7 @@ func (q *Queries) DeploymentTargets(ctx context.Context, deploymentID string) ([
 	var out []DeploymentTarget
 	for rows.Next() {
 		var t DeploymentTarget
-		if err := rows.Scan(&t.Position, &t.ServerID, &t.Batch, &t.TaskID, &t.Skipped); err != nil {
+		if err := rows.Scan(&t.Position, &t.ServerID, &t.Batch, &t.TaskID, &t.Skipped, &t.Phase, &t.ActionID, &t.Error); err != nil {
 			return nil, err
 		}
 		out = append(out, t)
@@ -416,9 +419,33 @@ func (q *Queries) SetTargetTask(ctx context.Context, deploymentID string, positi
 		taskID, deploymentID, position))
 }
 
-// SkipTargets marks every target without a task skipped.
+// SetTargetPhase moves a target from phase `from` to phase `to`, with its
+// task id (kept, or ” for a new deploy phase); false if it was not in
+// phase from (another control plane moved it).
+func (q *Queries) SetTargetPhase(ctx context.Context, deploymentID string, position, from, to int, taskID string) (bool, error) {
+	res, err := q.x.ExecContext(ctx, `UPDATE deployment_targets SET phase = ?, task_id = ?, action_id = ''
+		WHERE deployment_id = ? AND position = ? AND phase = ?`, to, taskID, deploymentID, position, from)
+	return changed(res, err)
+}
+
+// ClaimTargetAction records the ports action id a target's firewall phase
+// will start, before it is started; false if the phase already has one.
+func (q *Queries) ClaimTargetAction(ctx context.Context, deploymentID string, position, phase int, actionID string) (bool, error) {
+	res, err := q.x.ExecContext(ctx, `UPDATE deployment_targets SET action_id = ?
+		WHERE deployment_id = ? AND position = ? AND phase = ? AND action_id = ''`, actionID, deploymentID, position, phase)
+	return changed(res, err)
+}
+
+// FailTarget records why a target's firewall phase failed.
+func (q *Queries) FailTarget(ctx context.Context, deploymentID string, position int, errText string) error {
+	return affected(q.x.ExecContext(ctx, `UPDATE deployment_targets SET error = ? WHERE deployment_id = ? AND position = ?`,
+		errText, deploymentID, position))
+}
+
+// SkipTargets marks every target that has not started skipped.
 func (q *Queries) SkipTargets(ctx context.Context, deploymentID string) error {
-	_, err := q.x.ExecContext(ctx, `UPDATE deployment_targets SET skipped = TRUE WHERE deployment_id = ? AND task_id = ''`, deploymentID)
+	_, err := q.x.ExecContext(ctx, `UPDATE deployment_targets SET skipped = TRUE
+		WHERE deployment_id = ? AND task_id = '' AND phase = 0 AND action_id = '' AND error = ''`, deploymentID)
 	return err
 }
 

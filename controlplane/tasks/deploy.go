@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
@@ -55,14 +56,44 @@ type Deployment struct {
 	FinishedAt  *time.Time
 	Counts      map[string]int // targets by state
 	Targets     []Target
-	Plan        protocol.Task // the deploy task's spec, redacted
+	Plan        protocol.Task  // the agent steps of the plan, redacted
+	Firewall    []FirewallStep // the plan's firewall steps
+}
+
+// FirewallStep is a plan step the control plane runs: the server's ports
+// action, to exactly Ports.
+type FirewallStep struct {
+	Step  int // its index in the plan's steps
+	Name  string
+	Ports []int
+}
+
+// sealedPlan is a deployment's stored plan. Deployments recorded before
+// firewall steps existed stored a protocol.DeploySpec (steps only); the
+// embedded spec reads those as one deploy phase.
+type sealedPlan struct {
+	Phases []Phase `json:"phases,omitempty"`
+	protocol.DeploySpec
+}
+
+// plan reads a deployment's phases.
+func (s *Service) plan(d store.Deployment) ([]Phase, error) {
+	var sp sealedPlan
+	if err := s.unseal(d.PlanJSON, d.ID, &sp); err != nil {
+		return nil, err
+	}
+	if len(sp.Phases) == 0 && len(sp.Steps) > 0 {
+		return []Phase{{Deploy: &protocol.DeploySpec{Steps: sp.Steps}}}, nil
+	}
+	return sp.Phases, nil
 }
 
 // Target is one server of a deployment.
 type Target struct {
 	ServerID   string
-	Batch      int // from 1
-	TaskID     string
+	Batch      int    // from 1
+	TaskID     string // the deploy task of its current (or last) agent phase
+	ActionID   string // the ports action of its current firewall step
 	State      string // pending, skipped, or the task's state
 	Reason     string
 	Error      string
@@ -75,7 +106,7 @@ type Target struct {
 // per server, max_parallel servers at a time; after a batch in which any
 // server failed, the remaining servers are skipped.
 func (s *Service) Deploy(ctx context.Context, actor, workspaceID string, req DeploymentRequest) (*Deployment, error) {
-	spec, err := req.Plan.Build()
+	phases, err := req.Plan.Build()
 	if err != nil {
 		return nil, err
 	}
@@ -84,8 +115,17 @@ func (s *Service) Deploy(ctx context.Context, actor, workspaceID string, req Dep
 	if err != nil {
 		return nil, err
 	}
-	if err := checkWire(protocol.Task{ID: ids.New("task"), Kind: protocol.KindDeploy, Deadline: dl, Deploy: spec}); err != nil {
-		return nil, err
+	for _, ph := range phases {
+		if ph.Deploy == nil {
+			if s.o.Actions == nil {
+				return nil, problem.Conflict("Run the plan on a control plane with cloud integrations (devpilot serve).",
+					"this control plane cannot run firewall steps")
+			}
+			continue
+		}
+		if err := checkWire(protocol.Task{ID: ids.New("task"), Kind: protocol.KindDeploy, Deadline: dl, Deploy: ph.Deploy}); err != nil {
+			return nil, err
+		}
 	}
 	if req.MaxParallel == 0 {
 		req.MaxParallel = 1
@@ -102,7 +142,7 @@ func (s *Service) Deploy(ctx context.Context, actor, workspaceID string, req Dep
 	}
 	d := store.Deployment{ID: ids.New("dep"), WorkspaceID: workspaceID, State: DeployRunning, Selector: req.Tag,
 		MaxParallel: req.MaxParallel, DeadlineS: req.DeadlineS, CreatedBy: actor, CreatedAt: now, UpdatedAt: now}
-	if d.PlanJSON, err = s.seal(spec, d.ID); err != nil {
+	if d.PlanJSON, err = s.seal(sealedPlan{Phases: phases}, d.ID); err != nil {
 		return nil, err
 	}
 	targets := make([]store.DeploymentTarget, len(servers))
@@ -114,7 +154,7 @@ func (s *Service) Deploy(ctx context.Context, actor, workspaceID string, req Dep
 			return err
 		}
 		detail, _ := json.Marshal(map[string]any{"servers": servers, "tag": req.Tag, "max_parallel": req.MaxParallel,
-			"steps": len(spec.Steps)})
+			"steps": len(req.Plan.Steps)})
 		return q.AddAudit(ctx, store.AuditEntry{WorkspaceID: workspaceID, Actor: actor, Action: "deployment.create",
 			Target: d.ID, DetailJSON: string(detail), At: now})
 	})
@@ -199,21 +239,38 @@ func (s *Service) Deployment(ctx context.Context, workspaceID, id string) (*Depl
 	}
 	v := &Deployment{ID: d.ID, State: d.State, Tag: d.Selector, MaxParallel: d.MaxParallel, DeadlineS: d.DeadlineS, Error: d.Error,
 		CreatedBy: d.CreatedBy, CreatedAt: d.CreatedAt, FinishedAt: d.FinishedAt, Counts: map[string]int{}, Targets: []Target{}}
-	var spec protocol.DeploySpec
-	if err := s.unseal(d.PlanJSON, d.ID, &spec); err != nil {
+	phases, err := s.plan(d)
+	if err != nil {
 		s.log.Error("stored deployment plan unreadable", zap.String("deployment", d.ID), zap.Error(err))
+	}
+	spec := protocol.DeploySpec{Steps: []protocol.DeployStep{}}
+	for _, ph := range phases {
+		if ph.Deploy != nil {
+			spec.Steps = append(spec.Steps, ph.Deploy.Steps...)
+		} else {
+			v.Firewall = append(v.Firewall, FirewallStep{Step: ph.Step, Name: ph.Name, Ports: ph.Ports})
+		}
 	}
 	v.Plan = redact(protocol.Task{Kind: protocol.KindDeploy, Deploy: &spec})
 	for _, t := range ts {
-		tv := Target{ServerID: t.ServerID, Batch: t.Batch + 1, TaskID: t.TaskID, State: TargetPending}
+		tv := Target{ServerID: t.ServerID, Batch: t.Batch + 1, TaskID: t.TaskID, ActionID: t.ActionID, State: TargetPending}
 		switch {
 		case t.Skipped:
 			tv.State = TargetSkipped
+		case t.Error != "":
+			tv.State, tv.Error = protocol.TaskFailed, t.Error
+		case t.Phase < len(phases) && phases[t.Phase].Deploy == nil && t.ActionID != "":
+			tv.State, tv.Reason = protocol.TaskRunning, fmt.Sprintf("firewall step %d: waiting for ports action %s", phases[t.Phase].Step+1, t.ActionID)
 		case t.TaskID != "":
 			if task, ok := tasks[t.TaskID]; ok {
 				tk := s.view(task)
 				tv.State, tv.Reason, tv.Error, tv.ExitCode, tv.Steps, tv.FinishedAt = tk.State, tk.Reason, tk.Error, tk.ExitCode, tk.Steps, tk.FinishedAt
+				if tk.State == protocol.TaskSucceeded && t.Phase < len(phases) {
+					tv.State, tv.FinishedAt = protocol.TaskRunning, nil // more phases to go
+				}
 			}
+		case t.Phase > 0 && t.Phase < len(phases):
+			tv.State = protocol.TaskRunning
 		}
 		v.Counts[tv.State]++
 		v.Targets = append(v.Targets, tv)
@@ -280,6 +337,10 @@ func (s *Service) advance(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	phases, err := s.plan(d)
+	if err != nil {
+		return fmt.Errorf("deployment plan: %w", err)
+	}
 	batches := 0
 	for _, t := range ts {
 		batches = max(batches, t.Batch+1)
@@ -288,25 +349,27 @@ func (s *Service) advance(ctx context.Context, id string) error {
 	for b := range batches {
 		var missing []store.DeploymentTarget
 		done, failed := true, 0
-		for _, t := range ts {
+		for i := range ts {
+			t := &ts[i]
 			if t.Batch != b {
 				continue
 			}
-			if t.TaskID == "" {
-				missing = append(missing, t)
-				done = false
-				continue
+			st, err := s.stepTarget(ctx, d, phases, t, tasks)
+			if err != nil {
+				return err
 			}
-			st := tasks[t.TaskID].State
-			switch {
-			case !protocol.Final(st):
+			switch st {
+			case targetNeedsTask:
+				missing = append(missing, *t)
 				done = false
-			case st != protocol.TaskSucceeded:
+			case targetBusy:
+				done = false
+			case targetFailed:
 				failed++
 			}
 		}
 		if len(missing) > 0 {
-			return s.startBatch(ctx, d, missing, now)
+			return s.startBatch(ctx, d, phases, missing, now)
 		}
 		if !done {
 			return nil
@@ -339,16 +402,129 @@ func (s *Service) advance(ctx context.Context, id string) error {
 	return err
 }
 
-// startBatch creates the deploy tasks of a batch and queues their delivery.
-func (s *Service) startBatch(ctx context.Context, d store.Deployment, targets []store.DeploymentTarget, now time.Time) error {
-	var spec protocol.DeploySpec
-	if err := s.unseal(d.PlanJSON, d.ID, &spec); err != nil {
-		return fmt.Errorf("deployment plan: %w", err)
+type targetStatus int
+
+const (
+	targetBusy      targetStatus = iota // its task or action is under way
+	targetNeedsTask                     // its current phase's deploy task is to be created
+	targetSucceeded
+	targetFailed
+)
+
+// stepTarget moves a target through the phases that are done and says
+// where it stands. A firewall phase records its ports action's id on the
+// target before it starts the action, so a control plane resumed after a
+// crash waits on that action rather than starting a second one. It
+// updates t as it moves it on.
+func (s *Service) stepTarget(ctx context.Context, d store.Deployment, phases []Phase, t *store.DeploymentTarget, tasks map[string]store.Task) (targetStatus, error) {
+	for {
+		switch {
+		case t.Skipped || t.Error != "":
+			return targetFailed, nil
+		case t.Phase >= len(phases):
+			return targetSucceeded, nil
+		}
+		ph := phases[t.Phase]
+		if ph.Deploy != nil {
+			if t.TaskID == "" {
+				return targetNeedsTask, nil
+			}
+			task, ok := tasks[t.TaskID]
+			switch {
+			case !ok || !protocol.Final(task.State):
+				return targetBusy, nil
+			case task.State != protocol.TaskSucceeded:
+				return targetFailed, nil
+			}
+		} else {
+			if s.o.Actions == nil {
+				return targetBusy, errors.New("firewall step: this control plane has no lifecycle actions")
+			}
+			if t.ActionID == "" {
+				id := ids.New("act")
+				ok, err := s.store.Q().ClaimTargetAction(ctx, d.ID, t.Position, t.Phase, id)
+				if err != nil || !ok {
+					return targetBusy, err // another control plane claimed it: the next advance sees its id
+				}
+				t.ActionID = id
+			}
+			a, err := s.o.Actions.StartActionID(ctx, t.ActionID, d.CreatedBy, d.WorkspaceID, t.ServerID,
+				apitypes.ActionRequest{Type: apitypes.ActionPorts, Ports: ph.Ports})
+			var pe *problem.Error
+			if errors.As(err, &pe) && pe.Status >= 400 && pe.Status < 500 {
+				return targetFailed, s.failTarget(ctx, d, t, ph, pe.Message)
+			}
+			if err != nil {
+				return targetBusy, err // retried
+			}
+			switch a.State {
+			case apitypes.ActionSucceeded:
+			case apitypes.ActionFailed:
+				msg := "the ports action failed"
+				if a.Error != nil {
+					msg = a.Error.Message
+				}
+				return targetFailed, s.failTarget(ctx, d, t, ph, msg)
+			default:
+				s.await(d.ID, t.ActionID)
+				return targetBusy, nil
+			}
+		}
+		// The phase is done: on to the next.
+		next, task := t.Phase+1, t.TaskID
+		if next < len(phases) && phases[next].Deploy != nil {
+			task = ""
+		}
+		ok, err := s.store.Q().SetTargetPhase(ctx, d.ID, t.Position, t.Phase, next, task)
+		if err != nil || !ok {
+			return targetBusy, err
+		}
+		if ph.Deploy == nil {
+			s.log.Info("deployment firewall step done", zap.String("deployment", d.ID), zap.String("server", t.ServerID),
+				zap.String("action", t.ActionID), zap.Ints("ports", ph.Ports))
+		}
+		t.Phase, t.TaskID, t.ActionID = next, task, ""
 	}
+}
+
+func (s *Service) failTarget(ctx context.Context, d store.Deployment, t *store.DeploymentTarget, ph Phase, msg string) error {
+	msg = fmt.Sprintf("firewall step %d (ports %v): %s", ph.Step+1, ph.Ports, msg)
+	s.log.Info("deployment firewall step failed", zap.String("deployment", d.ID), zap.String("server", t.ServerID), zap.String("why", msg))
+	return s.store.Q().FailTarget(ctx, d.ID, t.Position, msg)
+}
+
+// await has the deployment runner look at a deployment again when the
+// firewall step's action it waits on is done (ActionDone), or at its next
+// tick at the latest (the action may run on another control plane).
+func (s *Service) await(id, actionID string) {
+	s.kmu.Lock()
+	s.kicked[id] = true
+	s.waitFor[actionID] = id
+	s.kmu.Unlock()
+}
+
+// ActionDone is told that a lifecycle action finished: a deployment
+// waiting on it advances at once.
+func (s *Service) ActionDone(actionID string) {
+	s.kmu.Lock()
+	id, ok := s.waitFor[actionID]
+	delete(s.waitFor, actionID)
+	s.kmu.Unlock()
+	if ok {
+		s.kick(id)
+	}
+}
+
+// startBatch creates the deploy tasks of a batch and queues their delivery.
+func (s *Service) startBatch(ctx context.Context, d store.Deployment, phases []Phase, targets []store.DeploymentTarget, now time.Time) error {
 	created := make([]store.Task, 0, len(targets))
 	err := s.store.InTx(ctx, func(q *store.Queries) error {
 		for _, t := range targets {
-			pt := protocol.Task{ID: ids.New("task"), Kind: protocol.KindDeploy, Deadline: now.Add(time.Duration(d.DeadlineS) * time.Second), Deploy: &spec}
+			if t.Phase >= len(phases) || phases[t.Phase].Deploy == nil {
+				return fmt.Errorf("target %d of deployment %s is not in a deploy phase", t.Position, d.ID)
+			}
+			pt := protocol.Task{ID: ids.New("task"), Kind: protocol.KindDeploy, Deadline: now.Add(time.Duration(d.DeadlineS) * time.Second),
+				Deploy: phases[t.Phase].Deploy}
 			task, err := s.newTask(pt, d.WorkspaceID, t.ServerID, d.ID, d.CreatedBy, now)
 			if err != nil {
 				return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,11 +40,21 @@ type Spec struct {
 	DeadlineS int    `json:"deadline_s,omitempty"` // default 3600
 }
 
-// Step is one step of a deploy task (kind exec, systemd or file).
+// KindFirewall is the plan step the control plane runs itself: the
+// server's `ports` lifecycle action, setting its firewall's inbound ports
+// to exactly Ports.
+const KindFirewall = "firewall"
+
+// MaxPorts bounds a firewall step's ports (as the ports action does).
+const MaxPorts = 50
+
+// Step is one step of a deploy task (kind exec, systemd or file) or, in a
+// deployment's plan, of kind firewall (Ports).
 type Step struct {
 	Name string `json:"name,omitempty"`
 	Kind string `json:"kind"`
 	StepFields
+	Ports []int `json:"ports,omitempty"` // firewall
 }
 
 // StepFields are the fields of the exec, systemd and file kinds.
@@ -110,7 +121,13 @@ func (s Spec) Build() (protocol.Task, error) {
 		if !s.empty() {
 			return t, bad("A deploy task takes only steps (and deadline_s); put the fields in its steps.", "deploy task with fields outside its steps")
 		}
-		d, err := buildSteps(s.Steps, "")
+		for i, st := range s.Steps {
+			if st.Kind == KindFirewall {
+				return t, bad("A firewall step runs on the control plane: put it in a deployment's plan (POST …/deployments), or use the server's ports action.",
+					"steps[%d]: kind firewall is only allowed in a deployment's plan", i)
+			}
+		}
+		d, err := buildSteps(s.Steps, "", 0)
 		if err != nil {
 			return t, err
 		}
@@ -132,16 +149,103 @@ func (s Spec) Build() (protocol.Task, error) {
 	return t, nil
 }
 
-// Build checks a plan and turns it into a deploy spec.
-func (p Plan) Build() (*protocol.DeploySpec, error) { return buildSteps(p.Steps, "plan.") }
+// Phase is a run of a plan: either agent steps (one deploy task per
+// server) or one firewall step the control plane runs.
+type Phase struct {
+	Deploy *protocol.DeploySpec `json:"deploy,omitempty"`
+	Ports  []int                `json:"ports,omitempty"` // firewall: exactly these inbound ports
+	Name   string               `json:"name,omitempty"`  // firewall step's name
+	Step   int                  `json:"step"`            // index of its first step in the plan
+}
 
-func buildSteps(steps []Step, prefix string) (*protocol.DeploySpec, error) {
+// Build checks a plan and splits it into phases: consecutive exec, systemd
+// and file steps make one deploy task; each firewall step is its own phase.
+func (p Plan) Build() ([]Phase, error) {
+	if len(p.Steps) == 0 || len(p.Steps) > MaxSteps {
+		return nil, bad("Give 1 to 50 steps, each with a kind ("+strings.Join(PlanStepKinds, ", ")+") and its fields.", "plan.steps: %d steps", len(p.Steps))
+	}
+	var out []Phase
+	var run []Step
+	start := 0
+	flush := func() error {
+		if len(run) == 0 {
+			return nil
+		}
+		d, err := buildSteps(run, "plan.", start)
+		if err != nil {
+			return err
+		}
+		out = append(out, Phase{Deploy: d, Step: start})
+		run = nil
+		return nil
+	}
+	for i, st := range p.Steps {
+		if !slices.Contains(PlanStepKinds, st.Kind) {
+			return nil, bad("A plan step's kind is one of: "+strings.Join(PlanStepKinds, ", ")+".", "plan.steps[%d]: unknown kind %q", i, st.Kind)
+		}
+		if st.Kind != KindFirewall {
+			if len(st.Ports) > 0 {
+				return nil, bad("Only a firewall step takes ports.", "plan.steps[%d]: %s step with ports", i, st.Kind)
+			}
+			if len(run) == 0 {
+				start = i
+			}
+			run = append(run, st)
+			continue
+		}
+		if err := flush(); err != nil {
+			return nil, err
+		}
+		where := fmt.Sprintf("plan.steps[%d]", i)
+		if len(st.Name) > 100 {
+			return nil, bad("", "%s: name is longer than 100 characters", where)
+		}
+		if !st.empty() {
+			return nil, bad("A firewall step takes only ports, e.g. {\"kind\":\"firewall\",\"ports\":[22,8080]}.", "%s: firewall step with exec, systemd or file fields", where)
+		}
+		ports, err := CheckPorts(st.Ports, where+": ")
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Phase{Ports: ports, Name: st.Name, Step: i})
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// PlanStepKinds are the kinds of a deployment plan's steps.
+var PlanStepKinds = []string{protocol.KindExec, protocol.KindSystemd, protocol.KindFile, KindFirewall}
+
+// CheckPorts validates a firewall step's ports as the ports action does:
+// 1 to 50 TCP ports, each 1..65535, none twice. It returns them sorted.
+func CheckPorts(ports []int, where string) ([]int, error) {
+	if len(ports) == 0 || len(ports) > MaxPorts {
+		return nil, bad("Give 1 to 50 TCP ports, e.g. ports: [22, 8080]; they become exactly the server's inbound ports.", "%sports needs 1 to 50 ports, got %d", where, len(ports))
+	}
+	out := slices.Clone(ports)
+	for _, p := range out {
+		if p < 1 || p > 65535 {
+			return nil, bad("Ports are TCP port numbers from 1 to 65535.", "%sport %d is out of range", where, p)
+		}
+	}
+	slices.Sort(out)
+	for i := 1; i < len(out); i++ {
+		if out[i] == out[i-1] {
+			return nil, bad("List each port once.", "%sport %d is listed twice", where, out[i])
+		}
+	}
+	return out, nil
+}
+
+func buildSteps(steps []Step, prefix string, offset int) (*protocol.DeploySpec, error) {
 	if len(steps) == 0 || len(steps) > MaxSteps {
 		return nil, bad("Give 1 to 50 steps, each with a kind (exec, systemd or file) and its fields.", "%ssteps: %d steps", prefix, len(steps))
 	}
 	d := &protocol.DeploySpec{}
 	for i, st := range steps {
-		where := fmt.Sprintf("%ssteps[%d]", prefix, i)
+		where := fmt.Sprintf("%ssteps[%d]", prefix, offset+i)
 		if len(st.Name) > 100 {
 			return nil, bad("", "%s: name is longer than 100 characters", where)
 		}

@@ -21,6 +21,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/hub"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/problem"
@@ -52,9 +53,13 @@ type Options struct {
 	Hub   Sender       // required
 	// Keys encrypts task specs at rest (environment values and file
 	// contents may be secrets); required.
-	Keys   *secrets.Keyring
-	Logger *zap.Logger
-	Now    func() time.Time
+	Keys *secrets.Keyring
+	// Actions runs a deployment's firewall steps as the server's ports
+	// lifecycle action (provision.Service); nil: plans with firewall steps
+	// are refused.
+	Actions Actions
+	Logger  *zap.Logger
+	Now     func() time.Time
 	// SweepInterval is how often overdue tasks are looked for.
 	SweepInterval time.Duration
 	// DeadlineGrace is how long after its deadline an unfinished task is
@@ -97,11 +102,18 @@ type Service struct {
 	nmu     sync.Mutex
 	waiters map[string]chan struct{} // closed when the task changes
 
-	depMu   sync.Mutex      // one deployment advance at a time
-	kmu     sync.Mutex      // guards kicked
-	kicked  map[string]bool // deployments to advance
+	depMu   sync.Mutex        // one deployment advance at a time
+	kmu     sync.Mutex        // guards kicked
+	kicked  map[string]bool   // deployments to advance
+	waitFor map[string]string // ports action id -> the deployment waiting on it
 	kickSig chan struct{}
 	started bool
+}
+
+// Actions starts lifecycle actions under a chosen id: if an action with
+// that id exists on the server, it is returned as it stands.
+type Actions interface {
+	StartActionID(ctx context.Context, id, actor, workspaceID, serverID string, req apitypes.ActionRequest) (*apitypes.Action, error)
 }
 
 // New returns a Service; Start runs its background work.
@@ -134,7 +146,7 @@ func New(o Options) *Service {
 		o.Workers = 4
 	}
 	s := &Service{o: o, store: o.Store, log: o.Logger.Named("tasks"), now: o.Now,
-		waiters: map[string]chan struct{}{}, kicked: map[string]bool{}, kickSig: make(chan struct{}, 1)}
+		waiters: map[string]chan struct{}{}, kicked: map[string]bool{}, waitFor: map[string]string{}, kickSig: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.out = newOutbox(s)
 	s.m = newMetrics(o.Registerer)

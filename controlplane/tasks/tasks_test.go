@@ -485,6 +485,8 @@ func TestValidation(t *testing.T) {
 		{"nested deploy", map[string]any{"kind": "deploy", "steps": []map[string]any{{"kind": "deploy"}}}, "not allowed in a step"},
 		{"deploy step", map[string]any{"kind": "deploy", "steps": []map[string]any{{"kind": "exec"}}}, "steps[0]: argv must not be empty"},
 		{"unknown field", map[string]any{"kind": "exec", "argv": []string{"ls"}, "shell": true}, "unknown field"},
+		{"firewall in a task", map[string]any{"kind": "deploy", "steps": []map[string]any{{"kind": "firewall", "ports": []int{22}}}},
+			"only allowed in a deployment's plan"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var e apiError
@@ -500,6 +502,26 @@ func TestValidation(t *testing.T) {
 		"deadline_s": int64(9223372036854775807)}, &de)
 	if code != http.StatusBadRequest || de.Error.Code != "validation_failed" || !strings.Contains(de.Error.Message, "give 1 to 604800") {
 		t.Fatalf("deployment deadline_s overflow: %d %+v", code, de)
+	}
+	// Firewall steps are validated at the door like the ports action.
+	for _, fc := range []struct {
+		step map[string]any
+		want string
+	}{
+		{map[string]any{"kind": "firewall", "ports": []int{22, 22}}, "plan.steps[0]: port 22 is listed twice"},
+		{map[string]any{"kind": "firewall", "ports": []int{0}}, "plan.steps[0]: port 0 is out of range"},
+		{map[string]any{"kind": "firewall"}, "ports needs 1 to 50 ports"},
+		{map[string]any{"kind": "firewal", "ports": []int{22}}, "unknown kind"},
+	} {
+		var fe apiError
+		plan := map[string]any{"steps": []map[string]any{fc.step}}
+		code := c.call("", "POST", wsBase+"/deployments", map[string]any{"servers": []string{a.id}, "plan": plan}, &fe)
+		if code != http.StatusBadRequest || fe.Error.Code != "validation_failed" || !strings.Contains(fe.Error.Message, fc.want) {
+			t.Errorf("firewall step %v: %d %+v, want %q", fc.step, code, fe, fc.want)
+		}
+		if fc.want == "unknown kind" && !strings.Contains(fe.Error.Hint, "exec, systemd, file, firewall") {
+			t.Errorf("unknown kind's hint %q does not name the kinds", fe.Error.Hint)
+		}
 	}
 	var e apiError
 	if code := c.call("", "POST", wsBase+"/servers/srv_nope/tasks", exec("ls"), &e); code != http.StatusNotFound {

@@ -152,7 +152,7 @@ func (c *Console) runTask(w http.ResponseWriter, r *http.Request, s *session) er
 		var err error
 		plan, err = planfile.Parse([]byte(r.PostFormValue("plan")), "from the form", noLocalFiles)
 		if err != nil {
-			return refuse(err.Error(), "Write YAML as for `devpilot deploy -f plan.yaml`: steps: with kind exec (argv), systemd (unit, action) or file (path, content).")
+			return refuse(err.Error(), "Write YAML as for `devpilot deploy -f plan.yaml`: steps: with kind exec (argv), systemd (unit, action), file (path, content) or firewall (ports).")
 		}
 		if len(plan.Plan.Steps) == 0 {
 			return refuse("the plan has no steps", "Add steps: with at least one step.")
@@ -163,6 +163,15 @@ func (c *Console) runTask(w http.ResponseWriter, r *http.Request, s *session) er
 	}
 	var err error
 	switch {
+	case strings.HasPrefix(target, "server:") && kind == "plan" && hasFirewall(plan):
+		// A firewall step runs on the control plane, between agent steps:
+		// only a deployment runs it, here of this one server.
+		plan.Servers, plan.Tag = []string{strings.TrimPrefix(target, "server:")}, ""
+		var d deployment
+		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/deployments", plan, &d)
+		if err == nil {
+			return c.done(w, r, s, uiBase(r)+"/deployments/"+url.PathEscape(d.ID), "Deployment started.", nil)
+		}
 	case strings.HasPrefix(target, "server:"):
 		var t task
 		err = c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/servers/"+url.PathEscape(strings.TrimPrefix(target, "server:"))+"/tasks", spec, &t)
@@ -188,6 +197,16 @@ func (c *Console) runTask(w http.ResponseWriter, r *http.Request, s *session) er
 		return c.renderTasks(w, r, s, ae.Status, ae)
 	}
 	return err
+}
+
+// hasFirewall reports whether a plan has a firewall step.
+func hasFirewall(p tasks.DeploymentRequest) bool {
+	for _, st := range p.Plan.Steps {
+		if st.Kind == tasks.KindFirewall {
+			return true
+		}
+	}
+	return false
 }
 
 type taskData struct {

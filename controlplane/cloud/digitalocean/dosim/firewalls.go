@@ -269,6 +269,10 @@ func (s *Sim) updateFirewall(c *call) {
 		return
 	}
 	f.name, f.inbound, f.outbound, f.dropletID, f.tags = req.Name, req.InboundRules, req.OutboundRules, req.DropletIDs, req.Tags
+	if s.fwUpdates == nil {
+		s.fwUpdates = map[string]int{}
+	}
+	s.fwUpdates[id]++
 	body := f.json("succeeded")
 	s.mu.Unlock()
 	c.json(http.StatusOK, map[string]any{"firewall": body})

@@ -76,6 +76,7 @@ type Sim struct {
 	actions      map[int]*action
 	delayChanged chan struct{}          // closed and replaced when the action delay changes
 	counts       map[int]map[string]int // droplet id -> action type -> actions accepted (never forgotten)
+	fwUpdates    map[string]int         // firewall id -> updates (PUT) accepted
 	nextKey      int
 	nextDrop     int
 	nextAct      int

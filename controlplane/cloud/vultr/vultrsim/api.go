@@ -451,6 +451,7 @@ func (s *Sim) createRule(w http.ResponseWriter, r *http.Request, c caller) {
 	rule.ID = g.nextRule
 	g.Rules = append(g.Rules, &rule)
 	g.Modified = s.now()
+	s.countFirewallChange(g.ID)
 	s.mu.Unlock()
 	writeJSON(w, http.StatusCreated, map[string]any{"firewall_rule": rule})
 }
@@ -540,6 +541,7 @@ func (s *Sim) deleteRule(w http.ResponseWriter, r *http.Request, c caller) {
 	if msg == "" {
 		g.Rules = slices.Delete(g.Rules, i, i+1)
 		g.Modified = s.now()
+		s.countFirewallChange(g.ID)
 	}
 	s.mu.Unlock()
 	if msg != "" {

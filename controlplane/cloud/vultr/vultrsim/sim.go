@@ -92,6 +92,7 @@ type Sim struct {
 	instances []*instance
 	snapshots []*snapshot
 	counts    map[string]map[string]int // instance id -> action type -> accepted API actions
+	fwChanges map[string]int            // firewall group id -> rules created or deleted through the API
 	ipSeq     int
 	requests  int
 	throttled int // answers refused by the real per-IP limit
