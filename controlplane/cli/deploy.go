@@ -34,10 +34,10 @@ const (
 )
 
 // LoadPlan reads a plan file into a deployment request.
-func LoadPlan(path string) (tasks.DeploymentRequest, error) {
+func LoadPlan(path string) (apitypes.CreateDeployment, error) {
 	b, err := readCapped(path, maxPlanBytes)
 	if err != nil {
-		return tasks.DeploymentRequest{}, fmt.Errorf("read plan: %w", err)
+		return apitypes.CreateDeployment{}, fmt.Errorf("read plan: %w", err)
 	}
 	return parsePlan(b, path, func(from string) ([]byte, error) {
 		if !filepath.IsAbs(from) {
@@ -66,7 +66,7 @@ func readCapped(path string, max int64) ([]byte, error) {
 
 // parsePlan turns a plan file's bytes (from the file called name) into a
 // deployment request; readFrom reads a step's from: file.
-func parsePlan(b []byte, name string, readFrom func(from string) ([]byte, error)) (tasks.DeploymentRequest, error) {
+func parsePlan(b []byte, name string, readFrom func(from string) ([]byte, error)) (apitypes.CreateDeployment, error) {
 	return planfile.Parse(b, name, readFrom)
 }
 

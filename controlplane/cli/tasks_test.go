@@ -12,6 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/tasks"
 )
 
@@ -26,7 +27,7 @@ func TestExamplePlanLoads(t *testing.T) {
 	if req.Tag != "devpilot" || req.MaxParallel != 2 || req.DeadlineS != 1800 || len(req.Plan.Steps) != 5 {
 		t.Fatalf("plan: %+v", req)
 	}
-	if _, err := req.Plan.Build(); err != nil {
+	if _, err := servicePlan(t, req.Plan).Build(); err != nil {
 		t.Fatalf("the example plan does not validate: %v", err)
 	}
 	f := req.Plan.Steps[0]
@@ -150,7 +151,7 @@ func FuzzParsePlan(f *testing.F) {
 				t.Fatalf("step %d: from %q sent as %q", i, s.From, got)
 			}
 		}
-		_, _ = req.Plan.Build() // the API's own checks take whatever comes
+		_, _ = servicePlan(t, req.Plan).Build() // the API's own checks take whatever comes
 	})
 }
 
@@ -183,5 +184,20 @@ func stringsIn(v reflect.Value) []string {
 	}
 	walk(v)
 	slices.Sort(out)
+	return out
+}
+
+// servicePlan is what the API makes of a plan it receives: the same JSON
+// decoded into the tasks service's Plan (whose Build is the door's check).
+func servicePlan(t testing.TB, p apitypes.Plan) tasks.Plan {
+	t.Helper()
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out tasks.Plan
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
 	return out
 }

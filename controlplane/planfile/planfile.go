@@ -12,7 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/devpilot/devpilot/controlplane/tasks"
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 )
 
 // File is a deployment plan in YAML (see controlplane/cli/testdata/plan.yaml). A file
@@ -50,8 +50,8 @@ type Step struct {
 
 // Parse turns a plan file's bytes (from the file called name) into a
 // deployment request; readFrom reads a step's from: file.
-func Parse(b []byte, name string, readFrom func(from string) ([]byte, error)) (tasks.DeploymentRequest, error) {
-	var req tasks.DeploymentRequest
+func Parse(b []byte, name string, readFrom func(from string) ([]byte, error)) (apitypes.CreateDeployment, error) {
+	var req apitypes.CreateDeployment
 	var pf File
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -61,9 +61,9 @@ func Parse(b []byte, name string, readFrom func(from string) ([]byte, error)) (t
 	if err := plainText(pf); err != nil {
 		return req, fmt.Errorf("plan %s: %w", name, err)
 	}
-	req = tasks.DeploymentRequest{Servers: pf.Servers, Tag: pf.Tag, MaxParallel: pf.MaxParallel, DeadlineS: pf.DeadlineS}
+	req = apitypes.CreateDeployment{Servers: pf.Servers, Tag: pf.Tag, MaxParallel: pf.MaxParallel, DeadlineS: pf.DeadlineS}
 	for i, s := range pf.Steps {
-		st := tasks.Step{Name: s.Name, Kind: s.Kind, StepFields: tasks.StepFields{Argv: s.Argv, Env: s.Env, Dir: s.Dir, User: s.User,
+		st := apitypes.TaskStep{Name: s.Name, Kind: s.Kind, StepFields: apitypes.StepFields{Argv: s.Argv, Env: s.Env, Dir: s.Dir, User: s.User,
 			TimeoutS: s.TimeoutS, MaxOutputBytes: s.MaxOutputBytes, Unit: s.Unit, Action: s.Action, Path: s.Path,
 			ContentBase64: s.ContentBase64, Mode: s.Mode, Owner: s.Owner, Group: s.Group}, Ports: s.Ports}
 		sources := 0

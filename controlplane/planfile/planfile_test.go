@@ -2,13 +2,16 @@ package planfile_test
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/planfile"
 	"github.com/devpilot/devpilot/controlplane/problem"
+	"github.com/devpilot/devpilot/controlplane/tasks"
 )
 
 func noFiles(string) ([]byte, error) { return nil, errors.New("no local files here") }
@@ -83,7 +86,7 @@ func FuzzParse(f *testing.F) {
 		}
 		// What the API's door accepts: firewall ports in range, each once,
 		// sorted; every step in exactly one phase, in order.
-		phases, err := req.Plan.Build()
+		phases, err := servicePlan(t, req.Plan).Build()
 		if err != nil {
 			return
 		}
@@ -124,7 +127,7 @@ steps:
 	if s := req.Plan.Steps[0]; s.Kind != "firewall" || len(s.Ports) != 2 || s.Ports[0] != 8080 || s.Ports[1] != 22 {
 		t.Fatalf("firewall step parsed as %+v", s)
 	}
-	phases, err := req.Plan.Build()
+	phases, err := servicePlan(t, req.Plan).Build()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +154,7 @@ func TestFirewallStepRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		_, err = req.Plan.Build()
+		_, err = servicePlan(t, req.Plan).Build()
 		var pe *problem.Error
 		switch {
 		case err == nil:
@@ -162,4 +165,19 @@ func TestFirewallStepRefusals(t *testing.T) {
 			t.Errorf("%s: %q (hint %q) does not say %q", name, pe.Message, pe.Hint, c.want)
 		}
 	}
+}
+
+// servicePlan is what the API makes of a plan it receives: the same JSON
+// decoded into the tasks service's Plan (whose Build is the door's check).
+func servicePlan(t testing.TB, p apitypes.Plan) tasks.Plan {
+	t.Helper()
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out tasks.Plan
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/planfile"
-	"github.com/devpilot/devpilot/controlplane/tasks"
 )
 
 func (c *Console) taskRoutes() {
@@ -138,16 +137,16 @@ func (c *Console) runTask(w http.ResponseWriter, r *http.Request, s *session) er
 	refuse := func(msg, hint string) error {
 		return c.renderTasks(w, r, s, http.StatusUnprocessableEntity, &apiError{Status: 422, Code: "validation_failed", Message: msg, Hint: hint})
 	}
-	var spec tasks.Spec
-	var plan tasks.DeploymentRequest
+	var spec apitypes.TaskSpec
+	var plan apitypes.CreateDeployment
 	switch kind {
 	case "command":
 		cmd := strings.TrimSpace(r.PostFormValue("command"))
 		if cmd == "" {
 			return refuse("the command is empty", "Type a shell command, e.g. uptime.")
 		}
-		spec = tasks.Spec{Kind: "exec", StepFields: tasks.StepFields{Argv: []string{"/bin/sh", "-c", cmd}}}
-		plan.Plan.Steps = []tasks.Step{{Kind: "exec", StepFields: spec.StepFields}}
+		spec = apitypes.TaskSpec{Kind: "exec", StepFields: apitypes.StepFields{Argv: []string{"/bin/sh", "-c", cmd}}}
+		plan.Plan.Steps = []apitypes.TaskStep{{Kind: "exec", StepFields: spec.StepFields}}
 	case "plan":
 		var err error
 		plan, err = planfile.Parse([]byte(r.PostFormValue("plan")), "from the form", noLocalFiles)
@@ -157,7 +156,7 @@ func (c *Console) runTask(w http.ResponseWriter, r *http.Request, s *session) er
 		if len(plan.Plan.Steps) == 0 {
 			return refuse("the plan has no steps", "Add steps: with at least one step.")
 		}
-		spec = tasks.Spec{Kind: "deploy", Steps: plan.Plan.Steps, DeadlineS: plan.DeadlineS}
+		spec = apitypes.TaskSpec{Kind: "deploy", Steps: plan.Plan.Steps, DeadlineS: plan.DeadlineS}
 	default:
 		return refuse(fmt.Sprintf("unknown kind %q", kind), "Choose command or plan.")
 	}
@@ -200,9 +199,9 @@ func (c *Console) runTask(w http.ResponseWriter, r *http.Request, s *session) er
 }
 
 // hasFirewall reports whether a plan has a firewall step.
-func hasFirewall(p tasks.DeploymentRequest) bool {
+func hasFirewall(p apitypes.CreateDeployment) bool {
 	for _, st := range p.Plan.Steps {
-		if st.Kind == tasks.KindFirewall {
+		if st.Kind == "firewall" {
 			return true
 		}
 	}
