@@ -76,7 +76,7 @@ func TestPowerOffOn(t *testing.T) {
 // first start; it records the boot id it was given at each start.
 const rebootingAgent = `#!/bin/sh
 test "$DEVPILOT_AGENT_REBOOT" = exit || exit 3
-cat "$DEVPILOT_AGENT_BOOT_ID_FILE" >>"$DEVPILOT_AGENT_ROOT_DIR/boots"
+echo "$(cat "$DEVPILOT_AGENT_BOOT_ID_FILE")" >>"$DEVPILOT_AGENT_ROOT_DIR/boots"
 if [ ! -e "$DEVPILOT_AGENT_ROOT_DIR/rebooted" ]; then
 	touch "$DEVPILOT_AGENT_ROOT_DIR/rebooted"
 	exit 194
@@ -96,7 +96,9 @@ func TestAgentRebootHook(t *testing.T) {
 	info := waitFor(t, r, "rb1", "rebooted once and running", func(i Info) bool {
 		return i.Reboots == 1 && i.State == StateAgentRunning && i.AgentStarts == 2
 	})
-	boots := strings.Fields(readFile(t, filepath.Join(info.Root, "boots")))
+	// The second start may not have written its line yet when the state
+	// says it runs: wait for the line, not for the state.
+	boots := strings.Fields(waitFileCount(t, filepath.Join(info.Root, "boots"), "\n", 2))
 	if len(boots) != 2 || boots[0] == boots[1] || boots[1] != info.BootID {
 		t.Errorf("boot ids seen by the agent %v, current %s; want two different, the last current", boots, info.BootID)
 	}
