@@ -22,6 +22,9 @@ func TestPowerOffOn(t *testing.T) {
 	}
 	info := waitFor(t, r, "p1", "ran the agent", func(i Info) bool { return i.State == StateAgentRunning && i.AgentPID != 0 })
 	first := info.AgentPID
+	// Started is not yet running its first line: wait until the agent has
+	// said so, or power off may kill it before it ever does.
+	waitFileCount(t, filepath.Join(info.Root, "agent-runs"), "run --root-dir", 1)
 
 	if err := r.PowerOff(ctx, "p1"); err != nil {
 		t.Fatal(err)
