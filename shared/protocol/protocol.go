@@ -34,10 +34,12 @@ import (
 // new message only when the other advertised it (Hello.Capabilities).
 //
 //	1.1 (2026-12-02): hello.capabilities ("reboot"), facts.boot_id; reboot (hub → agent), goodbye (agent → hub).
+//	1.2 (2026-12-02): error code "busy" with error.retry_after_ms: the hub is at capacity, try again after that
+//	                  long (older agents see a code they don't know and use their own backoff).
 const Version = 1
 
 // Minor is the minor version the code speaks (see Version).
-const Minor = 1
+const Minor = 2
 
 // Capabilities an agent advertises in Hello.Capabilities.
 const (
@@ -187,6 +189,9 @@ type Welcome struct {
 type Error struct {
 	Code    string `json:"code"` // see Err* below
 	Message string `json:"message"`
+	// RetryAfterMS (1.2) comes with ErrBusy: how long the agent should
+	// wait before dialing again (it adds jitter of its own).
+	RetryAfterMS int `json:"retry_after_ms,omitempty"`
 }
 
 // Error codes the hub sends.
@@ -203,7 +208,17 @@ const (
 	ErrQuarantined = "server_quarantined"
 	// ErrKeyRevoked: the key signing the hello was retired by a rekey.
 	ErrKeyRevoked = "identity_revoked"
+	// ErrBusy (1.2): the hub is at capacity (its admission queue is full,
+	// or the process holds as many agents as it can); nothing is wrong
+	// with the agent: dial again after Error.RetryAfterMS, on this
+	// replica or, through the load balancer, another. The connection is
+	// closed with CloseTryAgainLater.
+	ErrBusy = "busy"
 )
+
+// CloseTryAgainLater is the WebSocket close code (RFC 6455 registry:
+// 1013 Try Again Later) that ends a connection refused with ErrBusy.
+const CloseTryAgainLater = 1013
 
 // Heartbeat carries the agent's health.
 type Heartbeat struct {

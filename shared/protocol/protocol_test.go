@@ -45,6 +45,7 @@ func goldens() []golden {
 			PublicKey: seq(32, 100), Signature: seq(64, 1), AgentVersion: "0.1.0", Facts: facts}},
 		{"welcome", TypeWelcome, &Welcome{ServerID: "srv_01JD3Q7Z8X", HeartbeatIntervalS: DefaultHeartbeatS, Protocol: 1}},
 		{"error", TypeError, &Error{Code: ErrTokenInvalid, Message: "the bootstrap token is unknown, already used, expired or for another server"}},
+		{"error_busy", TypeError, &Error{Code: ErrBusy, Message: "the control plane is at capacity; dial again later", RetryAfterMS: 5000}},
 		{"heartbeat", TypeHeartbeat, &Heartbeat{Health: Health{UptimeS: 86400, Load1: 0.25, Load5: 0.5, Load15: 1,
 			CPUPercent: 12.5, MemTotalMB: 2048, MemUsedMB: 733,
 			Disks:        []Disk{{Mount: "/", TotalMB: 51200, UsedMB: 10240}, {Mount: "/var/lib/docker", TotalMB: 102400, UsedMB: 0}},
