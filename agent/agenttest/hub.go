@@ -50,6 +50,7 @@ type Hub struct {
 	tokens     map[string]string // token → server id
 	keys       map[string]ed25519.PublicKey
 	refuse     string // error code to answer every hello with
+	retryMS    int    // the refusal's retry_after_ms
 	closeAfter bool   // close right after welcome
 	hellos     []protocol.Hello
 	heartbeats []Heartbeat
@@ -146,6 +147,13 @@ func (h *Hub) Bootstrap(serverID string) protocol.Bootstrap {
 
 // SetRefuse makes the hub answer every hello with this error code ("" to stop).
 func (h *Hub) SetRefuse(code string) { h.mu.Lock(); h.refuse = code; h.mu.Unlock() }
+
+// SetRefuseRetry makes the refusal suggest a wait (protocol 1.2, busy).
+func (h *Hub) SetRefuseRetry(d time.Duration) {
+	h.mu.Lock()
+	h.retryMS = int(d / time.Millisecond)
+	h.mu.Unlock()
+}
 
 // SetCloseAfterWelcome makes the hub drop every session right after welcome.
 func (h *Hub) SetCloseAfterWelcome(v bool) { h.mu.Lock(); h.closeAfter = v; h.mu.Unlock() }
@@ -269,11 +277,15 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	h.hellos = append(h.hellos, hello)
 	code, msg := h.check(hello, nonce)
-	interval, closeAfter := h.interval, h.closeAfter
+	interval, closeAfter, retryMS := h.interval, h.closeAfter, h.retryMS
 	h.mu.Unlock()
 	if code != "" {
-		_ = send(c, protocol.TypeError, protocol.Error{Code: code, Message: msg})
-		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, code), time.Now().Add(time.Second))
+		closeCode := websocket.ClosePolicyViolation
+		if code == protocol.ErrBusy {
+			closeCode = protocol.CloseTryAgainLater
+		}
+		_ = send(c, protocol.TypeError, protocol.Error{Code: code, Message: msg, RetryAfterMS: retryMS})
+		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(closeCode, code), time.Now().Add(time.Second))
 		return
 	}
 	if send(c, protocol.TypeWelcome, protocol.Welcome{ServerID: hello.ServerID, HeartbeatIntervalS: interval, Protocol: protocol.Version}) != nil {

@@ -21,6 +21,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -208,6 +209,8 @@ type Refusal struct {
 	Code    string
 	Message string
 	Mode    string // hello mode that was refused, if during hello
+	// RetryAfter is the hub's suggested wait (protocol.ErrBusy).
+	RetryAfter time.Duration
 }
 
 func (r *Refusal) Error() string {
@@ -241,6 +244,8 @@ func (r *Refusal) Advice() string {
 		return "quarantined: another agent uses this server's identity key — an admin runs `devpilot servers rekey`, then enroll this agent with `devpilot-agent enroll --token-file FILE`"
 	case protocol.ErrKeyRevoked:
 		return "this identity key was revoked by `devpilot servers rekey` — enroll with the new token: `devpilot-agent enroll --token-file FILE`"
+	case protocol.ErrBusy:
+		return "the control plane is at capacity (many agents reconnecting at once)"
 	}
 	return r.Code + ": " + r.Message
 }
@@ -289,11 +294,17 @@ func (c *Client) Run(ctx context.Context) error {
 				zap.String("advice", ref.Advice()), zap.Duration("retry_in", delay))
 		} else {
 			delay = b.Next()
+			if ref != nil && ref.Code == protocol.ErrBusy && ref.RetryAfter > 0 {
+				delay = max(delay, busyDelay(ref.RetryAfter, c.o.Rand))
+			}
 			verb := "cannot reach"
 			if connected {
 				verb = "disconnected from"
 			}
 			msg = fmt.Sprintf("%s %s: %v; retrying in %s", verb, c.host, err, roundDelay(delay))
+			if ref != nil && ref.Code == protocol.ErrBusy {
+				msg = fmt.Sprintf("%s %s: %s; retrying in %s", verb, c.host, ref.Advice(), roundDelay(delay))
+			}
 			lvl := zap.DebugLevel
 			if failures == 1 || failures%10 == 0 || connected {
 				lvl = zap.WarnLevel
@@ -308,6 +319,19 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// maxBusyWait caps the hub's suggested wait, whatever it says.
+const maxBusyWait = 5 * time.Minute
+
+// busyDelay is the wait after a busy refusal: the hub's hint plus up to
+// half of it again, so the agents it turned away don't return together.
+func busyDelay(hint time.Duration, rnd func() float64) time.Duration {
+	if rnd == nil {
+		rnd = rand.Float64
+	}
+	hint = min(hint, maxBusyWait)
+	return hint + time.Duration(rnd()*float64(hint)/2)
 }
 
 func roundDelay(d time.Duration) time.Duration {
@@ -470,7 +494,11 @@ func decodeRefusal(env protocol.Envelope, mode string) *Refusal {
 	if err := protocol.DecodeData(env, &e); err != nil {
 		return &Refusal{Code: "unknown", Message: err.Error(), Mode: mode}
 	}
-	return &Refusal{Code: e.Code, Message: e.Message, Mode: mode}
+	r := &Refusal{Code: e.Code, Message: e.Message, Mode: mode}
+	if e.RetryAfterMS > 0 {
+		r.RetryAfter = time.Duration(e.RetryAfterMS) * time.Millisecond
+	}
+	return r
 }
 
 func readEnvelope(conn *websocket.Conn) (protocol.Envelope, error) {

@@ -287,6 +287,38 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
+// A busy hub's suggested wait is honoured (plus jitter, never the long
+// wait of a permanent refusal); without a hint the agent's own backoff.
+func TestBusyRefusalWaitsTheHint(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		hint     time.Duration
+		min, max time.Duration
+	}{
+		{"hint", 2 * time.Second, 2 * time.Second, 3 * time.Second},
+		{"old hub, no hint", 0, 0, 8 * time.Millisecond}, // the backoff's cap
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			hub := agenttest.New(t)
+			hub.SetRefuse(protocol.ErrBusy)
+			hub.SetRefuseRetry(tc.hint)
+			h := start(t, config.FromBootstrap(hub.Bootstrap("srv-busy")), nil)
+			agenttest.WaitFor(t, "two refusals", func() bool { return len(h.Sleeps()) >= 2 })
+			h.stop(t)
+			for i, d := range h.Sleeps()[:2] {
+				if d < tc.min || d > tc.max {
+					t.Errorf("wait %d after a busy refusal = %v, want within [%v, %v]", i, d, tc.min, tc.max)
+				}
+			}
+			if !h.statusContains("at capacity") {
+				t.Errorf("status %q should say the control plane is at capacity", h.Sent())
+			}
+		})
+	}
+}
+
 func TestSpentTokenFallsBackToAuth(t *testing.T) {
 	t.Parallel()
 	hub := agenttest.New(t)
