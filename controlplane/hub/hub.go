@@ -20,7 +20,6 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"sync"
 	"time"
 
@@ -128,7 +127,6 @@ const (
 	closeWait = time.Second
 	// registryWait bounds each Registry call.
 	registryWait = 10 * time.Second
-	stripes      = 64
 )
 
 // Options configure a Hub.
@@ -155,6 +153,21 @@ type Options struct {
 	// DefaultConflictReplacements and DefaultConflictWindow.
 	ConflictReplacements int
 	ConflictWindow       time.Duration
+
+	// MaxAgents bounds the agent connections the hub holds (authenticated
+	// or not); one more is refused busy with a retryable close code
+	// (protocol.CloseTryAgainLater) so it backs off or, through a load
+	// balancer, lands on another replica. 0: no bound.
+	MaxAgents int
+	// AdmissionSlots handshakes do their store work at once,
+	// AdmissionQueue more may wait for a slot, each at most AdmissionWait;
+	// the others are refused busy, told to retry after BusyRetry.
+	// Defaults DefaultAdmissionSlots, DefaultAdmissionQueue,
+	// DefaultAdmissionWait, DefaultBusyRetry.
+	AdmissionSlots int
+	AdmissionQueue int
+	AdmissionWait  time.Duration
+	BusyRetry      time.Duration
 }
 
 // Status is the live view of one server's session.
@@ -188,6 +201,9 @@ type Hub struct {
 	conflictWin  time.Duration
 	upgrader     websocket.Upgrader
 	m            *metrics
+	maxAgents    int
+	admit        *admission
+	busyRetry    time.Duration
 
 	ctx    context.Context // cancelled by Close; parent of Registry calls
 	cancel context.CancelFunc
@@ -204,9 +220,8 @@ type Hub struct {
 	wg        sync.WaitGroup // ServeHTTP calls in flight
 
 	// lifecycle serialises registration + Connected and unregistration +
-	// Disconnected per server (striped by id hash), so the store sees a
-	// server's session starts and ends in order.
-	lifecycle [stripes]sync.Mutex
+	// Disconnected per server.
+	lifecycle serverLocks
 
 	hmu     sync.Mutex
 	pending map[string]HealthSample
@@ -245,7 +260,21 @@ func New(o Options) *Hub {
 	if o.ConflictWindow <= 0 {
 		o.ConflictWindow = DefaultConflictWindow
 	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&o.AdmissionSlots, DefaultAdmissionSlots)
+	def(&o.AdmissionQueue, DefaultAdmissionQueue)
+	if o.AdmissionWait <= 0 {
+		o.AdmissionWait = DefaultAdmissionWait
+	}
+	if o.BusyRetry <= 0 {
+		o.BusyRetry = DefaultBusyRetry
+	}
 	ctx, cancel := context.WithCancel(context.Background())
+	m := newMetrics(o.Registerer)
 	h := &Hub{
 		reg:          o.Registry,
 		log:          o.Logger.Named("hub"),
@@ -262,7 +291,10 @@ func New(o Options) *Hub {
 			WriteBufferSize:  1024,
 			WriteBufferPool:  &sync.Pool{},
 		},
-		m:         newMetrics(o.Registerer),
+		m:         m,
+		maxAgents: max(o.MaxAgents, 0),
+		admit:     newAdmission(o.AdmissionSlots, o.AdmissionQueue, o.AdmissionWait, m),
+		busyRetry: o.BusyRetry,
 		ctx:       ctx,
 		cancel:    cancel,
 		handlers:  map[string]func(context.Context, string, protocol.Envelope){},
@@ -274,8 +306,17 @@ func New(o Options) *Hub {
 		stop:      make(chan struct{}),
 		loopDone:  make(chan struct{}),
 	}
+	m.capacity.Set(float64(h.maxAgents))
 	go h.loop()
 	return h
+}
+
+// Capacity says how many agent connections the hub holds (authenticated
+// or still in their handshake) and its bound (0: none).
+func (h *Hub) Capacity() (conns, maxAgents int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.all), h.maxAgents
 }
 
 // Handle registers fn for agent→hub messages of type typ (task_log,
@@ -501,12 +542,6 @@ func (h *Hub) flush() {
 	}
 }
 
-func (h *Hub) stripe(serverID string) *sync.Mutex {
-	f := fnv.New32a()
-	_, _ = f.Write([]byte(serverID))
-	return &h.lifecycle[f.Sum32()%stripes]
-}
-
 // messageFor is the human text sent with an error code.
 func messageFor(code string) string {
 	switch code {
@@ -526,6 +561,8 @@ func messageFor(code string) string {
 		return "two agents used this server's identity key, so the control plane quarantined the server; an admin runs `devpilot servers rekey` and this agent enrolls again with `devpilot-agent enroll --token-file FILE`"
 	case protocol.ErrKeyRevoked:
 		return "this identity key was revoked by `devpilot servers rekey`; enroll with the new token: `devpilot-agent enroll --token-file FILE`"
+	case protocol.ErrBusy:
+		return "the control plane is at capacity (many agents reconnecting at once); dial again after retry_after_ms"
 	}
 	return code
 }

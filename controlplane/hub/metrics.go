@@ -15,6 +15,13 @@ type metrics struct {
 	authFailures *prometheus.CounterVec // reason
 	messages     *prometheus.CounterVec // type, agent → hub
 	conflicts    prometheus.Counter
+
+	conns             prometheus.Gauge
+	capacity          prometheus.Gauge
+	admissionWaiting  prometheus.Gauge
+	admissionInFlight prometheus.Gauge
+	admissionWait     prometheus.Histogram
+	busy              *prometheus.CounterVec // cause
 }
 
 // Auth failure reasons (label values of devpilot_hub_auth_failures_total).
@@ -29,6 +36,7 @@ const (
 	reasonTimeout      = "handshake_timeout"
 	reasonIO           = "io"
 	reasonInternal     = "internal"
+	reasonBusy         = protocol.ErrBusy
 )
 
 func newMetrics(r prometheus.Registerer) *metrics {
@@ -57,6 +65,31 @@ func newMetrics(r prometheus.Registerer) *metrics {
 			Name: "devpilot_hub_identity_conflicts_total",
 			Help: "Servers quarantined because sessions with one identity key kept replacing each other.",
 		}),
+		conns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "devpilot_hub_connections",
+			Help: "Agent connections held, authenticated or still in their handshake.",
+		}),
+		capacity: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "devpilot_hub_agent_capacity",
+			Help: "Agent connections this control plane holds at most (from its open file limit, or --max-agents); 0: no bound.",
+		}),
+		admissionWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "devpilot_hub_admission_waiting",
+			Help: "Handshakes waiting for an admission slot (store work).",
+		}),
+		admissionInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "devpilot_hub_admission_in_flight",
+			Help: "Handshakes holding an admission slot (doing their store work).",
+		}),
+		admissionWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "devpilot_hub_admission_wait_seconds",
+			Help:    "How long admitted handshakes waited for a slot.",
+			Buckets: []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5},
+		}),
+		busy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devpilot_hub_busy_refusals_total",
+			Help: "Agents refused busy (told to retry later), by cause: queue_full, wait_expired, at_capacity.",
+		}, []string{"cause"}),
 	}
 	if r == nil {
 		return m
@@ -67,11 +100,20 @@ func newMetrics(r prometheus.Registerer) *metrics {
 	m.authFailures = register(r, m.authFailures)
 	// Every reason from the start, at 0, so alerts on a rate see the series.
 	for _, reason := range []string{reasonBadRequest, reasonUnsupported, reasonTokenInvalid, reasonAuthFailed, reasonDeleted,
-		reasonQuarantined, reasonKeyRevoked, reasonTimeout, reasonIO, reasonInternal} {
+		reasonQuarantined, reasonKeyRevoked, reasonTimeout, reasonIO, reasonInternal, reasonBusy} {
 		m.authFailures.WithLabelValues(reason)
 	}
 	m.messages = register(r, m.messages)
 	m.conflicts = register(r, m.conflicts)
+	m.conns = register(r, m.conns)
+	m.capacity = register(r, m.capacity)
+	m.admissionWaiting = register(r, m.admissionWaiting)
+	m.admissionInFlight = register(r, m.admissionInFlight)
+	m.admissionWait = register(r, m.admissionWait)
+	m.busy = register(r, m.busy)
+	for _, cause := range []string{busyQueueFull, busyWaited, busyAtCapacity} {
+		m.busy.WithLabelValues(cause)
+	}
 	return m
 }
 

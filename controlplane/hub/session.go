@@ -38,6 +38,8 @@ type session struct {
 	lastSeen atomic.Int64 // unix nanos, h.now
 	health   atomic.Pointer[protocol.Health]
 
+	nonce []byte // the challenge's, until the hello is verified
+
 	wmu       chan struct{} // one data writer at a time; cap 1
 	closeOnce sync.Once
 	closedBy  atomic.Pointer[string] // why the hub closed it
@@ -51,6 +53,13 @@ type refusal struct {
 	reason string
 	detail string
 	err    error
+	retry  time.Duration // sent with protocol.ErrBusy
+	cause  string        // busy: busyQueueFull, busyWaited or busyAtCapacity
+}
+
+// busy is the refusal of a handshake the hub has no room for now.
+func (h *Hub) busy(cause string) *refusal {
+	return &refusal{code: protocol.ErrBusy, reason: reasonBusy, cause: cause, detail: cause, retry: h.busyRetry}
 }
 
 // ServeHTTP upgrades an agent's request and runs its session until it ends.
@@ -83,22 +92,32 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.closeWith("", "", websocket.CloseGoingAway, "control plane shutting down", "hub closed")
 		return
 	}
+	if h.maxAgents > 0 && len(h.all) >= h.maxAgents {
+		h.mu.Unlock()
+		h.refuse(s, "", h.busy(busyAtCapacity))
+		_ = conn.Close()
+		return
+	}
 	h.all[s] = struct{}{}
+	h.m.conns.Set(float64(len(h.all)))
 	h.mu.Unlock()
 	forget := func() {
 		h.mu.Lock()
 		delete(h.all, s)
+		h.m.conns.Set(float64(len(h.all)))
 		h.mu.Unlock()
 		_ = conn.Close()
 	}
 
-	hello, ref := h.authenticate(s)
+	hello, admitted, ref := h.authenticate(s)
 	if ref != nil {
 		h.refuse(s, hello.ServerID, ref)
 		forget()
 		return
 	}
-	if ref := h.register(s, hello); ref != nil {
+	ref = h.register(s, hello)
+	admitted()
+	if ref != nil {
 		h.refuse(s, hello.ServerID, ref)
 		forget()
 		return
@@ -115,11 +134,35 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
-// authenticate sends the challenge and checks the hello.
-func (h *Hub) authenticate(s *session) (protocol.Hello, *refusal) {
+// authenticate sends the challenge and checks the hello. Before its store
+// work it takes an admission slot (see admission), which the caller gives
+// back with done once the session is registered; refused, done is nil.
+func (h *Hub) authenticate(s *session) (_ protocol.Hello, done func(), _ *refusal) {
+	hello, ref := h.checkHello(s)
+	if ref != nil {
+		return hello, nil, ref
+	}
+	done, cause := h.admit.acquire(h.ctx.Done())
+	if done == nil {
+		if cause == "" {
+			return hello, nil, &refusal{reason: reasonIO, detail: "hub closing"}
+		}
+		return hello, nil, h.busy(cause)
+	}
+	if ref := h.verify(s, hello); ref != nil {
+		done()
+		return hello, nil, ref
+	}
+	return hello, done, nil
+}
+
+// checkHello sends the challenge and reads and checks the hello; no store
+// work. The nonce is kept on s for verify.
+func (h *Hub) checkHello(s *session) (protocol.Hello, *refusal) {
 	var hello protocol.Hello
 	nonce := make([]byte, protocol.NonceBytes)
 	_, _ = rand.Read(nonce) // never fails (crypto/rand)
+	s.nonce = nonce
 	deadline := time.Now().Add(h.handshake)
 	_ = s.conn.SetReadDeadline(deadline)
 	s.conn.SetReadLimit(maxHelloBytes)
@@ -172,45 +215,51 @@ func (h *Hub) authenticate(s *session) (protocol.Hello, *refusal) {
 	case hello.Mode != protocol.ModeEnroll && hello.Mode != protocol.ModeAuth:
 		return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "unknown mode"}
 	}
+	return hello, nil
+}
 
+// verify checks the hello's signature against the store (enrolling the
+// key in enroll mode).
+func (h *Hub) verify(s *session, hello protocol.Hello) *refusal {
 	ctx, cancel := context.WithTimeout(h.ctx, registryWait)
 	defer cancel()
-	signed := protocol.SignedMessage(nonce, hello.ServerID)
+	signed := protocol.SignedMessage(s.nonce, hello.ServerID)
+	s.nonce = nil
 	if hello.Mode == protocol.ModeEnroll {
 		if len(hello.PublicKey) != ed25519.PublicKeySize {
-			return hello, &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "public_key is not an ed25519 key"}
+			return &refusal{code: protocol.ErrBadRequest, reason: reasonBadRequest, detail: "public_key is not an ed25519 key"}
 		}
 		if hello.BootstrapToken == "" {
-			return hello, &refusal{code: protocol.ErrTokenInvalid, reason: reasonTokenInvalid, detail: "no bootstrap token"}
+			return &refusal{code: protocol.ErrTokenInvalid, reason: reasonTokenInvalid, detail: "no bootstrap token"}
 		}
 		// Proof of possession first, so a bad signature can't burn the token.
 		pub := ed25519.PublicKey(bytes.Clone(hello.PublicKey))
 		if !ed25519.Verify(pub, signed, hello.Signature) {
-			return hello, &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed, detail: "signature does not match public_key"}
+			return &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed, detail: "signature does not match public_key"}
 		}
 		if err := h.reg.Enroll(ctx, hello.ServerID, hello.BootstrapToken, pub, hello); err != nil {
-			return hello, registryRefusal(err)
+			return registryRefusal(err)
 		}
 		h.m.enrollments.Inc()
 		h.log.Info("agent enrolled", zap.String("server", hello.ServerID), zap.String("remote", s.remote),
 			zap.String("agent_version", hello.AgentVersion))
-		return hello, nil
+		return nil
 	}
 	keys, err := h.reg.AgentKey(ctx, hello.ServerID)
 	if err != nil {
-		return hello, registryRefusal(err)
+		return registryRefusal(err)
 	}
 	// Only a peer holding a key learns the server's quarantine or rekey.
 	switch {
 	case signedBy(keys.Enrolled, signed, hello.Signature):
 		if keys.Quarantined {
-			return hello, &refusal{code: protocol.ErrQuarantined, reason: reasonQuarantined}
+			return &refusal{code: protocol.ErrQuarantined, reason: reasonQuarantined}
 		}
-		return hello, nil
+		return nil
 	case signedBy(keys.Revoked, signed, hello.Signature):
-		return hello, &refusal{code: protocol.ErrKeyRevoked, reason: reasonKeyRevoked, detail: "signature made with the key a rekey revoked"}
+		return &refusal{code: protocol.ErrKeyRevoked, reason: reasonKeyRevoked, detail: "signature made with the key a rekey revoked"}
 	}
-	return hello, &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed, detail: "signature not made with the enrolled key"}
+	return &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed, detail: "signature not made with the enrolled key"}
 }
 
 func signedBy(pub ed25519.PublicKey, msg, sig []byte) bool {
@@ -243,6 +292,9 @@ func (h *Hub) refuse(s *session, serverID string, r *refusal) {
 		return
 	}
 	h.m.authFailures.WithLabelValues(r.reason).Inc()
+	if r.cause != "" {
+		h.m.busy.WithLabelValues(r.cause).Inc()
+	}
 	switch r.reason {
 	case reasonQuarantined, reasonKeyRevoked, reasonDeleted:
 		// Only refusals of a server that exists: an unknown peer cannot
@@ -264,10 +316,15 @@ func (h *Hub) refuse(s *session, serverID string, r *refusal) {
 	case reasonBadRequest, reasonUnsupported:
 		closeCode = websocket.CloseProtocolError
 		h.log.Info("agent refused", fields...)
+	case reasonBusy:
+		// Thousands of these in a storm: the metric counts them.
+		closeCode = protocol.CloseTryAgainLater
+		h.log.Debug("agent refused", fields...)
 	default:
 		h.log.Info("agent refused", fields...)
 	}
-	s.closeWith(r.code, messageFor(r.code), closeCode, r.reason, r.reason)
+	s.closeWithError(protocol.Error{Code: r.code, Message: messageFor(r.code), RetryAfterMS: int(r.retry / time.Millisecond)},
+		closeCode, r.reason, r.reason)
 }
 
 // register makes s the server's session (replacing any other), records it
@@ -287,12 +344,11 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wmu <- struct{}{} // held until the welcome is out
 
-	lc := h.stripe(id)
-	lc.Lock()
+	unlock := h.lifecycle.lock(id)
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
-		lc.Unlock()
+		unlock()
 		<-s.wmu
 		s.cancel()
 		s.closeWith("", "", websocket.CloseGoingAway, "control plane shutting down", "hub closed")
@@ -311,7 +367,7 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 	h.mu.Unlock()
 	if conflict != nil {
 		ref := h.quarantine(id, old, conflict)
-		lc.Unlock()
+		unlock()
 		<-s.wmu
 		s.cancel()
 		return ref
@@ -330,12 +386,12 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 			h.m.connected.Set(float64(len(h.sessions)))
 		}
 		h.mu.Unlock()
-		lc.Unlock()
+		unlock()
 		<-s.wmu
 		s.cancel()
 		return registryRefusal(err)
 	}
-	lc.Unlock()
+	unlock()
 
 	b, err := protocol.Encode(protocol.TypeWelcome, protocol.Welcome{
 		ServerID:           id,
@@ -393,7 +449,7 @@ func (h *Hub) takenOver(id string, t takeover) *Conflict {
 
 // quarantine records the conflict, ends the replaced session (old) and
 // the server's session in the store, and refuses the new one. The
-// lifecycle stripe is held.
+// server's lifecycle lock is held.
 func (h *Hub) quarantine(id string, old *session, c *Conflict) *refusal {
 	h.m.conflicts.Inc()
 	h.log.Warn("two agents use one identity key; server quarantined", zap.String("server", id),
@@ -421,9 +477,7 @@ func (h *Hub) quarantine(id string, old *session, c *Conflict) *refusal {
 // the disconnection.
 func (h *Hub) unregister(s *session, reason string) {
 	s.cancel()
-	lc := h.stripe(s.serverID)
-	lc.Lock()
-	defer lc.Unlock()
+	defer h.lifecycle.lock(s.serverID)()
 	h.mu.Lock()
 	mine := h.sessions[s.serverID] == s
 	if mine {
@@ -565,11 +619,17 @@ func (s *session) write(ctx context.Context, b []byte) error {
 // frame) within closeWait and closes the connection; the reader then ends
 // the session. Only the first call counts.
 func (s *session) closeWith(code, message string, closeCode int, closeText, why string) {
+	s.closeWithError(protocol.Error{Code: code, Message: message}, closeCode, closeText, why)
+}
+
+// closeWithError is closeWith with the whole error message (e.g. a busy
+// refusal's retry hint); none is sent when e.Code is empty.
+func (s *session) closeWithError(e protocol.Error, closeCode int, closeText, why string) {
 	s.closeOnce.Do(func() {
 		s.closedBy.Store(&why)
 		deadline := time.Now().Add(closeWait)
-		if code != "" {
-			if b, err := protocol.Encode(protocol.TypeError, protocol.Error{Code: code, Message: message}); err == nil {
+		if e.Code != "" {
+			if b, err := protocol.Encode(protocol.TypeError, e); err == nil {
 				ctx, cancel := context.WithDeadline(context.Background(), deadline)
 				_ = s.write(ctx, b)
 				cancel()
