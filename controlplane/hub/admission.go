@@ -28,9 +28,9 @@ const (
 // Why a handshake was refused busy (label values of
 // devpilot_hub_busy_refusals_total).
 const (
-	busyQueueFull  = "queue_full"  // the admission queue was full
+	busyQueueFull  = "queue_full"   // the admission queue was full
 	busyWaited     = "wait_expired" // no slot within the admission wait
-	busyAtCapacity = "at_capacity" // the hub holds Options.MaxAgents connections
+	busyAtCapacity = "at_capacity"  // the hub holds Options.MaxAgents connections
 )
 
 // admission bounds the handshakes doing store work (slots) and the ones
