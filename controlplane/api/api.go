@@ -53,6 +53,9 @@ type Options struct {
 	// console's sign-in included); nil: none.
 	Throttle *httpguard.Throttle
 	Now      func() time.Time
+	// Agents says how many agent connections the hub holds and its bound
+	// (0: none), for /readyz; nil: not reported.
+	Agents func() (conns, capacity int)
 }
 
 // API is the admin HTTP handler.

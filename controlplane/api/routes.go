@@ -16,6 +16,23 @@ import (
 	"github.com/devpilot/devpilot/controlplane/store"
 )
 
+// NearCapacity is the share of its agent capacity past which /readyz
+// says a control plane is near its ceiling (still ready: it answers, but
+// the next agents may be refused busy).
+const NearCapacity = 0.9
+
+// readiness is /readyz's answer once the database answered.
+func (a *API) readiness() apitypes.Readiness {
+	r := apitypes.Readiness{Status: "ready"}
+	if a.o.Agents == nil {
+		return r
+	}
+	conns, capacity := a.o.Agents()
+	r.Agents = &apitypes.AgentCapacity{Connections: conns, Capacity: capacity,
+		NearCeiling: capacity > 0 && float64(conns) >= NearCapacity*float64(capacity)}
+	return r
+}
+
 func (a *API) routes() {
 	a.public("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -25,7 +42,7 @@ func (a *API) routes() {
 			_ = writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "database unavailable"})
 			return
 		}
-		_ = writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		_ = writeJSON(w, http.StatusOK, a.readiness())
 	}))
 	a.public("GET /metrics", promhttp.HandlerFor(a.o.Gatherer, promhttp.HandlerOpts{}))
 	a.public("GET /v1/openapi.json", http.HandlerFunc(serveOpenAPI))

@@ -46,6 +46,9 @@ func (a *App) agentURL() string {
 	if a.cfg.PublicURL != "" {
 		return a.cfg.PublicURL
 	}
+	if a.AgentURL != "" {
+		return a.AgentURL
+	}
 	return a.URL
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cloud"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr"
+	"github.com/devpilot/devpilot/controlplane/fdlimit"
 	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/hub"
 	"github.com/devpilot/devpilot/controlplane/ids"
@@ -122,6 +123,17 @@ type Config struct {
 	Clock         func() time.Time
 	OnTLSCheck    func(reissued bool, err error)
 
+	// Agent connections (see "Scale" in the README). AgentListen, when
+	// set, is a second listener (same TLS) that serves only what agents
+	// use (the hub and the agent download), bounded to MaxAgents open
+	// connections, so agents can't crowd out the admin API and /healthz.
+	// MaxAgents bounds the hub's connections; 0: as many as the open
+	// file limit allows with FDReserve files kept back (default
+	// fdlimit.DefaultReserve). Past it agents are refused busy.
+	AgentListen string
+	MaxAgents   int
+	FDReserve   int
+
 	Logger *zap.Logger
 	Out    io.Writer // where the first start says which file holds the owner token (default stdout)
 }
@@ -153,6 +165,12 @@ type App struct {
 	ln  net.Listener
 	srv *http.Server
 	URL string // the API's URL, known once Listen returned
+
+	agentH   http.Handler // the hub and the agent download
+	agentLn  net.Listener // --agent-listen; nil: agents use ln
+	agentSrv *http.Server
+	AgentURL string // the agent listener's URL, when there is one
+	fds      fdlimit.Limit
 }
 
 // New opens the data directory and builds the control plane; it does not
@@ -234,15 +252,16 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		OnActionDone:     func(id string) { a.Tasks.ActionDone(id) },
 	})
 	a.Hub = hub.New(hub.Options{Registry: a.Provision.Registry(), Logger: cfg.Logger, Registerer: reg,
-		HeartbeatInterval: cfg.HeartbeatInterval})
+		HeartbeatInterval: cfg.HeartbeatInterval, MaxAgents: a.agentCapacity()})
 	a.Reconciler = a.reconciler(cfg)
+	a.agentH = a.agentHandler()
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Actions: a.Provision, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	apiHandler := api.New(api.Options{
-		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Agent: a.agentHandler(),
-		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
+		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Agent: a.agentH,
+		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg, Agents: a.Hub.Capacity,
 		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
 	guard := httpguard.New(httpguard.Options{BodyTimeout: cfg.BodyTimeout, MaxUnauthenticated: cfg.MaxUnauthenticated,
@@ -521,6 +540,12 @@ func (a *App) Listen() error {
 		ln = tls.NewListener(ln, a.tlsConfig)
 	}
 	a.ln = ln
+	if a.cfg.AgentListen != "" {
+		if err := a.listenAgents(scheme, host); err != nil {
+			_ = ln.Close()
+			return err
+		}
+	}
 	// The local CLI finds the API here.
 	if err := os.WriteFile(filepath.Join(a.cfg.DataDir, URLFile), []byte(a.URL+"\n"), 0o600); err != nil {
 		_ = ln.Close()
@@ -547,8 +572,17 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	a.Reconciler.Start()
 	defer a.Reconciler.Close()
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- a.srv.Serve(a.ln) }()
+	if a.agentLn != nil {
+		a.agentSrv = &http.Server{
+			Handler:           a.agentOnly(),
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          zap.NewStdLog(a.log.Named("http.agents")),
+		}
+		go func() { errc <- a.agentSrv.Serve(a.agentLn) }()
+	}
 	sd := a.startSystemd(ctx)
 	defer sd.stopping()
 	if a.tlsBundle != nil {
@@ -568,6 +602,10 @@ func (a *App) Serve(ctx context.Context) error {
 	var lost error
 	select {
 	case err := <-errc:
+		if a.agentSrv != nil {
+			_ = a.agentSrv.Close()
+		}
+		_ = a.srv.Close()
 		a.Hub.Close()
 		a.Tasks.Close()
 		a.Provision.Close()
@@ -591,6 +629,10 @@ func (a *App) Serve(ctx context.Context) error {
 	a.Store.Changes().Close()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if a.agentSrv != nil {
+		_ = a.agentSrv.Shutdown(sctx)
+		<-errc //nolint:errcheck // after Shutdown, Serve returns http.ErrServerClosed
+	}
 	err := a.srv.Shutdown(sctx)
 	<-errc //nolint:errcheck // after Shutdown, Serve returns http.ErrServerClosed
 	// Jobs stop at a recorded step and resume there on the next start.

@@ -21,6 +21,10 @@ type opsMetrics struct {
 	a        *App
 	role     *prometheus.GaugeVec
 	renewals *prometheus.CounterVec
+	// agentRefused counts connections the agent listener closed at once
+	// (more open than the hub may hold plus fdlimit.Slack).
+	agentRefused prometheus.Counter
+	openFiles    *prometheus.Desc
 
 	servers  *prometheus.Desc
 	tasks    *prometheus.Desc
@@ -46,16 +50,23 @@ func newOpsMetrics(a *App, reg prometheus.Registerer) *opsMetrics {
 			"Servers not deleted by the agent version they reported (\"\" before the agent enrolled).", []string{"version"}, nil),
 		expiry: prometheus.NewDesc("devpilot_tls_cert_expiry_seconds",
 			"When the served TLS certificate expires, in seconds since the Unix epoch (--tls auto and files).", nil, nil),
-		scrapeOK: prometheus.NewDesc("devpilot_store_scrape_ok", "1 if the last scrape could read the counts from the database.", nil, nil),
+		agentRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devpilot_agent_listener_refused_total",
+			Help: "Connections the --agent-listen listener closed unanswered: it held as many as the hub may, plus the slack for busy refusals.",
+		}),
+		openFiles: prometheus.NewDesc("devpilot_open_files_limit", "This process's soft RLIMIT_NOFILE (after raising it to the hard limit).", nil, nil),
+		scrapeOK:  prometheus.NewDesc("devpilot_store_scrape_ok", "1 if the last scrape could read the counts from the database.", nil, nil),
 	}
 	m.role.WithLabelValues("active")
 	m.role.WithLabelValues("standby")
 	m.renewals.WithLabelValues("unchanged")
 	m.renewals.WithLabelValues("reissued")
 	m.renewals.WithLabelValues("error")
-	reg.MustRegister(m.role, m.renewals, m)
+	reg.MustRegister(m.role, m.renewals, m.agentRefused, m)
 	return m
 }
+
+func (m *opsMetrics) agentConnRefused() { m.agentRefused.Inc() }
 
 func (m *opsMetrics) setRole(role string) {
 	for _, r := range []string{"active", "standby"} {
@@ -69,7 +80,7 @@ func (m *opsMetrics) setRole(role string) {
 
 // Describe is prometheus.Collector.
 func (m *opsMetrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.servers, m.tasks, m.versions, m.expiry, m.scrapeOK} {
+	for _, d := range []*prometheus.Desc{m.servers, m.tasks, m.versions, m.expiry, m.scrapeOK, m.openFiles} {
 		ch <- d
 	}
 }
@@ -94,6 +105,9 @@ func (m *opsMetrics) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(m.scrapeOK, prometheus.GaugeValue, ok)
+	if m.a.fds.Soft > 0 {
+		ch <- prometheus.MustNewConstMetric(m.openFiles, prometheus.GaugeValue, float64(m.a.fds.Soft))
+	}
 	if exp := m.a.certExpiry(); !math.IsNaN(exp) {
 		ch <- prometheus.MustNewConstMetric(m.expiry, prometheus.GaugeValue, exp)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/devenv"
+	"github.com/devpilot/devpilot/controlplane/fdlimit"
 	"github.com/devpilot/devpilot/controlplane/httpguard"
 )
 
@@ -77,6 +78,9 @@ func serveCmd(env Env) *cobra.Command {
 	fs.DurationVar(&cfg.BodyTimeout, "body-timeout", httpguard.DefaultBodyTimeout, "how long a request may take to send its body")
 	fs.IntVar(&cfg.MaxUnauthenticated, "max-unauthenticated", httpguard.DefaultMaxUnauthenticated,
 		"requests one client address may have in flight before they authenticate (behind a proxy, every client shares its address)")
+	fs.StringVar(&cfg.AgentListen, "agent-listen", "", "a second address that serves only the agents (hub and agent download), so they can't crowd out the admin API; point --public-url at it")
+	fs.IntVar(&cfg.MaxAgents, "max-agents", 0, "agent connections to hold at most, past which agents are told to retry later (default: what the open file limit allows)")
+	fs.IntVar(&cfg.FDReserve, "fd-reserve", fdlimit.DefaultReserve, "open files kept back from the agents for the admin API, database and logs")
 	logFlags(fs, &level, &format)
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)
@@ -87,6 +91,9 @@ func serveCmd(env Env) *cobra.Command {
 func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acmeDomains, level, format string) error {
 	if cfg.BodyTimeout <= 0 || cfg.MaxUnauthenticated <= 0 {
 		return usagef("--body-timeout and --max-unauthenticated must be positive")
+	}
+	if cfg.MaxAgents < 0 || cfg.FDReserve < 0 {
+		return usagef("--max-agents and --fd-reserve can't be negative")
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")

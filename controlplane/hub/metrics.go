@@ -10,6 +10,7 @@ import (
 
 type metrics struct {
 	connected    prometheus.Gauge
+	sessions     prometheus.Counter
 	enrollments  prometheus.Counter
 	heartbeats   prometheus.Counter
 	authFailures *prometheus.CounterVec // reason
@@ -44,6 +45,10 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "devpilot_hub_agents_connected",
 			Help: "Agents with a live, authenticated session.",
+		}),
+		sessions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devpilot_hub_sessions_total",
+			Help: "Agent sessions welcomed (authenticated and registered).",
 		}),
 		enrollments: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "devpilot_hub_enrollments_total",
@@ -95,6 +100,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		return m
 	}
 	m.connected = register(r, m.connected)
+	m.sessions = register(r, m.sessions)
 	m.enrollments = register(r, m.enrollments)
 	m.heartbeats = register(r, m.heartbeats)
 	m.authFailures = register(r, m.authFailures)

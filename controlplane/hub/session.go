@@ -392,6 +392,7 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 		return registryRefusal(err)
 	}
 	unlock()
+	h.m.sessions.Inc()
 
 	b, err := protocol.Encode(protocol.TypeWelcome, protocol.Welcome{
 		ServerID:           id,
