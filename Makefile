@@ -7,7 +7,7 @@ LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSI
 DEMO_DIR ?= .demo
 DEMO_LISTEN ?= 127.0.0.1:8443
 
-.PHONY: build test test-sqlite test-postgres test-fast test-stress lint demo clean fuzz
+.PHONY: build test test-sqlite test-postgres test-fast test-stress lint demo clean fuzz bench-scale
 
 ## build: static binaries in bin/
 build:
@@ -109,3 +109,15 @@ e2e: e2e-rootfs
 	DEVPILOT_E2E_DEB="$(CURDIR)/dist/devpilot_$(PKG_VERSION)-1_amd64.deb" \
 	DEVPILOT_E2E_ROOTFS="$(E2E_CACHE)/rootfs-bookworm" DEVPILOT_E2E_TIMINGS="$(CURDIR)/e2e/.cache/timings.txt" \
 		$(GO) test -tags e2e -count=1 -v -parallel 4 -timeout 14m ./e2e/...
+
+## bench-scale: the scale benchmark (controlplane/benchscale): seeds
+## BENCH_SERVERS enrolled servers, runs bin/devpilot serve over TLS and
+## BENCH_AGENTS agents in load-generator processes, prints the report
+## (README "Scale"). BENCH_DATABASE=postgres://… runs it on PostgreSQL.
+BENCH_SERVERS ?= 100000
+BENCH_AGENTS  ?= 19500
+BENCH_FLAGS   ?=
+bench-scale: build
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/devpilot-bench ./cmd/devpilot-bench
+	DEVPILOT_BENCH_DATABASE=$(BENCH_DATABASE) ./bin/devpilot-bench run --bin bin/devpilot \
+		--servers $(BENCH_SERVERS) --agents $(BENCH_AGENTS) $(BENCH_FLAGS)

@@ -96,6 +96,9 @@ type Options struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Rand feeds the jitter; default math/rand.
 	Rand func() float64
+	// NetDialContext dials the TCP connection; default net.Dialer (the
+	// scale benchmark spreads its agents over loopback source addresses).
+	NetDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // ErrRebooting is what Run returns after the host's reboot was started.
@@ -161,6 +164,7 @@ func New(o Options) (*Client, error) {
 			Proxy:            http.ProxyFromEnvironment,
 			TLSClientConfig:  tc,
 			HandshakeTimeout: o.HandshakeTimeout,
+			NetDialContext:   o.NetDialContext,
 		},
 	}
 	if o.Sleep == nil {
