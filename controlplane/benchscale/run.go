@@ -104,17 +104,19 @@ func (c *Config) defaults() {
 	if c.Ramp <= 0 {
 		c.Ramp = 20 * time.Second
 	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 15 * time.Second
+	}
 	if c.Idle <= 0 {
 		c.Idle = 30 * time.Second
 	}
+	// Shorter than an interval, the window could miss every heartbeat.
+	c.Idle = max(c.Idle, c.Heartbeat)
 	if c.Tasks <= 0 {
 		c.Tasks = 200
 	}
 	if c.StormTasks <= 0 {
 		c.StormTasks = 200
-	}
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = 15 * time.Second
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 5 * time.Minute
