@@ -9,10 +9,10 @@ import (
 // Defaults for the admission options.
 const (
 	// DefaultAdmissionSlots handshakes do their store work at once: enough
-	// to keep the store busy (SQLite serialises writes anyway, PostgreSQL's
-	// pool has 16 connections), few enough that none waits long for a
-	// connection.
-	DefaultAdmissionSlots = 16
+	// to keep the store busy (SQLite serialises writes anyway; its pool
+	// has 12 connections, PostgreSQL's 16), few enough that handshakes
+	// leave connections for the API, health flushes and tasks.
+	DefaultAdmissionSlots = 8
 	// DefaultAdmissionQueue handshakes may wait for a slot; past that a
 	// handshake is refused busy at once.
 	DefaultAdmissionQueue = 1024
@@ -31,6 +31,7 @@ const (
 	busyQueueFull  = "queue_full"   // the admission queue was full
 	busyWaited     = "wait_expired" // no slot within the admission wait
 	busyAtCapacity = "at_capacity"  // the hub holds Options.MaxAgents connections
+	busyStoreSlow  = "store_slow"   // a store call ran out of time (registryWait)
 )
 
 // admission bounds the handshakes doing store work (slots) and the ones

@@ -93,7 +93,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		}),
 		busy: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "devpilot_hub_busy_refusals_total",
-			Help: "Agents refused busy (told to retry later), by cause: queue_full, wait_expired, at_capacity.",
+			Help: "Agents refused busy (told to retry later), by cause: queue_full, wait_expired, at_capacity, store_slow.",
 		}, []string{"cause"}),
 	}
 	if r == nil {
@@ -117,7 +117,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 	m.admissionInFlight = register(r, m.admissionInFlight)
 	m.admissionWait = register(r, m.admissionWait)
 	m.busy = register(r, m.busy)
-	for _, cause := range []string{busyQueueFull, busyWaited, busyAtCapacity} {
+	for _, cause := range []string{busyQueueFull, busyWaited, busyAtCapacity, busyStoreSlow} {
 		m.busy.WithLabelValues(cause)
 	}
 	return m

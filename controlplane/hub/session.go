@@ -238,7 +238,7 @@ func (h *Hub) verify(s *session, hello protocol.Hello) *refusal {
 			return &refusal{code: protocol.ErrAuthFailed, reason: reasonAuthFailed, detail: "signature does not match public_key"}
 		}
 		if err := h.reg.Enroll(ctx, hello.ServerID, hello.BootstrapToken, pub, hello); err != nil {
-			return registryRefusal(err)
+			return h.registryRefusal(err)
 		}
 		h.m.enrollments.Inc()
 		h.log.Info("agent enrolled", zap.String("server", hello.ServerID), zap.String("remote", s.remote),
@@ -247,7 +247,7 @@ func (h *Hub) verify(s *session, hello protocol.Hello) *refusal {
 	}
 	keys, err := h.reg.AgentKey(ctx, hello.ServerID)
 	if err != nil {
-		return registryRefusal(err)
+		return h.registryRefusal(err)
 	}
 	// Only a peer holding a key learns the server's quarantine or rekey.
 	switch {
@@ -266,8 +266,12 @@ func signedBy(pub ed25519.PublicKey, msg, sig []byte) bool {
 	return len(pub) == ed25519.PublicKeySize && ed25519.Verify(pub, msg, sig)
 }
 
-func registryRefusal(err error) *refusal {
+func (h *Hub) registryRefusal(err error) *refusal {
 	switch {
+	case errors.Is(err, context.DeadlineExceeded) && h.ctx.Err() == nil:
+		// The store is overloaded, not failing: the agent comes back
+		// after the hint rather than at its own backoff's whim.
+		return h.busy(busyStoreSlow)
 	case errors.Is(err, ErrTokenInvalid):
 		return &refusal{code: protocol.ErrTokenInvalid, reason: reasonTokenInvalid}
 	case errors.Is(err, ErrAuthFailed):
@@ -389,7 +393,7 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 		unlock()
 		<-s.wmu
 		s.cancel()
-		return registryRefusal(err)
+		return h.registryRefusal(err)
 	}
 	unlock()
 	h.m.sessions.Inc()

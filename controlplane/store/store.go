@@ -102,9 +102,11 @@ func openSQLite(ctx context.Context, path string, migrate bool) (*Store, error) 
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	// One writer at a time is SQLite's model; a small pool keeps readers
-	// from queueing behind it.
-	db.SetMaxOpenConns(4)
+	// One writer at a time is SQLite's model (WAL: readers don't wait
+	// for it); 12 connections let the hub's admitted handshakes (8 at
+	// most, hub.DefaultAdmissionSlots) read while the API, health
+	// flushes and tasks still find a connection.
+	db.SetMaxOpenConns(12)
 	return open(ctx, db, SQLite, path, migrate)
 }
 
