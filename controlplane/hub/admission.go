@@ -44,10 +44,60 @@ type admission struct {
 	wait    time.Duration
 	waiting atomic.Int64
 	m       *metrics
+	now     func() time.Time
+
+	// The admitted handshakes' completion rate (per second), averaged
+	// over rateWindow windows, for the retry hint.
+	rmu      sync.Mutex
+	winStart time.Time
+	winDone  int
+	rate     float64
 }
 
+// rateWindow is how long completions are counted before the rate moves.
+const rateWindow = 2 * time.Second
+
+// maxHint caps the retry hint (the agent's backoff caps at 60 s too).
+const maxHint = 60 * time.Second
+
 func newAdmission(slots, queue int, wait time.Duration, m *metrics) *admission {
-	return &admission{slots: make(chan struct{}, slots), queue: int64(queue), wait: wait, m: m}
+	return &admission{slots: make(chan struct{}, slots), queue: int64(queue), wait: wait, m: m, now: time.Now}
+}
+
+// completed counts one admitted handshake's end for the rate.
+func (a *admission) completed() {
+	a.rmu.Lock()
+	defer a.rmu.Unlock()
+	now := a.now()
+	if a.winStart.IsZero() {
+		a.winStart = now
+	}
+	a.winDone++
+	if el := now.Sub(a.winStart); el >= rateWindow {
+		r := float64(a.winDone) / el.Seconds()
+		if a.rate == 0 {
+			a.rate = r
+		} else {
+			a.rate = (a.rate + r) / 2
+		}
+		a.winStart, a.winDone = now, 0
+	}
+}
+
+// hint is the wait a busy refusal suggests: at least base, and as long
+// as the handshakes waiting now take at the recent completion rate, so
+// the agents a storm turned away come back about when there is room
+// (each adds jitter) instead of retrying into a full queue.
+func (a *admission) hint(base time.Duration) time.Duration {
+	a.rmu.Lock()
+	rate := a.rate
+	a.rmu.Unlock()
+	waiting := a.waiting.Load() + int64(cap(a.slots))
+	if rate <= 0 {
+		return base
+	}
+	d := time.Duration(float64(waiting) / rate * float64(time.Second))
+	return min(max(d, base), max(base, maxHint))
 }
 
 // acquire takes a slot, waiting at most a.wait; done (nil when refused)
@@ -89,6 +139,7 @@ func (a *admission) admitted(start time.Time) func() {
 		once.Do(func() {
 			<-a.slots
 			a.m.admissionInFlight.Dec()
+			a.completed()
 		})
 	}
 }

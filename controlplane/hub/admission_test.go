@@ -66,8 +66,10 @@ func expectBusy(t *testing.T, a *agent, retry time.Duration) {
 	if e.Type != protocol.TypeError || protocol.DecodeData(e, &pe) != nil || pe.Code != protocol.ErrBusy {
 		t.Fatalf("got %s %s, want error busy", e.Type, e.Data)
 	}
-	if pe.RetryAfterMS != int(retry/time.Millisecond) || pe.Message == "" {
-		t.Errorf("busy refusal = %+v, want retry_after_ms %d and a message", pe, retry/time.Millisecond)
+	// At least the base wait (more when the recent rate says the
+	// backlog takes longer: TestBusyHintFollowsTheBacklog).
+	if pe.RetryAfterMS < int(retry/time.Millisecond) || pe.RetryAfterMS > int(maxHint/time.Millisecond) || pe.Message == "" {
+		t.Errorf("busy refusal = %+v, want retry_after_ms from %d and a message", pe, retry/time.Millisecond)
 	}
 	var ce *websocket.CloseError
 	if err := a.expectClosed(); !errors.As(err, &ce) || ce.Code != protocol.CloseTryAgainLater {
@@ -198,4 +200,33 @@ func TestAtCapacityRefusedBusy(t *testing.T) {
 	_ = a1.conn.Close()
 	eventually(t, "srv-1's place freed", func() bool { c, _ := e.hub.Capacity(); return c == 1 })
 	e.enroll(t, "srv-3")
+}
+
+// The retry hint grows with the backlog at the recent completion rate:
+// agents a slow store turned away are told to come back when there is
+// room, not all again after the base wait.
+func TestBusyHintFollowsTheBacklog(t *testing.T) {
+	t.Parallel()
+	a := newAdmission(8, 1024, time.Second, newMetrics(nil))
+	clock := time.Unix(0, 0)
+	a.now = func() time.Time { return clock }
+	if got := a.hint(5 * time.Second); got != 5*time.Second {
+		t.Errorf("hint with no rate yet = %v, want the base 5s", got)
+	}
+	for range 21 { // 10 handshakes a second
+		a.completed()
+		clock = clock.Add(100 * time.Millisecond)
+	}
+	a.waiting.Store(492) // + 8 in flight: 500 ahead, 50 s at 10/s
+	if got := a.hint(5 * time.Second); got < 45*time.Second || got > 55*time.Second {
+		t.Errorf("hint with 500 ahead at 10/s = %v, want about 50s", got)
+	}
+	a.waiting.Store(100_000)
+	if got := a.hint(5 * time.Second); got != maxHint {
+		t.Errorf("hint with a huge backlog = %v, want the cap %v", got, maxHint)
+	}
+	a.waiting.Store(0)
+	if got := a.hint(5 * time.Second); got != 5*time.Second {
+		t.Errorf("hint with nothing waiting = %v, want the base 5s", got)
+	}
 }

@@ -59,7 +59,7 @@ type refusal struct {
 
 // busy is the refusal of a handshake the hub has no room for now.
 func (h *Hub) busy(cause string) *refusal {
-	return &refusal{code: protocol.ErrBusy, reason: reasonBusy, cause: cause, detail: cause, retry: h.busyRetry}
+	return &refusal{code: protocol.ErrBusy, reason: reasonBusy, cause: cause, detail: cause, retry: h.admit.hint(h.busyRetry)}
 }
 
 // ServeHTTP upgrades an agent's request and runs its session until it ends.
