@@ -84,7 +84,7 @@ type StormReport struct {
 	HealthzPolls      int
 	HealthzMaxMS      float64
 	Tasks             Latency // accepted → first output
-	AfterAgentMaxS    float64 // task delivered − its agent's welcome, worst case
+	AfterAgentMaxS    float64 // task delivered − max(accepted, its agent's welcome), worst case
 	Delivered         int     // tasks delivered
 	DeliveredTwice    int
 }
@@ -677,7 +677,12 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 		out time.Time
 		err error
 	}
+	// All submitted at once (8 clients), each then followed on its own,
+	// so every task is accepted while the storm is on.
 	subs := make([]*sub, r.c.StormTasks)
+	for k := range subs {
+		subs[k] = &sub{idx: rand.IntN(r.c.Agents)}
+	}
 	var wg sync.WaitGroup
 	work := make(chan *sub)
 	for range 8 {
@@ -687,15 +692,18 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 			for t := range work {
 				t.id, t.at, t.err = r.submit(t.idx)
 				if t.err == nil {
-					t.out, t.err = r.firstOutput(ctx, t.id, r.c.Timeout)
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						t.out, t.err = r.firstOutput(ctx, t.id, r.c.Timeout)
+					}()
 				}
 			}
 		}()
 	}
 	go func() {
-		for k := range subs {
-			subs[k] = &sub{idx: rand.IntN(r.c.Agents)}
-			work <- subs[k]
+		for _, t := range subs {
+			work <- t
 		}
 		close(work)
 	}()
@@ -751,8 +759,10 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 				back = max(back, u)
 			}
 		}
-		if back > 0 && back >= killed.UnixNano() {
-			s.AfterAgentMaxS = max(s.AfterAgentMaxS, float64(deliveries[0]-back)/1e9)
+		// From the later of its acceptance and its agent's return.
+		from := max(back, t.at.UnixNano())
+		if back >= killed.UnixNano() && len(deliveries) > 0 {
+			s.AfterAgentMaxS = max(s.AfterAgentMaxS, float64(deliveries[0]-from)/1e9)
 		}
 	}
 	s.Tasks = latency(ms, lost)
