@@ -47,7 +47,7 @@ func (a *App) listenAgents(scheme, host string) error {
 		return fmt.Errorf("agent listen: %w", err)
 	}
 	_, most := a.Hub.Capacity()
-	var ln net.Listener = raw
+	ln := net.Listener(raw)
 	if most > 0 {
 		ln = fdlimit.Listener(raw, most+fdlimit.Slack, a.ops.agentConnRefused)
 	}
