@@ -57,8 +57,9 @@ type admission struct {
 // rateWindow is how long completions are counted before the rate moves.
 const rateWindow = 2 * time.Second
 
-// maxHint caps the retry hint (the agent's backoff caps at 60 s too).
-const maxHint = 60 * time.Second
+// maxHint caps the retry hint: with the agent's jitter (up to half
+// again) a refused agent is back within 30 s.
+const maxHint = 20 * time.Second
 
 func newAdmission(slots, queue int, wait time.Duration, m *metrics) *admission {
 	return &admission{slots: make(chan struct{}, slots), queue: int64(queue), wait: wait, m: m, now: time.Now}

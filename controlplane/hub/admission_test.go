@@ -217,9 +217,9 @@ func TestBusyHintFollowsTheBacklog(t *testing.T) {
 		a.completed()
 		clock = clock.Add(100 * time.Millisecond)
 	}
-	a.waiting.Store(492) // + 8 in flight: 500 ahead, 50 s at 10/s
-	if got := a.hint(5 * time.Second); got < 45*time.Second || got > 55*time.Second {
-		t.Errorf("hint with 500 ahead at 10/s = %v, want about 50s", got)
+	a.waiting.Store(142) // + 8 in flight: 150 ahead, 15 s at 10/s
+	if got := a.hint(5 * time.Second); got < 13*time.Second || got > 17*time.Second {
+		t.Errorf("hint with 150 ahead at 10/s = %v, want about 15s", got)
 	}
 	a.waiting.Store(100_000)
 	if got := a.hint(5 * time.Second); got != maxHint {
