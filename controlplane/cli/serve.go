@@ -16,6 +16,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/devenv"
 	"github.com/devpilot/devpilot/controlplane/httpguard"
+	"github.com/devpilot/devpilot/controlplane/provision"
 )
 
 // newLogger builds the process logger: JSON lines for machines (default
@@ -77,6 +78,10 @@ func serveCmd(env Env) *cobra.Command {
 	fs.DurationVar(&cfg.BodyTimeout, "body-timeout", httpguard.DefaultBodyTimeout, "how long a request may take to send its body")
 	fs.IntVar(&cfg.MaxUnauthenticated, "max-unauthenticated", httpguard.DefaultMaxUnauthenticated,
 		"requests one client address may have in flight before they authenticate (behind a proxy, every client shares its address)")
+	fs.DurationVar(&cfg.HealthHistoryRetention, "health-history-retention", provision.DefaultHealthRetention,
+		"how long servers' health history is kept (GET /v1/servers/{id}/health?since= reaches back this far)")
+	fs.DurationVar(&cfg.HealthHistoryResolution, "health-history-resolution", provision.DefaultHealthResolution,
+		"health history keeps one point per server per this interval (the first sample in it)")
 	logFlags(fs, &level, &format)
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)
@@ -87,6 +92,9 @@ func serveCmd(env Env) *cobra.Command {
 func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acmeDomains, level, format string) error {
 	if cfg.BodyTimeout <= 0 || cfg.MaxUnauthenticated <= 0 {
 		return usagef("--body-timeout and --max-unauthenticated must be positive")
+	}
+	if cfg.HealthHistoryResolution < time.Second || cfg.HealthHistoryRetention < cfg.HealthHistoryResolution {
+		return usagef("--health-history-resolution must be at least 1s and --health-history-retention at least the resolution (e.g. 24h and 1m)")
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")

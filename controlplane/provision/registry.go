@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -170,38 +171,57 @@ func (r *Registry) AgentError(ctx context.Context, serverID, reason string, _ ti
 	return r.s.store.Q().SetAgentLastError(ctx, serverID, reason)
 }
 
-// SaveHealth implements hub.Registry.
+// SaveHealth implements hub.Registry: each server's latest health on its
+// row, and a point in its history bucket, in batched transactions
+// (store.SaveHealthBatch); then history older than the retention is pruned.
+// A server whose previous flush already wrote its current bucket only
+// gets its latest health written (at 30 s flushes and 1 min buckets that
+// halves the history writes: the bucket keeps its first sample).
 func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthSample) error {
-	err := r.s.store.InTx(ctx, func(q *store.Queries) error {
-		for id, h := range latest {
-			b, err := json.Marshal(h.Health)
-			if err != nil {
-				return err
-			}
-			if err := q.SaveHealth(ctx, id, string(b), h.At); err != nil {
-				return err
-			}
-			p := store.HealthPoint{At: h.At, CPUPercent: h.Health.CPUPercent, Load1: h.Health.Load1,
-				MemUsedMB: h.Health.MemUsedMB, MemTotalMB: h.Health.MemTotalMB}
-			for _, d := range h.Health.Disks {
-				if d.Mount == "/" || len(h.Health.Disks) == 1 {
-					p.DiskUsedMB, p.DiskTotalMB = d.UsedMB, d.TotalMB
-				}
-			}
-			if err := q.AddHealthPoint(ctx, id, p); err != nil {
-				return err
+	res := r.s.o.HealthResolution
+	r.s.hmu.Lock()
+	written := r.s.healthBuckets
+	r.s.hmu.Unlock()
+	buckets := make(map[string]int64, len(latest))
+	rows := make([]store.HealthRow, 0, len(latest))
+	for id, h := range latest {
+		b, err := json.Marshal(h.Health)
+		if err != nil {
+			return err
+		}
+		p := store.HealthPoint{At: h.At, CPUPercent: h.Health.CPUPercent, Load1: h.Health.Load1,
+			MemUsedMB: h.Health.MemUsedMB, MemTotalMB: h.Health.MemTotalMB}
+		for _, d := range h.Health.Disks {
+			if d.Mount == "/" || len(h.Health.Disks) == 1 {
+				p.DiskUsedMB, p.DiskTotalMB = d.UsedMB, d.TotalMB
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return err
+		bucket := h.At.UTC().Truncate(res).UnixNano()
+		buckets[id] = bucket
+		prev, ok := written[id]
+		rows = append(rows, store.HealthRow{ServerID: id, HealthJSON: string(b), Point: p, SameBucket: ok && prev == bucket})
 	}
-	return r.s.store.Q().PruneHealth(ctx, r.s.now().Add(-HealthHistory))
+	// In id order: concurrent flushes (several control planes) touch rows
+	// in the same order.
+	slices.SortFunc(rows, func(a, b store.HealthRow) int { return strings.Compare(a.ServerID, b.ServerID) })
+	if err := r.s.store.SaveHealthBatch(ctx, rows, res, 0); err != nil {
+		return err // some batches may be saved: the next flush writes their buckets again
+	}
+	// Only this flush's servers: one that went quiet drops out.
+	r.s.hmu.Lock()
+	r.s.healthBuckets = buckets
+	r.s.hmu.Unlock()
+	return r.s.store.Q().PruneHealth(ctx, r.s.now().Add(-r.s.o.HealthRetention))
 }
 
-// HealthHistory is how long health samples are kept.
-const HealthHistory = 24 * time.Hour
+// Health history defaults (Options.HealthRetention, HealthResolution).
+const (
+	DefaultHealthRetention  = 24 * time.Hour
+	DefaultHealthResolution = time.Minute
+)
+
+// HealthRetention is how long health history is kept.
+func (s *Service) HealthRetention() time.Duration { return s.o.HealthRetention }
 
 // HealthSince returns a server's stored health samples since t.
 func (s *Service) HealthSince(ctx context.Context, workspaceID, id string, t time.Time) ([]store.HealthPoint, error) {
