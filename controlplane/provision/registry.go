@@ -94,18 +94,24 @@ func jsonString(s string) string {
 	return string(b)
 }
 
-// AgentKey implements hub.Registry.
+// AgentKey implements hub.Registry with one narrow read (store.AgentAuthOf).
 func (r *Registry) AgentKey(ctx context.Context, serverID string) (hub.AgentKeys, error) {
-	srv, err := r.live(ctx, serverID)
+	a, err := r.s.store.Q().AgentAuthOf(ctx, serverID)
+	if errors.Is(err, store.ErrNotFound) {
+		return hub.AgentKeys{}, hub.ErrAuthFailed
+	}
 	if err != nil {
 		return hub.AgentKeys{}, err
 	}
-	k := hub.AgentKeys{Quarantined: srv.QuarantinedAt != nil}
-	if len(srv.AgentPublicKey) == ed25519.PublicKeySize {
-		k.Enrolled = ed25519.PublicKey(srv.AgentPublicKey)
+	if a.State == StateDeleted || a.State == StateDeleting {
+		return hub.AgentKeys{}, hub.ErrServerDeleted
 	}
-	if len(srv.RevokedAgentKey) == ed25519.PublicKeySize {
-		k.Revoked = ed25519.PublicKey(srv.RevokedAgentKey)
+	k := hub.AgentKeys{Quarantined: a.Quarantined}
+	if len(a.PublicKey) == ed25519.PublicKeySize {
+		k.Enrolled = ed25519.PublicKey(a.PublicKey)
+	}
+	if len(a.RevokedKey) == ed25519.PublicKeySize {
+		k.Revoked = ed25519.PublicKey(a.RevokedKey)
 	}
 	if k.Enrolled == nil && k.Revoked == nil {
 		return k, hub.ErrAuthFailed
@@ -142,15 +148,22 @@ func (r *Registry) IdentityConflict(ctx context.Context, serverID string, c hub.
 
 // Connected implements hub.Registry: the first session confirms the
 // install; later ones bring an offline server back online.
+//
+// One conditional write (store.StartAgentSession); only when it finds no
+// live server does a read say why.
 func (r *Registry) Connected(ctx context.Context, serverID string, hello protocol.Hello, at time.Time) error {
-	if _, err := r.live(ctx, serverID); err != nil {
-		return err
-	}
 	facts, _ := json.Marshal(hello.Facts)
 	// An installing server turns online when its job records wait_agent
 	// done; an offline one right here.
-	if err := r.s.store.Q().SaveAgentSession(ctx, serverID, hello.AgentVersion, string(facts), at); err != nil {
+	ok, err := r.s.store.Q().StartAgentSession(ctx, serverID, hello.AgentVersion, string(facts), at)
+	if err != nil {
 		return err
+	}
+	if !ok {
+		if _, err := r.live(ctx, serverID); err != nil {
+			return err
+		}
+		return hub.ErrServerDeleted // deleted between the two statements
 	}
 	r.s.wake(serverID)
 	if r.s.o.OnAgentConnected != nil {
