@@ -12,3 +12,7 @@ func SeedServers(ctx context.Context, s *Store, ws string, n int) error {
 		'[22]', 'online', 60, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP FROM n`, n, ws)
 	return err
 }
+
+// Unprepared returns queries outside a transaction that skip the prepared
+// statement cache (the before of BenchmarkHandshakeQueries).
+func Unprepared(s *Store) *Queries { return s.queries(s.db, s.feed.Publish) }
