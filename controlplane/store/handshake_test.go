@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -39,7 +40,7 @@ func TestHandshakeQueries(t *testing.T) {
 			if a, err := q.AgentAuthOf(ctx, "srv_00001"); err != nil || !a.Quarantined || a.PublicKey != nil {
 				t.Errorf("srv_00001 auth = %+v, %v; want quarantined, no key", a, err)
 			}
-			if _, err := q.AgentAuthOf(ctx, "srv_nope"); err != store.ErrNotFound {
+			if _, err := q.AgentAuthOf(ctx, "srv_nope"); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("unknown server: %v, want ErrNotFound", err)
 			}
 			if ok, err := q.StartAgentSession(ctx, "srv_00000", "1.2.3", `{"os":"debian"}`, now); !ok || err != nil {
