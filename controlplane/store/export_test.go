@@ -10,6 +10,12 @@ func SeedServers(ctx context.Context, s *Store, ws string, n int) error {
 		WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?)
 		SELECT 'srv_' || substr(CAST(100000 + i AS TEXT), 2), ?, 'digitalocean', 'web-' || i, 'nyc3', 's-1vcpu-1gb', 'debian-12',
 		'[22]', 'online', 60, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP FROM n`, n, ws)
+	if err != nil {
+		return err
+	}
+	// Table statistics, as a database of that size has (PostgreSQL's
+	// autovacuum gathers them): without, the planner guesses row counts.
+	_, err = s.db.ExecContext(ctx, `ANALYZE`)
 	return err
 }
 
