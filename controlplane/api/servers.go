@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -41,13 +42,15 @@ func (a *API) rekeyServer(w http.ResponseWriter, r *http.Request, c *call) error
 	return writeJSON(w, http.StatusOK, rekeyOut(rk))
 }
 
-// serverHealth returns stored health samples: ?since=1h (a duration, at most 24h).
+// serverHealth returns stored health samples: ?since=1h (a duration, at
+// most the history's retention, default 24h).
 func (a *API) serverHealth(w http.ResponseWriter, r *http.Request, c *call) error {
 	since := time.Hour
 	if v := r.URL.Query().Get("since"); v != "" {
 		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 || d > provision.HealthHistory {
-			return problem.Validation("Use a duration such as 15m or 1h, at most 24h.", "invalid since %q", v)
+		if keep := a.o.Servers.HealthRetention(); err != nil || d <= 0 || d > keep {
+			return problem.Validation(fmt.Sprintf("Use a duration such as 15m or 1h, at most %s (--health-history-retention).", keep),
+				"invalid since %q", v)
 		}
 		since = d
 	}

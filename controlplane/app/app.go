@@ -93,6 +93,10 @@ type Config struct {
 	BootstrapTTL      time.Duration // bootstrap token lifetime; default 60 min
 	HeartbeatInterval time.Duration // told to agents; default 15 s
 	PollInterval      time.Duration // instance status polling; default 5 s
+	// Health history: how long it is kept (default 24 h) and its bucket
+	// width, one point per server each (default 1 min).
+	HealthHistoryRetention  time.Duration
+	HealthHistoryResolution time.Duration
 
 	// Tasks.
 	TaskSweepInterval time.Duration // how often overdue tasks are timed out; default 5 s
@@ -236,7 +240,8 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
 		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,
-		Owner: leaseOwner(cfg.DataDir),
+		Owner:           leaseOwner(cfg.DataDir),
+		HealthRetention: cfg.HealthHistoryRetention, HealthResolution: cfg.HealthHistoryResolution,
 		Live: func(id string) (provision.Live, bool) {
 			st, ok := a.Hub.Status(id)
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health,

@@ -17,6 +17,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/devenv"
 	"github.com/devpilot/devpilot/controlplane/fdlimit"
 	"github.com/devpilot/devpilot/controlplane/httpguard"
+	"github.com/devpilot/devpilot/controlplane/provision"
 )
 
 // newLogger builds the process logger: JSON lines for machines (default
@@ -81,6 +82,10 @@ func serveCmd(env Env) *cobra.Command {
 	fs.StringVar(&cfg.AgentListen, "agent-listen", "", "a second address that serves only the agents (hub and agent download), so they can't crowd out the admin API; point --public-url at it")
 	fs.IntVar(&cfg.MaxAgents, "max-agents", 0, "agent connections to hold at most, past which agents are told to retry later (default: what the open file limit allows)")
 	fs.IntVar(&cfg.FDReserve, "fd-reserve", fdlimit.DefaultReserve, "open files kept back from the agents for the admin API, database and logs")
+	fs.DurationVar(&cfg.HealthHistoryRetention, "health-history-retention", provision.DefaultHealthRetention,
+		"how long servers' health history is kept (GET /v1/servers/{id}/health?since= reaches back this far)")
+	fs.DurationVar(&cfg.HealthHistoryResolution, "health-history-resolution", provision.DefaultHealthResolution,
+		"health history keeps one point per server per this interval (the first sample in it)")
 	logFlags(fs, &level, &format)
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)
@@ -94,6 +99,9 @@ func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acme
 	}
 	if cfg.MaxAgents < 0 || cfg.FDReserve < 0 {
 		return usagef("--max-agents and --fd-reserve can't be negative")
+	}
+	if cfg.HealthHistoryResolution < time.Second || cfg.HealthHistoryRetention < cfg.HealthHistoryResolution {
+		return usagef("--health-history-resolution must be at least 1s and --health-history-retention at least the resolution (e.g. 24h and 1m)")
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")

@@ -136,8 +136,8 @@ type Options struct {
 	// Registerer receives the hub's metrics; nil keeps them unregistered.
 	Registerer prometheus.Registerer
 	// HeartbeatInterval is what agents are told (rounded up to whole
-	// seconds, at least 1) and how often the hub pings; a session with no
-	// message or pong for protocol.MissedHeartbeats intervals is closed.
+	// seconds, at least 1); a session with no message, ping or pong for
+	// protocol.MissedHeartbeats intervals is closed.
 	// Default protocol.DefaultHeartbeatS seconds.
 	HeartbeatInterval time.Duration
 	// FlushInterval is how often the latest health is saved. Default 30s.
@@ -287,9 +287,13 @@ func New(o Options) *Hub {
 		conflictWin:  o.ConflictWindow,
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: o.HandshakeTimeout,
-			ReadBufferSize:   1024,
-			WriteBufferSize:  1024,
-			WriteBufferPool:  &sync.Pool{},
+			// Small: over TLS, tls.Conn already buffers the decrypted
+			// record, so this is one more copy of at most a record; 256
+			// holds any control frame (gorilla's minimum is 125) and
+			// saves 768 B per idle agent over 1024 (README, hub memory).
+			ReadBufferSize:  256,
+			WriteBufferSize: 1024,
+			WriteBufferPool: &sync.Pool{},
 		},
 		m:         m,
 		maxAgents: max(o.MaxAgents, 0),
@@ -479,40 +483,23 @@ func (h *Hub) Close() {
 	})
 }
 
-// loop pings every live session each interval and flushes health.
+// loop flushes health. The hub sends no pings of its own: an agent's
+// heartbeat (every interval, since protocol 1.0) is its liveness, and
+// the agent's own keepalive pings are answered (a pong each). A hub ping
+// per session per interval cost a TLS write each and told the hub
+// nothing the heartbeats don't.
 func (h *Hub) loop() {
 	defer close(h.loopDone)
-	ping := time.NewTicker(h.interval)
-	defer ping.Stop()
 	flush := time.NewTicker(h.flushEvery)
 	defer flush.Stop()
-	var batch []*session
 	for {
 		select {
 		case <-h.stop:
 			return
-		case <-ping.C:
-			batch = h.snapshot(batch[:0])
-			wait := min(max(h.interval/4, 10*time.Millisecond), closeWait)
-			for _, s := range batch {
-				// WriteControl is safe alongside other writers; an error
-				// means the connection is dying and its reader will notice.
-				_ = s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(wait))
-			}
-			clear(batch)
 		case <-flush.C:
 			h.flush()
 		}
 	}
-}
-
-func (h *Hub) snapshot(dst []*session) []*session {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, s := range h.sessions {
-		dst = append(dst, s)
-	}
-	return dst
 }
 
 // flush saves the latest health of every server heard from since the last

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -522,9 +523,25 @@ func (h *Hub) unregister(s *session, reason string) {
 // readLoop reads until the connection fails and says why.
 func (h *Hub) readLoop(s *session) string {
 	s.conn.SetReadLimit(protocol.MaxMessageBytes)
-	s.conn.SetPongHandler(func(string) error {
+	alive := func(string) error {
 		s.lastSeen.Store(h.now().UnixNano())
 		return s.conn.SetReadDeadline(time.Now().Add(h.offlineAfter))
+	}
+	s.conn.SetPongHandler(alive)
+	// An agent's keepalive ping: it is alive, and it wants a pong (its
+	// read deadline waits for one). Written with WriteControl, which is
+	// safe alongside the data writer.
+	s.conn.SetPingHandler(func(data string) error {
+		_ = alive(data)
+		err := s.conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(closeWait))
+		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil
+			}
+			return err
+		}
+		return nil
 	})
 	for {
 		_ = s.conn.SetReadDeadline(time.Now().Add(h.offlineAfter))
@@ -545,6 +562,9 @@ func (h *Hub) readLoop(s *session) string {
 		s.lastSeen.Store(h.now().UnixNano())
 		if typ != websocket.TextMessage {
 			h.complain(s, "binary message")
+			continue
+		}
+		if h.heartbeat(s, b) {
 			continue
 		}
 		env, err := protocol.Decode(b)
@@ -574,13 +594,7 @@ func (h *Hub) dispatch(s *session, env protocol.Envelope) {
 			h.complain(s, err.Error())
 			return
 		}
-		at := h.now()
-		health := boundHealth(hb.Health)
-		s.health.Store(&health)
-		h.hmu.Lock()
-		h.pending[s.serverID] = HealthSample{Health: health, At: at}
-		h.hmu.Unlock()
-		h.m.heartbeats.Inc()
+		h.keepHealth(s, hb.Health)
 		return
 	}
 	if fn := h.handlers[env.Type]; fn != nil {
@@ -588,6 +602,55 @@ func (h *Hub) dispatch(s *session, env protocol.Envelope) {
 		return
 	}
 	h.complain(s, "unexpected message type "+messageLabel(env.Type))
+}
+
+// heartbeatEnvelope decodes a heartbeat in one pass (envelope and data
+// together), where Decode + DecodeData parse its data twice.
+type heartbeatEnvelope struct {
+	V    int                 `json:"v"`
+	Type string              `json:"type"`
+	Data *protocol.Heartbeat `json:"data"`
+}
+
+// heartbeat handles b if it is a well-formed heartbeat (the bulk of what
+// agents send) and says whether it did; anything else, malformed
+// heartbeats included, takes the general path (Decode, dispatch), which
+// answers errors.
+func (h *Hub) heartbeat(s *session, b []byte) bool {
+	hb, ok := decodeHeartbeat(b)
+	if !ok {
+		return false
+	}
+	h.m.messages.WithLabelValues(protocol.TypeHeartbeat).Inc()
+	h.keepHealth(s, hb.Health)
+	return true
+}
+
+// decodeHeartbeat is the one-pass decoder: ok only when b is a heartbeat
+// that protocol.Decode and DecodeData would accept too (FuzzDecodeHeartbeat).
+func decodeHeartbeat(b []byte) (protocol.Heartbeat, bool) {
+	if len(b) > protocol.MaxMessageBytes || !bytes.Contains(b, heartbeatType) {
+		return protocol.Heartbeat{}, false
+	}
+	var e heartbeatEnvelope
+	if json.Unmarshal(b, &e) != nil || e.Type != protocol.TypeHeartbeat || e.V < protocol.MinVersion || e.Data == nil {
+		return protocol.Heartbeat{}, false
+	}
+	return *e.Data, true
+}
+
+var heartbeatType = []byte(`"` + protocol.TypeHeartbeat + `"`)
+
+// keepHealth records a heartbeat's health: the session's live view and the
+// next flush.
+func (h *Hub) keepHealth(s *session, reported protocol.Health) {
+	at := h.now()
+	health := boundHealth(reported)
+	s.health.Store(&health)
+	h.hmu.Lock()
+	h.pending[s.serverID] = HealthSample{Health: health, At: at}
+	h.hmu.Unlock()
+	h.m.heartbeats.Inc()
 }
 
 // complain answers a bad message with a bad_request error and keeps the

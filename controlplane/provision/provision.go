@@ -146,6 +146,12 @@ type Options struct {
 	EnrollOverSSH func(ctx context.Context, t DiagnoseTarget, token secrets.Value) error
 	// Registerer receives the provisioning metrics; nil keeps them unexported.
 	Registerer prometheus.Registerer
+
+	// Health history: points older than HealthRetention are pruned
+	// (default DefaultHealthRetention), one point per server per
+	// HealthResolution is kept (default DefaultHealthResolution).
+	HealthRetention  time.Duration
+	HealthResolution time.Duration
 }
 
 // DiagnoseTarget is what Diagnose needs to reach a server.
@@ -177,6 +183,11 @@ type Service struct {
 	wg     sync.WaitGroup
 	kick   chan struct{}
 
+	// healthBuckets: the history bucket (unix nanos) the last health
+	// flush wrote, by server id (Registry.SaveHealth).
+	hmu           sync.Mutex
+	healthBuckets map[string]int64
+
 	mu      sync.Mutex
 	jobs    map[string]context.CancelFunc // running jobs by server id
 	waiters map[string]chan struct{}      // wait_agent waiters by server id
@@ -192,6 +203,12 @@ func New(o Options) *Service {
 	}
 	if o.AgentTimeout == 0 {
 		o.AgentTimeout = 15 * time.Minute
+	}
+	if o.HealthRetention <= 0 {
+		o.HealthRetention = DefaultHealthRetention
+	}
+	if o.HealthResolution <= 0 {
+		o.HealthResolution = DefaultHealthResolution
 	}
 	if o.TokenTTL == 0 {
 		o.TokenTTL = 60 * time.Minute

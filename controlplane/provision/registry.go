@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,18 +94,24 @@ func jsonString(s string) string {
 	return string(b)
 }
 
-// AgentKey implements hub.Registry.
+// AgentKey implements hub.Registry with one narrow read (store.AgentAuthOf).
 func (r *Registry) AgentKey(ctx context.Context, serverID string) (hub.AgentKeys, error) {
-	srv, err := r.live(ctx, serverID)
+	a, err := r.s.store.Q().AgentAuthOf(ctx, serverID)
+	if errors.Is(err, store.ErrNotFound) {
+		return hub.AgentKeys{}, hub.ErrAuthFailed
+	}
 	if err != nil {
 		return hub.AgentKeys{}, err
 	}
-	k := hub.AgentKeys{Quarantined: srv.QuarantinedAt != nil}
-	if len(srv.AgentPublicKey) == ed25519.PublicKeySize {
-		k.Enrolled = ed25519.PublicKey(srv.AgentPublicKey)
+	if a.State == StateDeleted || a.State == StateDeleting {
+		return hub.AgentKeys{}, hub.ErrServerDeleted
 	}
-	if len(srv.RevokedAgentKey) == ed25519.PublicKeySize {
-		k.Revoked = ed25519.PublicKey(srv.RevokedAgentKey)
+	k := hub.AgentKeys{Quarantined: a.Quarantined}
+	if len(a.PublicKey) == ed25519.PublicKeySize {
+		k.Enrolled = ed25519.PublicKey(a.PublicKey)
+	}
+	if len(a.RevokedKey) == ed25519.PublicKeySize {
+		k.Revoked = ed25519.PublicKey(a.RevokedKey)
 	}
 	if k.Enrolled == nil && k.Revoked == nil {
 		return k, hub.ErrAuthFailed
@@ -141,15 +148,22 @@ func (r *Registry) IdentityConflict(ctx context.Context, serverID string, c hub.
 
 // Connected implements hub.Registry: the first session confirms the
 // install; later ones bring an offline server back online.
+//
+// One conditional write (store.StartAgentSession); only when it finds no
+// live server does a read say why.
 func (r *Registry) Connected(ctx context.Context, serverID string, hello protocol.Hello, at time.Time) error {
-	if _, err := r.live(ctx, serverID); err != nil {
-		return err
-	}
 	facts, _ := json.Marshal(hello.Facts)
 	// An installing server turns online when its job records wait_agent
 	// done; an offline one right here.
-	if err := r.s.store.Q().SaveAgentSession(ctx, serverID, hello.AgentVersion, string(facts), at); err != nil {
+	ok, err := r.s.store.Q().StartAgentSession(ctx, serverID, hello.AgentVersion, string(facts), at)
+	if err != nil {
 		return err
+	}
+	if !ok {
+		if _, err := r.live(ctx, serverID); err != nil {
+			return err
+		}
+		return hub.ErrServerDeleted // deleted between the two statements
 	}
 	r.s.wake(serverID)
 	if r.s.o.OnAgentConnected != nil {
@@ -170,38 +184,57 @@ func (r *Registry) AgentError(ctx context.Context, serverID, reason string, _ ti
 	return r.s.store.Q().SetAgentLastError(ctx, serverID, reason)
 }
 
-// SaveHealth implements hub.Registry.
+// SaveHealth implements hub.Registry: each server's latest health on its
+// row, and a point in its history bucket, in batched transactions
+// (store.SaveHealthBatch); then history older than the retention is pruned.
+// A server whose previous flush already wrote its current bucket only
+// gets its latest health written (at 30 s flushes and 1 min buckets that
+// halves the history writes: the bucket keeps its first sample).
 func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthSample) error {
-	err := r.s.store.InTx(ctx, func(q *store.Queries) error {
-		for id, h := range latest {
-			b, err := json.Marshal(h.Health)
-			if err != nil {
-				return err
-			}
-			if err := q.SaveHealth(ctx, id, string(b), h.At); err != nil {
-				return err
-			}
-			p := store.HealthPoint{At: h.At, CPUPercent: h.Health.CPUPercent, Load1: h.Health.Load1,
-				MemUsedMB: h.Health.MemUsedMB, MemTotalMB: h.Health.MemTotalMB}
-			for _, d := range h.Health.Disks {
-				if d.Mount == "/" || len(h.Health.Disks) == 1 {
-					p.DiskUsedMB, p.DiskTotalMB = d.UsedMB, d.TotalMB
-				}
-			}
-			if err := q.AddHealthPoint(ctx, id, p); err != nil {
-				return err
+	res := r.s.o.HealthResolution
+	r.s.hmu.Lock()
+	written := r.s.healthBuckets
+	r.s.hmu.Unlock()
+	buckets := make(map[string]int64, len(latest))
+	rows := make([]store.HealthRow, 0, len(latest))
+	for id, h := range latest {
+		b, err := json.Marshal(h.Health)
+		if err != nil {
+			return err
+		}
+		p := store.HealthPoint{At: h.At, CPUPercent: h.Health.CPUPercent, Load1: h.Health.Load1,
+			MemUsedMB: h.Health.MemUsedMB, MemTotalMB: h.Health.MemTotalMB}
+		for _, d := range h.Health.Disks {
+			if d.Mount == "/" || len(h.Health.Disks) == 1 {
+				p.DiskUsedMB, p.DiskTotalMB = d.UsedMB, d.TotalMB
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return err
+		bucket := h.At.UTC().Truncate(res).UnixNano()
+		buckets[id] = bucket
+		prev, ok := written[id]
+		rows = append(rows, store.HealthRow{ServerID: id, HealthJSON: string(b), Point: p, SameBucket: ok && prev == bucket})
 	}
-	return r.s.store.Q().PruneHealth(ctx, r.s.now().Add(-HealthHistory))
+	// In id order: concurrent flushes (several control planes) touch rows
+	// in the same order.
+	slices.SortFunc(rows, func(a, b store.HealthRow) int { return strings.Compare(a.ServerID, b.ServerID) })
+	if err := r.s.store.SaveHealthBatch(ctx, rows, res, 0); err != nil {
+		return err // some batches may be saved: the next flush writes their buckets again
+	}
+	// Only this flush's servers: one that went quiet drops out.
+	r.s.hmu.Lock()
+	r.s.healthBuckets = buckets
+	r.s.hmu.Unlock()
+	return r.s.store.Q().PruneHealth(ctx, r.s.now().Add(-r.s.o.HealthRetention))
 }
 
-// HealthHistory is how long health samples are kept.
-const HealthHistory = 24 * time.Hour
+// Health history defaults (Options.HealthRetention, HealthResolution).
+const (
+	DefaultHealthRetention  = 24 * time.Hour
+	DefaultHealthResolution = time.Minute
+)
+
+// HealthRetention is how long health history is kept.
+func (s *Service) HealthRetention() time.Duration { return s.o.HealthRetention }
 
 // HealthSince returns a server's stored health samples since t.
 func (s *Service) HealthSince(ctx context.Context, workspaceID, id string, t time.Time) ([]store.HealthPoint, error) {

@@ -362,15 +362,6 @@ func (q *Queries) RevokeAgentKey(ctx context.Context, id string, at time.Time) e
 	return err
 }
 
-// SaveAgentSession records a session start: agent version and facts, last
-// seen, and (the first time) when the install was confirmed; an offline
-// server turns online.
-func (q *Queries) SaveAgentSession(ctx context.Context, id, version, factsJSON string, at time.Time) error {
-	return affected(q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
-		installed_at = COALESCE(installed_at, ?), state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
-		updated_at = ? WHERE id = ?`, version, factsJSON, at.UTC(), at.UTC(), at.UTC(), id))
-}
-
 // FailServer marks a provisioning or installing server failed.
 func (q *Queries) FailServer(ctx context.Context, id, errorJSON string, at time.Time) (bool, error) {
 	res, err := q.x.ExecContext(ctx, `UPDATE servers SET state = 'failed', error_json = ?, updated_at = ?

@@ -52,6 +52,8 @@ type Store struct {
 	dialect Dialect
 	path    string // SQLite: the file; PostgreSQL: the URL without its password
 	feed    *changefeed.Feed
+	direct  execer     // queries outside a transaction: db, or prepared on SQLite
+	stmts   *stmtCache // SQLite only
 }
 
 // IsPostgresURL reports whether dsn names a PostgreSQL database.
@@ -132,7 +134,11 @@ func openPostgres(ctx context.Context, dsn string, migrate bool) (*Store, error)
 }
 
 func open(ctx context.Context, db *sql.DB, d Dialect, path string, migrate bool) (*Store, error) {
-	s := &Store{db: db, dialect: d, path: path, feed: changefeed.New(0)}
+	s := &Store{db: db, dialect: d, path: path, feed: changefeed.New(0), direct: db}
+	if d == SQLite {
+		s.stmts = newStmtCache(db)
+		s.direct = s.stmts
+	}
 	if !migrate {
 		return s, nil
 	}
@@ -185,6 +191,9 @@ func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 // Close closes the database (and ends the change feed's listeners).
 func (s *Store) Close() error {
 	s.feed.Close()
+	if s.stmts != nil {
+		s.stmts.close()
+	}
 	return s.db.Close()
 }
 
@@ -194,7 +203,7 @@ func (s *Store) Close() error {
 func (s *Store) Changes() *changefeed.Feed { return s.feed }
 
 // Q returns queries that run outside a transaction.
-func (s *Store) Q() *Queries { return s.queries(s.db, s.feed.Publish) }
+func (s *Store) Q() *Queries { return s.queries(s.direct, s.feed.Publish) }
 
 func (s *Store) queries(x execer, publish func(...string)) *Queries {
 	x = notifier{x, publish}

@@ -18,7 +18,9 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // open gives each dialect a fresh store.
-func open(t *testing.T, d store.Dialect) *store.Store {
+func open(t *testing.T, d store.Dialect) *store.Store { return openB(t, d) }
+
+func openB(t testing.TB, d store.Dialect) *store.Store {
 	t.Helper()
 	dsn := ""
 	if d == store.Postgres {

@@ -1,0 +1,24 @@
+package store
+
+import "context"
+
+// SeedServers inserts n bare servers srv_00000… of workspace ws (n < 900,000; ws must
+// exist) in one statement, for tests and benchmarks at scale.
+func SeedServers(ctx context.Context, s *Store, ws string, n int) error {
+	_, err := s.Q().x.ExecContext(ctx, `INSERT INTO servers (id, workspace_id, provider, name, region, size, image,
+		ports_json, state, agent_timeout_s, created_at, updated_at)
+		WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?)
+		SELECT 'srv_' || substr(CAST(100000 + i AS TEXT), 2), ?, 'digitalocean', 'web-' || i, 'nyc3', 's-1vcpu-1gb', 'debian-12',
+		'[22]', 'online', 60, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP FROM n`, n, ws)
+	if err != nil {
+		return err
+	}
+	// Table statistics, as a database of that size has (PostgreSQL's
+	// autovacuum gathers them): without, the planner guesses row counts.
+	_, err = s.db.ExecContext(ctx, `ANALYZE`)
+	return err
+}
+
+// Unprepared returns queries outside a transaction that skip the prepared
+// statement cache (the before of BenchmarkHandshakeQueries).
+func Unprepared(s *Store) *Queries { return s.queries(s.db, s.feed.Publish) }

@@ -1,0 +1,43 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// AgentAuth is what an agent's authenticated handshake needs of its server:
+// one narrow row, not the whole server.
+type AgentAuth struct {
+	State       string
+	PublicKey   []byte // enrolled key; nil: none
+	RevokedKey  []byte // retired by the last rekey
+	Quarantined bool
+}
+
+// AgentAuthOf reads a server's agent keys and state (ErrNotFound if there
+// is no such server): the one read of an authenticated handshake.
+func (q *Queries) AgentAuthOf(ctx context.Context, id string) (AgentAuth, error) {
+	var a AgentAuth
+	var quarantined int
+	err := q.x.QueryRowContext(ctx, `SELECT state, agent_public_key, revoked_agent_key,
+		CASE WHEN quarantined_at IS NULL THEN 0 ELSE 1 END FROM servers WHERE id = ?`, id).
+		Scan(&a.State, &a.PublicKey, &a.RevokedKey, &quarantined)
+	a.Quarantined = quarantined == 1
+	return a, one(err)
+}
+
+// StartAgentSession records a session start of a live server (not deleted
+// or deleting): agent version and facts, last seen, the install confirmed
+// (first session), an offline server online again. It reports whether it
+// did: false means the server is gone, deleted or being deleted. The one
+// write of a handshake.
+func (q *Queries) StartAgentSession(ctx context.Context, id, version, factsJSON string, at time.Time) (bool, error) {
+	res, err := q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
+		installed_at = COALESCE(installed_at, ?), state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
+		updated_at = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`, version, factsJSON, at.UTC(), at.UTC(), at.UTC(), id)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
