@@ -70,7 +70,7 @@ func goldens() []golden {
 			LastUpdate:   &LastUpdate{ID: "act_01JE1UPD4TE", Result: UpdateResultRolledBack, From: "0.3.0", To: "0.4.0", Reason: "the new version failed to start 3 times"}}},
 		{"welcome_last_update_ack", TypeWelcome, &Welcome{ServerID: "srv_01JD3Q7Z8X", HeartbeatIntervalS: DefaultHeartbeatS, Protocol: 1,
 			LastUpdateAck: "act_01JE1UPD4TE"}},
-		{"update", TypeUpdate, &Update{ID: "act_01JE1UPD4TE", Version: "0.4.0", URL: "/v1/agent-releases/0.4.0/linux/amd64/binary",
+		{"update", TypeUpdate, &Update{ID: "act_01JE1UPD4TE", Version: "0.4.0", URL: "/v1/agent/releases/0.4.0/linux/amd64",
 			SHA256: "4f5c1a1f3e0d1b9c2a7e8d6b5c4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a", Signature: "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/QA==",
 			Size: 12582912}},
 		{"update_status", TypeUpdateStatus, &UpdateStatus{ID: "act_01JE1UPD4TE", State: UpdateRefused, Error: "signature does not verify against the pinned release keys"}},

@@ -17,7 +17,7 @@ package protocol
 type Update struct {
 	ID        string `json:"id"`        // the control plane's action id
 	Version   string `json:"version"`   // the release's version
-	URL       string `json:"url"`       // path on the control plane, e.g. /v1/agent-releases/1.4.0/linux/amd64/binary
+	URL       string `json:"url"`       // path on the control plane, e.g. /v1/agent/releases/1.4.0/linux/amd64
 	SHA256    string `json:"sha256"`    // hex
 	Signature string `json:"signature"` // base64 ed25519 over release.Statement
 	Size      int64  `json:"size"`      // bytes
