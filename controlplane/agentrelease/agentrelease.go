@@ -40,6 +40,15 @@ const (
 	SigName    = "devpilot-agent.sig"
 )
 
+// DownloadRoute is where agents download a release (unauthenticated, like
+// the install download: the signature, not the channel, vouches for it).
+const DownloadRoute = "/v1/agent/releases/{version}/{os}/{arch}"
+
+// DownloadPath is DownloadRoute for one release.
+func DownloadPath(version, goos, arch string) string {
+	return "/v1/agent/releases/" + version + "/" + goos + "/" + arch
+}
+
 // Release is one signed build.
 type Release struct {
 	Version   string
