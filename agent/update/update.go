@@ -142,6 +142,17 @@ func ReadPending(p layout.Paths) (Pending, bool) {
 	return m, m.ID != ""
 }
 
+// pendingMine is the pending update this binary is: the current link
+// points at its version directory and this is not the version it
+// replaced (a release labelled unlike its build's version still counts).
+func (u *Updater) pendingMine() (Pending, bool) {
+	m, ok := ReadPending(u.o.Paths)
+	if !ok || CurrentVersion(u.o.Paths) != m.To || (u.o.Version == m.From && m.From != m.To) {
+		return Pending{}, false
+	}
+	return m, true
+}
+
 func writePending(p layout.Paths, m Pending) error {
 	s := "id=" + m.ID + "\nfrom=" + m.From + "\nto=" + m.To + "\ndeadline=" + strconv.FormatInt(m.Deadline.Unix(), 10) + "\n"
 	_ = os.Remove(p.UpdatePending() + ".starts")
@@ -152,7 +163,7 @@ func writePending(p layout.Paths, m Pending) error {
 // is (updated, confirmed by the welcome), or the recorded outcome of the
 // last one (a rollback the guard wrote, a refusal) not yet acknowledged.
 func (u *Updater) LastUpdate() *protocol.LastUpdate {
-	if m, ok := ReadPending(u.o.Paths); ok && m.To == u.o.Version {
+	if m, ok := u.pendingMine(); ok {
 		return &protocol.LastUpdate{ID: m.ID, Result: protocol.UpdateResultUpdated, From: m.From, To: m.To}
 	}
 	b, err := os.ReadFile(u.o.Paths.UpdateResult())
@@ -172,7 +183,7 @@ func (u *Updater) LastUpdate() *protocol.LastUpdate {
 // outcome is no longer reported.
 func (u *Updater) Welcomed(ack string) {
 	p := u.o.Paths
-	if m, ok := ReadPending(p); ok && m.To == u.o.Version {
+	if m, ok := u.pendingMine(); ok {
 		if m.ID != ack {
 			// Keep reporting it until a hub records it.
 			lu := protocol.LastUpdate{ID: m.ID, Result: protocol.UpdateResultUpdated, From: m.From, To: m.To}

@@ -164,7 +164,7 @@ func (s *Service) checkUpdateAtDoor(srvState, facts, serverID, version string) e
 			if !slices.Contains(l.Capabilities, protocol.CapUpdate) {
 				return problem.Conflict(agentCannotUpdateHint, "the agent of server %s (version %s) cannot install updates", serverID, l.AgentVersion)
 			}
-			if l.AgentVersion == version {
+			if releaseOf(l.AgentVersion) == version {
 				return unprocessable("Choose another version.", "the agent of server %s already runs %s", serverID, version)
 			}
 		}
@@ -173,6 +173,13 @@ func (s *Service) checkUpdateAtDoor(srvState, facts, serverID, version string) e
 }
 
 const agentCannotUpdateHint = "Agents older than protocol 1.2 do not update themselves: run `devpilot-agent install` of a newer build on the server once (or re-create it); later versions then arrive by update_agent."
+
+// releaseOf is the version part of an agent's agent_version
+// ("v1.2.3 (commit …, go…)" → "v1.2.3").
+func releaseOf(agentVersion string) string {
+	v, _, _ := strings.Cut(agentVersion, " ")
+	return v
+}
 
 func factsPlatform(factsJSON string) (string, string) {
 	var f protocol.Facts
@@ -197,7 +204,7 @@ func (j *actionJob) sendUpdate(ctx context.Context, resumed bool) (string, error
 		return "", &problem.Error{Status: 409, Code: "agent_offline", Message: "the agent of server " + j.srv.ID + " is not connected",
 			Hint: "An update is sent to a connected agent: look at the agent on the server (journalctl -u devpilot-agent), then start the update again."}
 	}
-	if resumed && l.AgentVersion == j.p.Version {
+	if resumed && releaseOf(l.AgentVersion) == j.p.Version {
 		return "the agent already runs " + j.p.Version + " (sent before a restart)", nil
 	}
 	if !slices.Contains(l.Capabilities, protocol.CapUpdate) {
@@ -210,7 +217,7 @@ func (j *actionJob) sendUpdate(ctx context.Context, resumed bool) (string, error
 		return "", unprocessable("Add it first: devpilot agents releases add FILE --version "+j.p.Version+".", "no agent release %s for %s/%s", j.p.Version, goos, arch)
 	}
 	if j.p.FromVersion == "" {
-		j.p.FromVersion = l.AgentVersion
+		j.p.FromVersion = releaseOf(l.AgentVersion)
 		if err := j.save(ctx); err != nil {
 			return "", err
 		}
@@ -253,9 +260,13 @@ func (j *actionJob) waitUpdate(ctx context.Context, step string) (string, error)
 				if step == ActStepVerify {
 					return "the agent installed the update and restarted (reported after a restart)", nil
 				}
-				if l.Connected && l.AgentVersion == j.p.Version {
+				if l.Connected {
 					s.m.agentUpdates.WithLabelValues("updated").Inc()
-					return "the agent is back on " + j.p.Version + " (updated from " + lu.From + ")", nil
+					d := "the agent is back on " + j.p.Version + " (updated from " + lu.From + ")"
+					if got := releaseOf(l.AgentVersion); got != j.p.Version {
+						d += "; it reports version " + got + ": the release was labelled unlike its build"
+					}
+					return d, nil
 				}
 			case protocol.UpdateResultRolledBack:
 				s.m.agentUpdates.WithLabelValues("rolled_back").Inc()
@@ -284,7 +295,7 @@ func (j *actionJob) waitUpdate(ctx context.Context, step string) (string, error)
 				}
 			}
 		}
-		if step == ActStepVerify && l.Connected && l.AgentVersion == j.p.Version {
+		if step == ActStepVerify && l.Connected && releaseOf(l.AgentVersion) == j.p.Version {
 			return "the agent already runs " + j.p.Version, nil
 		}
 		t := time.NewTimer(s.o.PollInterval)
