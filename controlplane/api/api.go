@@ -5,6 +5,7 @@
 package api
 
 import (
+	"github.com/devpilot/devpilot/controlplane/agentrelease"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -53,6 +54,9 @@ type Options struct {
 	// console's sign-in included); nil: none.
 	Throttle *httpguard.Throttle
 	Now      func() time.Time
+	// Releases is the agent release catalogue (GET /v1/agent-releases);
+	// nil: an empty list.
+	Releases *agentrelease.Store
 }
 
 // API is the admin HTTP handler.
