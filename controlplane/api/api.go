@@ -5,12 +5,12 @@
 package api
 
 import (
-	"github.com/devpilot/devpilot/controlplane/agentrelease"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/devpilot/devpilot/controlplane/agentrelease"
 	"io"
 	"net/http"
 	"regexp"
