@@ -26,7 +26,12 @@ func (h *harness) actEnd(srv server, body map[string]any, limit time.Duration) a
 	deadline := time.Now().Add(limit)
 	for a.State != "succeeded" && a.State != "failed" {
 		if time.Now().After(deadline) {
-			h.t.Fatalf("%s on %s still %s after %s: steps %+v", a.Type, srv.Name, a.State, limit, a.Steps)
+			info, _ := h.env.Machines.Machine(srv.InstanceID)
+			b, _ := os.ReadFile(filepath.Join(info.Root, "var/log/devpilot-agent.log"))
+			if len(b) > 6000 {
+				b = b[len(b)-6000:]
+			}
+			h.t.Fatalf("%s on %s still %s after %s: steps %+v\nmachine %+v\nagent log tail:\n%s", a.Type, srv.Name, a.State, limit, a.Steps, info, b)
 		}
 		time.Sleep(100 * time.Millisecond)
 		h.call("", "GET", path+"/"+a.ID, nil, &a)

@@ -144,7 +144,12 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	// process tree under DataDir/machines, with the agent supervised.
 	runtime := cfg.Runtime
 	if runtime == nil {
-		e.Machines = sandbox.New(sandbox.Options{Dir: filepath.Join(cfg.DataDir, "machines"), Logger: cfg.Logger.Named("sandbox"), AgentEnv: cfg.AgentEnv})
+		// The start limit of packaging/devpilot-agent.service (10 starts
+		// per 300 s at RestartSec=5), scaled to the sandbox's 1 s restart
+		// delay: an agent update's restart and a rollback (3 failed
+		// starts, then the old version) fit, a crash loop does not.
+		e.Machines = sandbox.New(sandbox.Options{Dir: filepath.Join(cfg.DataDir, "machines"), Logger: cfg.Logger.Named("sandbox"), AgentEnv: cfg.AgentEnv,
+			StartLimitBurst: 10, StartLimitInterval: time.Minute})
 		runtime = e.Machines
 	}
 	e.DO = dosim.New(dosim.Options{Logger: cfg.Logger.Named("dosim"), BootDelay: cfg.BootDelay, Runtime: runtime})
