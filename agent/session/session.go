@@ -588,15 +588,7 @@ func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.
 
 	g, gctx := errgroup.WithContext(ctx)
 	if c.o.Update != nil {
-		g.Go(func() error { // restart once an update is installed
-			select {
-			case <-gctx.Done():
-				return nil
-			case id := <-c.restart:
-				c.goodbyeUpdate(conn, write, writeTimeout, id)
-				return &updateRestart{id: id}
-			}
-		})
+		g.Go(func() error { return c.awaitRestart(gctx, conn, write, writeTimeout) })
 	}
 	g.Go(func() error { // reader
 		for {
@@ -702,6 +694,18 @@ func (c *Client) goodbye(conn *websocket.Conn, write func([]byte) error, wait ti
 	}
 	msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "agent rebooting")
 	_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(wait))
+}
+
+// awaitRestart ends the session once an update is installed, saying
+// goodbye first.
+func (c *Client) awaitRestart(ctx context.Context, conn *websocket.Conn, write func([]byte) error, wait time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case id := <-c.restart:
+		c.goodbyeUpdate(conn, write, wait, id)
+		return &updateRestart{id: id}
+	}
 }
 
 // goodbyeUpdate tells the hub the agent restarts into an update, then

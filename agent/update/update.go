@@ -457,7 +457,8 @@ func checkID(id string) error {
 		return errors.New("update id: 1 to 128 characters")
 	}
 	for _, c := range id {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+		if !ok {
 			return fmt.Errorf("update id %q: letters, digits, '_' and '-' only", cut(id, 32))
 		}
 	}
