@@ -22,7 +22,13 @@ import (
 // (issue 13). Other verbs about the fleet's agents (rollouts) belong in
 // the list at the end.
 func agentsCmd(env Env) *cobra.Command {
-	keygen := verbCmd(env, &cobra.Command{Use: "keygen --out FILE", Short: "offline: make an agent release signing key (FILE, 0600) and print its public key",
+	return group("agents", "agent releases: signing keys (offline), signed builds, the releases served",
+		"  devpilot agents keygen --out release.key\n  devpilot agents sign --key release.key devpilot-agent --version v1.4.0\n  devpilot agents releases list",
+		agentsKeygenCmd(env), agentsSignCmd(env), agentReleasesCmd(env))
+}
+
+func agentsKeygenCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "keygen --out FILE", Short: "offline: make an agent release signing key (FILE, 0600) and print its public key",
 		Long: `keygen writes a new ed25519 release signing key to FILE (mode 0600; it refuses
 to overwrite one) and its public key to FILE.pub, and prints the public key.
 Keep FILE offline (an air-gapped machine or a hardware-backed vault): it is
@@ -61,7 +67,10 @@ pin it at install.`,
 			})
 		}
 	})
-	sign := verbCmd(env, &cobra.Command{Use: "sign --key FILE BINARY --version V [--os linux] [--arch amd64]", Short: "offline: sign an agent build (writes BINARY.sig)",
+}
+
+func agentsSignCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "sign --key FILE BINARY --version V [--os linux] [--arch amd64]", Short: "offline: sign an agent build (writes BINARY.sig)",
 		Long: `sign hashes BINARY and signs the statement binding version, os, arch and
 sha256 with the release key, writing BINARY.sig (JSON). The version must be
 the one the build reports (devpilot-agent version), so the control plane can
@@ -106,6 +115,9 @@ BINARY.sig to the control plane and add them (devpilot agents releases add).`,
 				})
 			}
 		})
+}
+
+func agentReleasesCmd(env Env) *cobra.Command {
 	add := verbCmd(env, &cobra.Command{Use: "add FILE --version V [--data-dir D] --agent-release-key PUB", Short: "on the control plane's machine: add a signed agent build (FILE and FILE.sig)",
 		Long: `add checks FILE against FILE.sig and the release public keys (the same
 --agent-release-key files devpilot serve uses, DEVPILOT_AGENT_RELEASE_KEY)
@@ -158,9 +170,6 @@ serves it at once (GET /v1/agent-releases lists it).`,
 			})
 		}
 	})
-	releases := group("releases", "add signed agent builds to the control plane; list them",
+	return group("releases", "add signed agent builds to the control plane; list them",
 		"  devpilot agents releases add devpilot-agent-linux-amd64 --version v1.4.0 --agent-release-key release.pub\n  devpilot agents releases list", add, list)
-	return group("agents", "agent releases: signing keys (offline), signed builds, the releases served",
-		"  devpilot agents keygen --out release.key\n  devpilot agents sign --key release.key devpilot-agent --version v1.4.0\n  devpilot agents releases list",
-		keygen, sign, releases)
 }
