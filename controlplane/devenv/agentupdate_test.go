@@ -156,3 +156,63 @@ func TestAgentUpdateAndRollback(t *testing.T) {
 		t.Errorf("the refused binary is on the server: %v", err)
 	}
 }
+
+// TestAgentUpdateSurvivesControlPlaneRestart: the control plane restarts
+// while update_agent runs (right after send): the restarted one resumes
+// the action, which ends succeeded, and the agent installed the update
+// once (one restart into it, the id handled once).
+func TestAgentUpdateSurvivesControlPlaneRestart(t *testing.T) {
+	h := start(t)
+	b := filepath.Join(t.TempDir(), "devpilot-agent-b")
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/devpilot/devpilot/shared/version.Version=1.1.0-restart",
+		"-o", b, "github.com/devpilot/devpilot/cmd/devpilot-agent")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build B: %v\n%s", err, out)
+	}
+	if _, err := h.env.AddRelease(b, "1.1.0-restart"); err != nil {
+		t.Fatal(err)
+	}
+	_, do, _ := h.connect("digitalocean", "do", h.env.Values["DO_SIM_TOKEN"])
+	srv := h.waitServer(h.createServer(do.ID, "upd-r", "nyc3", "s-1vcpu-1gb", "debian-12", nil).ID, 90*time.Second, "online", online)
+	before, _ := h.env.Machines.Machine(srv.InstanceID)
+
+	var a action
+	path := servers + "/" + srv.ID + "/actions"
+	if c := h.call("", "POST", path, map[string]any{"type": "update_agent", "version": "1.1.0-restart"}, &a); c != http.StatusAccepted {
+		t.Fatalf("POST: %d %+v", c, a)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for len(a.Steps) == 0 || a.Steps[0].State != "done" {
+		if time.Now().After(deadline) || a.State == "failed" {
+			t.Fatalf("send never done: %+v", a)
+		}
+		time.Sleep(20 * time.Millisecond)
+		h.call("", "GET", path+"/"+a.ID, nil, &a)
+	}
+	if err := h.env.RestartControlPlane(t.Context(), h.dir); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(3 * time.Minute)
+	for a.State != "succeeded" {
+		if a.State == "failed" || time.Now().After(deadline) {
+			t.Fatalf("after the restart: %s %+v steps %+v", a.State, a.Error, a.Steps)
+		}
+		time.Sleep(100 * time.Millisecond)
+		h.call("", "GET", path+"/"+a.ID, nil, &a)
+	}
+	for _, st := range a.Steps {
+		t.Logf("update_agent %-9s %s", st.Name, st.Detail)
+	}
+	after, _ := h.env.Machines.Machine(srv.InstanceID)
+	if after.AgentStarts != before.AgentStarts+1 {
+		t.Errorf("agent started %d times during the update, want once (into B)", after.AgentStarts-before.AgentStarts)
+	}
+	seen, _ := os.ReadFile(layout.New(after.Root).UpdatesSeen())
+	if n := strings.Count(string(seen), a.ID); n != 1 {
+		t.Errorf("update id handled %d times: %q", n, seen)
+	}
+	if got := h.agentVersion(srv.ID); got != "1.1.0-restart" {
+		t.Errorf("agent runs %q", got)
+	}
+}

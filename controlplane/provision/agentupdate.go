@@ -231,7 +231,7 @@ func (j *actionJob) sendUpdate(ctx context.Context, resumed bool) (string, error
 		return "", &problem.Error{Status: 409, Code: "agent_offline", Message: "sending the update failed: " + err.Error(),
 			Hint: "The agent's session ended; start the update again once the server is online."}
 	}
-	return "sent " + r.Version + " (" + goos + "/" + arch + ", sha256 " + r.SHA256[:12] + "…, key " + r.KeyID + ") to the agent on " + l.AgentVersion, nil
+	return "sent " + r.Version + " (" + goos + "/" + arch + ", sha256 " + r.SHA256[:12] + "…, key " + r.KeyID + ") to the agent on " + releaseOf(l.AgentVersion), nil
 }
 
 // waitUpdate waits on the agent's status (verify: until it checked the
