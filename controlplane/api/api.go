@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/devpilot/devpilot/controlplane/agentrelease"
 	"io"
 	"net/http"
 	"regexp"
@@ -56,6 +57,9 @@ type Options struct {
 	// Agents says how many agent connections the hub holds and its bound
 	// (0: none), for /readyz; nil: not reported.
 	Agents func() (conns, capacity int)
+	// Releases is the agent release catalogue (GET /v1/agent-releases);
+	// nil: an empty list.
+	Releases *agentrelease.Store
 }
 
 // API is the admin HTTP handler.

@@ -94,6 +94,7 @@ var exempt200 = map[string]string{
 	"POST /v1/workspaces/{ws}/servers/{id}/actions": "needs a server past provisioning, so an agent: " +
 		"TestActionsHoldToTheDocument runs them with a real agent",
 	"GET /v1/workspaces/{ws}/servers/{id}/actions/{action}": "as POST …/actions (TestActionsHoldToTheDocument)",
+	"GET /v1/agent/releases/{version}/{os}/{arch}":          "needs signed agent builds (devenv's agent update tests download them)",
 }
 
 // TestEveryOperationHoldsToTheDocument walks the whole API the way a user
@@ -109,6 +110,7 @@ func TestEveryOperationHoldsToTheDocument(t *testing.T) {
 	h.must(200, "GET", "/metrics", nil, nil)
 	h.must(200, "GET", "/v1/openapi.json", nil, nil)
 	h.must(200, "GET", "/v1/whoami", nil, nil)
+	h.must(200, "GET", "/v1/agent-releases", nil, nil)
 	h.must(201, "POST", "/v1/workspaces", apitypes.CreateWorkspace{Slug: "team-b"}, nil)
 	h.must(200, "GET", "/v1/workspaces", nil, nil)
 
