@@ -204,10 +204,13 @@ func (q *Queries) HoldsRollout(ctx context.Context, id, owner string, now time.T
 	return n > 0, err
 }
 
-// SaveRolloutState records a rollout's state and reason.
-func (q *Queries) SaveRolloutState(ctx context.Context, r Rollout) error {
-	return affected(q.x.ExecContext(ctx, `UPDATE agent_rollouts SET state = ?, paused_from = ?, reason = ?, updated_at = ?,
-		finished_at = ? WHERE id = ?`, r.State, r.PausedFrom, r.Reason, r.UpdatedAt.UTC(), nullTime(r.FinishedAt), r.ID))
+// SaveRolloutState records a rollout's state and reason if it is still
+// in state from (false otherwise: someone paused, resumed or aborted it
+// meanwhile, and the caller reads it again).
+func (q *Queries) SaveRolloutState(ctx context.Context, r Rollout, from string) (bool, error) {
+	res, err := q.x.ExecContext(ctx, `UPDATE agent_rollouts SET state = ?, paused_from = ?, reason = ?, updated_at = ?,
+		finished_at = ? WHERE id = ? AND state = ?`, r.State, r.PausedFrom, r.Reason, r.UpdatedAt.UTC(), nullTime(r.FinishedAt), r.ID, from)
+	return changed(res, err)
 }
 
 // SaveRolloutTarget records one target's progress.
