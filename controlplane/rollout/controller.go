@@ -270,7 +270,13 @@ func (c *step) follow(ctx context.Context, i int) error {
 	if err != nil {
 		return fmt.Errorf("read action %s: %w", t.ActionID, err)
 	}
-	srv := c.servers[t.ServerID]
+	// The server as it is now, read after the action: an agent that
+	// reconnected on the new version before its action succeeded is seen.
+	srv, err := c.s.store.Q().GetServer(ctx, c.r.WorkspaceID, t.ServerID)
+	if err != nil {
+		return fmt.Errorf("read server %s: %w", t.ServerID, err)
+	}
+	c.servers[t.ServerID] = srv
 	switch a.State {
 	case apitypes.ActionFailed:
 		why := "its update action " + a.ID + " failed"

@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
+	"github.com/devpilot/devpilot/controlplane/events"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/store"
@@ -48,15 +49,12 @@ type Releases interface {
 	Versions(ctx context.Context) ([]string, error)
 }
 
-// EmitFunc records an event in the caller's transaction (the event log of
-// issue 14: store.Queries.AppendEvent).
-type EmitFunc func(ctx context.Context, q *store.Queries, workspaceID, typ, subject string, data any) error
-
-// Event types this package emits (the event log contract).
+// Event types this package records in the event log (issue 14), each in
+// the transaction of the change it describes.
 const (
-	EventAgentUpdated    = "agent.updated"
-	EventAgentRolledBack = "agent.rolled_back"
-	EventRolloutFinished = "rollout.finished"
+	EventAgentUpdated    = events.AgentUpdated
+	EventAgentRolledBack = events.AgentRolledBack
+	EventRolloutFinished = events.RolloutFinished
 )
 
 // Defaults and bounds of a rollout request.
@@ -74,7 +72,6 @@ type Options struct {
 	Store    *store.Store
 	Updater  Updater  // nil: rollouts are refused (unavailable)
 	Releases Releases // nil: rollouts are refused (unavailable)
-	Emit     EmitFunc // nil: no events
 	Logger   *zap.Logger
 	Now      func() time.Time
 	Owner    string        // this process, as leases name it
@@ -481,8 +478,6 @@ func finishedData(r store.Rollout) map[string]any {
 }
 
 func (s *Service) emit(ctx context.Context, q *store.Queries, ws, typ, subject string, data any) error {
-	if s.o.Emit == nil {
-		return nil
-	}
-	return s.o.Emit(ctx, q, ws, typ, subject, data)
+	_, err := q.AppendEvent(ctx, ws, typ, subject, data)
+	return err
 }
