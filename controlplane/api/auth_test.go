@@ -45,14 +45,20 @@ var authTable = map[string]string{
 	"GET /v1/workspaces/{ws}/servers/{id}/actions":          "read",
 	"GET /v1/workspaces/{ws}/servers/{id}/actions/{action}": "read",
 
-	"POST /v1/workspaces/{ws}/servers/{id}/tasks": "write",
-	"GET /v1/workspaces/{ws}/tasks":               "read",
-	"GET /v1/workspaces/{ws}/tasks/{id}":          "read",
-	"POST /v1/workspaces/{ws}/tasks/{id}/cancel":  "write",
-	"GET /v1/workspaces/{ws}/tasks/{id}/logs":     "read",
-	"POST /v1/workspaces/{ws}/deployments":        "write",
-	"GET /v1/workspaces/{ws}/deployments":         "read",
-	"GET /v1/workspaces/{ws}/deployments/{id}":    "read",
+	"POST /v1/workspaces/{ws}/servers/{id}/tasks":         "write",
+	"GET /v1/workspaces/{ws}/tasks":                       "read",
+	"GET /v1/workspaces/{ws}/tasks/{id}":                  "read",
+	"POST /v1/workspaces/{ws}/tasks/{id}/cancel":          "write",
+	"GET /v1/workspaces/{ws}/tasks/{id}/logs":             "read",
+	"POST /v1/workspaces/{ws}/deployments":                "write",
+	"GET /v1/workspaces/{ws}/deployments":                 "read",
+	"GET /v1/workspaces/{ws}/deployments/{id}":            "read",
+	"POST /v1/workspaces/{ws}/agent-rollouts":             "write",
+	"GET /v1/workspaces/{ws}/agent-rollouts":              "read",
+	"GET /v1/workspaces/{ws}/agent-rollouts/{id}":         "read",
+	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/pause":  "write",
+	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/resume": "write",
+	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/abort":  "write",
 }
 
 // concrete turns a mux pattern into a request path in workspace ws.

@@ -37,6 +37,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/reconcile"
+	"github.com/devpilot/devpilot/controlplane/rollout"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
@@ -138,6 +139,7 @@ type App struct {
 	Reconciler   *reconcile.Reconciler
 	Hub          *hub.Hub
 	Tasks        *tasks.Service
+	Rollouts     *rollout.Service
 	handler      http.Handler
 	agentSums    map[string]string // arch → sha256 of the served agent builds
 	tlsConfig    *tls.Config
@@ -238,10 +240,11 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Reconciler = a.reconciler(cfg)
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Actions: a.Provision, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
+	a.Rollouts = rollout.New(rollout.Options{Store: a.Store, Logger: cfg.Logger, Owner: leaseOwner(cfg.DataDir), Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	apiHandler := api.New(api.Options{
-		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Agent: a.agentHandler(),
+		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Rollouts: a.Rollouts, Agent: a.agentHandler(),
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
 		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
@@ -547,6 +550,8 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	a.Reconciler.Start()
 	defer a.Reconciler.Close()
+	a.Rollouts.Start()
+	defer a.Rollouts.Close()
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	sd := a.startSystemd(ctx)
