@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
+	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/store"
 )
@@ -188,10 +190,10 @@ func (c *step) rest(ctx context.Context) error {
 	return c.finish(ctx, apitypes.RolloutSucceeded, "")
 }
 
-// start updates one pending target: its start is recorded first, then
-// the action is started, then its id recorded. A control plane killed in
-// between finds the action by the recorded start (follow) instead of
-// starting another.
+// start updates one pending target: its action id is chosen and
+// recorded first, then the action is started under it. A control plane
+// killed in between starts it again under the same id, which answers the
+// same action (Updater), so no server is updated twice.
 func (c *step) start(ctx context.Context, i int) error {
 	t := &c.targets[i]
 	srv, ok := c.servers[t.ServerID]
@@ -205,69 +207,53 @@ func (c *step) start(ctx context.Context, i int) error {
 		t.Reason = "not updated: the server was " + state + " when its turn came; updates need an online agent"
 		return c.tx(ctx, func(q *store.Queries) error { return q.SaveRolloutTarget(ctx, *t) })
 	}
-	if srv.AgentVersion == c.r.Version {
+	if ReleaseOf(srv.AgentVersion) == c.r.Version {
 		now := c.s.now().UTC()
 		t.State, t.FinishedAt, t.Reason = apitypes.TargetSkipped, &now, "already on "+c.r.Version
 		return c.tx(ctx, func(q *store.Queries) error { return q.SaveRolloutTarget(ctx, *t) })
 	}
 	now := c.s.now().UTC()
-	t.State, t.StartedAt, t.Reason, t.ActionID = apitypes.TargetUpdating, &now, "", ""
+	t.State, t.StartedAt, t.Reason, t.ActionID = apitypes.TargetUpdating, &now, "", ids.New("act")
 	if err := c.tx(ctx, func(q *store.Queries) error { return q.SaveRolloutTarget(ctx, *t) }); err != nil {
 		return err
 	}
 	return c.launch(ctx, i)
 }
 
-// launch starts the update action of a target recorded updating.
+// launch starts (or, resumed, starts again under the same id) the update
+// action of a target recorded updating.
 func (c *step) launch(ctx context.Context, i int) error {
 	t := &c.targets[i]
-	id, err := c.s.o.Updater.StartAgentUpdate(ctx, c.r.WorkspaceID, t.ServerID, c.r.Version)
+	_, err := c.s.o.Updater.StartAgentUpdateID(ctx, t.ActionID, c.r.WorkspaceID, t.ServerID, c.r.Version)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		var pe *problem.Error
-		if errors.As(err, &pe) && pe.Status == 409 {
+		if errors.As(err, &pe) && pe.Status == 409 && strings.Contains(pe.Message, "in progress") {
 			// Another action of the server is under way: its turn comes
-			// again on a later pass.
-			t.State, t.StartedAt, t.Reason = apitypes.TargetPending, nil, "waiting: "+pe.Message
+			// again on a later pass, under a new id.
+			t.State, t.StartedAt, t.ActionID, t.Reason = apitypes.TargetPending, nil, "", "waiting: "+pe.Message
 			return c.tx(ctx, func(q *store.Queries) error { return q.SaveRolloutTarget(ctx, *t) })
 		}
 		return c.failTarget(ctx, i, "its update could not start: "+err.Error(), false)
 	}
-	t.ActionID = id
-	c.log.Info("agent update started", zap.String("server", t.ServerID), zap.String("action", id), zap.String("wave", t.Wave))
-	return c.tx(ctx, func(q *store.Queries) error { return q.SaveRolloutTarget(ctx, *t) })
+	c.log.Info("agent update started", zap.String("server", t.ServerID), zap.String("action", t.ActionID), zap.String("wave", t.Wave))
+	return nil
 }
 
 // follow reads the update action of a target under way.
 func (c *step) follow(ctx context.Context, i int) error {
 	t := &c.targets[i]
-	if t.ActionID == "" {
-		since := time.Time{}
-		if t.StartedAt != nil {
-			since = *t.StartedAt
-		}
-		a, err := c.s.store.Q().AgentUpdateActionSince(ctx, t.ServerID, since)
-		switch {
-		case err == nil:
-			t.ActionID = a.ID
-			c.log.Info("found the update action a previous run started", zap.String("server", t.ServerID), zap.String("action", a.ID))
-			if err := c.tx(ctx, func(q *store.Queries) error { return q.SaveRolloutTarget(ctx, *t) }); err != nil {
-				return err
-			}
-		case errors.Is(err, store.ErrNotFound) && c.open():
-			return c.launch(ctx, i) // recorded, never started
-		case errors.Is(err, store.ErrNotFound):
-			now := c.s.now().UTC()
-			t.State, t.FinishedAt, t.Reason = apitypes.TargetSkipped, &now, "not updated: the rollout ended before its update started"
-			return c.tx(ctx, func(q *store.Queries) error { return q.SaveRolloutTarget(ctx, *t) })
-		default:
-			return err
-		}
-	}
 	a, err := c.s.store.Q().GetAction(ctx, c.r.WorkspaceID, t.ActionID)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrNotFound) && c.open():
+		return c.launch(ctx, i) // recorded, never started (a crash in between)
+	case errors.Is(err, store.ErrNotFound):
+		now := c.s.now().UTC()
+		t.State, t.FinishedAt, t.Reason = apitypes.TargetSkipped, &now, "not updated: the rollout ended before its update started"
+		return c.tx(ctx, func(q *store.Queries) error { return q.SaveRolloutTarget(ctx, *t) })
+	case err != nil:
 		return fmt.Errorf("read action %s: %w", t.ActionID, err)
 	}
 	// The server as it is now, read after the action: an agent that
@@ -284,7 +270,7 @@ func (c *step) follow(ctx context.Context, i int) error {
 		if json.Unmarshal([]byte(a.ErrorJSON), &e) == nil && e.Message != "" {
 			why += ": " + e.Message
 		}
-		rolledBack := t.FromVersion != "" && srv.AgentVersion == t.FromVersion
+		rolledBack := t.FromVersion != "" && ReleaseOf(srv.AgentVersion) == t.FromVersion
 		if rolledBack {
 			why += " (the agent rolled back to " + t.FromVersion + ")"
 		}
@@ -294,9 +280,9 @@ func (c *step) follow(ctx context.Context, i int) error {
 		return nil // queued or running
 	}
 	now := c.s.now().UTC()
-	if srv.AgentVersion != c.r.Version {
+	if ReleaseOf(srv.AgentVersion) != c.r.Version {
 		return c.failTarget(ctx, i, fmt.Sprintf("its update action %s succeeded but the agent reports version %q, not %s",
-			a.ID, srv.AgentVersion, c.r.Version), srv.AgentVersion == t.FromVersion)
+			a.ID, srv.AgentVersion, c.r.Version), ReleaseOf(srv.AgentVersion) == t.FromVersion)
 	}
 	if t.UpdatedAt == nil {
 		// The agent is back on the new version: the health window starts,

@@ -36,12 +36,20 @@ import (
 	"github.com/devpilot/devpilot/controlplane/store"
 )
 
-// Updater starts the update_agent lifecycle action of one server and
-// answers its action id (the action runs on its own; its outcome is read
-// from the store). A server with another action in progress answers a
-// *problem.Error with status 409.
+// Updater starts the update_agent lifecycle action of one server under
+// an id the caller chose and recorded first; called again with the same
+// id (a controller resumed after a crash) it answers the same action and
+// never starts a second. The action runs on its own; its outcome is read
+// from the store. (*provision.Service).StartAgentUpdateID is the real one.
 type Updater interface {
-	StartAgentUpdate(ctx context.Context, workspaceID, serverID, version string) (actionID string, err error)
+	StartAgentUpdateID(ctx context.Context, id, workspaceID, serverID, version string) (*apitypes.Action, error)
+}
+
+// ReleaseOf is the release part of an agent's reported version
+// ("1.2.3 (commit …, go…)" → "1.2.3"), what rollouts compare.
+func ReleaseOf(agentVersion string) string {
+	v, _, _ := strings.Cut(agentVersion, " ")
+	return v
 }
 
 // Releases lists the agent versions the control plane can serve.
@@ -235,7 +243,7 @@ func (s *Service) Create(ctx context.Context, actor, workspaceID string, req api
 	slices.SortFunc(chosen, func(a, b store.Server) int { return strings.Compare(a.Name, b.Name) })
 	var eligible, skipped []store.Server
 	for _, srv := range chosen {
-		if srv.State == "online" && srv.QuarantinedAt == nil && srv.AgentVersion != req.Version {
+		if srv.State == "online" && srv.QuarantinedAt == nil && ReleaseOf(srv.AgentVersion) != req.Version {
 			eligible = append(eligible, srv)
 		} else {
 			skipped = append(skipped, srv)
@@ -257,18 +265,18 @@ func (s *Service) Create(ctx context.Context, actor, workspaceID string, req api
 			wave = apitypes.WaveCanary
 		}
 		targets = append(targets, store.RolloutTarget{ServerID: srv.ID, Seq: len(targets), Wave: wave,
-			State: apitypes.TargetPending, FromVersion: srv.AgentVersion})
+			State: apitypes.TargetPending, FromVersion: ReleaseOf(srv.AgentVersion)})
 	}
 	for _, srv := range skipped {
 		why := "already on " + req.Version
-		if srv.AgentVersion != req.Version {
+		if ReleaseOf(srv.AgentVersion) != req.Version {
 			why = "not updated: the server is " + srv.State + "; updates need an online agent"
 			if srv.QuarantinedAt != nil {
 				why = "not updated: the server is quarantined"
 			}
 		}
 		targets = append(targets, store.RolloutTarget{ServerID: srv.ID, Seq: len(targets), Wave: apitypes.WaveRest,
-			State: apitypes.TargetSkipped, FromVersion: srv.AgentVersion, Reason: why, FinishedAt: &now})
+			State: apitypes.TargetSkipped, FromVersion: ReleaseOf(srv.AgentVersion), Reason: why, FinishedAt: &now})
 	}
 	err = s.store.InTx(ctx, func(q *store.Queries) error {
 		if err := q.CreateRollout(ctx, r, targets); err != nil {

@@ -44,38 +44,36 @@ type fleet struct {
 	t     *testing.T
 	st    *store.Store
 	mu    sync.Mutex
-	calls map[string]int // StartAgentUpdate calls by server
-	order []string       // servers in the order their update started
-	// beforeReturn, when set, runs after the action is recorded and
-	// before StartAgentUpdate returns (a crash in between).
-	beforeReturn func(serverID string) error
-	n            int
+	calls map[string]int // StartAgentUpdateID calls by server
+	// beforeCreate, when set, runs before the action is created (a
+	// crash between recording the target's action id and starting it).
+	beforeCreate func(serverID string) error
 }
 
-func (f *fleet) StartAgentUpdate(ctx context.Context, ws, serverID, version string) (string, error) {
+func (f *fleet) StartAgentUpdateID(ctx context.Context, id, ws, serverID, version string) (*apitypes.Action, error) {
 	f.mu.Lock()
-	f.n++
-	id := fmt.Sprintf("act_upd%03d", f.n)
 	f.calls[serverID]++
-	f.order = append(f.order, serverID)
-	hook := f.beforeReturn
+	hook := f.beforeCreate
 	f.mu.Unlock()
+	if hook != nil {
+		if err := hook(serverID); err != nil {
+			return nil, err
+		}
+	}
+	if a, err := f.st.Q().GetAction(ctx, ws, id); err == nil {
+		return &apitypes.Action{ID: a.ID, ServerID: a.ServerID, Type: a.Type, State: a.State}, nil // the same id: the same action
+	}
 	now := time.Now().UTC()
 	p, _ := json.Marshal(map[string]string{"version": version})
 	err := f.st.Q().CreateAction(ctx, store.ServerAction{ID: id, WorkspaceID: ws, ServerID: serverID, Type: "update_agent",
 		ParamsJSON: string(p), State: apitypes.ActionRunning, StepsJSON: "[]", CreatedBy: "rollout", CreatedAt: now, UpdatedAt: now})
 	if errors.Is(err, store.ErrConflict) {
-		return "", problem.Conflict("", "server %s has an action in progress", serverID)
+		return nil, problem.Conflict("", "server %s has an action in progress", serverID)
 	}
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	if hook != nil {
-		if err := hook(serverID); err != nil {
-			return "", err
-		}
-	}
-	return id, nil
+	return &apitypes.Action{ID: id, ServerID: serverID, Type: "update_agent", State: apitypes.ActionRunning}, nil
 }
 
 func (f *fleet) updates() map[string]int {
@@ -356,18 +354,20 @@ func TestCanaryUnhealthyInTheWindowFails(t *testing.T) {
 	}
 }
 
-// A control plane killed after an update action was created but before
-// its id was recorded, and another killed mid-rollout: the next one goes
-// on where it was and updates no server twice.
+// A control plane killed after recording a target's action id but before
+// the action was created, and another killed mid-rollout: the next one
+// goes on where it was and no server gets a second update action.
 func TestRolloutSurvivesRestarts(t *testing.T) {
 	e := newEnv(t, 10)
 	first := e.service("cp_a", nil)
 	crashed := make(chan struct{})
 	var once sync.Once
-	e.fleet.beforeReturn = func(string) error {
+	var crashedOn string
+	e.fleet.beforeCreate = func(id string) error {
 		var err error
 		once.Do(func() {
-			first.cancel() // killed between "action created" and "action id recorded"
+			first.cancel() // killed between "action id recorded" and "action created"
+			crashedOn = id
 			close(crashed)
 			err = context.Canceled
 		})
@@ -382,7 +382,7 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 	<-crashed
 	first.Close()
 	e.fleet.mu.Lock()
-	e.fleet.beforeReturn = nil
+	e.fleet.beforeCreate = nil
 	e.fleet.mu.Unlock()
 
 	second := e.service("cp_b", nil)
@@ -399,8 +399,12 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 		t.Fatalf("rollout %s %q", r.State, r.Reason)
 	}
 	for _, id := range e.ids {
-		if n := e.fleet.updates()[id]; n != 1 {
-			t.Errorf("%s: %d update calls, want 1", id, n)
+		want := 1
+		if id == crashedOn {
+			want = 2 // started again under its recorded id
+		}
+		if n := e.fleet.updates()[id]; n != want {
+			t.Errorf("%s: %d update calls, want %d", id, n, want)
 		}
 		as, err := e.st.Q().ListActions(context.Background(), id, "", 100)
 		if err != nil {

@@ -227,16 +227,3 @@ func (q *Queries) SkipPendingTargets(ctx context.Context, rolloutID, reason stri
 		WHERE rollout_id = ? AND state = 'pending'`, reason, at.UTC(), rolloutID)
 	return err
 }
-
-// AgentUpdateActionSince finds the update_agent action of a server
-// created at or after since (the target's recorded start): how a
-// controller that restarted between recording a target's start and
-// recording its action id finds the action instead of starting another.
-func (q *Queries) AgentUpdateActionSince(ctx context.Context, serverID string, since time.Time) (ServerAction, error) {
-	a, err := scanAction(q.x.QueryRowContext(ctx, `SELECT `+actionCols+` FROM server_actions
-		WHERE server_id = ? AND type = 'update_agent' AND created_at >= ? ORDER BY created_at LIMIT 1`, serverID, since.UTC()))
-	if errors.Is(err, sql.ErrNoRows) {
-		return a, ErrNotFound
-	}
-	return a, err
-}
