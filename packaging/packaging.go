@@ -14,3 +14,10 @@ var SystemdUnit string
 
 // UnitName is the systemd unit's name.
 const UnitName = "devpilot-agent.service"
+
+// UpdateGuard is the text of devpilot-agent-update-guard.sh, the POSIX sh
+// guard that rolls a failed agent update back (ExecStartPre= of the unit,
+// and the deadline timer the agent arms).
+//
+//go:embed devpilot-agent-update-guard.sh
+var UpdateGuard string

@@ -62,7 +62,10 @@ for arch in $ARCHES; do
 	done
 	# The packaged agent lives in /usr/bin (a package may not own
 	# /usr/local); `devpilot-agent install` lays /usr/local/bin itself.
-	sed 's|^ExecStart=/usr/local/bin/devpilot-agent |ExecStart=/usr/bin/devpilot-agent |' packaging/devpilot-agent.service >"$stage/devpilot-agent.service"
+	# A packaged agent is updated by the package manager, not by
+	# update_agent: no versions/current link, no update guard.
+	sed -e 's|^ExecStart=/usr/lib/devpilot-agent/current/devpilot-agent |ExecStart=/usr/bin/devpilot-agent |' \
+		-e '/^ExecStartPre=.*update-guard.sh/d' packaging/devpilot-agent.service >"$stage/devpilot-agent.service"
 	grep -q '^ExecStart=/usr/bin/devpilot-agent run$' "$stage/devpilot-agent.service"
 	for pkg in $PACKAGES; do
 		for fmt in $PACKAGERS; do

@@ -8,6 +8,7 @@ package config
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/devpilot/devpilot/shared/atomicfile"
 	"github.com/devpilot/devpilot/shared/protocol"
+	"github.com/devpilot/devpilot/shared/release"
 	"github.com/devpilot/devpilot/shared/tlspin"
 )
 
@@ -30,11 +32,15 @@ type Config struct {
 	ServerID  string `json:"server_id"`
 	// BootstrapToken is present only until the first enrollment succeeds.
 	BootstrapToken string `json:"bootstrap_token,omitempty"`
+	// ReleaseKeys are the pinned agent release public keys (base64
+	// ed25519): updates signed by none of them are refused.
+	ReleaseKeys []string `json:"release_keys,omitempty"`
 }
 
 // FromBootstrap converts an install contract into a configuration.
 func FromBootstrap(b protocol.Bootstrap) Config {
-	return Config{URL: b.URL, CAPin: b.CAPin, CACertPEM: b.CACertPEM, ServerID: b.ServerID, BootstrapToken: b.BootstrapToken}
+	return Config{URL: b.URL, CAPin: b.CAPin, CACertPEM: b.CACertPEM, ServerID: b.ServerID, BootstrapToken: b.BootstrapToken,
+		ReleaseKeys: b.ReleaseKeys}
 }
 
 // Enrolled reports whether the agent has enrolled (no token left).
@@ -60,7 +66,23 @@ func (c Config) Validate() error {
 			return fmt.Errorf("config: ca_cert_pem does not match ca_pin (certificate pin is %s, want %s)", got, c.CAPin)
 		}
 	}
+	if _, err := c.ReleasePublicKeys(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
 	return nil
+}
+
+// ReleasePublicKeys decodes ReleaseKeys.
+func (c Config) ReleasePublicKeys() ([]ed25519.PublicKey, error) {
+	var out []ed25519.PublicKey
+	for _, k := range c.ReleaseKeys {
+		pub, err := release.ParsePublicKey(k)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, pub)
+	}
+	return out, nil
 }
 
 // ParseCA decodes the first certificate in a PEM text.

@@ -21,9 +21,12 @@ import (
 	"github.com/devpilot/devpilot/agent/identity"
 	"github.com/devpilot/devpilot/agent/layout"
 	"github.com/devpilot/devpilot/agent/unitctl"
+	"github.com/devpilot/devpilot/agent/update"
 	"github.com/devpilot/devpilot/packaging"
 	"github.com/devpilot/devpilot/shared/atomicfile"
 	"github.com/devpilot/devpilot/shared/protocol"
+	"github.com/devpilot/devpilot/shared/release"
+	"github.com/devpilot/devpilot/shared/version"
 )
 
 // Options for Install.
@@ -35,6 +38,9 @@ type Options struct {
 	BootstrapFile string
 	// Executable is the binary to install; empty means this process's own.
 	Executable string
+	// Version is Executable's version (the versions/<v> it goes to);
+	// empty means this build's (shared/version).
+	Version    string
 	Supervisor unitctl.Controller
 	Log        *zap.Logger
 }
@@ -122,6 +128,7 @@ func Install(ctx context.Context, o Options) (Result, error) {
 		mode os.FileMode
 	}{
 		{filepath.Dir(p.Binary()), 0o755},
+		{p.VersionsDir(), 0o755},
 		{p.ConfigDir(), 0o700},
 		{p.StateDir(), 0o700},
 		{filepath.Dir(p.UnitFile()), 0o755},
@@ -131,7 +138,10 @@ func Install(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 
-	// 3. Binary.
+	// 3. Binary: versions/<v>/devpilot-agent, the current link at it, the
+	// update guard beside them, and the command on the PATH a link to
+	// current. An install from before versions (a plain file in
+	// /usr/local/bin) is migrated to this layout.
 	exe := o.Executable
 	if exe == "" {
 		var err error
@@ -143,11 +153,41 @@ func Install(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("install: read executable: %w", err)
 	}
-	binChanged, err := writeIfChanged(p.Binary(), bin, 0o755)
+	ver := o.Version
+	if ver == "" {
+		ver = version.Get().Version
+	}
+	if err := release.CheckVersion(ver); err != nil {
+		return res, fmt.Errorf("install: this build's %w", err)
+	}
+	if err := ensureDir(filepath.Dir(p.VersionBinary(ver)), 0o755); err != nil {
+		return res, fmt.Errorf("install: %w", err)
+	}
+	binChanged, err := writeIfChanged(p.VersionBinary(ver), bin, 0o755)
 	if err != nil {
 		return res, fmt.Errorf("install: %w", err)
 	}
 	if binChanged {
+		res.Changed = append(res.Changed, p.VersionBinary(ver))
+	}
+	if update.CurrentVersion(p) != ver {
+		if err := update.PointCurrent(p, ver); err != nil {
+			return res, fmt.Errorf("install: %w", err)
+		}
+		res.Changed = append(res.Changed, p.Current())
+	}
+	guardChanged, err := writeIfChanged(p.UpdateGuard(), []byte(packaging.UpdateGuard), 0o755)
+	if err != nil {
+		return res, fmt.Errorf("install: %w", err)
+	}
+	if guardChanged {
+		res.Changed = append(res.Changed, p.UpdateGuard())
+	}
+	linked, err := linkBinary(p)
+	if err != nil {
+		return res, fmt.Errorf("install: %w", err)
+	}
+	if linked {
 		res.Changed = append(res.Changed, p.Binary())
 	}
 
@@ -209,6 +249,27 @@ func Install(ctx context.Context, o Options) (Result, error) {
 	return res, nil
 }
 
+// binaryLink is Binary's target, relative so it holds below any root.
+const binaryLink = "../../lib/devpilot-agent/current/devpilot-agent"
+
+// linkBinary makes Binary a symlink to current's binary (replacing the
+// plain file of an older install); true if it changed.
+func linkBinary(p layout.Paths) (bool, error) {
+	if t, err := os.Readlink(p.Binary()); err == nil && t == binaryLink {
+		return false, nil
+	}
+	tmp := p.Binary() + ".new"
+	_ = os.Remove(tmp)
+	if err := os.Symlink(binaryLink, tmp); err != nil {
+		return false, err
+	}
+	if err := os.Rename(tmp, p.Binary()); err != nil {
+		_ = os.Remove(tmp)
+		return false, err
+	}
+	return true, nil
+}
+
 // UninstallOptions for Uninstall.
 type UninstallOptions struct {
 	Paths layout.Paths
@@ -255,6 +316,9 @@ func Uninstall(ctx context.Context, o UninstallOptions) ([]string, error) {
 		return removed, fmt.Errorf("uninstall: %w", err)
 	}
 	if err := rm(p.Binary(), false); err != nil {
+		return removed, err
+	}
+	if err := rm(p.LibDir(), true); err != nil {
 		return removed, err
 	}
 	if !o.KeepConfig {

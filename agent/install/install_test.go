@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -14,8 +15,10 @@ import (
 	"github.com/devpilot/devpilot/agent/install"
 	"github.com/devpilot/devpilot/agent/layout"
 	"github.com/devpilot/devpilot/agent/unitctl"
+	"github.com/devpilot/devpilot/agent/update"
 	"github.com/devpilot/devpilot/packaging"
 	"github.com/devpilot/devpilot/shared/protocol"
+	"github.com/devpilot/devpilot/shared/version"
 	"go.uber.org/goleak"
 )
 
@@ -86,6 +89,24 @@ func TestInstallLayoutIdempotentUninstall(t *testing.T) {
 	if b, _ := os.ReadFile(p.Binary()); string(b) != "#!fake agent binary\n" {
 		t.Errorf("binary not copied: %q", b)
 	}
+	// Versions layout: the binary under versions/<v>, current at it, the
+	// command on the PATH and the unit going through current, the guard.
+	if got := update.CurrentVersion(p); got != version.Get().Version {
+		t.Errorf("current -> %q, want %q", got, version.Get().Version)
+	}
+	if got := mode(t, p.VersionBinary(version.Get().Version)); got != 0o755 {
+		t.Errorf("versioned binary mode %04o", got)
+	}
+	if fi, err := os.Lstat(p.Binary()); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("%s is not a symlink (%v)", p.Binary(), err)
+	}
+	if b, _ := os.ReadFile(p.UpdateGuard()); string(b) != packaging.UpdateGuard || mode(t, p.UpdateGuard()) != 0o755 {
+		t.Error("update guard not installed 0755")
+	}
+	if !strings.Contains(packaging.SystemdUnit, "\nExecStart=/usr/lib/devpilot-agent/current/devpilot-agent run\n") ||
+		!strings.Contains(packaging.SystemdUnit, "\nExecStartPre=/bin/sh /usr/lib/devpilot-agent/update-guard.sh start\n") {
+		t.Error("the unit does not start current behind the guard")
+	}
 	if b, _ := os.ReadFile(p.UnitFile()); string(b) != packaging.SystemdUnit {
 		t.Error("unit file differs from packaging/devpilot-agent.service")
 	}
@@ -94,7 +115,7 @@ func TestInstallLayoutIdempotentUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := config.FromBootstrap(boot)
-	if cfg != want {
+	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("config = %+v, want %+v", cfg, want)
 	}
 	key1, _ := os.ReadFile(p.IdentityKey())
@@ -145,10 +166,10 @@ func TestInstallLayoutIdempotentUninstall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(removed) != 4 {
-		t.Errorf("removed %v, want unit, binary, config dir, state dir", removed)
+	if len(removed) != 5 {
+		t.Errorf("removed %v, want unit, binary, versions, config dir, state dir", removed)
 	}
-	for _, f := range []string{p.Binary(), p.ConfigDir(), p.StateDir(), p.UnitFile()} {
+	for _, f := range []string{p.Binary(), p.LibDir(), p.ConfigDir(), p.StateDir(), p.UnitFile()} {
 		if _, err := os.Stat(f); !os.IsNotExist(err) {
 			t.Errorf("%s still exists after uninstall", f)
 		}
@@ -279,5 +300,35 @@ func TestEnrollReplacesIdentity(t *testing.T) {
 	_, err = install.Enroll(ctx, install.EnrollOptions{Paths: empty, TokenFile: "-", Stdin: strings.NewReader("dpt_x\n")})
 	if err == nil || !strings.Contains(err.Error(), "install the agent first") {
 		t.Errorf("enroll without an install: %v", err)
+	}
+}
+
+// An install from before versions (a plain binary in /usr/local/bin) is
+// migrated: the binary moves under versions/, the old path becomes a link.
+func TestInstallMigratesPlainBinary(t *testing.T) {
+	t.Parallel()
+	hub := agenttest.New(t)
+	root, exe, bootFile := fixture(t, hub.Bootstrap("srv-m"), 0o600)
+	p := layout.New(root)
+	if err := os.MkdirAll(filepath.Dir(p.Binary()), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p.Binary(), []byte("old plain agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := install.Install(context.Background(), install.Options{Paths: p, BootstrapFile: bootFile, Executable: exe,
+		Supervisor: unitctl.None{}, Version: "1.0.0"}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p.Binary()); string(b) != "#!fake agent binary\n" {
+		t.Errorf("after migration %s reads %q", p.Binary(), b)
+	}
+	if update.CurrentVersion(p) != "1.0.0" {
+		t.Errorf("current = %q", update.CurrentVersion(p))
+	}
+	// Again: nothing changes.
+	res, err := install.Install(context.Background(), install.Options{Paths: p, Executable: exe, Supervisor: unitctl.None{}, Version: "1.0.0"})
+	if err != nil || len(res.Changed) != 0 {
+		t.Errorf("second install changed %v (%v)", res.Changed, err)
 	}
 }

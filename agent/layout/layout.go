@@ -24,8 +24,39 @@ func New(root string) Paths {
 
 func (p Paths) join(rel string) string { return filepath.Join(p.Root, rel) }
 
-// Binary is the installed executable (0755).
+// Binary is the command on the PATH: a symlink to CurrentBinary.
 func (p Paths) Binary() string { return p.join("usr/local/bin/devpilot-agent") }
+
+// LibDir holds the installed versions, the current link and the update
+// guard (0755).
+func (p Paths) LibDir() string { return p.join("usr/lib/devpilot-agent") }
+
+// VersionsDir holds one directory per installed version.
+func (p Paths) VersionsDir() string { return p.join("usr/lib/devpilot-agent/versions") }
+
+// VersionBinary is version v's executable (0755).
+func (p Paths) VersionBinary(v string) string {
+	return filepath.Join(p.VersionsDir(), v, "devpilot-agent")
+}
+
+// Current is the symlink to the running version's directory
+// (versions/<v>, relative); the unit starts CurrentBinary.
+func (p Paths) Current() string { return p.join("usr/lib/devpilot-agent/current") }
+
+// CurrentBinary is the executable the unit starts.
+func (p Paths) CurrentBinary() string { return p.join("usr/lib/devpilot-agent/current/devpilot-agent") }
+
+// UpdateGuard is the update guard script (packaging.UpdateGuard, 0755).
+func (p Paths) UpdateGuard() string { return p.join("usr/lib/devpilot-agent/update-guard.sh") }
+
+// UpdatePending is the pending-update marker the guard reads (0600).
+func (p Paths) UpdatePending() string { return p.join("var/lib/devpilot-agent/update-pending") }
+
+// UpdateResult is the outcome of the last update still to report (0600).
+func (p Paths) UpdateResult() string { return p.join("var/lib/devpilot-agent/update-result.json") }
+
+// UpdatesSeen lists the update ids this server handled, newest last.
+func (p Paths) UpdatesSeen() string { return p.join("var/lib/devpilot-agent/updates-seen") }
 
 // ConfigDir holds ConfigFile (0700).
 func (p Paths) ConfigDir() string { return p.join("etc/devpilot-agent") }

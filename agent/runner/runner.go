@@ -17,6 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +32,8 @@ import (
 	"github.com/devpilot/devpilot/agent/sdnotify"
 	"github.com/devpilot/devpilot/agent/session"
 	"github.com/devpilot/devpilot/agent/tasks"
+	"github.com/devpilot/devpilot/agent/update"
+	"github.com/devpilot/devpilot/shared/version"
 )
 
 // Options for Run.
@@ -53,9 +58,44 @@ type Options struct {
 	// Reboot reboots the host when the control plane asks; default from
 	// DEVPILOT_AGENT_REBOOT (see RebootFromEnv).
 	Reboot func(context.Context) error
+	// UpdateWindow is how long an installed update has to get a session
+	// before the guard rolls it back; default update.DefaultWindow, or
+	// DEVPILOT_AGENT_UPDATE_WINDOW (a Go duration).
+	UpdateWindow time.Duration
 	// TaskGrace is how long running tasks may finish after ctx ends
 	// before they are killed; default 20s.
 	TaskGrace time.Duration
+}
+
+// ErrExitForUpdate is returned by Run once an update is installed and the
+// goodbye said: the process exits (status 0) and the supervisor starts
+// the new version through the current link.
+var ErrExitForUpdate = errors.New("exiting so the supervisor starts the installed update")
+
+// EnvUpdateWindow overrides Options.UpdateWindow.
+const EnvUpdateWindow = "DEVPILOT_AGENT_UPDATE_WINDOW"
+
+// armDeadline is the update deadline on a systemd host: a transient timer
+// (systemd-run --on-active) that runs the update guard's deadline mode, a
+// unit of its own, so it fires even if the new version never starts or
+// hangs. Elsewhere (the dev sandbox, a root dir) nil: the supervisor
+// honours the marker's deadline itself.
+func armDeadline(p layout.Paths) func(ctx context.Context, id string, window time.Duration) error {
+	if !p.IsHostRoot() {
+		return nil
+	}
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		return nil
+	}
+	return func(ctx context.Context, id string, window time.Duration) error {
+		out, err := exec.CommandContext(ctx, "systemd-run", "--unit=devpilot-agent-update-deadline-"+strings.ReplaceAll(id, "_", "-"),
+			"--description=Devpilot agent update "+id+" deadline", "--on-active="+strconv.Itoa(int(window.Seconds()))+"s",
+			"--timer-property=AccuracySec=1s", "/bin/sh", p.UpdateGuard(), "deadline", id).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("systemd-run: %w: %s", err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
 }
 
 // Run runs the agent until ctx ends; it returns nil after a clean shutdown
@@ -96,6 +136,11 @@ func Run(ctx context.Context, o Options) error {
 		n.Status("cannot start: " + err.Error())
 		return fmt.Errorf("run: %w", err)
 	}
+	if o.UpdateWindow == 0 {
+		if d, err := time.ParseDuration(os.Getenv(EnvUpdateWindow)); err == nil && d > 0 {
+			o.UpdateWindow = d
+		}
+	}
 	grace := o.TaskGrace
 	if grace <= 0 {
 		grace = 20 * time.Second
@@ -107,6 +152,12 @@ func Run(ctx context.Context, o Options) error {
 	}()
 	progress := sdnotify.NewProgress(nil)
 	var saveMu sync.Mutex
+	keys, err := cfg.ReleasePublicKeys()
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	upd := update.New(update.Options{Paths: o.Paths, Keys: keys, Version: version.Get().Version, Log: log.Named("update"),
+		Window: o.UpdateWindow, ArmDeadline: armDeadline(o.Paths)})
 	so := session.Options{
 		Config:   cfg,
 		Key:      key,
@@ -116,6 +167,7 @@ func Run(ctx context.Context, o Options) error {
 		Notifier: n,
 		Progress: progress,
 		Tasks:    tr,
+		Update:   upd,
 		OnEnrolled: func() error {
 			// Re-read so nothing else in the file is lost, drop the token,
 			// replace the file atomically.
@@ -160,6 +212,9 @@ func Run(ctx context.Context, o Options) error {
 	err = client.Run(ctx)
 	stopWatchdog()
 	wg.Wait()
+	if errors.Is(err, session.ErrUpdating) {
+		return ErrExitForUpdate
+	}
 	if errors.Is(err, session.ErrRebooting) && os.Getenv(EnvReboot) == "exit" {
 		return ErrExitForReboot
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/devpilot/devpilot/agent/backoff"
 	"github.com/devpilot/devpilot/agent/config"
 	"github.com/devpilot/devpilot/agent/sdnotify"
+	"github.com/devpilot/devpilot/agent/update"
 	"github.com/devpilot/devpilot/shared/protocol"
 	"github.com/devpilot/devpilot/shared/tlspin"
 	"github.com/devpilot/devpilot/shared/version"
@@ -80,6 +81,14 @@ type Options struct {
 	// Reboot is logged and the agent reconnects (the control plane falls
 	// back to the cloud's reboot). nil: not advertised.
 	Reboot func(ctx context.Context) error
+	// Update installs agent releases (protocol 1.2; agent/update.Updater).
+	// Set, the agent advertises protocol.CapUpdate and reports its
+	// LastUpdate in every hello; an update message runs Install in the
+	// background (not on the session, so a dropped session does not abort
+	// a download); when it installed, the agent says goodbye {reason:
+	// update} and Run returns ErrUpdating, so the supervisor starts the
+	// new version. nil: not advertised.
+	Update Updater
 
 	BackoffBase time.Duration // default 1s
 	BackoffCap  time.Duration // default 60s
@@ -96,6 +105,22 @@ type Options struct {
 	// Rand feeds the jitter; default math/rand.
 	Rand func() float64
 }
+
+// Updater installs updates (agent/update.Updater).
+type Updater interface {
+	LastUpdate() *protocol.LastUpdate
+	Welcomed(ack string)
+	Install(ctx context.Context, u protocol.Update, get update.Get, status func(protocol.UpdateStatus)) error
+}
+
+// ErrUpdating is what Run returns once an update is installed: the caller
+// exits so the supervisor starts the new version.
+var ErrUpdating = errors.New("session: restarting into an installed agent update")
+
+// updateRestart ends a session: an update is installed.
+type updateRestart struct{ id string }
+
+func (r *updateRestart) Error() string { return "restarting into update " + r.id }
 
 // ErrRebooting is what Run returns after the host's reboot was started.
 var ErrRebooting = errors.New("session: rebooting the host, as the control plane asked")
@@ -116,6 +141,12 @@ type Client struct {
 	mu      sync.Mutex
 	token   string // bootstrap token until enrolled
 	tryAuth bool   // the last enroll was refused: the welcome may have been lost, try auth
+
+	http     *http.Client       // downloads from the control plane, same pinned TLS
+	runCtx   context.Context    // Run's, for installs that outlive a session
+	updating bool               // an Install runs (under mu)
+	write    func([]byte) error // the current session's writer, nil between sessions (under mu)
+	restart  chan string        // an installed update's id, cap 1
 }
 
 // New checks the options and prepares the dialer.
@@ -165,6 +196,11 @@ func New(o Options) (*Client, error) {
 	if o.Sleep == nil {
 		c.o.Sleep = c.sleep
 	}
+	c.restart = make(chan string, 1)
+	c.http = &http.Client{Timeout: 30 * time.Minute, Transport: &http.Transport{
+		Proxy: http.ProxyFromEnvironment, TLSClientConfig: tc, TLSHandshakeTimeout: o.HandshakeTimeout,
+		ResponseHeaderTimeout: 2 * o.HandshakeTimeout,
+	}}
 	return c, nil
 }
 
@@ -251,7 +287,18 @@ func (r *Refusal) Advice() string {
 func (c *Client) Run(ctx context.Context) error {
 	b := &backoff.Backoff{Base: c.o.BackoffBase, Cap: c.o.BackoffCap, Rand: c.o.Rand}
 	failures := 0
+	c.mu.Lock()
+	c.runCtx = ctx
+	c.mu.Unlock()
+	defer c.http.CloseIdleConnections()
 	for {
+		select {
+		case id := <-c.restart: // installed while there was no session
+			c.log.Info("restarting into the installed update", zap.String("update", id))
+			c.o.Notifier.Stopping()
+			return ErrUpdating
+		default:
+		}
 		c.o.Progress.Beat()
 		c.status(fmt.Sprintf("connecting to %s", c.host))
 		welcomedAt, err := c.session(ctx)
@@ -260,6 +307,13 @@ func (c *Client) Run(ctx context.Context) error {
 			c.status("stopped")
 			c.log.Info("session closed, stopping")
 			return nil
+		}
+		var ur *updateRestart
+		if errors.As(err, &ur) {
+			c.status("restarting into the installed update (" + ur.id + ")")
+			c.log.Info("restarting into the installed update", zap.String("update", ur.id))
+			c.o.Notifier.Stopping()
+			return ErrUpdating
 		}
 		var rr *rebootRequest
 		if errors.As(err, &rr) {
@@ -400,7 +454,11 @@ func (c *Client) handshake(conn *websocket.Conn) (time.Duration, error) {
 		Facts:        c.o.Health.Facts(),
 	}
 	if c.o.Reboot != nil {
-		hello.Capabilities = []string{protocol.CapReboot}
+		hello.Capabilities = append(hello.Capabilities, protocol.CapReboot)
+	}
+	if c.o.Update != nil {
+		hello.Capabilities = append(hello.Capabilities, protocol.CapUpdate)
+		hello.LastUpdate = c.o.Update.LastUpdate()
 	}
 	if token != "" && !tryAuth {
 		hello.Mode = protocol.ModeEnroll
@@ -439,6 +497,9 @@ func (c *Client) handshake(conn *websocket.Conn) (time.Duration, error) {
 	var w protocol.Welcome
 	if err := protocol.DecodeData(env, &w); err != nil {
 		return 0, err
+	}
+	if c.o.Update != nil {
+		c.o.Update.Welcomed(w.LastUpdateAck)
 	}
 	interval := time.Duration(w.HeartbeatIntervalS) * time.Second
 	if interval <= 0 {
@@ -516,7 +577,27 @@ func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.
 		return conn.WriteMessage(websocket.TextMessage, b)
 	}
 
+	c.mu.Lock()
+	c.write = write
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.write = nil
+		c.mu.Unlock()
+	}()
+
 	g, gctx := errgroup.WithContext(ctx)
+	if c.o.Update != nil {
+		g.Go(func() error { // restart once an update is installed
+			select {
+			case <-gctx.Done():
+				return nil
+			case id := <-c.restart:
+				c.goodbyeUpdate(conn, write, writeTimeout, id)
+				return &updateRestart{id: id}
+			}
+		})
+	}
 	g.Go(func() error { // reader
 		for {
 			extend()
@@ -623,6 +704,80 @@ func (c *Client) goodbye(conn *websocket.Conn, write func([]byte) error, wait ti
 	_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(wait))
 }
 
+// goodbyeUpdate tells the hub the agent restarts into an update, then
+// closes the session normally.
+func (c *Client) goodbyeUpdate(conn *websocket.Conn, write func([]byte) error, wait time.Duration, id string) {
+	if b, err := protocol.Encode(protocol.TypeGoodbye, protocol.Goodbye{Reason: protocol.GoodbyeUpdate, UpdateID: id}); err == nil {
+		if err := write(b); err != nil {
+			c.log.Warn("could not say goodbye", zap.Error(err))
+		}
+	}
+	msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "agent restarting into an update")
+	_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(wait))
+}
+
+// startUpdate runs an update message's install in the background, one at
+// a time; its status goes to whichever session is up.
+func (c *Client) startUpdate(u protocol.Update) {
+	c.mu.Lock()
+	if c.updating {
+		c.mu.Unlock()
+		c.log.Info("an update is being installed already; ignoring another", zap.String("update", u.ID))
+		return
+	}
+	c.updating = true
+	ctx := c.runCtx
+	c.mu.Unlock()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	go func() {
+		defer func() {
+			c.mu.Lock()
+			c.updating = false
+			c.mu.Unlock()
+		}()
+		err := c.o.Update.Install(ctx, u, c.get, c.sendStatus)
+		if err == nil {
+			select {
+			case c.restart <- u.ID:
+			default:
+			}
+		}
+	}()
+}
+
+// get fetches a path from the control plane over the pinned channel.
+func (c *Client) get(ctx context.Context, path string) (*http.Response, error) {
+	base := *c.url
+	base.Scheme = "https"
+	if c.url.Scheme == "ws" {
+		base.Scheme = "http"
+	}
+	base.Path, base.RawQuery = path, ""
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.http.Do(req)
+}
+
+func (c *Client) sendStatus(st protocol.UpdateStatus) {
+	b, err := protocol.Encode(protocol.TypeUpdateStatus, st)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	w := c.write
+	c.mu.Unlock()
+	if w == nil {
+		return
+	}
+	if err := w(b); err != nil {
+		c.log.Debug("could not send update status", zap.Error(err))
+	}
+}
+
 func (c *Client) heartbeat(write func([]byte) error) error {
 	h, err := c.o.Health.Collect()
 	if err != nil {
@@ -664,6 +819,18 @@ func (c *Client) handle(data []byte) error {
 		}
 		c.log.Info("the control plane asked for a reboot", zap.String("id", r.ID))
 		return &rebootRequest{id: r.ID}
+	case protocol.TypeUpdate:
+		var u protocol.Update
+		if err := protocol.DecodeData(env, &u); err != nil {
+			c.log.Warn("ignoring a malformed update", zap.Error(err))
+			return nil
+		}
+		if c.o.Update == nil {
+			c.log.Warn("ignoring update: this agent does not update itself", zap.String("id", u.ID))
+			return nil
+		}
+		c.log.Info("the control plane sent an update", zap.String("id", u.ID), zap.String("version", u.Version))
+		c.startUpdate(u)
 	case protocol.TypeTask, protocol.TypeCancel, protocol.TypeTaskAck:
 		if c.o.Tasks == nil {
 			c.log.Warn("ignoring task message: this agent runs no tasks", zap.String("type", env.Type))

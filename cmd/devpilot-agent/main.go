@@ -206,6 +206,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		}
 	case "run":
 		err := runner.Run(ctx, runner.Options{Paths: paths, ConfigFile: cfgFile, IdentityFile: idFile, Log: log})
+		if errors.Is(err, runner.ErrExitForUpdate) {
+			log.Info("exiting so the supervisor starts the installed update")
+			return 0
+		}
 		if errors.Is(err, runner.ErrExitForReboot) {
 			log.Info("exiting for a reboot by the supervisor", zap.Int("status", runner.ExitReboot))
 			return runner.ExitReboot

@@ -10,11 +10,14 @@ const (
 	ActionResize   = "resize"
 	ActionPorts    = "ports"
 	ActionRename   = "rename"
+	// ActionUpdateAgent installs a signed agent release on the server
+	// (protocol 1.2 agents); {"type":"update_agent","version":"1.4.0"}.
+	ActionUpdateAgent = "update_agent"
 )
 
 // ActionTypes lists the accepted action types, in the order error hints
 // name them.
-var ActionTypes = []string{ActionReboot, ActionPowerOff, ActionPowerOn, ActionResize, ActionPorts, ActionRename}
+var ActionTypes = []string{ActionReboot, ActionPowerOff, ActionPowerOn, ActionResize, ActionPorts, ActionRename, ActionUpdateAgent}
 
 // Action states.
 const (
@@ -29,6 +32,7 @@ const (
 //
 //	{"type":"reboot","hard":false} {"type":"power_off","force":false} {"type":"power_on"}
 //	{"type":"resize","size":"s-2vcpu-2gb"} {"type":"ports","ports":[22,8080]} {"type":"rename","name":"web-2"}
+//	{"type":"update_agent","version":"1.4.0"}
 type ActionRequest struct {
 	Type  string `json:"type"`
 	Hard  bool   `json:"hard,omitempty"`  // reboot: the cloud's hard reboot instead of asking the agent
@@ -36,6 +40,9 @@ type ActionRequest struct {
 	Size  string `json:"size,omitempty"`  // resize
 	Ports []int  `json:"ports,omitempty"` // ports: the new inbound TCP set, exactly
 	Name  string `json:"name,omitempty"`  // rename
+	// Version is the agent release update_agent installs (GET
+	// /v1/agent-releases lists them).
+	Version string `json:"version,omitempty"`
 }
 
 // Action is one lifecycle action of a server (202 answer of POST, GET

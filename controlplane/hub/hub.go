@@ -51,7 +51,10 @@ type Registry interface {
 	// Disconnected.
 	IdentityConflict(ctx context.Context, serverID string, c Conflict) error
 	// Connected records a session start (the first one confirms the
-	// install); Disconnected its end.
+	// install), and hello.LastUpdate durably when set (protocol 1.2): the
+	// welcome acknowledges it only after Connected returned nil, so the
+	// agent stops reporting an outcome only once it is recorded.
+	// Disconnected records a session's end.
 	Connected(ctx context.Context, serverID string, hello protocol.Hello, at time.Time) error
 	Disconnected(ctx context.Context, serverID string, at time.Time) error
 	// SaveHealth persists the latest health of many servers at once (called
@@ -169,6 +172,9 @@ type Status struct {
 	// (protocol 1.1; empty from older agents).
 	Capabilities []string
 	BootID       string
+	// LastUpdate is the session's hello.last_update (protocol 1.2), nil
+	// when it reported none.
+	LastUpdate *protocol.LastUpdate
 }
 
 // maxLastErrors bounds the remembered last errors (one per server).
@@ -312,6 +318,7 @@ func (h *Hub) Status(serverID string) (Status, bool) {
 		RemoteAddr:   s.remote,
 		Capabilities: s.capabilities,
 		BootID:       s.bootID,
+		LastUpdate:   s.lastUpdate,
 	}
 	if hp := s.health.Load(); hp != nil {
 		c := *hp

@@ -43,6 +43,7 @@ type memRegistry struct {
 	saves   int
 	// connectErr, if set, is what Connected returns.
 	connectErr error
+	hellos     map[string]protocol.Hello // the last hello Connected got, by server
 	// failSaves is how many SaveHealth calls fail before they succeed.
 	failSaves int
 }
@@ -123,14 +124,24 @@ func (r *memRegistry) conflictsOf(id string) []Conflict {
 	return append([]Conflict(nil), r.servers[id].conflicts...)
 }
 
-func (r *memRegistry) Connected(_ context.Context, serverID string, _ protocol.Hello, _ time.Time) error {
+func (r *memRegistry) Connected(_ context.Context, serverID string, hello protocol.Hello, _ time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.connectErr != nil {
 		return r.connectErr
 	}
+	if r.hellos == nil {
+		r.hellos = map[string]protocol.Hello{}
+	}
+	r.hellos[serverID] = hello
 	r.events = append(r.events, "connected "+serverID)
 	return nil
+}
+
+func (r *memRegistry) lastHello(id string) protocol.Hello {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hellos[id]
 }
 
 func (r *memRegistry) Disconnected(_ context.Context, serverID string, _ time.Time) error {

@@ -29,8 +29,9 @@ type session struct {
 	// Set once authenticated, read-only afterwards.
 	serverID     string
 	agentVersion string
-	capabilities []string // hello's (protocol 1.1)
-	bootID       string   // hello's facts.boot_id (protocol 1.1)
+	capabilities []string             // hello's (protocol 1.1)
+	bootID       string               // hello's facts.boot_id (protocol 1.1)
+	lastUpdate   *protocol.LastUpdate // hello's last_update (protocol 1.2), bounded
 	since        time.Time
 	ctx          context.Context
 	cancel       context.CancelFunc
@@ -280,6 +281,10 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 		s.capabilities = append(s.capabilities, cut(c, 64))
 	}
 	s.bootID = cut(hello.Facts.BootID, 64)
+	if lu := hello.LastUpdate; lu != nil {
+		b := BoundLastUpdate(*lu)
+		s.lastUpdate, hello.LastUpdate = &b, &b
+	}
 	s.since = h.now()
 	s.lastSeen.Store(s.since.UnixNano())
 	// Not a child of h.ctx (that costs an entry in its children map per
@@ -341,6 +346,7 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 		ServerID:           id,
 		HeartbeatIntervalS: int(max((h.interval+time.Second-1)/time.Second, 1)),
 		Protocol:           protocol.Version,
+		LastUpdateAck:      ackOf(s.lastUpdate),
 	})
 	if err == nil {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(writeWait))
@@ -354,6 +360,20 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 	h.log.Info("agent connected", zap.String("server", id), zap.String("remote", s.remote),
 		zap.String("agent_version", hello.AgentVersion), zap.Bool("replaced", old != nil))
 	return nil
+}
+
+// BoundLastUpdate cuts an agent's hello.last_update to sane sizes before
+// it is kept or recorded.
+func BoundLastUpdate(lu protocol.LastUpdate) protocol.LastUpdate {
+	return protocol.LastUpdate{ID: cut(lu.ID, maxServerID), Result: cut(lu.Result, 32), From: cut(lu.From, 64), To: cut(lu.To, 64),
+		Reason: cut(lu.Reason, protocol.MaxReasonBytes)}
+}
+
+func ackOf(lu *protocol.LastUpdate) string {
+	if lu == nil {
+		return ""
+	}
+	return lu.ID
 }
 
 // takeover is one replacement of a server's live session.
@@ -506,6 +526,7 @@ func (h *Hub) dispatch(s *session, env protocol.Envelope) {
 			return
 		}
 		g.Reason, g.RebootID, g.Error = cut(g.Reason, 64), cut(g.RebootID, maxServerID), cut(g.Error, protocol.MaxReasonBytes)
+		g.UpdateID = cut(g.UpdateID, maxServerID)
 		s.goodbye.Store(&g)
 		return
 	}

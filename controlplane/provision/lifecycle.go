@@ -18,6 +18,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/shared/protocol"
+	"github.com/devpilot/devpilot/shared/release"
 )
 
 // Lifecycle actions (issue 11): a durable job per action, recorded in
@@ -98,6 +99,9 @@ type actionParams struct {
 	OldPorts []int  `json:"old_ports,omitempty"`
 	Name     string `json:"name,omitempty"`
 	OldName  string `json:"old_name,omitempty"`
+	// update_agent: the release, and the agent's version when it was sent.
+	Version     string `json:"version,omitempty"`
+	FromVersion string `json:"from_version,omitempty"`
 	// Graceful reboot: how (agent or cloud), recorded before asking, so
 	// a restarted job never asks twice; the agent's boot id before; and
 	// the fallback to the cloud's reboot, with why.
@@ -126,6 +130,11 @@ func (p actionParams) view(typ string) map[string]any {
 		m["ports"], m["old_ports"] = p.Ports, p.OldPorts
 	case apitypes.ActionRename:
 		m["name"], m["old_name"] = p.Name, p.OldName
+	case apitypes.ActionUpdateAgent:
+		m["version"] = p.Version
+		if p.FromVersion != "" {
+			m["from_version"] = p.FromVersion
+		}
 	}
 	return m
 }
@@ -152,6 +161,8 @@ func actionSteps(typ, provider string, p actionParams) []string {
 		return []string{ActStepFirewall, ActStepRecord}
 	case apitypes.ActionRename:
 		return []string{ActStepRename, ActStepWaitName, ActStepRecord}
+	case apitypes.ActionUpdateAgent:
+		return []string{ActStepSend, ActStepVerify, ActStepReconnect}
 	}
 	return nil
 }
@@ -211,6 +222,11 @@ func checkAction(req apitypes.ActionRequest) (actionParams, error) {
 			return p, unprocessable("A server name is 1 to 63 "+serverNameChars+".", "name %q is not a valid server name", req.Name)
 		}
 		p.Name = req.Name
+	case apitypes.ActionUpdateAgent:
+		if err := release.CheckVersion(req.Version); err != nil {
+			return p, unprocessable("Give the agent release to install, e.g. {\"type\":\"update_agent\",\"version\":\"1.4.0\"}; GET /v1/agent-releases lists them.", "%v", err)
+		}
+		p.Version = req.Version
 	default:
 		return p, &problem.Error{Status: 422, Code: "validation_failed", Message: fmt.Sprintf("unknown action type %q", req.Type), Hint: choices}
 	}
@@ -242,7 +258,11 @@ func (s *Service) createAction(ctx context.Context, id, actor, workspaceID, serv
 		return nil, problem.Conflict("Wait until the server is online, offline or stopped.",
 			"server %s is %s; lifecycle actions need it %s", srv.ID, srv.State, strings.Join(actionable, ", "))
 	}
-	if srv.InstanceID == "" || srv.IntegrationID == "" {
+	if req.Type == apitypes.ActionUpdateAgent {
+		if err := s.checkUpdateAtDoor(srv.State, srv.FactsJSON, srv.ID, p.Version); err != nil {
+			return nil, err
+		}
+	} else if srv.InstanceID == "" || srv.IntegrationID == "" {
 		return nil, problem.Conflict("Reconnect the integration this server was created with.", "server %s has no cloud instance Devpilot can reach", srv.ID)
 	}
 	if req.Type == apitypes.ActionResize {
@@ -545,7 +565,14 @@ func (j *actionJob) provider(ctx context.Context) error {
 
 // step runs step i: recorded running, run, recorded done.
 func (j *actionJob) step(ctx context.Context, i int) error {
-	if err := j.provider(ctx); err != nil {
+	if j.a.Type == apitypes.ActionUpdateAgent {
+		// The agent's work, not the cloud's: no provider needed.
+		srv, err := j.s.store.Q().GetServer(ctx, "", j.a.ServerID)
+		if err != nil {
+			return err
+		}
+		j.srv = srv
+	} else if err := j.provider(ctx); err != nil {
 		return err
 	}
 	st := &j.steps[i]
@@ -886,6 +913,10 @@ func (j *actionJob) do(ctx context.Context, i int, resumed bool) (string, error)
 		return j.waitPrev(ctx, i, j.s.o.StepTimeout)
 	case ActStepWaitAgent:
 		return j.waitAgentBack(ctx, *st.StartedAt)
+	case ActStepSend:
+		return j.sendUpdate(ctx, resumed)
+	case ActStepVerify, ActStepReconnect:
+		return j.waitUpdate(ctx, st.Name)
 	case ActStepFirewall:
 		fw := cloud.FirewallSpec{Name: FirewallName(j.srv.ID), Tag: TagServer(j.srv.ID), Ports: j.p.Ports}
 		fid, err := j.cloud.EnsureFirewall(ctx, fw)

@@ -13,6 +13,8 @@ type metrics struct {
 	steps    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	jobs     *prometheus.CounterVec
+	// agentUpdates counts update_agent outcomes (agentupdate.go).
+	agentUpdates *prometheus.CounterVec
 }
 
 // Step outcomes in devpilot_provisioning_steps_total.
@@ -37,6 +39,13 @@ func newMetrics(r prometheus.Registerer) *metrics {
 			Name: "devpilot_provisioning_jobs_total",
 			Help: "Provisioning jobs that ended, by outcome (online, failed).",
 		}, []string{"outcome"}),
+		agentUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devpilot_agent_updates_total",
+			Help: "Agent updates (update_agent actions) that ended, by result: updated, rolled_back, refused, failed, timeout.",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{"updated", "rolled_back", "refused", "failed", "timeout"} {
+		m.agentUpdates.WithLabelValues(r)
 	}
 	for _, st := range []string{StepPreflight, StepSSHKey, StepFirewall, StepInstance, StepWaitActive, StepWaitAgent} {
 		for _, o := range []string{outcomeDone, outcomeFailed, outcomeRetried} {
@@ -46,7 +55,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 	m.jobs.WithLabelValues("online")
 	m.jobs.WithLabelValues("failed")
 	if r != nil {
-		r.MustRegister(m.steps, m.duration, m.jobs)
+		r.MustRegister(m.steps, m.duration, m.jobs, m.agentUpdates)
 	}
 	return m
 }

@@ -104,6 +104,8 @@ type Live struct {
 	// Capabilities and BootID are the session's hello's (protocol 1.1).
 	Capabilities []string
 	BootID       string
+	// AgentVersion is the session's hello's.
+	AgentVersion string
 }
 
 // Options configure the Service.
@@ -116,7 +118,12 @@ type Options struct {
 	Disconnect   func(serverID, code string) // ends an agent session, telling it why (protocol.Err*)
 	// AskReboot sends the server's agent a reboot request (protocol 1.1)
 	// named id; nil: reboots always use the cloud's.
-	AskReboot    func(ctx context.Context, serverID, id string) error
+	AskReboot func(ctx context.Context, serverID, id string) error
+	// Releases and SendUpdate serve update_agent (agentupdate.go): the
+	// release catalogue, and sending the hub's update message (protocol
+	// 1.2); nil: updates are refused with a hint.
+	Releases     Releases
+	SendUpdate   func(ctx context.Context, serverID string, u protocol.Update) error
 	Logger       *zap.Logger
 	Now          func() time.Time
 	AgentTimeout time.Duration // wait_agent deadline; default 15 min
@@ -178,8 +185,9 @@ type Service struct {
 	kick   chan struct{}
 
 	mu      sync.Mutex
-	jobs    map[string]context.CancelFunc // running jobs by server id
-	waiters map[string]chan struct{}      // wait_agent waiters by server id
+	jobs    map[string]context.CancelFunc    // running jobs by server id
+	waiters map[string]chan struct{}         // wait_agent waiters by server id
+	updates map[string]protocol.UpdateStatus // agents' last update_status, by server id
 }
 
 // New returns a Service; Start runs its jobs.

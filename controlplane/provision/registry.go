@@ -151,6 +151,17 @@ func (r *Registry) Connected(ctx context.Context, serverID string, hello protoco
 	if err := r.s.store.Q().SaveAgentSession(ctx, serverID, hello.AgentVersion, string(facts), at); err != nil {
 		return err
 	}
+	if hello.LastUpdate != nil {
+		// Before the welcome acknowledges it (protocol 1.2): the
+		// update_agent action reads it from here.
+		b, _ := json.Marshal(hello.LastUpdate)
+		if err := r.s.store.Q().SetAgentLastUpdate(ctx, serverID, string(b)); err != nil {
+			return err
+		}
+		r.s.log.Info("agent update outcome", zap.String("server", serverID), zap.String("update", hello.LastUpdate.ID),
+			zap.String("result", hello.LastUpdate.Result), zap.String("from", hello.LastUpdate.From),
+			zap.String("to", hello.LastUpdate.To), zap.String("reason", hello.LastUpdate.Reason))
+	}
 	r.s.wake(serverID)
 	if r.s.o.OnAgentConnected != nil {
 		r.s.o.OnAgentConnected(serverID)

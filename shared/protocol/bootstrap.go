@@ -11,4 +11,8 @@ type Bootstrap struct {
 	CACertPEM      string `json:"ca_cert_pem"`     // the CA certificate itself (public); checked against CAPin
 	ServerID       string `json:"server_id"`       // the control plane's id for this server
 	BootstrapToken string `json:"bootstrap_token"` // one-time enrollment token
+	// ReleaseKeys are the agent release public keys the agent pins
+	// (base64 ed25519, shared/release): it installs only updates signed
+	// by one of them. Absent: the agent refuses every update.
+	ReleaseKeys []string `json:"release_keys,omitempty"`
 }

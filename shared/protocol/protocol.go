@@ -34,16 +34,25 @@ import (
 // new message only when the other advertised it (Hello.Capabilities).
 //
 //	1.1 (2026-12-02): hello.capabilities ("reboot"), facts.boot_id; reboot (hub → agent), goodbye (agent → hub).
+//	1.2 (2026-12-02): capability "update"; update (hub → agent), update_status (agent → hub),
+//	                  hello.last_update, welcome.last_update_ack, goodbye reason "update" (update.go).
 const Version = 1
 
 // Minor is the minor version the code speaks (see Version).
-const Minor = 1
+const Minor = 2
+
+// MinMinor is the oldest minor version of MinVersion the hub accepts:
+// every 1.x agent keeps working (see README, "Version skew").
+const MinMinor = 0
 
 // Capabilities an agent advertises in Hello.Capabilities.
 const (
 	// CapReboot: the agent reboots its host when sent a reboot message
 	// (saying goodbye first), and reports Facts.BootID.
 	CapReboot = "reboot"
+	// CapUpdate (1.2): the agent installs signed agent releases when sent
+	// an update message, and reports Hello.LastUpdate.
+	CapUpdate = "update"
 )
 
 // MinVersion is the oldest agent protocol the hub still accepts, so a fleet
@@ -82,6 +91,9 @@ const (
 	TypeTaskResult = "task_result"
 	TypeReboot     = "reboot"  // 1.1, hub → agent, to agents with CapReboot
 	TypeGoodbye    = "goodbye" // 1.1, agent → hub, before the agent closes its session
+
+	TypeUpdate       = "update"        // 1.2, hub → agent, to agents with CapUpdate
+	TypeUpdateStatus = "update_status" // 1.2, agent → hub, progress of an update
 )
 
 // Envelope is one message on the wire.
@@ -115,6 +127,9 @@ type Hello struct {
 	// Capabilities (1.1) lists what the agent can do beyond protocol 1
 	// (Cap*); absent from older agents.
 	Capabilities []string `json:"capabilities,omitempty"`
+	// LastUpdate (1.2) is the outcome of the agent's last update, sent by
+	// whichever binary runs after it until a welcome acknowledges its id.
+	LastUpdate *LastUpdate `json:"last_update,omitempty"`
 }
 
 // HasCapability reports whether the hello advertised c.
@@ -157,13 +172,15 @@ const (
 	GoodbyeReboot   = "reboot"   // rebooting the host, as asked by RebootID
 	GoodbyeShutdown = "shutdown" // the agent is stopping
 	GoodbyeError    = "error"    // the agent failed; Error says how
+	GoodbyeUpdate   = "update"   // 1.2: restarting into an installed update; UpdateID names it
 )
 
 // Goodbye (1.1) is the agent's last message of a session: why it closes.
 type Goodbye struct {
 	Reason   string `json:"reason"`
 	RebootID string `json:"reboot_id,omitempty"`
-	Error    string `json:"error,omitempty"` // at most MaxReasonBytes
+	UpdateID string `json:"update_id,omitempty"` // 1.2, with GoodbyeUpdate
+	Error    string `json:"error,omitempty"`     // at most MaxReasonBytes
 }
 
 // SignedMessage is what the agent signs in hello.
@@ -180,6 +197,9 @@ type Welcome struct {
 	ServerID           string `json:"server_id"`
 	HeartbeatIntervalS int    `json:"heartbeat_interval_s"`
 	Protocol           int    `json:"protocol"` // what the hub speaks
+	// LastUpdateAck (1.2) is the id of hello.last_update the hub recorded:
+	// the agent stops reporting it.
+	LastUpdateAck string `json:"last_update_ack,omitempty"`
 }
 
 // Error refuses a hello (the hub closes the connection after it) or

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -63,6 +64,17 @@ func goldens() []golden {
 			Capabilities: []string{CapReboot}}},
 		{"reboot", TypeReboot, &Reboot{ID: "act_01JE0R3B00T"}},
 		{"goodbye", TypeGoodbye, &Goodbye{Reason: GoodbyeReboot, RebootID: "act_01JE0R3B00T"}},
+		{"hello_auth_last_update", TypeHello, &Hello{ServerID: "srv_01JD3Q7Z8X", Mode: ModeAuth,
+			PublicKey: seq(32, 100), Signature: seq(64, 1), AgentVersion: "0.3.0", Facts: withBoot(facts),
+			Capabilities: []string{CapReboot, CapUpdate},
+			LastUpdate:   &LastUpdate{ID: "act_01JE1UPD4TE", Result: UpdateResultRolledBack, From: "0.3.0", To: "0.4.0", Reason: "the new version failed to start 3 times"}}},
+		{"welcome_last_update_ack", TypeWelcome, &Welcome{ServerID: "srv_01JD3Q7Z8X", HeartbeatIntervalS: DefaultHeartbeatS, Protocol: 1,
+			LastUpdateAck: "act_01JE1UPD4TE"}},
+		{"update", TypeUpdate, &Update{ID: "act_01JE1UPD4TE", Version: "0.4.0", URL: "/v1/agent/releases/0.4.0/linux/amd64",
+			SHA256: "4f5c1a1f3e0d1b9c2a7e8d6b5c4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a", Signature: "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/QA==",
+			Size: 12582912}},
+		{"update_status", TypeUpdateStatus, &UpdateStatus{ID: "act_01JE1UPD4TE", State: UpdateRefused, Error: "signature does not verify against the pinned release keys"}},
+		{"goodbye_update", TypeGoodbye, &Goodbye{Reason: GoodbyeUpdate, UpdateID: "act_01JE1UPD4TE"}},
 		{"cancel", TypeCancel, &Cancel{TaskID: "tsk_01JD4A2B3C"}},
 		{"task_ack", TypeTaskAck, &TaskAck{TaskID: "tsk_01JD4A2B3C", LogSeq: 42, Final: true}},
 		{"task_log", TypeTaskLog, &TaskLog{TaskID: "tsk_01JD4A2B3D", Seq: 7, Stream: StreamStdout, Step: 3, Data: []byte("ok\n")}},
@@ -197,6 +209,10 @@ func payloadFor(typ string) any {
 		return &Reboot{}
 	case TypeGoodbye:
 		return &Goodbye{}
+	case TypeUpdate:
+		return &Update{}
+	case TypeUpdateStatus:
+		return &UpdateStatus{}
 	}
 	var v any
 	return &v
@@ -250,4 +266,54 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("round trip changed the message:\n%s\n%s", j1, j2)
 		}
 	})
+}
+
+// Version skew: every fixture an agent of protocol 1.0 or 1.1 sent or got
+// (kept in testdata/v1.0 and testdata/v1.1) still decodes with today's
+// code into the same message, with the newer fields empty. The hub's side
+// of this promise (it welcomes such agents) is tested in controlplane/hub.
+func TestOlderMinorFixturesStillDecode(t *testing.T) {
+	types := map[string]any{}
+	for _, g := range goldens() {
+		types[g.name] = g.payload
+	}
+	for _, dir := range []string{"v1.0", "v1.1"} {
+		files, err := filepath.Glob(filepath.Join("testdata", dir, "*.json"))
+		if err != nil || len(files) < 10 {
+			t.Fatalf("%s: %d fixtures (%v)", dir, len(files), err)
+		}
+		for _, f := range files {
+			name := strings.TrimSuffix(filepath.Base(f), ".json")
+			t.Run(dir+"/"+name, func(t *testing.T) {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				e, err := Decode(bytes.TrimSpace(b))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, ok := types[name]
+				if !ok {
+					t.Fatalf("no current message for the old fixture %s", name)
+				}
+				back := reflect.New(reflect.TypeOf(want).Elem()).Interface()
+				if err := DecodeData(e, back); err != nil {
+					t.Fatal(err)
+				}
+				// The old bytes are still what today's encoder writes for
+				// the same message: no field was renamed or dropped.
+				again, err := Encode(e.Type, back)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(again, bytes.TrimSpace(b)) {
+					t.Errorf("old fixture re-encodes differently:\n got %s\nwant %s", again, bytes.TrimSpace(b))
+				}
+				if h, ok := back.(*Hello); ok && (h.LastUpdate != nil || h.HasCapability(CapUpdate)) {
+					t.Errorf("old hello decoded with update fields: %+v", h)
+				}
+			})
+		}
+	}
 }
