@@ -240,7 +240,8 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Reconciler = a.reconciler(cfg)
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Actions: a.Provision, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
-	a.Rollouts = rollout.New(rollout.Options{Store: a.Store, Logger: cfg.Logger, Owner: leaseOwner(cfg.DataDir), Registerer: reg})
+	a.Rollouts = rollout.New(rollout.Options{Store: a.Store, Updater: a.Provision, Releases: rolloutReleases{a.Provision},
+		Logger: cfg.Logger, Owner: leaseOwner(cfg.DataDir), Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	apiHandler := api.New(api.Options{
@@ -629,3 +630,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	return a.Serve(ctx)
 }
+
+// rolloutReleases lists, for agent rollouts, the releases update_agent
+// installs from.
+type rolloutReleases struct{ p *provision.Service }
+
+func (r rolloutReleases) Versions(ctx context.Context) ([]string, error) { return r.p.AgentReleaseVersions(ctx) }

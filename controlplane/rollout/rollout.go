@@ -190,7 +190,9 @@ func (s *Service) Create(ctx context.Context, actor, workspaceID string, req api
 	req.Version = strings.TrimSpace(req.Version)
 	versions, err := s.o.Releases.Versions(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list agent releases: %w", err)
+		u := unavailable()
+		u.Message += ": " + err.Error()
+		return nil, u
 	}
 	if req.Version == "" || !slices.Contains(versions, req.Version) {
 		hint := "No agent release is available yet: add one with devpilot agents releases add FILE."
