@@ -635,4 +635,6 @@ func Run(ctx context.Context, cfg Config) error {
 // installs from.
 type rolloutReleases struct{ p *provision.Service }
 
-func (r rolloutReleases) Versions(ctx context.Context) ([]string, error) { return r.p.AgentReleaseVersions(ctx) }
+func (r rolloutReleases) Versions(ctx context.Context) ([]string, error) {
+	return r.p.AgentReleaseVersions(ctx)
+}
