@@ -25,6 +25,7 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/shared/protocol"
+	"github.com/devpilot/devpilot/shared/release"
 	"github.com/devpilot/devpilot/shared/tlspin"
 )
 
@@ -67,6 +68,10 @@ type Params struct {
 	BootstrapToken secrets.Value
 	// Hostname is informational (logged by the script); optional.
 	Hostname string
+	// ReleaseKeys are the agent release public keys (base64 ed25519,
+	// shared/release) the agent pins, like the CA: it installs only
+	// updates signed by one of them. Optional (none: no updates).
+	ReleaseKeys []string
 }
 
 // Render validates p and returns the user-data script. Errors never contain
@@ -163,6 +168,14 @@ func validate(p Params) (validated, error) {
 		return v, err
 	}
 
+	if len(p.ReleaseKeys) > 8 {
+		return v, errors.New("release keys: at most 8")
+	}
+	for _, k := range p.ReleaseKeys {
+		if _, err := release.ParsePublicKey(k); err != nil {
+			return v, err
+		}
+	}
 	caForJSON := ""
 	if v.caPEM != "" {
 		caForJSON = v.caPEM + "\n"
@@ -176,6 +189,7 @@ func validate(p Params) (validated, error) {
 		CACertPEM:      caForJSON,
 		ServerID:       p.ServerID,
 		BootstrapToken: p.BootstrapToken.Reveal(),
+		ReleaseKeys:    p.ReleaseKeys,
 	}); err != nil {
 		return v, errors.New("bootstrap json: cannot encode")
 	}

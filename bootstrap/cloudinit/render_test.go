@@ -47,7 +47,10 @@ func TestRenderGolden(t *testing.T) {
 	httpDev.CACertPEM = ""
 	httpDev.AgentSHA256 = map[string]string{ArchAMD64: shaA}
 	httpDev.Hostname = ""
-	for name, p := range map[string]Params{"basic": goldenParams(t), "hostile": hostile, "http-loopback": httpDev} {
+	// Two pinned release keys (a rotation): both reach the bootstrap JSON.
+	withKeys := goldenParams(t)
+	withKeys.ReleaseKeys = []string{"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}
+	for name, p := range map[string]Params{"basic": goldenParams(t), "hostile": hostile, "http-loopback": httpDev, "release-keys": withKeys} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			got, err := Render(p)
@@ -277,5 +280,14 @@ func TestParsePhases(t *testing.T) {
 		if !got[k].Equal(v) {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
 		}
+	}
+}
+
+func TestRenderRefusesBadReleaseKey(t *testing.T) {
+	t.Parallel()
+	p := goldenParams(t)
+	p.ReleaseKeys = []string{"AAEC'; touch pwned; '"}
+	if _, err := Render(p); err == nil || !strings.Contains(err.Error(), "release public key") {
+		t.Errorf("bad release key: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -156,7 +157,7 @@ func TestRunInstalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := protocol.Bootstrap{URL: e.srv, CAPin: tlspin.PinOf(e.ca.cert), CACertPEM: e.ca.certPEM, ServerID: "srv_123", BootstrapToken: "dpb_token_0123456789"}
-	if b != want {
+	if !reflect.DeepEqual(b, want) {
 		t.Errorf("bootstrap file = %+v\nwant %+v", b, want)
 	}
 	if e.exists("etc/devpilot-agent/bootstrap.json") {

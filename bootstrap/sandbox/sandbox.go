@@ -28,6 +28,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/agent/layout"
+	"github.com/devpilot/devpilot/agent/update"
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
 )
 
@@ -363,6 +365,7 @@ func (r *Runtime) runAgentOnce(mc *machine, root, logPath string) (string, bool)
 	if err != nil {
 		return "open log: " + err.Error(), false
 	}
+	r.updateGuard(mc, root, logPath, "start")
 	cmd := exec.Command(filepath.Join(root, AgentPath), "run", "--root-dir", root)
 	cmd.Dir = root
 	cmd.Env = r.env(root)
@@ -382,7 +385,10 @@ func (r *Runtime) runAgentOnce(mc *machine, root, logPath string) (string, bool)
 		return "failed to start: " + err.Error(), false
 	}
 	mc.log.Debug("agent started", zap.Int("pid", cmd.Process.Pid))
+	done := make(chan struct{})
+	go r.watchUpdateDeadline(mc, root, logPath, cmd.Process.Pid, done)
 	stopped, err := r.wait(mc, cmd)
+	close(done)
 	r.mu.Lock()
 	mc.info.AgentPID = 0
 	r.mu.Unlock()
@@ -390,6 +396,56 @@ func (r *Runtime) runAgentOnce(mc *machine, root, logPath string) (string, bool)
 		return "exited with status 0", stopped
 	}
 	return err.Error(), stopped
+}
+
+// updateGuard runs the agent's update guard (packaging.UpdateGuard, the
+// same script systemd runs as ExecStartPre=) in mode start or deadline,
+// if the install put one there: the dev sandbox rolls a failed update
+// back by the same mechanism as a real server.
+func (r *Runtime) updateGuard(mc *machine, root, logPath string, args ...string) {
+	guard := layout.New(root).UpdateGuard()
+	if _, err := os.Stat(guard); err != nil {
+		return
+	}
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return
+	}
+	defer func() { _ = out.Close() }()
+	cmd := exec.Command("/bin/sh", append([]string{guard}, args...)...)
+	cmd.Dir = root
+	cmd.Env = append(r.env(root), "DEVPILOT_AGENT_ROOT="+root)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Run(); err != nil {
+		mc.log.Warn("update guard failed", zap.Strings("args", args), zap.Error(err))
+	}
+}
+
+// watchUpdateDeadline plays the transient timer a real agent arms with
+// systemd-run: while the agent runs, once a pending update's deadline
+// passed, the guard rolls back and the agent is stopped (SIGTERM to its
+// group), so the next start runs the previous version.
+func (r *Runtime) watchUpdateDeadline(mc *machine, root, logPath string, pgid int, done <-chan struct{}) {
+	p := layout.New(root)
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		m, ok := update.ReadPending(p)
+		if !ok || m.Deadline.IsZero() || time.Now().Before(m.Deadline) {
+			continue
+		}
+		note(logPath, "devpilot-agent: update "+m.ID+" passed its deadline; running the update guard")
+		r.updateGuard(mc, root, logPath, "deadline", m.ID)
+		if _, still := update.ReadPending(p); !still {
+			_ = syscall.Kill(-pgid, syscall.SIGTERM)
+			return
+		}
+	}
 }
 
 // wait waits for cmd, killing its process group when the machine is

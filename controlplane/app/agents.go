@@ -3,6 +3,7 @@ package app
 import (
 	"errors"
 	"fmt"
+	"github.com/devpilot/devpilot/controlplane/agentrelease"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 func (a *App) agentHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(protocol.Path, a.Hub)
+	mux.HandleFunc("GET "+agentrelease.DownloadRoute, a.serveRelease)
 	dir := a.cfg.AgentDir
 	if dir == "" {
 		if exe, err := os.Executable(); err == nil {
@@ -74,5 +76,5 @@ func (a *App) userData(serverID, hostname string, token secrets.Value) ([]byte, 
 		return nil, err
 	}
 	return cloudinit.Render(cloudinit.Params{ControlPlaneURL: a.agentURL(), CACertPEM: ca, AgentSHA256: a.agentSums,
-		ServerID: serverID, BootstrapToken: token, Hostname: hostname})
+		ServerID: serverID, BootstrapToken: token, Hostname: hostname, ReleaseKeys: a.releaseKeysText()})
 }

@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/acme/autocert"
 
+	"github.com/devpilot/devpilot/controlplane/agentrelease"
 	"github.com/devpilot/devpilot/controlplane/api"
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/cloud"
@@ -87,8 +88,12 @@ type Config struct {
 	VultrAPIURL        string
 
 	// Agents and provisioning.
-	AgentDir          string        // devpilot-agent builds to serve; default: the directory of this executable
-	AgentCAFile       string        // CA agents pin when TLS is not auto (files/off behind a proxy)
+	AgentDir    string // devpilot-agent builds to serve; default: the directory of this executable
+	AgentCAFile string // CA agents pin when TLS is not auto (files/off behind a proxy)
+	// AgentReleaseKeys are files of agent release public keys (several
+	// during a rotation): releases must verify against one, and new
+	// servers' agents pin them all (controlplane/agentrelease).
+	AgentReleaseKeys  []string
 	AgentTimeout      time.Duration // how long a new server's agent has to confirm the install; default 15 min
 	BootstrapTTL      time.Duration // bootstrap token lifetime; default 60 min
 	HeartbeatInterval time.Duration // told to agents; default 15 s
@@ -140,6 +145,7 @@ type App struct {
 	Hub          *hub.Hub
 	Tasks        *tasks.Service
 	Rollouts     *rollout.Service
+	Releases     *agentrelease.Store
 	handler      http.Handler
 	agentSums    map[string]string // arch → sha256 of the served agent builds
 	tlsConfig    *tls.Config
@@ -215,6 +221,11 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		_ = a.Store.Close()
 		return nil, err
 	}
+	if a.Releases, err = openReleases(cfg); err != nil {
+		a.Leader.Release()
+		_ = a.Store.Close()
+		return nil, err
+	}
 	reg := a.Registry
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.Provision = provision.New(provision.Options{
@@ -224,10 +235,14 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		Live: func(id string) (provision.Live, bool) {
 			st, ok := a.Hub.Status(id)
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health,
-				Capabilities: st.Capabilities, BootID: st.BootID}, ok
+				Capabilities: st.Capabilities, BootID: st.BootID, AgentVersion: st.AgentVersion}, ok
 		},
 		AskReboot: func(ctx context.Context, id, actionID string) error {
 			return a.Hub.Send(ctx, id, protocol.TypeReboot, protocol.Reboot{ID: actionID})
+		},
+		Releases: a.Releases,
+		SendUpdate: func(ctx context.Context, id string, u protocol.Update) error {
+			return a.Hub.Send(ctx, id, protocol.TypeUpdate, u)
 		},
 		Disconnect:       func(id, code string) { a.Hub.Disconnect(id, code) },
 		Diagnose:         a.diagnoser(),
@@ -244,6 +259,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		Logger: cfg.Logger, Owner: leaseOwner(cfg.DataDir), Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
+	a.Hub.Handle(protocol.TypeUpdateStatus, a.Provision.HandleUpdateStatus)
 	apiHandler := api.New(api.Options{
 		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Rollouts: a.Rollouts, Agent: a.agentHandler(),
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
