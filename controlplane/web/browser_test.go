@@ -311,6 +311,12 @@ func TestConsoleInABrowser(t *testing.T) {
 		deploymentPage(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, strings.TrimPrefix(serverPath, "/ui/w/default/servers/"))
 	})
 
+	b.run("rollouts", chromedp.Navigate(env.App.URL+"/ui/w/default/rollouts"), chromedp.WaitVisible(chromedp.CSS("main h1")))
+	if txt := b.text("main"); !strings.Contains(txt, "No rollouts yet") {
+		t.Errorf("rollouts page: %q", txt)
+	}
+	b.checkPage("rollouts")
+
 	// Error pages say what happened, and pass the same checks.
 	b.run("not found", chromedp.Navigate(env.App.URL+"/ui/w/default/servers/srv_aaaaaaaaaaaaaaaa"), chromedp.WaitVisible(chromedp.CSS("main h1")))
 	if h := b.text("main h1"); h != "Not found" {
