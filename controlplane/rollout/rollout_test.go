@@ -284,7 +284,10 @@ devpilot_rollouts{state="paused"} 0
 devpilot_rollouts{state="pending"} 0
 devpilot_rollouts{state="rolling"} 0
 devpilot_rollouts{state="succeeded"} 1
-`), "devpilot_rollouts"); err != nil {
+# HELP devpilot_agents Online agents by the release they run (the version part of what they report, as rollouts compare it).
+# TYPE devpilot_agents gauge
+devpilot_agents{version="1.1.0"} 10
+`), "devpilot_rollouts", "devpilot_agents"); err != nil {
 		t.Error(err)
 	}
 }

@@ -227,3 +227,23 @@ func (q *Queries) SkipPendingTargets(ctx context.Context, rolloutID, reason stri
 		WHERE rollout_id = ? AND state = 'pending'`, reason, at.UTC(), rolloutID)
 	return err
 }
+
+// OnlineAgentVersions counts online servers by the agent version they
+// reported (metrics: devpilot_agents).
+func (q *Queries) OnlineAgentVersions(ctx context.Context) (map[string]int, error) {
+	rows, err := q.x.QueryContext(ctx, `SELECT agent_version, COUNT(*) FROM servers WHERE state = 'online' GROUP BY agent_version`)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = rows.Close() }()
+	out := map[string]int{}
+	for rows.Next() {
+		var k string
+		var n int
+		if err := rows.Scan(&k, &n); err != nil {
+			return nil, err
+		}
+		out[k] = n
+	}
+	return out, rows.Err()
+}
