@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/devpilot/devpilot/controlplane/agentrelease"
 	"io"
 	"net/http"
 	"regexp"
@@ -55,6 +56,9 @@ type Options struct {
 	// console's sign-in included); nil: none.
 	Throttle *httpguard.Throttle
 	Now      func() time.Time
+	// Releases is the agent release catalogue (GET /v1/agent-releases);
+	// nil: an empty list.
+	Releases *agentrelease.Store
 }
 
 // API is the admin HTTP handler.

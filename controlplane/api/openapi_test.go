@@ -102,6 +102,7 @@ var exempt200 = map[string]string{
 	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/pause":  "as POST …/agent-rollouts",
 	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/resume": "as POST …/agent-rollouts",
 	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/abort":  "as POST …/agent-rollouts",
+	"GET /v1/agent/releases/{version}/{os}/{arch}":        "needs signed agent builds (devenv's agent update tests download them)",
 }
 
 // TestEveryOperationHoldsToTheDocument walks the whole API the way a user
@@ -117,6 +118,7 @@ func TestEveryOperationHoldsToTheDocument(t *testing.T) {
 	h.must(200, "GET", "/metrics", nil, nil)
 	h.must(200, "GET", "/v1/openapi.json", nil, nil)
 	h.must(200, "GET", "/v1/whoami", nil, nil)
+	h.must(200, "GET", "/v1/agent-releases", nil, nil)
 	h.must(201, "POST", "/v1/workspaces", apitypes.CreateWorkspace{Slug: "team-b"}, nil)
 	h.must(200, "GET", "/v1/workspaces", nil, nil)
 

@@ -262,7 +262,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Hub.Handle(protocol.TypeUpdateStatus, a.Provision.HandleUpdateStatus)
 	apiHandler := api.New(api.Options{
 		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Rollouts: a.Rollouts, Agent: a.agentHandler(),
-		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
+		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg, Releases: a.Releases,
 		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
 	guard := httpguard.New(httpguard.Options{BodyTimeout: cfg.BodyTimeout, MaxUnauthenticated: cfg.MaxUnauthenticated,
