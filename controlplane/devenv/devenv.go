@@ -43,6 +43,7 @@ type Config struct {
 	// Passed to the control plane (see app.Config); zero values take its defaults.
 	Database          string // "" for SQLite in DataDir, or a postgres:// URL
 	AgentDir          string
+	AgentReleaseKeys  []string // files of agent release public keys (app.Config.AgentReleaseKeys)
 	AgentTimeout      time.Duration
 	HeartbeatInterval time.Duration
 	PollInterval      time.Duration
@@ -157,7 +158,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	e.appCfg = app.Config{
 		DataDir: cfg.DataDir, Database: cfg.Database, Listen: cfg.Listen, TLS: app.TLSAuto, Logger: cfg.Logger, Out: cfg.Out,
 		DigitalOceanAPIURL: e.DOURL, VultrAPIURL: e.VultrURL,
-		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
+		AgentDir: cfg.AgentDir, AgentReleaseKeys: cfg.AgentReleaseKeys, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
 	}
