@@ -3,7 +3,8 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSION) \
-	-X github.com/devpilot/devpilot/shared/version.Commit=$(COMMIT)
+	-X github.com/devpilot/devpilot/shared/version.Commit=$(COMMIT) \
+	$(if $(RELEASE_KEYS),-X github.com/devpilot/devpilot/shared/release.Builtin=$(RELEASE_KEYS))
 DEMO_DIR ?= .demo
 DEMO_LISTEN ?= 127.0.0.1:8443
 

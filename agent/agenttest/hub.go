@@ -60,6 +60,8 @@ type Hub struct {
 	logs       map[string][]protocol.TaskLog
 	results    map[string][]protocol.TaskResult
 	goodbyes   []protocol.Goodbye
+	statuses   []protocol.UpdateStatus
+	files      map[string][]byte // served over the hub's TLS (agent updates)
 	wg         sync.WaitGroup
 }
 
@@ -109,9 +111,20 @@ func New(t testing.TB) *Hub {
 		conns:    map[*websocket.Conn]*peer{},
 		logs:     map[string][]protocol.TaskLog{},
 		results:  map[string][]protocol.TaskResult{},
+		files:    map[string][]byte{},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(protocol.Path, h.serve)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		b, ok := h.files[r.URL.Path]
+		h.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write(b)
+	})
 	srv := httptest.NewUnstartedServer(mux)
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{{
 		Certificate: [][]byte{leafDER, caDER}, // auto mode sends its CA along
@@ -276,7 +289,12 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, code), time.Now().Add(time.Second))
 		return
 	}
-	if send(c, protocol.TypeWelcome, protocol.Welcome{ServerID: hello.ServerID, HeartbeatIntervalS: interval, Protocol: protocol.Version}) != nil {
+	ack := ""
+	if hello.LastUpdate != nil {
+		ack = hello.LastUpdate.ID // recorded in Hellos
+	}
+	if send(c, protocol.TypeWelcome, protocol.Welcome{ServerID: hello.ServerID, HeartbeatIntervalS: interval, Protocol: protocol.Version,
+		LastUpdateAck: ack}) != nil {
 		return
 	}
 	if closeAfter {
@@ -324,6 +342,14 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 			if ack && p.send(c, protocol.TypeTaskAck, protocol.TaskAck{TaskID: r.TaskID, LogSeq: r.LastLogSeq, Final: true}) != nil {
 				return
 			}
+		case protocol.TypeUpdateStatus:
+			var st protocol.UpdateStatus
+			if protocol.DecodeData(env, &st) != nil {
+				return
+			}
+			h.mu.Lock()
+			h.statuses = append(h.statuses, st)
+			h.mu.Unlock()
 		case protocol.TypeGoodbye:
 			var g protocol.Goodbye
 			if protocol.DecodeData(env, &g) != nil {
@@ -336,6 +362,21 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// ServeFile makes the hub's HTTPS server answer GET path with body (what
+// agents download updates from).
+func (h *Hub) ServeFile(path string, body []byte) {
+	h.mu.Lock()
+	h.files[path] = body
+	h.mu.Unlock()
+}
+
+// UpdateStatuses returns the update_status messages agents sent (1.2).
+func (h *Hub) UpdateStatuses() []protocol.UpdateStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]protocol.UpdateStatus(nil), h.statuses...)
 }
 
 // Goodbyes returns the goodbye messages agents sent (protocol 1.1).

@@ -33,6 +33,7 @@ import (
 	"github.com/devpilot/devpilot/agent/session"
 	"github.com/devpilot/devpilot/agent/tasks"
 	"github.com/devpilot/devpilot/agent/update"
+	"github.com/devpilot/devpilot/shared/release"
 	"github.com/devpilot/devpilot/shared/version"
 )
 
@@ -156,6 +157,9 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
+	// Pinned at install, plus those this (signed) build carries: a key
+	// rotation arrives inside a release signed by the old key.
+	keys = append(keys, release.BuiltinPublicKeys()...)
 	upd := update.New(update.Options{Paths: o.Paths, Keys: keys, Version: version.Get().Version, Log: log.Named("update"),
 		Window: o.UpdateWindow, ArmDeadline: armDeadline(o.Paths)})
 	so := session.Options{

@@ -264,3 +264,16 @@ func rolloutVerbCmd(env Env, name, short string) *cobra.Command {
 		}
 	})
 }
+
+// agentCol is a server's agent release for the AGENT column, marked when
+// it is outside the workspace's rollout target: "1.3.0 (target 1.4.0)".
+func agentCol(s *apitypes.Server) string {
+	v, _, _ := strings.Cut(s.Agent.Version, " ")
+	if v == "" {
+		return "-"
+	}
+	if s.Agent.OutsideTarget {
+		return v + " (target " + s.Agent.TargetVersion + ")"
+	}
+	return v
+}

@@ -72,6 +72,8 @@ func serveCmd(env Env) *cobra.Command {
 	fs.StringVar(&cfg.VultrAPIURL, "vultr-api-url", "", "Vultr API base URL (default: the real API)")
 	fs.StringVar(&cfg.AgentDir, "agent-dir", "", "directory with devpilot-agent builds to serve (default: next to this binary)")
 	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA certificate agents pin when --tls is files, acme or off")
+	fs.StringSliceVar(&cfg.AgentReleaseKeys, "agent-release-key", nil,
+		"agent release public key file (devpilot agents keygen prints it); repeat it, or separate with commas, while rotating keys")
 	fs.DurationVar(&cfg.AgentTimeout, "agent-timeout", 15*time.Minute, "how long a new server's agent has to confirm the install")
 	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "lifetime of a server's one-time bootstrap token (at most 1h)")
 	fs.DurationVar(&cfg.BodyTimeout, "body-timeout", httpguard.DefaultBodyTimeout, "how long a request may take to send its body")

@@ -6,25 +6,31 @@ package devenv
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/devpilot/devpilot/bootstrap/sandbox"
+	"github.com/devpilot/devpilot/controlplane/agentrelease"
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr/vultrsim"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/shared/atomicfile"
+	"github.com/devpilot/devpilot/shared/release"
 )
 
 // EnvFile is the name of the file Start writes into the data directory.
@@ -43,7 +49,7 @@ type Config struct {
 	// Passed to the control plane (see app.Config); zero values take its defaults.
 	Database          string // "" for SQLite in DataDir, or a postgres:// URL
 	AgentDir          string
-	AgentReleaseKeys  []string // files of agent release public keys (app.Config.AgentReleaseKeys)
+	AgentReleaseKeys  []string // more files of release public keys to trust, beside the dev key
 	AgentTimeout      time.Duration
 	HeartbeatInterval time.Duration
 	PollInterval      time.Duration
@@ -72,6 +78,8 @@ type Env struct {
 	VultrURL string
 	EnvFile  string
 	Values   map[string]string // what dev.env holds
+
+	releaseKey ed25519.PrivateKey
 
 	cancel  context.CancelFunc
 	done    chan error
@@ -155,17 +163,29 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		e.closeSims()
 		return nil, fmt.Errorf("vultr simulator: %w", err)
 	}
+	// A dev release signing key, made once and kept in the data dir (a
+	// real operator keeps theirs offline): the builds this environment
+	// serves are signed with it, and its agents pin it.
+	e.releaseKey, err = devReleaseKey(cfg.DataDir)
+	if err != nil {
+		e.closeSims()
+		return nil, err
+	}
 	e.appCfg = app.Config{
 		DataDir: cfg.DataDir, Database: cfg.Database, Listen: cfg.Listen, TLS: app.TLSAuto, Logger: cfg.Logger, Out: cfg.Out,
 		DigitalOceanAPIURL: e.DOURL, VultrAPIURL: e.VultrURL,
-		AgentDir: cfg.AgentDir, AgentReleaseKeys: cfg.AgentReleaseKeys, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
+		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
+		AgentReleaseKeys: append([]string{filepath.Join(cfg.DataDir, DevReleasePublicKeyFile)}, cfg.AgentReleaseKeys...),
 	}
 	e.App, err = app.New(ctx, e.appCfg)
 	if err != nil {
 		e.closeSims()
 		return nil, err
+	}
+	if err := e.signServedBuilds(ctx); err != nil {
+		cfg.Logger.Warn("the agent builds served are not added as releases", zap.Error(err))
 	}
 	if err := e.App.Listen(); err != nil {
 		_ = e.App.Close()
@@ -200,6 +220,106 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	e.cancel = cancel
 	go func() { e.done <- e.App.Serve(sctx) }()
 	return e, nil
+}
+
+// The dev release signing key's files in the data dir.
+const (
+	DevReleaseKeyFile       = "dev-release-key.pem" // 0600; never leaves the machine
+	DevReleasePublicKeyFile = "dev-release-key.pub"
+)
+
+func devReleaseKey(dir string) (ed25519.PrivateKey, error) {
+	path := filepath.Join(dir, DevReleaseKeyFile)
+	if b, err := os.ReadFile(path); err == nil {
+		return release.ParsePrivateKey(b)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("dev release key: %w", err)
+	}
+	k, err := release.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	pemb, err := release.MarshalPrivateKey(k)
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.WriteFile(path, pemb, 0o600); err != nil {
+		return nil, fmt.Errorf("dev release key: %w", err)
+	}
+	pub := "# devpilot dev release key (made by devpilot dev)\n" + release.EncodePublicKey(k.Public().(ed25519.PublicKey)) + "\n"
+	if err := atomicfile.WriteFile(filepath.Join(dir, DevReleasePublicKeyFile), []byte(pub), 0o644); err != nil {
+		return nil, fmt.Errorf("dev release key: %w", err)
+	}
+	return k, nil
+}
+
+// signServedBuilds adds the agent build the environment installs on new
+// servers as a release, signed with the dev key, under the version the
+// build reports (devpilot-agent version), so an update_agent back to it
+// works too.
+func (e *Env) signServedBuilds(ctx context.Context) error {
+	dir := e.appCfg.AgentDir
+	if dir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		dir = filepath.Dir(exe)
+	}
+	bin := filepath.Join(dir, "devpilot-agent")
+	if _, err := os.Stat(bin); err != nil {
+		bin = filepath.Join(dir, "devpilot-agent-"+runtime.GOOS+"-"+runtime.GOARCH)
+	}
+	// "devpilot-agent v1.2.3 (commit …, go…)"
+	out, err := exec.CommandContext(ctx, bin, "version").Output()
+	if err != nil {
+		return fmt.Errorf("%s version: %w", bin, err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 2 {
+		return fmt.Errorf("%s version: unexpected output %q", bin, out)
+	}
+	_, err = e.AddRelease(bin, f[1])
+	return err
+}
+
+// AddRelease signs an agent binary for this host's os/arch as version
+// with the dev release key and adds it to the control plane's releases
+// (what `devpilot agents sign` and `devpilot agents releases add` do).
+func (e *Env) AddRelease(binPath, version string) (agentrelease.Release, error) {
+	return e.AddReleaseSigned(binPath, version, e.releaseKey)
+}
+
+// AddReleaseSigned is AddRelease with another key (a test of refusals);
+// the control plane refuses a release its keys do not verify.
+func (e *Env) AddReleaseSigned(binPath, version string, key ed25519.PrivateKey) (agentrelease.Release, error) {
+	f, err := os.Open(binPath)
+	if err != nil {
+		return agentrelease.Release{}, err
+	}
+	sig, err := release.Sign(key, f, version, runtime.GOOS, runtime.GOARCH)
+	_ = f.Close()
+	if err != nil {
+		return agentrelease.Release{}, err
+	}
+	tmp, err := os.MkdirTemp("", "devpilot-release-")
+	if err != nil {
+		return agentrelease.Release{}, err
+	}
+	defer func() { _ = os.RemoveAll(tmp) }()
+	b, err := os.ReadFile(binPath)
+	if err != nil {
+		return agentrelease.Release{}, err
+	}
+	staged := filepath.Join(tmp, "devpilot-agent")
+	if err := os.WriteFile(staged, b, 0o755); err != nil {
+		return agentrelease.Release{}, err
+	}
+	sb, _ := json.Marshal(sig)
+	if err := os.WriteFile(staged+".sig", sb, 0o644); err != nil {
+		return agentrelease.Release{}, err
+	}
+	return e.App.Releases.Add(staged, version)
 }
 
 // serve runs h on a fresh loopback port and returns its URL.

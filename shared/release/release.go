@@ -24,6 +24,25 @@ import (
 	"strings"
 )
 
+// Builtin is a comma-separated list of release public keys (text form)
+// compiled into the agent (make build RELEASE_KEYS=k1,k2, i.e. -X
+// github.com/devpilot/devpilot/shared/release.Builtin=…). An agent trusts
+// the keys it pinned at install plus these: that is how a key rotation
+// reaches servers — a release signed by the old key carries the new one.
+var Builtin = ""
+
+// BuiltinPublicKeys decodes Builtin; a key that does not decode is
+// skipped (a build mistake must not stop the agent).
+func BuiltinPublicKeys() []ed25519.PublicKey {
+	var out []ed25519.PublicKey
+	for _, s := range strings.Split(Builtin, ",") {
+		if k, err := ParsePublicKey(s); err == nil && strings.TrimSpace(s) != "" {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // Statement is what a release signature signs.
 func Statement(version, goos, goarch, sha256Hex string) []byte {
 	return []byte("devpilot-agent-release-v1\x00" + version + "\x00" + goos + "\x00" + goarch + "\x00" + strings.ToLower(sha256Hex))

@@ -87,3 +87,14 @@ func FuzzParseSig(f *testing.F) {
 		_, _ = ParsePublicKeys(b)
 	})
 }
+
+func TestBuiltinPublicKeys(t *testing.T) {
+	k, _ := GenerateKey()
+	old := Builtin
+	defer func() { Builtin = old }()
+	Builtin = EncodePublicKey(k.Public().(ed25519.PublicKey)) + ",not-a-key,"
+	got := BuiltinPublicKeys()
+	if len(got) != 1 || !got[0].Equal(k.Public()) {
+		t.Errorf("builtin keys = %v", got)
+	}
+}
