@@ -44,6 +44,15 @@ func (s *Service) pass(ctx context.Context) {
 		}
 		return
 	}
+	open := map[string]bool{}
+	for _, r := range rs {
+		if slices.Contains(store.RolloutOpenStates, r.State) {
+			open[r.WorkspaceID] = true
+		}
+	}
+	if s.o.Updater != nil {
+		defer s.converge(ctx, open)
+	}
 	for _, r := range rs {
 		now := s.now()
 		ok, err := s.store.Q().LeaseRollout(ctx, r.ID, s.o.Owner, now, now.Add(s.o.Lease))

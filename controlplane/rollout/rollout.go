@@ -102,6 +102,9 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	kick   chan struct{}
+
+	mu        sync.Mutex
+	converged map[string]bool // update action ids converge asked for (converge.go)
 }
 
 // New returns a Service; Start runs its controller.
@@ -121,7 +124,8 @@ func New(o Options) *Service {
 	if o.Lease <= 0 {
 		o.Lease = Lease
 	}
-	s := &Service{o: o, store: o.Store, log: o.Logger.Named("rollout"), now: o.Now, kick: make(chan struct{}, 1)}
+	s := &Service{o: o, store: o.Store, log: o.Logger.Named("rollout"), now: o.Now, kick: make(chan struct{}, 1),
+		converged: map[string]bool{}}
 	s.rollbacks = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "devpilot_agent_rollbacks_total",
 		Help: "Agent updates of a rollout that failed with the agent back on its previous version (it rolled itself back).",

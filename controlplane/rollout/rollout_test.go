@@ -543,3 +543,62 @@ func TestCanaryJSON(t *testing.T) {
 		t.Errorf("5 of 3 = %d", n)
 	}
 }
+
+// A server created after the workspace's last succeeded rollout comes up
+// on the old version and is brought to the target once, under an id made
+// of the server and the version (so a restarted controller would ask for
+// the same action); once there, a fresh controller leaves it alone.
+func TestNewServerGetsTheTargetVersion(t *testing.T) {
+	e := newEnv(t, 2)
+	s := e.service("cp_a", nil)
+	s.Start()
+	ctx := context.Background()
+	r, err := s.Create(ctx, "owner", e.ws, apitypes.CreateRollout{Version: vB, HealthWindowS: window(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = e.wait(s, r.ID, "ended", ended)
+	if r.State != apitypes.RolloutSucceeded {
+		t.Fatalf("rollout %s %q", r.State, r.Reason)
+	}
+	now := time.Now().UTC().Add(time.Second) // after the rollout finished
+	late := store.Server{ID: "srv_late", WorkspaceID: e.ws, Provider: "digitalocean", Name: "web-late", Region: "nyc3",
+		Size: "s-1vcpu-1gb", Image: "debian-12", PortsJSON: "[22]", State: "online", AgentVersion: vA + " (commit abc)",
+		AgentTimeoutS: 60, CreatedAt: now, UpdatedAt: now}
+	if err := e.st.Q().CreateServer(ctx, late, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.poke()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		srv, err := e.st.Q().GetServer(ctx, e.ws, late.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ReleaseOf(srv.AgentVersion) == vB {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new server stayed on %q", srv.AgentVersion)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.Close()
+	again := e.service("cp_b", nil)
+	again.pass(ctx) // a fresh controller looks at the same fleet
+	as, err := e.st.Q().ListActions(ctx, late.ID, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(as) != 1 || as[0].ID != convergeID(late.ID, vB) {
+		t.Errorf("the new server's actions: %+v, want one, %s", as, convergeID(late.ID, vB))
+	}
+	if n := e.fleet.updates()[late.ID]; n != 1 {
+		t.Errorf("%d update requests for the new server, want 1 (on the target now, it is left alone)", n)
+	}
+	for _, id := range e.ids {
+		if n := e.fleet.updates()[id]; n != 1 {
+			t.Errorf("%s: %d update requests, want 1 (its rollout's)", id, n)
+		}
+	}
+}

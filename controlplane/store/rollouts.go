@@ -247,3 +247,23 @@ func (q *Queries) OnlineAgentVersions(ctx context.Context) (map[string]int, erro
 	}
 	return out, rows.Err()
 }
+
+// LastSucceededRollouts returns each workspace's last succeeded rollout
+// (the one that set its agent target version).
+func (q *Queries) LastSucceededRollouts(ctx context.Context) ([]Rollout, error) {
+	rs, err := q.rollouts(ctx, `WHERE state = 'succeeded' ORDER BY finished_at, id`)
+	if err != nil {
+		return nil, err
+	}
+	last := map[string]int{}
+	var out []Rollout
+	for _, r := range rs {
+		if i, ok := last[r.WorkspaceID]; ok {
+			out[i] = r
+			continue
+		}
+		last[r.WorkspaceID] = len(out)
+		out = append(out, r)
+	}
+	return out, nil
+}
