@@ -1,6 +1,7 @@
 package web
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
 
@@ -34,7 +35,8 @@ func (c *Console) loadRollouts(r *http.Request, s *session) (rolloutsData, error
 		Rollouts []rollout `json:"rollouts"`
 	}
 	err := c.call(r, s.token.Reveal(), http.MethodGet, wsBase(r)+"/agent-rollouts?limit=50", nil, &out)
-	if ae, ok := err.(*apiError); ok && ae.Status == http.StatusNotFound {
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
 		return rolloutsData{}, nil // this control plane has no rollouts API
 	}
 	return rolloutsData{Rollouts: out.Rollouts, Available: true}, err
