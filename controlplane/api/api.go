@@ -29,6 +29,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/rollout"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
 )
@@ -45,6 +46,7 @@ type Options struct {
 	Integrations *integrations.Service
 	Servers      *provision.Service // nil: no server routes
 	Tasks        *tasks.Service     // nil: no task and deployment routes
+	Rollouts     *rollout.Service   // nil: no agent rollout routes
 	Agent        http.Handler       // the hub's WebSocket endpoint and the agent download; public
 	RotateKeys   KeyRotator
 	Logger       *zap.Logger

@@ -54,7 +54,13 @@ var authTable = map[string]string{
 	"GET /v1/workspaces/{ws}/deployments":         "read",
 	"GET /v1/workspaces/{ws}/deployments/{id}":    "read",
 
-	"GET /v1/agent-releases": "read",
+	"GET /v1/agent-releases":                              "read",
+	"POST /v1/workspaces/{ws}/agent-rollouts":             "write",
+	"GET /v1/workspaces/{ws}/agent-rollouts":              "read",
+	"GET /v1/workspaces/{ws}/agent-rollouts/{id}":         "read",
+	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/pause":  "write",
+	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/resume": "write",
+	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/abort":  "write",
 }
 
 // concrete turns a mux pattern into a request path in workspace ws.

@@ -91,7 +91,8 @@ func serverOut(s *provision.Server) apitypes.Server {
 		QuarantinedAt: s.QuarantinedAt, InstanceID: s.InstanceID, PublicIPv4: s.PublicIPv4, Tags: nonNil(s.Tags),
 		Steps: make([]apitypes.Step, 0, len(s.Steps)), Health: s.Health, HealthAt: s.HealthAt,
 		Agent: apitypes.Agent{Connected: s.Agent.Connected, Version: s.Agent.Version, InstalledAt: s.Agent.InstalledAt,
-			LastSeenAt: s.Agent.LastSeenAt, Facts: s.Agent.Facts},
+			LastSeenAt: s.Agent.LastSeenAt, Facts: s.Agent.Facts, TargetVersion: s.Agent.TargetVersion,
+			OutsideTarget: s.Agent.OutsideTarget},
 		Error: stepErrorOut(s.Error), Diagnostics: s.Diagnostics, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
 	for _, st := range s.Steps {
 		out.Steps = append(out.Steps, apitypes.Step{Name: st.Name, State: st.State, Attempts: st.Attempts,

@@ -3,6 +3,8 @@ package api_test
 import (
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/api"
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/rollout"
 	"github.com/devpilot/devpilot/controlplane/tasks"
 )
 
@@ -18,7 +21,8 @@ import (
 // present (the services are never called here).
 func registered(t *testing.T) []api.Route {
 	t.Helper()
-	a := api.New(api.Options{Servers: &provision.Service{}, Tasks: &tasks.Service{}, Agent: http.NotFoundHandler()})
+	a := api.New(api.Options{Servers: &provision.Service{}, Tasks: &tasks.Service{}, Rollouts: &rollout.Service{},
+		Agent: http.NotFoundHandler()})
 	rs := a.Routes()
 	if len(rs) < 30 {
 		t.Fatalf("only %d routes registered", len(rs))
@@ -94,7 +98,11 @@ var exempt200 = map[string]string{
 	"POST /v1/workspaces/{ws}/servers/{id}/actions": "needs a server past provisioning, so an agent: " +
 		"TestActionsHoldToTheDocument runs them with a real agent",
 	"GET /v1/workspaces/{ws}/servers/{id}/actions/{action}": "as POST …/actions (TestActionsHoldToTheDocument)",
-	"GET /v1/agent/releases/{version}/{os}/{arch}":          "needs signed agent builds (devenv's agent update tests download them)",
+	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/pause": "needs a rollout under way, so online agents (the walkthrough's one " +
+		"server is still provisioning: its rollout ends at once); controlplane/rollout's TestPauseResumeAbort drives the verbs",
+	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/resume": "as …/pause",
+	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/abort":  "as …/pause",
+	"GET /v1/agent/releases/{version}/{os}/{arch}":        "needs signed agent builds (devenv's agent update tests download them)",
 }
 
 // TestEveryOperationHoldsToTheDocument walks the whole API the way a user
@@ -161,6 +169,29 @@ func TestEveryOperationHoldsToTheDocument(t *testing.T) {
 		Plan: apitypes.Plan{Steps: []apitypes.TaskStep{{Name: "hi", Kind: "exec", StepFields: apitypes.StepFields{Argv: []string{"/bin/true"}}}}}}, &dep)
 	h.must(200, "GET", ws+"/deployments", nil, nil)
 	h.must(200, "GET", ws+"/deployments/"+dep.ID, nil, nil)
+
+	h.must(200, "GET", ws+"/agent-rollouts", nil, nil)
+	if r := h.do(h.token, "POST", ws+"/agent-rollouts", apitypes.CreateRollout{Version: "9.9.9"}); r.status != 422 && r.status != 503 {
+		t.Errorf("rollout of an unknown version: %d %s, want 422 (or 503 without releases)", r.status, r.body)
+	}
+	// A signed release: a rollout of it over the still provisioning
+	// server is recorded, the server skipped.
+	bin := filepath.Join(t.TempDir(), "devpilot-agent")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.env.AddRelease(bin, "9.1.0"); err != nil {
+		t.Fatal(err)
+	}
+	var ro apitypes.Rollout
+	h.must(202, "POST", ws+"/agent-rollouts", apitypes.CreateRollout{Version: "9.1.0", Servers: []string{srv.ID}}, &ro)
+	h.must(200, "GET", ws+"/agent-rollouts/"+ro.ID, nil, nil)
+	if r := h.do(h.token, "GET", ws+"/agent-rollouts/rol_aaaaaaaaaaaaaaaa", nil); r.status != 404 {
+		t.Errorf("an unknown rollout: %d %s, want 404", r.status, r.body)
+	}
+	if r := h.do(h.token, "POST", ws+"/agent-rollouts/rol_aaaaaaaaaaaaaaaa/pause", nil); r.status != 404 {
+		t.Errorf("pause of an unknown rollout: %d %s, want 404", r.status, r.body)
+	}
 
 	var tok apitypes.CreatedToken
 	h.must(201, "POST", ws+"/tokens", apitypes.CreateToken{Name: "ci", Role: "viewer"}, &tok)

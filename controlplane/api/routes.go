@@ -69,6 +69,7 @@ func (a *API) routes() {
 	a.serverRoutes()
 	a.actionRoutes()
 	a.taskRoutes()
+	a.rolloutRoutes()
 	a.agentReleaseRoutes()
 	if a.o.Agent != nil {
 		a.public("GET /v1/agent/", a.o.Agent)

@@ -62,6 +62,11 @@ type Agent struct {
 	InstalledAt *time.Time      `json:"installed_at"`
 	LastSeenAt  *time.Time      `json:"last_seen_at"`
 	Facts       *protocol.Facts `json:"facts,omitempty"`
+	// TargetVersion is the workspace's agent target version (its last
+	// succeeded rollout's); OutsideTarget marks an agent on another
+	// version (issue 13). Both absent before a rollout succeeded.
+	TargetVersion string `json:"target_version,omitempty"`
+	OutsideTarget bool   `json:"outside_target,omitempty"`
 }
 
 // CreateServer is POST /v1/workspaces/{ws}/servers; answered 202 with the

@@ -39,6 +39,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/reconcile"
+	"github.com/devpilot/devpilot/controlplane/rollout"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
@@ -159,6 +160,7 @@ type App struct {
 	Reconciler   *reconcile.Reconciler
 	Hub          *hub.Hub
 	Tasks        *tasks.Service
+	Rollouts     *rollout.Service
 	Releases     *agentrelease.Store
 	handler      http.Handler
 	agentSums    map[string]string // arch → sha256 of the served agent builds
@@ -277,11 +279,13 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.agentH = a.agentHandler()
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Actions: a.Provision, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
+	a.Rollouts = rollout.New(rollout.Options{Store: a.Store, Updater: a.Provision, Releases: rolloutReleases{a.Provision},
+		Logger: cfg.Logger, Owner: leaseOwner(cfg.DataDir), Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	a.Hub.Handle(protocol.TypeUpdateStatus, a.Provision.HandleUpdateStatus)
 	apiHandler := api.New(api.Options{
-		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Agent: a.agentH,
+		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Rollouts: a.Rollouts, Agent: a.agentH,
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg, Agents: a.Hub.Capacity, Releases: a.Releases,
 		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
@@ -593,6 +597,8 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	a.Reconciler.Start()
 	defer a.Reconciler.Close()
+	a.Rollouts.Start()
+	defer a.Rollouts.Close()
 	errc := make(chan error, 2)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	if a.agentLn != nil {
@@ -686,4 +692,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	return a.Serve(ctx)
+}
+
+// rolloutReleases lists, for agent rollouts, the releases update_agent
+// installs from.
+type rolloutReleases struct{ p *provision.Service }
+
+func (r rolloutReleases) Versions(ctx context.Context) ([]string, error) {
+	return r.p.AgentReleaseVersions(ctx)
 }

@@ -24,7 +24,7 @@ import (
 func agentsCmd(env Env) *cobra.Command {
 	return group("agents", "agent releases: signing keys (offline), signed builds, the releases served",
 		"  devpilot agents keygen --out release.key\n  devpilot agents sign --key release.key devpilot-agent --version v1.4.0\n  devpilot agents releases list",
-		agentsKeygenCmd(env), agentsSignCmd(env), agentReleasesCmd(env))
+		append([]*cobra.Command{agentsKeygenCmd(env), agentsSignCmd(env), agentReleasesCmd(env)}, agentRolloutVerbs(env)...)...)
 }
 
 func agentsKeygenCmd(env Env) *cobra.Command {

@@ -302,9 +302,9 @@ func serverListCmd(env Env) *cobra.Command {
 				return v.printValue(map[string]any{"servers": kept}, func() {
 					rows := [][]string{}
 					for _, s := range all {
-						rows = append(rows, []string{s.ID, s.Name, s.Provider, s.Region, v.out.paint(s.State), orDash(s.PublicIPv4), healthLine(&s)})
+						rows = append(rows, []string{s.ID, s.Name, s.Provider, s.Region, v.out.paint(s.State), orDash(s.PublicIPv4), agentCol(&s), healthLine(&s)})
 					}
-					v.out.table([]string{"ID", "NAME", "PROVIDER", "REGION", "STATE", "IPV4", "HEALTH"}, rows)
+					v.out.table([]string{"ID", "NAME", "PROVIDER", "REGION", "STATE", "IPV4", "AGENT", "HEALTH"}, rows)
 				})
 			}
 		})

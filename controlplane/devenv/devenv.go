@@ -49,6 +49,7 @@ type Config struct {
 	// Passed to the control plane (see app.Config); zero values take its defaults.
 	Database          string // "" for SQLite in DataDir, or a postgres:// URL
 	AgentDir          string
+	AgentReleaseKeys  []string // more files of release public keys to trust, beside the dev key
 	AgentTimeout      time.Duration
 	HeartbeatInterval time.Duration
 	PollInterval      time.Duration
@@ -181,7 +182,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
-		AgentReleaseKeys: []string{filepath.Join(cfg.DataDir, DevReleasePublicKeyFile)},
+		AgentReleaseKeys: append([]string{filepath.Join(cfg.DataDir, DevReleasePublicKeyFile)}, cfg.AgentReleaseKeys...),
 	}
 	e.App, err = app.New(ctx, e.appCfg)
 	if err != nil {

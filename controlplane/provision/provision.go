@@ -532,6 +532,11 @@ type AgentView struct {
 	InstalledAt *time.Time
 	LastSeenAt  *time.Time
 	Facts       *protocol.Facts
+	// TargetVersion is the workspace's agent target version (its last
+	// succeeded rollout's, issue 13); OutsideTarget marks an agent on
+	// another release.
+	TargetVersion string
+	OutsideTarget bool
 }
 
 func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
@@ -544,6 +549,10 @@ func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
 		PublicIPv4: srv.PublicIPv4, Steps: []StepView{}, HealthAt: srv.HealthAt, CreatedAt: srv.CreatedAt, UpdatedAt: srv.UpdatedAt,
 		Agent: AgentView{Version: srv.AgentVersion, InstalledAt: srv.InstalledAt, LastSeenAt: srv.LastSeenAt}}
 	_ = json.Unmarshal([]byte(srv.PortsJSON), &v.Ports)
+	if target, err := s.store.Q().WorkspaceAgentTarget(ctx, srv.WorkspaceID); err == nil && target != "" {
+		v.Agent.TargetVersion = target
+		v.Agent.OutsideTarget = srv.AgentVersion != "" && releaseOf(srv.AgentVersion) != target
+	}
 	if ws, err := s.store.Q().WorkspaceByID(ctx, srv.WorkspaceID); err == nil {
 		v.Tags = []string{TagAll, TagWorkspace(ws.Slug), TagServer(srv.ID)}
 	}

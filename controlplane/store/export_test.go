@@ -21,4 +21,4 @@ func SeedServers(ctx context.Context, s *Store, ws string, n int) error {
 
 // Unprepared returns queries outside a transaction that skip the prepared
 // statement cache (the before of BenchmarkHandshakeQueries).
-func Unprepared(s *Store) *Queries { return s.queries(s.db, s.feed.Publish) }
+func Unprepared(s *Store) *Queries { return s.queries(s.db, s.feed.Publish, nil) }

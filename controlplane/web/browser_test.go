@@ -16,6 +16,7 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
 	"github.com/devpilot/devpilot/controlplane/devenv"
+	"github.com/devpilot/devpilot/controlplane/store"
 )
 
 // agentDir holds a devpilot-agent built once for the browser tests;
@@ -311,6 +312,20 @@ func TestConsoleInABrowser(t *testing.T) {
 		deploymentPage(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, strings.TrimPrefix(serverPath, "/ui/w/default/servers/"))
 	})
 
+	b.run("rollouts", chromedp.Navigate(env.App.URL+"/ui/w/default/rollouts"), chromedp.WaitVisible(chromedp.CSS("main h1")))
+	if txt := b.text("main"); !strings.Contains(txt, "No rollouts yet") {
+		t.Errorf("rollouts page: %q", txt)
+	}
+	b.checkPage("rollouts")
+	// A paused rollout of the server (recorded as the API records one; no
+	// agent release is needed to show it): its page lists the server.
+	rolloutID := pausedRollout(t, env, strings.TrimPrefix(serverPath, "/ui/w/default/servers/"))
+	b.run("rollout", chromedp.Navigate(env.App.URL+"/ui/w/default/rollouts/"+rolloutID), chromedp.WaitVisible(chromedp.CSS("#rollout-state")))
+	if st, row := b.text("#rollout-state"), b.text("table.list tbody"); st != "paused" || !strings.Contains(row, "web-1") || !strings.Contains(row, "canary") {
+		t.Errorf("rollout page: state %q, row %q", st, row)
+	}
+	b.checkPage("rollout")
+
 	// Error pages say what happened, and pass the same checks.
 	b.run("not found", chromedp.Navigate(env.App.URL+"/ui/w/default/servers/srv_aaaaaaaaaaaaaaaa"), chromedp.WaitVisible(chromedp.CSS("main h1")))
 	if h := b.text("main h1"); h != "Not found" {
@@ -330,4 +345,22 @@ func TestConsoleInABrowser(t *testing.T) {
 	if loc := b.location(); !strings.HasPrefix(loc, "/ui/signin") {
 		t.Errorf("after sign out a page opened at %s", loc)
 	}
+}
+
+// pausedRollout records a paused rollout of one server in env's store.
+func pausedRollout(t *testing.T, env *devenv.Env, serverID string) string {
+	t.Helper()
+	ctx := context.Background()
+	ws, err := env.App.Store.Q().WorkspaceBySlug(ctx, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	r := store.Rollout{ID: "rol_aaaaaaaaaaaaaaab", WorkspaceID: ws.ID, Version: "9.9.9", SelectorJSON: "{}", Canary: "1", CanaryCount: 1,
+		MaxParallel: 1, HealthWindowS: 60, State: "paused", PausedFrom: "canary", CreatedBy: "test", CreatedAt: now, UpdatedAt: now}
+	if err := env.App.Store.Q().CreateRollout(ctx, r, []store.RolloutTarget{{ServerID: serverID, Wave: "canary", State: "pending",
+		FromVersion: "dev"}}); err != nil {
+		t.Fatal(err)
+	}
+	return r.ID
 }

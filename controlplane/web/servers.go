@@ -17,6 +17,12 @@ import (
 // server is the API's server, with what the templates ask of it.
 type server struct{ apitypes.Server }
 
+// AgentRelease is the release part of the agent's version ("1.4.0").
+func (s server) AgentRelease() string {
+	v, _, _ := strings.Cut(s.Agent.Version, " ")
+	return v
+}
+
 // Busy reports whether the server is still changing on its own.
 func (s server) Busy() bool {
 	return s.State == "provisioning" || s.State == "installing" || s.State == "deleting"
