@@ -33,6 +33,9 @@ func changeTopic(query string) string {
 		return TopicTasks
 	case "deployments", "deployment_targets":
 		return TopicDeployments
+	case "alert_states":
+		// The servers page counts firing alerts; the alerts page lists them.
+		return TopicServers
 	}
 	return ""
 }
