@@ -83,8 +83,9 @@ func newEnv(t *testing.T) *env {
 		vu.Close()
 		tr.CloseIdleConnections()
 	})
-	connect := func(provider string, secret secrets.Value) (cloud.Provider, error) {
-		c := cloud.Config{Secret: secret, Base: tr, MaxRetries: 2, MinWait: time.Millisecond, MaxWait: 20 * time.Millisecond}
+	connect := func(provider string, secret secrets.Value, onRefused func(int)) (cloud.Provider, error) {
+		c := cloud.Config{Secret: secret, Base: tr, MaxRetries: 2, MinWait: time.Millisecond, MaxWait: 20 * time.Millisecond,
+			OnRefused: onRefused}
 		if provider == cloud.Vultr {
 			c.BaseURL = e.vultURL
 			return vultr.New(c)
