@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/alerts"
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/cloud"
@@ -44,6 +45,7 @@ type Options struct {
 	Integrations *integrations.Service
 	Servers      *provision.Service // nil: no server routes
 	Tasks        *tasks.Service     // nil: no task and deployment routes
+	Alerts       *alerts.Service    // nil: no alert routes
 	Agent        http.Handler       // the hub's WebSocket endpoint and the agent download; public
 	RotateKeys   KeyRotator
 	Logger       *zap.Logger

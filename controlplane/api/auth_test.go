@@ -53,6 +53,13 @@ var authTable = map[string]string{
 	"POST /v1/workspaces/{ws}/deployments":        "write",
 	"GET /v1/workspaces/{ws}/deployments":         "read",
 	"GET /v1/workspaces/{ws}/deployments/{id}":    "read",
+	// Alert rules and alerts (issue 14).
+	"POST /v1/workspaces/{ws}/alert-rules":        "write",
+	"GET /v1/workspaces/{ws}/alert-rules":         "read",
+	"GET /v1/workspaces/{ws}/alert-rules/{id}":    "read",
+	"PATCH /v1/workspaces/{ws}/alert-rules/{id}":  "write",
+	"DELETE /v1/workspaces/{ws}/alert-rules/{id}": "write",
+	"GET /v1/workspaces/{ws}/alerts":              "read",
 }
 
 // concrete turns a mux pattern into a request path in workspace ws.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devpilot/devpilot/controlplane/alerts"
 	"github.com/devpilot/devpilot/controlplane/api"
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/provision"
@@ -18,7 +19,7 @@ import (
 // present (the services are never called here).
 func registered(t *testing.T) []api.Route {
 	t.Helper()
-	a := api.New(api.Options{Servers: &provision.Service{}, Tasks: &tasks.Service{}, Agent: http.NotFoundHandler()})
+	a := api.New(api.Options{Servers: &provision.Service{}, Tasks: &tasks.Service{}, Alerts: &alerts.Service{}, Agent: http.NotFoundHandler()})
 	rs := a.Routes()
 	if len(rs) < 30 {
 		t.Fatalf("only %d routes registered", len(rs))
@@ -159,6 +160,18 @@ func TestEveryOperationHoldsToTheDocument(t *testing.T) {
 		Plan: apitypes.Plan{Steps: []apitypes.TaskStep{{Name: "hi", Kind: "exec", StepFields: apitypes.StepFields{Argv: []string{"/bin/true"}}}}}}, &dep)
 	h.must(200, "GET", ws+"/deployments", nil, nil)
 	h.must(200, "GET", ws+"/deployments/"+dep.ID, nil, nil)
+
+	var rule apitypes.AlertRule
+	ninety, forS, renamed := 90.0, 120, "disk-full"
+	h.must(201, "POST", ws+"/alert-rules", apitypes.CreateAlertRule{Name: "disk", Kind: "disk", ThresholdPercent: &ninety, ForS: 300}, &rule)
+	h.must(201, "POST", ws+"/alert-rules", apitypes.CreateAlertRule{Name: "down", Kind: "offline", ForS: 60, Tag: "devpilot"}, nil)
+	h.must(200, "GET", ws+"/alert-rules", nil, nil)
+	h.must(200, "GET", ws+"/alert-rules?name=down&limit=1", nil, nil)
+	h.must(200, "GET", ws+"/alert-rules/"+rule.ID, nil, nil)
+	h.must(200, "PATCH", ws+"/alert-rules/"+rule.ID, apitypes.UpdateAlertRule{Name: &renamed, ForS: &forS}, nil)
+	h.must(200, "GET", ws+"/alerts", nil, nil)
+	h.must(200, "GET", ws+"/alerts?state=all", nil, nil)
+	h.must(204, "DELETE", ws+"/alert-rules/"+rule.ID, nil, nil)
 
 	var tok apitypes.CreatedToken
 	h.must(201, "POST", ws+"/tokens", apitypes.CreateToken{Name: "ci", Role: "viewer"}, &tok)
