@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/acme/autocert"
 
+	"github.com/devpilot/devpilot/controlplane/alerts"
 	"github.com/devpilot/devpilot/controlplane/api"
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/cloud"
@@ -101,6 +102,11 @@ type Config struct {
 	TaskDeadlineGrace      time.Duration // how long after its deadline the control plane times a task out; default 15 s
 	TaskMaxLogBytes        int64         // output stored per task; default tasks.DefaultMaxLogBytes (8 MiB)
 
+	// Integration health and alerts.
+	IntegrationCheckInterval time.Duration // background re-validation of every integration; default 6 h
+	AlertInterval            time.Duration // alert rule evaluation; default 15 s
+	AlertStaleAfter          time.Duration // a health sample older than this says nothing of now; default 2 min
+
 	// SSH diagnostics of servers whose agent did not confirm the install.
 	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
 	SSHAddr          func(publicIPv4 string) string // where a server's sshd listens; nil: IP:22
@@ -138,6 +144,7 @@ type App struct {
 	Reconciler   *reconcile.Reconciler
 	Hub          *hub.Hub
 	Tasks        *tasks.Service
+	Alerts       *alerts.Service
 	handler      http.Handler
 	agentSums    map[string]string // arch → sha256 of the served agent builds
 	tlsConfig    *tls.Config
@@ -207,6 +214,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	a.Integrations = integrations.New(integrations.Options{
 		Store: a.Store, Keys: a.Keys, Connect: a.connector(), Logger: cfg.Logger,
+		CheckInterval: cfg.IntegrationCheckInterval, Registerer: a.Registry,
 	})
 	if err := a.bootstrap(ctx); err != nil {
 		a.Leader.Release()
@@ -238,10 +246,12 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Reconciler = a.reconciler(cfg)
 	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Actions: a.Provision, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
+	a.Alerts = alerts.New(alerts.Options{Store: a.Store, Interval: cfg.AlertInterval, StaleAfter: cfg.AlertStaleAfter,
+		Logger: cfg.Logger, Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	apiHandler := api.New(api.Options{
-		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Agent: a.agentHandler(),
+		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Alerts: a.Alerts, Agent: a.agentHandler(),
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
 		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
@@ -302,8 +312,8 @@ func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
 
 // connector builds provider clients, pointed at simulators when configured.
 func (a *App) connector() integrations.Connector {
-	return func(provider string, secret secrets.Value) (cloud.Provider, error) {
-		c := cloud.Config{Secret: secret, Logger: a.log.Named(provider), Metrics: a.cloudMetrics}
+	return func(provider string, secret secrets.Value, onRefused func(int)) (cloud.Provider, error) {
+		c := cloud.Config{Secret: secret, Logger: a.log.Named(provider), Metrics: a.cloudMetrics, OnRefused: onRefused}
 		switch provider {
 		case cloud.DigitalOcean:
 			c.BaseURL = a.cfg.DigitalOceanAPIURL
@@ -547,6 +557,10 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	a.Reconciler.Start()
 	defer a.Reconciler.Close()
+	a.Integrations.StartChecks()
+	defer a.Integrations.CloseChecks()
+	a.Alerts.Start()
+	defer a.Alerts.Close()
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	sd := a.startSystemd(ctx)

@@ -16,6 +16,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/app"
 	"github.com/devpilot/devpilot/controlplane/devenv"
 	"github.com/devpilot/devpilot/controlplane/httpguard"
+	"github.com/devpilot/devpilot/controlplane/integrations"
 )
 
 // newLogger builds the process logger: JSON lines for machines (default
@@ -77,6 +78,9 @@ func serveCmd(env Env) *cobra.Command {
 	fs.DurationVar(&cfg.BodyTimeout, "body-timeout", httpguard.DefaultBodyTimeout, "how long a request may take to send its body")
 	fs.IntVar(&cfg.MaxUnauthenticated, "max-unauthenticated", httpguard.DefaultMaxUnauthenticated,
 		"requests one client address may have in flight before they authenticate (behind a proxy, every client shares its address)")
+	fs.DurationVar(&cfg.IntegrationCheckInterval, "integration-check-interval", integrations.DefaultCheckInterval,
+		"how often every integration is re-validated in the background (jittered ±10%; also right after a 401/403)")
+	fs.DurationVar(&cfg.AlertInterval, "alert-interval", 15*time.Second, "how often alert rules are evaluated")
 	logFlags(fs, &level, &format)
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)
@@ -87,6 +91,9 @@ func serveCmd(env Env) *cobra.Command {
 func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acmeDomains, level, format string) error {
 	if cfg.BodyTimeout <= 0 || cfg.MaxUnauthenticated <= 0 {
 		return usagef("--body-timeout and --max-unauthenticated must be positive")
+	}
+	if cfg.IntegrationCheckInterval < time.Minute || cfg.AlertInterval < time.Second {
+		return usagef("--integration-check-interval must be at least 1m and --alert-interval at least 1s")
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")

@@ -47,6 +47,10 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	PollInterval      time.Duration
 	ReconcileInterval time.Duration
+	// Integration health checks and alert evaluation (app.Config's).
+	IntegrationCheckInterval time.Duration
+	AlertInterval            time.Duration
+	AlertStaleAfter          time.Duration
 	// ReconcileFirewallEvery: firewall drift checked every n-th pass (app's default 10).
 	ReconcileFirewallEvery int
 
@@ -160,6 +164,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
+		IntegrationCheckInterval: cfg.IntegrationCheckInterval, AlertInterval: cfg.AlertInterval, AlertStaleAfter: cfg.AlertStaleAfter,
 	}
 	e.App, err = app.New(ctx, e.appCfg)
 	if err != nil {
