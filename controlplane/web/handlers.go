@@ -37,6 +37,7 @@ func (c *Console) routes() {
 	c.handle("POST /ui/w/{ws}/settings/integrations/{id}/remove", changes, c.removeIntegration)
 
 	c.handle("GET /ui/w/{ws}/events", readOnly, c.events)
+	c.handle("GET /ui/w/{ws}/alerts", readOnly, c.alertsPage)
 	c.handle("GET /ui/w/{ws}/servers", readOnly, c.serversPage)
 	c.handle("GET /ui/w/{ws}/servers/live", readOnly, c.serversLive)
 	c.handle("GET /ui/w/{ws}/servers/new", changes, c.newServerPage)
