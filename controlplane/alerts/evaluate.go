@@ -167,6 +167,9 @@ func (s *Service) Evaluate(ctx context.Context) error {
 				errs = append(errs, err)
 				continue
 			}
+			if had {
+				c = c.continuing(r, st, now)
+			}
 			if !needsChange(r, st, had, c, now) {
 				continue
 			}
@@ -206,8 +209,10 @@ func (s *Service) condition(ctx context.Context, q *store.Queries, r store.Alert
 		if !slices.Contains(offline, srv.State) {
 			return condition{}, nil
 		}
+		// Offline since it last changed state (or was last seen, if
+		// later); a pending or firing row keeps the earlier start.
 		since := srv.UpdatedAt
-		if srv.LastSeenAt != nil {
+		if srv.LastSeenAt != nil && srv.LastSeenAt.After(since) {
 			since = *srv.LastSeenAt
 		}
 		return condition{holds: true, since: since.UTC(), value: now.Sub(since).Seconds()}, nil
@@ -252,6 +257,15 @@ func percent(kind string, p store.HealthPoint) (float64, bool) {
 	return 0, false
 }
 
+// continuing keeps the start of an offline spell the state row already
+// holds: the server row's times move for other reasons while it is offline.
+func (c condition) continuing(r store.AlertRule, st store.AlertState, now time.Time) condition {
+	if r.Kind == KindOffline && c.holds && (st.State == StatePending || st.State == StateFiring) && st.Since.Before(c.since) {
+		c.since, c.value = st.Since, now.Sub(st.Since).Seconds()
+	}
+	return c
+}
+
 // target is the state a rule on a server should be in, given what was seen.
 func target(r store.AlertRule, c condition, now time.Time) string {
 	switch {
@@ -293,6 +307,9 @@ func (s *Service) transition(ctx context.Context, r store.AlertRule, serverID st
 		}
 		if had && st.State == StateResolved {
 			had = false
+		}
+		if had {
+			c = c.continuing(r, st, now)
 		}
 		want := target(r, c, now)
 		switch {
