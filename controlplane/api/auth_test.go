@@ -53,6 +53,8 @@ var authTable = map[string]string{
 	"POST /v1/workspaces/{ws}/deployments":        "write",
 	"GET /v1/workspaces/{ws}/deployments":         "read",
 	"GET /v1/workspaces/{ws}/deployments/{id}":    "read",
+
+	"GET /v1/workspaces/{ws}/events": "read",
 }
 
 // concrete turns a mux pattern into a request path in workspace ws.

@@ -77,6 +77,7 @@ func serveCmd(env Env) *cobra.Command {
 	fs.DurationVar(&cfg.BodyTimeout, "body-timeout", httpguard.DefaultBodyTimeout, "how long a request may take to send its body")
 	fs.IntVar(&cfg.MaxUnauthenticated, "max-unauthenticated", httpguard.DefaultMaxUnauthenticated,
 		"requests one client address may have in flight before they authenticate (behind a proxy, every client shares its address)")
+	fs.DurationVar(&cfg.EventsRetention, "events-retention", app.DefaultEventsRetention, "how long the event log keeps an event (older ones are pruned hourly)")
 	logFlags(fs, &level, &format)
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)
@@ -87,6 +88,9 @@ func serveCmd(env Env) *cobra.Command {
 func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acmeDomains, level, format string) error {
 	if cfg.BodyTimeout <= 0 || cfg.MaxUnauthenticated <= 0 {
 		return usagef("--body-timeout and --max-unauthenticated must be positive")
+	}
+	if cfg.EventsRetention < time.Hour {
+		return usagef("--events-retention must be at least 1h (e.g. 720h for 30 days)")
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")
