@@ -114,9 +114,12 @@ func TestEventsAreListedAndFollowed(t *testing.T) {
 		t.Errorf("server.created data %s (%v)", list.Events[0].Data, err)
 	}
 
+	// A secret planted in the task's environment (and the integration's
+	// token) must reach no event, listed, followed or stored.
+	canary := "canary-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	var task apitypes.Task
 	h.must(202, "POST", ws+"/servers/"+srv.ID+"/tasks", apitypes.TaskSpec{Kind: "exec",
-		StepFields: apitypes.StepFields{Argv: []string{"/bin/true"}}}, &task)
+		StepFields: apitypes.StepFields{Argv: []string{"/bin/true"}, Env: map[string]string{"API_KEY": canary}}}, &task)
 	h.must(202, "POST", ws+"/tasks/"+task.ID+"/cancel", nil, nil)
 	got := nextEvent(t, live, events.TaskCanceled)
 	if got.ev.Subject != task.ID || got.id == "" || got.ev.Type != events.TaskCanceled {
@@ -124,6 +127,28 @@ func TestEventsAreListedAndFollowed(t *testing.T) {
 	}
 	if err := json.Unmarshal(got.ev.Data, &data); err != nil || data["server_id"] != srv.ID || data["kind"] != "exec" {
 		t.Errorf("task.canceled data %s (%v)", got.ev.Data, err)
+	}
+
+	all := h.must(200, "GET", ws+"/events?limit=1000", nil, nil)
+	var stored strings.Builder
+	rows, err := h.env.App.Store.DB().Query(`SELECT type, subject, data_json FROM events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var a, b, c string
+		if err := rows.Scan(&a, &b, &c); err != nil {
+			t.Fatal(err)
+		}
+		stored.WriteString(a + b + c)
+	}
+	_ = rows.Close()
+	for _, secret := range []string{canary, h.env.Values["DO_SIM_TOKEN"]} {
+		for where, text := range map[string]string{"the list": string(all.body), "the stream": string(got.ev.Data), "the table": stored.String()} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s holds a secret: %s", where, text)
+			}
+		}
 	}
 
 	// Filters, paging and the most recent.
