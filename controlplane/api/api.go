@@ -55,6 +55,11 @@ type Options struct {
 	// console's sign-in included); nil: none.
 	Throttle *httpguard.Throttle
 	Now      func() time.Time
+	// EventsPoll is how often a follower of the event log reads the table
+	// for events another control plane wrote (default 1s); EventsHeartbeat
+	// how often an idle stream sends a keep-alive comment (default 15s).
+	EventsPoll      time.Duration
+	EventsHeartbeat time.Duration
 }
 
 // API is the admin HTTP handler.
@@ -106,6 +111,12 @@ func New(o Options) *API {
 	}
 	if o.Gatherer == nil {
 		o.Gatherer = o.Registry
+	}
+	if o.EventsPoll <= 0 {
+		o.EventsPoll = time.Second
+	}
+	if o.EventsHeartbeat <= 0 {
+		o.EventsHeartbeat = 15 * time.Second
 	}
 	a := &API{o: o, log: o.Logger.Named("api"), mux: http.NewServeMux()}
 	a.metrics = &metrics{

@@ -60,6 +60,8 @@ var authTable = map[string]string{
 	"PATCH /v1/workspaces/{ws}/alert-rules/{id}":  "write",
 	"DELETE /v1/workspaces/{ws}/alert-rules/{id}": "write",
 	"GET /v1/workspaces/{ws}/alerts":              "read",
+
+	"GET /v1/workspaces/{ws}/events": "read",
 }
 
 // concrete turns a mux pattern into a request path in workspace ws.

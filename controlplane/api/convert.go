@@ -5,6 +5,7 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/events"
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/provision"
@@ -179,4 +180,12 @@ func deploymentOut(d *tasks.Deployment) apitypes.Deployment {
 			State: t.State, Reason: t.Reason, Error: t.Error, ExitCode: t.ExitCode, Steps: t.Steps, FinishedAt: t.FinishedAt})
 	}
 	return out
+}
+
+func eventOut(e events.Event) apitypes.Event {
+	d := e.Data
+	if !json.Valid(d) {
+		d = json.RawMessage("{}")
+	}
+	return apitypes.Event{ID: e.ID, Type: e.Type, Subject: e.Subject, Time: e.Time, Data: d}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/alerts"
 	"github.com/devpilot/devpilot/controlplane/api"
 	"github.com/devpilot/devpilot/controlplane/apitypes"
+	"github.com/devpilot/devpilot/controlplane/events"
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/tasks"
 )
@@ -178,6 +179,10 @@ func TestEveryOperationHoldsToTheDocument(t *testing.T) {
 	h.must(200, "GET", ws+"/tokens", nil, nil)
 	h.must(204, "DELETE", ws+"/tokens/"+tok.ID, nil, nil)
 	h.must(200, "GET", ws+"/audit", nil, nil)
+	h.must(200, "GET", ws+"/events?type=server.*&limit=5", nil, nil)
+	if e := nextEvent(t, followEvents(t, h, ws+"/events?follow=1&type=task.canceled&last=1", ""), events.TaskCanceled); e.ev.Subject != task.ID {
+		t.Errorf("follow: %+v, want the canceled task's event", e)
+	}
 	h.must(200, "POST", "/v1/keys/rotate", nil, nil)
 
 	h.must(202, "DELETE", ws+"/servers/"+srv.ID+"?destroy=true", nil, nil)

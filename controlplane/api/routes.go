@@ -53,6 +53,7 @@ func (a *API) routes() {
 	a.actionRoutes()
 	a.taskRoutes()
 	a.alertRoutes()
+	a.eventRoutes()
 	if a.o.Agent != nil {
 		a.public("GET /v1/agent/", a.o.Agent)
 	}

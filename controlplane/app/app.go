@@ -106,6 +106,11 @@ type Config struct {
 	IntegrationCheckInterval time.Duration // background re-validation of every integration; default 6 h
 	AlertInterval            time.Duration // alert rule evaluation; default 15 s
 	AlertStaleAfter          time.Duration // a health sample older than this says nothing of now; default 2 min
+	// Events (issue 14): how long the event log keeps an event (default
+	// 30 days; older ones are pruned hourly) and how often an event follower
+	// reads the table for events another control plane wrote (default 1 s).
+	EventsRetention time.Duration
+	EventsPoll      time.Duration
 
 	// SSH diagnostics of servers whose agent did not confirm the install.
 	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
@@ -223,6 +228,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	reg := a.Registry
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(a.Store.EventMetrics())
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
 		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,
@@ -252,7 +258,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	apiHandler := api.New(api.Options{
 		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Alerts: a.Alerts, Agent: a.agentHandler(),
-		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg,
+		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg, EventsPoll: cfg.EventsPoll,
 		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
 	guard := httpguard.New(httpguard.Options{BodyTimeout: cfg.BodyTimeout, MaxUnauthenticated: cfg.MaxUnauthenticated,
@@ -570,6 +576,12 @@ func (a *App) Serve(ctx context.Context) error {
 		renewed := make(chan struct{})
 		go func() { defer close(renewed); a.renewTLS(rctx) }()
 		defer func() { stopRenew(); <-renewed }()
+	}
+	{
+		pctx, stopPrune := context.WithCancel(ctx)
+		pruned := make(chan struct{})
+		go func() { defer close(pruned); a.pruneEvents(pctx) }()
+		defer func() { stopPrune(); <-pruned }()
 	}
 	if a.acme != nil {
 		wctx, stopWarm := context.WithCancel(ctx)

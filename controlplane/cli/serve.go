@@ -81,6 +81,7 @@ func serveCmd(env Env) *cobra.Command {
 	fs.DurationVar(&cfg.IntegrationCheckInterval, "integration-check-interval", integrations.DefaultCheckInterval,
 		"how often every integration is re-validated in the background (jittered ±10%; also right after a 401/403)")
 	fs.DurationVar(&cfg.AlertInterval, "alert-interval", 15*time.Second, "how often alert rules are evaluated")
+	fs.DurationVar(&cfg.EventsRetention, "events-retention", app.DefaultEventsRetention, "how long the event log keeps an event (older ones are pruned hourly)")
 	logFlags(fs, &level, &format)
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)
@@ -94,6 +95,9 @@ func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acme
 	}
 	if cfg.IntegrationCheckInterval < time.Minute || cfg.AlertInterval < time.Second {
 		return usagef("--integration-check-interval must be at least 1m and --alert-interval at least 1s")
+	}
+	if cfg.EventsRetention < time.Hour {
+		return usagef("--events-retention must be at least 1h (e.g. 720h for 30 days)")
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")

@@ -312,6 +312,10 @@ func TestConsoleInABrowser(t *testing.T) {
 	})
 	t.Run("alerts", func(t *testing.T) { alertsInBrowser(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, doID) })
 
+	t.Run("events", func(t *testing.T) {
+		eventLogIsLive(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, strings.TrimPrefix(serverPath, "/ui/w/default/servers/"))
+	})
+
 	// Error pages say what happened, and pass the same checks.
 	b.run("not found", chromedp.Navigate(env.App.URL+"/ui/w/default/servers/srv_aaaaaaaaaaaaaaaa"), chromedp.WaitVisible(chromedp.CSS("main h1")))
 	if h := b.text("main h1"); h != "Not found" {

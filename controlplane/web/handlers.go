@@ -49,6 +49,7 @@ func (c *Console) routes() {
 	c.handle("GET /ui/w/{ws}/servers/{id}/resize", changes, c.resizePage)
 
 	c.taskRoutes()
+	c.eventLogRoutes()
 
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusNotFound, "error", page{Title: "Not found", S: c.sessionOf(r),
