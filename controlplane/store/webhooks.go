@@ -245,8 +245,10 @@ func (q *Queries) postgres() bool {
 }
 
 // ClaimDeliveries leases up to limit due deliveries (pending or failed,
-// next attempt at or before now, nobody's unexpired lease) to owner until
-// until, and returns them. On PostgreSQL the rows are picked FOR UPDATE
+// next attempt at or before now, nobody else's unexpired lease) to owner
+// until until, and returns them. owner's own leases are taken back: a
+// control plane restarted after a crash resumes its claims at once (its
+// caller never claims while its own attempts run). On PostgreSQL the rows are picked FOR UPDATE
 // SKIP LOCKED, so control planes claiming at once never get the same row;
 // SQLite has one writer, which gives the same.
 func (q *Queries) ClaimDeliveries(ctx context.Context, owner string, now, until time.Time, limit int) ([]WebhookDelivery, error) {
@@ -256,10 +258,11 @@ func (q *Queries) ClaimDeliveries(ctx context.Context, owner string, now, until 
 	}
 	rows, err := q.x.QueryContext(ctx, `UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ?
 		WHERE id IN (SELECT id FROM webhook_deliveries
-			WHERE state IN ('pending', 'failed') AND next_attempt_at <= ? AND (lease_owner = '' OR lease_until IS NULL OR lease_until < ?)
+			WHERE state IN ('pending', 'failed') AND next_attempt_at <= ?
+				AND (lease_owner = '' OR lease_owner = ? OR lease_until IS NULL OR lease_until < ?)
 			ORDER BY next_attempt_at, id LIMIT ?`+lock+`)
-		AND state IN ('pending', 'failed') AND (lease_owner = '' OR lease_until IS NULL OR lease_until < ?)
-		RETURNING `+deliveryCols, owner, until.UTC(), now.UTC(), now.UTC(), limit, now.UTC())
+		AND state IN ('pending', 'failed') AND (lease_owner = '' OR lease_owner = ? OR lease_until IS NULL OR lease_until < ?)
+		RETURNING `+deliveryCols, owner, until.UTC(), now.UTC(), owner, now.UTC(), limit, owner, now.UTC())
 	if err != nil {
 		return nil, fmt.Errorf("claim deliveries: %w", err)
 	}
