@@ -11,6 +11,7 @@ const (
 	TopicServers     = "servers"     // servers, their steps, health and lifecycle actions
 	TopicTasks       = "tasks"       // tasks' state (not their output: that has its own stream)
 	TopicDeployments = "deployments" // deployments and their targets
+	TopicEvents      = "events"      // the event log (AppendEvent)
 )
 
 // changeTopic is the topic a write statement changes, or "" for tables no
@@ -33,6 +34,8 @@ func changeTopic(query string) string {
 		return TopicTasks
 	case "deployments", "deployment_targets":
 		return TopicDeployments
+	case "events":
+		return TopicEvents
 	}
 	return ""
 }

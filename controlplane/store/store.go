@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 	"github.com/pressly/goose/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/devpilot/devpilot/controlplane/changefeed"
@@ -52,6 +53,7 @@ type Store struct {
 	dialect Dialect
 	path    string // SQLite: the file; PostgreSQL: the URL without its password
 	feed    *changefeed.Feed
+	written *prometheus.CounterVec // events committed by this process, by type
 }
 
 // IsPostgresURL reports whether dsn names a PostgreSQL database.
@@ -130,7 +132,7 @@ func openPostgres(ctx context.Context, dsn string, migrate bool) (*Store, error)
 }
 
 func open(ctx context.Context, db *sql.DB, d Dialect, path string, migrate bool) (*Store, error) {
-	s := &Store{db: db, dialect: d, path: path, feed: changefeed.New(0)}
+	s := &Store{db: db, dialect: d, path: path, feed: changefeed.New(0), written: newEventsWritten()}
 	if !migrate {
 		return s, nil
 	}
@@ -192,14 +194,16 @@ func (s *Store) Close() error {
 func (s *Store) Changes() *changefeed.Feed { return s.feed }
 
 // Q returns queries that run outside a transaction.
-func (s *Store) Q() *Queries { return s.queries(s.db, s.feed.Publish) }
+func (s *Store) Q() *Queries { return s.queries(s.db, s.feed.Publish, nil) }
 
-func (s *Store) queries(x execer, publish func(...string)) *Queries {
+// queries wraps x; appended is nil outside a transaction, else where
+// AppendEvent records the types it wrote (counted once committed).
+func (s *Store) queries(x execer, publish func(...string), appended *[]string) *Queries {
 	x = notifier{x, publish}
 	if s.dialect == Postgres {
-		return &Queries{x: rebinder{x}}
+		x = rebinder{x}
 	}
-	return &Queries{x: x}
+	return &Queries{x: x, st: s, appended: appended}
 }
 
 // writerLock is the PostgreSQL advisory lock every transaction takes first.
@@ -223,8 +227,8 @@ func (s *Store) InTx(ctx context.Context, fn func(q *Queries) error) error {
 			return fmt.Errorf("begin: %w", err)
 		}
 	}
-	var changed []string
-	if err := fn(s.queries(tx, func(t ...string) { changed = append(changed, t...) })); err != nil {
+	var changed, appended []string
+	if err := fn(s.queries(tx, func(t ...string) { changed = append(changed, t...) }, &appended)); err != nil {
 		_ = tx.Rollback()
 		return err
 	}
@@ -232,6 +236,9 @@ func (s *Store) InTx(ctx context.Context, fn func(q *Queries) error) error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	s.feed.Publish(changed...) // after the commit: a listener reads what changed
+	for _, t := range appended {
+		s.written.WithLabelValues(t).Inc()
+	}
 	return nil
 }
 
@@ -242,7 +249,11 @@ type execer interface {
 }
 
 // Queries are the store's operations, on the database or in a transaction.
-type Queries struct{ x execer }
+type Queries struct {
+	x        execer
+	st       *Store
+	appended *[]string // in a transaction: event types appended (see AppendEvent)
+}
 
 // isUnique reports a unique-constraint violation on either database.
 func isUnique(err error) bool {
