@@ -80,7 +80,11 @@ var logMu sync.Mutex
 
 type lockedWriter struct{ b *bytes.Buffer }
 
-func (w lockedWriter) Write(p []byte) (int, error) { logMu.Lock(); defer logMu.Unlock(); return w.b.Write(p) }
+func (w lockedWriter) Write(p []byte) (int, error) {
+	logMu.Lock()
+	defer logMu.Unlock()
+	return w.b.Write(p)
+}
 
 func (f *fixture) service(p Policy, owner string) *Service {
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(lockedWriter{f.logs}), zap.DebugLevel))
