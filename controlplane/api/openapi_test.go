@@ -12,13 +12,15 @@ import (
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/tasks"
+	"github.com/devpilot/devpilot/controlplane/webhooks"
 )
 
 // registered is every route the API registers with all its services
 // present (the services are never called here).
 func registered(t *testing.T) []api.Route {
 	t.Helper()
-	a := api.New(api.Options{Servers: &provision.Service{}, Tasks: &tasks.Service{}, Agent: http.NotFoundHandler()})
+	a := api.New(api.Options{Servers: &provision.Service{}, Tasks: &tasks.Service{}, Webhooks: &webhooks.Service{},
+		Agent: http.NotFoundHandler()})
 	rs := a.Routes()
 	if len(rs) < 30 {
 		t.Fatalf("only %d routes registered", len(rs))
@@ -165,6 +167,7 @@ func TestEveryOperationHoldsToTheDocument(t *testing.T) {
 	h.must(200, "GET", ws+"/tokens", nil, nil)
 	h.must(204, "DELETE", ws+"/tokens/"+tok.ID, nil, nil)
 	h.must(200, "GET", ws+"/audit", nil, nil)
+	webhookWalkthrough(t, h, ws)
 	h.must(200, "POST", "/v1/keys/rotate", nil, nil)
 
 	h.must(202, "DELETE", ws+"/servers/"+srv.ID+"?destroy=true", nil, nil)

@@ -52,6 +52,7 @@ func (a *API) routes() {
 	a.serverRoutes()
 	a.actionRoutes()
 	a.taskRoutes()
+	a.webhookRoutes()
 	if a.o.Agent != nil {
 		a.public("GET /v1/agent/", a.o.Agent)
 	}

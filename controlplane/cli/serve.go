@@ -77,6 +77,10 @@ func serveCmd(env Env) *cobra.Command {
 	fs.DurationVar(&cfg.BodyTimeout, "body-timeout", httpguard.DefaultBodyTimeout, "how long a request may take to send its body")
 	fs.IntVar(&cfg.MaxUnauthenticated, "max-unauthenticated", httpguard.DefaultMaxUnauthenticated,
 		"requests one client address may have in flight before they authenticate (behind a proxy, every client shares its address)")
+	fs.BoolVar(&cfg.WebhooksAllowLoopback, "webhooks-allow-loopback", false,
+		"let webhooks deliver to loopback addresses, over http too (devpilot dev sets it)")
+	fs.BoolVar(&cfg.WebhooksAllowPrivate, "webhooks-allow-private", false,
+		"let webhooks deliver to private, link-local and loopback addresses (receivers inside your network)")
 	logFlags(fs, &level, &format)
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)

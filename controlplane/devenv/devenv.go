@@ -59,6 +59,8 @@ type Config struct {
 	AgentEnv []string
 	// SSHAddr maps an instance's public IPv4 to its sshd (with Runtime).
 	SSHAddr func(publicIPv4 string) string
+	// WebhooksPoll is passed to the control plane (app.Config.WebhooksPoll).
+	WebhooksPoll time.Duration
 }
 
 // Env is a running dev environment.
@@ -160,6 +162,8 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
+		// Receivers in a dev environment run on this machine.
+		WebhooksAllowLoopback: true, WebhooksPoll: cfg.WebhooksPoll,
 	}
 	e.App, err = app.New(ctx, e.appCfg)
 	if err != nil {

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/devpilot/devpilot/controlplane/problem"
 )
 
 // Policy is where webhooks may send: public https endpoints only, unless
@@ -78,18 +76,18 @@ func (p Policy) refusal(a netip.Addr) error {
 func (p Policy) CheckURL(raw string) (*url.URL, error) {
 	const hint = "Give the receiver's https URL, e.g. https://hooks.example.com/devpilot"
 	if len(raw) > 2048 {
-		return nil, problem.Validation(hint, "url must be at most 2048 characters")
+		return nil, invalid(hint, "url must be at most 2048 characters")
 	}
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || u.Opaque != "" {
-		return nil, problem.Validation(hint, "url is not an absolute URL")
+		return nil, invalid(hint, "url is not an absolute URL")
 	}
 	if u.User != nil {
-		return nil, problem.Validation("Receivers authenticate deliveries by their signature (the webhook's secret); remove user:password@ from the URL.",
+		return nil, invalid("Receivers authenticate deliveries by their signature (the webhook's secret); remove user:password@ from the URL.",
 			"url must not hold credentials")
 	}
 	if u.Fragment != "" {
-		return nil, problem.Validation(hint, "url must not have a #fragment")
+		return nil, invalid(hint, "url must not have a #fragment")
 	}
 	host := u.Hostname()
 	addr, perr := netip.ParseAddr(host)
@@ -100,19 +98,19 @@ func (p Policy) CheckURL(raw string) (*url.URL, error) {
 	case "https":
 	case "http":
 		if !loopbackHost || !(p.AllowLoopback || p.AllowPrivate) {
-			return nil, problem.Validation("Use https; plain http is accepted only to a loopback address when the control plane runs with --webhooks-allow-loopback (devpilot dev does).",
+			return nil, invalid("Use https; plain http is accepted only to a loopback address when the control plane runs with --webhooks-allow-loopback (devpilot dev does).",
 				"url must use https")
 		}
 	default:
-		return nil, problem.Validation(hint, "url scheme %q is not https", u.Scheme)
+		return nil, invalid(hint, "url scheme %q is not https", u.Scheme)
 	}
 	if literal {
 		if err := p.refusal(addr); err != nil {
-			return nil, problem.Validation("Webhooks refuse internal addresses so they cannot reach the cloud's metadata service or your private network (SSRF). An operator can allow private receivers with --webhooks-allow-private.",
+			return nil, invalid("Webhooks refuse internal addresses so they cannot reach the cloud's metadata service or your private network (SSRF). An operator can allow private receivers with --webhooks-allow-private.",
 				"url refused: %v", err)
 		}
 	} else if loopbackHost && !(p.AllowLoopback || p.AllowPrivate) {
-		return nil, problem.Validation("localhost is refused unless the control plane runs with --webhooks-allow-loopback.",
+		return nil, invalid("localhost is refused unless the control plane runs with --webhooks-allow-loopback.",
 			"url refused: %s is a loopback host", host)
 	}
 	return u, nil

@@ -60,7 +60,7 @@ func TestCheckURL(t *testing.T) {
 			t.Errorf("%s %+v accepted", tc.url, tc.p)
 		case tc.refuse != "":
 			pe, ok := err.(*problem.Error)
-			if !ok || pe.Code != "validation_failed" {
+			if !ok || pe.Code != "validation_failed" || pe.Status != 422 {
 				t.Errorf("%s: %T %v, want a validation error", tc.url, err, err)
 			} else if !strings.Contains(pe.Message+" "+pe.Hint, tc.refuse) {
 				t.Errorf("%s: %q / %q does not say %q", tc.url, pe.Message, pe.Hint, tc.refuse)

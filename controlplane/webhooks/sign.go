@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/devpilot/devpilot/controlplane/problem"
 	"github.com/devpilot/devpilot/controlplane/secrets"
 )
 
@@ -43,12 +42,12 @@ func ParseSecret(s secrets.Value) ([]byte, error) {
 	v := s.Reveal()
 	enc, ok := strings.CutPrefix(v, secretPrefix)
 	if !ok {
-		return nil, problem.Validation("Leave secret out to have one generated, or give whsec_ followed by the base64 of 24 to 64 random bytes, e.g. from: echo whsec_$(head -c 32 /dev/urandom | base64)",
+		return nil, invalid("Leave secret out to have one generated, or give whsec_ followed by the base64 of 24 to 64 random bytes, e.g. from: echo whsec_$(head -c 32 /dev/urandom | base64)",
 			"secret must start with %q", secretPrefix)
 	}
 	key, err := base64.StdEncoding.DecodeString(enc)
 	if err != nil || len(key) < minKey || len(key) > maxKey {
-		return nil, problem.Validation("Generate one with: echo whsec_$(head -c 32 /dev/urandom | base64)",
+		return nil, invalid("Generate one with: echo whsec_$(head -c 32 /dev/urandom | base64)",
 			"secret must be whsec_ followed by the standard base64 of %d to %d bytes", minKey, maxKey)
 	}
 	return key, nil

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -142,14 +143,18 @@ const (
 
 func checkEvents(pats []string) error {
 	if len(pats) == 0 {
-		return problem.Validation(`Subscribe to "*" for every event, or list types and families such as "server.*", "task.failed".`,
+		return invalid(`Subscribe to "*" for every event, or list types and families such as "server.*", "task.failed".`,
 			"events must list at least one pattern")
 	}
 	if len(pats) > maxPatterns {
-		return problem.Validation(`Use a family pattern such as "server.*" instead of listing each type.`, "events may list at most %d patterns", maxPatterns)
+		return invalid(`Use a family pattern such as "server.*" instead of listing each type.`, "events may list at most %d patterns", maxPatterns)
 	}
 	for _, p := range pats {
 		if err := events.ValidPattern(p); err != nil {
+			var pe *problem.Error
+			if errors.As(err, &pe) {
+				return invalid(pe.Hint, "%s", pe.Message)
+			}
 			return err
 		}
 	}
@@ -158,7 +163,7 @@ func checkEvents(pats []string) error {
 
 func checkFormat(f string) error {
 	if !slices.Contains(Formats, f) {
-		return problem.Validation("Use one of: "+strings.Join(Formats, ", ")+
+		return invalid("Use one of: "+strings.Join(Formats, ", ")+
 			" (slack posts {\"text\": …} for Slack and Mattermost incoming webhooks).", "unknown format %q", f)
 	}
 	return nil
@@ -166,7 +171,7 @@ func checkFormat(f string) error {
 
 func checkDescription(d string) error {
 	if utf8.RuneCountInString(d) > maxDescription || strings.ContainsFunc(d, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return problem.Validation("", "description must be at most %d printable characters", maxDescription)
+		return invalid("", "description must be at most %d printable characters", maxDescription)
 	}
 	return nil
 }
@@ -180,7 +185,7 @@ func audit(ctx context.Context, q *store.Queries, ws, actor, action, target stri
 // or a generated one) is returned this once; it is stored sealed.
 func (s *Service) Create(ctx context.Context, actor, workspaceID string, sp Spec) (*Webhook, secrets.Value, error) {
 	if sp.URL == nil {
-		return nil, secrets.Value{}, problem.Validation("Give the receiver's https URL.", "url is required")
+		return nil, secrets.Value{}, invalid("Give the receiver's https URL.", "url is required")
 	}
 	u, err := s.o.Policy.CheckURL(*sp.URL)
 	if err != nil {
@@ -428,4 +433,12 @@ func hostOf(raw string) string {
 		return "(invalid url)"
 	}
 	return u.Host
+}
+
+// invalid is a 422 validation_failed: the request was well-formed JSON but
+// a value is refused (the message names it, the hint the valid choices).
+func invalid(hint, format string, args ...any) *problem.Error {
+	e := problem.Validation(hint, format, args...)
+	e.Status = http.StatusUnprocessableEntity
+	return e
 }
