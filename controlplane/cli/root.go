@@ -103,6 +103,7 @@ Every flag can also be set as DEVPILOT_<FLAG>, e.g. DEVPILOT_WORKSPACE.`,
 	for _, c := range []*cobra.Command{
 		integrationsCmd(env), serversCmd(env), tasksCmd(env), deployCmd(env), tokensCmd(env),
 		workspacesCmd(env), keysCmd(env), auditCmd(env), loginCmd(env), contextCmd(env), versionCmd(env),
+		webhooksCmd(env),
 	} {
 		c.GroupID = "api"
 		root.AddCommand(c)
