@@ -10,12 +10,14 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/changefeed"
 	"github.com/devpilot/devpilot/controlplane/events"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/store"
@@ -43,20 +45,25 @@ func (s *Service) Run(ctx context.Context) error {
 		if err := s.Step(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("webhook step failed", zap.Error(err))
 		}
-		evs, next, ok, wake, err := feed.Since(cur)
-		if err != nil { // the store closed
-			return nil
-		}
-		cur = next
-		if len(evs) > 0 || !ok {
-			continue // events arrived while the step ran: go again
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-wake:
-		case <-tick.C:
-		case <-s.kick:
+	wait:
+		for {
+			evs, next, ok, wake, err := feed.Since(cur)
+			if err != nil { // the store closed
+				return nil
+			}
+			cur = next
+			if !ok || slices.ContainsFunc(evs, func(e changefeed.Event) bool { return e.Topic == store.TopicEvents }) {
+				break // events were committed meanwhile: go again
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-wake: // some change: look at its topic
+			case <-tick.C:
+				break wait
+			case <-s.kick:
+				break wait
+			}
 		}
 	}
 }
@@ -103,6 +110,13 @@ func (s *Service) Step(ctx context.Context) error {
 // fanout turns events after the cursor into deliveries, in one transaction
 // with the cursor's advance; it returns how many events it read.
 func (s *Service) fanout(ctx context.Context) (int, error) {
+	// Reads first: most rounds find nothing new, and need no write
+	// transaction (which PostgreSQL serializes with every other).
+	if cur, err := s.o.Store.Q().FanoutCursor(ctx); err != nil {
+		return 0, err
+	} else if evs, err := s.o.Store.Q().EventsSince(ctx, cur, 1); err != nil || len(evs) == 0 {
+		return 0, err
+	}
 	var n, queued int
 	err := s.o.Store.InTx(ctx, func(q *store.Queries) error {
 		n, queued = 0, 0
