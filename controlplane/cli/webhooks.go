@@ -41,18 +41,17 @@ func webhooksCmd(env Env) *cobra.Command {
 		}
 	}
 
-	create := verbCmd(env, &cobra.Command{Use: "create --url URL [--events P,…] [--format raw|slack]",
-		Short: "subscribe a URL to events (the signing secret is printed once, on stdout)", Args: cobra.NoArgs,
-		Example: "  devpilot webhooks create --url https://hooks.example.com/devpilot --events 'server.*,task.failed'\n" +
-			"  devpilot webhooks create --url https://hooks.slack.com/services/… --format slack --events alert.firing\n" +
-			"  devpilot webhooks create --url https://h.example.com/x --secret-file whsec.txt"},
+	create := verbCmd(env, &cobra.Command{Use: "create URL [--events P,…] [--payload raw|slack]",
+		Short: "subscribe a URL to events (the signing secret is printed once, on stdout)", Args: one("receiver URL"),
+		Example: "  devpilot webhooks create https://hooks.example.com/devpilot --events 'server.*,task.failed'\n" +
+			"  devpilot webhooks create https://hooks.slack.com/services/… --payload slack --events alert.firing\n" +
+			"  devpilot webhooks create https://h.example.com/x --secret-file whsec.txt"},
 		apiVerb, func(v *verb) runFn {
-			u := v.fs.String("url", "", "the receiver's https URL")
 			evs := v.fs.String("events", "*", `comma-separated patterns: "*", a family such as "server.*", or types`)
-			format := v.fs.String("format", "raw", "raw (the event JSON) or slack (Slack/Mattermost incoming webhook)")
+			format := v.fs.String("payload", "raw", "payload format: raw (the event JSON) or slack (Slack/Mattermost incoming webhook)")
 			desc := v.fs.String("description", "", "a note for people")
 			secret := secretFlags(v)
-			return func(ctx context.Context, _ []string) error {
+			return func(ctx context.Context, args []string) error {
 				sec, err := secret()
 				if err != nil {
 					return err
@@ -62,7 +61,7 @@ func webhooksCmd(env Env) *cobra.Command {
 					return err
 				}
 				var w apitypes.CreatedWebhook
-				raw, err := cl.do(ctx, "POST", v.path("/webhooks"), apitypes.CreateWebhook{URL: *u, Events: splitList(*evs),
+				raw, err := cl.do(ctx, "POST", v.path("/webhooks"), apitypes.CreateWebhook{URL: args[0], Events: splitList(*evs),
 					Format: *format, Description: *desc, Secret: sec}, &w)
 				if err != nil {
 					return err
@@ -114,13 +113,13 @@ func webhooksCmd(env Env) *cobra.Command {
 			return showOne(v, raw, w)
 		}
 	})
-	update := verbCmd(env, &cobra.Command{Use: "update ID [--url U] [--events P,…] [--format F] [--enable|--disable]",
+	update := verbCmd(env, &cobra.Command{Use: "update ID [--endpoint URL] [--events P,…] [--payload F] [--enable|--disable]",
 		Short: "change a webhook (flags left out keep their value)", Args: one("webhook id"),
 		Example: "  devpilot webhooks update wh_abc --enable\n  devpilot webhooks update wh_abc --events '*' --secret-file new.txt"},
 		apiVerb, func(v *verb) runFn {
-			u := v.fs.String("url", "", "a new receiver URL")
+			u := v.fs.String("endpoint", "", "a new receiver URL")
 			evs := v.fs.String("events", "", "new comma-separated patterns")
-			format := v.fs.String("format", "", "raw or slack")
+			format := v.fs.String("payload", "", "payload format: raw or slack")
 			desc := v.fs.String("description", "", "a new note")
 			enable := v.fs.Bool("enable", false, "enable (clears the failure clock)")
 			disable := v.fs.Bool("disable", false, "disable")
@@ -133,7 +132,7 @@ func webhooksCmd(env Env) *cobra.Command {
 					}
 					return nil
 				}
-				req.URL, req.Format, req.Description = set("url", u), set("format", format), set("description", desc)
+				req.URL, req.Format, req.Description = set("endpoint", u), set("payload", format), set("description", desc)
 				if v.fs.Changed("events") {
 					req.Events = splitList(*evs)
 				}
@@ -238,7 +237,7 @@ func webhooksCmd(env Env) *cobra.Command {
 		}
 	})
 	return group("webhooks", "deliver events to HTTP receivers, signed (Standard Webhooks)",
-		"  devpilot webhooks create --url https://hooks.example.com/devpilot --events 'server.*'\n  devpilot webhooks deliveries wh_abc",
+		"  devpilot webhooks create https://hooks.example.com/devpilot --events 'server.*'\n  devpilot webhooks deliveries wh_abc",
 		create, list, get, update, del, deliveries, redeliver, ping)
 }
 

@@ -27,7 +27,7 @@ func TestWebhooksVerbs(t *testing.T) {
 	}))
 	defer rcv.Close()
 	secret := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-	r := cli(t, v, secret+"\n", "webhooks", "create", "--url", rcv.URL, "--events", "server.*,task.failed", "--secret-stdin", "-o", "json")
+	r := cli(t, v, secret+"\n", "webhooks", "create", rcv.URL, "--events", "server.*,task.failed", "--secret-stdin", "-o", "json")
 	var wh apitypes.CreatedWebhook
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &wh) != nil || wh.Secret != secret || wh.ID == "" {
 		t.Fatalf("create: %+v", r)
@@ -35,7 +35,7 @@ func TestWebhooksVerbs(t *testing.T) {
 	if r := cli(t, v, "", "webhooks", "list"); r.code != 0 || !strings.Contains(r.stdout, wh.ID) || strings.Contains(r.stdout, secret) {
 		t.Errorf("list: %+v", r)
 	}
-	if r := cli(t, v, "", "webhooks", "update", wh.ID, "--format", "slack"); r.code != 0 || !strings.Contains(r.stdout, "format: slack") {
+	if r := cli(t, v, "", "webhooks", "update", wh.ID, "--payload", "slack"); r.code != 0 || !strings.Contains(r.stdout, "format: slack") {
 		t.Errorf("update: %+v", r)
 	}
 	if r := cli(t, v, "", "webhooks", "ping", wh.ID); r.code != 0 {
@@ -52,7 +52,7 @@ func TestWebhooksVerbs(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if r := cli(t, v, "", "webhooks", "create", "--url", "https://169.254.169.254/"); r.code != 1 ||
+	if r := cli(t, v, "", "webhooks", "create", "https://169.254.169.254/"); r.code != 1 ||
 		!strings.Contains(r.stderr, "link-local") || !strings.Contains(r.stderr, "--webhooks-allow-private") {
 		t.Errorf("metadata URL: %+v", r)
 	}

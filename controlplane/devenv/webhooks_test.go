@@ -190,6 +190,12 @@ func TestWebhookDeliveriesSurviveSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = logf.Close() }()
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("serve log (last 4 KiB):\n%s", b[max(0, len(b)-4096):])
+		}
+	})
 	p := &serveProc{t: t, dataDir: dataDir, url: "https://" + addr, log: logf, env: databaseEnv(t), args: []string{"serve",
 		"--data-dir", dataDir, "--listen", addr, "--digitalocean-api-url", sim.URL, "--agent-dir", agentDir,
 		"--webhooks-allow-loopback", "--log-level", "debug"}}
