@@ -31,6 +31,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
+	"github.com/devpilot/devpilot/controlplane/webhooks"
 )
 
 // KeyRotator re-encrypts every stored secret under a new master key.
@@ -46,6 +47,7 @@ type Options struct {
 	Servers      *provision.Service // nil: no server routes
 	Tasks        *tasks.Service     // nil: no task and deployment routes
 	Alerts       *alerts.Service    // nil: no alert routes
+	Webhooks     *webhooks.Service  // nil: no webhook routes
 	Agent        http.Handler       // the hub's WebSocket endpoint and the agent download; public
 	RotateKeys   KeyRotator
 	Logger       *zap.Logger

@@ -62,6 +62,15 @@ var authTable = map[string]string{
 	"GET /v1/workspaces/{ws}/alerts":              "read",
 
 	"GET /v1/workspaces/{ws}/events": "read",
+
+	"POST /v1/workspaces/{ws}/webhooks":                                      "write",
+	"GET /v1/workspaces/{ws}/webhooks":                                       "read",
+	"GET /v1/workspaces/{ws}/webhooks/{id}":                                  "read",
+	"PATCH /v1/workspaces/{ws}/webhooks/{id}":                                "write",
+	"DELETE /v1/workspaces/{ws}/webhooks/{id}":                               "write",
+	"GET /v1/workspaces/{ws}/webhooks/{id}/deliveries":                       "read",
+	"POST /v1/workspaces/{ws}/webhooks/{id}/deliveries/{delivery}/redeliver": "write",
+	"POST /v1/workspaces/{ws}/webhooks/{id}/ping":                            "write",
 }
 
 // concrete turns a mux pattern into a request path in workspace ws.
@@ -70,7 +79,7 @@ func concrete(pattern, ws string) (method, path string) {
 	if strings.HasSuffix(path, "/") && path != "/" {
 		path += "download/linux/amd64"
 	}
-	r := strings.NewReplacer("{ws}", ws, "{id}", "x_aaaaaaaaaaaaaaaa")
+	r := strings.NewReplacer("{ws}", ws, "{id}", "x_aaaaaaaaaaaaaaaa", "{delivery}", "dl_aaaaaaaaaaaaaaaa")
 	return method, r.Replace(path)
 }
 

@@ -14,13 +14,15 @@ import (
 	"github.com/devpilot/devpilot/controlplane/events"
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/tasks"
+	"github.com/devpilot/devpilot/controlplane/webhooks"
 )
 
 // registered is every route the API registers with all its services
 // present (the services are never called here).
 func registered(t *testing.T) []api.Route {
 	t.Helper()
-	a := api.New(api.Options{Servers: &provision.Service{}, Tasks: &tasks.Service{}, Alerts: &alerts.Service{}, Agent: http.NotFoundHandler()})
+	a := api.New(api.Options{Servers: &provision.Service{}, Tasks: &tasks.Service{}, Alerts: &alerts.Service{}, Webhooks: &webhooks.Service{},
+		Agent: http.NotFoundHandler()})
 	rs := a.Routes()
 	if len(rs) < 30 {
 		t.Fatalf("only %d routes registered", len(rs))
@@ -183,6 +185,7 @@ func TestEveryOperationHoldsToTheDocument(t *testing.T) {
 	if e := nextEvent(t, followEvents(t, h, ws+"/events?follow=1&type=task.canceled&last=1", ""), events.TaskCanceled); e.ev.Subject != task.ID {
 		t.Errorf("follow: %+v, want the canceled task's event", e)
 	}
+	webhookWalkthrough(t, h, ws)
 	h.must(200, "POST", "/v1/keys/rotate", nil, nil)
 
 	h.must(202, "DELETE", ws+"/servers/"+srv.ID+"?destroy=true", nil, nil)

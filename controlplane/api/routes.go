@@ -54,6 +54,7 @@ func (a *API) routes() {
 	a.taskRoutes()
 	a.alertRoutes()
 	a.eventRoutes()
+	a.webhookRoutes()
 	if a.o.Agent != nil {
 		a.public("GET /v1/agent/", a.o.Agent)
 	}

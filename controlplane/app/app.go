@@ -43,6 +43,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/tasks"
 	"github.com/devpilot/devpilot/controlplane/tlsauto"
 	"github.com/devpilot/devpilot/controlplane/web"
+	"github.com/devpilot/devpilot/controlplane/webhooks"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -133,6 +134,16 @@ type Config struct {
 	Clock         func() time.Time
 	OnTLSCheck    func(reissued bool, err error)
 
+	// Webhooks (controlplane/webhooks): receivers must be public https
+	// endpoints unless these widen the rule. WebhooksAllowLoopback admits
+	// loopback receivers, over http too (devpilot dev sets it);
+	// WebhooksAllowPrivate admits private, link-local and loopback ones.
+	WebhooksAllowLoopback bool
+	WebhooksAllowPrivate  bool
+	// WebhooksPoll: how often the outbox looks for other control planes'
+	// events and due retries; default 2 s.
+	WebhooksPoll time.Duration
+
 	Logger *zap.Logger
 	Out    io.Writer // where the first start says which file holds the owner token (default stdout)
 }
@@ -150,6 +161,7 @@ type App struct {
 	Hub          *hub.Hub
 	Tasks        *tasks.Service
 	Alerts       *alerts.Service
+	Webhooks     *webhooks.Service
 	handler      http.Handler
 	agentSums    map[string]string // arch → sha256 of the served agent builds
 	tlsConfig    *tls.Config
@@ -256,8 +268,11 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		Logger: cfg.Logger, Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
+	a.Webhooks = webhooks.New(webhooks.Options{Store: a.Store, Keys: a.Keys, Logger: cfg.Logger, Registerer: reg,
+		Owner: leaseOwner(cfg.DataDir), Now: cfg.Clock, Poll: cfg.WebhooksPoll,
+		Policy: webhooks.Policy{AllowLoopback: cfg.WebhooksAllowLoopback, AllowPrivate: cfg.WebhooksAllowPrivate}})
 	apiHandler := api.New(api.Options{
-		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Alerts: a.Alerts, Agent: a.agentHandler(),
+		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Alerts: a.Alerts, Webhooks: a.Webhooks, Agent: a.agentHandler(),
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg, EventsPoll: cfg.EventsPoll,
 		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
@@ -567,6 +582,12 @@ func (a *App) Serve(ctx context.Context) error {
 	defer a.Integrations.CloseChecks()
 	a.Alerts.Start()
 	defer a.Alerts.Close()
+	// Webhook deliveries: an attempt cut short by shutdown is not recorded;
+	// its lease lets this control plane (or another) make it again.
+	wctx, stopWebhooks := context.WithCancel(ctx)
+	webhooksDone := make(chan struct{})
+	go func() { defer close(webhooksDone); _ = a.Webhooks.Run(wctx) }()
+	defer func() { stopWebhooks(); <-webhooksDone }()
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	sd := a.startSystemd(ctx)

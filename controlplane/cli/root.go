@@ -105,6 +105,7 @@ Every flag can also be set as DEVPILOT_<FLAG>, e.g. DEVPILOT_WORKSPACE.`,
 		workspacesCmd(env), keysCmd(env), auditCmd(env), loginCmd(env), contextCmd(env), versionCmd(env),
 		alertsCmd(env),
 		eventsCmd(env),
+		webhooksCmd(env),
 	} {
 		c.GroupID = "api"
 		root.AddCommand(c)

@@ -82,6 +82,10 @@ func serveCmd(env Env) *cobra.Command {
 		"how often every integration is re-validated in the background (jittered ±10%; also right after a 401/403)")
 	fs.DurationVar(&cfg.AlertInterval, "alert-interval", 15*time.Second, "how often alert rules are evaluated")
 	fs.DurationVar(&cfg.EventsRetention, "events-retention", app.DefaultEventsRetention, "how long the event log keeps an event (older ones are pruned hourly)")
+	fs.BoolVar(&cfg.WebhooksAllowLoopback, "webhooks-allow-loopback", false,
+		"let webhooks deliver to loopback addresses, over http too (devpilot dev sets it)")
+	fs.BoolVar(&cfg.WebhooksAllowPrivate, "webhooks-allow-private", false,
+		"let webhooks deliver to private, link-local and loopback addresses (receivers inside your network)")
 	logFlags(fs, &level, &format)
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)

@@ -63,6 +63,8 @@ type Config struct {
 	AgentEnv []string
 	// SSHAddr maps an instance's public IPv4 to its sshd (with Runtime).
 	SSHAddr func(publicIPv4 string) string
+	// WebhooksPoll is passed to the control plane (app.Config.WebhooksPoll).
+	WebhooksPoll time.Duration
 }
 
 // Env is a running dev environment.
@@ -165,6 +167,8 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
 		IntegrationCheckInterval: cfg.IntegrationCheckInterval, AlertInterval: cfg.AlertInterval, AlertStaleAfter: cfg.AlertStaleAfter,
+		// Receivers in a dev environment run on this machine.
+		WebhooksAllowLoopback: true, WebhooksPoll: cfg.WebhooksPoll,
 	}
 	e.App, err = app.New(ctx, e.appCfg)
 	if err != nil {

@@ -315,6 +315,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	t.Run("events", func(t *testing.T) {
 		eventLogIsLive(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, strings.TrimPrefix(serverPath, "/ui/w/default/servers/"))
 	})
+	t.Run("webhooks", func(t *testing.T) { webhooksInBrowser(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env) })
 
 	// Error pages say what happened, and pass the same checks.
 	b.run("not found", chromedp.Navigate(env.App.URL+"/ui/w/default/servers/srv_aaaaaaaaaaaaaaaa"), chromedp.WaitVisible(chromedp.CSS("main h1")))

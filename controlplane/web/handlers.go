@@ -51,6 +51,11 @@ func (c *Console) routes() {
 	c.taskRoutes()
 	c.eventLogRoutes()
 
+	c.handle("GET /ui/w/{ws}/settings/webhooks", readOnly, c.webhooksPage)
+	c.handle("POST /ui/w/{ws}/settings/webhooks", changes, c.createWebhook)
+	c.handle("GET /ui/w/{ws}/settings/webhooks/{id}", readOnly, c.webhookPage)
+	c.handle("POST /ui/w/{ws}/settings/webhooks/{id}/ping", changes, c.pingWebhook)
+
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusNotFound, "error", page{Title: "Not found", S: c.sessionOf(r),
 			Err: &apiError{Status: 404, Code: "not_found", Message: "no page at " + r.URL.Path}})
