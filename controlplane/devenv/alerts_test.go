@@ -54,7 +54,8 @@ func count(evs []events.Event, typ, subject string) int {
 // sandbox agent frozen (SIGSTOP) past an offline rule's few seconds gives
 // alert.firing, thawed (SIGCONT) alert.resolved, once each; then a token
 // revoked through the simulator's control API turns its integration
-// invalid within one background check, with integration.invalid.
+// invalid within one background check, with integration.invalid; a
+// webhook receiver gets all three, signed, once each.
 func TestFrozenAgentFiresThenResolvesAnAlert(t *testing.T) {
 	h := startWith(t, func(c *devenv.Config) {
 		c.AlertInterval = 500 * time.Millisecond
@@ -64,6 +65,17 @@ func TestFrozenAgentFiresThenResolvesAnAlert(t *testing.T) {
 	_, do, _ := h.connect("digitalocean", "do", v["DO_SIM_TOKEN"])
 	s := h.createServer(do.ID, "watched", "nyc3", "s-1vcpu-1gb", "debian-12", nil)
 	s = h.waitServer(s.ID, 90*time.Second, "online", func(s server) bool { return online(s) && s.Agent.Connected })
+
+	// A webhook receiver (real HTTP) for the alert and integration events.
+	rcv := newHookReceiver(t)
+	var wh createdWebhook
+	if c := h.call("", "POST", webhooksPath, map[string]any{"url": rcv.URL + "/devpilot",
+		"events": []string{"alert.*", "integration.*"}}, &wh); c != http.StatusCreated {
+		t.Fatalf("create webhook: %d", c)
+	}
+	rcv.mu.Lock()
+	rcv.secret = wh.Secret
+	rcv.mu.Unlock()
 
 	var rule struct {
 		ID string `json:"id"`
@@ -130,6 +142,20 @@ func TestFrozenAgentFiresThenResolvesAnAlert(t *testing.T) {
 	// Within one re-validation (3 s, ±10 %), give or take a poll.
 	if d := time.Since(revoked); d > 10*time.Second {
 		t.Errorf("invalid %s after the revocation, want within one check interval", d)
+	}
+	// Each delivered, signed (the receiver verifies), exactly once.
+	rcv.waitFor(t, events.AlertFiring, s.ID, time.Minute)
+	rcv.waitFor(t, events.AlertResolved, s.ID, time.Minute)
+	rcv.waitFor(t, events.IntegrationInvalid, do.ID, time.Minute)
+	rcv.mu.Lock()
+	for id, n := range rcv.accepted {
+		if n != 1 {
+			t.Errorf("message %s (%s) accepted %d times, want once", id, rcv.messages[id].Type, n)
+		}
+	}
+	rcv.mu.Unlock()
+	if n := rcv.badSig.Load(); n != 0 {
+		t.Errorf("%d deliveries failed signature verification", n)
 	}
 	var in integration
 	if code := h.call("", "GET", base+"/"+do.ID, nil, &in); code != 200 || in.Status != "invalid" ||
