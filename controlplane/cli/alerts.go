@@ -112,65 +112,7 @@ func alertRulesCmd(env Env) *cobra.Command {
 			})
 		}
 	})
-	update := verbCmd(env, &cobra.Command{Use: "update NAME|ID [--name N] [--for D] [--threshold PCT] [--tag T]",
-		Short: "change an alert rule (the flags given)", Args: one("rule name or id"),
-		Example: "  devpilot alerts rules update disk-full --threshold 95 --for 15m"}, apiVerb, func(v *verb) runFn {
-		name := v.fs.String("name", "", "a new name")
-		forD := v.fs.Duration("for", 0, "how long the condition must hold")
-		thr := v.fs.Float64("threshold", 0, "cpu, memory, disk: the percent")
-		tag := v.fs.String("tag", "", `only servers carrying this tag ("" for every server)`)
-		return func(ctx context.Context, args []string) error {
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			id, err := resolveRule(ctx, v, cl, args[0])
-			if err != nil {
-				return err
-			}
-			var req apitypes.UpdateAlertRule
-			if v.fs.Changed("name") {
-				req.Name = name
-			}
-			if v.fs.Changed("for") {
-				s := int(forD.Seconds())
-				req.ForS = &s
-			}
-			if v.fs.Changed("threshold") {
-				req.ThresholdPercent = thr
-			}
-			if v.fs.Changed("tag") {
-				req.Tag = tag
-			}
-			var r apitypes.AlertRule
-			raw, err := cl.do(ctx, "PATCH", v.path("/alert-rules/"+url.PathEscape(id)), req, &r)
-			if err != nil {
-				return err
-			}
-			return v.print(raw, func() { fmt.Fprintf(env.Stdout, "Updated alert rule %s (%s): %s.\n", r.Name, r.ID, ruleText(r)) })
-		}
-	})
-	del := verbCmd(env, &cobra.Command{Use: "delete NAME|ID [--force]", Short: "delete an alert rule (its firing alerts resolve)", Args: one("rule name or id"),
-		Example: "  devpilot alerts rules delete web-down --force"}, apiVerb, func(v *verb) runFn {
-		force := v.fs.Bool("force", false, "don't ask for confirmation")
-		return func(ctx context.Context, args []string) error {
-			cl, err := v.connect()
-			if err != nil {
-				return err
-			}
-			id, err := resolveRule(ctx, v, cl, args[0])
-			if err != nil {
-				return err
-			}
-			if err := confirm(env, *force, fmt.Sprintf("Delete alert rule %s? Its firing alerts resolve.", id)); err != nil {
-				return err
-			}
-			if _, err := cl.do(ctx, "DELETE", v.path("/alert-rules/"+url.PathEscape(id)), nil, nil); err != nil {
-				return err
-			}
-			return v.printValue(map[string]any{"id": id, "deleted": true}, func() { fmt.Fprintf(env.Stdout, "Deleted alert rule %s.\n", id) })
-		}
-	})
+	update, del := alertRuleUpdateCmd(env), alertRuleDeleteCmd(env)
 	return group("rules", "create, list, show, change and delete alert rules",
 		"  devpilot alerts rules create --name cpu-hot --kind cpu --threshold 90 --for 5m\n  devpilot alerts rules list",
 		create, list, get, update, del)
@@ -219,4 +161,69 @@ func or(s, dflt string) string {
 		return dflt
 	}
 	return s
+}
+
+func alertRuleUpdateCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "update NAME|ID [--name N] [--for D] [--threshold PCT] [--tag T]",
+		Short: "change an alert rule (the flags given)", Args: one("rule name or id"),
+		Example: "  devpilot alerts rules update disk-full --threshold 95 --for 15m"}, apiVerb, func(v *verb) runFn {
+		name := v.fs.String("name", "", "a new name")
+		forD := v.fs.Duration("for", 0, "how long the condition must hold")
+		thr := v.fs.Float64("threshold", 0, "cpu, memory, disk: the percent")
+		tag := v.fs.String("tag", "", `only servers carrying this tag ("" for every server)`)
+		return func(ctx context.Context, args []string) error {
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			id, err := resolveRule(ctx, v, cl, args[0])
+			if err != nil {
+				return err
+			}
+			var req apitypes.UpdateAlertRule
+			if v.fs.Changed("name") {
+				req.Name = name
+			}
+			if v.fs.Changed("for") {
+				s := int(forD.Seconds())
+				req.ForS = &s
+			}
+			if v.fs.Changed("threshold") {
+				req.ThresholdPercent = thr
+			}
+			if v.fs.Changed("tag") {
+				req.Tag = tag
+			}
+			var r apitypes.AlertRule
+			raw, err := cl.do(ctx, "PATCH", v.path("/alert-rules/"+url.PathEscape(id)), req, &r)
+			if err != nil {
+				return err
+			}
+			return v.print(raw, func() { fmt.Fprintf(env.Stdout, "Updated alert rule %s (%s): %s.\n", r.Name, r.ID, ruleText(r)) })
+		}
+	})
+}
+
+func alertRuleDeleteCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "delete NAME|ID [--force]", Short: "delete an alert rule (its firing alerts resolve)", Args: one("rule name or id"),
+		Example: "  devpilot alerts rules delete web-down --force"}, apiVerb, func(v *verb) runFn {
+		force := v.fs.Bool("force", false, "don't ask for confirmation")
+		return func(ctx context.Context, args []string) error {
+			cl, err := v.connect()
+			if err != nil {
+				return err
+			}
+			id, err := resolveRule(ctx, v, cl, args[0])
+			if err != nil {
+				return err
+			}
+			if err := confirm(env, *force, fmt.Sprintf("Delete alert rule %s? Its firing alerts resolve.", id)); err != nil {
+				return err
+			}
+			if _, err := cl.do(ctx, "DELETE", v.path("/alert-rules/"+url.PathEscape(id)), nil, nil); err != nil {
+				return err
+			}
+			return v.printValue(map[string]any{"id": id, "deleted": true}, func() { fmt.Fprintf(env.Stdout, "Deleted alert rule %s.\n", id) })
+		}
+	})
 }
