@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/alerts"
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/cloud"
@@ -32,6 +33,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/rollout"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
+	"github.com/devpilot/devpilot/controlplane/webhooks"
 )
 
 // KeyRotator re-encrypts every stored secret under a new master key.
@@ -47,6 +49,8 @@ type Options struct {
 	Servers      *provision.Service // nil: no server routes
 	Tasks        *tasks.Service     // nil: no task and deployment routes
 	Rollouts     *rollout.Service   // nil: no agent rollout routes
+	Alerts       *alerts.Service    // nil: no alert routes
+	Webhooks     *webhooks.Service  // nil: no webhook routes
 	Agent        http.Handler       // the hub's WebSocket endpoint and the agent download; public
 	RotateKeys   KeyRotator
 	Logger       *zap.Logger
@@ -62,6 +66,11 @@ type Options struct {
 	// Releases is the agent release catalogue (GET /v1/agent-releases);
 	// nil: an empty list.
 	Releases *agentrelease.Store
+	// EventsPoll is how often a follower of the event log reads the table
+	// for events another control plane wrote (default 1s); EventsHeartbeat
+	// how often an idle stream sends a keep-alive comment (default 15s).
+	EventsPoll      time.Duration
+	EventsHeartbeat time.Duration
 }
 
 // API is the admin HTTP handler.
@@ -113,6 +122,12 @@ func New(o Options) *API {
 	}
 	if o.Gatherer == nil {
 		o.Gatherer = o.Registry
+	}
+	if o.EventsPoll <= 0 {
+		o.EventsPoll = time.Second
+	}
+	if o.EventsHeartbeat <= 0 {
+		o.EventsHeartbeat = 15 * time.Second
 	}
 	a := &API{o: o, log: o.Logger.Named("api"), mux: http.NewServeMux()}
 	a.metrics = &metrics{

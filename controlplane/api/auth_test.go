@@ -61,6 +61,25 @@ var authTable = map[string]string{
 	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/pause":  "write",
 	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/resume": "write",
 	"POST /v1/workspaces/{ws}/agent-rollouts/{id}/abort":  "write",
+
+	// Alert rules and alerts (issue 14).
+	"POST /v1/workspaces/{ws}/alert-rules":        "write",
+	"GET /v1/workspaces/{ws}/alert-rules":         "read",
+	"GET /v1/workspaces/{ws}/alert-rules/{id}":    "read",
+	"PATCH /v1/workspaces/{ws}/alert-rules/{id}":  "write",
+	"DELETE /v1/workspaces/{ws}/alert-rules/{id}": "write",
+	"GET /v1/workspaces/{ws}/alerts":              "read",
+
+	"GET /v1/workspaces/{ws}/events": "read",
+
+	"POST /v1/workspaces/{ws}/webhooks":                                      "write",
+	"GET /v1/workspaces/{ws}/webhooks":                                       "read",
+	"GET /v1/workspaces/{ws}/webhooks/{id}":                                  "read",
+	"PATCH /v1/workspaces/{ws}/webhooks/{id}":                                "write",
+	"DELETE /v1/workspaces/{ws}/webhooks/{id}":                               "write",
+	"GET /v1/workspaces/{ws}/webhooks/{id}/deliveries":                       "read",
+	"POST /v1/workspaces/{ws}/webhooks/{id}/deliveries/{delivery}/redeliver": "write",
+	"POST /v1/workspaces/{ws}/webhooks/{id}/ping":                            "write",
 }
 
 // concrete turns a mux pattern into a request path in workspace ws.
@@ -69,7 +88,7 @@ func concrete(pattern, ws string) (method, path string) {
 	if strings.HasSuffix(path, "/") && path != "/" {
 		path += "download/linux/amd64"
 	}
-	r := strings.NewReplacer("{ws}", ws, "{id}", "x_aaaaaaaaaaaaaaaa")
+	r := strings.NewReplacer("{ws}", ws, "{id}", "x_aaaaaaaaaaaaaaaa", "{delivery}", "dl_aaaaaaaaaaaaaaaa")
 	return method, r.Replace(path)
 }
 

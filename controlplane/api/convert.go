@@ -5,11 +5,13 @@ import (
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/events"
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/keyrotation"
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/tasks"
+	"github.com/devpilot/devpilot/controlplane/webhooks"
 )
 
 // The boundary: services speak their own types, the API speaks apitypes.
@@ -180,4 +182,29 @@ func deploymentOut(d *tasks.Deployment) apitypes.Deployment {
 			State: t.State, Reason: t.Reason, Error: t.Error, ExitCode: t.ExitCode, Steps: t.Steps, FinishedAt: t.FinishedAt})
 	}
 	return out
+}
+
+func eventOut(e events.Event) apitypes.Event {
+	d := e.Data
+	if !json.Valid(d) {
+		d = json.RawMessage("{}")
+	}
+	return apitypes.Event{ID: e.ID, Type: e.Type, Subject: e.Subject, Time: e.Time, Data: d}
+}
+
+func webhookOut(w *webhooks.Webhook) apitypes.Webhook {
+	evs := w.Events
+	if evs == nil {
+		evs = []string{}
+	}
+	return apitypes.Webhook{ID: w.ID, URL: w.URL, Events: evs, Format: w.Format, Description: w.Description,
+		Enabled: w.Enabled, DisabledReason: w.DisabledReason, FailingSince: w.FailingSince, CreatedAt: w.CreatedAt,
+		UpdatedAt: w.UpdatedAt}
+}
+
+func deliveryOut(d webhooks.Delivery) apitypes.WebhookDelivery {
+	return apitypes.WebhookDelivery{ID: d.ID, EventID: d.EventID, MessageID: d.MessageID, EventType: d.EventType,
+		Status: d.State, Attempts: d.Attempts, NextAttemptAt: d.NextAttemptAt, LastAttemptAt: d.LastAttemptAt,
+		ResponseCode: d.ResponseCode, LatencyMS: d.LatencyMS, Error: d.Error, ResponseExcerpt: d.ResponseExcerpt,
+		CreatedAt: d.CreatedAt, DeliveredAt: d.DeliveredAt}
 }

@@ -10,11 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devpilot/devpilot/controlplane/alerts"
 	"github.com/devpilot/devpilot/controlplane/api"
 	"github.com/devpilot/devpilot/controlplane/apitypes"
+	"github.com/devpilot/devpilot/controlplane/events"
 	"github.com/devpilot/devpilot/controlplane/provision"
 	"github.com/devpilot/devpilot/controlplane/rollout"
 	"github.com/devpilot/devpilot/controlplane/tasks"
+	"github.com/devpilot/devpilot/controlplane/webhooks"
 )
 
 // registered is every route the API registers with all its services
@@ -22,6 +25,7 @@ import (
 func registered(t *testing.T) []api.Route {
 	t.Helper()
 	a := api.New(api.Options{Servers: &provision.Service{}, Tasks: &tasks.Service{}, Rollouts: &rollout.Service{},
+		Alerts: &alerts.Service{}, Webhooks: &webhooks.Service{},
 		Agent: http.NotFoundHandler()})
 	rs := a.Routes()
 	if len(rs) < 30 {
@@ -192,12 +196,28 @@ func TestEveryOperationHoldsToTheDocument(t *testing.T) {
 	if r := h.do(h.token, "POST", ws+"/agent-rollouts/rol_aaaaaaaaaaaaaaaa/pause", nil); r.status != 404 {
 		t.Errorf("pause of an unknown rollout: %d %s, want 404", r.status, r.body)
 	}
+	var rule apitypes.AlertRule
+	ninety, forS, renamed := 90.0, 120, "disk-full"
+	h.must(201, "POST", ws+"/alert-rules", apitypes.CreateAlertRule{Name: "disk", Kind: "disk", ThresholdPercent: &ninety, ForS: 300}, &rule)
+	h.must(201, "POST", ws+"/alert-rules", apitypes.CreateAlertRule{Name: "down", Kind: "offline", ForS: 60, Tag: "devpilot"}, nil)
+	h.must(200, "GET", ws+"/alert-rules", nil, nil)
+	h.must(200, "GET", ws+"/alert-rules?name=down&limit=1", nil, nil)
+	h.must(200, "GET", ws+"/alert-rules/"+rule.ID, nil, nil)
+	h.must(200, "PATCH", ws+"/alert-rules/"+rule.ID, apitypes.UpdateAlertRule{Name: &renamed, ForS: &forS}, nil)
+	h.must(200, "GET", ws+"/alerts", nil, nil)
+	h.must(200, "GET", ws+"/alerts?state=all", nil, nil)
+	h.must(204, "DELETE", ws+"/alert-rules/"+rule.ID, nil, nil)
 
 	var tok apitypes.CreatedToken
 	h.must(201, "POST", ws+"/tokens", apitypes.CreateToken{Name: "ci", Role: "viewer"}, &tok)
 	h.must(200, "GET", ws+"/tokens", nil, nil)
 	h.must(204, "DELETE", ws+"/tokens/"+tok.ID, nil, nil)
 	h.must(200, "GET", ws+"/audit", nil, nil)
+	h.must(200, "GET", ws+"/events?type=server.*&limit=5", nil, nil)
+	if e := nextEvent(t, followEvents(t, h, ws+"/events?follow=1&type=task.canceled&last=1", ""), events.TaskCanceled); e.ev.Subject != task.ID {
+		t.Errorf("follow: %+v, want the canceled task's event", e)
+	}
+	webhookWalkthrough(t, h, ws)
 	h.must(200, "POST", "/v1/keys/rotate", nil, nil)
 
 	h.must(202, "DELETE", ws+"/servers/"+srv.ID+"?destroy=true", nil, nil)

@@ -71,6 +71,9 @@ func (a *API) routes() {
 	a.taskRoutes()
 	a.rolloutRoutes()
 	a.agentReleaseRoutes()
+	a.alertRoutes()
+	a.eventRoutes()
+	a.webhookRoutes()
 	if a.o.Agent != nil {
 		a.public("GET /v1/agent/", a.o.Agent)
 	}

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/devpilot/devpilot/controlplane/agentrelease"
+	"github.com/devpilot/devpilot/controlplane/alerts"
 	"github.com/devpilot/devpilot/controlplane/api"
 	"github.com/devpilot/devpilot/controlplane/auth"
 	"github.com/devpilot/devpilot/controlplane/cloud"
@@ -45,6 +46,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/tasks"
 	"github.com/devpilot/devpilot/controlplane/tlsauto"
 	"github.com/devpilot/devpilot/controlplane/web"
+	"github.com/devpilot/devpilot/controlplane/webhooks"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -112,6 +114,16 @@ type Config struct {
 	TaskDeadlineGrace      time.Duration // how long after its deadline the control plane times a task out; default 15 s
 	TaskMaxLogBytes        int64         // output stored per task; default tasks.DefaultMaxLogBytes (8 MiB)
 
+	// Integration health and alerts.
+	IntegrationCheckInterval time.Duration // background re-validation of every integration; default 6 h
+	AlertInterval            time.Duration // alert rule evaluation; default 15 s
+	AlertStaleAfter          time.Duration // a health sample older than this says nothing of now; default 2 min
+	// Events (issue 14): how long the event log keeps an event (default
+	// 30 days; older ones are pruned hourly) and how often an event follower
+	// reads the table for events another control plane wrote (default 1 s).
+	EventsRetention time.Duration
+	EventsPoll      time.Duration
+
 	// SSH diagnostics of servers whose agent did not confirm the install.
 	NoSSHDiagnostics bool                           // off (the dev sandbox has no sshd)
 	SSHAddr          func(publicIPv4 string) string // where a server's sshd listens; nil: IP:22
@@ -143,6 +155,15 @@ type Config struct {
 	AgentListen string
 	MaxAgents   int
 	FDReserve   int
+	// Webhooks (controlplane/webhooks): receivers must be public https
+	// endpoints unless these widen the rule. WebhooksAllowLoopback admits
+	// loopback receivers, over http too (devpilot dev sets it);
+	// WebhooksAllowPrivate admits private, link-local and loopback ones.
+	WebhooksAllowLoopback bool
+	WebhooksAllowPrivate  bool
+	// WebhooksPoll: how often the outbox looks for other control planes'
+	// events and due retries; default 2 s.
+	WebhooksPoll time.Duration
 
 	Logger *zap.Logger
 	Out    io.Writer // where the first start says which file holds the owner token (default stdout)
@@ -162,6 +183,8 @@ type App struct {
 	Tasks        *tasks.Service
 	Rollouts     *rollout.Service
 	Releases     *agentrelease.Store
+	Alerts       *alerts.Service
+	Webhooks     *webhooks.Service
 	handler      http.Handler
 	agentSums    map[string]string // arch → sha256 of the served agent builds
 	tlsConfig    *tls.Config
@@ -237,6 +260,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	a.Integrations = integrations.New(integrations.Options{
 		Store: a.Store, Keys: a.Keys, Connect: a.connector(), Logger: cfg.Logger,
+		CheckInterval: cfg.IntegrationCheckInterval, Registerer: a.Registry,
 	})
 	if err := a.bootstrap(ctx); err != nil {
 		a.Leader.Release()
@@ -250,6 +274,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	reg := a.Registry
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(a.Store.EventMetrics())
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
 		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,
@@ -281,13 +306,20 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
 	a.Rollouts = rollout.New(rollout.Options{Store: a.Store, Updater: a.Provision, Releases: rolloutReleases{a.Provision},
 		Logger: cfg.Logger, Owner: leaseOwner(cfg.DataDir), Registerer: reg})
+	a.Alerts = alerts.New(alerts.Options{Store: a.Store, Interval: cfg.AlertInterval, StaleAfter: cfg.AlertStaleAfter,
+		Logger: cfg.Logger, Registerer: reg})
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	a.Hub.Handle(protocol.TypeUpdateStatus, a.Provision.HandleUpdateStatus)
+	a.Webhooks = webhooks.New(webhooks.Options{Store: a.Store, Keys: a.Keys, Logger: cfg.Logger, Registerer: reg,
+		Owner: leaseOwner(cfg.DataDir), Now: cfg.Clock, Poll: cfg.WebhooksPoll,
+		Policy: webhooks.Policy{AllowLoopback: cfg.WebhooksAllowLoopback, AllowPrivate: cfg.WebhooksAllowPrivate}})
 	apiHandler := api.New(api.Options{
-		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Rollouts: a.Rollouts, Agent: a.agentH,
+		Store: a.Store, Integrations: a.Integrations, Servers: a.Provision, Tasks: a.Tasks, Rollouts: a.Rollouts,
+		Alerts: a.Alerts, Webhooks: a.Webhooks, Agent: a.agentH,
 		RotateKeys: a.rotateKeys, Logger: cfg.Logger, Registry: reg, Agents: a.Hub.Capacity, Releases: a.Releases,
-		Throttle: httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
+		EventsPoll: cfg.EventsPoll,
+		Throttle:   httpguard.NewThrottle(httpguard.ThrottleOptions{Burst: cfg.AuthFailureBurst, Every: cfg.AuthFailureEvery}),
 	})
 	guard := httpguard.New(httpguard.Options{BodyTimeout: cfg.BodyTimeout, MaxUnauthenticated: cfg.MaxUnauthenticated,
 		Admit: apiHandler.Admit, HSTS: cfg.TLS != TLSOff, Registerer: reg})
@@ -346,8 +378,8 @@ func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
 
 // connector builds provider clients, pointed at simulators when configured.
 func (a *App) connector() integrations.Connector {
-	return func(provider string, secret secrets.Value) (cloud.Provider, error) {
-		c := cloud.Config{Secret: secret, Logger: a.log.Named(provider), Metrics: a.cloudMetrics}
+	return func(provider string, secret secrets.Value, onRefused func(int)) (cloud.Provider, error) {
+		c := cloud.Config{Secret: secret, Logger: a.log.Named(provider), Metrics: a.cloudMetrics, OnRefused: onRefused}
 		switch provider {
 		case cloud.DigitalOcean:
 			c.BaseURL = a.cfg.DigitalOceanAPIURL
@@ -599,6 +631,16 @@ func (a *App) Serve(ctx context.Context) error {
 	defer a.Reconciler.Close()
 	a.Rollouts.Start()
 	defer a.Rollouts.Close()
+	a.Integrations.StartChecks()
+	defer a.Integrations.CloseChecks()
+	a.Alerts.Start()
+	defer a.Alerts.Close()
+	// Webhook deliveries: an attempt cut short by shutdown is not recorded;
+	// its lease lets this control plane (or another) make it again.
+	wctx, stopWebhooks := context.WithCancel(ctx)
+	webhooksDone := make(chan struct{})
+	go func() { defer close(webhooksDone); _ = a.Webhooks.Run(wctx) }()
+	defer func() { stopWebhooks(); <-webhooksDone }()
 	errc := make(chan error, 2)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	if a.agentLn != nil {
@@ -617,6 +659,12 @@ func (a *App) Serve(ctx context.Context) error {
 		renewed := make(chan struct{})
 		go func() { defer close(renewed); a.renewTLS(rctx) }()
 		defer func() { stopRenew(); <-renewed }()
+	}
+	{
+		pctx, stopPrune := context.WithCancel(ctx)
+		pruned := make(chan struct{})
+		go func() { defer close(pruned); a.pruneEvents(pctx) }()
+		defer func() { stopPrune(); <-pruned }()
 	}
 	if a.acme != nil {
 		wctx, stopWarm := context.WithCancel(ctx)

@@ -104,6 +104,9 @@ Every flag can also be set as DEVPILOT_<FLAG>, e.g. DEVPILOT_WORKSPACE.`,
 		integrationsCmd(env), serversCmd(env), tasksCmd(env), deployCmd(env), tokensCmd(env),
 		workspacesCmd(env), keysCmd(env), auditCmd(env), loginCmd(env), contextCmd(env), versionCmd(env),
 		agentsCmd(env),
+		alertsCmd(env),
+		eventsCmd(env),
+		webhooksCmd(env),
 	} {
 		c.GroupID = "api"
 		root.AddCommand(c)

@@ -17,6 +17,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/devenv"
 	"github.com/devpilot/devpilot/controlplane/fdlimit"
 	"github.com/devpilot/devpilot/controlplane/httpguard"
+	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/provision"
 )
 
@@ -88,6 +89,14 @@ func serveCmd(env Env) *cobra.Command {
 		"how long servers' health history is kept (GET /v1/servers/{id}/health?since= reaches back this far)")
 	fs.DurationVar(&cfg.HealthHistoryResolution, "health-history-resolution", provision.DefaultHealthResolution,
 		"health history keeps one point per server per this interval (the first sample in it)")
+	fs.DurationVar(&cfg.IntegrationCheckInterval, "integration-check-interval", integrations.DefaultCheckInterval,
+		"how often every integration is re-validated in the background (jittered ±10%; also right after a 401/403)")
+	fs.DurationVar(&cfg.AlertInterval, "alert-interval", 15*time.Second, "how often alert rules are evaluated")
+	fs.DurationVar(&cfg.EventsRetention, "events-retention", app.DefaultEventsRetention, "how long the event log keeps an event (older ones are pruned hourly)")
+	fs.BoolVar(&cfg.WebhooksAllowLoopback, "webhooks-allow-loopback", false,
+		"let webhooks deliver to loopback addresses, over http too (devpilot dev sets it)")
+	fs.BoolVar(&cfg.WebhooksAllowPrivate, "webhooks-allow-private", false,
+		"let webhooks deliver to private, link-local and loopback addresses (receivers inside your network)")
 	logFlags(fs, &level, &format)
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		return serve(cmd.Context(), env, fs, cfg, acmeDomains, level, format)
@@ -104,6 +113,12 @@ func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acme
 	}
 	if cfg.HealthHistoryResolution < time.Second || cfg.HealthHistoryRetention < cfg.HealthHistoryResolution {
 		return usagef("--health-history-resolution must be at least 1s and --health-history-retention at least the resolution (e.g. 24h and 1m)")
+	}
+	if cfg.IntegrationCheckInterval < time.Minute || cfg.AlertInterval < time.Second {
+		return usagef("--integration-check-interval must be at least 1m and --alert-interval at least 1s")
+	}
+	if cfg.EventsRetention < time.Hour {
+		return usagef("--events-retention must be at least 1h (e.g. 720h for 30 days)")
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")

@@ -222,4 +222,7 @@ type Config struct {
 	MinWait    time.Duration
 	MaxWait    time.Duration
 	Metrics    *Metrics // nil: none
+	// OnRefused is called when the provider refuses the credential (a
+	// final 401/403 answer); nil: nothing. See TransportConfig.OnRefused.
+	OnRefused func(status int)
 }

@@ -40,6 +40,11 @@ type TransportConfig struct {
 	// Metrics, when set, count every attempt under Provider's name.
 	Metrics  *Metrics
 	Provider string
+
+	// OnRefused, when set, is called with the status of every final answer
+	// that refuses the credential (401 or 403), so the integration's
+	// health check runs at once instead of at its next interval.
+	OnRefused func(status int)
 }
 
 // DigitalOcean allows 250 requests per minute per token; stay at 240.
@@ -101,6 +106,7 @@ func NewHTTPClient(cfg TransportConfig) *http.Client {
 			token:     cfg.Token,
 			userAgent: cfg.UserAgent,
 			next:      &retryablehttp.RoundTripper{Client: rc},
+			onRefused: cfg.OnRefused,
 		},
 	}
 }
@@ -196,6 +202,7 @@ type authTransport struct {
 	token     secrets.Value
 	userAgent string
 	next      http.RoundTripper
+	onRefused func(status int)
 }
 
 func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -207,6 +214,9 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.Header.Set("User-Agent", t.userAgent+" "+r.Header.Get("User-Agent"))
 	}
 	resp, err := t.next.RoundTrip(r)
+	if t.onRefused != nil && resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+		t.onRefused(resp.StatusCode)
+	}
 	if c, ok := req.Context().Value(captureKey{}).(*Capture); ok && resp != nil {
 		c.Status = resp.StatusCode
 		c.Header = resp.Header.Clone()

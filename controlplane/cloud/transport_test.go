@@ -136,3 +136,26 @@ func TestClientRetriesAndAuthenticates(t *testing.T) {
 		t.Errorf("401: %d calls, capture %d %q", calls.Load()-100, capture.Status, capture.Body)
 	}
 }
+
+// TestOnRefusedSeesOnlyCredentialRefusals: the hook hears 401 and 403
+// (the credential's verdict), never 404, 429 or 5xx.
+func TestOnRefusedSeesOnlyCredentialRefusals(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+		w.WriteHeader(code)
+	}))
+	defer srv.Close()
+	var heard []int
+	c := NewHTTPClient(TransportConfig{Token: secrets.New("t"), MaxRetries: 1, MinWait: time.Millisecond, MaxWait: time.Millisecond,
+		OnRefused: func(s int) { heard = append(heard, s) }})
+	for _, code := range []int{200, 401, 404, 403, 429, 500} {
+		r, err := c.Get(srv.URL + "/?code=" + strconv.Itoa(code))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = r.Body.Close()
+	}
+	if len(heard) != 2 || heard[0] != 401 || heard[1] != 403 {
+		t.Errorf("OnRefused heard %v, want [401 403]", heard)
+	}
+}

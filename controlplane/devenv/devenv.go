@@ -54,6 +54,10 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	PollInterval      time.Duration
 	ReconcileInterval time.Duration
+	// Integration health checks and alert evaluation (app.Config's).
+	IntegrationCheckInterval time.Duration
+	AlertInterval            time.Duration
+	AlertStaleAfter          time.Duration
 	// ReconcileFirewallEvery: firewall drift checked every n-th pass (app's default 10).
 	ReconcileFirewallEvery int
 
@@ -66,6 +70,8 @@ type Config struct {
 	AgentEnv []string
 	// SSHAddr maps an instance's public IPv4 to its sshd (with Runtime).
 	SSHAddr func(publicIPv4 string) string
+	// WebhooksPoll is passed to the control plane (app.Config.WebhooksPoll).
+	WebhooksPoll time.Duration
 }
 
 // Env is a running dev environment.
@@ -182,7 +188,10 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
-		AgentReleaseKeys: append([]string{filepath.Join(cfg.DataDir, DevReleasePublicKeyFile)}, cfg.AgentReleaseKeys...),
+		AgentReleaseKeys:         append([]string{filepath.Join(cfg.DataDir, DevReleasePublicKeyFile)}, cfg.AgentReleaseKeys...),
+		IntegrationCheckInterval: cfg.IntegrationCheckInterval, AlertInterval: cfg.AlertInterval, AlertStaleAfter: cfg.AlertStaleAfter,
+		// Receivers in a dev environment run on this machine.
+		WebhooksAllowLoopback: true, WebhooksPoll: cfg.WebhooksPoll,
 	}
 	e.App, err = app.New(ctx, e.appCfg)
 	if err != nil {

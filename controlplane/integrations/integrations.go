@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/devpilot/devpilot/controlplane/cloud"
@@ -30,8 +31,10 @@ const (
 	StatusInvalid = "invalid" // the last validation failed; see LastError
 )
 
-// Connector builds a provider client for a credential.
-type Connector func(provider string, secret secrets.Value) (cloud.Provider, error)
+// Connector builds a provider client for a credential. onRefused, when
+// not nil, is called whenever the provider refuses the credential (a final
+// 401/403 answer: see cloud.Config.OnRefused).
+type Connector func(provider string, secret secrets.Value, onRefused func(status int)) (cloud.Provider, error)
 
 // Integration is what the API shows of a stored integration: never the
 // secret, only its last four characters.
@@ -66,9 +69,16 @@ type Service struct {
 	timeout    time.Duration
 	catalogTTL time.Duration
 
-	mu      sync.Mutex
-	catalog map[string]cachedCatalog // by integration id
-	clients map[string]client        // by integration id
+	mu          sync.Mutex
+	catalog     map[string]cachedCatalog // by integration id
+	clients     map[string]client        // by integration id
+	lastRefusal map[string]time.Time     // by integration id: when a 401/403 last asked for a check
+
+	checkEvery, checkPoll, recheckEvery time.Duration
+	checks                              *checkMetrics
+	refused                             chan refusal
+	stopChecks                          context.CancelFunc
+	checksDone                          chan struct{}
 }
 
 type cachedCatalog struct {
@@ -85,6 +95,15 @@ type Options struct {
 	Now        func() time.Time
 	Timeout    time.Duration // per provider call sequence; default 2 min (429s are waited out)
 	CatalogTTL time.Duration // default 5 min
+
+	// Background health checks (see StartChecks): every CheckInterval
+	// (default 6 h, jittered), looking for due ones every CheckPoll
+	// (default CheckInterval/10, from 100 ms to 1 min), and after a 401/403 at
+	// most once per RecheckEvery (default 1 min) per integration.
+	CheckInterval time.Duration
+	CheckPoll     time.Duration
+	RecheckEvery  time.Duration
+	Registerer    prometheus.Registerer // devpilot_integration_checks_total; nil: none
 }
 
 // New returns a Service.
@@ -101,9 +120,20 @@ func New(o Options) *Service {
 	if o.CatalogTTL == 0 {
 		o.CatalogTTL = 5 * time.Minute
 	}
+	if o.CheckInterval <= 0 {
+		o.CheckInterval = DefaultCheckInterval
+	}
+	if o.CheckPoll <= 0 {
+		o.CheckPoll = min(max(o.CheckInterval/10, 100*time.Millisecond), time.Minute)
+	}
+	if o.RecheckEvery <= 0 {
+		o.RecheckEvery = DefaultRecheckEvery
+	}
 	return &Service{store: o.Store, keys: o.Keys, connect: o.Connect, log: o.Logger.Named("integrations"),
 		now: o.Now, timeout: o.Timeout, catalogTTL: o.CatalogTTL, catalog: map[string]cachedCatalog{},
-		clients: map[string]client{}}
+		clients: map[string]client{}, lastRefusal: map[string]time.Time{},
+		checkEvery: o.CheckInterval, checkPoll: o.CheckPoll, recheckEvery: o.RecheckEvery,
+		checks: newCheckMetrics(o.Registerer), refused: make(chan refusal, 16)}
 }
 
 // Actor is who makes a change, as the audit log records it.
@@ -134,7 +164,7 @@ func checkSecret(secret secrets.Value) error {
 
 // validate runs the provider's read-only validation for secret.
 func (s *Service) validate(ctx context.Context, provider string, secret secrets.Value) (*cloud.Account, error) {
-	p, err := s.connect(provider, secret)
+	p, err := s.connect(provider, secret, nil)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", provider, err)
 	}
@@ -225,6 +255,9 @@ func (s *Service) Connect(ctx context.Context, actor Actor, workspaceID, provide
 		if err := q.CreateIntegration(ctx, in); err != nil {
 			return err
 		}
+		if err := q.ScheduleIntegrationCheck(ctx, in.ID, s.nextCheck(now)); err != nil {
+			return err
+		}
 		return audit(ctx, q, workspaceID, actor, "integration.connect", in.ID,
 			map[string]string{"provider": provider, "access_key": accessKey}, now)
 	})
@@ -290,7 +323,7 @@ func (s *Service) Provider(ctx context.Context, workspaceID, id string) (cloud.P
 	if err != nil {
 		return nil, fmt.Errorf("decrypt secret of %s: %w", in.ID, err)
 	}
-	p, err := s.connect(in.Provider, secret)
+	p, err := s.connect(in.Provider, secret, s.refusedBy(in.WorkspaceID, in.ID))
 	if err != nil {
 		return nil, err
 	}
@@ -309,48 +342,97 @@ type client struct {
 // validation is recorded and returned as the error. A temporary failure
 // (rate limit, provider outage, network) is no verdict on the credential:
 // the status stays as it was, the attempt is recorded in last_error and
-// the audit log, and the error goes back to the caller.
+// the audit log, and the error goes back to the caller. A change of status
+// appends integration.invalid or integration.valid in the same
+// transaction.
 func (s *Service) Test(ctx context.Context, actor Actor, workspaceID, id string) (*Integration, error) {
+	v, _, err := s.revalidate(ctx, actor, workspaceID, id)
+	if errors.Is(err, errNoIntegration) {
+		return nil, problem.NotFound("integration " + id)
+	}
+	return v, err
+}
+
+// revalidate is Test, saying which outcome it had.
+func (s *Service) revalidate(ctx context.Context, actor Actor, workspaceID, id string) (*Integration, string, error) {
 	in, err := s.get(ctx, workspaceID, id)
+	var pe *problem.Error
+	if errors.As(err, &pe) && pe.Code == "not_found" {
+		return nil, OutcomeError, errNoIntegration
+	}
 	if err != nil {
-		return nil, err
+		return nil, OutcomeError, err
 	}
 	secret, err := s.keys.Decrypt(in.SecretCiphertext, in.ID)
 	if err != nil {
-		return nil, fmt.Errorf("decrypt secret of %s: %w", in.ID, err)
+		return nil, OutcomeError, fmt.Errorf("decrypt secret of %s: %w", in.ID, err)
 	}
 	acct, verr := s.validate(ctx, in.Provider, secret)
 	now := s.now().UTC()
-	in.UpdatedAt = now
 	detail := map[string]string{}
+	var info *ErrorInfo
+	outcome := OutcomeValid
 	switch {
 	case verr != nil && cloud.Temporary(verr):
-		in.LastErrorJSON = mustJSON(errorInfo(verr))
-		detail["outcome"], detail["error"] = "inconclusive", errorInfo(verr).Code
-		s.log.Info("credential test inconclusive", zap.String("integration", in.ID), zap.String("code", errorInfo(verr).Code))
+		info, outcome = errorInfo(verr), OutcomeInconclusive
+		detail["outcome"], detail["error"] = "inconclusive", info.Code
+		s.log.Info("credential test inconclusive", zap.String("integration", in.ID), zap.String("code", info.Code))
 	case verr != nil:
-		in.LastValidatedAt = &now
-		in.Status, in.LastErrorJSON = StatusInvalid, mustJSON(errorInfo(verr))
-		detail["error"] = errorInfo(verr).Code
-	default:
-		in.LastValidatedAt = &now
-		in.Status, in.LastErrorJSON = StatusValid, ""
-		in.WriteAccess, in.AccountJSON = string(acct.Write), mustJSON(acct)
+		info, outcome = errorInfo(verr), OutcomeInvalid
+		detail["error"] = info.Code
 	}
-	detail["status"] = in.Status
+	var saved store.Integration
 	err = s.store.InTx(ctx, func(q *store.Queries) error {
-		if err := q.UpdateIntegration(ctx, in); err != nil {
+		// Re-read in the transaction: the status event is about the
+		// change this write makes, whatever another check did meanwhile.
+		cur, err := q.GetIntegration(ctx, workspaceID, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return errNoIntegration
+		}
+		if err != nil {
 			return err
 		}
+		if cur.SecretCiphertext != in.SecretCiphertext {
+			saved = cur // rotated meanwhile: this verdict is about the old secret
+			return nil
+		}
+		before := cur.Status
+		cur.UpdatedAt = now
+		switch outcome {
+		case OutcomeInconclusive:
+			cur.LastErrorJSON = mustJSON(info)
+		case OutcomeInvalid:
+			cur.LastValidatedAt = &now
+			cur.Status, cur.LastErrorJSON = StatusInvalid, mustJSON(info)
+		default:
+			cur.LastValidatedAt = &now
+			cur.Status, cur.LastErrorJSON = StatusValid, ""
+			cur.WriteAccess, cur.AccountJSON = string(acct.Write), mustJSON(acct)
+		}
+		detail["status"] = cur.Status
+		if err := q.UpdateIntegration(ctx, cur); err != nil {
+			return err
+		}
+		if err := statusEvent(ctx, q, before, cur, info); err != nil {
+			return err
+		}
+		saved = cur
 		return audit(ctx, q, workspaceID, actor, "integration.test", id, detail, now)
 	})
+	if errors.Is(err, errNoIntegration) {
+		return nil, OutcomeError, errNoIntegration
+	}
 	if err != nil {
-		return nil, fmt.Errorf("record test: %w", err)
+		return nil, OutcomeError, fmt.Errorf("record test: %w", err)
+	}
+	if before := in.Status; before != saved.Status {
+		s.log.Info("integration status changed", zap.String("integration", id), zap.String("from", before),
+			zap.String("to", saved.Status))
 	}
 	if verr != nil {
-		return view(in), verr
+		return view(saved), outcome, verr
 	}
-	return view(in), nil
+	return view(saved), outcome, nil
 }
 
 // Rotate validates a new secret and only then replaces the stored one; when
@@ -372,11 +454,18 @@ func (s *Service) Rotate(ctx context.Context, actor Actor, workspaceID, id strin
 		return nil, fmt.Errorf("encrypt secret: %w", err)
 	}
 	now := s.now().UTC()
+	before := in.Status
 	in.SecretCiphertext, in.SecretHint = ct, secret.Hint()
 	in.Status, in.LastErrorJSON, in.LastValidatedAt, in.UpdatedAt = StatusValid, "", &now, now
 	in.WriteAccess, in.AccountJSON = string(acct.Write), mustJSON(acct)
 	err = s.store.InTx(ctx, func(q *store.Queries) error {
 		if err := q.UpdateIntegration(ctx, in); err != nil {
+			return err
+		}
+		if err := statusEvent(ctx, q, before, in, nil); err != nil {
+			return err
+		}
+		if err := q.ScheduleIntegrationCheck(ctx, in.ID, s.nextCheck(now)); err != nil {
 			return err
 		}
 		return audit(ctx, q, workspaceID, actor, "integration.rotate", id, map[string]string{"secret_key_hint": in.SecretHint}, now)

@@ -48,9 +48,10 @@ type env struct {
 	doURL   string
 	vultURL string
 	doSrv   *httptest.Server
+	opts    integrations.Options
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, tweak ...func(*integrations.Options)) *env {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -83,8 +84,9 @@ func newEnv(t *testing.T) *env {
 		vu.Close()
 		tr.CloseIdleConnections()
 	})
-	connect := func(provider string, secret secrets.Value) (cloud.Provider, error) {
-		c := cloud.Config{Secret: secret, Base: tr, MaxRetries: 2, MinWait: time.Millisecond, MaxWait: 20 * time.Millisecond}
+	connect := func(provider string, secret secrets.Value, onRefused func(int)) (cloud.Provider, error) {
+		c := cloud.Config{Secret: secret, Base: tr, MaxRetries: 2, MinWait: time.Millisecond, MaxWait: 20 * time.Millisecond,
+			OnRefused: onRefused}
 		if provider == cloud.Vultr {
 			c.BaseURL = e.vultURL
 			return vultr.New(c)
@@ -92,7 +94,12 @@ func newEnv(t *testing.T) *env {
 		c.BaseURL = e.doURL
 		return digitalocean.New(c)
 	}
-	e.svc = integrations.New(integrations.Options{Store: st, Keys: keys, Connect: connect, Timeout: 30 * time.Second})
+	o := integrations.Options{Store: st, Keys: keys, Connect: connect, Timeout: 30 * time.Second}
+	for _, f := range tweak {
+		f(&o)
+	}
+	e.opts = o
+	e.svc = integrations.New(o)
 	return e
 }
 

@@ -39,6 +39,9 @@ func changeTopic(query string) string {
 		return TopicEvents
 	case "agent_rollouts", "agent_rollout_targets":
 		return TopicRollouts
+	case "alert_states":
+		// The servers page counts firing alerts; the alerts page lists them.
+		return TopicServers
 	}
 	return ""
 }

@@ -93,7 +93,7 @@ func (q *Queries) listEvents(ctx context.Context, query string, args ...any) ([]
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []events.Event
 	for rows.Next() {
 		var e events.Event

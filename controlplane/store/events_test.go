@@ -41,7 +41,7 @@ func TestEventLogReadsBackWhatWasCommitted(t *testing.T) {
 			id1 := appendEvent(t, st, "ws_1", events.ServerCreated, "srv_1", map[string]string{"name": "web-1"})
 			id2 := appendEvent(t, st, "ws_2", events.ServerCreated, "srv_2", nil)
 			id3 := appendEvent(t, st, "ws_1", events.ServerOnline, "srv_1", map[string]any{"name": "web-1", "state": "online", "previous_state": "installing"})
-			if !(id1 < id2 && id2 < id3) {
+			if id1 >= id2 || id2 >= id3 {
 				t.Fatalf("ids %d %d %d not increasing", id1, id2, id3)
 			}
 			got, err := st.Q().EventsAfter(ctx, "ws_1", 0, 10)

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"time"
 )
 
@@ -29,15 +31,34 @@ func (q *Queries) AgentAuthOf(ctx context.Context, id string) (AgentAuth, error)
 // StartAgentSession records a session start of a live server (not deleted
 // or deleting): agent version and facts, last seen, the install confirmed
 // (first session), an offline server online again. It reports whether it
-// did: false means the server is gone, deleted or being deleted. The one
-// write of a handshake.
+// did: false means the server is gone, deleted or being deleted.
+//
+// A server that is already online (or installing) costs one write, the
+// handshake's only one. A server coming back (offline, agent_offline,
+// unknown) moves state, so that write runs in a transaction that appends
+// its server.online event (moveServer).
 func (q *Queries) StartAgentSession(ctx context.Context, id, version, factsJSON string, at time.Time) (bool, error) {
-	res, err := q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
-		installed_at = COALESCE(installed_at, ?), state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
-		updated_at = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`, version, factsJSON, at.UTC(), at.UTC(), at.UTC(), id)
-	if err != nil {
-		return false, err
+	n, err := rowsAffected(q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
+		installed_at = COALESCE(installed_at, ?), updated_at = ?
+		WHERE id = ? AND state NOT IN ('deleted', 'deleting', 'offline', 'agent_offline', 'unknown')`,
+		version, factsJSON, at.UTC(), at.UTC(), at.UTC(), id))
+	if err != nil || n == 1 {
+		return n == 1, err
 	}
-	n, err := res.RowsAffected()
-	return n == 1, err
+	err = q.moveServer(ctx, id, func(q *Queries) error {
+		return affected(q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
+			installed_at = COALESCE(installed_at, ?), state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
+			updated_at = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`, version, factsJSON, at.UTC(), at.UTC(), at.UTC(), id))
+	})
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func rowsAffected(res sql.Result, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }

@@ -23,8 +23,13 @@ func (q *Queries) SetServerLiveness(ctx context.Context, id, state, reason strin
 		in += "?"
 		args = append(args, f)
 	}
-	res, err := q.x.ExecContext(ctx, `UPDATE servers SET state = ?, state_reason = ?, updated_at = ? WHERE id = ? AND state IN (`+in+`)`, args...)
-	return changed(res, err)
+	var ok bool
+	err := q.moveServer(ctx, id, func(q *Queries) error {
+		var err error
+		ok, err = changed(q.x.ExecContext(ctx, `UPDATE servers SET state = ?, state_reason = ?, updated_at = ? WHERE id = ? AND state IN (`+in+`)`, args...))
+		return err
+	})
+	return ok && err == nil, err
 }
 
 // ServerStateReason returns why a server is in its state ("" if nothing

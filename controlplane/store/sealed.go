@@ -21,6 +21,7 @@ var SealedColumns = []SealedColumn{
 	{"workspace_ssh_keys", "workspace_id", "private_ciphertext"},
 	{"tasks", "id", "spec_json"},
 	{"deployments", "id", "plan_json"},
+	{"webhooks", "id", "secret_ciphertext"},
 }
 
 // Sealed is an encrypted column value and the id of its row.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"time"
+
+	"github.com/devpilot/devpilot/controlplane/events"
 )
 
 // Server is a provisioned (or provisioning) server.
@@ -91,9 +93,14 @@ func timePtr(t sql.NullTime) *time.Time {
 	return &t.Time
 }
 
-// CreateServer inserts a server and its pending steps; a live server with
-// the same name in the workspace is ErrConflict.
+// CreateServer inserts a server and its pending steps, with its
+// server.created event; a live server with the same name in the workspace
+// is ErrConflict.
 func (q *Queries) CreateServer(ctx context.Context, s Server, steps []string) error {
+	return q.atomically(ctx, func(q *Queries) error { return q.createServer(ctx, s, steps) })
+}
+
+func (q *Queries) createServer(ctx context.Context, s Server, steps []string) error {
 	_, err := q.x.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.WorkspaceID, nullString(s.IntegrationID), s.Provider, s.Name, s.Region, s.Size, s.Image, s.ImageID,
 		s.PortsJSON, s.State, s.Destroy, s.InstanceID, s.PublicIPv4, s.FirewallID, s.SSHKeyID, s.AgentPublicKey,
@@ -112,7 +119,9 @@ func (q *Queries) CreateServer(ctx context.Context, s Server, steps []string) er
 			return err
 		}
 	}
-	return nil
+	_, err = q.AppendEvent(ctx, s.WorkspaceID, events.ServerCreated, s.ID, ServerEvent{Name: s.Name, State: s.State,
+		Provider: s.Provider, Region: s.Region, Size: s.Size})
+	return err
 }
 
 // GetServer finds a server by id (workspaceID "" matches any workspace).
@@ -193,25 +202,54 @@ func (q *Queries) DetachIntegration(ctx context.Context, integrationID string) e
 }
 
 // SetServerState moves a server from one of `from` states to `to`,
-// reporting whether it did.
+// reporting whether it did (and appending the move's event).
 func (q *Queries) SetServerState(ctx context.Context, id, to string, at time.Time, from ...string) (bool, error) {
 	n := int64(0)
-	for _, f := range from {
-		res, err := q.x.ExecContext(ctx, `UPDATE servers SET state = ?, updated_at = ? WHERE id = ? AND state = ?`, to, at.UTC(), id, f)
-		if err != nil {
-			return false, err
+	err := q.moveServer(ctx, id, func(q *Queries) error {
+		for _, f := range from {
+			res, err := q.x.ExecContext(ctx, `UPDATE servers SET state = ?, updated_at = ? WHERE id = ? AND state = ?`, to, at.UTC(), id, f)
+			if err != nil {
+				return err
+			}
+			k, _ := res.RowsAffected()
+			n += k
 		}
-		k, _ := res.RowsAffected()
-		n += k
-	}
-	return n > 0, nil
+		return nil
+	})
+	return n > 0 && err == nil, err
 }
 
 // MarkAllOffline turns every online server offline (at start-up, before
-// any agent reconnected).
+// any agent reconnected), with a server.offline event for each.
 func (q *Queries) MarkAllOffline(ctx context.Context, at time.Time) error {
-	_, err := q.x.ExecContext(ctx, `UPDATE servers SET state = 'offline', updated_at = ? WHERE state = 'online'`, at.UTC())
-	return err
+	return q.atomically(ctx, func(q *Queries) error {
+		rows, err := q.x.QueryContext(ctx, `SELECT id FROM servers WHERE state = 'online'`)
+		if err != nil {
+			return err
+		}
+		var ids []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				_ = rows.Close()
+				return err
+			}
+			ids = append(ids, id)
+		}
+		_ = rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if _, err := q.x.ExecContext(ctx, `UPDATE servers SET state = 'offline', updated_at = ? WHERE id = ? AND state = 'online'`, at.UTC(), id); err != nil {
+				return err
+			}
+			if err := q.serverMoved(ctx, id, "online"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // SaveHealth stores a server's latest health.
@@ -364,13 +402,17 @@ func (q *Queries) RevokeAgentKey(ctx context.Context, id string, at time.Time) e
 
 // FailServer marks a provisioning or installing server failed.
 func (q *Queries) FailServer(ctx context.Context, id, errorJSON string, at time.Time) (bool, error) {
-	res, err := q.x.ExecContext(ctx, `UPDATE servers SET state = 'failed', error_json = ?, updated_at = ?
+	var n int64
+	err := q.moveServer(ctx, id, func(q *Queries) error {
+		res, err := q.x.ExecContext(ctx, `UPDATE servers SET state = 'failed', error_json = ?, updated_at = ?
 		WHERE id = ? AND state IN ('provisioning', 'installing', 'deleting')`, errorJSON, at.UTC(), id)
-	if err != nil {
-		return false, err
-	}
-	n, err := res.RowsAffected()
-	return n == 1, err
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n == 1 && err == nil, err
 }
 
 // MarkDeleted moves a live server to deleting (destroy) or deleted.
@@ -379,8 +421,10 @@ func (q *Queries) MarkDeleted(ctx context.Context, id string, destroy bool, at t
 	if destroy {
 		to = "deleting"
 	}
-	return affected(q.x.ExecContext(ctx, `UPDATE servers SET state = ?, destroy = ?, updated_at = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`,
-		to, destroy, at.UTC(), id))
+	return q.moveServer(ctx, id, func(q *Queries) error {
+		return affected(q.x.ExecContext(ctx, `UPDATE servers SET state = ?, destroy = ?, updated_at = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`,
+			to, destroy, at.UTC(), id))
+	})
 }
 
 // HealthPoint is one stored health sample.

@@ -214,7 +214,7 @@ func (s *Store) queries(x execer, publish func(...string), appended *[]string) *
 	if s.dialect == Postgres {
 		x = rebinder{x}
 	}
-	return &Queries{x: x, appended: appended}
+	return &Queries{x: x, st: s, appended: appended}
 }
 
 // writerLock is the PostgreSQL advisory lock every transaction takes first.
@@ -262,6 +262,7 @@ type execer interface {
 // Queries are the store's operations, on the database or in a transaction.
 type Queries struct {
 	x        execer
+	st       *Store
 	appended *[]string // in a transaction: event types appended (see AppendEvent)
 }
 

@@ -181,13 +181,22 @@ func (q *Queries) MarkTaskRunning(ctx context.Context, id string, started, at ti
 
 // FinishTask records a final state if the task has none yet (the first
 // final result wins); it reports whether it did.
+// Its task.* event is appended in the same transaction.
 func (q *Queries) FinishTask(ctx context.Context, t Task) (bool, error) {
-	res, err := q.x.ExecContext(ctx, `UPDATE tasks SET state = ?, reason = ?, error = ?, exit_code = ?, result_json = ?,
+	var ok bool
+	err := q.atomically(ctx, func(q *Queries) error {
+		var err error
+		ok, err = changed(q.x.ExecContext(ctx, `UPDATE tasks SET state = ?, reason = ?, error = ?, exit_code = ?, result_json = ?,
 		last_log_seq = CASE WHEN last_log_seq > ? THEN last_log_seq ELSE ? END, started_at = COALESCE(started_at, ?), finished_at = ?, updated_at = ?
 		WHERE id = ? AND state IN ('queued', 'sent', 'running')`,
-		t.State, t.Reason, t.Error, nullInt(t.ExitCode), t.ResultJSON, t.LastLogSeq, t.LastLogSeq, nullTime(t.StartedAt),
-		nullTime(t.FinishedAt), t.UpdatedAt.UTC(), t.ID)
-	return changed(res, err)
+			t.State, t.Reason, t.Error, nullInt(t.ExitCode), t.ResultJSON, t.LastLogSeq, t.LastLogSeq, nullTime(t.StartedAt),
+			nullTime(t.FinishedAt), t.UpdatedAt.UTC(), t.ID))
+		if err != nil || !ok {
+			return err
+		}
+		return q.taskFinished(ctx, t.ID)
+	})
+	return ok && err == nil, err
 }
 
 // RequestCancel records that a cancel was asked for an unfinished task.
@@ -449,9 +458,18 @@ func (q *Queries) SkipTargets(ctx context.Context, deploymentID string) error {
 	return err
 }
 
-// FinishDeployment moves a running deployment to a final state.
+// FinishDeployment moves a running deployment to a final state, with its
+// deployment.finished or deployment.failed event.
 func (q *Queries) FinishDeployment(ctx context.Context, id, state, errText string, at time.Time) (bool, error) {
-	res, err := q.x.ExecContext(ctx, `UPDATE deployments SET state = ?, error = ?, finished_at = ?, updated_at = ?
-		WHERE id = ? AND state = 'running'`, state, errText, at.UTC(), at.UTC(), id)
-	return changed(res, err)
+	var ok bool
+	err := q.atomically(ctx, func(q *Queries) error {
+		var err error
+		ok, err = changed(q.x.ExecContext(ctx, `UPDATE deployments SET state = ?, error = ?, finished_at = ?, updated_at = ?
+		WHERE id = ? AND state = 'running'`, state, errText, at.UTC(), at.UTC(), id))
+		if err != nil || !ok {
+			return err
+		}
+		return q.deploymentFinished(ctx, id)
+	})
+	return ok && err == nil, err
 }

@@ -311,6 +311,12 @@ func TestConsoleInABrowser(t *testing.T) {
 	t.Run("deployment", func(t *testing.T) {
 		deploymentPage(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, strings.TrimPrefix(serverPath, "/ui/w/default/servers/"))
 	})
+	t.Run("alerts", func(t *testing.T) { alertsInBrowser(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, doID) })
+
+	t.Run("events", func(t *testing.T) {
+		eventLogIsLive(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env, strings.TrimPrefix(serverPath, "/ui/w/default/servers/"))
+	})
+	t.Run("webhooks", func(t *testing.T) { webhooksInBrowser(t, &tab{t: t, ctx: b.ctx, base: b.base, dir: b.dir}, env) })
 
 	b.run("rollouts", chromedp.Navigate(env.App.URL+"/ui/w/default/rollouts"), chromedp.WaitVisible(chromedp.CSS("main h1")))
 	if txt := b.text("main"); !strings.Contains(txt, "No rollouts yet") {

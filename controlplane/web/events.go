@@ -28,7 +28,7 @@ import (
 //
 // Events carry a topic only: what changed is read through the API with
 // the session's token, so a stream shows nothing the token could not read.
-var eventTopics = []string{store.TopicServers, store.TopicTasks, store.TopicDeployments, store.TopicRollouts}
+var eventTopics = []string{store.TopicServers, store.TopicTasks, store.TopicDeployments, store.TopicRollouts, store.TopicEvents}
 
 // Stream limits.
 const (

@@ -37,6 +37,7 @@ func (c *Console) routes() {
 	c.handle("POST /ui/w/{ws}/settings/integrations/{id}/remove", changes, c.removeIntegration)
 
 	c.handle("GET /ui/w/{ws}/events", readOnly, c.events)
+	c.handle("GET /ui/w/{ws}/alerts", readOnly, c.alertsPage)
 	c.handle("GET /ui/w/{ws}/servers", readOnly, c.serversPage)
 	c.handle("GET /ui/w/{ws}/servers/live", readOnly, c.serversLive)
 	c.handle("GET /ui/w/{ws}/servers/new", changes, c.newServerPage)
@@ -49,6 +50,12 @@ func (c *Console) routes() {
 
 	c.taskRoutes()
 	c.rolloutRoutes()
+	c.eventLogRoutes()
+
+	c.handle("GET /ui/w/{ws}/settings/webhooks", readOnly, c.webhooksPage)
+	c.handle("POST /ui/w/{ws}/settings/webhooks", changes, c.createWebhook)
+	c.handle("GET /ui/w/{ws}/settings/webhooks/{id}", readOnly, c.webhookPage)
+	c.handle("POST /ui/w/{ws}/settings/webhooks/{id}/ping", changes, c.pingWebhook)
 
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusNotFound, "error", page{Title: "Not found", S: c.sessionOf(r),

@@ -127,3 +127,25 @@ func lifecycleButtons(t *testing.T, b *tab, serverPath string) {
 		t.Errorf("after Reboot: %q", notice)
 	}
 }
+
+// The Events page lists what happened (the servers created so far) and,
+// left open, shows an event committed elsewhere (a task canceled through
+// the API) without a reload; it passes the page checks.
+func eventLogIsLive(t *testing.T, b *tab, env *devenv.Env, serverID string) {
+	t.Helper()
+	b.run("events page", chromedp.Navigate(env.App.URL+"/ui/w/default/events-log"), chromedp.WaitVisible(chromedp.CSS("table.events")))
+	if body := b.text("table.events tbody"); !strings.Contains(body, "server.created") || !strings.Contains(body, "server.online") {
+		t.Errorf("events page: %q, want the servers' created and online events", body)
+	}
+	b.run("events stream open", chromedp.WaitVisible(chromedp.CSS(`#live[data-stream="open"]`)))
+	b.checkPage("events")
+	b.markPage()
+	var task struct {
+		ID string `json:"id"`
+	}
+	apiCall(t, env, http.MethodPost, "/v1/workspaces/default/servers/"+serverID+"/tasks",
+		map[string]any{"kind": "exec", "argv": []string{"/bin/sh", "-c", "sleep 30"}}, &task)
+	apiCall(t, env, http.MethodPost, "/v1/workspaces/default/tasks/"+task.ID+"/cancel", nil, nil)
+	b.waitText("table.events tbody", task.ID, 60*time.Second)
+	b.stillMarked("events page")
+}

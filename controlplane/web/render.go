@@ -28,6 +28,8 @@ type page struct {
 	// Since is the change feed's position before the page read its data:
 	// where the page's event stream starts.
 	Since string
+	// Firing is how many alerts fire now (the servers page's badge).
+	Firing int
 }
 
 // EventsURL is the page's event stream for topics (space-separated), or

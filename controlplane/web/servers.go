@@ -69,7 +69,7 @@ func (c *Console) serversPage(w http.ResponseWriter, r *http.Request, s *session
 	if err != nil {
 		return err
 	}
-	c.render(w, r, http.StatusOK, "servers", page{Title: "Servers", S: s, Nav: "servers", Data: list})
+	c.render(w, r, http.StatusOK, "servers", page{Title: "Servers", S: s, Nav: "servers", Data: list, Firing: c.firingCount(r, s)})
 	return nil
 }
 

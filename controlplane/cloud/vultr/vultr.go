@@ -56,6 +56,7 @@ func New(cfg cloud.Config) (*Provider, error) {
 		MaxWait:           cfg.MaxWait,
 		Logger:            log,
 		Metrics:           cfg.Metrics,
+		OnRefused:         cfg.OnRefused,
 		Provider:          cloud.Vultr,
 	})
 	c := govultr.NewClient(hc)
