@@ -15,33 +15,41 @@ import (
 // webhooksCmd is `devpilot webhooks …`. Webhooks have no names: verbs take
 // the id (wh_…) that create and list print.
 func webhooksCmd(env Env) *cobra.Command {
-	whPath := func(v *verb, id, rest string) string { return v.path("/webhooks/" + url.PathEscape(id) + rest) }
-	showOne := func(v *verb, raw []byte, w apitypes.Webhook) error {
-		return v.print(raw, func() {
-			state := "enabled"
-			if !w.Enabled {
-				state = "disabled: " + w.DisabledReason
-			}
-			fmt.Fprintf(env.Stdout, "%s  %s\n  events: %s  format: %s  %s\n", w.ID, w.URL, strings.Join(w.Events, ","), w.Format, state)
-			if w.FailingSince != nil {
-				fmt.Fprintf(env.Stdout, "  failing since %s\n", ts(w.FailingSince))
-			}
-		})
-	}
-	// secretFlags: a secret comes from a file, the environment or stdin,
-	// never from an argument.
-	secretFlags := func(v *verb) func() (string, error) {
-		file := v.fs.String("secret-file", "", "file holding the signing secret (whsec_…)")
-		stdin := v.fs.Bool("secret-stdin", false, "read the signing secret from stdin")
-		return func() (string, error) {
-			if *file == "" && !*stdin && env.Getenv("DEVPILOT_WEBHOOK_SECRET") == "" {
-				return "", nil
-			}
-			return readSecret(env, *file, "DEVPILOT_WEBHOOK_SECRET", "webhook secret")
-		}
-	}
+	return group("webhooks", "deliver events to HTTP receivers, signed (Standard Webhooks)",
+		"  devpilot webhooks create https://hooks.example.com/devpilot --events 'server.*'\n  devpilot webhooks deliveries wh_abc",
+		webhookCreateCmd(env), webhookListCmd(env), webhookGetCmd(env), webhookUpdateCmd(env), webhookDeleteCmd(env), webhookDeliveriesCmd(env), webhookRedeliverCmd(env), webhookPingCmd(env))
+}
 
-	create := verbCmd(env, &cobra.Command{Use: "create URL [--events P,…] [--payload raw|slack]",
+func whPath(v *verb, id, rest string) string { return v.path("/webhooks/" + url.PathEscape(id) + rest) }
+
+func showWebhook(env Env, v *verb, raw []byte, w apitypes.Webhook) error {
+	return v.print(raw, func() {
+		state := "enabled"
+		if !w.Enabled {
+			state = "disabled: " + w.DisabledReason
+		}
+		fmt.Fprintf(env.Stdout, "%s  %s\n  events: %s  format: %s  %s\n", w.ID, w.URL, strings.Join(w.Events, ","), w.Format, state)
+		if w.FailingSince != nil {
+			fmt.Fprintf(env.Stdout, "  failing since %s\n", ts(w.FailingSince))
+		}
+	})
+}
+
+// webhookSecretFlags: a secret comes from a file, the environment or
+// stdin, never from an argument; none given returns "".
+func webhookSecretFlags(env Env, v *verb) func() (string, error) {
+	file := v.fs.String("secret-file", "", "file holding the signing secret (whsec_…)")
+	stdin := v.fs.Bool("secret-stdin", false, "read the signing secret from stdin")
+	return func() (string, error) {
+		if *file == "" && !*stdin && env.Getenv("DEVPILOT_WEBHOOK_SECRET") == "" {
+			return "", nil
+		}
+		return readSecret(env, *file, "DEVPILOT_WEBHOOK_SECRET", "webhook secret")
+	}
+}
+
+func webhookCreateCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "create URL [--events P,…] [--payload raw|slack]",
 		Short: "subscribe a URL to events (the signing secret is printed once, on stdout)", Args: one("receiver URL"),
 		Example: "  devpilot webhooks create https://hooks.example.com/devpilot --events 'server.*,task.failed'\n" +
 			"  devpilot webhooks create https://hooks.slack.com/services/… --payload slack --events alert.firing\n" +
@@ -50,7 +58,7 @@ func webhooksCmd(env Env) *cobra.Command {
 			evs := v.fs.String("events", "*", `comma-separated patterns: "*", a family such as "server.*", or types`)
 			format := v.fs.String("payload", "raw", "payload format: raw (the event JSON) or slack (Slack/Mattermost incoming webhook)")
 			desc := v.fs.String("description", "", "a note for people")
-			secret := secretFlags(v)
+			secret := webhookSecretFlags(env, v)
 			return func(ctx context.Context, args []string) error {
 				sec, err := secret()
 				if err != nil {
@@ -72,7 +80,10 @@ func webhooksCmd(env Env) *cobra.Command {
 				})
 			}
 		})
-	list := verbCmd(env, &cobra.Command{Use: "list", Short: "list webhooks", Args: cobra.NoArgs}, apiVerb, func(v *verb) runFn {
+}
+
+func webhookListCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "list", Short: "list webhooks", Args: cobra.NoArgs}, apiVerb, func(v *verb) runFn {
 		return func(ctx context.Context, _ []string) error {
 			cl, err := v.connect()
 			if err != nil {
@@ -98,7 +109,10 @@ func webhooksCmd(env Env) *cobra.Command {
 			})
 		}
 	})
-	get := verbCmd(env, &cobra.Command{Use: "get ID", Short: "show one webhook", Args: one("webhook id"),
+}
+
+func webhookGetCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "get ID", Short: "show one webhook", Args: one("webhook id"),
 		Example: "  devpilot webhooks get wh_abc"}, apiVerb, func(v *verb) runFn {
 		return func(ctx context.Context, args []string) error {
 			cl, err := v.connect()
@@ -110,10 +124,13 @@ func webhooksCmd(env Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return showOne(v, raw, w)
+			return showWebhook(env, v, raw, w)
 		}
 	})
-	update := verbCmd(env, &cobra.Command{Use: "update ID [--endpoint URL] [--events P,…] [--payload F] [--enable|--disable]",
+}
+
+func webhookUpdateCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "update ID [--endpoint URL] [--events P,…] [--payload F] [--enable|--disable]",
 		Short: "change a webhook (flags left out keep their value)", Args: one("webhook id"),
 		Example: "  devpilot webhooks update wh_abc --enable\n  devpilot webhooks update wh_abc --events '*' --secret-file new.txt"},
 		apiVerb, func(v *verb) runFn {
@@ -123,7 +140,7 @@ func webhooksCmd(env Env) *cobra.Command {
 			desc := v.fs.String("description", "", "a new note")
 			enable := v.fs.Bool("enable", false, "enable (clears the failure clock)")
 			disable := v.fs.Bool("disable", false, "disable")
-			secret := secretFlags(v)
+			secret := webhookSecretFlags(env, v)
 			return func(ctx context.Context, args []string) error {
 				var req apitypes.UpdateWebhook
 				set := func(name string, p *string) *string {
@@ -156,10 +173,13 @@ func webhooksCmd(env Env) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return showOne(v, raw, w)
+				return showWebhook(env, v, raw, w)
 			}
 		})
-	del := verbCmd(env, &cobra.Command{Use: "delete ID [--force]", Short: "remove a webhook and its delivery log", Args: one("webhook id"),
+}
+
+func webhookDeleteCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "delete ID [--force]", Short: "remove a webhook and its delivery log", Args: one("webhook id"),
 		Example: "  devpilot webhooks delete wh_abc --force"}, apiVerb, func(v *verb) runFn {
 		force := v.fs.Bool("force", false, "don't ask for confirmation")
 		return func(ctx context.Context, args []string) error {
@@ -176,7 +196,10 @@ func webhooksCmd(env Env) *cobra.Command {
 			return v.printValue(map[string]any{"id": args[0], "deleted": true}, func() { fmt.Fprintf(env.Stdout, "Deleted webhook %s.\n", args[0]) })
 		}
 	})
-	deliveries := verbCmd(env, &cobra.Command{Use: "deliveries ID", Short: "show a webhook's delivery log, newest first", Args: one("webhook id"),
+}
+
+func webhookDeliveriesCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "deliveries ID", Short: "show a webhook's delivery log, newest first", Args: one("webhook id"),
 		Example: "  devpilot webhooks deliveries wh_abc\n  devpilot webhooks deliveries wh_abc -o json"}, apiVerb, func(v *verb) runFn {
 		return func(ctx context.Context, args []string) error {
 			cl, err := v.connect()
@@ -202,7 +225,10 @@ func webhooksCmd(env Env) *cobra.Command {
 			})
 		}
 	})
-	redeliver := verbCmd(env, &cobra.Command{Use: "redeliver ID DELIVERY", Short: "send a delivery again now (same webhook-id)",
+}
+
+func webhookRedeliverCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "redeliver ID DELIVERY", Short: "send a delivery again now (same webhook-id)",
 		Args: cobra.ExactArgs(2), Example: "  devpilot webhooks redeliver wh_abc dl_xyz"}, apiVerb, func(v *verb) runFn {
 		return func(ctx context.Context, args []string) error {
 			cl, err := v.connect()
@@ -219,7 +245,10 @@ func webhooksCmd(env Env) *cobra.Command {
 			})
 		}
 	})
-	ping := verbCmd(env, &cobra.Command{Use: "ping ID", Short: "send a test message (webhook.ping)", Args: one("webhook id"),
+}
+
+func webhookPingCmd(env Env) *cobra.Command {
+	return verbCmd(env, &cobra.Command{Use: "ping ID", Short: "send a test message (webhook.ping)", Args: one("webhook id"),
 		Example: "  devpilot webhooks ping wh_abc && devpilot webhooks deliveries wh_abc"}, apiVerb, func(v *verb) runFn {
 		return func(ctx context.Context, args []string) error {
 			cl, err := v.connect()
@@ -236,9 +265,6 @@ func webhooksCmd(env Env) *cobra.Command {
 			})
 		}
 	})
-	return group("webhooks", "deliver events to HTTP receivers, signed (Standard Webhooks)",
-		"  devpilot webhooks create https://hooks.example.com/devpilot --events 'server.*'\n  devpilot webhooks deliveries wh_abc",
-		create, list, get, update, del, deliveries, redeliver, ping)
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.

@@ -251,7 +251,12 @@ func TestRunDeliversNewEvents(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
 
 	var id int64
 	if err := f.st.InTx(ctx, func(q *store.Queries) error {

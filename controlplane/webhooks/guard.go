@@ -94,10 +94,11 @@ func (p Policy) CheckURL(raw string) (*url.URL, error) {
 	literal := perr == nil
 	loopbackHost := (literal && addr.Unmap().IsLoopback()) || strings.EqualFold(host, "localhost") ||
 		strings.HasSuffix(strings.ToLower(host), ".localhost")
+	loopbackOK := p.AllowLoopback || p.AllowPrivate
 	switch u.Scheme {
 	case "https":
 	case "http":
-		if !loopbackHost || !(p.AllowLoopback || p.AllowPrivate) {
+		if !loopbackHost || !loopbackOK {
 			return nil, invalid("Use https; plain http is accepted only to a loopback address when the control plane runs with --webhooks-allow-loopback (devpilot dev does).",
 				"url must use https")
 		}
@@ -109,7 +110,7 @@ func (p Policy) CheckURL(raw string) (*url.URL, error) {
 			return nil, invalid("Webhooks refuse internal addresses so they cannot reach the cloud's metadata service or your private network (SSRF). An operator can allow private receivers with --webhooks-allow-private.",
 				"url refused: %v", err)
 		}
-	} else if loopbackHost && !(p.AllowLoopback || p.AllowPrivate) {
+	} else if loopbackHost && !loopbackOK {
 		return nil, invalid("localhost is refused unless the control plane runs with --webhooks-allow-loopback.",
 			"url refused: %s is a loopback host", host)
 	}
@@ -128,7 +129,7 @@ func (p Policy) control(_, address string, _ syscall.RawConn) error {
 		return fmt.Errorf("%w: %s is not an IP address", errRefusedAddr, address)
 	}
 	if err := p.refusal(ap.Addr()); err != nil {
-		return fmt.Errorf("%w: %v", errRefusedAddr, err)
+		return fmt.Errorf("%w: %w", errRefusedAddr, err)
 	}
 	return nil
 }

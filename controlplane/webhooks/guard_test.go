@@ -1,6 +1,7 @@
 package webhooks
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -59,8 +60,8 @@ func TestCheckURL(t *testing.T) {
 		case tc.refuse != "" && err == nil:
 			t.Errorf("%s %+v accepted", tc.url, tc.p)
 		case tc.refuse != "":
-			pe, ok := err.(*problem.Error)
-			if !ok || pe.Code != "validation_failed" || pe.Status != 422 {
+			var pe *problem.Error
+			if !errors.As(err, &pe) || pe.Code != "validation_failed" || pe.Status != 422 {
 				t.Errorf("%s: %T %v, want a validation error", tc.url, err, err)
 			} else if !strings.Contains(pe.Message+" "+pe.Hint, tc.refuse) {
 				t.Errorf("%s: %q / %q does not say %q", tc.url, pe.Message, pe.Hint, tc.refuse)
