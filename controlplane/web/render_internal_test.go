@@ -77,6 +77,31 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 		"images":[{"id":"debian-12-x64","name":"Debian 12","neutral":"debian-12"}]}`), cat); err != nil {
 		t.Fatal(err)
 	}
+	ninety := 90.0
+	firedAt := at.Add(time.Minute)
+	firing := apitypes.Alert{RuleID: "alr_1", RuleName: "down", Kind: "offline", ServerID: "srv_1", ServerName: "web-1",
+		State: "firing", Since: at, Value: 300, FiredAt: &firedAt, UpdatedAt: firedAt, Message: "web-1 offline for 5m0s"}
+	rules := []apitypes.AlertRule{{ID: "alr_1", Name: "down", Kind: "offline", ForS: 60, CreatedAt: at, UpdatedAt: at},
+		{ID: "alr_2", Name: "disk", Kind: "disk", ThresholdPercent: &ninety, ForS: 300, Tag: "web", CreatedAt: at, UpdatedAt: at}}
+	failedRollout := rollout{apitypes.Rollout{ID: "rol_1", Version: "1.4.0", Tag: "web", Canary: apitypes.Canary{N: 2}, CanaryCount: 2,
+		MaxParallel: 1, HealthWindowS: 60, State: "failed",
+		Reason: "server web-1 (srv_1): its update action act_2 failed: failed to start 3 times (the agent rolled back to 1.3.0)",
+		Counts: map[string]int{"failed": 1, "skipped": 1}, CreatedBy: "owner", CreatedAt: at, UpdatedAt: at, FinishedAt: &at,
+		Targets: []apitypes.RolloutTarget{
+			{ServerID: "srv_1", ServerName: "web-1", Wave: "canary", State: "failed", FromVersion: "1.3.0", ActionID: "act_2",
+				Reason: "rolled back: failed to start 3 times", StartedAt: &at, FinishedAt: &at},
+			{ServerID: "srv_2", ServerName: "db-1", Wave: "rest", State: "skipped", FromVersion: "1.3.0", Reason: "the rollout stopped first"}}}}
+	disabled := apitypes.Webhook{ID: "wh_1", URL: "https://hooks.example.com/devpilot", Events: []string{"server.*", "task.failed"},
+		Format: "raw", Enabled: false, DisabledReason: "every delivery failed for 24h", FailingSince: &at, CreatedAt: at, UpdatedAt: at}
+	deadDelivery := apitypes.WebhookDelivery{ID: "dl_1", EventID: 7, MessageID: "7", EventType: "task.failed", Status: "dead",
+		Attempts: 12, LastAttemptAt: &at, ResponseCode: 500, LatencyMS: 41, Error: "receiver answered 500", ResponseExcerpt: "oops", CreatedAt: at}
+	redirected := apitypes.WebhookDelivery{ID: "dl_2", EventID: 8, MessageID: "8", EventType: "server.online", Status: "failed",
+		Attempts: 1, NextAttemptAt: &firedAt, LastAttemptAt: &at, ResponseCode: 302, Error: "redirect not followed", CreatedAt: at}
+	evs := []logEvent{
+		{apitypes.Event{ID: 9, Type: "server.failed", Subject: "srv_1", Time: at,
+			Data: json.RawMessage(`{"name":"web-1","state":"failed","previous_state":"provisioning","step":"instance","error_code":"quota_exceeded"}`)}},
+		{apitypes.Event{ID: 8, Type: "alert.firing", Subject: "alr_1", Time: at, Data: json.RawMessage(`{"rule_name":"down","server":"srv_1"}`)}},
+		{apitypes.Event{ID: 7, Type: "task.failed", Subject: "tsk_1", Time: at, Data: json.RawMessage(`{}`)}}}
 	pages := []struct {
 		name, tmpl string
 		p          page
@@ -112,6 +137,24 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 		{"task", "live", page{Data: taskData{Task: failedTask, Server: "db-1"}}, []string{`id="task-exit">2<`}},
 		{"deployment", "layout", page{Title: "Deployment dep_1", Data: deploymentData{Deployment: dep, Names: names, Live: "/live"}}, []string{"1 of 2 targets failed"}},
 		{"deployment", "live", page{Data: deploymentData{Deployment: dep, Names: names}}, nil},
+		{"alerts", "layout", page{Title: "Alerts", Data: alertsData{Firing: []apitypes.Alert{firing}, Rules: rules}},
+			[]string{"web-1 offline for 5m0s", "disk"}},
+		{"alerts", "layout", page{Title: "Alerts", Data: alertsData{}}, nil},
+		{"rollouts", "layout", page{Title: "Agent rollouts", Data: rolloutsData{Rollouts: []rollout{failedRollout}, Available: true}},
+			[]string{"rol_1", "failed"}},
+		{"rollouts", "live", page{Data: rolloutsData{}}, nil},
+		{"rollout", "layout", page{Title: "Rollout rol_1", Data: rolloutData{Rollout: failedRollout, Live: "/live"}},
+			[]string{"the agent rolled back to 1.3.0", "the rollout stopped first"}},
+		{"rollout", "live", page{Data: rolloutData{Rollout: failedRollout}}, []string{"web-1"}},
+		{"webhooks", "layout", page{Title: "Webhooks", Err: refusal, Data: webhooksData{Webhooks: []apitypes.Webhook{disabled},
+			Created: &apitypes.CreatedWebhook{Webhook: disabled, Secret: "whsec_c2VjcmV0"}, Events: "*", Format: "raw"}},
+			[]string{"hooks.example.com", "every delivery failed for 24h", "whsec_c2VjcmV0"}},
+		{"webhooks", "layout", page{Title: "Webhooks", Data: webhooksData{Events: "*", Format: "raw"}}, nil},
+		{"webhook", "layout", page{Title: "Webhook wh_1", Data: webhookData{Webhook: disabled, Deliveries: []apitypes.WebhookDelivery{deadDelivery, redirected}}},
+			[]string{"receiver answered 500", "redirect not followed"}},
+		{"eventlog", "layout", page{Title: "Events", Data: evs}, []string{"server.failed", "quota_exceeded", "alert.firing"}},
+		{"eventlog", "layout", page{Title: "Events", Data: []logEvent{}}, nil},
+		{"eventlog", "live", page{Data: evs}, []string{"server.failed"}},
 	}
 	c := &Console{pages: parsePages(), log: zap.NewNop()}
 	seen := map[string]bool{}
