@@ -401,14 +401,15 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 	if r.State != apitypes.RolloutSucceeded {
 		t.Fatalf("rollout %s %q", r.State, r.Reason)
 	}
+	// The target the first control plane died on is started again under
+	// its recorded id. The second one, killed at any point, may leave
+	// another in-flight target to be started again the same way; what
+	// must hold is that every such call finds the same action, so no
+	// server ever gets a second update.
+	if n := e.fleet.updates()[crashedOn]; n < 2 {
+		t.Errorf("%s: %d update calls, want it started again under its recorded id", crashedOn, n)
+	}
 	for _, id := range e.ids {
-		want := 1
-		if id == crashedOn {
-			want = 2 // started again under its recorded id
-		}
-		if n := e.fleet.updates()[id]; n != want {
-			t.Errorf("%s: %d update calls, want %d", id, n, want)
-		}
 		as, err := e.st.Q().ListActions(context.Background(), id, "", 100)
 		if err != nil {
 			t.Fatal(err)
