@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/acme/autocert"
 
+	"github.com/devpilot/devpilot/controlplane/acceptgate"
 	"github.com/devpilot/devpilot/controlplane/agentrelease"
 	"github.com/devpilot/devpilot/controlplane/alerts"
 	"github.com/devpilot/devpilot/controlplane/api"
@@ -152,9 +153,14 @@ type Config struct {
 	// MaxAgents bounds the hub's connections; 0: as many as the open
 	// file limit allows with FDReserve files kept back (default
 	// fdlimit.DefaultReserve). Past it agents are refused busy.
-	AgentListen string
-	MaxAgents   int
-	FDReserve   int
+	// AgentHandshakes bounds the agent listener's connections in their
+	// handshake at once (TLS, challenge, store work); the rest wait in
+	// the kernel's accept queue (controlplane/acceptgate). 0:
+	// DefaultAgentHandshakes.
+	AgentListen     string
+	MaxAgents       int
+	FDReserve       int
+	AgentHandshakes int
 	// Webhooks (controlplane/webhooks): receivers must be public https
 	// endpoints unless these widen the rule. WebhooksAllowLoopback admits
 	// loopback receivers, over http too (devpilot dev sets it);
@@ -201,11 +207,12 @@ type App struct {
 	srv *http.Server
 	URL string // the API's URL, known once Listen returned
 
-	agentH   http.Handler // the hub and the agent download
-	agentLn  net.Listener // --agent-listen; nil: agents use ln
-	agentSrv *http.Server
-	AgentURL string // the agent listener's URL, when there is one
-	fds      fdlimit.Limit
+	agentH    http.Handler // the hub and the agent download
+	agentLn   net.Listener // --agent-listen; nil: agents use ln
+	agentGate *acceptgate.Listener
+	agentSrv  *http.Server
+	AgentURL  string // the agent listener's URL, when there is one
+	fds       fdlimit.Limit
 }
 
 // New opens the data directory and builds the control plane; it does not
@@ -645,7 +652,8 @@ func (a *App) Serve(ctx context.Context) error {
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	if a.agentLn != nil {
 		a.agentSrv = &http.Server{
-			Handler:           a.agentOnly(),
+			Handler:           acceptgate.Handler(a.agentOnly()),
+			ConnContext:       acceptgate.ConnContext,
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          zap.NewStdLog(a.log.Named("http.agents")),

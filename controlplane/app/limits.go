@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/controlplane/acceptgate"
 	"github.com/devpilot/devpilot/controlplane/fdlimit"
 )
 
@@ -39,8 +40,16 @@ func (a *App) agentCapacity() int {
 	return n
 }
 
+// DefaultAgentHandshakes is Config.AgentHandshakes's default: far more
+// than the CPU needs to stay busy on loopback, enough for handshakes that
+// spend most of their time waiting on a 100–300 ms round trip (about 4
+// round trips each), few enough that a reconnect storm's handshakes each
+// get a useful share of the CPU instead of all starting at once.
+const DefaultAgentHandshakes = 512
+
 // listenAgents binds Config.AgentListen: TLS as the main listener,
-// bounded to the hub's capacity plus fdlimit.Slack open connections.
+// bounded to the hub's capacity plus fdlimit.Slack open connections, with
+// at most Config.AgentHandshakes of them in their handshake at once.
 func (a *App) listenAgents(scheme, host string) error {
 	raw, err := net.Listen("tcp", a.cfg.AgentListen)
 	if err != nil {
@@ -51,6 +60,12 @@ func (a *App) listenAgents(scheme, host string) error {
 	if most > 0 {
 		ln = fdlimit.Listener(raw, most+fdlimit.Slack, a.ops.agentConnRefused)
 	}
+	hs := a.cfg.AgentHandshakes
+	if hs <= 0 {
+		hs = DefaultAgentHandshakes
+	}
+	a.agentGate = acceptgate.Wrap(ln, hs)
+	ln = a.agentGate
 	if a.tlsConfig != nil {
 		ln = tls.NewListener(ln, a.tlsConfig)
 	}
@@ -60,7 +75,8 @@ func (a *App) listenAgents(scheme, host string) error {
 	}
 	a.agentLn = ln
 	a.AgentURL = scheme + "://" + net.JoinHostPort(host, fmt.Sprint(addr.Port))
-	a.log.Info("agent listener", zap.String("url", a.AgentURL), zap.Int("max_connections", most+fdlimit.Slack))
+	a.log.Info("agent listener", zap.String("url", a.AgentURL), zap.Int("max_connections", most+fdlimit.Slack),
+		zap.Int("handshakes_at_once", hs))
 	return nil
 }
 

@@ -25,6 +25,7 @@ type opsMetrics struct {
 	// (more open than the hub may hold plus fdlimit.Slack).
 	agentRefused prometheus.Counter
 	openFiles    *prometheus.Desc
+	handshakes   *prometheus.Desc
 
 	servers  *prometheus.Desc
 	tasks    *prometheus.Desc
@@ -54,6 +55,8 @@ func newOpsMetrics(a *App, reg prometheus.Registerer) *opsMetrics {
 			Name: "devpilot_agent_listener_refused_total",
 			Help: "Connections the --agent-listen listener closed unanswered: it held as many as the hub may, plus the slack for busy refusals.",
 		}),
+		handshakes: prometheus.NewDesc("devpilot_agent_listener_handshakes",
+			"Connections of the --agent-listen listener in their handshake now (a waiting accept included); at --agent-handshakes, new ones wait in the kernel's accept queue.", nil, nil),
 		openFiles: prometheus.NewDesc("devpilot_open_files_limit", "This process's soft RLIMIT_NOFILE (after raising it to the hard limit).", nil, nil),
 		scrapeOK:  prometheus.NewDesc("devpilot_store_scrape_ok", "1 if the last scrape could read the counts from the database.", nil, nil),
 	}
@@ -80,7 +83,7 @@ func (m *opsMetrics) setRole(role string) {
 
 // Describe is prometheus.Collector.
 func (m *opsMetrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.servers, m.tasks, m.versions, m.expiry, m.scrapeOK, m.openFiles} {
+	for _, d := range []*prometheus.Desc{m.servers, m.tasks, m.versions, m.expiry, m.scrapeOK, m.openFiles, m.handshakes} {
 		ch <- d
 	}
 }
@@ -105,6 +108,9 @@ func (m *opsMetrics) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(m.scrapeOK, prometheus.GaugeValue, ok)
+	if g := m.a.agentGate; g != nil {
+		ch <- prometheus.MustNewConstMetric(m.handshakes, prometheus.GaugeValue, float64(g.InHandshake()))
+	}
 	if m.a.fds.Soft > 0 {
 		ch <- prometheus.MustNewConstMetric(m.openFiles, prometheus.GaugeValue, float64(m.a.fds.Soft))
 	}

@@ -84,6 +84,7 @@ func serveCmd(env Env) *cobra.Command {
 		"requests one client address may have in flight before they authenticate (behind a proxy, every client shares its address)")
 	fs.StringVar(&cfg.AgentListen, "agent-listen", "", "a second address that serves only the agents (hub and agent download), so they can't crowd out the admin API; point --public-url at it")
 	fs.IntVar(&cfg.MaxAgents, "max-agents", 0, "agent connections to hold at most, past which agents are told to retry later (default: what the open file limit allows)")
+	fs.IntVar(&cfg.AgentHandshakes, "agent-handshakes", app.DefaultAgentHandshakes, "--agent-listen connections in their handshake at once; the rest wait in the kernel's accept queue")
 	fs.IntVar(&cfg.FDReserve, "fd-reserve", fdlimit.DefaultReserve, "open files kept back from the agents for the admin API, database and logs")
 	fs.DurationVar(&cfg.HealthHistoryRetention, "health-history-retention", provision.DefaultHealthRetention,
 		"how long servers' health history is kept (GET /v1/servers/{id}/health?since= reaches back this far)")
@@ -110,6 +111,9 @@ func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acme
 	}
 	if cfg.MaxAgents < 0 || cfg.FDReserve < 0 {
 		return usagef("--max-agents and --fd-reserve can't be negative")
+	}
+	if cfg.AgentHandshakes < 1 {
+		return usagef("--agent-handshakes must be at least 1 (default %d)", app.DefaultAgentHandshakes)
 	}
 	if cfg.HealthHistoryResolution < time.Second || cfg.HealthHistoryRetention < cfg.HealthHistoryResolution {
 		return usagef("--health-history-resolution must be at least 1s and --health-history-retention at least the resolution (e.g. 24h and 1m)")
