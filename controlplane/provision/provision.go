@@ -196,9 +196,8 @@ type Service struct {
 	healthBuckets map[string]int64
 
 	mu      sync.Mutex
-	jobs    map[string]context.CancelFunc    // running jobs by server id
-	waiters map[string]chan struct{}         // wait_agent waiters by server id
-	updates map[string]protocol.UpdateStatus // agents' last update_status, by server id
+	jobs    map[string]context.CancelFunc // running jobs by server id
+	waiters map[string]chan struct{}      // wait_agent waiters by server id
 }
 
 // New returns a Service; Start runs its jobs.
