@@ -536,6 +536,15 @@ type AgentView struct {
 	// another release.
 	TargetVersion string
 	OutsideTarget bool
+	// LastUpdate is the agent's last update outcome (hello.last_update);
+	// nil before one.
+	LastUpdate *LastUpdateView
+}
+
+// LastUpdateView is an agent update's outcome and when it was recorded.
+type LastUpdateView struct {
+	protocol.LastUpdate
+	ReportedAt *time.Time
 }
 
 func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
@@ -591,6 +600,12 @@ func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
 	if srv.HealthJSON != "" {
 		v.Health = &protocol.Health{}
 		_ = json.Unmarshal([]byte(srv.HealthJSON), v.Health)
+	}
+	if srv.AgentLastUpdate != "" {
+		lu := &LastUpdateView{ReportedAt: srv.AgentLastUpdateAt}
+		if json.Unmarshal([]byte(srv.AgentLastUpdate), &lu.LastUpdate) == nil {
+			v.Agent.LastUpdate = lu
+		}
 	}
 	if srv.FactsJSON != "" {
 		v.Agent.Facts = &protocol.Facts{}
