@@ -165,6 +165,7 @@ func TestAgentUpdateAndRollback(t *testing.T) {
 	if act.State != "failed" || act.Error == nil || act.Error.Code != "update_refused" || !strings.Contains(act.Error.Message, "sha256") {
 		t.Fatalf("tampered update: %s %+v", act.State, act.Error)
 	}
+	h.lastUpdateIs(srv.ID, act.ID, apitypes.UpdateResultRefused, "1.1.0-test", "1.4.0-tampered", "sha256")
 	if got := h.agentVersion(srv.ID); got != "1.1.0-test" {
 		t.Errorf("after the refusal the agent runs %q", got)
 	}

@@ -264,6 +264,20 @@ func (j *actionJob) sendUpdate(ctx context.Context, resumed bool) (string, error
 	return "sent " + r.Version + " (" + goos + "/" + arch + ", sha256 " + r.SHA256[:12] + "…, key " + r.KeyID + ") to the agent on " + releaseOf(l.AgentVersion), nil
 }
 
+// recordOutcome stores a refusal or failed install the agent reported in
+// update_status as the server's last update, unless its outcome for this
+// update is stored already: the agent keeps running and reports it in a
+// hello only at its next session, and the server view should say so now.
+func (j *actionJob) recordOutcome(ctx context.Context, stored *protocol.LastUpdate, result, reason string) {
+	if stored != nil {
+		return
+	}
+	b, _ := json.Marshal(protocol.LastUpdate{ID: j.a.ID, Result: result, From: j.p.FromVersion, To: j.p.Version, Reason: reason})
+	if err := j.s.store.Q().SetAgentLastUpdate(ctx, j.srv.ID, string(b), j.s.now()); err != nil {
+		j.log.Warn("record the update's outcome", zap.Error(err))
+	}
+}
+
 // waitUpdate waits on the agent's status (verify: until it checked the
 // binary; reconnect: until it is back and reported the outcome).
 func (j *actionJob) waitUpdate(ctx context.Context, step string) (string, error) {
@@ -317,10 +331,12 @@ func (j *actionJob) waitUpdate(ctx context.Context, step string) (string, error)
 			switch st.State {
 			case protocol.UpdateRefused:
 				s.m.agentUpdates.WithLabelValues("refused").Inc()
+				j.recordOutcome(ctx, lu, protocol.UpdateResultRefused, st.Error)
 				return "", &problem.Error{Status: 409, Code: "update_refused", Message: "the agent refused the update: " + st.Error,
 					Hint: "The agent verifies each release against the release keys it pinned at install; a binary whose signature does not verify is never installed. Check the release's .sig and the key it was signed with."}
 			case protocol.UpdateFailed:
 				s.m.agentUpdates.WithLabelValues("failed").Inc()
+				j.recordOutcome(ctx, lu, protocol.UpdateResultFailed, st.Error)
 				return "", &problem.Error{Status: 409, Code: "update_failed", Message: "the agent could not install the update: " + st.Error,
 					Hint: "The previous version keeps running; the message says what to fix on the server."}
 			case protocol.UpdateVerified, protocol.UpdateInstalling, protocol.UpdateRestarting:

@@ -180,4 +180,21 @@ func TestUpdateAgentEndsFromReportsAnotherControlPlaneReceived(t *testing.T) {
 		!strings.Contains(act.Error.Message, "signature does not verify") {
 		t.Errorf("update refused on A: %+v (error %+v), want failed with the agent's reason", act, act.Error)
 	}
+
+	// Each server's view shows how its last update ended; the refusal at
+	// once (the agent reports it in a hello only at its next session).
+	for serverID, want := range map[string]protocol.LastUpdate{
+		"srv_a": {Result: protocol.UpdateResultUpdated, From: "1.0.0", To: "1.1.0"},
+		"srv_b": {Result: protocol.UpdateResultRefused, From: "1.0.0", To: "1.1.0", Reason: "signature does not verify against the pinned release keys"},
+	} {
+		v, err := a.Get(ctx, "ws_1", serverID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := v.Agent.LastUpdate
+		if got == nil || got.Result != want.Result || got.From != want.From || got.To != want.To || got.Reason != want.Reason ||
+			!strings.HasPrefix(got.ID, "act_") || got.ReportedAt == nil {
+			t.Errorf("%s: last update %+v, want %+v", serverID, got, want)
+		}
+	}
 }
