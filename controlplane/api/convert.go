@@ -87,6 +87,14 @@ func stepErrorOut(e *provision.StepError) *apitypes.StepError {
 	return &apitypes.StepError{Step: e.Step, Code: e.Code, Message: e.Message, Hint: e.Hint}
 }
 
+func lastUpdateOut(lu *provision.LastUpdateView) *apitypes.AgentLastUpdate {
+	if lu == nil {
+		return nil
+	}
+	return &apitypes.AgentLastUpdate{ActionID: lu.ID, Result: lu.Result, FromVersion: lu.From, ToVersion: lu.To,
+		Reason: lu.Reason, ReportedAt: lu.ReportedAt}
+}
+
 func serverOut(s *provision.Server) apitypes.Server {
 	out := apitypes.Server{ID: s.ID, Name: s.Name, Provider: s.Provider, IntegrationID: s.IntegrationID, Region: s.Region,
 		Size: s.Size, Image: s.Image, Ports: nonNil(s.Ports), State: s.State, StateReason: s.StateReason,
@@ -94,7 +102,7 @@ func serverOut(s *provision.Server) apitypes.Server {
 		Steps: make([]apitypes.Step, 0, len(s.Steps)), Health: s.Health, HealthAt: s.HealthAt,
 		Agent: apitypes.Agent{Connected: s.Agent.Connected, Version: s.Agent.Version, InstalledAt: s.Agent.InstalledAt,
 			LastSeenAt: s.Agent.LastSeenAt, Facts: s.Agent.Facts, TargetVersion: s.Agent.TargetVersion,
-			OutsideTarget: s.Agent.OutsideTarget},
+			OutsideTarget: s.Agent.OutsideTarget, LastUpdate: lastUpdateOut(s.Agent.LastUpdate)},
 		Error: stepErrorOut(s.Error), Diagnostics: s.Diagnostics, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt}
 	for _, st := range s.Steps {
 		out.Steps = append(out.Steps, apitypes.Step{Name: st.Name, State: st.State, Attempts: st.Attempts,

@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -106,5 +107,59 @@ func TestAFailedServersNameCanBeReused(t *testing.T) {
 	h.must(200, "GET", ws+"/servers?name=web", nil, &l)
 	if len(l.Servers) != 2 {
 		t.Errorf("?name=web: %d servers, want the failed one and the new one", len(l.Servers))
+	}
+}
+
+// TestServerViewShowsTheAgentsLastUpdate: the outcome the agent reported
+// in its hello (here a rollback) is in GET server and in the list, with
+// when it was recorded; a server without one answers null.
+func TestServerViewShowsTheAgentsLastUpdate(t *testing.T) {
+	h := start(t)
+	ws := "/v1/workspaces/default"
+	in := h.connect("default", "do")
+	var a, b apitypes.Server
+	h.must(202, "POST", ws+"/servers", apitypes.CreateServer{IntegrationID: in.ID, Name: "web-1", Region: "nyc3",
+		Size: "s-1vcpu-1gb", Image: "debian-12"}, &a)
+	h.must(202, "POST", ws+"/servers", apitypes.CreateServer{IntegrationID: in.ID, Name: "web-2", Region: "nyc3",
+		Size: "s-1vcpu-1gb", Image: "debian-12"}, &b)
+	if a.Agent.LastUpdate != nil {
+		t.Errorf("a new server: last update %+v, want none", a.Agent.LastUpdate)
+	}
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	// What the hub records from hello.last_update (provision.Registry.Connected).
+	if err := h.env.App.Store.Q().SetAgentLastUpdate(context.Background(), a.ID,
+		`{"id":"act_1","result":"rolled_back","from":"1.0.0","to":"1.1.0","reason":"1.1.0 did not reconnect within 2m0s"}`, at); err != nil {
+		t.Fatal(err)
+	}
+	want := apitypes.AgentLastUpdate{ActionID: "act_1", Result: apitypes.UpdateResultRolledBack, FromVersion: "1.0.0",
+		ToVersion: "1.1.0", Reason: "1.1.0 did not reconnect within 2m0s", ReportedAt: &at}
+	same := func(got *apitypes.AgentLastUpdate) bool {
+		return got != nil && got.ReportedAt != nil && got.ReportedAt.Equal(at) && got.ActionID == want.ActionID &&
+			got.Result == want.Result && got.FromVersion == want.FromVersion && got.ToVersion == want.ToVersion && got.Reason == want.Reason
+	}
+	var s apitypes.Server
+	h.must(200, "GET", ws+"/servers/"+a.ID, nil, &s)
+	if !same(s.Agent.LastUpdate) {
+		t.Errorf("GET server: last update %+v, want %+v", s.Agent.LastUpdate, want)
+	}
+	var l apitypes.ServerList
+	h.must(200, "GET", ws+"/servers", nil, &l)
+	if len(l.Servers) != 2 {
+		t.Fatalf("list: %d servers, want 2", len(l.Servers))
+	}
+	for _, s := range l.Servers {
+		switch {
+		case s.ID == a.ID && !same(s.Agent.LastUpdate):
+			t.Errorf("list, %s: last update %+v, want %+v", s.Name, s.Agent.LastUpdate, want)
+		case s.ID == b.ID && s.Agent.LastUpdate != nil:
+			t.Errorf("list, %s: last update %+v, want none", s.Name, s.Agent.LastUpdate)
+		}
+	}
+	var raw struct {
+		Agent map[string]any `json:"agent"`
+	}
+	h.must(200, "GET", ws+"/servers/"+b.ID, nil, &raw)
+	if v, ok := raw.Agent["last_update"]; !ok || v != nil {
+		t.Errorf("a server without an update: agent %v, want last_update null", raw.Agent)
 	}
 }

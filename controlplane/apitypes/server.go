@@ -67,6 +67,30 @@ type Agent struct {
 	// version (issue 13). Both absent before a rollout succeeded.
 	TargetVersion string `json:"target_version,omitempty"`
 	OutsideTarget bool   `json:"outside_target,omitempty"`
+	// LastUpdate is the outcome of the agent's last update, as the agent
+	// reported it when it came back; null before its first update.
+	LastUpdate *AgentLastUpdate `json:"last_update"`
+}
+
+// Agent update results (AgentLastUpdate.Result).
+const (
+	UpdateResultUpdated    = protocol.UpdateResultUpdated    // the new version runs
+	UpdateResultRolledBack = protocol.UpdateResultRolledBack // the server restored the previous version
+	UpdateResultRefused    = protocol.UpdateResultRefused    // the binary did not verify; nothing installed
+	UpdateResultFailed     = protocol.UpdateResultFailed     // the install failed; the previous version kept running
+)
+
+// AgentLastUpdate is the outcome of a server's last agent update (issue 13).
+type AgentLastUpdate struct {
+	ActionID string `json:"action_id"` // the update_agent action (act_…)
+	// Result: updated, rolled_back, refused, failed.
+	Result      string `json:"result"`
+	FromVersion string `json:"from_version"`     // the version that ran before
+	ToVersion   string `json:"to_version"`       // the version the update installed, or tried to
+	Reason      string `json:"reason,omitempty"` // why it did not update, in the agent's words
+	// ReportedAt is when a control plane first recorded the outcome
+	// (null for outcomes recorded before this was kept).
+	ReportedAt *time.Time `json:"reported_at"`
 }
 
 // CreateServer is POST /v1/workspaces/{ws}/servers; answered 202 with the

@@ -89,6 +89,9 @@ func showServer(o *output, s *apitypes.Server) {
 		{"region/size/image", s.Region + " / " + s.Size + " / " + s.Image}, {"ports", strings.Trim(fmt.Sprint(s.Ports), "[]")},
 		{"instance", orDash(s.InstanceID)}, {"public ipv4", orDash(s.PublicIPv4)}, {"tags", strings.Join(s.Tags, " ")},
 		{"agent", agentLine(s)}, {"health", healthLine(s)}}
+	if s.Agent.LastUpdate != nil {
+		kv = append(kv, [2]string{"last update", lastUpdateLine(s.Agent.LastUpdate)})
+	}
 	if s.StateReason != "" {
 		kv = append(kv, [2]string{"state reason", s.StateReason})
 	}
@@ -135,10 +138,37 @@ func agentLine(s *apitypes.Server) string {
 		state = "connected"
 	}
 	line := state + ", version " + orDash(a.Version)
+	if a.OutsideTarget {
+		line += " (outside the rollout target " + a.TargetVersion + ")"
+	}
 	if a.LastSeenAt != nil {
 		line += ", last seen " + ts(a.LastSeenAt)
 	}
 	return line
+}
+
+// lastUpdateLine says how the agent's last update ended:
+// "rolled back 1.1.0 → 1.0.0: <reason> (act_…, 2026-12-01 10:00:00)".
+func lastUpdateLine(lu *apitypes.AgentLastUpdate) string {
+	var line string
+	switch lu.Result {
+	case apitypes.UpdateResultUpdated:
+		line = "updated " + lu.FromVersion + " → " + lu.ToVersion
+	case apitypes.UpdateResultRolledBack:
+		line = "rolled back " + lu.ToVersion + " → " + lu.FromVersion
+	case apitypes.UpdateResultRefused:
+		line = "refused " + lu.ToVersion + ", stayed on " + lu.FromVersion
+	default:
+		line = lu.Result + " to install " + lu.ToVersion + ", stayed on " + lu.FromVersion
+	}
+	if lu.Reason != "" {
+		line += ": " + lu.Reason
+	}
+	line += " (" + lu.ActionID
+	if lu.ReportedAt != nil {
+		line += ", " + ts(lu.ReportedAt)
+	}
+	return line + ")"
 }
 
 // watchServer prints each step as it starts and ends until the server is

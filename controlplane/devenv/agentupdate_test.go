@@ -12,6 +12,7 @@ import (
 
 	"github.com/devpilot/devpilot/agent/layout"
 	"github.com/devpilot/devpilot/agent/update"
+	"github.com/devpilot/devpilot/controlplane/apitypes"
 	"github.com/devpilot/devpilot/shared/release"
 )
 
@@ -48,13 +49,26 @@ func (h *harness) agentVersion(id string) string {
 	return v
 }
 
+// lastUpdateIs checks the server view's agent.last_update.
+func (h *harness) lastUpdateIs(serverID, actionID, result, from, to, reason string) {
+	h.t.Helper()
+	var s apitypes.Server
+	h.call("", "GET", servers+"/"+serverID, nil, &s)
+	lu := s.Agent.LastUpdate
+	if lu == nil || lu.ActionID != actionID || lu.Result != result || lu.FromVersion != from || lu.ToVersion != to ||
+		!strings.Contains(lu.Reason, reason) || lu.ReportedAt == nil {
+		h.t.Errorf("server view: last update %+v, want %s %s → %s (%q) of %s", lu, result, from, to, reason, actionID)
+	}
+}
+
 // TestAgentUpdateAndRollback: one sandboxed server on version A (the
 // build this environment installs) is sent a broken B' (a signed program
 // that exits at once): the guard on the "server" rolls it back to A by
 // itself and the action fails naming the rollback. Then B, a real agent
 // build, is installed and reconnects: the action succeeds. A binary the
 // control plane serves tampered, with the real release's metadata, is
-// refused by the agent, which keeps running B.
+// refused by the agent, which keeps running B. The server view shows each
+// update's outcome.
 func TestAgentUpdateAndRollback(t *testing.T) {
 	h := start(t)
 	dir := t.TempDir()
@@ -108,6 +122,7 @@ func TestAgentUpdateAndRollback(t *testing.T) {
 	if act.Params["from_version"] != a {
 		t.Errorf("params %v", act.Params)
 	}
+	h.lastUpdateIs(srv.ID, act.ID, apitypes.UpdateResultRolledBack, a, "1.2.0-broken", "failed to start 3 times")
 
 	// B: installed, back, confirmed.
 	act = h.actEnd(srv, map[string]any{"type": "update_agent", "version": "1.1.0-test"}, 3*time.Minute)
@@ -120,6 +135,7 @@ func TestAgentUpdateAndRollback(t *testing.T) {
 	if got := h.agentVersion(srv.ID); got != "1.1.0-test" {
 		t.Errorf("after the update the agent runs %q", got)
 	}
+	h.lastUpdateIs(srv.ID, act.ID, apitypes.UpdateResultUpdated, a, "1.1.0-test", "")
 	if _, pending := update.ReadPending(p); pending {
 		t.Error("the new agent left the pending marker after its session")
 	}
@@ -149,6 +165,7 @@ func TestAgentUpdateAndRollback(t *testing.T) {
 	if act.State != "failed" || act.Error == nil || act.Error.Code != "update_refused" || !strings.Contains(act.Error.Message, "sha256") {
 		t.Fatalf("tampered update: %s %+v", act.State, act.Error)
 	}
+	h.lastUpdateIs(srv.ID, act.ID, apitypes.UpdateResultRefused, "1.1.0-test", "1.4.0-tampered", "sha256")
 	if got := h.agentVersion(srv.ID); got != "1.1.0-test" {
 		t.Errorf("after the refusal the agent runs %q", got)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"slices"
@@ -425,10 +426,21 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 }
 
 // BoundLastUpdate cuts an agent's hello.last_update to sane sizes before
-// it is kept or recorded.
+// it is kept or recorded. A result this protocol does not define is taken
+// as failed, the agent's word kept in the reason: the API promises one of
+// the four, and an update that did not say it worked did not.
 func BoundLastUpdate(lu protocol.LastUpdate) protocol.LastUpdate {
-	return protocol.LastUpdate{ID: cut(lu.ID, maxServerID), Result: cut(lu.Result, 32), From: cut(lu.From, 64), To: cut(lu.To, 64),
-		Reason: cut(lu.Reason, protocol.MaxReasonBytes)}
+	result, reason := lu.Result, lu.Reason
+	switch result {
+	case protocol.UpdateResultUpdated, protocol.UpdateResultRolledBack, protocol.UpdateResultRefused, protocol.UpdateResultFailed:
+	default:
+		result, reason = protocol.UpdateResultFailed, fmt.Sprintf("the agent reported result %q", cut(result, 32))
+		if lu.Reason != "" {
+			reason += ": " + lu.Reason
+		}
+	}
+	return protocol.LastUpdate{ID: cut(lu.ID, maxServerID), Result: result, From: cut(lu.From, 64), To: cut(lu.To, 64),
+		Reason: cut(reason, protocol.MaxReasonBytes)}
 }
 
 func ackOf(lu *protocol.LastUpdate) string {

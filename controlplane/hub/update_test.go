@@ -44,6 +44,27 @@ func TestLastUpdateAcknowledged(t *testing.T) {
 	}
 }
 
+// A result protocol 1.2 does not define is recorded as failed, with the
+// agent's word in the reason; the update is acknowledged all the same.
+func TestLastUpdateWithAnUnknownResultIsAFailure(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	_, _, priv := e.enroll(t, "u1")
+	a := dial(t, e.url)
+	a.send(protocol.TypeHello, protocol.Hello{ServerID: "u1", Mode: protocol.ModeAuth, PublicKey: priv.Public().(ed25519.PublicKey),
+		Signature: ed25519.Sign(priv, protocol.SignedMessage(a.nonce, "u1")), AgentVersion: "1.0.0",
+		Capabilities: []string{protocol.CapUpdate}, LastUpdate: &protocol.LastUpdate{ID: "act_2", Result: "half_done",
+			From: "1.0.0", To: "1.1.0", Reason: "disk full"}})
+	if w := a.expectWelcome("u1"); w.LastUpdateAck != "act_2" {
+		t.Errorf("welcome ack = %q, want act_2", w.LastUpdateAck)
+	}
+	got := e.reg.lastHello("u1").LastUpdate
+	if got == nil || got.ID != "act_2" || got.Result != protocol.UpdateResultFailed ||
+		got.Reason != `the agent reported result "half_done": disk full` || got.From != "1.0.0" || got.To != "1.1.0" {
+		t.Errorf("registry got last update %+v, want failed naming the agent's result", got)
+	}
+}
+
 // Version skew: agents of protocol 1.0 and 1.1 keep working with this hub.
 // Their recorded fixtures (shared/protocol/testdata/v1.0, v1.1) are
 // replayed as they are on the wire — only the hello's key, signature and

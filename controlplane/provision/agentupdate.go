@@ -28,10 +28,15 @@ package provision
 //	           failed end the action with the reason; no answer within
 //	           UpdateTimeout fails it.
 //
-// Status messages live in this process (update_status reaches the control
-// plane holding the agent's session, which is the one that sent the
-// update); hello.last_update is stored (servers.agent_last_update), so the
-// reconnect step reads it on any control plane and after a restart.
+// Both of the agent's reports are stored, and the steps read them from the
+// store: update_status (servers.agent_update_status) by the control plane
+// holding the agent's session, which need not be the one running the
+// action (a standby took over, or the session moved to another control
+// plane on the same PostgreSQL), and hello.last_update
+// (servers.agent_last_update) before the welcome acknowledges it. So the
+// action goes on wherever it runs and after a restart. The process that
+// receives a report also wakes its own waiting step at once; others see it
+// at their next poll (Options.PollInterval).
 
 import (
 	"context"
@@ -91,30 +96,29 @@ func (s *Service) StartAgentUpdateID(ctx context.Context, id, workspaceID, serve
 }
 
 // HandleUpdateStatus takes an agent's update_status (register it with
-// hub.Handle(protocol.TypeUpdateStatus, …)).
-func (s *Service) HandleUpdateStatus(_ context.Context, serverID string, env protocol.Envelope) {
+// hub.Handle(protocol.TypeUpdateStatus, …)) and stores it for the
+// update_agent action, which may run on another control plane.
+func (s *Service) HandleUpdateStatus(ctx context.Context, serverID string, env protocol.Envelope) {
 	var st protocol.UpdateStatus
 	if err := protocol.DecodeData(env, &st); err != nil {
 		s.log.Debug("bad update_status", zap.String("server", serverID), zap.Error(err))
 		return
 	}
 	st.ID, st.State, st.Error = cutText(st.ID, 128), cutText(st.State, 32), cutText(st.Error, protocol.MaxReasonBytes)
-	s.mu.Lock()
-	if s.updates == nil {
-		s.updates = map[string]protocol.UpdateStatus{}
+	b, _ := json.Marshal(st)
+	// Stored even when the session ends right after ("restarting" is the
+	// agent's last word before it exits).
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.store.Q().SetAgentUpdateStatus(sctx, serverID, string(b)); err != nil {
+		// The action then learns the outcome from hello.last_update, or
+		// times out saying so.
+		s.log.Warn("store agent update status", zap.String("server", serverID), zap.String("update", st.ID), zap.Error(err))
+		return
 	}
-	s.updates[serverID] = st
-	s.mu.Unlock()
 	s.log.Info("agent update status", zap.String("server", serverID), zap.String("update", st.ID),
 		zap.String("state", st.State), zap.String("error", st.Error))
 	s.wake(serverID)
-}
-
-func (s *Service) updateStatus(serverID, id string) (protocol.UpdateStatus, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st, ok := s.updates[serverID]
-	return st, ok && st.ID == id
 }
 
 func cutText(v string, n int) string {
@@ -126,17 +130,43 @@ func cutText(v string, n int) string {
 	return v
 }
 
-// lastUpdate is the stored hello.last_update of a server, if it is id's.
-func (s *Service) lastUpdate(ctx context.Context, serverID, id string) (*protocol.LastUpdate, error) {
-	b, err := s.store.Q().AgentLastUpdate(ctx, serverID)
-	if err != nil || b == "" {
-		return nil, err
+// updateReports are a server's stored hello.last_update and
+// update_status, each nil unless it is update id's.
+func (s *Service) updateReports(ctx context.Context, serverID, id string) (*protocol.LastUpdate, *protocol.UpdateStatus, error) {
+	luJSON, stJSON, err := s.store.Q().AgentUpdateState(ctx, serverID)
+	if err != nil {
+		return nil, nil, err
 	}
-	var lu protocol.LastUpdate
-	if json.Unmarshal([]byte(b), &lu) != nil || lu.ID != id {
-		return nil, nil
+	var lu *protocol.LastUpdate
+	var st *protocol.UpdateStatus
+	if luJSON != "" {
+		var v protocol.LastUpdate
+		if json.Unmarshal([]byte(luJSON), &v) == nil && v.ID == id {
+			lu = &v
+		}
 	}
-	return &lu, nil
+	if stJSON != "" {
+		var v protocol.UpdateStatus
+		if json.Unmarshal([]byte(stJSON), &v) == nil && v.ID == id {
+			st = &v
+		}
+	}
+	return lu, st, nil
+}
+
+// agentBack tells whether a server's agent has a session and its version:
+// this process's hub knows when the session is here (l), the store when
+// it is on another control plane (the hello recorded the version and set
+// the server online; the session's end sets it offline).
+func (s *Service) agentBack(ctx context.Context, serverID string, l Live) (bool, string, error) {
+	if l.Connected {
+		return true, l.AgentVersion, nil
+	}
+	srv, err := s.store.Q().GetServer(ctx, "", serverID)
+	if err != nil {
+		return false, "", err
+	}
+	return srv.State == StateOnline, srv.AgentVersion, nil
 }
 
 // checkUpdateAtDoor refuses an update that cannot start: unknown version,
@@ -234,6 +264,20 @@ func (j *actionJob) sendUpdate(ctx context.Context, resumed bool) (string, error
 	return "sent " + r.Version + " (" + goos + "/" + arch + ", sha256 " + r.SHA256[:12] + "…, key " + r.KeyID + ") to the agent on " + releaseOf(l.AgentVersion), nil
 }
 
+// recordOutcome stores a refusal or failed install the agent reported in
+// update_status as the server's last update, unless its outcome for this
+// update is stored already: the agent keeps running and reports it in a
+// hello only at its next session, and the server view should say so now.
+func (j *actionJob) recordOutcome(ctx context.Context, stored *protocol.LastUpdate, result, reason string) {
+	if stored != nil {
+		return
+	}
+	b, _ := json.Marshal(protocol.LastUpdate{ID: j.a.ID, Result: result, From: j.p.FromVersion, To: j.p.Version, Reason: reason})
+	if err := j.s.store.Q().SetAgentLastUpdate(ctx, j.srv.ID, string(b), j.s.now()); err != nil {
+		j.log.Warn("record the update's outcome", zap.Error(err))
+	}
+}
+
 // waitUpdate waits on the agent's status (verify: until it checked the
 // binary; reconnect: until it is back and reported the outcome).
 func (j *actionJob) waitUpdate(ctx context.Context, step string) (string, error) {
@@ -246,7 +290,7 @@ func (j *actionJob) waitUpdate(ctx context.Context, step string) (string, error)
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
-		lu, err := s.lastUpdate(ctx, j.srv.ID, j.a.ID)
+		lu, st, err := s.updateReports(ctx, j.srv.ID, j.a.ID)
 		if err != nil {
 			return "", err
 		}
@@ -260,10 +304,14 @@ func (j *actionJob) waitUpdate(ctx context.Context, step string) (string, error)
 				if step == ActStepVerify {
 					return "the agent installed the update and restarted (reported after a restart)", nil
 				}
-				if l.Connected {
+				back, version, err := s.agentBack(ctx, j.srv.ID, l)
+				if err != nil {
+					return "", err
+				}
+				if back {
 					s.m.agentUpdates.WithLabelValues("updated").Inc()
 					d := "the agent is back on " + j.p.Version + " (updated from " + lu.From + ")"
-					if got := releaseOf(l.AgentVersion); got != j.p.Version {
+					if got := releaseOf(version); got != j.p.Version {
 						d += "; it reports version " + got + ": the release was labelled unlike its build"
 					}
 					return d, nil
@@ -279,14 +327,16 @@ func (j *actionJob) waitUpdate(ctx context.Context, step string) (string, error)
 					Hint: "The previous version keeps running; the reason says what to fix."}
 			}
 		}
-		if st, ok := s.updateStatus(j.srv.ID, j.a.ID); ok {
+		if st != nil {
 			switch st.State {
 			case protocol.UpdateRefused:
 				s.m.agentUpdates.WithLabelValues("refused").Inc()
+				j.recordOutcome(ctx, lu, protocol.UpdateResultRefused, st.Error)
 				return "", &problem.Error{Status: 409, Code: "update_refused", Message: "the agent refused the update: " + st.Error,
 					Hint: "The agent verifies each release against the release keys it pinned at install; a binary whose signature does not verify is never installed. Check the release's .sig and the key it was signed with."}
 			case protocol.UpdateFailed:
 				s.m.agentUpdates.WithLabelValues("failed").Inc()
+				j.recordOutcome(ctx, lu, protocol.UpdateResultFailed, st.Error)
 				return "", &problem.Error{Status: 409, Code: "update_failed", Message: "the agent could not install the update: " + st.Error,
 					Hint: "The previous version keeps running; the message says what to fix on the server."}
 			case protocol.UpdateVerified, protocol.UpdateInstalling, protocol.UpdateRestarting:

@@ -196,9 +196,8 @@ type Service struct {
 	healthBuckets map[string]int64
 
 	mu      sync.Mutex
-	jobs    map[string]context.CancelFunc    // running jobs by server id
-	waiters map[string]chan struct{}         // wait_agent waiters by server id
-	updates map[string]protocol.UpdateStatus // agents' last update_status, by server id
+	jobs    map[string]context.CancelFunc // running jobs by server id
+	waiters map[string]chan struct{}      // wait_agent waiters by server id
 }
 
 // New returns a Service; Start runs its jobs.
@@ -537,6 +536,15 @@ type AgentView struct {
 	// another release.
 	TargetVersion string
 	OutsideTarget bool
+	// LastUpdate is the agent's last update outcome (hello.last_update);
+	// nil before one.
+	LastUpdate *LastUpdateView
+}
+
+// LastUpdateView is an agent update's outcome and when it was recorded.
+type LastUpdateView struct {
+	protocol.LastUpdate
+	ReportedAt *time.Time
 }
 
 func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
@@ -592,6 +600,12 @@ func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
 	if srv.HealthJSON != "" {
 		v.Health = &protocol.Health{}
 		_ = json.Unmarshal([]byte(srv.HealthJSON), v.Health)
+	}
+	if srv.AgentLastUpdate != "" {
+		lu := &LastUpdateView{ReportedAt: srv.AgentLastUpdateAt}
+		if json.Unmarshal([]byte(srv.AgentLastUpdate), &lu.LastUpdate) == nil {
+			v.Agent.LastUpdate = lu
+		}
 	}
 	if srv.FactsJSON != "" {
 		v.Agent.Facts = &protocol.Facts{}

@@ -169,7 +169,7 @@ func (r *Registry) Connected(ctx context.Context, serverID string, hello protoco
 		// Before the welcome acknowledges it (protocol 1.2): the
 		// update_agent action reads it from here.
 		b, _ := json.Marshal(hello.LastUpdate)
-		if err := r.s.store.Q().SetAgentLastUpdate(ctx, serverID, string(b)); err != nil {
+		if err := r.s.store.Q().SetAgentLastUpdate(ctx, serverID, string(b), at); err != nil {
 			return err
 		}
 		r.s.log.Info("agent update outcome", zap.String("server", serverID), zap.String("update", hello.LastUpdate.ID),

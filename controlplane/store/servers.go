@@ -43,6 +43,11 @@ type Server struct {
 	QuarantinedAt    *time.Time
 	QuarantineReason string
 	RevokedAgentKey  []byte
+	// AgentLastUpdate is the agent's last update outcome
+	// (protocol.LastUpdate as JSON, "" when none) and AgentLastUpdateAt
+	// when it was first recorded (SetAgentLastUpdate).
+	AgentLastUpdate   string
+	AgentLastUpdateAt *time.Time
 }
 
 // Step is one recorded provisioning step.
@@ -70,19 +75,20 @@ type SSHKey struct {
 const serverCols = `id, workspace_id, integration_id, provider, name, region, size, image, image_id, ports_json, state, destroy,
 	instance_id, public_ipv4, firewall_id, ssh_key_id, agent_public_key, agent_version, facts_json, health_json, health_at,
 	last_seen_at, installed_at, error_json, agent_timeout_s, created_at, updated_at, quarantined_at, quarantine_reason,
-	revoked_agent_key`
+	revoked_agent_key, agent_last_update, agent_last_update_at`
 
 func scanServer(sc interface{ Scan(...any) error }) (Server, error) {
 	var s Server
 	var integ sql.NullString
-	var health, seen, installed, quarantined sql.NullTime
+	var health, seen, installed, quarantined, lastUpdate sql.NullTime
 	err := sc.Scan(&s.ID, &s.WorkspaceID, &integ, &s.Provider, &s.Name, &s.Region, &s.Size, &s.Image, &s.ImageID,
 		&s.PortsJSON, &s.State, &s.Destroy, &s.InstanceID, &s.PublicIPv4, &s.FirewallID, &s.SSHKeyID, &s.AgentPublicKey,
 		&s.AgentVersion, &s.FactsJSON, &s.HealthJSON, &health, &seen, &installed, &s.ErrorJSON, &s.AgentTimeoutS,
-		&s.CreatedAt, &s.UpdatedAt, &quarantined, &s.QuarantineReason, &s.RevokedAgentKey)
+		&s.CreatedAt, &s.UpdatedAt, &quarantined, &s.QuarantineReason, &s.RevokedAgentKey,
+		&s.AgentLastUpdate, &lastUpdate)
 	s.IntegrationID = integ.String
 	s.HealthAt, s.LastSeenAt, s.InstalledAt = timePtr(health), timePtr(seen), timePtr(installed)
-	s.QuarantinedAt = timePtr(quarantined)
+	s.QuarantinedAt, s.AgentLastUpdateAt = timePtr(quarantined), timePtr(lastUpdate)
 	return s, err
 }
 
@@ -101,12 +107,12 @@ func (q *Queries) CreateServer(ctx context.Context, s Server, steps []string) er
 }
 
 func (q *Queries) createServer(ctx context.Context, s Server, steps []string) error {
-	_, err := q.x.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := q.x.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.WorkspaceID, nullString(s.IntegrationID), s.Provider, s.Name, s.Region, s.Size, s.Image, s.ImageID,
 		s.PortsJSON, s.State, s.Destroy, s.InstanceID, s.PublicIPv4, s.FirewallID, s.SSHKeyID, s.AgentPublicKey,
 		s.AgentVersion, s.FactsJSON, s.HealthJSON, nullTime(s.HealthAt), nullTime(s.LastSeenAt), nullTime(s.InstalledAt),
 		s.ErrorJSON, s.AgentTimeoutS, s.CreatedAt.UTC(), s.UpdatedAt.UTC(), nullTime(s.QuarantinedAt), s.QuarantineReason,
-		s.RevokedAgentKey)
+		s.RevokedAgentKey, s.AgentLastUpdate, nullTime(s.AgentLastUpdateAt))
 	if isUnique(err) {
 		return ErrConflict
 	}

@@ -55,6 +55,9 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 		Health: &protocol.Health{CPUPercent: 3, MemTotalMB: 1024, MemUsedMB: 200}, HealthAt: &at}}
 	stopped := server{apitypes.Server{ID: "srv_3", Name: "db-2", Provider: "vultr", State: "stopped", StateReason: "powered off by resize act_1"}}
 	online.Agent.Connected, online.Agent.Version, online.Agent.LastSeenAt = true, "1.2.3", &at
+	online.Agent.TargetVersion, online.Agent.OutsideTarget = "1.4.0", true
+	online.Agent.LastUpdate = &apitypes.AgentLastUpdate{ActionID: "act_9", Result: apitypes.UpdateResultRolledBack, FromVersion: "1.2.3",
+		ToVersion: "1.4.0", Reason: "1.4.0 did not reconnect within 2m0s", ReportedAt: &at}
 	invalid := integration{ID: "int_1", Provider: "digitalocean", AccessKey: "ci", SecretKeyHint: "abcd",
 		Status: "invalid", WriteAccess: "no", LastValidatedAt: &at,
 		LastError: &apitypes.Problem{Code: refusal.Code, Message: refusal.Message, Hint: refusal.Hint}, CreatedAt: at}
@@ -113,7 +116,8 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 			{Provider: "digitalocean", Name: "DigitalOcean", SecretLabel: "token", Integrations: []integration{invalid}, Err: refusal, AccessKey: "ci"},
 			{Provider: "vultr", Name: "Vultr", SecretLabel: "API key"}}}, []string{"invalid"}},
 		{"remove", "layout", page{Title: "Remove integration", Data: invalid}, nil},
-		{"servers", "layout", page{Title: "Servers", Data: []server{srv, online, stopped}}, []string{"web-1", "db-1", "powered off by resize act_1"}},
+		{"servers", "layout", page{Title: "Servers", Data: []server{srv, online, stopped}}, []string{"web-1", "db-1", "powered off by resize act_1",
+			"<code>1.2.3</code>", "≠ 1.4.0"}},
 		{"servers", "live", page{Data: []server{srv, online}}, []string{"web-1", "db-1"}},
 		{"action", "layout", page{Title: "Resize", Data: confirmData{Server: online, Type: "resize", Label: "Resize", Form: url.Values{},
 			Sizes: sizeOptions(cat, "nyc3", ""), Warning: "stops for a few minutes"}}, []string{"s-1vcpu-1gb", "stops for a few minutes", `name="confirm" value="1"`}},
@@ -129,7 +133,8 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 		{"server", "layout", page{Title: srv.Name, Data: serverData{Server: srv, Charts: charts(nil, at, time.Hour), Live: "/live"}},
 			[]string{"at step instance", "quota_exceeded", "droplet limit reached (10 of 10)", "Delete a droplet or ask DigitalOcean"}},
 		{"server", "live", page{Data: serverData{Server: srv}}, []string{"at step instance", "Delete a droplet"}},
-		{"server", "layout", page{Title: online.Name, Data: serverData{Server: online, Charts: charts([]sample{{At: at, CPUPercent: 3}}, at, time.Hour)}}, nil},
+		{"server", "layout", page{Title: online.Name, Data: serverData{Server: online, Charts: charts([]sample{{At: at, CPUPercent: 3}}, at, time.Hour)}},
+			[]string{"outside the rollout target 1.4.0", `<span class="badge failed">rolled back</span> 1.4.0 → 1.2.3: 1.4.0 did not reconnect within 2m0s`, "act_9"}},
 		{"tasks", "layout", page{Title: "Tasks", Err: refusal, Data: tasksData{Tasks: []task{failedTask}, Servers: []server{srv, online},
 			Tags: []string{"web"}, Target: "server:srv_2", Kind: "command", Plan: examplePlan, Names: names, Available: true}}, []string{"failed"}},
 		{"tasks", "layout", page{Title: "Tasks", Data: tasksData{Names: names}}, nil},

@@ -23,6 +23,31 @@ func (s server) AgentRelease() string {
 	return v
 }
 
+// agentUpdate is the agent's last update as the server page shows it.
+type agentUpdate struct {
+	apitypes.AgentLastUpdate
+	Badge  string // the badge's class: succeeded, failed
+	Label  string // updated, rolled back, refused, failed
+	Change string // "1.0.0 → 1.1.0", "1.1.0 → 1.0.0" for a rollback, "1.1.0, stayed on 1.0.0"
+}
+
+// AgentUpdate is the agent's last update; nil before one.
+func (s server) AgentUpdate() *agentUpdate {
+	lu := s.Agent.LastUpdate
+	if lu == nil {
+		return nil
+	}
+	u := &agentUpdate{AgentLastUpdate: *lu, Badge: "failed", Label: strings.ReplaceAll(lu.Result, "_", " "),
+		Change: lu.ToVersion + ", stayed on " + lu.FromVersion}
+	switch lu.Result {
+	case apitypes.UpdateResultUpdated:
+		u.Badge, u.Change = "succeeded", lu.FromVersion+" → "+lu.ToVersion
+	case apitypes.UpdateResultRolledBack:
+		u.Change = lu.ToVersion + " → " + lu.FromVersion
+	}
+	return u
+}
+
 // Busy reports whether the server is still changing on its own.
 func (s server) Busy() bool {
 	return s.State == "provisioning" || s.State == "installing" || s.State == "deleting"
