@@ -53,11 +53,16 @@ const (
 // override it (DEVPILOT_AGENT_REBOOT=none plays an agent without reboots).
 const ExitReboot = 194 // agent/runner.ExitReboot
 
-// Defaults for Options' zero values (systemd's, with Restart=always RestartSec=1).
+// Defaults for Options' zero values. The start limit is the real unit's
+// (packaging/devpilot-agent.service: StartLimitBurst=10,
+// StartLimitIntervalSec=300; a test holds them equal), so an agent that
+// restarts a few times in a row (an update, a rollback, an update again)
+// is started as systemd would start it. The restart delay is shorter
+// than the unit's RestartSec=5 to keep tests quick.
 const (
 	DefaultRestartDelay       = time.Second
-	DefaultStartLimitBurst    = 5
-	DefaultStartLimitInterval = 10 * time.Second
+	DefaultStartLimitBurst    = 10
+	DefaultStartLimitInterval = 300 * time.Second
 	DefaultStopTimeout        = 5 * time.Second
 )
 

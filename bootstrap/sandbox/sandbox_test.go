@@ -417,3 +417,24 @@ func TestDestroyContext(t *testing.T) {
 		t.Error("machine forgotten before it stopped")
 	}
 }
+
+// The sandbox gives up on a crashing agent when systemd would: its
+// default start limit is the real unit's.
+func TestStartLimitIsTheUnits(t *testing.T) {
+	b, err := os.ReadFile("../../packaging/devpilot-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
+			unit[k] = v
+		}
+	}
+	if got := unit["StartLimitBurst"]; got != strconv.Itoa(DefaultStartLimitBurst) {
+		t.Errorf("unit StartLimitBurst=%s, sandbox DefaultStartLimitBurst %d", got, DefaultStartLimitBurst)
+	}
+	if got := unit["StartLimitIntervalSec"]; got != strconv.Itoa(int(DefaultStartLimitInterval/time.Second)) {
+		t.Errorf("unit StartLimitIntervalSec=%s, sandbox DefaultStartLimitInterval %s", got, DefaultStartLimitInterval)
+	}
+}
