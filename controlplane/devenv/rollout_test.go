@@ -117,10 +117,11 @@ func (h *harness) agents(ids []string) map[string]agentOf {
 
 func release0(v string) string { r, _, _ := strings.Cut(v, " "); return r }
 
-// Issue 13's "done when" in devpilot dev: a rollout of B over 10 agents on
-// A with 2 canaries ends with all 10 on B, each updated once; then a
-// rollout of a broken B' stops after the canaries, both roll back to B by
-// themselves, and the other 8 are never touched.
+// Issue 13's "done when" in devpilot dev: over 10 agents on A, a rollout
+// of a broken B' (exits at once) with 2 canaries stops after the canaries,
+// both roll back to A by themselves, and the other 8 are never touched;
+// then a rollout of B with 2 canaries ends with all 10 on B, each updated
+// once (the two canaries right after their rollback).
 func TestRolloutOverTenAgents(t *testing.T) {
 	const vA, vB, vBroken = "1.0.0", "1.1.0", "1.1.1-broken"
 	h := releaseFleet(t, vA, vB, vBroken)
@@ -139,6 +140,26 @@ func TestRolloutOverTenAgents(t *testing.T) {
 	}
 
 	var r rolloutView
+	if c := h.call("", "POST", rollouts, map[string]any{"version": vBroken, "canary": 2, "max_parallel": 3, "health_window_s": 2}, &r); c != http.StatusAccepted {
+		t.Fatalf("create rollout of %s: %d %+v", vBroken, c, r)
+	}
+	r = h.waitRollout(r.ID, 5*time.Minute, "failed with the canaries done", func(r rolloutView) bool {
+		return r.State == apitypes.RolloutFailed && r.Counts[apitypes.TargetUpdating] == 0
+	})
+	if r.Counts[apitypes.TargetFailed] != 2 || r.Counts[apitypes.TargetSkipped] != 8 || !strings.Contains(r.Reason, "rolled back to "+vA) {
+		t.Errorf("broken rollout: %v %q, want 2 canaries failed (rolled back to %s) and 8 skipped", r.Counts, r.Reason, vA)
+	}
+	for _, tg := range r.Targets {
+		if tg.Wave == apitypes.WaveRest && tg.ActionID != "" {
+			t.Errorf("%s was touched by the broken rollout: %+v", tg.ServerName, tg)
+		}
+	}
+	for id, s := range h.agents(ids) {
+		if release0(s.Agent.Version) != vA || s.State != "online" {
+			t.Errorf("%s after the broken rollout: %+v, want online on %s", id, s, vA)
+		}
+	}
+
 	if c := h.call("", "POST", rollouts, map[string]any{"version": vB, "canary": 2, "max_parallel": 3, "health_window_s": 2}, &r); c != http.StatusAccepted {
 		t.Fatalf("create rollout of %s: %d %+v", vB, c, r)
 	}
@@ -151,25 +172,6 @@ func TestRolloutOverTenAgents(t *testing.T) {
 	for id, s := range h.agents(ids) {
 		if release0(s.Agent.Version) != vB || s.State != "online" || s.Agent.OutsideTarget || s.Agent.TargetVersion != vB {
 			t.Errorf("%s after the rollout: %+v", id, s)
-		}
-	}
-	if c := h.call("", "POST", rollouts, map[string]any{"version": vBroken, "canary": 2, "max_parallel": 3, "health_window_s": 2}, &r); c != http.StatusAccepted {
-		t.Fatalf("create rollout of %s: %d %+v", vBroken, c, r)
-	}
-	r = h.waitRollout(r.ID, 5*time.Minute, "failed with the canaries done", func(r rolloutView) bool {
-		return r.State == apitypes.RolloutFailed && r.Counts[apitypes.TargetUpdating] == 0
-	})
-	if r.Counts[apitypes.TargetFailed] != 2 || r.Counts[apitypes.TargetSkipped] != 8 || !strings.Contains(r.Reason, "rolled back to "+vB) {
-		t.Errorf("broken rollout: %v %q, want 2 canaries failed (rolled back) and 8 skipped", r.Counts, r.Reason)
-	}
-	for _, tg := range r.Targets {
-		if tg.Wave == apitypes.WaveRest && tg.ActionID != "" {
-			t.Errorf("%s was touched by the broken rollout: %+v", tg.ServerName, tg)
-		}
-	}
-	for id, s := range h.agents(ids) {
-		if release0(s.Agent.Version) != vB {
-			t.Errorf("%s runs %q after the broken rollout, want %s", id, s.Agent.Version, vB)
 		}
 	}
 
