@@ -82,6 +82,11 @@ type Options struct {
 	ArmDeadline func(ctx context.Context, id string, window time.Duration) error
 	Log         *zap.Logger
 	Now         func() time.Time
+	// DownloadRetry is the first wait before a download cut short (the
+	// control plane restarting, a dropped connection, a 5xx) is tried
+	// again; it doubles up to 15 s, for downloadAttempts attempts in all.
+	// Default 1 s.
+	DownloadRetry time.Duration
 }
 
 // Updater installs updates and reports their outcome.
@@ -106,6 +111,9 @@ func New(o Options) *Updater {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.DownloadRetry <= 0 {
+		o.DownloadRetry = time.Second
 	}
 	return &Updater{o: o}
 }
@@ -290,7 +298,7 @@ func (u *Updater) Install(ctx context.Context, up protocol.Update, get Get, stat
 	}
 	defer func() { _ = os.RemoveAll(partial) }()
 	bin := filepath.Join(partial, "devpilot-agent")
-	if err := download(ctx, get, up, bin); err != nil {
+	if err := u.downloadRetrying(ctx, log, get, up, bin); err != nil {
 		if errors.Is(err, errMismatch) {
 			return fail(protocol.UpdateRefused, err)
 		}
@@ -336,12 +344,49 @@ func (u *Updater) Install(ctx context.Context, up protocol.Update, get Get, stat
 
 var errMismatch = errors.New("the downloaded binary is not the release")
 
+// downloadAttempts bounds downloadRetrying: with waits of 1, 2, 4, 8 and
+// 15 s, a download survives a control plane that is back within 30 s.
+const downloadAttempts = 6
+
+// errRetryable marks a download failure worth another attempt: the
+// transfer was cut short or the control plane answered 5xx.
+type errRetryable struct{ err error }
+
+func (e errRetryable) Error() string { return e.err.Error() }
+func (e errRetryable) Unwrap() error { return e.err }
+
+// downloadRetrying is download, tried again after a failure that another
+// attempt may not have (a control plane killed mid-transfer comes back);
+// a wrong binary, a 4xx, or ctx ending stops it at once.
+func (u *Updater) downloadRetrying(ctx context.Context, log *zap.Logger, get Get, up protocol.Update, path string) error {
+	wait := u.o.DownloadRetry
+	for attempt := 1; ; attempt++ {
+		err := download(ctx, get, up, path)
+		var r errRetryable
+		if err == nil || !errors.As(err, &r) || attempt == downloadAttempts || ctx.Err() != nil {
+			return err
+		}
+		log.Warn("download failed; trying again", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 15*time.Second)
+	}
+}
+
 func download(ctx context.Context, get Get, up protocol.Update, path string) error {
 	resp, err := get(ctx, up.URL)
 	if err != nil {
-		return fmt.Errorf("download: %w", err)
+		return errRetryable{fmt.Errorf("download: %w", err)}
 	}
 	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode >= 500 {
+		return errRetryable{fmt.Errorf("download: %s", resp.Status)}
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("download: %s", resp.Status)
 	}
@@ -358,7 +403,7 @@ func download(ctx context.Context, get Get, up protocol.Update, path string) err
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("download: %w", err)
+		return errRetryable{fmt.Errorf("download: %w", err)}
 	}
 	if n != up.Size {
 		return fmt.Errorf("%w: got %d bytes, the release has %d", errMismatch, n, up.Size)

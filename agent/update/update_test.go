@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -295,5 +296,57 @@ func TestRolledBackResultReported(t *testing.T) {
 	u.Welcomed("act_r")
 	if u.LastUpdate() != nil {
 		t.Error("kept after its ack")
+	}
+}
+
+// A download cut short (the control plane killed mid-transfer) is tried
+// again, and the update installs; a 404 is not retried.
+func TestCutDownloadIsRetried(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	body := bytes.Repeat([]byte("agent B "), 4096)
+	up := f.release("act_cut", "B", body)
+	var mu sync.Mutex
+	cuts := 2
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		f.gets++
+		cut := cuts > 0
+		cuts--
+		mu.Unlock()
+		if r.URL.Path != up.URL {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		if cut { // half the body, then the connection drops
+			_, _ = w.Write(body[:len(body)/2])
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			_ = conn.Close()
+			return
+		}
+		_, _ = w.Write(body)
+	}))
+	defer srv.Close()
+	get := func(ctx context.Context, path string) (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+path, nil)
+		return srv.Client().Do(req)
+	}
+	u := f.updater("A")
+	u.o.DownloadRetry = time.Millisecond
+	if err := u.Install(context.Background(), up, get, func(protocol.UpdateStatus) {}); err != nil {
+		t.Fatalf("install after two cut downloads: %v", err)
+	}
+	if f.gets != 3 || CurrentVersion(f.p) != "B" {
+		t.Errorf("%d downloads, current %q; want 3 and B", f.gets, CurrentVersion(f.p))
+	}
+
+	f.gets = 0
+	missing := up
+	missing.ID, missing.Version, missing.URL = "act_404", "C", "/v1/agent/releases/C/linux/amd64"
+	s, _ := release.Sign(f.key, bytes.NewReader(body), "C", "linux", "amd64")
+	missing.SHA256, missing.Signature = s.SHA256, s.Signature
+	if err := f.updater("B").Install(context.Background(), missing, get, func(protocol.UpdateStatus) {}); err == nil || f.gets != 1 {
+		t.Errorf("a 404: %v after %d downloads, want an error after 1", err, f.gets)
 	}
 }
