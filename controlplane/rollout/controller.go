@@ -280,8 +280,11 @@ func (c *step) follow(ctx context.Context, i int) error {
 			why += ": " + e.Message
 		}
 		rolledBack := t.FromVersion != "" && ReleaseOf(srv.AgentVersion) == t.FromVersion
-		if rolledBack {
+		switch {
+		case rolledBack && (e.Code == "update_rolled_back" || e.Code == "rolled_back"):
 			why += " (the agent rolled back to " + t.FromVersion + ")"
+		case rolledBack:
+			why += " (the agent still runs " + t.FromVersion + ")"
 		}
 		return c.failTarget(ctx, i, why, rolledBack)
 	case apitypes.ActionSucceeded:
