@@ -56,6 +56,8 @@ type Store struct {
 	direct  execer                 // queries outside a transaction: db, or prepared on SQLite
 	stmts   *stmtCache             // SQLite only
 	written *prometheus.CounterVec // events committed by this process, by type
+
+	sessionBatch sessionBatcher // StartAgentSessionBatched
 }
 
 // IsPostgresURL reports whether dsn names a PostgreSQL database.
