@@ -125,6 +125,12 @@ func (s *Service) Evaluate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if len(rules) == 0 {
+		// Nothing to evaluate (a state whose rule is gone is skipped
+		// below anyway): not a read of every server each pass.
+		s.refreshGauge(ctx)
+		return nil
+	}
 	servers, err := q.ServersInStates(ctx, watched...)
 	if err != nil {
 		return err
