@@ -151,6 +151,10 @@ type Client struct {
 	updating bool               // an Install runs (under mu)
 	write    func([]byte) error // the current session's writer, nil between sessions (under mu)
 	restart  chan string        // an installed update's id, cap 1
+	// restarting is the update id awaitRestart took from restart: the
+	// session ends to restart into it, whichever of its loops' errors
+	// errgroup reports first (the hub closing on the goodbye can win).
+	restarting string
 }
 
 // New checks the options and prepares the dialer.
@@ -318,7 +322,13 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		var ur *updateRestart
-		if errors.As(err, &ur) {
+		c.mu.Lock()
+		if id := c.restarting; id != "" && !errors.As(err, &ur) {
+			ur = &updateRestart{id: id}
+		}
+		c.restarting = ""
+		c.mu.Unlock()
+		if ur != nil || errors.As(err, &ur) {
 			c.status("restarting into the installed update (" + ur.id + ")")
 			c.log.Info("restarting into the installed update", zap.String("update", ur.id))
 			c.o.Notifier.Stopping()
@@ -735,6 +745,9 @@ func (c *Client) awaitRestart(ctx context.Context, conn *websocket.Conn, write f
 	case <-ctx.Done():
 		return nil
 	case id := <-c.restart:
+		c.mu.Lock()
+		c.restarting = id
+		c.mu.Unlock()
 		c.goodbyeUpdate(conn, write, wait, id)
 		return &updateRestart{id: id}
 	}
