@@ -230,6 +230,11 @@ func (j *actionJob) sendUpdate(ctx context.Context, resumed bool) (string, error
 		return "", problem.Conflict("Start the control plane with --agent-release-key and add releases.", "this control plane cannot send agent updates")
 	}
 	l, ok := s.live(j.srv.ID)
+	if resumed && (!ok || !l.Connected) {
+		// Resumed after a restart: the agent's session went with the old
+		// process and it is reconnecting (with backoff); wait for it.
+		l, ok = j.awaitAgent(ctx, UpdateResumeWait)
+	}
 	if !ok || !l.Connected {
 		return "", &problem.Error{Status: 409, Code: "agent_offline", Message: "the agent of server " + j.srv.ID + " is not connected",
 			Hint: "An update is sent to a connected agent: look at the agent on the server (journalctl -u devpilot-agent), then start the update again."}
@@ -275,6 +280,35 @@ func (j *actionJob) recordOutcome(ctx context.Context, stored *protocol.LastUpda
 	b, _ := json.Marshal(protocol.LastUpdate{ID: j.a.ID, Result: result, From: j.p.FromVersion, To: j.p.Version, Reason: reason})
 	if err := j.s.store.Q().SetAgentLastUpdate(ctx, j.srv.ID, string(b), j.s.now()); err != nil {
 		j.log.Warn("record the update's outcome", zap.Error(err))
+	}
+}
+
+// UpdateResumeWait bounds how long a send step resumed after a restart
+// waits for the agent to reconnect before it fails as agent_offline.
+var UpdateResumeWait = 2 * time.Minute
+
+// awaitAgent waits up to limit for the server's agent to be connected.
+func (j *actionJob) awaitAgent(ctx context.Context, limit time.Duration) (Live, bool) {
+	s := j.s
+	wake := s.waiter(j.srv.ID)
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	for {
+		if l, ok := s.live(j.srv.ID); ok && l.Connected {
+			return l, true
+		}
+		t := time.NewTimer(s.o.PollInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Live{}, false
+		case <-deadline.C:
+			t.Stop()
+			return s.live(j.srv.ID)
+		case <-wake:
+			t.Stop()
+		case <-t.C:
+		}
 	}
 }
 
