@@ -230,10 +230,16 @@ func (j *actionJob) sendUpdate(ctx context.Context, resumed bool) (string, error
 		return "", problem.Conflict("Start the control plane with --agent-release-key and add releases.", "this control plane cannot send agent updates")
 	}
 	l, ok := s.live(j.srv.ID)
-	if resumed && (!ok || !l.Connected) {
-		// Resumed after a restart: the agent's session went with the old
-		// process and it is reconnecting (with backoff); wait for it.
-		l, ok = j.awaitAgent(ctx, UpdateResumeWait)
+	if (!ok || !l.Connected) && (resumed || time.Since(s.started) < UpdateResumeWait) {
+		// Resumed, or started by a control plane that just started (a
+		// rollout going on after a restart): the agents' sessions went
+		// with the old process and they are reconnecting (with backoff);
+		// wait for this one.
+		limit := UpdateResumeWait - time.Since(s.started)
+		if resumed {
+			limit = UpdateResumeWait
+		}
+		l, ok = j.awaitAgent(ctx, limit)
 	}
 	if !ok || !l.Connected {
 		return "", &problem.Error{Status: 409, Code: "agent_offline", Message: "the agent of server " + j.srv.ID + " is not connected",
@@ -284,7 +290,8 @@ func (j *actionJob) recordOutcome(ctx context.Context, stored *protocol.LastUpda
 }
 
 // UpdateResumeWait bounds how long a send step resumed after a restart
-// waits for the agent to reconnect before it fails as agent_offline.
+// (or started within this long of the control plane starting) waits for
+// the agent to reconnect before it fails as agent_offline.
 var UpdateResumeWait = 2 * time.Minute
 
 // awaitAgent waits up to limit for the server's agent to be connected.

@@ -183,6 +183,7 @@ type Service struct {
 	watch        *watcher
 	actionPoller *cloud.ActionPoller // one for all lifecycle actions (lifecycle.go)
 	owner        string              // this process, as action leases name it
+	started      time.Time           // when New ran (agents reconnect after a restart)
 	m            *metrics
 
 	ctx    context.Context
@@ -233,7 +234,7 @@ func New(o Options) *Service {
 		o.Disconnect = func(string, string) {}
 	}
 	s := &Service{store: o.Store, keys: o.Keys, integrations: o.Integrations, userData: o.UserData, live: o.Live,
-		disconnect: o.Disconnect, log: o.Logger.Named("provision"), now: o.Now, o: o,
+		disconnect: o.Disconnect, log: o.Logger.Named("provision"), now: o.Now, o: o, started: time.Now(),
 		kick: make(chan struct{}, 1), jobs: map[string]context.CancelFunc{}, waiters: map[string]chan struct{}{}}
 	s.watch = newWatcher(o.PollInterval, o.Now)
 	s.actionPoller = cloud.NewActionPoller(min(o.PollInterval, 2*time.Second))
