@@ -199,6 +199,12 @@ func (c *step) rest(ctx context.Context) error {
 	return c.finish(ctx, apitypes.RolloutSucceeded, "")
 }
 
+// OfflineGrace is how long a pending target's server may be offline,
+// counted from its agent's last sign of life, before the rollout skips it
+// rather than waits: a control plane restart leaves every agent offline
+// until it reconnects, which is no reason to leave servers behind.
+var OfflineGrace = 2 * time.Minute
+
 // start updates one pending target: its action id is chosen and
 // recorded first, then the action is started under it. A control plane
 // killed in between starts it again under the same id, which answers the
@@ -206,6 +212,15 @@ func (c *step) rest(ctx context.Context) error {
 func (c *step) start(ctx context.Context, i int) error {
 	t := &c.targets[i]
 	srv, ok := c.servers[t.ServerID]
+	if ok && srv.State == "offline" && srv.QuarantinedAt == nil && srv.LastSeenAt != nil && c.s.now().Sub(*srv.LastSeenAt) < OfflineGrace {
+		// Seen a moment ago: most likely its agent is reconnecting (to a
+		// restarted control plane, say). Its turn comes again on a later pass.
+		if why := "waiting: the server is offline (its agent was last seen " + srv.LastSeenAt.UTC().Format(time.RFC3339) + ")"; t.Reason != why {
+			t.Reason = why
+			return c.tx(ctx, func(q *store.Queries) error { return q.SaveRolloutTarget(ctx, *t) })
+		}
+		return nil
+	}
 	if !ok || srv.State != "online" || srv.QuarantinedAt != nil {
 		state := "gone"
 		if ok {
@@ -239,7 +254,7 @@ func (c *step) launch(ctx context.Context, i int) error {
 			return ctx.Err()
 		}
 		var pe *problem.Error
-		if errors.As(err, &pe) && pe.Status == 409 && strings.Contains(pe.Message, "in progress") {
+		if errors.As(err, &pe) && pe.Status == 409 && (strings.Contains(pe.Message, "in progress") || strings.HasSuffix(pe.Message, " is offline")) {
 			// Another action of the server is under way: its turn comes
 			// again on a later pass, under a new id.
 			t.State, t.StartedAt, t.ActionID, t.Reason = apitypes.TargetPending, nil, "", "waiting: "+pe.Message
