@@ -296,10 +296,13 @@ func (c *step) follow(ctx context.Context, i int) error {
 		}
 		rolledBack := t.FromVersion != "" && ReleaseOf(srv.AgentVersion) == t.FromVersion
 		switch {
-		case rolledBack && (e.Code == "update_rolled_back" || e.Code == "rolled_back"):
-			why += " (the agent rolled back to " + t.FromVersion + ")"
-		case rolledBack:
+		case rolledBack && (e.Code == "update_refused" || e.Code == "update_failed" || e.Code == "agent_offline"):
+			// Never installed (refused, the download or install failed,
+			// or never sent): nothing was rolled back.
+			rolledBack = false
 			why += " (the agent still runs " + t.FromVersion + ")"
+		case rolledBack:
+			why += " (the agent rolled back to " + t.FromVersion + ")"
 		}
 		return c.failTarget(ctx, i, why, rolledBack)
 	case apitypes.ActionSucceeded:

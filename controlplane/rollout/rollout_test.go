@@ -29,6 +29,7 @@ const (
 	vB      = "1.1.0"
 	vBroken = "1.1.0-broken" // exits at once: the agent rolls back to its previous version
 	vFlaky  = "1.1.0-flaky"  // reconnects, then drops within the health window
+	vBadSig = "1.1.0-badsig" // refused by the agent before installing
 )
 
 type releases []string
@@ -115,6 +116,9 @@ func (f *fleet) run(ctx context.Context, wg *sync.WaitGroup) {
 			}
 			q := f.st.Q()
 			switch p.Version {
+			case vBadSig:
+				a.State, a.ErrorJSON = apitypes.ActionFailed,
+					`{"code":"update_refused","message":"the agent reports the update refused: signature does not verify"}`
 			case vBroken:
 				a.State, a.ErrorJSON = apitypes.ActionFailed,
 					`{"code":"rolled_back","message":"agent `+vBroken+` exited at once (status 1); rolled back to `+vA+`"}`
@@ -176,7 +180,7 @@ func newEnv(t *testing.T, servers int) *env {
 }
 
 func (e *env) service(owner string, reg prometheus.Registerer) *Service {
-	s := New(Options{Store: e.st, Updater: e.fleet, Releases: releases{vA, vB, vBroken, vFlaky}, Owner: owner,
+	s := New(Options{Store: e.st, Updater: e.fleet, Releases: releases{vA, vB, vBroken, vFlaky, vBadSig}, Owner: owner,
 		Tick: 10 * time.Millisecond, Lease: 500 * time.Millisecond, Registerer: reg})
 	return s
 }
@@ -289,6 +293,74 @@ devpilot_rollouts{state="succeeded"} 1
 devpilot_agents{version="1.1.0"} 10
 `), "devpilot_rollouts", "devpilot_agents"); err != nil {
 		t.Error(err)
+	}
+}
+
+// A release the agent refuses (nothing installed) fails the canary and
+// the rollout, but is no rollback: not counted, not said.
+func TestRefusedReleaseIsNotARollback(t *testing.T) {
+	e := newEnv(t, 3)
+	s := e.service("cp_a", nil)
+	s.Start()
+	defer s.Close()
+	r, err := s.Create(context.Background(), "owner", e.ws, apitypes.CreateRollout{Version: vBadSig, Canary: apitypes.Canary{N: 1},
+		MaxParallel: 1, HealthWindowS: window(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = e.wait(s, r.ID, "failed", func(r *apitypes.Rollout) bool {
+		return r.State == apitypes.RolloutFailed && r.Counts[apitypes.TargetUpdating] == 0
+	})
+	if !strings.Contains(r.Reason, "still runs "+vA) || strings.Contains(r.Reason, "rolled back") {
+		t.Errorf("reason %q, want the agent still on %s and no rollback", r.Reason, vA)
+	}
+	if n := testutil.ToFloat64(s.rollbacks); n != 0 {
+		t.Errorf("rollbacks counted: %v, want 0", n)
+	}
+}
+
+// A pending target whose server went offline a moment ago (its agent
+// reconnecting to a restarted control plane, say) waits for it instead of
+// being skipped, and is updated once it is back.
+func TestRecentlyOfflineServerIsWaitedFor(t *testing.T) {
+	e := newEnv(t, 3)
+	last := e.ids[len(e.ids)-1]
+	var once sync.Once
+	e.fleet.mu.Lock()
+	e.fleet.beforeCreate = func(string) error {
+		once.Do(func() { // while the canary starts: the last server, seen just now, drops
+			if _, err := e.st.Q().StartAgentSession(context.Background(), last, vA, "{}", time.Now()); err != nil {
+				t.Error(err)
+			}
+			if _, err := e.st.Q().SetServerState(context.Background(), last, "offline", time.Now(), "online"); err != nil {
+				t.Error(err)
+			}
+		})
+		return nil
+	}
+	e.fleet.mu.Unlock()
+	s := e.service("cp_a", nil)
+	s.Start()
+	defer s.Close()
+	r, err := s.Create(context.Background(), "owner", e.ws, apitypes.CreateRollout{Version: vB, Canary: apitypes.Canary{N: 1},
+		MaxParallel: 1, HealthWindowS: window(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.wait(s, r.ID, "waiting for the offline server", func(r *apitypes.Rollout) bool {
+		for _, tg := range r.Targets {
+			if tg.ServerID == last && tg.State == apitypes.TargetPending && strings.HasPrefix(tg.Reason, "waiting: the server is offline") {
+				return true
+			}
+		}
+		return false
+	})
+	if _, err := e.st.Q().StartAgentSession(context.Background(), last, vA, "{}", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	r = e.wait(s, r.ID, "ended", ended)
+	if r.State != apitypes.RolloutSucceeded || r.Counts[apitypes.TargetHealthy] != 3 {
+		t.Fatalf("rollout %s %q %v, want all 3 healthy", r.State, r.Reason, r.Counts)
 	}
 }
 
