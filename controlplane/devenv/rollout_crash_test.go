@@ -23,6 +23,10 @@ import (
 // restarted process goes on where it was. The rollout ends succeeded,
 // every agent runs B, each server got exactly one update action for B,
 // and each agent's own report of its last update names that action.
+// Then a bad signature, served: restarted trusting a key its agents never
+// pinned (a rotation done wrong, a key slipped into its configuration),
+// the control plane serves a release signed with it, and the agent
+// refuses it before installing anything and keeps running B.
 func TestRolloutSurvivesSIGKILL(t *testing.T) {
 	const vB = "1.1.0-kill"
 	dir := t.TempDir()
@@ -141,5 +145,47 @@ func TestRolloutSurvivesSIGKILL(t *testing.T) {
 		if lu := s.Agent.LastUpdate; lu == nil || lu.ActionID != mine[0] || lu.Result != apitypes.UpdateResultUpdated {
 			t.Errorf("%s: the agent's last update %+v, want %s updated", id, lu, mine[0])
 		}
+	}
+
+	stranger := filepath.Join(dir, "stranger.key")
+	cli("agents", "keygen", "--out", stranger)
+	const vEvil = "1.2.0-unpinned"
+	evil := filepath.Join(dir, "evil", "devpilot-agent")
+	if err := os.MkdirAll(filepath.Dir(evil), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(evil, []byte("#!/bin/sh\necho 'not a devpilot agent' >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cli("agents", "sign", "--key", stranger, evil, "--version", vEvil, "--arch", runtime.GOARCH)
+	cli("agents", "releases", "add", evil, "--version", vEvil, "--data-dir", dataDir, "--agent-release-key", stranger+".pub")
+	p.kill()
+	p.args = append(p.args, "--agent-release-key", stranger+".pub")
+	p.start()
+	target := ids[0]
+	waitFor(target+" online again", 2*time.Minute, func() bool { s := view(target); return s.State == "online" && s.Agent.Connected })
+	instance := view(target).InstanceID
+	m, ok := machines.Machine(instance)
+	if !ok {
+		t.Fatalf("no machine for %s", target)
+	}
+	var a apitypes.Action
+	path := servers + "/" + target + "/actions"
+	if c := p.do("POST", path, map[string]any{"type": "update_agent", "version": vEvil}, &a); c != 202 {
+		t.Fatalf("update to the unpinned release: %d %+v", c, a)
+	}
+	waitFor("the unpinned update ended", 2*time.Minute, func() bool {
+		p.do("GET", path+"/"+a.ID, nil, &a)
+		return a.State == apitypes.ActionSucceeded || a.State == apitypes.ActionFailed
+	})
+	if a.State != apitypes.ActionFailed || a.Error == nil || a.Error.Code != "update_refused" || !strings.Contains(a.Error.Message, "signature") {
+		t.Fatalf("update to a release signed by an unpinned key: %s %+v", a.State, a.Error)
+	}
+	after, _ := machines.Machine(instance)
+	if s := view(target); strings.Fields(s.Agent.Version + " ")[0] != vB || s.State != "online" || after.AgentStarts != m.AgentStarts {
+		t.Errorf("after the refusal: %s on %q, %d restarts", s.State, s.Agent.Version, after.AgentStarts-m.AgentStarts)
+	}
+	if _, err := os.Stat(filepath.Join(after.Root, "usr", "lib", "devpilot-agent", "versions", vEvil)); !os.IsNotExist(err) {
+		t.Errorf("the refused binary is on the server: %v", err)
 	}
 }
