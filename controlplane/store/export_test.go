@@ -1,6 +1,9 @@
 package store
 
-import "context"
+import (
+	"context"
+	"database/sql"
+)
 
 // SeedServers inserts n bare servers srv_00000… of workspace ws (n < 900,000; ws must
 // exist) in one statement, for tests and benchmarks at scale.
@@ -22,3 +25,34 @@ func SeedServers(ctx context.Context, s *Store, ws string, n int) error {
 // Unprepared returns queries outside a transaction that skip the prepared
 // statement cache (the before of BenchmarkHandshakeQueries).
 func Unprepared(s *Store) *Queries { return s.queries(s.db, s.feed.Publish, nil) }
+
+// Burst takes n of the pool's connections at once and gives them back,
+// returning the pool's statistics afterwards.
+func Burst(ctx context.Context, s *Store, n int) (sql.DBStats, error) {
+	var conns []*sql.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range n {
+		c, err := s.db.Conn(ctx)
+		if err != nil {
+			return sql.DBStats{}, err
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	conns = nil
+	return s.db.Stats(), nil
+}
+
+// PoolSize is the connection pool's size for dialect d.
+func PoolSize(d Dialect) int {
+	if d == Postgres {
+		return postgresPool
+	}
+	return sqlitePool
+}

@@ -212,3 +212,26 @@ func onlineEventsOnce(t *testing.T, st *store.Store, skip, want int) {
 		}
 	}
 }
+
+// After a burst that uses the whole pool, every connection stays open:
+// closing and reopening them cost a SQLite connection its schema parse
+// and its prepared statements, a quarter of serve's CPU in a reconnect
+// storm.
+func TestPoolKeepsItsConnections(t *testing.T) {
+	for _, d := range []store.Dialect{store.SQLite, store.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			st := open(t, d)
+			n := store.PoolSize(d)
+			for round := range 3 {
+				stats, err := store.Burst(context.Background(), st, n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if stats.OpenConnections != n || stats.Idle != n || stats.MaxIdleClosed != 0 {
+					t.Fatalf("round %d: open %d, idle %d, closed as surplus idle %d; want %d open and idle, none closed",
+						round, stats.OpenConnections, stats.Idle, stats.MaxIdleClosed, n)
+				}
+			}
+		})
+	}
+}

@@ -111,8 +111,13 @@ func openSQLite(ctx context.Context, path string, migrate bool) (*Store, error) 
 	// One writer at a time is SQLite's model (WAL: readers don't wait
 	// for it); 12 connections let the hub's admitted handshakes (8 at
 	// most, hub.DefaultAdmissionSlots) read while the API, health
-	// flushes and tasks still find a connection.
-	db.SetMaxOpenConns(12)
+	// flushes and tasks still find a connection. All of them stay open:
+	// database/sql keeps 2 idle by default and closes the rest, and a
+	// new SQLite connection re-reads the schema and re-prepares every
+	// cached statement (a quarter of serve's CPU in a reconnect storm
+	// before this).
+	db.SetMaxOpenConns(sqlitePool)
+	db.SetMaxIdleConns(sqlitePool)
 	return open(ctx, db, SQLite, path, migrate)
 }
 
@@ -129,13 +134,20 @@ func openPostgres(ctx context.Context, dsn string, migrate bool) (*Store, error)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", RedactURL(dsn), err)
 	}
-	db.SetMaxOpenConns(16)
+	db.SetMaxOpenConns(postgresPool)
+	db.SetMaxIdleConns(postgresPool) // pgx prepares per connection too
 	if err := db.PingContext(ctx); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open store %s: %w", RedactURL(dsn), err)
 	}
 	return open(ctx, db, Postgres, RedactURL(dsn), migrate)
 }
+
+// The connection pools' sizes, open and idle alike.
+const (
+	sqlitePool   = 12
+	postgresPool = 16
+)
 
 func open(ctx context.Context, db *sql.DB, d Dialect, path string, migrate bool) (*Store, error) {
 	s := &Store{db: db, dialect: d, path: path, feed: changefeed.New(0), direct: db, written: newEventsWritten()}
