@@ -131,7 +131,7 @@ func (r *Reconciler) Close() {
 // Pass reconciles every integration once.
 func (r *Reconciler) Pass(ctx context.Context) {
 	q := r.o.Store.Q()
-	servers, err := q.ServersInStates(ctx, watched...)
+	servers, err := q.CloudServersInStates(ctx, watched...)
 	if err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("list servers", zap.Error(err))
@@ -179,9 +179,13 @@ func (r *Reconciler) integration(ctx context.Context, integrationID string, serv
 		}
 		return
 	}
+	byID := make(map[string]int, len(insts))
+	for i, in := range insts {
+		byID[in.ID] = i
+	}
 	for _, s := range servers {
-		i := slices.IndexFunc(insts, func(in cloud.Instance) bool { return in.ID == s.InstanceID })
-		if i < 0 {
+		i, ok := byID[s.InstanceID]
+		if !ok {
 			r.observe(ctx, s, StateLost, fmt.Sprintf("instance %s no longer exists in %s (deleted outside Devpilot?); delete this server or create it again", s.InstanceID, s.Provider))
 			continue
 		}

@@ -235,3 +235,47 @@ func TestPoolKeepsItsConnections(t *testing.T) {
 		})
 	}
 }
+
+// The reconciler's list holds the servers with a cloud instance only:
+// enrolled servers (no integration) and ones not created yet are not read.
+func TestCloudServersInStates(t *testing.T) {
+	for _, d := range []store.Dialect{store.SQLite, store.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			ctx := context.Background()
+			st := open(t, d)
+			q := st.Q()
+			now := time.Now().UTC()
+			if err := q.CreateWorkspace(ctx, store.Workspace{ID: "ws_1", Slug: "default", Name: "Default", CreatedAt: now}); err != nil {
+				t.Fatal(err)
+			}
+			if err := q.CreateIntegration(ctx, store.Integration{ID: "int_1", WorkspaceID: "ws_1", Provider: "vultr", AccessKey: "k",
+				SecretCiphertext: "v1.a.x", SecretHint: "abcd", Status: "valid", AccountJSON: "{}", CreatedAt: now, UpdatedAt: now}); err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range []store.Server{
+				{ID: "srv_cloud", IntegrationID: "int_1", InstanceID: "i-1", State: "online"},
+				{ID: "srv_cloudoff", IntegrationID: "int_1", InstanceID: "i-2", State: "offline"},
+				{ID: "srv_noinst", IntegrationID: "int_1", State: "online"},
+				{ID: "srv_enrolled", State: "online"},
+				{ID: "srv_other", IntegrationID: "int_1", InstanceID: "i-3", State: "provisioning"},
+			} {
+				s.WorkspaceID, s.Provider, s.Name, s.Region, s.Size, s.Image = "ws_1", "vultr", s.ID, "ewr", "vc2-1c-1gb", "debian-12"
+				s.PortsJSON, s.AgentTimeoutS, s.CreatedAt, s.UpdatedAt = "[]", 60, now, now
+				if err := q.CreateServer(ctx, s, nil); err != nil {
+					t.Fatalf("create %s: %v", s.ID, err)
+				}
+			}
+			got, err := q.CloudServersInStates(ctx, "online", "offline")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for _, s := range got {
+				ids = append(ids, s.ID)
+			}
+			if fmt.Sprint(ids) != "[srv_cloud srv_cloudoff]" {
+				t.Errorf("cloud servers online or offline = %v, want [srv_cloud srv_cloudoff]", ids)
+			}
+		})
+	}
+}

@@ -184,6 +184,22 @@ func (q *Queries) ServersInStates(ctx context.Context, states ...string) ([]Serv
 	return out, nil
 }
 
+// CloudServersInStates lists the servers in the given states that have a
+// cloud instance (an integration and an instance id): the ones the
+// reconciler can compare with their cloud. Enrolled servers are not read.
+func (q *Queries) CloudServersInStates(ctx context.Context, states ...string) ([]Server, error) {
+	var out []Server
+	for _, st := range states {
+		ss, err := q.servers(ctx, `WHERE state = ? AND integration_id IS NOT NULL AND integration_id <> ''
+			AND instance_id <> '' ORDER BY created_at, id`, st)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ss...)
+	}
+	return out, nil
+}
+
 func (q *Queries) servers(ctx context.Context, where string, args ...any) ([]Server, error) {
 	rows, err := q.x.QueryContext(ctx, `SELECT `+serverCols+` FROM servers `+where, args...)
 	if err != nil {
