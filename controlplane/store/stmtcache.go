@@ -11,19 +11,29 @@ import (
 // a text beyond the bound runs unprepared.
 const maxCachedStmts = 512
 
-// stmtCache runs the queries outside a transaction as prepared statements,
-// each text prepared once (database/sql re-prepares it per pooled
-// connection as needed). On SQLite (modernc) it saves re-parsing the SQL
-// on every call, 14% of a handshake's CPU in issue 16's profile; pgx
-// caches statements itself, so PostgreSQL does not use it.
+// stmtCache runs the store's queries as prepared statements, each text
+// prepared once per pooled connection (database/sql does that as needed),
+// outside transactions and, through in, inside them. On SQLite (modernc)
+// it saves re-parsing the SQL on every call: 14% of a handshake's CPU in
+// issue 16's profile, and 8% of a connect phase's even after that, when
+// only queries outside transactions were cached. pgx caches statements
+// itself, so PostgreSQL does not use it.
 type stmtCache struct {
-	db *sql.DB
+	db     *sql.DB
+	ctx    context.Context // background prepares; canceled by close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
-	mu    sync.RWMutex
-	stmts map[string]*sql.Stmt
+	mu      sync.RWMutex
+	stmts   map[string]*sql.Stmt
+	pending map[string]bool // texts being prepared in the background
+	closed  bool
 }
 
-func newStmtCache(db *sql.DB) *stmtCache { return &stmtCache{db: db, stmts: map[string]*sql.Stmt{}} }
+func newStmtCache(db *sql.DB) *stmtCache {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &stmtCache{db: db, ctx: ctx, cancel: cancel, stmts: map[string]*sql.Stmt{}, pending: map[string]bool{}}
+}
 
 // stmt returns query's prepared statement, nil if it can't be prepared
 // (the caller then runs it directly and gets the error from there) or
@@ -46,7 +56,7 @@ func (c *stmtCache) stmt(ctx context.Context, query string) *sql.Stmt {
 		_ = st.Close()
 		return old
 	}
-	if len(c.stmts) >= maxCachedStmts {
+	if c.closed || len(c.stmts) >= maxCachedStmts {
 		_ = st.Close()
 		return nil
 	}
@@ -75,8 +85,75 @@ func (c *stmtCache) QueryRowContext(ctx context.Context, query string, args ...a
 	return c.db.QueryRowContext(ctx, query, args...)
 }
 
-// close closes every cached statement.
+// cached returns query's statement if it is prepared already. If not, it
+// returns nil and prepares it in the background: a transaction holds a
+// connection, and preparing through the pool would wait for a second one,
+// which every other transaction may be holding as it waits for this one
+// (SQLite's single writer).
+func (c *stmtCache) cached(query string) *sql.Stmt {
+	c.mu.RLock()
+	st := c.stmts[query]
+	c.mu.RUnlock()
+	if st != nil {
+		return st
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st := c.stmts[query]; st != nil || c.closed || c.pending[query] || len(c.stmts)+len(c.pending) >= maxCachedStmts {
+		return st
+	}
+	c.pending[query] = true
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.stmt(c.ctx, query)
+		c.mu.Lock()
+		delete(c.pending, query)
+		c.mu.Unlock()
+	}()
+	return nil
+}
+
+// in returns an execer that runs queries in tx, through the statements
+// prepared on tx's connection (tx.StmtContext reuses one prepared there
+// before, or prepares it there once, on that connection). Statements are
+// only borrowed: the transaction's end releases them, the cache keeps
+// them.
+func (c *stmtCache) in(tx *sql.Tx) execer { return txStmts{tx: tx, c: c} }
+
+type txStmts struct {
+	tx *sql.Tx
+	c  *stmtCache
+}
+
+func (t txStmts) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := t.c.cached(query); st != nil {
+		return t.tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return t.tx.ExecContext(ctx, query, args...)
+}
+
+func (t txStmts) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := t.c.cached(query); st != nil {
+		return t.tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	return t.tx.QueryContext(ctx, query, args...)
+}
+
+func (t txStmts) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := t.c.cached(query); st != nil {
+		return t.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return t.tx.QueryRowContext(ctx, query, args...)
+}
+
+// close stops the background prepares and closes every cached statement.
 func (c *stmtCache) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for q, st := range c.stmts {

@@ -253,7 +253,11 @@ func (s *Store) InTx(ctx context.Context, fn func(q *Queries) error) error {
 		}
 	}
 	var changed, appended []string
-	if err := fn(s.queries(tx, func(t ...string) { changed = append(changed, t...) }, &appended)); err != nil {
+	var x execer = tx
+	if s.stmts != nil {
+		x = s.stmts.in(tx)
+	}
+	if err := fn(s.queries(x, func(t ...string) { changed = append(changed, t...) }, &appended)); err != nil {
 		_ = tx.Rollback()
 		return err
 	}
