@@ -279,7 +279,7 @@ func TestRolloutUpdatesCanariesThenTheRest(t *testing.T) {
 		t.Errorf("rollbacks counted: %v", n)
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
-# HELP devpilot_rollouts Agent rollouts by state (pending, canary, rolling, paused, succeeded, failed, aborted), read from the store at scrape time.
+# HELP devpilot_rollouts Agent rollouts by state (pending, canary, rolling, paused, succeeded, failed, aborted), read from the store at most every 5 s.
 # TYPE devpilot_rollouts gauge
 devpilot_rollouts{state="aborted"} 0
 devpilot_rollouts{state="canary"} 0
