@@ -59,6 +59,11 @@ type Report struct {
 	Connected                  int     // agents connected at once
 	RSSPerAgentKB              float64 // (RSS with agents − RSS before) / agents
 	RSSMB                      float64
+	// What the Go runtime says it holds for the agents, per agent
+	// (go_memstats_*, with agents − before): heap spans in use, goroutine
+	// stacks. RSS − both is GC headroom, freed memory not yet returned to
+	// the kernel, and the runtime's own.
+	HeapPerAgentKB, StackPerAgentKB float64
 	HandshakeCPUms             float64 // serve CPU during the connect phase / handshakes
 	Handshakes                 int
 	HeartbeatsPerS             float64
@@ -242,6 +247,8 @@ func Run(ctx context.Context, c Config) (Report, error) {
 	rep.HeartbeatCores = (s2.cpu - s1.cpu).Seconds() / w
 	rep.RSSMB = float64(s2.rss) / (1 << 20)
 	rep.RSSPerAgentKB = float64(s2.rss-base.rss) / 1024 / float64(max(rep.Connected, 1))
+	rep.HeapPerAgentKB = (s2.heapInuse - base.heapInuse) / 1024 / float64(max(rep.Connected, 1))
+	rep.StackPerAgentKB = (s2.stackInuse - base.stackInuse) / 1024 / float64(max(rep.Connected, 1))
 
 	// Dispatch.
 	r.logf("dispatch: %d tasks one client at a time, then %d with 8 clients", c.Tasks, c.Tasks)
@@ -438,6 +445,7 @@ type sample struct {
 	cpu                   time.Duration
 	rss                   int64
 	connected, heartbeats float64
+	heapInuse, stackInuse float64 // bytes
 	handshakes            float64 // welcomed + refused
 	refusals              map[string]float64
 }
@@ -453,6 +461,7 @@ func (r *run) sample() (sample, error) {
 		return s, err
 	}
 	s.connected = m["devpilot_hub_agents_connected"]
+	s.heapInuse, s.stackInuse = m["go_memstats_heap_inuse_bytes"], m["go_memstats_stack_inuse_bytes"]
 	s.heartbeats = m["devpilot_hub_heartbeats_total"]
 	for k, v := range m {
 		switch {
@@ -487,7 +496,7 @@ func (r *run) metrics() (map[string]float64, error) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if line == "" || line[0] == '#' || !strings.HasPrefix(line, "devpilot_") {
+		if line == "" || line[0] == '#' || !strings.HasPrefix(line, "devpilot_") && !strings.HasPrefix(line, "go_memstats_") {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')
@@ -782,6 +791,7 @@ func (rep Report) Write(w io.Writer, c Config) {
 		rep.Servers, rep.Agents, rep.Processes, c.Heartbeat, dbName(c.Database))
 	p("  agents connected at once        %d", rep.Connected)
 	p("  serve RSS                       %.0f MB, %.1f KB per agent (above the RSS before agents)", rep.RSSMB, rep.RSSPerAgentKB)
+	p("    of which Go heap, stacks      %.1f KB, %.1f KB per agent (in use; the rest: GC headroom, freed pages)", rep.HeapPerAgentKB, rep.StackPerAgentKB)
 	p("  handshake CPU                   %.2f ms per handshake (%d handshakes, connect phase)", rep.HandshakeCPUms, rep.Handshakes)
 	p("  heartbeats                      %.0f/s costing %.2f cores (idle window)", rep.HeartbeatsPerS, rep.HeartbeatCores)
 	p("  dispatch, 1 client              p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d tasks, %d without output)", rep.Dispatch1.P50, rep.Dispatch1.P99, rep.Dispatch1.Max, rep.Dispatch1.N, rep.Dispatch1.Lost)
