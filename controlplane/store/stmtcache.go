@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"sync"
+	"time"
 )
 
 // maxCachedStmts bounds the prepared statements kept: the store's queries
@@ -20,6 +22,7 @@ const maxCachedStmts = 512
 // itself, so PostgreSQL does not use it.
 type stmtCache struct {
 	db     *sql.DB
+	writer chan struct{} // held by this process's writer (see lockWriter)
 	ctx    context.Context // background prepares; canceled by close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -32,7 +35,35 @@ type stmtCache struct {
 
 func newStmtCache(db *sql.DB) *stmtCache {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &stmtCache{db: db, ctx: ctx, cancel: cancel, stmts: map[string]*sql.Stmt{}, pending: map[string]bool{}}
+	return &stmtCache{db: db, writer: make(chan struct{}, 1), ctx: ctx, cancel: cancel,
+		stmts: map[string]*sql.Stmt{}, pending: map[string]bool{}}
+}
+
+// writerWait is how long a write waits for this process's writer slot,
+// SQLite's busy_timeout: a write that waited that long fails as it did
+// when SQLite's lock was all there was.
+const writerWait = 10 * time.Second
+
+// errWriterBusy is a write that waited writerWait for the writer slot.
+var errWriterBusy = errors.New("database is locked: another write of this process held it for 10 s")
+
+// lockWriter takes this process's writer slot, which every write
+// transaction and every write outside one holds while it runs. SQLite has
+// one writer; without the slot, writers that find it taken wait in
+// SQLite's busy handler, which polls with sleeps growing to 100 ms, so a
+// write behind a 20 ms one could wait 100 ms. Writers queued here are
+// woken in order the moment the slot is free.
+func (c *stmtCache) lockWriter(ctx context.Context) (unlock func(), err error) {
+	t := time.NewTimer(writerWait)
+	defer t.Stop()
+	select {
+	case c.writer <- struct{}{}:
+		return func() { <-c.writer }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, errWriterBusy
+	}
 }
 
 // stmt returns query's prepared statement, nil if it can't be prepared
@@ -65,6 +96,11 @@ func (c *stmtCache) stmt(ctx context.Context, query string) *sql.Stmt {
 }
 
 func (c *stmtCache) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	unlock, err := c.lockWriter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if st := c.stmt(ctx, query); st != nil {
 		return st.ExecContext(ctx, args...)
 	}

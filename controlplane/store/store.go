@@ -242,6 +242,13 @@ const writerLock = 0x64657670696c6f74 // "devpilot"
 // InTx runs fn in one transaction, committed when fn returns nil.
 // Transactions run one at a time, on either database.
 func (s *Store) InTx(ctx context.Context, fn func(q *Queries) error) error {
+	if s.stmts != nil { // SQLite: this process's writers queue in order
+		unlock, err := s.stmts.lockWriter(ctx)
+		if err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+		defer unlock()
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
