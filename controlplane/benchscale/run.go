@@ -64,12 +64,12 @@ type Report struct {
 	// stacks. RSS − both is GC headroom, freed memory not yet returned to
 	// the kernel, and the runtime's own.
 	HeapPerAgentKB, StackPerAgentKB float64
-	HandshakeCPUms             float64 // serve CPU during the connect phase / handshakes
-	Handshakes                 int
-	HeartbeatsPerS             float64
-	HeartbeatCores             float64 // serve CPU (cores) during the idle window
-	Dispatch1, Dispatch8       Latency // accepted → first output
-	Storm                      StormReport
+	HandshakeCPUms                  float64 // serve CPU during the connect phase / handshakes
+	Handshakes                      int
+	HeartbeatsPerS                  float64
+	HeartbeatCores                  float64 // serve CPU (cores) during the idle window
+	Dispatch1, Dispatch8            Latency // accepted → first output
+	Storm                           StormReport
 }
 
 // Latency is a distribution in milliseconds.

@@ -22,7 +22,7 @@ const maxCachedStmts = 512
 // itself, so PostgreSQL does not use it.
 type stmtCache struct {
 	db     *sql.DB
-	writer chan struct{} // held by this process's writer (see lockWriter)
+	writer chan struct{}   // held by this process's writer (see lockWriter)
 	ctx    context.Context // background prepares; canceled by close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
