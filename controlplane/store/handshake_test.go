@@ -279,3 +279,64 @@ func TestCloudServersInStates(t *testing.T) {
 		})
 	}
 }
+
+// A new session is owed the cancels asked for and the tasks not yet
+// confirmed, less those past their deadline or sent on this session.
+func TestSessionTasks(t *testing.T) {
+	for _, d := range []store.Dialect{store.SQLite, store.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			ctx := context.Background()
+			st := open(t, d)
+			q := st.Q()
+			now := time.Now().UTC().Truncate(time.Millisecond)
+			since := now.Add(-time.Minute) // the session started then
+			if err := q.CreateWorkspace(ctx, store.Workspace{ID: "ws_1", Slug: "default", Name: "Default", CreatedAt: now}); err != nil {
+				t.Fatal(err)
+			}
+			if err := store.SeedServers(ctx, st, "ws_1", 2); err != nil {
+				t.Fatal(err)
+			}
+			before, after := since.Add(-time.Second), since.Add(time.Second)
+			for i, tk := range []store.Task{
+				{ID: "tsk_queued", State: "queued"},
+				{ID: "tsk_sent_before", State: "sent", LastSentAt: &before},
+				{ID: "tsk_sent_on_this_session", State: "sent", LastSentAt: &after},
+				{ID: "tsk_running", State: "running"},
+				{ID: "tsk_overdue", State: "queued", Deadline: now.Add(-time.Second)},
+				{ID: "tsk_cancel_running", State: "running", CancelRequestedAt: &before},
+				{ID: "tsk_cancel_queued", State: "queued", CancelRequestedAt: &before},
+				{ID: "tsk_done", State: "succeeded", CancelRequestedAt: &before},
+				{ID: "tsk_other_server", State: "queued", ServerID: "srv_00001"},
+			} {
+				tk.WorkspaceID, tk.Kind, tk.SpecJSON, tk.CreatedBy = "ws_1", "exec", "sealed", "test"
+				tk.CreatedAt, tk.UpdatedAt = now.Add(time.Duration(i)*time.Millisecond), now
+				if tk.ServerID == "" {
+					tk.ServerID = "srv_00000"
+				}
+				if tk.Deadline.IsZero() {
+					tk.Deadline = now.Add(time.Hour)
+				}
+				if err := q.CreateTask(ctx, tk); err != nil {
+					t.Fatalf("create %s: %v", tk.ID, err)
+				}
+			}
+			cancel, resend, err := q.SessionTasks(ctx, "srv_00000", now, since)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := func(ts []store.Task) string {
+				var out []string
+				for _, t := range ts {
+					out = append(out, t.ID)
+				}
+				return fmt.Sprint(out)
+			}
+			if got := ids(cancel); got != "[tsk_cancel_running tsk_cancel_queued]" {
+				t.Errorf("cancel = %s, want [tsk_cancel_running tsk_cancel_queued]", got)
+			}
+			if got := ids(resend); got != "[tsk_queued tsk_sent_before tsk_cancel_queued]" {
+				t.Errorf("resend = %s, want [tsk_queued tsk_sent_before tsk_cancel_queued]", got)
+			}
+		})
+	}
+}

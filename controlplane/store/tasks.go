@@ -118,19 +118,28 @@ func (q *Queries) ListTasks(ctx context.Context, workspaceID string, f TaskFilte
 	return q.tasks(ctx, `WHERE `+and(where)+` ORDER BY created_at DESC, id DESC LIMIT ?`, append(args, lim(f.Limit))...)
 }
 
-// PendingTasks lists a server's tasks the agent has not confirmed
-// receiving (queued or sent) whose deadline is after now, oldest first,
-// less those last sent at or after sentBefore (already delivered on the
-// session that started then).
-func (q *Queries) PendingTasks(ctx context.Context, serverID string, now, sentBefore time.Time) ([]Task, error) {
-	return q.tasks(ctx, `WHERE server_id = ? AND state IN ('queued', 'sent') AND deadline > ?
-		AND (last_sent_at IS NULL OR last_sent_at < ?) ORDER BY created_at, id`, serverID, now.UTC(), sentBefore.UTC())
-}
-
-// CancelRequestedTasks lists a server's unfinished tasks whose cancel was
-// asked for.
-func (q *Queries) CancelRequestedTasks(ctx context.Context, serverID string) ([]Task, error) {
-	return q.tasks(ctx, `WHERE server_id = ? AND state IN ('queued', 'sent', 'running') AND cancel_requested_at IS NOT NULL`, serverID)
+// SessionTasks is what a new agent session of server serverID is owed,
+// in one read of its unfinished tasks (a handshake in a reconnect storm
+// pays for every query): cancel, the tasks whose cancel was asked for;
+// resend, the tasks the agent has not confirmed receiving (queued or
+// sent) whose deadline is after now, oldest first, less those last sent
+// at or after sentBefore (already delivered on the session that started
+// then).
+func (q *Queries) SessionTasks(ctx context.Context, serverID string, now, sentBefore time.Time) (cancel, resend []Task, err error) {
+	ts, err := q.tasks(ctx, `WHERE server_id = ? AND state IN ('queued', 'sent', 'running') ORDER BY created_at, id`, serverID)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, t := range ts {
+		if t.CancelRequestedAt != nil {
+			cancel = append(cancel, t)
+		}
+		if (t.State == "queued" || t.State == "sent") && t.Deadline.After(now) &&
+			(t.LastSentAt == nil || t.LastSentAt.Before(sentBefore)) {
+			resend = append(resend, t)
+		}
+	}
+	return cancel, resend, nil
 }
 
 // OverdueTasks lists unfinished tasks whose deadline is before t.

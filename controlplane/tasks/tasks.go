@@ -517,17 +517,13 @@ func (s *Service) AgentConnected(serverID string) { s.out.resend(serverID, s.now
 
 // resendAll is the outbox's work for a new session that started at since.
 func (s *Service) resendAll(ctx context.Context, serverID string, since time.Time) {
-	cs, err := s.store.Q().CancelRequestedTasks(ctx, serverID)
+	cs, ts, err := s.store.Q().SessionTasks(ctx, serverID, s.now(), since)
 	if err != nil {
-		s.log.Warn("list tasks to cancel", zap.String("server", serverID), zap.Error(err))
+		s.log.Warn("list tasks to cancel and resend", zap.String("server", serverID), zap.Error(err))
+		return
 	}
 	for _, t := range cs {
 		s.sendCancel(ctx, serverID, t.ID)
-	}
-	ts, err := s.store.Q().PendingTasks(ctx, serverID, s.now(), since)
-	if err != nil {
-		s.log.Warn("list tasks to resend", zap.String("server", serverID), zap.Error(err))
-		return
 	}
 	for _, t := range ts {
 		if ctx.Err() != nil {
