@@ -52,3 +52,22 @@ func TestLatencyQuantiles(t *testing.T) {
 		t.Errorf("latency(nil) = %+v", got)
 	}
 }
+
+// The agents' failed attempts are sorted by what they saw, from the
+// status lines agent/session writes.
+func TestFailureKind(t *testing.T) {
+	t.Parallel()
+	for status, want := range map[string]string{
+		"STATUS=connected to 127.0.0.1:8443": "",
+		"STATUS=cannot reach 127.0.0.1:8443: the control plane is at capacity (many agents reconnecting at once); retrying in 7s": "busy",
+		"STATUS=cannot reach 127.0.0.1:8443: dial: net/http: TLS handshake timeout; retrying in 12s":                              "timeout",
+		"STATUS=cannot reach 127.0.0.1:8443: read hello: i/o timeout; retrying in 3s":                                             "timeout",
+		"STATUS=cannot reach 127.0.0.1:8443: dial tcp 127.0.0.1:8443: connect: connection refused; retrying in 1s":                "refused",
+		"STATUS=disconnected from 127.0.0.1:8443: read: read tcp: connection reset by peer; retrying in 2s":                       "reset",
+		"STATUS=cannot reach 127.0.0.1:8443: websocket: bad handshake; retrying in 2s":                                            "other",
+	} {
+		if got := failureKind(status); got != want {
+			t.Errorf("failureKind(%q) = %q, want %q", status, got, want)
+		}
+	}
+}

@@ -38,6 +38,7 @@ type LoadConfig struct {
 const (
 	eventUp   = "up"
 	eventTask = "task"
+	eventFail = "fail"
 )
 
 // RunLoad runs the agents until ctx ends, writing events to out.
@@ -165,12 +166,41 @@ type eventWriter struct {
 }
 
 func (e *eventWriter) up(status string, idx int) {
+	if kind := failureKind(status); kind != "" {
+		e.mu.Lock()
+		fmt.Fprintf(e.w, "%s %s %d\n", eventFail, kind, idx)
+		e.mu.Unlock()
+		return
+	}
 	if !strings.HasPrefix(status, "STATUS=connected to ") {
 		return
 	}
 	e.mu.Lock()
 	fmt.Fprintf(e.w, "%s %d %d\n", eventUp, idx, time.Now().UnixNano())
 	e.mu.Unlock()
+}
+
+// failureKind sorts a failed attempt by what the agent saw, from the
+// status line it writes then ("cannot reach …: <error>; retrying in …"):
+// busy (refused with a hint), timeout (TCP, TLS or the hello took longer
+// than the agent waits), refused (no listener: the control plane is
+// down), reset (closed mid-handshake), other. "" is no failure.
+func failureKind(status string) string {
+	if !strings.HasPrefix(status, "STATUS=cannot reach ") && !strings.HasPrefix(status, "STATUS=disconnected from ") {
+		return ""
+	}
+	switch s := strings.ToLower(status); {
+	case strings.Contains(s, "at capacity") || strings.Contains(s, "busy"):
+		return "busy"
+	case strings.Contains(s, "timeout") || strings.Contains(s, "deadline exceeded"):
+		return "timeout"
+	case strings.Contains(s, "connection refused"):
+		return "refused"
+	case strings.Contains(s, "reset by peer") || strings.Contains(s, "eof") || strings.Contains(s, "broken pipe"):
+		return "reset"
+	default:
+		return "other"
+	}
 }
 
 func (e *eventWriter) task(id string, idx int) {

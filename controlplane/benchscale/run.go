@@ -64,8 +64,10 @@ type Report struct {
 	// stacks. RSS − both is GC headroom, freed memory not yet returned to
 	// the kernel, and the runtime's own.
 	HeapPerAgentKB, StackPerAgentKB float64
-	HandshakeCPUms                  float64 // serve CPU during the connect phase / handshakes
-	Handshakes                      int
+	HandshakeCPUms                  float64        // serve CPU / handshakes, from the start until 95% connected
+	Handshakes                      int            // in that window
+	ConnectS, Connect95S            float64        // start → all connected, → 95%
+	ConnectFailures                 map[string]int // failed attempts the agents saw in the connect phase, by kind
 	HeartbeatsPerS                  float64
 	HeartbeatCores                  float64 // serve CPU (cores) during the idle window
 	Dispatch1, Dispatch8            Latency // accepted → first output
@@ -85,6 +87,7 @@ type StormReport struct {
 	Back99S, Back100S float64            // ready → 99% / 100% connected (-1: not within the timeout)
 	Back              int                // connected at the end
 	Refusals          map[string]float64 // by reason (devpilot_hub_auth_failures_total, busy causes)
+	AgentFailures     map[string]int     // failed attempts the agents saw, by kind (down time included)
 	HealthzFailures   int                // /healthz polls (every 250 ms) that failed or took > 1 s
 	HealthzPolls      int
 	HealthzMaxMS      float64
@@ -149,6 +152,7 @@ type run struct {
 	pin, pem string
 
 	mu     sync.Mutex
+	fails  map[string]int     // failed attempts the agents saw, by kind (failureKind), since the last take
 	ups    map[int][]int64    // agent → welcome times
 	tasks  map[string][]int64 // task id → delivery times
 	waitT  map[string]chan struct{}
@@ -168,7 +172,7 @@ func Run(ctx context.Context, c Config) (Report, error) {
 	if c.Replicas != 1 {
 		return Report{}, errors.New("bench: --replicas > 1 is not built yet (issue 17)")
 	}
-	r := &run{c: c, ups: map[int][]int64{}, tasks: map[string][]int64{}, waitT: map[string]chan struct{}{},
+	r := &run{c: c, fails: map[string]int{}, ups: map[int][]int64{}, tasks: map[string][]int64{}, waitT: map[string]chan struct{}{},
 		genErr: make(chan error, 64)}
 	r.dir = c.DataDir
 	if r.dir == "" {
@@ -212,17 +216,19 @@ func Run(ctx context.Context, c Config) (Report, error) {
 	if err := r.startLoad(ctx, rep.Processes); err != nil {
 		return rep, err
 	}
-	if _, err := r.waitConnected(ctx, c.Agents, c.Ramp+c.Timeout); err != nil {
-		return rep, err
-	}
-	conn, err := r.sample()
+	start := time.Now()
+	at95, all, err := r.connectPhase(ctx, c.Agents, c.Ramp+c.Timeout)
 	if err != nil {
 		return rep, err
 	}
-	rep.Connected = int(conn.connected)
-	rep.Handshakes = int(conn.handshakes - base.handshakes)
+	rep.Connected = int(all.connected)
+	rep.ConnectS, rep.Connect95S = all.at.Sub(start).Seconds(), at95.at.Sub(start).Seconds()
+	rep.ConnectFailures = r.takeFailures()
+	// Until 95%: the last agents are those that failed an attempt and
+	// wait out their backoff, while serve's CPU goes to heartbeats.
+	rep.Handshakes = int(at95.handshakes - base.handshakes)
 	if rep.Handshakes > 0 {
-		rep.HandshakeCPUms = (conn.cpu - base.cpu).Seconds() * 1000 / float64(rep.Handshakes)
+		rep.HandshakeCPUms = (at95.cpu - base.cpu).Seconds() * 1000 / float64(rep.Handshakes)
 	}
 
 	// Idle: heartbeats only. Settle one interval first (the ramp's
@@ -404,6 +410,10 @@ func (r *run) readEvents(out io.Reader) {
 			r.mu.Lock()
 			r.ups[i] = append(r.ups[i], t)
 			r.mu.Unlock()
+		case len(f) == 3 && f[0] == eventFail:
+			r.mu.Lock()
+			r.fails[f[1]]++
+			r.mu.Unlock()
 		case len(f) == 4 && f[0] == eventTask:
 			t, _ := strconv.ParseInt(f[3], 10, 64)
 			r.mu.Lock()
@@ -411,6 +421,33 @@ func (r *run) readEvents(out io.Reader) {
 			r.mu.Unlock()
 		}
 	}
+}
+
+// counts is "kind n, …" by kind, or "none".
+func counts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// takeFailures returns the agents' failed attempts counted since the last
+// call.
+func (r *run) takeFailures() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f := r.fails
+	r.fails = map[string]int{}
+	return f
 }
 
 // stopAll ends the load generators and the control plane.
@@ -528,19 +565,25 @@ func procStat(pid int) (time.Duration, int64, error) {
 // the scrapes took a tenth of serve's CPU in the connect phase.
 const scrapeEvery = time.Second
 
-// waitConnected polls until n agents are connected; it returns when.
-func (r *run) waitConnected(ctx context.Context, n int, timeout time.Duration) (time.Time, error) {
+// connectPhase samples until n agents are connected; it returns the
+// first sample with 95% of them and the one with all.
+func (r *run) connectPhase(ctx context.Context, n int, timeout time.Duration) (at95, all sample, err error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		m, err := r.metrics()
-		if err == nil && int(m["devpilot_hub_agents_connected"]) >= n {
-			return time.Now(), nil
+		s, err := r.sample()
+		if err == nil {
+			if at95.at.IsZero() && int(s.connected)*100 >= n*95 {
+				at95 = s
+			}
+			if int(s.connected) >= n {
+				return at95, s, nil
+			}
 		}
 		if time.Now().After(deadline) {
-			return time.Time{}, fmt.Errorf("bench: %v of %d agents connected after %s", m["devpilot_hub_agents_connected"], n, timeout)
+			return at95, s, fmt.Errorf("bench: %v of %d agents connected after %s", s.connected, n, timeout)
 		}
 		if err := sleep(ctx, scrapeEvery); err != nil {
-			return time.Time{}, err
+			return at95, s, err
 		}
 	}
 }
@@ -648,6 +691,7 @@ func latency(ms []float64, lost int) Latency {
 // storm SIGKILLs the control plane, restarts it and measures the return.
 func (r *run) storm(ctx context.Context) (StormReport, error) {
 	var s StormReport
+	r.takeFailures() // the idle and dispatch phases'
 	killed := time.Now()
 	_ = r.cp.cmd.Process.Signal(syscall.SIGKILL)
 	<-r.cp.done
@@ -750,6 +794,7 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 	if err == nil {
 		s.Refusals = end.refusals
 	}
+	s.AgentFailures = r.takeFailures()
 	var ms []float64
 	lost := 0
 	r.mu.Lock()
@@ -792,7 +837,8 @@ func (rep Report) Write(w io.Writer, c Config) {
 	p("  agents connected at once        %d", rep.Connected)
 	p("  serve RSS                       %.0f MB, %.1f KB per agent (above the RSS before agents)", rep.RSSMB, rep.RSSPerAgentKB)
 	p("    of which Go heap, stacks      %.1f KB, %.1f KB per agent (in use; the rest: GC headroom, freed pages)", rep.HeapPerAgentKB, rep.StackPerAgentKB)
-	p("  handshake CPU                   %.2f ms per handshake (%d handshakes, connect phase)", rep.HandshakeCPUms, rep.Handshakes)
+	p("  connect phase                   95%% in %.1f s, all in %.1f s; agents' failed attempts: %s", rep.Connect95S, rep.ConnectS, counts(rep.ConnectFailures))
+	p("  handshake CPU                   %.2f ms per handshake (%d handshakes until 95%% connected)", rep.HandshakeCPUms, rep.Handshakes)
 	p("  heartbeats                      %.0f/s costing %.2f cores (idle window)", rep.HeartbeatsPerS, rep.HeartbeatCores)
 	p("  dispatch, 1 client              p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d tasks, %d without output)", rep.Dispatch1.P50, rep.Dispatch1.P99, rep.Dispatch1.Max, rep.Dispatch1.N, rep.Dispatch1.Lost)
 	p("  dispatch, 8 clients             p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d tasks, %d without output)", rep.Dispatch8.P50, rep.Dispatch8.P99, rep.Dispatch8.Max, rep.Dispatch8.N, rep.Dispatch8.Lost)
@@ -815,6 +861,7 @@ func (rep Report) Write(w io.Writer, c Config) {
 		parts = []string{"none"}
 	}
 	p("  storm: refusals                 %s", strings.Join(parts, ", "))
+	p("  storm: agents' failed attempts  %s (the control plane's down time included)", counts(s.AgentFailures))
 	p("  storm: /healthz                 %d of %d polls failed or over 1 s, slowest %.0f ms", s.HealthzFailures, s.HealthzPolls, s.HealthzMaxMS)
 	p("  storm: tasks                    %d submitted, %d delivered, %d delivered twice, accepted → first output p50 %.2f s, max %.2f s; at most %.2f s after their agent's return",
 		s.Tasks.N+s.Tasks.Lost, s.Delivered, s.DeliveredTwice, s.Tasks.P50/1000, s.Tasks.Max/1000, s.AfterAgentMaxS)
