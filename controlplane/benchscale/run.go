@@ -304,10 +304,12 @@ func (r *run) startCP(ctx context.Context) error {
 	args := []string{"serve", "--data-dir", r.dir, "--listen", fmt.Sprintf("127.0.0.1:%d", r.apiPort),
 		"--agent-listen", fmt.Sprintf("127.0.0.1:%d", r.agPort),
 		"--public-url", fmt.Sprintf("https://127.0.0.1:%d", r.agPort), "--log-level", "warn"}
-	if r.c.Database != "" {
-		args = append(args, "--database", r.c.Database)
-	}
 	cmd := exec.Command(r.c.Bin, args...)
+	if r.c.Database != "" {
+		// Not --database: serve refuses a URL with a password in its argv,
+		// which any user can read in the process list.
+		cmd.Env = append(os.Environ(), "DEVPILOT_DATABASE="+r.c.Database)
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		_ = log.Close()
