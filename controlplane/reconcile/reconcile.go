@@ -152,7 +152,7 @@ func (r *Reconciler) Pass(ctx context.Context) {
 	r.mu.Unlock()
 	byIntegration := map[string][]store.Server{}
 	for _, s := range servers {
-		if s.IntegrationID == "" || s.InstanceID == "" || busy[s.ID] {
+		if busy[s.ID] {
 			continue
 		}
 		byIntegration[s.IntegrationID] = append(byIntegration[s.IntegrationID], s)

@@ -173,25 +173,22 @@ func (q *Queries) ServersPage(ctx context.Context, workspaceID string, f ServerF
 
 // ServersInStates lists servers of any workspace in the given states.
 func (q *Queries) ServersInStates(ctx context.Context, states ...string) ([]Server, error) {
-	var out []Server
-	for _, st := range states {
-		ss, err := q.servers(ctx, `WHERE state = ? ORDER BY created_at, id`, st)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ss...)
-	}
-	return out, nil
+	return q.serversInStates(ctx, "", states)
 }
 
 // CloudServersInStates lists the servers in the given states that have a
 // cloud instance (an integration and an instance id): the ones the
 // reconciler can compare with their cloud. Enrolled servers are not read.
 func (q *Queries) CloudServersInStates(ctx context.Context, states ...string) ([]Server, error) {
+	return q.serversInStates(ctx, ` AND integration_id IS NOT NULL AND integration_id <> '' AND instance_id <> ''`, states)
+}
+
+// serversInStates lists the servers in states (one query each, so each
+// uses the state index) that also match the condition and.
+func (q *Queries) serversInStates(ctx context.Context, and string, states []string) ([]Server, error) {
 	var out []Server
 	for _, st := range states {
-		ss, err := q.servers(ctx, `WHERE state = ? AND integration_id IS NOT NULL AND integration_id <> ''
-			AND instance_id <> '' ORDER BY created_at, id`, st)
+		ss, err := q.servers(ctx, `WHERE state = ?`+and+` ORDER BY created_at, id`, st)
 		if err != nil {
 			return nil, err
 		}

@@ -9,7 +9,7 @@ import (
 )
 
 // maxCachedStmts bounds the prepared statements kept: the store's queries
-// outside transactions are a fixed set of texts (a few hundred at most);
+// are a fixed set of texts (a few hundred at most);
 // a text beyond the bound runs unprepared.
 const maxCachedStmts = 512
 
