@@ -19,6 +19,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/shared/protocol"
 )
 
 // newLogger builds the process logger: JSON lines for machines (default
@@ -85,6 +86,8 @@ func serveCmd(env Env) *cobra.Command {
 	fs.StringVar(&cfg.AgentListen, "agent-listen", "", "a second address that serves only the agents (hub and agent download), so they can't crowd out the admin API; point --public-url at it")
 	fs.IntVar(&cfg.MaxAgents, "max-agents", 0, "agent connections to hold at most, past which agents are told to retry later (default: what the open file limit allows)")
 	fs.IntVar(&cfg.AgentHandshakes, "agent-handshakes", app.DefaultAgentHandshakes, "--agent-listen connections in their handshake at once; the rest wait in the kernel's accept queue")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", protocol.DefaultHeartbeatS*time.Second,
+		"how often agents send health (whole seconds, 1s to 5m); an agent silent for 3 intervals is offline")
 	fs.IntVar(&cfg.FDReserve, "fd-reserve", fdlimit.DefaultReserve, "open files kept back from the agents for the admin API, database and logs")
 	fs.DurationVar(&cfg.HealthHistoryRetention, "health-history-retention", provision.DefaultHealthRetention,
 		"how long servers' health history is kept (GET /v1/servers/{id}/health?since= reaches back this far)")
@@ -114,6 +117,9 @@ func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acme
 	}
 	if cfg.AgentHandshakes < 1 {
 		return usagef("--agent-handshakes must be at least 1 (default %d)", app.DefaultAgentHandshakes)
+	}
+	if cfg.HeartbeatInterval < time.Second || cfg.HeartbeatInterval > 5*time.Minute || cfg.HeartbeatInterval%time.Second != 0 {
+		return usagef("--heartbeat-interval must be whole seconds from 1s to 5m (default %ds)", protocol.DefaultHeartbeatS)
 	}
 	if cfg.HealthHistoryResolution < time.Second || cfg.HealthHistoryRetention < cfg.HealthHistoryResolution {
 		return usagef("--health-history-resolution must be at least 1s and --health-history-retention at least the resolution (e.g. 24h and 1m)")

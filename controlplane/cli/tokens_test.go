@@ -44,3 +44,13 @@ func TestServeRefusesNonPositiveDoorLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestServeRefusesABadHeartbeatInterval(t *testing.T) {
+	t.Parallel()
+	for _, v := range []string{"0s", "500ms", "1.5s", "6m"} {
+		r := cli(t, map[string]string{}, "", "serve", "--data-dir", t.TempDir(), "--heartbeat-interval", v)
+		if r.code != 2 || !strings.Contains(r.stderr, "--heartbeat-interval must be whole seconds from 1s to 5m (default 15s)") {
+			t.Errorf("serve --heartbeat-interval %s: %+v", v, r)
+		}
+	}
+}
