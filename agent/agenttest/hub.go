@@ -17,6 +17,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -54,6 +55,8 @@ type Hub struct {
 	closeAfter bool   // close right after welcome
 	hellos     []protocol.Hello
 	heartbeats []Heartbeat
+	pings      int   // keepalive pings received after a welcome
+	mute       bool  // no pongs: the hub looks dead to an idle agent
 	closes     []int // close codes agents sent
 	accepted   int   // WebSocket upgrades
 	conns      map[*websocket.Conn]*peer
@@ -188,6 +191,13 @@ func (h *Hub) Hellos() []protocol.Hello {
 	return append([]protocol.Hello(nil), h.hellos...)
 }
 
+// Pings returns how many keepalive pings agents sent in sessions.
+func (h *Hub) Pings() int { h.mu.Lock(); defer h.mu.Unlock(); return h.pings }
+
+// SetMute stops (or resumes) answering pings: to an idle agent the hub
+// then looks like a dead peer whose TCP connection is still open.
+func (h *Hub) SetMute(v bool) { h.mu.Lock(); h.mute = v; h.mu.Unlock() }
+
 // Heartbeats returns the heartbeats received so far.
 func (h *Hub) Heartbeats() []Heartbeat {
 	h.mu.Lock()
@@ -316,6 +326,20 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	p.serverID = hello.ServerID
 	h.mu.Unlock()
+	c.SetPingHandler(func(data string) error {
+		h.mu.Lock()
+		h.pings++
+		mute := h.mute
+		h.mu.Unlock()
+		if mute {
+			return nil
+		}
+		err := c.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		if errors.Is(err, websocket.ErrCloseSent) {
+			return nil
+		}
+		return err
+	})
 	for {
 		_, data, err := c.ReadMessage()
 		if err != nil {

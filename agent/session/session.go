@@ -101,6 +101,11 @@ type Options struct {
 	// HandshakeTimeout bounds dialing (TCP+TLS+upgrade) and each step of the
 	// challenge/hello/welcome exchange; default 20s.
 	HandshakeTimeout time.Duration
+	// Keepalive is how often the agent pings the hub, whatever the
+	// heartbeat interval; a session that hears nothing from the hub for
+	// 2 keepalives + HandshakeTimeout is dropped (70 s by default).
+	// Default 25s.
+	Keepalive time.Duration
 	// Sleep waits between attempts; default a timer that stamps Progress.
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Rand feeds the jitter; default math/rand.
@@ -181,6 +186,7 @@ func New(o Options) (*Client, error) {
 	def(&o.RefusedRetry, 10*time.Minute)
 	def(&o.StableAfter, 30*time.Second)
 	def(&o.HandshakeTimeout, 20*time.Second)
+	def(&o.Keepalive, 25*time.Second)
 	u, err := config.ConnectURL(o.Config.URL)
 	if err != nil {
 		return nil, fmt.Errorf("session: %w", err)
@@ -589,7 +595,13 @@ func readEnvelope(conn *websocket.Conn) (protocol.Envelope, error) {
 
 // loops runs the session's routines until one fails or ctx ends.
 func (c *Client) loops(ctx context.Context, conn *websocket.Conn, interval time.Duration) error {
-	keepalive := min(interval, 15*time.Second)
+	// The heartbeats are the hub's sign of life from the agent; the
+	// keepalive ping is the agent's way to hear from an idle hub (the
+	// pong), so it need not follow the heartbeat interval: at a 3 s
+	// interval a ping per heartbeat would double the hub's messages.
+	// 25 s keeps a hub → agent frame flowing under the 60 s idle
+	// timeout of common proxies (nginx's proxy_read_timeout, AWS ALB).
+	keepalive := c.o.Keepalive
 	readTimeout := 2*keepalive + c.o.HandshakeTimeout
 	writeTimeout := c.o.HandshakeTimeout
 	extend := func() { _ = conn.SetReadDeadline(time.Now().Add(readTimeout)) }

@@ -194,6 +194,40 @@ func TestHeartbeatsKeepComing(t *testing.T) {
 	h.stop(t)
 }
 
+// The keepalive ping follows its own interval, not the heartbeat's: at
+// a short heartbeat interval a ping per heartbeat would double the
+// hub's messages (each answered with a pong).
+func TestKeepaliveIsNotPerHeartbeat(t *testing.T) {
+	t.Parallel()
+	hub := agenttest.New(t) // 1 s heartbeat interval
+	h := start(t, config.FromBootstrap(hub.Bootstrap("srv-k")), nil)
+	agenttest.WaitFor(t, "four heartbeats", func() bool { return len(hub.Heartbeats()) >= 4 })
+	if p := hub.Pings(); p != 0 {
+		t.Errorf("%d keepalive pings in 3 heartbeat intervals, want none (the default keepalive is 25 s)", p)
+	}
+	h.stop(t)
+
+	hub2 := agenttest.New(t)
+	h2 := start(t, config.FromBootstrap(hub2.Bootstrap("srv-k2")), func(o *session.Options) { o.Keepalive = 50 * time.Millisecond })
+	agenttest.WaitFor(t, "keepalive pings", func() bool { return hub2.Pings() >= 5 })
+	h2.stop(t)
+}
+
+// A hub that stops answering (its TCP connection open, nothing coming
+// back) is given up after 2 keepalives + the handshake timeout, and the
+// agent dials again.
+func TestSilentHubIsRedialed(t *testing.T) {
+	t.Parallel()
+	hub := agenttest.New(t)
+	hub.SetMute(true)
+	h := start(t, config.FromBootstrap(hub.Bootstrap("srv-m")), func(o *session.Options) {
+		o.Keepalive = 50 * time.Millisecond
+		o.HandshakeTimeout = 500 * time.Millisecond
+	})
+	agenttest.WaitFor(t, "a second session after the hub went silent", func() bool { return hub.Connections() >= 2 })
+	h.stop(t)
+}
+
 func TestWrongCAPinRefusedBeforeHello(t *testing.T) {
 	t.Parallel()
 	hub := agenttest.New(t)
