@@ -54,6 +54,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&c.Tasks, "tasks", 200, "dispatch samples with 1 and with 8 clients")
 	fs.IntVar(&c.StormTasks, "storm-tasks", 200, "tasks submitted right after the restart")
 	fs.DurationVar(&c.Timeout, "timeout", 5*time.Minute, "the longest any phase may wait")
+	fs.DurationVar(&c.Heartbeat, "heartbeat", 15*time.Second, "the hub's heartbeat interval (serve --heartbeat-interval; 3s gives 6.5k/s at 19,500 agents)")
 	fs.IntVar(&c.Replicas, "replicas", 1, "control planes (only 1 so far)")
 	_ = fs.Parse(args)
 	self, err := os.Executable()

@@ -70,6 +70,11 @@ type Report struct {
 	ConnectFailures                 map[string]int // failed attempts the agents saw in the connect phase, by kind
 	HeartbeatsPerS                  float64
 	HeartbeatCores                  float64 // serve CPU (cores) during the idle window
+	// Sessions lost while idle (settling interval and idle window): the
+	// agents' failed attempts by kind and serve's handshakes meanwhile.
+	// An idle fleet should lose none.
+	IdleFailures   map[string]int
+	IdleHandshakes int
 	Dispatch1, Dispatch8            Latency // accepted → first output
 	Storm                           StormReport
 }
@@ -249,6 +254,8 @@ func Run(ctx context.Context, c Config) (Report, error) {
 		return rep, err
 	}
 	w := s2.at.Sub(s1.at).Seconds()
+	rep.IdleFailures = r.takeFailures()
+	rep.IdleHandshakes = int(s2.handshakes - all.handshakes)
 	rep.HeartbeatsPerS = (s2.heartbeats - s1.heartbeats) / w
 	rep.HeartbeatCores = (s2.cpu - s1.cpu).Seconds() / w
 	rep.RSSMB = float64(s2.rss) / (1 << 20)
@@ -303,7 +310,8 @@ func (r *run) startCP(ctx context.Context) error {
 	}
 	args := []string{"serve", "--data-dir", r.dir, "--listen", fmt.Sprintf("127.0.0.1:%d", r.apiPort),
 		"--agent-listen", fmt.Sprintf("127.0.0.1:%d", r.agPort),
-		"--public-url", fmt.Sprintf("https://127.0.0.1:%d", r.agPort), "--log-level", "warn"}
+		"--public-url", fmt.Sprintf("https://127.0.0.1:%d", r.agPort), "--log-level", "warn",
+		"--heartbeat-interval", r.c.Heartbeat.String()}
 	cmd := exec.Command(r.c.Bin, args...)
 	if r.c.Database != "" {
 		// Not --database: serve refuses a URL with a password in its argv,
@@ -842,6 +850,7 @@ func (rep Report) Write(w io.Writer, c Config) {
 	p("  connect phase                   95%% in %.1f s, all in %.1f s; agents' failed attempts: %s", rep.Connect95S, rep.ConnectS, counts(rep.ConnectFailures))
 	p("  handshake CPU                   %.2f ms per handshake (%d handshakes until 95%% connected)", rep.HandshakeCPUms, rep.Handshakes)
 	p("  heartbeats                      %.0f/s costing %.2f cores (idle window)", rep.HeartbeatsPerS, rep.HeartbeatCores)
+	p("  sessions lost while idle        %d handshakes; agents' failed attempts: %s", rep.IdleHandshakes, counts(rep.IdleFailures))
 	p("  dispatch, 1 client              p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d tasks, %d without output)", rep.Dispatch1.P50, rep.Dispatch1.P99, rep.Dispatch1.Max, rep.Dispatch1.N, rep.Dispatch1.Lost)
 	p("  dispatch, 8 clients             p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d tasks, %d without output)", rep.Dispatch8.P50, rep.Dispatch8.P99, rep.Dispatch8.Max, rep.Dispatch8.N, rep.Dispatch8.Lost)
 	s := rep.Storm
