@@ -15,6 +15,7 @@ type metrics struct {
 	heartbeats   prometheus.Counter
 	authFailures *prometheus.CounterVec // reason
 	messages     *prometheus.CounterVec // type, agent → hub
+	hbMessages   prometheus.Counter     // messages{type="heartbeat"}, resolved once (the hot path)
 	conflicts    prometheus.Counter
 
 	conns             prometheus.Gauge
@@ -97,6 +98,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		}, []string{"cause"}),
 	}
 	if r == nil {
+		m.hbMessages = m.messages.WithLabelValues(protocol.TypeHeartbeat)
 		return m
 	}
 	m.connected = register(r, m.connected)
@@ -110,6 +112,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		m.authFailures.WithLabelValues(reason)
 	}
 	m.messages = register(r, m.messages)
+	m.hbMessages = m.messages.WithLabelValues(protocol.TypeHeartbeat)
 	m.conflicts = register(r, m.conflicts)
 	m.conns = register(r, m.conns)
 	m.capacity = register(r, m.capacity)

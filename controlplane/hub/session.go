@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -637,14 +636,6 @@ func (h *Hub) dispatch(s *session, env protocol.Envelope) {
 	h.complain(s, "unexpected message type "+messageLabel(env.Type))
 }
 
-// heartbeatEnvelope decodes a heartbeat in one pass (envelope and data
-// together), where Decode + DecodeData parse its data twice.
-type heartbeatEnvelope struct {
-	V    int                 `json:"v"`
-	Type string              `json:"type"`
-	Data *protocol.Heartbeat `json:"data"`
-}
-
 // heartbeat handles b if it is a well-formed heartbeat (the bulk of what
 // agents send) and says whether it did; anything else, malformed
 // heartbeats included, takes the general path (Decode, dispatch), which
@@ -654,25 +645,10 @@ func (h *Hub) heartbeat(s *session, b []byte) bool {
 	if !ok {
 		return false
 	}
-	h.m.messages.WithLabelValues(protocol.TypeHeartbeat).Inc()
+	h.m.hbMessages.Inc()
 	h.keepHealth(s, hb.Health)
 	return true
 }
-
-// decodeHeartbeat is the one-pass decoder: ok only when b is a heartbeat
-// that protocol.Decode and DecodeData would accept too (FuzzDecodeHeartbeat).
-func decodeHeartbeat(b []byte) (protocol.Heartbeat, bool) {
-	if len(b) > protocol.MaxMessageBytes || !bytes.Contains(b, heartbeatType) {
-		return protocol.Heartbeat{}, false
-	}
-	var e heartbeatEnvelope
-	if json.Unmarshal(b, &e) != nil || e.Type != protocol.TypeHeartbeat || e.V < protocol.MinVersion || e.Data == nil {
-		return protocol.Heartbeat{}, false
-	}
-	return *e.Data, true
-}
-
-var heartbeatType = []byte(`"` + protocol.TypeHeartbeat + `"`)
 
 // keepHealth records a heartbeat's health: the session's live view and the
 // next flush.
