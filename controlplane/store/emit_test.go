@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -185,6 +186,61 @@ func TestTaskAndDeploymentEndsAppendTheirEvents(t *testing.T) {
 			}
 			evs, _ := eventsSince(t, st, "ws_1", last)
 			wantEvent(t, evs, events.DeploymentFailed, "dep_1", map[string]any{"state": "failed", "targets": 1.0})
+		})
+	}
+}
+
+// At start-up every online server turns offline with its own
+// server.offline event, in server order and with consecutive ids, in a
+// few statements (AppendEvents writes 500 per INSERT; 1,234 servers
+// take three); the next event's id follows them.
+func TestMarkAllOfflineAtScale(t *testing.T) {
+	for _, d := range []store.Dialect{store.SQLite, store.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			ctx := context.Background()
+			st := open(t, d)
+			q := st.Q()
+			now := time.Now().UTC().Truncate(time.Microsecond)
+			if err := q.CreateWorkspace(ctx, store.Workspace{ID: "ws_1", Slug: "default", Name: "Default", CreatedAt: now}); err != nil {
+				t.Fatal(err)
+			}
+			const n = 1234
+			if err := store.SeedServers(ctx, st, "ws_1", n); err != nil {
+				t.Fatal(err)
+			}
+			if err := q.MarkAllOffline(ctx, now); err != nil {
+				t.Fatal(err)
+			}
+			evs, last := eventsSince(t, st, "ws_1", 0)
+			if len(evs) != n {
+				t.Fatalf("%d events for %d servers", len(evs), n)
+			}
+			for i, e := range evs {
+				if want := fmt.Sprintf("srv_%05d", i); e.Type != events.ServerOffline || e.Subject != want || e.ID != evs[0].ID+int64(i) {
+					t.Fatalf("event %d: %d %s %s, want id %d, %s %s", i, e.ID, e.Type, e.Subject, evs[0].ID+int64(i), events.ServerOffline, want)
+				}
+				var data map[string]any
+				if err := json.Unmarshal(e.Data, &data); err != nil || data["previous_state"] != "online" || data["state"] != "offline" {
+					t.Fatalf("event %d data %s (%v)", i, e.Data, err)
+				}
+			}
+			srv, err := q.GetServer(ctx, "", "srv_01233")
+			if err != nil || srv.State != "offline" {
+				t.Fatalf("srv_01233 after MarkAllOffline: %+v, %v", srv, err)
+			}
+			if ok, err := q.StartAgentSession(ctx, "srv_00001", "1.2.3", "{}", now); err != nil || !ok {
+				t.Fatalf("start agent session: %v, %v", ok, err)
+			}
+			evs, _ = eventsSince(t, st, "ws_1", last)
+			if len(evs) != 1 || evs[0].ID != last+1 || evs[0].Type != events.ServerOnline {
+				t.Fatalf("after the batch: %+v, want one server.online with id %d", evs, last+1)
+			}
+			if err := q.MarkAllOffline(ctx, now); err != nil {
+				t.Fatal(err)
+			}
+			if evs, _ = eventsSince(t, st, "ws_1", last+1); len(evs) != 1 || evs[0].Subject != "srv_00001" {
+				t.Fatalf("second MarkAllOffline: %+v, want only srv_00001's", evs)
+			}
 		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,6 +53,73 @@ func (q *Queries) AppendEvent(ctx context.Context, workspace, typ, subject strin
 	}
 	*q.appended = append(*q.appended, typ)
 	return id, nil
+}
+
+// NewEvent is one event for AppendEvents.
+type NewEvent struct {
+	Workspace, Type, Subject string
+	Data                     any
+}
+
+// eventInsertRows is how many events one INSERT of AppendEvents writes
+// (6 parameters each: SQLite allows 32,766 per statement).
+const eventInsertRows = 500
+
+// AppendEvents appends evs in order, as AppendEvent does each, in one id
+// allocation and a multi-row INSERT per eventInsertRows: a start-up that
+// turns 20,000 servers offline writes their events in a few statements
+// instead of 40,000 round trips (on PostgreSQL, seconds of them).
+func (q *Queries) AppendEvents(ctx context.Context, evs []NewEvent) error {
+	if q.appended == nil {
+		return ErrNotInTx
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	raws := make([]string, len(evs))
+	for i, e := range evs {
+		if e.Workspace == "" || e.Type == "" {
+			return fmt.Errorf("append event %q: workspace and type are required", e.Type)
+		}
+		raw, err := json.Marshal(e.Data)
+		if err != nil {
+			return fmt.Errorf("append event %s: %w", e.Type, err)
+		}
+		if e.Data == nil {
+			raw = []byte("{}")
+		}
+		if len(raw) > maxEventData {
+			return fmt.Errorf("append event %s: payload of %d bytes is over %d", e.Type, len(raw), maxEventData)
+		}
+		raws[i] = string(raw)
+	}
+	var last int64
+	if err := q.x.QueryRowContext(ctx, `UPDATE event_ids SET last_id = last_id + ? WHERE id = 1 RETURNING last_id`, len(evs)).Scan(&last); err != nil {
+		return fmt.Errorf("append %d events: allocate ids: %w", len(evs), err)
+	}
+	first := last - int64(len(evs)) + 1
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	var b strings.Builder
+	for start := 0; start < len(evs); start += eventInsertRows {
+		chunk := evs[start:min(start+eventInsertRows, len(evs))]
+		b.Reset()
+		b.WriteString(`INSERT INTO events (id, workspace_id, type, subject, at, data_json) VALUES `)
+		args := make([]any, 0, 6*len(chunk))
+		for i, e := range chunk {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("(?, ?, ?, ?, ?, ?)")
+			args = append(args, first+int64(start+i), e.Workspace, e.Type, e.Subject, at, raws[start+i])
+		}
+		if _, err := q.x.ExecContext(ctx, b.String(), args...); err != nil {
+			return fmt.Errorf("append %d events: %w", len(chunk), err)
+		}
+	}
+	for _, e := range evs {
+		*q.appended = append(*q.appended, e.Type)
+	}
+	return nil
 }
 
 // EventsAfter lists one workspace's events with id > after, oldest first.

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"database/sql"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/devpilot/devpilot/controlplane/events"
@@ -239,35 +241,32 @@ func (q *Queries) SetServerState(ctx context.Context, id, to string, at time.Tim
 }
 
 // MarkAllOffline turns every online server offline (at start-up, before
-// any agent reconnected), with a server.offline event for each.
+// any agent reconnected), with a server.offline event for each: one
+// UPDATE … RETURNING and the events in batches (AppendEvents).
 func (q *Queries) MarkAllOffline(ctx context.Context, at time.Time) error {
 	return q.atomically(ctx, func(q *Queries) error {
-		rows, err := q.x.QueryContext(ctx, `SELECT id FROM servers WHERE state = 'online'`)
+		rows, err := q.x.QueryContext(ctx, `UPDATE servers SET state = 'offline', updated_at = ? WHERE state = 'online'
+			RETURNING id, workspace_id, name, state_reason`, at.UTC())
 		if err != nil {
 			return err
 		}
-		var ids []string
+		var evs []NewEvent
 		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
+			var id, ws, name, reason string
+			if err := rows.Scan(&id, &ws, &name, &reason); err != nil {
 				_ = rows.Close()
 				return err
 			}
-			ids = append(ids, id)
+			evs = append(evs, NewEvent{Workspace: ws, Type: events.ServerOffline, Subject: id,
+				Data: ServerEvent{Name: name, State: "offline", PreviousState: "online", StateReason: reason}})
 		}
 		_ = rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		for _, id := range ids {
-			if _, err := q.x.ExecContext(ctx, `UPDATE servers SET state = 'offline', updated_at = ? WHERE id = ? AND state = 'online'`, at.UTC(), id); err != nil {
-				return err
-			}
-			if err := q.serverMoved(ctx, id, "online"); err != nil {
-				return err
-			}
-		}
-		return nil
+		// RETURNING's order is the database's; the log's is the servers'.
+		slices.SortFunc(evs, func(a, b NewEvent) int { return strings.Compare(a.Subject, b.Subject) })
+		return q.AppendEvents(ctx, evs)
 	})
 }
 
