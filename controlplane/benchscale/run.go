@@ -65,18 +65,20 @@ type Report struct {
 	// the kernel, and the runtime's own.
 	HeapPerAgentKB, StackPerAgentKB float64
 	HandshakeCPUms                  float64        // serve CPU / handshakes, from the start until 95% connected
+	LoadHandshakeCPUms              float64        // the load generators' CPU / handshakes, the same window
 	Handshakes                      int            // in that window
 	ConnectS, Connect95S            float64        // start → all connected, → 95%
 	ConnectFailures                 map[string]int // failed attempts the agents saw in the connect phase, by kind
 	HeartbeatsPerS                  float64
 	HeartbeatCores                  float64 // serve CPU (cores) during the idle window
+	LoadHeartbeatCores              float64 // the load generators' CPU (cores), the same window
 	// Sessions lost while idle (settling interval and idle window): the
 	// agents' failed attempts by kind and serve's handshakes meanwhile.
 	// An idle fleet should lose none.
-	IdleFailures   map[string]int
-	IdleHandshakes int
-	Dispatch1, Dispatch8            Latency // accepted → first output
-	Storm                           StormReport
+	IdleFailures         map[string]int
+	IdleHandshakes       int
+	Dispatch1, Dispatch8 Latency // accepted → first output
+	Storm                StormReport
 }
 
 // Latency is a distribution in milliseconds.
@@ -93,13 +95,17 @@ type StormReport struct {
 	Back              int                // connected at the end
 	Refusals          map[string]float64 // by reason (devpilot_hub_auth_failures_total, busy causes)
 	AgentFailures     map[string]int     // failed attempts the agents saw, by kind (down time included)
-	HealthzFailures   int                // /healthz polls (every 250 ms) that failed or took > 1 s
-	HealthzPolls      int
-	HealthzMaxMS      float64
-	Tasks             Latency // accepted → first output
-	AfterAgentMaxS    float64 // task delivered − max(accepted, its agent's welcome), worst case
-	Delivered         int     // tasks delivered
-	DeliveredTwice    int
+	// From ready until every agent is back: the handshakes the restarted
+	// serve completed per second, and the CPU (cores) of serve and of
+	// the load generators meanwhile (on one machine they share it).
+	HandshakesPerS, ServeCores, LoadCores float64
+	HealthzFailures                       int // /healthz polls (every 250 ms) that failed or took > 1 s
+	HealthzPolls                          int
+	HealthzMaxMS                          float64
+	Tasks                                 Latency // accepted → first output
+	AfterAgentMaxS                        float64 // task delivered − max(accepted, its agent's welcome), worst case
+	Delivered                             int     // tasks delivered
+	DeliveredTwice                        int
 }
 
 func (c *Config) defaults() {
@@ -234,6 +240,7 @@ func Run(ctx context.Context, c Config) (Report, error) {
 	rep.Handshakes = int(at95.handshakes - base.handshakes)
 	if rep.Handshakes > 0 {
 		rep.HandshakeCPUms = (at95.cpu - base.cpu).Seconds() * 1000 / float64(rep.Handshakes)
+		rep.LoadHandshakeCPUms = (at95.loadCPU - base.loadCPU).Seconds() * 1000 / float64(rep.Handshakes)
 	}
 
 	// Idle: heartbeats only. Settle one interval first (the ramp's
@@ -258,6 +265,7 @@ func Run(ctx context.Context, c Config) (Report, error) {
 	rep.IdleHandshakes = int(s2.handshakes - all.handshakes)
 	rep.HeartbeatsPerS = (s2.heartbeats - s1.heartbeats) / w
 	rep.HeartbeatCores = (s2.cpu - s1.cpu).Seconds() / w
+	rep.LoadHeartbeatCores = (s2.loadCPU - s1.loadCPU).Seconds() / w
 	rep.RSSMB = float64(s2.rss) / (1 << 20)
 	rep.RSSPerAgentKB = float64(s2.rss-base.rss) / 1024 / float64(max(rep.Connected, 1))
 	rep.HeapPerAgentKB = (s2.heapInuse - base.heapInuse) / 1024 / float64(max(rep.Connected, 1))
@@ -492,8 +500,9 @@ type sample struct {
 	cpu                   time.Duration
 	rss                   int64
 	connected, heartbeats float64
-	heapInuse, stackInuse float64 // bytes
-	handshakes            float64 // welcomed + refused
+	heapInuse, stackInuse float64       // bytes
+	loadCPU               time.Duration // the load generators' CPU, all together
+	handshakes            float64       // welcomed + refused
 	refusals              map[string]float64
 }
 
@@ -503,6 +512,7 @@ func (r *run) sample() (sample, error) {
 	if s.cpu, s.rss, err = procStat(r.cp.cmd.Process.Pid); err != nil {
 		return s, err
 	}
+	s.loadCPU = r.loadCPU()
 	m, err := r.metrics()
 	if err != nil {
 		return s, err
@@ -552,6 +562,17 @@ func (r *run) metrics() (map[string]float64, error) {
 		}
 	}
 	return m, sc.Err()
+}
+
+// loadCPU is the load generators' CPU time (user+system) so far.
+func (r *run) loadCPU() time.Duration {
+	var sum time.Duration
+	for _, g := range r.gens {
+		if cpu, _, err := procStat(g.Process.Pid); err == nil {
+			sum += cpu
+		}
+	}
+	return sum
 }
 
 // procStat is a process's CPU time (user+system) and RSS.
@@ -779,6 +800,11 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 
 	s.Back99S, s.Back100S = -1, -1
 	deadline := ready.Add(r.c.Timeout)
+	atReady, err := r.sample()
+	if err != nil {
+		stopHealthz()
+		return s, err
+	}
 	for time.Now().Before(deadline) {
 		m, err := r.metrics()
 		if err == nil {
@@ -795,6 +821,12 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 		if err := sleep(ctx, scrapeEvery); err != nil {
 			break
 		}
+	}
+	if back, err := r.sample(); err == nil {
+		w := back.at.Sub(atReady.at).Seconds()
+		s.HandshakesPerS = (back.handshakes - atReady.handshakes) / w
+		s.ServeCores = (back.cpu - atReady.cpu).Seconds() / w
+		s.LoadCores = (back.loadCPU - atReady.loadCPU).Seconds() / w
 	}
 	wg.Wait()
 	stopHealthz()
@@ -848,8 +880,8 @@ func (rep Report) Write(w io.Writer, c Config) {
 	p("  serve RSS                       %.0f MB, %.1f KB per agent (above the RSS before agents)", rep.RSSMB, rep.RSSPerAgentKB)
 	p("    of which Go heap, stacks      %.1f KB, %.1f KB per agent (in use; the rest: GC headroom, freed pages)", rep.HeapPerAgentKB, rep.StackPerAgentKB)
 	p("  connect phase                   95%% in %.1f s, all in %.1f s; agents' failed attempts: %s", rep.Connect95S, rep.ConnectS, counts(rep.ConnectFailures))
-	p("  handshake CPU                   %.2f ms per handshake (%d handshakes until 95%% connected)", rep.HandshakeCPUms, rep.Handshakes)
-	p("  heartbeats                      %.0f/s costing %.2f cores (idle window)", rep.HeartbeatsPerS, rep.HeartbeatCores)
+	p("  handshake CPU                   %.2f ms per handshake (%d handshakes until 95%% connected); the load generators' %.2f ms", rep.HandshakeCPUms, rep.Handshakes, rep.LoadHandshakeCPUms)
+	p("  heartbeats                      %.0f/s costing %.2f cores (idle window); the load generators' %.2f cores", rep.HeartbeatsPerS, rep.HeartbeatCores, rep.LoadHeartbeatCores)
 	p("  sessions lost while idle        %d handshakes; agents' failed attempts: %s", rep.IdleHandshakes, counts(rep.IdleFailures))
 	p("  dispatch, 1 client              p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d tasks, %d without output)", rep.Dispatch1.P50, rep.Dispatch1.P99, rep.Dispatch1.Max, rep.Dispatch1.N, rep.Dispatch1.Lost)
 	p("  dispatch, 8 clients             p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d tasks, %d without output)", rep.Dispatch8.P50, rep.Dispatch8.P99, rep.Dispatch8.Max, rep.Dispatch8.N, rep.Dispatch8.Lost)
@@ -857,6 +889,7 @@ func (rep Report) Write(w io.Writer, c Config) {
 	p("  storm: SIGKILL → ready          %.1f s", s.ReadyAfterS)
 	p("  storm: ready → 99%% back         %.1f s", s.Back99S)
 	p("  storm: ready → 100%% back        %.1f s (%d of %d back)", s.Back100S, s.Back, rep.Agents)
+	p("  storm: until back               %.0f handshakes/s; serve %.2f cores, the load generators %.2f", s.HandshakesPerS, s.ServeCores, s.LoadCores)
 	keys := make([]string, 0, len(s.Refusals))
 	for k := range s.Refusals {
 		keys = append(keys, k)
