@@ -56,3 +56,9 @@ func PoolSize(d Dialect) int {
 	}
 	return sqlitePool
 }
+
+// ForceState sets a server's state with no event, for tests.
+func ForceState(ctx context.Context, s *Store, id, state string) error {
+	_, err := s.Q().x.ExecContext(ctx, `UPDATE servers SET state = ? WHERE id = ?`, state, id)
+	return err
+}

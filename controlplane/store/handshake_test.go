@@ -340,3 +340,94 @@ func TestSessionTasks(t *testing.T) {
 		})
 	}
 }
+
+// StartAgentSessions (a batch in four statements) does what
+// StartAgentSession does for each server, from every state: the same
+// answer, the same state and agent version afterwards, the same events.
+func TestStartAgentSessionsMatchesOneByOne(t *testing.T) {
+	for _, d := range []store.Dialect{store.SQLite, store.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			ctx := context.Background()
+			now := time.Now().UTC().Truncate(time.Microsecond)
+			states := []string{"online", "offline", "agent_offline", "unknown", "installing", "provisioning", "stopped", "lost",
+				"failed", "deleting", "deleted"}
+			setup := func() *store.Store {
+				st := open(t, d)
+				if err := st.Q().CreateWorkspace(ctx, store.Workspace{ID: "ws_1", Slug: "default", Name: "Default", CreatedAt: now}); err != nil {
+					t.Fatal(err)
+				}
+				if err := store.SeedServers(ctx, st, "ws_1", len(states)); err != nil {
+					t.Fatal(err)
+				}
+				for i, s := range states {
+					if err := store.ForceState(ctx, st, fmt.Sprintf("srv_%05d", i), s); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return st
+			}
+			starts := make([]store.SessionStart, 0, len(states)+1)
+			for i := range len(states) + 1 { // srv_000NN past the states does not exist
+				starts = append(starts, store.SessionStart{ID: fmt.Sprintf("srv_%05d", i), Version: "2.0.0", FactsJSON: `{"os":"linux"}`, At: now})
+			}
+
+			one, batch := setup(), setup()
+			var wantOK []bool
+			for _, s := range starts {
+				ok, err := one.Q().StartAgentSession(ctx, s.ID, s.Version, s.FactsJSON, s.At)
+				if err != nil {
+					t.Fatalf("StartAgentSession %s: %v", s.ID, err)
+				}
+				wantOK = append(wantOK, ok)
+			}
+			var gotOK []bool
+			if err := batch.InTx(ctx, func(q *store.Queries) error {
+				var err error
+				gotOK, err = q.StartAgentSessions(ctx, starts)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			for i, s := range starts {
+				if gotOK[i] != wantOK[i] {
+					t.Errorf("%s (%s): batch ok %v, one by one %v", s.ID, stateOf(states, i), gotOK[i], wantOK[i])
+				}
+				if i == len(states) {
+					continue
+				}
+				a, errA := one.Q().GetServer(ctx, "", s.ID)
+				b, errB := batch.Q().GetServer(ctx, "", s.ID)
+				if errA != nil || errB != nil || a.State != b.State || a.AgentVersion != b.AgentVersion || a.FactsJSON != b.FactsJSON ||
+					!sameTime(a.LastSeenAt, b.LastSeenAt) || (a.InstalledAt == nil) != (b.InstalledAt == nil) {
+					t.Errorf("%s (%s): one by one %s/%s seen %v, batch %s/%s seen %v (%v, %v)", s.ID, stateOf(states, i),
+						a.State, a.AgentVersion, a.LastSeenAt, b.State, b.AgentVersion, b.LastSeenAt, errA, errB)
+				}
+			}
+			evA, _ := eventsSince(t, one, "ws_1", 0)
+			evB, _ := eventsSince(t, batch, "ws_1", 0)
+			if len(evA) == 0 || len(evA) != len(evB) {
+				t.Fatalf("events: one by one %d, batch %d", len(evA), len(evB))
+			}
+			for i := range evA {
+				if evA[i].Type != evB[i].Type || evA[i].Subject != evB[i].Subject || string(evA[i].Data) != string(evB[i].Data) {
+					t.Errorf("event %d: one by one %s %s %s, batch %s %s %s", i, evA[i].Type, evA[i].Subject, evA[i].Data,
+						evB[i].Type, evB[i].Subject, evB[i].Data)
+				}
+			}
+		})
+	}
+}
+
+func stateOf(states []string, i int) string {
+	if i < len(states) {
+		return states[i]
+	}
+	return "no such server"
+}
+
+func sameTime(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(*b)
+}

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"time"
 )
@@ -77,16 +79,15 @@ func (s *Store) StartAgentSessionBatched(ctx context.Context, st SessionStart) (
 func (s *Store) runSessionBatch(batch []*sessionReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), sessionBatchTimeout)
 	defer cancel()
-	oks := make([]bool, len(batch))
+	starts := make([]SessionStart, len(batch))
+	for i, r := range batch {
+		starts[i] = r.SessionStart
+	}
+	var oks []bool
 	err := s.InTx(ctx, func(q *Queries) error {
-		for i, r := range batch {
-			ok, err := q.StartAgentSession(ctx, r.ID, r.Version, r.FactsJSON, r.At)
-			if err != nil {
-				return err
-			}
-			oks[i] = ok
-		}
-		return nil
+		var err error
+		oks, err = q.StartAgentSessions(ctx, starts)
+		return err
 	})
 	if err == nil {
 		for i, r := range batch {
@@ -99,4 +100,109 @@ func (s *Store) runSessionBatch(batch []*sessionReq) {
 		r.ok, r.err = s.Q().StartAgentSession(ctx, r.ID, r.Version, r.FactsJSON, r.At)
 		close(r.done)
 	}
+}
+
+// StartAgentSessions is StartAgentSession for several servers at once, in
+// q's transaction: their states read (and on PostgreSQL locked), one
+// UPDATE … FROM (VALUES …) RETURNING for all, and the server.online
+// events of those that came back (AppendEvents): four statements for a
+// batch, where StartAgentSession takes up to six round trips per
+// server. oks[i] says whether starts[i]'s server is live (it exists
+// and is neither deleted nor being deleted). The ids must be distinct: the hub
+// starts one session per server at a time; a repeated one is refused.
+func (q *Queries) StartAgentSessions(ctx context.Context, starts []SessionStart) ([]bool, error) {
+	if q.appended == nil {
+		return nil, ErrNotInTx
+	}
+	oks := make([]bool, len(starts))
+	if len(starts) == 0 {
+		return oks, nil
+	}
+	pg := q.st != nil && q.st.dialect == Postgres
+	ids := make([]any, len(starts))
+	seen := make(map[string]bool, len(starts))
+	for i, st := range starts {
+		if seen[st.ID] {
+			return nil, fmt.Errorf("start agent sessions: server %s twice in one batch", st.ID)
+		}
+		seen[st.ID] = true
+		ids[i] = st.ID
+	}
+	marks := strings.TrimSuffix(strings.Repeat("?, ", len(starts)), ", ")
+	sel := `SELECT id, state FROM servers WHERE id IN (` + marks + `)`
+	if pg {
+		sel += ` FOR UPDATE`
+	}
+	prev := make(map[string]string, len(starts))
+	rows, err := q.x.QueryContext(ctx, sel, ids...)
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var id, state string
+		if err := rows.Scan(&id, &state); err != nil {
+			_ = rows.Close()
+			return nil, err
+		}
+		prev[id] = state
+	}
+	_ = rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+
+	tuple := "(?, ?, ?, ?)"
+	if pg {
+		tuple = "(?::text, ?::text, ?::text, ?::timestamptz)" // VALUES parameters are untyped there
+	}
+	var b strings.Builder
+	b.WriteString(`UPDATE servers SET agent_version = v.column2, facts_json = v.column3, last_seen_at = v.column4,
+		installed_at = COALESCE(installed_at, v.column4),
+		state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
+		updated_at = v.column4 FROM (VALUES `)
+	args := make([]any, 0, 4*len(starts))
+	for i, st := range starts {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(tuple)
+		args = append(args, st.ID, st.Version, st.FactsJSON, st.At.UTC())
+	}
+	b.WriteString(`) AS v WHERE servers.id = v.column1 AND servers.state NOT IN ('deleted', 'deleting')
+		RETURNING servers.id, servers.workspace_id, servers.name, servers.state, servers.state_reason`)
+	type moved struct{ ws, name, state, reason string }
+	now := make(map[string]moved, len(starts))
+	rows, err = q.x.QueryContext(ctx, b.String(), args...)
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var id string
+		var m moved
+		if err := rows.Scan(&id, &m.ws, &m.name, &m.state, &m.reason); err != nil {
+			_ = rows.Close()
+			return nil, err
+		}
+		now[id] = m
+	}
+	_ = rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+
+	var evs []NewEvent
+	for i, st := range starts {
+		m, ok := now[st.ID]
+		if !ok {
+			continue // deleted, being deleted, or no such server
+		}
+		was := prev[st.ID]
+		oks[i] = true
+		typ, isEvent := serverEventTypes[m.state]
+		if isEvent && m.state != was {
+			evs = append(evs, NewEvent{Workspace: m.ws, Type: typ, Subject: st.ID,
+				Data: ServerEvent{Name: m.name, State: m.state, PreviousState: was, StateReason: m.reason}})
+		}
+	}
+	return oks, q.AppendEvents(ctx, evs)
 }
