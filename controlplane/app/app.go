@@ -97,11 +97,14 @@ type Config struct {
 	// AgentReleaseKeys are files of agent release public keys (several
 	// during a rotation): releases must verify against one, and new
 	// servers' agents pin them all (controlplane/agentrelease).
-	AgentReleaseKeys  []string
-	AgentTimeout      time.Duration // how long a new server's agent has to confirm the install; default 15 min
-	BootstrapTTL      time.Duration // bootstrap token lifetime; default 60 min
-	HeartbeatInterval time.Duration // told to agents; default 15 s
-	PollInterval      time.Duration // instance status polling; default 5 s
+	AgentReleaseKeys []string
+	AgentTimeout     time.Duration // how long a new server's agent has to confirm the install; default 15 min
+	// AgentRebootTimeout: how long a graceful reboot waits for the agent
+	// to come back before the cloud's reboot; default 5 min.
+	AgentRebootTimeout time.Duration
+	BootstrapTTL       time.Duration // bootstrap token lifetime; default 60 min
+	HeartbeatInterval  time.Duration // told to agents; default 15 s
+	PollInterval       time.Duration // instance status polling; default 5 s
 	// Health history: how long it is kept (default 24 h) and its bucket
 	// width, one point per server each (default 1 min).
 	HealthHistoryRetention  time.Duration
@@ -284,7 +287,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	reg.MustRegister(a.Store.EventMetrics())
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
-		AgentTimeout: cfg.AgentTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,
+		AgentTimeout: cfg.AgentTimeout, AgentRebootTimeout: cfg.AgentRebootTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,
 		Owner:           leaseOwner(cfg.DataDir),
 		HealthRetention: cfg.HealthHistoryRetention, HealthResolution: cfg.HealthHistoryResolution,
 		Live: func(id string) (provision.Live, bool) {

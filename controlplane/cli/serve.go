@@ -79,6 +79,8 @@ func serveCmd(env Env) *cobra.Command {
 	fs.StringSliceVar(&cfg.AgentReleaseKeys, "agent-release-key", nil,
 		"agent release public key file (devpilot agents keygen prints it); repeat it, or separate with commas, while rotating keys")
 	fs.DurationVar(&cfg.AgentTimeout, "agent-timeout", 15*time.Minute, "how long a new server's agent has to confirm the install")
+	fs.DurationVar(&cfg.AgentRebootTimeout, "agent-reboot-timeout", provision.DefaultAgentRebootTimeout,
+		"how long a graceful reboot waits for the agent to come back with a new boot before it reboots through the cloud (10s to 1h)")
 	fs.DurationVar(&cfg.BootstrapTTL, "bootstrap-ttl", time.Hour, "lifetime of a server's one-time bootstrap token (at most 1h)")
 	fs.DurationVar(&cfg.BodyTimeout, "body-timeout", httpguard.DefaultBodyTimeout, "how long a request may take to send its body")
 	fs.IntVar(&cfg.MaxUnauthenticated, "max-unauthenticated", httpguard.DefaultMaxUnauthenticated,
@@ -117,6 +119,9 @@ func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acme
 	}
 	if cfg.AgentHandshakes < 1 {
 		return usagef("--agent-handshakes must be at least 1 (default %d)", app.DefaultAgentHandshakes)
+	}
+	if cfg.AgentRebootTimeout < 10*time.Second || cfg.AgentRebootTimeout > time.Hour {
+		return usagef("--agent-reboot-timeout must be from 10s to 1h (default %s)", provision.DefaultAgentRebootTimeout)
 	}
 	if cfg.HeartbeatInterval < time.Second || cfg.HeartbeatInterval > 5*time.Minute || cfg.HeartbeatInterval%time.Second != 0 {
 		return usagef("--heartbeat-interval must be whole seconds from 1s to 5m (default %ds)", protocol.DefaultHeartbeatS)

@@ -54,3 +54,16 @@ func TestServeRefusesABadHeartbeatInterval(t *testing.T) {
 		}
 	}
 }
+
+// A graceful reboot's wait for the agent is bounded both ways: too short
+// and every reboot goes through the cloud, too long and a stuck agent's
+// server waits an hour.
+func TestServeRefusesABadAgentRebootTimeout(t *testing.T) {
+	t.Parallel()
+	for _, v := range []string{"0s", "9s", "61m"} {
+		r := cli(t, map[string]string{}, "", "serve", "--data-dir", t.TempDir(), "--agent-reboot-timeout", v)
+		if r.code != 2 || !strings.Contains(r.stderr, "--agent-reboot-timeout must be from 10s to 1h (default 5m0s)") {
+			t.Errorf("serve --agent-reboot-timeout %s: %+v", v, r)
+		}
+	}
+}

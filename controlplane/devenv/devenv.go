@@ -47,13 +47,14 @@ type Config struct {
 	BootDelay time.Duration
 
 	// Passed to the control plane (see app.Config); zero values take its defaults.
-	Database          string // "" for SQLite in DataDir, or a postgres:// URL
-	AgentDir          string
-	AgentReleaseKeys  []string // more files of release public keys to trust, beside the dev key
-	AgentTimeout      time.Duration
-	HeartbeatInterval time.Duration
-	PollInterval      time.Duration
-	ReconcileInterval time.Duration
+	Database           string // "" for SQLite in DataDir, or a postgres:// URL
+	AgentDir           string
+	AgentReleaseKeys   []string // more files of release public keys to trust, beside the dev key
+	AgentTimeout       time.Duration
+	AgentRebootTimeout time.Duration
+	HeartbeatInterval  time.Duration
+	PollInterval       time.Duration
+	ReconcileInterval  time.Duration
 	// Integration health checks and alert evaluation (app.Config's).
 	IntegrationCheckInterval time.Duration
 	AlertInterval            time.Duration
@@ -185,7 +186,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	e.appCfg = app.Config{
 		DataDir: cfg.DataDir, Database: cfg.Database, Listen: cfg.Listen, TLS: app.TLSAuto, Logger: cfg.Logger, Out: cfg.Out,
 		DigitalOceanAPIURL: e.DOURL, VultrAPIURL: e.VultrURL,
-		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
+		AgentDir: cfg.AgentDir, AgentTimeout: cfg.AgentTimeout, AgentRebootTimeout: cfg.AgentRebootTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		PollInterval: cfg.PollInterval, NoSSHDiagnostics: cfg.Runtime == nil, SSHAddr: cfg.SSHAddr,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileFirewallEvery: cfg.ReconcileFirewallEvery,
 		AgentReleaseKeys:         append([]string{filepath.Join(cfg.DataDir, DevReleasePublicKeyFile)}, cfg.AgentReleaseKeys...),

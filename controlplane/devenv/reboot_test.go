@@ -15,7 +15,6 @@ import (
 	"github.com/devpilot/devpilot/bootstrap/sandbox"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
 	"github.com/devpilot/devpilot/controlplane/devenv"
-	"github.com/devpilot/devpilot/controlplane/provision"
 )
 
 // TestGracefulRebootThroughTheAgent: on both clouds a reboot without hard
@@ -149,7 +148,7 @@ func TestControlPlaneKilledDuringGracefulReboot(t *testing.T) {
 	}
 	// A kill between recording "asked" and asking leaves the agent
 	// unasked: the job then falls back to the cloud after
-	// AgentRebootTimeout (5 min), so the deadline is longer than that.
+	// --agent-reboot-timeout (default 5 min), so the deadline is longer.
 	for deadline := time.Now().Add(8 * time.Minute); a.State != "succeeded"; time.Sleep(50 * time.Millisecond) {
 		p.do("GET", path, nil, &a)
 		if a.State == "failed" || time.Now().After(deadline) {
@@ -170,17 +169,17 @@ func TestControlPlaneKilledDuringGracefulReboot(t *testing.T) {
 
 // TestGracefulRebootFallsBackToTheCloud: an agent that was asked but does
 // not come back with a new boot (here: its boot id file never changes)
-// gets the cloud's reboot after AgentRebootTimeout, recorded as the
+// gets the cloud's reboot after --agent-reboot-timeout, recorded as the
 // fallback.
 func TestGracefulRebootFallsBackToTheCloud(t *testing.T) {
-	old := provision.AgentRebootTimeout
-	provision.AgentRebootTimeout = 3 * time.Second
-	t.Cleanup(func() { provision.AgentRebootTimeout = old })
 	fixed := filepath.Join(t.TempDir(), "boot_id")
 	if err := os.WriteFile(fixed, []byte("same-boot-forever\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	h := startWith(t, func(c *devenv.Config) { c.AgentEnv = []string{"DEVPILOT_AGENT_BOOT_ID_FILE=" + fixed} })
+	h := startWith(t, func(c *devenv.Config) {
+		c.AgentEnv = []string{"DEVPILOT_AGENT_BOOT_ID_FILE=" + fixed}
+		c.AgentRebootTimeout = 3 * time.Second
+	})
 	_, do, _ := h.connect("digitalocean", "do", h.env.Values["DO_SIM_TOKEN"])
 	srv := h.waitServer(h.createServer(do.ID, "stuck-boot", "nyc3", "s-1vcpu-1gb", "debian-12", nil).ID, 90*time.Second, "online", online)
 	a := h.act(srv, map[string]any{"type": "reboot"})

@@ -63,10 +63,10 @@ const (
 // control plane takes a dead one's action over within ActionLease.
 var ActionLease = 30 * time.Second
 
-// AgentRebootTimeout is how long a graceful reboot waits for the agent it
-// asked to come back with a new boot before it falls back to the cloud's
-// reboot.
-var AgentRebootTimeout = 5 * time.Minute
+// DefaultAgentRebootTimeout is Options.AgentRebootTimeout's default: how
+// long a graceful reboot waits for the agent it asked to come back with a
+// new boot before it falls back to the cloud's reboot.
+const DefaultAgentRebootTimeout = 5 * time.Minute
 
 // How a reboot was made (actionParams.RebootVia), recorded before it starts.
 const (
@@ -782,7 +782,7 @@ func (j *actionJob) reboot(ctx context.Context, i int, resumed bool) (string, er
 				if err := j.s.o.AskReboot(ctx, j.srv.ID, j.a.ID); err != nil {
 					// Perhaps sent, perhaps not: wait_reboot waits for a new
 					// boot and falls back to the cloud's reboot after
-					// AgentRebootTimeout.
+					// Options.AgentRebootTimeout.
 					return "asking the agent failed (" + err.Error() + "); waiting for it anyway", nil
 				}
 				return "asked the agent to reboot (boot " + l.BootID + ")", nil
@@ -802,7 +802,7 @@ func (j *actionJob) reboot(ctx context.Context, i int, resumed bool) (string, er
 
 // waitReboot is the wait_reboot step: for the agent's reboot, until it is
 // back with a new boot id (no cloud action), falling back to the cloud's
-// reboot after AgentRebootTimeout; else for the cloud's action.
+// reboot after Options.AgentRebootTimeout; else for the cloud's action.
 func (j *actionJob) waitReboot(ctx context.Context, i int, resumed bool) (string, error) {
 	st := &j.steps[i]
 	if j.p.RebootVia != rebootViaAgent {
@@ -815,7 +815,7 @@ func (j *actionJob) waitReboot(ctx context.Context, i int, resumed bool) (string
 			return d, err
 		}
 		j.p.Fallback = true
-		j.p.FallbackWhy = "the agent did not come back with a new boot within " + AgentRebootTimeout.String()
+		j.p.FallbackWhy = "the agent did not come back with a new boot within " + j.s.o.AgentRebootTimeout.String()
 		if err := j.save(ctx); err != nil {
 			return "", err
 		}
@@ -839,7 +839,7 @@ func (j *actionJob) waitReboot(ctx context.Context, i int, resumed bool) (string
 // AgentRebootTimeout.
 func (j *actionJob) waitNewBoot(ctx context.Context) (string, error) {
 	wake := j.s.waiter(j.srv.ID)
-	deadline := time.NewTimer(AgentRebootTimeout)
+	deadline := time.NewTimer(j.s.o.AgentRebootTimeout)
 	defer deadline.Stop()
 	for {
 		if l, ok := j.s.live(j.srv.ID); ok && l.Connected && l.BootID != "" && l.BootID != j.p.AgentBoot {

@@ -131,6 +131,10 @@ type Options struct {
 	PollInterval time.Duration // wait_active polling; default 5 s
 	RetryMin     time.Duration // first retry wait of a transient failure; default 2 s
 	StepTimeout  time.Duration // how long a step retries transient failures; default 15 min
+	// AgentRebootTimeout: how long a graceful reboot waits for the agent
+	// to come back with a new boot before the cloud's reboot; default
+	// DefaultAgentRebootTimeout.
+	AgentRebootTimeout time.Duration
 	// Owner names this control plane in lifecycle action leases; the same
 	// control plane restarted (same host, same data dir) takes its own
 	// leases back at once, others wait for them to expire. "": random.
@@ -229,6 +233,9 @@ func New(o Options) *Service {
 	}
 	if o.StepTimeout == 0 {
 		o.StepTimeout = 15 * time.Minute
+	}
+	if o.AgentRebootTimeout == 0 {
+		o.AgentRebootTimeout = DefaultAgentRebootTimeout
 	}
 	if o.Disconnect == nil {
 		o.Disconnect = func(string, string) {}
