@@ -32,6 +32,7 @@ type actionStep struct {
 	StartedAt  *time.Time      `json:"started_at"`
 	FinishedAt *time.Time      `json:"finished_at"`
 	Error      json.RawMessage `json:"error"`
+	Detail     string          `json:"detail"` // what the step did, e.g. "asked the agent to reboot (boot …)"
 }
 
 func (s actionStep) errText() string {
@@ -163,7 +164,10 @@ func watchAction(ctx context.Context, v *verb, cl *client, server string, a *act
 				if st.StartedAt != nil && st.FinishedAt != nil {
 					took = st.FinishedAt.Sub(*st.StartedAt).Round(time.Millisecond).String()
 				}
-				fmt.Fprintf(w, "  ✓ %-14s %s\n", st.Name, took)
+				if st.Detail != "" {
+					took += " — " + st.Detail
+				}
+				fmt.Fprintf(w, "  ✓ %-14s %s\n", st.Name, strings.TrimPrefix(took, " "))
 			case "failed":
 				fmt.Fprintf(w, "  ✗ %-14s failed %s\n", st.Name, st.errText())
 			}

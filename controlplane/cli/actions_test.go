@@ -46,7 +46,7 @@ func TestLifecycleVerbs(t *testing.T) {
 		mu.Unlock()
 		state, step := "running", `{"name":"shutdown","state":"running","started_at":"2026-12-02T03:00:00Z"}`
 		if n > 1 {
-			state, step = "succeeded", `{"name":"shutdown","state":"succeeded","started_at":"2026-12-02T03:00:00Z","finished_at":"2026-12-02T03:00:02Z"}`
+			state, step = "succeeded", `{"name":"shutdown","state":"succeeded","started_at":"2026-12-02T03:00:00Z","finished_at":"2026-12-02T03:00:02Z","detail":"the cloud's graceful shutdown"}`
 			if typ == "power_on" {
 				state, step = "failed", `{"name":"power_on","state":"failed","error":"the instance did not start"}`
 			}
@@ -72,7 +72,7 @@ func TestLifecycleVerbs(t *testing.T) {
 	r := cli(t, v, "", "servers", "reboot", "web-1", "--hard", "--wait", "-o", "json")
 	var a struct{ ID, State string }
 	mustJSON(t, "reboot --wait -o json", r.stdout, &a)
-	if r.code != 0 || a.State != "succeeded" || !strings.Contains(r.stderr, "✓ shutdown") {
+	if r.code != 0 || a.State != "succeeded" || !strings.Contains(r.stderr, "✓ shutdown       2s — the cloud's graceful shutdown") {
 		t.Errorf("reboot --wait: %+v", r)
 	}
 	reset()
