@@ -125,7 +125,8 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 			Form: url.Values{"force": {"1"}}, SizesErr: refusal, Warning: "Forced"}}, []string{`name="force" value="1"`, "Forced"}},
 		{"server", "layout", page{Title: online.Name, Data: serverData{Server: online, Actions: []action{
 			{Action: apitypes.Action{ID: "act_1", Type: "resize", State: "failed", Error: &apitypes.ErrorDetail{Code: refusal.Code, Message: refusal.Message, Hint: refusal.Hint},
-				CreatedAt: at}}}}}, []string{"Resize", "token is read-only"}},
+				Steps: []apitypes.ActionStep{{Name: "power_off", State: "done", Detail: "the cloud's graceful shutdown"}},
+				CreatedAt: at}}}}}, []string{"Resize", "token is read-only", "power_off: done — the cloud&#39;s graceful shutdown"}},
 		{"newserver", "layout", page{Title: "Create server", Err: refusal, Data: newServerData{
 			Integrations: []integration{invalid}, Integration: &invalid, Catalog: cat, Region: "nyc3",
 			Sizes: sizeOptions(cat, "nyc3", "s-1vcpu-1gb"), Name: "web-2", CatalogErr: refusal}}, nil},
