@@ -70,7 +70,8 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"id":"dep_1","state":"failed","tag":"web","max_parallel":1,
 		"error":"1 of 2 targets failed","created_at":"2026-01-02T15:00:00Z","finished_at":"2026-01-02T15:01:00Z",
 		"counts":{"failed":1,"succeeded":1},"targets":[{"server_id":"srv_1","batch":0,"task_id":"tsk_1",
-		"state":"failed","reason":"exit","error":"exit status 2","exit_code":2},{"server_id":"srv_2","batch":1,"state":"skipped"}]}`), &dep); err != nil {
+		"state":"failed","reason":"exit","error":"exit status 2","exit_code":2},{"server_id":"srv_2","batch":1,"state":"skipped","action_id":"act_7"}],
+		"firewall_steps":[{"step":2,"name":"open-web","ports":[22,80,443]}]}`), &dep); err != nil {
 		t.Fatal(err)
 	}
 	names := map[string]string{"srv_1": "web-1", "srv_2": "db-1"}
@@ -125,7 +126,7 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 			Form: url.Values{"force": {"1"}}, SizesErr: refusal, Warning: "Forced"}}, []string{`name="force" value="1"`, "Forced"}},
 		{"server", "layout", page{Title: online.Name, Data: serverData{Server: online, Actions: []action{
 			{Action: apitypes.Action{ID: "act_1", Type: "resize", State: "failed", Error: &apitypes.ErrorDetail{Code: refusal.Code, Message: refusal.Message, Hint: refusal.Hint},
-				Steps: []apitypes.ActionStep{{Name: "power_off", State: "done", Detail: "the cloud's graceful shutdown"}},
+				Steps:     []apitypes.ActionStep{{Name: "power_off", State: "done", Detail: "the cloud's graceful shutdown"}},
 				CreatedAt: at}}}}}, []string{"Resize", "token is read-only", "power_off: done — the cloud&#39;s graceful shutdown"}},
 		{"newserver", "layout", page{Title: "Create server", Err: refusal, Data: newServerData{
 			Integrations: []integration{invalid}, Integration: &invalid, Catalog: cat, Region: "nyc3",
@@ -141,7 +142,8 @@ func TestEveryPageRendersWithFailedStates(t *testing.T) {
 		{"tasks", "layout", page{Title: "Tasks", Data: tasksData{Names: names}}, nil},
 		{"task", "layout", page{Title: "Task tsk_1", Data: taskData{Task: failedTask, Server: "db-1", Logs: "/logs"}}, []string{"exit status 2"}},
 		{"task", "live", page{Data: taskData{Task: failedTask, Server: "db-1"}}, []string{`id="task-exit">2<`}},
-		{"deployment", "layout", page{Title: "Deployment dep_1", Data: deploymentData{Deployment: dep, Names: names, Live: "/live"}}, []string{"1 of 2 targets failed"}},
+		{"deployment", "layout", page{Title: "Deployment dep_1", Data: deploymentData{Deployment: dep, Names: names, Live: "/live"}}, []string{"1 of 2 targets failed",
+			"step 3 (open-web): inbound ports 22, 80, 443", `href="/ui/w/default/servers/srv_2#actions">firewall act_7</a>`}},
 		{"deployment", "live", page{Data: deploymentData{Deployment: dep, Names: names}}, nil},
 		{"alerts", "layout", page{Title: "Alerts", Data: alertsData{Firing: []apitypes.Alert{firing}, Rules: rules}},
 			[]string{"web-1 offline for 5m0s", "disk"}},

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/devpilot/devpilot/controlplane/apitypes"
@@ -275,6 +276,25 @@ type deployment struct{ apitypes.Deployment }
 
 // Busy reports whether the deployment is still running.
 func (d deployment) Busy() bool { return d.FinishedAt == nil }
+
+// FirewallSteps describes the plan's firewall steps, which the control
+// plane runs between the agent's steps (one ports action per server):
+// "step 3 (open-web): inbound ports 22, 80, 443".
+func (d deployment) FirewallSteps() []string {
+	out := make([]string, 0, len(d.Firewall))
+	for _, f := range d.Firewall {
+		ports := make([]string, len(f.Ports))
+		for i, p := range f.Ports {
+			ports[i] = strconv.Itoa(p)
+		}
+		name := ""
+		if f.Name != "" {
+			name = " (" + f.Name + ")"
+		}
+		out = append(out, fmt.Sprintf("step %d%s: inbound ports %s", f.Step+1, name, strings.Join(ports, ", ")))
+	}
+	return out
+}
 
 type deploymentData struct {
 	Deployment deployment
