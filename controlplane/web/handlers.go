@@ -56,6 +56,8 @@ func (c *Console) routes() {
 	c.handle("POST /ui/w/{ws}/settings/webhooks", changes, c.createWebhook)
 	c.handle("GET /ui/w/{ws}/settings/webhooks/{id}", readOnly, c.webhookPage)
 	c.handle("POST /ui/w/{ws}/settings/webhooks/{id}/ping", changes, c.pingWebhook)
+	c.handle("POST /ui/w/{ws}/settings/webhooks/{id}", changes, c.updateWebhook)
+	c.handle("POST /ui/w/{ws}/settings/webhooks/{id}/deliveries/{delivery}/redeliver", changes, c.redeliverWebhook)
 
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusNotFound, "error", page{Title: "Not found", S: c.sessionOf(r),

@@ -41,13 +41,7 @@ func (c *Console) renderWebhooks(w http.ResponseWriter, r *http.Request, s *sess
 
 func (c *Console) createWebhook(w http.ResponseWriter, r *http.Request, s *session) error {
 	d := webhooksData{URL: r.PostFormValue("url"), Events: r.PostFormValue("events"), Format: r.PostFormValue("format")}
-	var evs []string
-	for _, p := range strings.Split(d.Events, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			evs = append(evs, p)
-		}
-	}
-	req := apitypes.CreateWebhook{URL: d.URL, Events: evs, Format: d.Format, Description: r.PostFormValue("description")}
+	req := apitypes.CreateWebhook{URL: d.URL, Events: eventList(d.Events), Format: d.Format, Description: r.PostFormValue("description")}
 	var created apitypes.CreatedWebhook
 	err := c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/webhooks", req, &created)
 	var ae *apiError
@@ -89,4 +83,63 @@ func (c *Console) pingWebhook(w http.ResponseWriter, r *http.Request, s *session
 	}
 	return c.done(w, r, s, uiBase(r)+"/settings/webhooks/"+url.PathEscape(id),
 		"Test message "+d.ID+" queued; its outcome appears in the delivery log below (reload).", nil)
+}
+
+// eventList is the events field's comma-separated patterns.
+func eventList(field string) []string {
+	var evs []string
+	for _, p := range strings.Split(field, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			evs = append(evs, p)
+		}
+	}
+	return evs
+}
+
+// updateWebhook is the webhook page's two forms: the settings (URL,
+// events, format, description) or, with "enabled" alone, enable/disable.
+// Either is one PATCH; a refusal comes back on the page as a flash.
+func (c *Console) updateWebhook(w http.ResponseWriter, r *http.Request, s *session) error {
+	id := r.PathValue("id")
+	var req apitypes.UpdateWebhook
+	msg := "Webhook saved."
+	if v := r.PostFormValue("enabled"); v != "" {
+		on := v == "true"
+		req.Enabled = &on
+		msg = "Webhook disabled: no deliveries until it is enabled again."
+		if on {
+			msg = "Webhook enabled: new events are delivered again."
+		}
+	} else {
+		u, f, desc := r.PostFormValue("url"), r.PostFormValue("format"), r.PostFormValue("description")
+		req.URL, req.Format, req.Description, req.Events = &u, &f, &desc, eventList(r.PostFormValue("events"))
+	}
+	to := uiBase(r) + "/settings/webhooks/" + url.PathEscape(id)
+	err := c.call(r, s.token.Reveal(), http.MethodPatch, wsBase(r)+"/webhooks/"+url.PathEscape(id), req, nil)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Status != http.StatusUnauthorized {
+		return c.done(w, r, s, to, "", ae)
+	}
+	if err != nil {
+		return err
+	}
+	return c.done(w, r, s, to, msg, nil)
+}
+
+// redeliverWebhook queues a delivery again (a new attempt series of the
+// same message id, so a receiver that deduplicates by it sees it once).
+func (c *Console) redeliverWebhook(w http.ResponseWriter, r *http.Request, s *session) error {
+	id, dl := r.PathValue("id"), r.PathValue("delivery")
+	var d apitypes.WebhookDelivery
+	err := c.call(r, s.token.Reveal(), http.MethodPost,
+		wsBase(r)+"/webhooks/"+url.PathEscape(id)+"/deliveries/"+url.PathEscape(dl)+"/redeliver", nil, &d)
+	to := uiBase(r) + "/settings/webhooks/" + url.PathEscape(id)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Status != http.StatusUnauthorized {
+		return c.done(w, r, s, to, "", ae)
+	}
+	if err != nil {
+		return err
+	}
+	return c.done(w, r, s, to, "Message "+d.MessageID+" queued again as delivery "+d.ID+"; its outcome appears below (reload).", nil)
 }
