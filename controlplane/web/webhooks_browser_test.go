@@ -65,7 +65,9 @@ func webhooksInBrowser(t *testing.T, b *tab, env *devenv.Env) {
 	// Each step starts from a fresh load of the page, so the notice waited
 	// for is the step's own, not the one before it.
 	hookPage := get(b, "webhook url", chromedp.Location())
-	fresh := func() { b.run("load webhook", chromedp.Navigate(hookPage), chromedp.WaitVisible(chromedp.CSS("#webhook-state"))) }
+	fresh := func() {
+		b.run("load webhook", chromedp.Navigate(hookPage), chromedp.WaitVisible(chromedp.CSS("#webhook-state")))
+	}
 	fresh()
 	b.run("redeliver", chromedp.Click(chromedp.CSS(`#deliveries form[action$="/redeliver"] button`)), chromedp.WaitVisible(chromedp.CSS("main .notice.ok")))
 	if msg := b.text("main .notice.ok"); !strings.Contains(msg, "queued again") {
