@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/devpilot/devpilot/controlplane/alerts"
@@ -329,5 +330,68 @@ func TestRulesAreValidatedAtTheDoor(t *testing.T) {
 	var pe *problem.Error
 	if !errors.As(err, &pe) || pe.Code != "conflict" {
 		t.Errorf("a taken name: %v, want conflict", err)
+	}
+}
+
+// TestFiringGaugeHasASeriesPerRule: devpilot_alerts_firing has a series
+// for every rule, 0 while it fires nowhere (so Prometheus can alert on
+// `> 0` and graph a rule that stopped firing), the count of its servers
+// while it fires, and none once the rule is deleted.
+func TestFiringGaugeHasASeriesPerRule(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	reg := prometheus.NewRegistry()
+	e.svc = alerts.New(alerts.Options{Store: e.st, Now: e.clk.now, Registerer: reg})
+	ctx := context.Background()
+	e.server(t, "srv_a", "online")
+	e.server(t, "srv_b", "online")
+	rule, err := e.svc.CreateRule(ctx, "test", e.ws, alerts.Rule{Name: "down", Kind: alerts.KindOffline, ForS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	firing := func() (float64, int) {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "devpilot_alerts_firing" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "rule" && l.GetValue() == rule.ID {
+						return m.GetGauge().GetValue(), len(mf.GetMetric())
+					}
+				}
+			}
+			return -1, len(mf.GetMetric())
+		}
+		return -1, 0
+	}
+	e.eval(t)
+	if v, n := firing(); v != 0 || n != 1 {
+		t.Fatalf("a quiet rule: gauge %v (%d series), want 0 (1 series)", v, n)
+	}
+	e.setState(t, "srv_a", "offline")
+	e.setState(t, "srv_b", "offline")
+	e.clk.add(2 * time.Second)
+	e.eval(t)
+	if v, _ := firing(); v != 2 {
+		t.Fatalf("firing on two servers: gauge %v, want 2", v)
+	}
+	e.setState(t, "srv_a", "online")
+	e.setState(t, "srv_b", "online")
+	e.eval(t)
+	if v, n := firing(); v != 0 || n != 1 {
+		t.Fatalf("resolved: gauge %v (%d series), want 0 (1 series)", v, n)
+	}
+	if err := e.svc.DeleteRule(ctx, "test", e.ws, rule.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.eval(t)
+	if v, n := firing(); n != 0 {
+		t.Errorf("deleted rule: gauge %v in %d series, want no series", v, n)
 	}
 }

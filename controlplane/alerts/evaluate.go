@@ -395,20 +395,32 @@ func audit(ctx context.Context, q *store.Queries, actor, ws, action, target stri
 }
 
 // refreshGauge sets devpilot_alerts_firing from the database (the truth
-// every control plane shares).
+// every control plane shares): a series for every rule, 0 while it fires
+// nowhere, so `devpilot_alerts_firing > 0` can alert and a rule that
+// stops firing reads 0 rather than vanishing. A deleted rule's series
+// goes.
 func (s *Service) refreshGauge(ctx context.Context) {
+	rules, err := s.o.Store.Q().AlertRulesPage(ctx, "", "", nil, -1)
+	if err != nil {
+		return
+	}
 	states, err := s.o.Store.Q().AlertStates(ctx, "", StateFiring, -1)
 	if err != nil {
 		return
 	}
 	counts := map[string]int{}
+	for _, r := range rules {
+		counts[r.ID] = 0
+	}
 	for _, st := range states {
-		counts[st.RuleID]++
+		if _, ok := counts[st.RuleID]; ok {
+			counts[st.RuleID]++
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id := range s.shown {
-		if counts[id] == 0 {
+		if _, ok := counts[id]; !ok {
 			s.firing.DeleteLabelValues(id)
 			delete(s.shown, id)
 		}

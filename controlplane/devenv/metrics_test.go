@@ -3,6 +3,7 @@ package devenv_test
 import (
 	"encoding/json"
 	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devpilot/devpilot/controlplane/devenv"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -94,12 +96,24 @@ func TestOperatorMetrics(t *testing.T) {
 // plane's /metrics (after it provisioned a server and ran a task, so the
 // labelled series are there too).
 func TestAlertsAndDashboardUseRealMetrics(t *testing.T) {
-	h := start(t)
+	h := startWith(t, func(c *devenv.Config) { c.AlertInterval = 200 * time.Millisecond })
 	s := onlineServers(t, h, 1)[0]
 	v := runTask(t, h.api, s.ID, map[string]any{"kind": "exec", "argv": []string{"true"}})
 	waitTask(t, h.api, v.ID, 60*time.Second, "final", final)
+	// An alert rule, so devpilot_alerts_firing has its (quiet) series.
+	if code := h.call("", "POST", "/v1/workspaces/default/alert-rules",
+		map[string]any{"name": "down", "kind": "offline", "for_s": 60}, nil); code != http.StatusCreated {
+		t.Fatalf("create rule: %d", code)
+	}
+	scraped := h.scrape()
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(scraped, "devpilot_alerts_firing{"); scraped = h.scrape() {
+		if time.Now().After(deadline) {
+			t.Fatal("devpilot_alerts_firing has no series for the rule a minute after its creation")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	exposed := map[string]bool{}
-	for _, l := range strings.Split(h.scrape(), "\n") {
+	for _, l := range strings.Split(scraped, "\n") {
 		if f := strings.Fields(l); len(f) == 4 && f[0] == "#" && f[1] == "TYPE" {
 			exposed[f[2]] = true
 			if f[3] == "histogram" || f[3] == "summary" {
