@@ -40,6 +40,12 @@ const (
 	DefaultRetryCap     = time.Hour        // largest backoff ceiling
 	DefaultLease        = time.Minute      // a claim outlives an attempt (10 s) with room to record it
 	DefaultPoll         = 2 * time.Second  // other control planes' events and due retries
+	// DefaultMinRound spaces the rounds this process's own events start:
+	// a burst of commits (a reconnect storm's session starts, each batch
+	// with its server.online events) is fanned out in a few rounds of
+	// many events instead of one round, two write transactions, per
+	// commit. A test message (ping) does not wait for it.
+	DefaultMinRound = 100 * time.Millisecond
 )
 
 // PingType is the type of the test message POST …/ping sends (not an event
@@ -64,6 +70,7 @@ type Options struct {
 	RetryCap     time.Duration
 	Lease        time.Duration
 	Poll         time.Duration
+	MinRound     time.Duration // see DefaultMinRound
 	Registerer   prometheus.Registerer
 }
 
@@ -99,6 +106,7 @@ func New(o Options) *Service {
 	def(&o.RetryCap, DefaultRetryCap)
 	def(&o.Lease, DefaultLease)
 	def(&o.Poll, DefaultPoll)
+	def(&o.MinRound, DefaultMinRound)
 	s := &Service{o: o, log: o.Logger.Named("webhooks"), client: o.Policy.Client(), kick: make(chan struct{}, 1)}
 	s.metrics = newMetrics(o.Registerer, s)
 	return s

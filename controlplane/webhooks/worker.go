@@ -33,15 +33,30 @@ const (
 )
 
 // Run fans events out and delivers them until ctx ends. It wakes on this
-// process's "events" changes and polls (Options.Poll) for the rest:
-// events other control planes wrote, retries coming due.
+// process's "events" changes, at most once per Options.MinRound, and
+// polls (Options.Poll) for the rest: events other control planes wrote,
+// retries coming due.
 func (s *Service) Run(ctx context.Context) error {
 	feed := s.o.Store.Changes()
 	cur := feed.Now()
 	tick := time.NewTicker(s.o.Poll)
 	defer tick.Stop()
 	defer s.wg.Wait()
+	spacing := time.NewTimer(0)
+	defer spacing.Stop()
+	kicked := false
 	for {
+		// Let the events of a burst collect; a kick (a ping) goes now.
+		if !kicked {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-spacing.C:
+			case <-s.kick:
+			}
+		}
+		kicked = false
+		spacing.Reset(s.o.MinRound)
 		if err := s.Step(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("webhook step failed", zap.Error(err))
 		}
@@ -62,6 +77,7 @@ func (s *Service) Run(ctx context.Context) error {
 			case <-tick.C:
 				break wait
 			case <-s.kick:
+				kicked = true
 				break wait
 			}
 		}
