@@ -12,17 +12,32 @@ import (
 // webhooksData is the Webhooks page: the list, the create form's values
 // after a refusal, and a just-created webhook's secret (shown this once).
 type webhooksData struct {
-	Webhooks []apitypes.Webhook
-	Created  *apitypes.CreatedWebhook
-	URL      string
-	Events   string
-	Format   string
+	Webhooks    []apitypes.Webhook
+	Created     *apitypes.CreatedWebhook
+	URL         string
+	Events      string
+	Format      string
+	Description string
 }
 
 // webhookData is one webhook's page: its settings and delivery log.
 type webhookData struct {
 	Webhook    apitypes.Webhook
 	Deliveries []apitypes.WebhookDelivery
+}
+
+// webhookFields are the values of a webhook form's fields (the
+// "webhook-fields" template): the create form's after a refusal, or the
+// webhook's own on its page.
+type webhookFields struct{ URL, Events, Format, Description string }
+
+func (d webhooksData) Fields() webhookFields {
+	return webhookFields{URL: d.URL, Events: d.Events, Format: d.Format, Description: d.Description}
+}
+
+func (d webhookData) Fields() webhookFields {
+	w := d.Webhook
+	return webhookFields{URL: w.URL, Events: strings.Join(w.Events, ", "), Format: w.Format, Description: w.Description}
 }
 
 func (c *Console) webhooksPage(w http.ResponseWriter, r *http.Request, s *session) error {
@@ -40,8 +55,9 @@ func (c *Console) renderWebhooks(w http.ResponseWriter, r *http.Request, s *sess
 }
 
 func (c *Console) createWebhook(w http.ResponseWriter, r *http.Request, s *session) error {
-	d := webhooksData{URL: r.PostFormValue("url"), Events: r.PostFormValue("events"), Format: r.PostFormValue("format")}
-	req := apitypes.CreateWebhook{URL: d.URL, Events: eventList(d.Events), Format: d.Format, Description: r.PostFormValue("description")}
+	d := webhooksData{URL: r.PostFormValue("url"), Events: r.PostFormValue("events"), Format: r.PostFormValue("format"),
+		Description: r.PostFormValue("description")}
+	req := apitypes.CreateWebhook{URL: d.URL, Events: eventList(d.Events), Format: d.Format, Description: d.Description}
 	var created apitypes.CreatedWebhook
 	err := c.call(r, s.token.Reveal(), http.MethodPost, wsBase(r)+"/webhooks", req, &created)
 	var ae *apiError
