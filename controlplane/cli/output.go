@@ -57,6 +57,11 @@ func (o *output) raw(raw []byte) error {
 		raw = []byte("{}")
 	}
 	if o.format == "yaml" {
+		// JSON allows a raw NEL, LS or PS in a string; YAML reads them as
+		// line breaks and folds them to a space. Escaped, they survive (in
+		// JSON they can only be inside strings, and UTF-8 never has their
+		// bytes inside another character).
+		raw = []byte(yamlLineBreaks.Replace(string(raw)))
 		var n yaml.Node
 		if err := yaml.Unmarshal(raw, &n); err != nil {
 			return fmt.Errorf("convert to YAML: %w", err)
@@ -77,6 +82,8 @@ func (o *output) raw(raw []byte) error {
 	_, err := o.w.Write(buf.Bytes())
 	return err
 }
+
+var yamlLineBreaks = strings.NewReplacer("\u0085", `\u0085`, "\u2028", `\u2028`, "\u2029", `\u2029`)
 
 // blockStyle drops the flow style JSON parses as, so YAML prints as YAML;
 // strings that would read as another type stay quoted (their tag is !!str).
@@ -103,8 +110,9 @@ func blockStyle(n *yaml.Node) {
 	} else {
 		n.Style &^= yaml.FlowStyle
 		// Strings with a line break stay double-quoted: yaml.v3 writes
-		// "\n" as a literal block that reads back as "".
-		if n.Style == yaml.DoubleQuotedStyle && !strings.ContainsAny(n.Value, "\n\r") {
+		// "\n" as a literal block that reads back as "", and plain NEL
+		// (U+0085) reads back as a space (a YAML 1.1 line break).
+		if n.Style == yaml.DoubleQuotedStyle && !strings.ContainsAny(n.Value, "\n\r\u0085\u2028\u2029") {
 			n.Style = 0
 		}
 	}
