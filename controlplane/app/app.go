@@ -284,7 +284,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	reg := a.Registry
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(a.Store.EventMetrics())
+	reg.MustRegister(a.Store.EventMetrics(), a.Store.TxMetrics())
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
 		AgentTimeout: cfg.AgentTimeout, AgentRebootTimeout: cfg.AgentRebootTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,

@@ -52,10 +52,12 @@ type ServerEvent struct {
 	Size     string `json:"size,omitempty"`
 }
 
-// serverState reads a server's state ("" if there is no such server).
+// serverState reads a server's state ("" if there is no such server),
+// locking its row until the transaction ends on PostgreSQL: a move decided
+// on it cannot interleave with an InTxRows writer of the same row.
 func (q *Queries) serverState(ctx context.Context, id string) (string, error) {
 	var s string
-	err := q.x.QueryRowContext(ctx, `SELECT state FROM servers WHERE id = ?`, id).Scan(&s)
+	err := q.x.QueryRowContext(ctx, `SELECT state FROM servers WHERE id = ?`+q.forUpdate(), id).Scan(&s)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}

@@ -189,3 +189,7 @@ func newEventsWritten() *prometheus.CounterVec {
 // EventMetrics is devpilot_events_written_total, for the control plane's
 // registry.
 func (s *Store) EventMetrics() *prometheus.CounterVec { return s.written }
+
+// TxMetrics is devpilot_store_tx_retries_total, for the control plane's
+// registry.
+func (s *Store) TxMetrics() prometheus.Counter { return s.txRetries }

@@ -151,7 +151,11 @@ func TestConcurrentWritersCommitEventsInIDOrder(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					for i := range each {
-						err := st.InTx(ctx, func(q *store.Queries) error {
+						inTx := st.InTx
+						if w%2 == 1 {
+							inTx = st.InTxRows // no writer lock on PostgreSQL: the event_ids row orders them
+						}
+						err := inTx(ctx, func(q *store.Queries) error {
 							_, err := q.AppendEvent(ctx, "ws_1", events.TaskSucceeded, fmt.Sprintf("tsk_%d_%d", w, i), nil)
 							return err
 						})

@@ -62,3 +62,9 @@ func ForceState(ctx context.Context, s *Store, id, state string) error {
 	_, err := s.Q().x.ExecContext(ctx, `UPDATE servers SET state = ? WHERE id = ?`, state, id)
 	return err
 }
+
+// SetReason sets a server's state_reason in q's transaction, for tests of row locks.
+func SetReason(ctx context.Context, q *Queries, id, reason string) error {
+	_, err := q.x.ExecContext(ctx, `UPDATE servers SET state_reason = ? WHERE id = ?`, reason, id)
+	return err
+}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 )
@@ -43,17 +44,19 @@ func (s *Store) SaveHealthBatch(ctx context.Context, rows []HealthRow, resolutio
 	if resolution <= 0 {
 		resolution = time.Nanosecond
 	}
-	for len(rows) > 0 {
-		n := min(len(rows), txServers)
-		chunk := rows[:n]
-		rows = rows[n:]
-		err := s.InTx(ctx, func(q *Queries) error {
-			for len(chunk) > 0 {
-				k := min(len(chunk), healthStmtRows)
-				if err := q.saveHealthRows(ctx, chunk[:k], resolution, s.dialect == Postgres); err != nil {
+	// Row locks are taken in id order, as by every multi-row writer of
+	// servers (see InTxRows); the caller's slice keeps its order.
+	rows = slices.Clone(rows)
+	slices.SortFunc(rows, func(a, b HealthRow) int { return strings.Compare(a.ServerID, b.ServerID) })
+	for from := 0; from < len(rows); from += txServers {
+		chunk := rows[from:min(from+txServers, len(rows))]
+		// No writer lock on PostgreSQL: these are blind writes (the latest
+		// health, a history upsert), decided on nothing they read.
+		err := s.InTxRows(ctx, func(q *Queries) error {
+			for i := 0; i < len(chunk); i += healthStmtRows {
+				if err := q.saveHealthRows(ctx, chunk[i:min(i+healthStmtRows, len(chunk))], resolution, s.dialect == Postgres); err != nil {
 					return err
 				}
-				chunk = chunk[k:]
 			}
 			return nil
 		})

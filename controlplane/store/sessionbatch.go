@@ -84,7 +84,7 @@ func (s *Store) runSessionBatch(batch []*sessionReq) {
 		starts[i] = r.SessionStart
 	}
 	var oks []bool
-	err := s.InTx(ctx, func(q *Queries) error {
+	err := s.InTxRows(ctx, func(q *Queries) error {
 		var err error
 		oks, err = q.StartAgentSessions(ctx, starts)
 		return err
@@ -129,10 +129,9 @@ func (q *Queries) StartAgentSessions(ctx context.Context, starts []SessionStart)
 		ids[i] = st.ID
 	}
 	marks := strings.TrimSuffix(strings.Repeat("?, ", len(starts)), ", ")
-	sel := `SELECT id, state FROM servers WHERE id IN (` + marks + `)`
-	if pg {
-		sel += ` FOR UPDATE`
-	}
+	// Locked in id order, as every multi-row writer of servers does, so
+	// two of them never wait for each other (see InTxRows).
+	sel := `SELECT id, state FROM servers WHERE id IN (` + marks + `) ORDER BY id` + q.forUpdate()
 	prev := make(map[string]string, len(starts))
 	rows, err := q.x.QueryContext(ctx, sel, ids...)
 	if err != nil {

@@ -56,6 +56,8 @@ type Store struct {
 	direct  execer                 // queries outside a transaction: db, or prepared on SQLite
 	stmts   *stmtCache             // SQLite only
 	written *prometheus.CounterVec // events committed by this process, by type
+	// txRetries counts InTxRows transactions run again (see InTxRows).
+	txRetries prometheus.Counter
 
 	sessionBatch sessionBatcher // StartAgentSessionBatched
 }
@@ -150,7 +152,11 @@ const (
 )
 
 func open(ctx context.Context, db *sql.DB, d Dialect, path string, migrate bool) (*Store, error) {
-	s := &Store{db: db, dialect: d, path: path, feed: changefeed.New(0), direct: db, written: newEventsWritten()}
+	s := &Store{db: db, dialect: d, path: path, feed: changefeed.New(0), direct: db, written: newEventsWritten(),
+		txRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devpilot_store_tx_retries_total",
+			Help: "PostgreSQL transactions run again after a deadlock or a serialization failure.",
+		})}
 	if d == SQLite {
 		s.stmts = newStmtCache(db)
 		s.direct = s.stmts
@@ -231,17 +237,59 @@ func (s *Store) queries(x execer, publish func(...string), appended *[]string) *
 	return &Queries{x: x, st: s, appended: appended}
 }
 
-// writerLock is the PostgreSQL advisory lock every transaction takes first.
+// writerLock is the PostgreSQL advisory lock InTx takes first.
 // The callers of InTx were written against SQLite, where a write
 // transaction excludes every other (_txlock=immediate): read, decide, write.
 // Taking one transaction-scoped lock keeps that guarantee on PostgreSQL
-// rather than auditing each caller for READ COMMITTED anomalies; it costs
-// what SQLite's single writer costs, which the control plane is sized for.
+// rather than auditing each caller for READ COMMITTED anomalies. The hot
+// paths (agent sessions, health, task output) use InTxRows instead, so
+// this lock is only ever held by rarer writes: admin requests, jobs.
 const writerLock = 0x64657670696c6f74 // "devpilot"
 
 // InTx runs fn in one transaction, committed when fn returns nil.
-// Transactions run one at a time, on either database.
+// InTx transactions run one at a time, on either database; on PostgreSQL
+// an InTxRows transaction may run beside one (see InTxRows).
 func (s *Store) InTx(ctx context.Context, fn func(q *Queries) error) error {
+	return s.inTx(ctx, fn, true)
+}
+
+// txAttempts bounds how often InTxRows runs fn when PostgreSQL ends the
+// transaction for a deadlock or a serialization failure.
+const txAttempts = 5
+
+// InTxRows runs fn in one transaction that takes no writer lock on
+// PostgreSQL: it runs at READ COMMITTED beside every other transaction, so
+// fn must lock what it reads to decide a write (q.forUpdate on the
+// SELECT: a row lock that every other writer of that row waits for, as
+// moveServer's read of a server's state does), or write only
+// statements whose outcome does not depend on what it read (blind or
+// conditional UPDATEs, inserts). Events may be appended: their ids are
+// allocated under the event_ids row's lock, so they commit in id order.
+// A transaction PostgreSQL ends for a deadlock (40P01) or a
+// serialization failure (40001) is run again, up to txAttempts times, so
+// fn must touch only the database and variables it sets afresh. On
+// SQLite it is InTx.
+func (s *Store) InTxRows(ctx context.Context, fn func(q *Queries) error) error {
+	if s.dialect != Postgres {
+		return s.inTx(ctx, fn, true)
+	}
+	var err error
+	for range txAttempts {
+		if err = s.inTx(ctx, fn, false); !retryable(err) || ctx.Err() != nil {
+			return err
+		}
+		s.txRetries.Inc()
+	}
+	return err
+}
+
+// retryable reports a PostgreSQL error that a fresh attempt may not meet.
+func retryable(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && (pg.Code == "40P01" || pg.Code == "40001")
+}
+
+func (s *Store) inTx(ctx context.Context, fn func(q *Queries) error, writer bool) error {
 	if s.stmts != nil { // SQLite: this process's writers queue in order
 		unlock, err := s.stmts.lockWriter(ctx)
 		if err != nil {
@@ -253,7 +301,7 @@ func (s *Store) InTx(ctx context.Context, fn func(q *Queries) error) error {
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	if s.dialect == Postgres {
+	if writer && s.dialect == Postgres {
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(writerLock)); err != nil {
 			_ = tx.Rollback()
 			return fmt.Errorf("begin: %w", err)
@@ -276,6 +324,16 @@ func (s *Store) InTx(ctx context.Context, fn func(q *Queries) error) error {
 		s.written.WithLabelValues(t).Inc()
 	}
 	return nil
+}
+
+// forUpdate is the clause that row-locks what a SELECT reads for a write
+// on PostgreSQL ("" on SQLite, whose writer excludes every other). NO KEY:
+// inserts whose foreign keys point at the row do not wait for it.
+func (q *Queries) forUpdate() string {
+	if q.st != nil && q.st.dialect == Postgres {
+		return " FOR NO KEY UPDATE"
+	}
+	return ""
 }
 
 type execer interface {

@@ -234,12 +234,12 @@ type LogProgress struct {
 // AddTaskLog stores a chunk idempotently by (task, seq) unless the task's
 // stored output would pass maxBytes (then it only counts as received and
 // the task is marked truncated), and advances the contiguous seq. Run it
-// in a transaction. ErrNotFound if the task does not exist or is not
+// in a transaction (InTxRows will do: it locks the task's row). ErrNotFound if the task does not exist or is not
 // serverID's.
 func (q *Queries) AddTaskLog(ctx context.Context, serverID, taskID string, l TaskLog, maxBytes int64) (LogProgress, error) {
 	var p LogProgress
 	var bytes int64
-	err := q.x.QueryRowContext(ctx, `SELECT server_id, log_seq, log_bytes, log_truncated FROM tasks WHERE id = ? AND server_id = ?`,
+	err := q.x.QueryRowContext(ctx, `SELECT server_id, log_seq, log_bytes, log_truncated FROM tasks WHERE id = ? AND server_id = ?`+q.forUpdate(),
 		taskID, serverID).Scan(&p.ServerID, &p.LogSeq, &bytes, &p.Truncated)
 	if err != nil {
 		return p, one(err)

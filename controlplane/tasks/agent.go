@@ -34,7 +34,7 @@ func (s *Service) HandleLog(_ context.Context, serverID string, env protocol.Env
 	// if the session ends meanwhile.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := s.store.InTx(ctx, func(q *store.Queries) error {
+	err := s.store.InTxRows(ctx, func(q *store.Queries) error {
 		var err error
 		p, err = q.AddTaskLog(ctx, serverID, l.TaskID, store.TaskLog{Seq: l.Seq, Stream: l.Stream, Step: l.Step, Data: l.Data, At: s.now()}, s.o.MaxLogBytes)
 		return err

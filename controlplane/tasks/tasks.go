@@ -314,7 +314,8 @@ func (s *Service) Create(ctx context.Context, actor, workspaceID, serverID strin
 	if err != nil {
 		return nil, err
 	}
-	err = s.store.InTx(ctx, func(q *store.Queries) error {
+	// Two inserts, decided on nothing they read: no writer lock needed.
+	err = s.store.InTxRows(ctx, func(q *store.Queries) error {
 		if err := q.CreateTask(ctx, t); err != nil {
 			return err
 		}
