@@ -168,38 +168,47 @@ func TestRowLockedWritersKeepServersAndLogsConsistent(t *testing.T) {
 			if got.LogSeq != chunks || got.LogBytes != bytes {
 				t.Errorf("task log: contiguous to %d with %d bytes, want %d with %d", got.LogSeq, got.LogBytes, chunks, bytes)
 			}
-			evs, err := q.EventsSince(ctx, 0, 10000)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(evs) == 0 {
-				t.Fatal("no server events: the writers moved nothing")
-			}
-			last := map[string]string{}
-			for i, e := range evs {
-				if i > 0 && e.ID != evs[i-1].ID+1 {
-					t.Fatalf("event ids %d then %d: a hole", evs[i-1].ID, e.ID)
-				}
-				var se store.ServerEvent
-				if err := json.Unmarshal(e.Data, &se); err != nil {
-					t.Fatal(err)
-				}
-				was, ok := last[e.Subject]
-				if !ok {
-					was = "online" // as seeded
-				}
-				if se.PreviousState != was {
-					t.Fatalf("event %d (%s) of %s says it moved from %q, but the one before left it %q",
-						e.ID, e.Type, e.Subject, se.PreviousState, was)
-				}
-				last[e.Subject] = se.State
-			}
-			for s, state := range last {
-				srv, err := q.GetServer(ctx, "", s)
-				if err != nil || srv.State != state {
-					t.Errorf("%s is %q (%v), but its last event left it %q", s, srv.State, err, state)
-				}
-			}
+			checkEventChains(t, q)
 		})
+	}
+}
+
+// checkEventChains fails t unless the server events have no hole in their
+// ids and chain: each one's previous_state is the state the one before it
+// (or the seeding) left, and the last leaves the server as it is.
+func checkEventChains(t *testing.T, q *store.Queries) {
+	t.Helper()
+	ctx := context.Background()
+	evs, err := q.EventsSince(ctx, 0, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) == 0 {
+		t.Fatal("no server events: the writers moved nothing")
+	}
+	last := map[string]string{}
+	for i, e := range evs {
+		if i > 0 && e.ID != evs[i-1].ID+1 {
+			t.Fatalf("event ids %d then %d: a hole", evs[i-1].ID, e.ID)
+		}
+		var se store.ServerEvent
+		if err := json.Unmarshal(e.Data, &se); err != nil {
+			t.Fatal(err)
+		}
+		was, ok := last[e.Subject]
+		if !ok {
+			was = "online" // as seeded
+		}
+		if se.PreviousState != was {
+			t.Fatalf("event %d (%s) of %s says it moved from %q, but the one before left it %q",
+				e.ID, e.Type, e.Subject, se.PreviousState, was)
+		}
+		last[e.Subject] = se.State
+	}
+	for s, state := range last {
+		srv, err := q.GetServer(ctx, "", s)
+		if err != nil || srv.State != state {
+			t.Errorf("%s is %q (%v), but its last event left it %q", s, srv.State, err, state)
+		}
 	}
 }
