@@ -244,6 +244,7 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	if a.Store, err = store.Open(ctx, cfg.Database, filepath.Join(cfg.DataDir, DBFile)); err != nil {
 		return nil, err
 	}
+	a.Store.SetSelf(leaseOwner(cfg.DataDir))
 	// Everything after this runs on the active control plane only: a
 	// standby waits here, and loads the keyring only once it takes over,
 	// so it reads the keys as the last leader left them.

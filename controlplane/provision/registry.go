@@ -183,9 +183,11 @@ func (r *Registry) Connected(ctx context.Context, serverID string, hello protoco
 	return nil
 }
 
-// Disconnected implements hub.Registry.
+// Disconnected implements hub.Registry: an online server goes offline,
+// unless its agent is already back on another control plane (the
+// session's holder moved: store.EndAgentSession).
 func (r *Registry) Disconnected(ctx context.Context, serverID string, at time.Time) error {
-	_, err := r.s.store.Q().SetServerState(ctx, serverID, StateOffline, at, StateOnline)
+	_, err := r.s.store.Q().EndAgentSession(ctx, serverID, at)
 	return err
 }
 

@@ -31,7 +31,8 @@ func (q *Queries) AgentAuthOf(ctx context.Context, id string) (AgentAuth, error)
 // StartAgentSession records a session start of a live server (not deleted
 // or deleting): agent version and facts, last seen, the install confirmed
 // (first session), an offline server online again. It reports whether it
-// did: false means the server is gone, deleted or being deleted.
+// did: false means the server is gone, deleted or being deleted. This
+// control plane (Store.SetSelf) becomes the session's holder.
 //
 // A server that is already online (or installing) costs one write, the
 // handshake's only one. A server coming back (offline, agent_offline,
@@ -39,16 +40,17 @@ func (q *Queries) AgentAuthOf(ctx context.Context, id string) (AgentAuth, error)
 // its server.online event (moveServer).
 func (q *Queries) StartAgentSession(ctx context.Context, id, version, factsJSON string, at time.Time) (bool, error) {
 	n, err := rowsAffected(q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
-		installed_at = COALESCE(installed_at, ?), updated_at = ?
+		installed_at = COALESCE(installed_at, ?), updated_at = ?, session_holder = ?
 		WHERE id = ? AND state NOT IN ('deleted', 'deleting', 'offline', 'agent_offline', 'unknown')`,
-		version, factsJSON, at.UTC(), at.UTC(), at.UTC(), id))
+		version, factsJSON, at.UTC(), at.UTC(), at.UTC(), q.self(), id))
 	if err != nil || n == 1 {
 		return n == 1, err
 	}
 	err = q.moveServer(ctx, id, func(q *Queries) error {
 		return affected(q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
 			installed_at = COALESCE(installed_at, ?), state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
-			updated_at = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`, version, factsJSON, at.UTC(), at.UTC(), at.UTC(), id))
+			updated_at = ?, session_holder = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`,
+			version, factsJSON, at.UTC(), at.UTC(), at.UTC(), q.self(), id))
 	})
 	if errors.Is(err, ErrNotFound) {
 		return false, nil

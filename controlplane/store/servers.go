@@ -245,7 +245,7 @@ func (q *Queries) SetServerState(ctx context.Context, id, to string, at time.Tim
 // UPDATE … RETURNING and the events in batches (AppendEvents).
 func (q *Queries) MarkAllOffline(ctx context.Context, at time.Time) error {
 	return q.atomically(ctx, func(q *Queries) error {
-		rows, err := q.x.QueryContext(ctx, `UPDATE servers SET state = 'offline', updated_at = ? WHERE state = 'online'
+		rows, err := q.x.QueryContext(ctx, `UPDATE servers SET state = 'offline', updated_at = ?, session_holder = '' WHERE state = 'online'
 			RETURNING id, workspace_id, name, state_reason`, at.UTC())
 		if err != nil {
 			return err

@@ -158,8 +158,9 @@ func (q *Queries) StartAgentSessions(ctx context.Context, starts []SessionStart)
 	b.WriteString(`UPDATE servers SET agent_version = v.column2, facts_json = v.column3, last_seen_at = v.column4,
 		installed_at = COALESCE(installed_at, v.column4),
 		state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
-		updated_at = v.column4 FROM (VALUES `)
-	args := make([]any, 0, 4*len(starts))
+		updated_at = v.column4, session_holder = ? FROM (VALUES `)
+	args := make([]any, 0, 1+4*len(starts))
+	args = append(args, q.self())
 	for i, st := range starts {
 		if i > 0 {
 			b.WriteString(", ")

@@ -60,6 +60,7 @@ type Store struct {
 	txRetries prometheus.Counter
 
 	sessionBatch sessionBatcher // StartAgentSessionBatched
+	self         string         // this control plane's name (SetSelf)
 }
 
 // IsPostgresURL reports whether dsn names a PostgreSQL database.
