@@ -184,4 +184,3 @@ func (q *Queries) DeadHolders(ctx context.Context, cutoff time.Time) ([]string, 
 	}
 	return out, rows.Err()
 }
-

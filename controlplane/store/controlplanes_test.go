@@ -36,87 +36,89 @@ func openPair(t *testing.T, d store.Dialect) (a, b *store.Store) {
 // stale is dead, and the sessions it held end with a server.offline each.
 func TestSessionsEndOnlyWhereTheyAreHeld(t *testing.T) {
 	for _, d := range []store.Dialect{store.SQLite, store.Postgres} {
-		t.Run(string(d), func(t *testing.T) {
-			ctx := context.Background()
-			a, b := openPair(t, d)
-			if err := a.Q().CreateWorkspace(ctx, store.Workspace{ID: "ws_1", Slug: "default", Name: "Default", CreatedAt: time.Now()}); err != nil {
-				t.Fatal(err)
-			}
-			if err := store.SeedServers(ctx, a, "ws_1", 3); err != nil {
-				t.Fatal(err)
-			}
-			now := time.Now().UTC()
-			for _, st := range []*store.Store{a, b} {
-				if err := st.Q().BeatControlPlane(ctx, st.Self(), now); err != nil {
-					t.Fatal(err)
-				}
-			}
-			start := func(st *store.Store, id string) {
-				t.Helper()
-				if ok, err := st.StartAgentSessionBatched(ctx, store.SessionStart{ID: id, Version: "1", FactsJSON: "{}", At: time.Now()}); err != nil || !ok {
-					t.Fatalf("%s starts %s: %v, %v", st.Self(), id, ok, err)
-				}
-			}
-			start(a, "srv_00000")
-			start(b, "srv_00000") // the agent moved to b before a saw it go
-			start(a, "srv_00001")
-			if _, err := a.Q().StartAgentSession(ctx, "srv_00002", "1", "{}", time.Now()); err != nil {
-				t.Fatal(err)
-			}
-			s, err := a.Q().SessionOf(ctx, "srv_00000", now.Add(-time.Minute))
-			if err != nil || s.Holder != "cp_b" || !s.Alive || s.LastSeen == nil {
-				t.Fatalf("SessionOf(srv_00000) = %+v, %v; want held by cp_b, alive, seen", s, err)
-			}
-			if ours, err := a.Q().EndAgentSession(ctx, "srv_00000", time.Now()); err != nil || ours {
-				t.Fatalf("a ends a session b holds: ours=%v, %v; want false", ours, err)
-			}
-			if srv, _ := a.Q().GetServer(ctx, "", "srv_00000"); srv.State != "online" {
-				t.Fatalf("srv_00000 is %s after the old holder's end; want online (its agent is on cp_b)", srv.State)
-			}
-			if ours, err := b.Q().EndAgentSession(ctx, "srv_00000", time.Now()); err != nil || !ours {
-				t.Fatalf("b ends its own session: ours=%v, %v; want true", ours, err)
-			}
-			if srv, _ := a.Q().GetServer(ctx, "", "srv_00000"); srv.State != "offline" {
-				t.Fatalf("srv_00000 is %s after its holder's end; want offline", srv.State)
-			}
+		t.Run(string(d), func(t *testing.T) { testSessionsEndOnlyWhereHeld(t, d) })
+	}
+}
 
-			// a stops beating: b finds it dead and ends what it held.
-			later := now.Add(time.Minute)
-			if err := b.Q().BeatControlPlane(ctx, "cp_b", later); err != nil {
-				t.Fatal(err)
-			}
-			dead, err := b.Q().DeadHolders(ctx, later.Add(-30*time.Second))
-			if err != nil || len(dead) != 1 || dead[0] != "cp_a" {
-				t.Fatalf("DeadHolders = %v, %v; want [cp_a]", dead, err)
-			}
-			before, err := b.Q().EventsSince(ctx, 0, 1000)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n, err := b.Q().EndSessionsOf(ctx, dead, later)
-			if err != nil || n != 2 {
-				t.Fatalf("EndSessionsOf(cp_a) = %d, %v; want its 2 servers offline", n, err)
-			}
-			after, err := b.Q().EventsSince(ctx, 0, 1000)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var offline []string
-			for _, e := range after[len(before):] {
-				if e.Type == events.ServerOffline {
-					offline = append(offline, e.Subject)
-				}
-			}
-			if len(offline) != 2 || offline[0] != "srv_00001" || offline[1] != "srv_00002" {
-				t.Errorf("server.offline events for %v; want srv_00001 and srv_00002", offline)
-			}
-			cps, err := b.Q().ControlPlanes(ctx, time.Time{})
-			if err != nil || len(cps) != 1 || cps[0].ID != "cp_b" {
-				t.Errorf("control planes left: %+v, %v; want only cp_b", cps, err)
-			}
-			if dead, err := b.Q().DeadHolders(ctx, later.Add(-30*time.Second)); err != nil || len(dead) != 0 {
-				t.Errorf("DeadHolders after ending them = %v, %v; want none", dead, err)
-			}
-		})
+func testSessionsEndOnlyWhereHeld(t *testing.T, d store.Dialect) {
+	ctx := context.Background()
+	a, b := openPair(t, d)
+	if err := a.Q().CreateWorkspace(ctx, store.Workspace{ID: "ws_1", Slug: "default", Name: "Default", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.SeedServers(ctx, a, "ws_1", 3); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	for _, st := range []*store.Store{a, b} {
+		if err := st.Q().BeatControlPlane(ctx, st.Self(), now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := func(st *store.Store, id string) {
+		t.Helper()
+		if ok, err := st.StartAgentSessionBatched(ctx, store.SessionStart{ID: id, Version: "1", FactsJSON: "{}", At: time.Now()}); err != nil || !ok {
+			t.Fatalf("%s starts %s: %v, %v", st.Self(), id, ok, err)
+		}
+	}
+	start(a, "srv_00000")
+	start(b, "srv_00000") // the agent moved to b before a saw it go
+	start(a, "srv_00001")
+	if _, err := a.Q().StartAgentSession(ctx, "srv_00002", "1", "{}", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := a.Q().SessionOf(ctx, "srv_00000", now.Add(-time.Minute))
+	if err != nil || s.Holder != "cp_b" || !s.Alive || s.LastSeen == nil {
+		t.Fatalf("SessionOf(srv_00000) = %+v, %v; want held by cp_b, alive, seen", s, err)
+	}
+	if ours, err := a.Q().EndAgentSession(ctx, "srv_00000", time.Now()); err != nil || ours {
+		t.Fatalf("a ends a session b holds: ours=%v, %v; want false", ours, err)
+	}
+	if srv, _ := a.Q().GetServer(ctx, "", "srv_00000"); srv.State != "online" {
+		t.Fatalf("srv_00000 is %s after the old holder's end; want online (its agent is on cp_b)", srv.State)
+	}
+	if ours, err := b.Q().EndAgentSession(ctx, "srv_00000", time.Now()); err != nil || !ours {
+		t.Fatalf("b ends its own session: ours=%v, %v; want true", ours, err)
+	}
+	if srv, _ := a.Q().GetServer(ctx, "", "srv_00000"); srv.State != "offline" {
+		t.Fatalf("srv_00000 is %s after its holder's end; want offline", srv.State)
+	}
+
+	// a stops beating: b finds it dead and ends what it held.
+	later := now.Add(time.Minute)
+	if err := b.Q().BeatControlPlane(ctx, "cp_b", later); err != nil {
+		t.Fatal(err)
+	}
+	dead, err := b.Q().DeadHolders(ctx, later.Add(-30*time.Second))
+	if err != nil || len(dead) != 1 || dead[0] != "cp_a" {
+		t.Fatalf("DeadHolders = %v, %v; want [cp_a]", dead, err)
+	}
+	before, err := b.Q().EventsSince(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := b.Q().EndSessionsOf(ctx, dead, later)
+	if err != nil || n != 2 {
+		t.Fatalf("EndSessionsOf(cp_a) = %d, %v; want its 2 servers offline", n, err)
+	}
+	after, err := b.Q().EventsSince(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offline []string
+	for _, e := range after[len(before):] {
+		if e.Type == events.ServerOffline {
+			offline = append(offline, e.Subject)
+		}
+	}
+	if len(offline) != 2 || offline[0] != "srv_00001" || offline[1] != "srv_00002" {
+		t.Errorf("server.offline events for %v; want srv_00001 and srv_00002", offline)
+	}
+	cps, err := b.Q().ControlPlanes(ctx, time.Time{})
+	if err != nil || len(cps) != 1 || cps[0].ID != "cp_b" {
+		t.Errorf("control planes left: %+v, %v; want only cp_b", cps, err)
+	}
+	if dead, err := b.Q().DeadHolders(ctx, later.Add(-30*time.Second)); err != nil || len(dead) != 0 {
+		t.Errorf("DeadHolders after ending them = %v, %v; want none", dead, err)
 	}
 }
