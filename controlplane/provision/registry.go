@@ -155,7 +155,8 @@ func (r *Registry) Connected(ctx context.Context, serverID string, hello protoco
 	facts, _ := json.Marshal(hello.Facts)
 	// An installing server turns online when its job records wait_agent
 	// done; an offline one right here.
-	ok, err := r.s.store.StartAgentSessionBatched(ctx, store.SessionStart{ID: serverID, Version: hello.AgentVersion, FactsJSON: string(facts), At: at})
+	ok, err := r.s.store.StartAgentSessionBatched(ctx, store.SessionStart{ID: serverID, Version: hello.AgentVersion, FactsJSON: string(facts),
+		Capabilities: strings.Join(hello.Capabilities, " "), At: at})
 	if err != nil {
 		return err
 	}

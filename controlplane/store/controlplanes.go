@@ -60,24 +60,34 @@ func (q *Queries) ControlPlanes(ctx context.Context, since time.Time) ([]Control
 }
 
 // Session is where a server's agent session is held, as the database
-// knows it.
+// knows it, and what its hello said: what a control plane that does not
+// hold it shows and decides on.
 type Session struct {
-	Holder   string     // the control plane holding it; "" none
-	Alive    bool       // the holder beat after the cutoff SessionOf was given
-	LastSeen *time.Time // the agent's last session start or health flush
+	Holder       string     // the control plane holding it; "" none
+	Alive        bool       // the holder beat after the cutoff SessionOf was given
+	Since        *time.Time // the session's start
+	LastSeen     *time.Time // the agent's last session start or health flush
+	AgentVersion string
+	Capabilities []string // the hello's
+	FactsJSON    string   // the hello's facts (protocol.Facts)
+	HealthJSON   string   // the latest health flushed ("" none)
 }
 
 // SessionOf says which control plane holds server id's agent session and
 // whether it beat after alive (ErrNotFound if there is no such server).
 func (q *Queries) SessionOf(ctx context.Context, id string, alive time.Time) (Session, error) {
 	var s Session
-	var last, beat sql.NullTime
-	err := q.x.QueryRowContext(ctx, `SELECT s.session_holder, s.last_seen_at, c.beat_at FROM servers s
-		LEFT JOIN control_planes c ON c.id = s.session_holder WHERE s.id = ?`, id).Scan(&s.Holder, &last, &beat)
+	var since, last, beat sql.NullTime
+	var caps string
+	err := q.x.QueryRowContext(ctx, `SELECT s.session_holder, s.session_started_at, s.last_seen_at, s.agent_version,
+		s.agent_capabilities, s.facts_json, s.health_json, c.beat_at FROM servers s
+		LEFT JOIN control_planes c ON c.id = s.session_holder WHERE s.id = ?`, id).
+		Scan(&s.Holder, &since, &last, &s.AgentVersion, &caps, &s.FactsJSON, &s.HealthJSON, &beat)
 	if err != nil {
 		return Session{}, one(err)
 	}
-	s.LastSeen = timePtr(last)
+	s.Since, s.LastSeen = timePtr(since), timePtr(last)
+	s.Capabilities = strings.Fields(caps)
 	s.Alive = s.Holder != "" && beat.Valid && beat.Time.After(alive)
 	return s, nil
 }

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,7 +58,8 @@ func testSessionsEndOnlyWhereHeld(t *testing.T, d store.Dialect) {
 	}
 	start := func(st *store.Store, id string) {
 		t.Helper()
-		if ok, err := st.StartAgentSessionBatched(ctx, store.SessionStart{ID: id, Version: "1", FactsJSON: "{}", At: time.Now()}); err != nil || !ok {
+		if ok, err := st.StartAgentSessionBatched(ctx, store.SessionStart{ID: id, Version: "1", FactsJSON: `{"boot_id":"b1"}`,
+			Capabilities: "reboot update", At: time.Now()}); err != nil || !ok {
 			t.Fatalf("%s starts %s: %v, %v", st.Self(), id, ok, err)
 		}
 	}
@@ -68,8 +70,9 @@ func testSessionsEndOnlyWhereHeld(t *testing.T, d store.Dialect) {
 		t.Fatal(err)
 	}
 	s, err := a.Q().SessionOf(ctx, "srv_00000", now.Add(-time.Minute))
-	if err != nil || s.Holder != "cp_b" || !s.Alive || s.LastSeen == nil {
-		t.Fatalf("SessionOf(srv_00000) = %+v, %v; want held by cp_b, alive, seen", s, err)
+	if err != nil || s.Holder != "cp_b" || !s.Alive || s.LastSeen == nil || s.Since == nil ||
+		strings.Join(s.Capabilities, ",") != "reboot,update" || s.FactsJSON != `{"boot_id":"b1"}` {
+		t.Fatalf("SessionOf(srv_00000) = %+v, %v; want held by cp_b, alive, seen, with the hello's capabilities and facts", s, err)
 	}
 	if ours, err := a.Q().EndAgentSession(ctx, "srv_00000", time.Now()); err != nil || ours {
 		t.Fatalf("a ends a session b holds: ours=%v, %v; want false", ours, err)

@@ -39,18 +39,23 @@ func (q *Queries) AgentAuthOf(ctx context.Context, id string) (AgentAuth, error)
 // unknown) moves state, so that write runs in a transaction that appends
 // its server.online event (moveServer).
 func (q *Queries) StartAgentSession(ctx context.Context, id, version, factsJSON string, at time.Time) (bool, error) {
+	return q.startAgentSession(ctx, SessionStart{ID: id, Version: version, FactsJSON: factsJSON, At: at})
+}
+
+func (q *Queries) startAgentSession(ctx context.Context, st SessionStart) (bool, error) {
+	at := st.At.UTC()
 	n, err := rowsAffected(q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
-		installed_at = COALESCE(installed_at, ?), updated_at = ?, session_holder = ?
+		installed_at = COALESCE(installed_at, ?), updated_at = ?, session_holder = ?, session_started_at = ?, agent_capabilities = ?
 		WHERE id = ? AND state NOT IN ('deleted', 'deleting', 'offline', 'agent_offline', 'unknown')`,
-		version, factsJSON, at.UTC(), at.UTC(), at.UTC(), q.self(), id))
+		st.Version, st.FactsJSON, at, at, at, q.self(), at, st.Capabilities, st.ID))
 	if err != nil || n == 1 {
 		return n == 1, err
 	}
-	err = q.moveServer(ctx, id, func(q *Queries) error {
+	err = q.moveServer(ctx, st.ID, func(q *Queries) error {
 		return affected(q.x.ExecContext(ctx, `UPDATE servers SET agent_version = ?, facts_json = ?, last_seen_at = ?,
 			installed_at = COALESCE(installed_at, ?), state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
-			updated_at = ?, session_holder = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`,
-			version, factsJSON, at.UTC(), at.UTC(), at.UTC(), q.self(), id))
+			updated_at = ?, session_holder = ?, session_started_at = ?, agent_capabilities = ? WHERE id = ? AND state NOT IN ('deleted', 'deleting')`,
+			st.Version, st.FactsJSON, at, at, at, q.self(), at, st.Capabilities, st.ID))
 	})
 	if errors.Is(err, ErrNotFound) {
 		return false, nil

@@ -11,6 +11,7 @@ import (
 // SessionStart is one StartAgentSession call's arguments.
 type SessionStart struct {
 	ID, Version, FactsJSON string
+	Capabilities           string // the hello's, space-separated
 	At                     time.Time
 }
 
@@ -97,7 +98,7 @@ func (s *Store) runSessionBatch(batch []*sessionReq) {
 		return
 	}
 	for _, r := range batch {
-		r.ok, r.err = s.Q().StartAgentSession(ctx, r.ID, r.Version, r.FactsJSON, r.At)
+		r.ok, r.err = s.Q().startAgentSession(ctx, r.SessionStart)
 		close(r.done)
 	}
 }
@@ -150,23 +151,23 @@ func (q *Queries) StartAgentSessions(ctx context.Context, starts []SessionStart)
 		return nil, err
 	}
 
-	tuple := "(?, ?, ?, ?)"
+	tuple := "(?, ?, ?, ?, ?)"
 	if pg {
-		tuple = "(?::text, ?::text, ?::text, ?::timestamptz)" // VALUES parameters are untyped there
+		tuple = "(?::text, ?::text, ?::text, ?::timestamptz, ?::text)" // VALUES parameters are untyped there
 	}
 	var b strings.Builder
 	b.WriteString(`UPDATE servers SET agent_version = v.column2, facts_json = v.column3, last_seen_at = v.column4,
 		installed_at = COALESCE(installed_at, v.column4),
 		state = CASE WHEN state IN ('offline', 'agent_offline', 'unknown') THEN 'online' ELSE state END,
-		updated_at = v.column4, session_holder = ? FROM (VALUES `)
-	args := make([]any, 0, 1+4*len(starts))
+		updated_at = v.column4, session_holder = ?, session_started_at = v.column4, agent_capabilities = v.column5 FROM (VALUES `)
+	args := make([]any, 0, 1+5*len(starts))
 	args = append(args, q.self())
 	for i, st := range starts {
 		if i > 0 {
 			b.WriteString(", ")
 		}
 		b.WriteString(tuple)
-		args = append(args, st.ID, st.Version, st.FactsJSON, st.At.UTC())
+		args = append(args, st.ID, st.Version, st.FactsJSON, st.At.UTC(), st.Capabilities)
 	}
 	b.WriteString(`) AS v WHERE servers.id = v.column1 AND servers.state NOT IN ('deleted', 'deleting')
 		RETURNING servers.id, servers.workspace_id, servers.name, servers.state, servers.state_reason`)

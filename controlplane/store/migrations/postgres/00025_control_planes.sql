@@ -8,6 +8,11 @@
 -- may have taken it meanwhile); another control plane reads it to know
 -- where to send the agent a message.
 ALTER TABLE servers ADD COLUMN session_holder TEXT NOT NULL DEFAULT '';
+-- What another control plane needs to know of a session it does not
+-- hold: when it started and what the agent's hello advertised
+-- (protocol.Hello.Capabilities, space-separated).
+ALTER TABLE servers ADD COLUMN session_started_at TIMESTAMPTZ;
+ALTER TABLE servers ADD COLUMN agent_capabilities TEXT NOT NULL DEFAULT '';
 -- control_planes: one row per running control plane, its liveness beat
 -- every few seconds. A row whose beat is stale names a dead process: the
 -- sessions it held are over.
@@ -19,4 +24,6 @@ CREATE TABLE control_planes (
 
 -- +goose Down
 DROP TABLE control_planes;
+ALTER TABLE servers DROP COLUMN agent_capabilities;
+ALTER TABLE servers DROP COLUMN session_started_at;
 ALTER TABLE servers DROP COLUMN session_holder;
