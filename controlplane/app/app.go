@@ -4,6 +4,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -18,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +35,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cloud"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr"
+	"github.com/devpilot/devpilot/controlplane/cluster"
 	"github.com/devpilot/devpilot/controlplane/fdlimit"
 	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/hub"
@@ -86,6 +89,10 @@ type Config struct {
 	Database      string        // "" or "sqlite" (in DataDir), or a postgres:// URL (see store.Lead for standbys)
 	MasterKeyFile string        // default DataDir/keyring.json
 	LeaderPoll    time.Duration // PostgreSQL: how often a standby asks for the lock, and the leader checks it; default 2 s
+	// Mode, on PostgreSQL: ModeStandby (default; one control plane is
+	// active, the others wait) or ModeActive (every one serves the API
+	// and agents; the jobs run on the one holding the leader lock).
+	Mode string
 
 	// API base URLs per provider; empty means the real cloud.
 	DigitalOceanAPIURL string
@@ -178,12 +185,19 @@ type Config struct {
 	Out    io.Writer // where the first start says which file holds the owner token (default stdout)
 }
 
+// Modes of several control planes on one PostgreSQL database (Config.Mode).
+const (
+	ModeStandby = "standby"
+	ModeActive  = "active"
+)
+
 // App is a running control plane.
 type App struct {
 	cfg          Config
 	log          *zap.Logger
 	Store        *store.Store
-	Leader       *store.Leadership
+	Leader       *store.Leadership // standby mode: held from New; active mode: once this one runs the jobs
+	Cluster      *cluster.Cluster  // active mode only
 	Keys         *secrets.Keyring
 	Integrations *integrations.Service
 	Provision    *provision.Service
@@ -216,6 +230,7 @@ type App struct {
 	agentSrv  *http.Server
 	AgentURL  string // the agent listener's URL, when there is one
 	fds       fdlimit.Limit
+	lmu       sync.Mutex // Leader, set late in active mode
 }
 
 // New opens the data directory and builds the control plane; it does not
@@ -245,27 +260,35 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		return nil, err
 	}
 	a.Store.SetSelf(leaseOwner(cfg.DataDir))
-	// Everything after this runs on the active control plane only: a
-	// standby waits here, and loads the keyring only once it takes over,
-	// so it reads the keys as the last leader left them.
-	a.Leader, err = a.Store.Lead(ctx, store.LeadOptions{Poll: cfg.LeaderPoll, Standby: func() {
-		a.log.Info("standby: another control plane holds the database; waiting to take over",
-			zap.String("database", a.Store.Path()))
-	}})
-	if err != nil {
+	active := cfg.Mode == ModeActive
+	if active && a.Store.Dialect() != store.Postgres {
 		_ = a.Store.Close()
-		return nil, err
+		return nil, errors.New("--mode active needs a PostgreSQL database (--database postgres://…)")
+	}
+	if !active {
+		// Everything after this runs on the active control plane only: a
+		// standby waits here, and loads the keyring only once it takes over,
+		// so it reads the keys as the last leader left them.
+		a.Leader, err = a.Store.Lead(ctx, store.LeadOptions{Poll: cfg.LeaderPoll, Standby: func() {
+			a.log.Info("standby: another control plane holds the database; waiting to take over",
+				zap.String("database", a.Store.Path()))
+		}})
+		if err != nil {
+			_ = a.Store.Close()
+			return nil, err
+		}
 	}
 	a.ops.setRole("active")
 	if a.Store.Dialect() == store.Postgres {
-		a.log.Info("active control plane of the database", zap.String("database", a.Store.Path()))
+		a.log.Info("active control plane of the database", zap.String("database", a.Store.Path()),
+			zap.String("mode", cmp.Or(cfg.Mode, ModeStandby)), zap.String("self", a.Store.Self()))
 	}
 	keyPath := cfg.MasterKeyFile
 	if keyPath == "" {
 		keyPath = secrets.DefaultKeyringPath(cfg.DataDir)
 	}
 	if a.Keys, err = secrets.LoadOrCreateKeyring(keyPath); err != nil {
-		a.Leader.Release()
+		a.releaseLeader()
 		_ = a.Store.Close()
 		return nil, fmt.Errorf("master key: %w", err)
 	}
@@ -274,12 +297,12 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		CheckInterval: cfg.IntegrationCheckInterval, Registerer: a.Registry,
 	})
 	if err := a.bootstrap(ctx); err != nil {
-		a.Leader.Release()
+		a.releaseLeader()
 		_ = a.Store.Close()
 		return nil, err
 	}
 	if a.Releases, err = openReleases(cfg); err != nil {
-		a.Leader.Release()
+		a.releaseLeader()
 		_ = a.Store.Close()
 		return nil, err
 	}
@@ -289,21 +312,21 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	a.Provision = provision.New(provision.Options{
 		Store: a.Store, Keys: a.Keys, Integrations: a.Integrations, UserData: a.userData, Logger: cfg.Logger,
 		AgentTimeout: cfg.AgentTimeout, AgentRebootTimeout: cfg.AgentRebootTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,
-		Owner:           leaseOwner(cfg.DataDir),
+		Owner: leaseOwner(cfg.DataDir), SessionsElsewhere: active,
 		HealthRetention: cfg.HealthHistoryRetention, HealthResolution: cfg.HealthHistoryResolution,
 		Live: func(id string) (provision.Live, bool) {
-			st, ok := a.Hub.Status(id)
+			st, ok := a.agentStatus(id)
 			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health,
 				Capabilities: st.Capabilities, BootID: st.BootID, AgentVersion: st.AgentVersion}, ok
 		},
 		AskReboot: func(ctx context.Context, id, actionID string) error {
-			return a.Hub.Send(ctx, id, protocol.TypeReboot, protocol.Reboot{ID: actionID})
+			return a.sendAgent(ctx, id, protocol.TypeReboot, protocol.Reboot{ID: actionID})
 		},
 		Releases: a.Releases,
 		SendUpdate: func(ctx context.Context, id string, u protocol.Update) error {
-			return a.Hub.Send(ctx, id, protocol.TypeUpdate, u)
+			return a.sendAgent(ctx, id, protocol.TypeUpdate, u)
 		},
-		Disconnect:       func(id, code string) { a.Hub.Disconnect(id, code) },
+		Disconnect:       func(id, code string) { a.disconnectAgent(id, code) },
 		Diagnose:         a.diagnoser(),
 		EnrollOverSSH:    a.enrollOverSSH(),
 		OnAgentConnected: func(id string) { a.Tasks.AgentConnected(id) },
@@ -313,12 +336,21 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		HeartbeatInterval: cfg.HeartbeatInterval, MaxAgents: a.agentCapacity()})
 	a.Reconciler = a.reconciler(cfg)
 	a.agentH = a.agentHandler()
-	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: a.Hub, Keys: a.Keys, Actions: a.Provision, Logger: cfg.Logger,
+	a.Tasks = tasks.New(tasks.Options{Store: a.Store, Hub: agentSender{a}, Keys: a.Keys,
+		OnChange: func(id string) {
+			if a.Cluster != nil {
+				a.Cluster.TaskChanged(id)
+			}
+		}, Actions: a.Provision, Logger: cfg.Logger,
 		SweepInterval: cfg.TaskSweepInterval, DeadlineGrace: cfg.TaskDeadlineGrace, MaxLogBytes: cfg.TaskMaxLogBytes, Registerer: reg})
 	a.Rollouts = rollout.New(rollout.Options{Store: a.Store, Updater: a.Provision, Releases: rolloutReleases{a.Provision},
 		Logger: cfg.Logger, Owner: leaseOwner(cfg.DataDir), Registerer: reg})
 	a.Alerts = alerts.New(alerts.Options{Store: a.Store, Interval: cfg.AlertInterval, StaleAfter: cfg.AlertStaleAfter,
 		Logger: cfg.Logger, Registerer: reg})
+	if active {
+		a.Cluster = cluster.New(cluster.Options{Store: a.Store, Hub: a.Hub, Dispatch: a.Tasks.Dispatch, Changed: a.Tasks.Wake,
+			Logger: cfg.Logger, Registerer: reg})
+	}
 	a.Hub.Handle(protocol.TypeTaskLog, a.Tasks.HandleLog)
 	a.Hub.Handle(protocol.TypeTaskResult, a.Tasks.HandleResult)
 	a.Hub.Handle(protocol.TypeUpdateStatus, a.Provision.HandleUpdateStatus)
@@ -358,7 +390,7 @@ func (a *App) reconciler(cfg Config) *reconcile.Reconciler {
 	return reconcile.New(reconcile.Options{
 		Store: a.Store, Provider: a.Integrations.Provider, Interval: cfg.ReconcileInterval, Logger: cfg.Logger,
 		Live: func(id string) reconcile.Live {
-			st, _ := a.Hub.Status(id)
+			st, _ := a.agentStatus(id)
 			live := reconcile.Live{Connected: st.Connected, LastSeen: st.LastSeen}
 			if !st.Connected {
 				if le, ok := a.Hub.LastError(id); ok {
@@ -631,27 +663,36 @@ func (a *App) Serve(ctx context.Context) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          zap.NewStdLog(a.log.Named("http")),
 	}
-	if err := a.Provision.Start(ctx); err != nil {
-		return err
+	var leaderLost <-chan struct{}
+	if a.Cluster == nil {
+		stopJobs, err := a.startJobs(ctx)
+		if err != nil {
+			return err
+		}
+		defer stopJobs()
+		a.ops.setJobs(true)
+		leaderLost = a.Leader.Lost()
+	} else {
+		// Before the hub accepts an agent: the others see this one
+		// alive, and the sessions it held before a restart are over.
+		if err := a.Cluster.Join(ctx); err != nil {
+			return err
+		}
+		cctx, stopCluster := context.WithCancel(ctx)
+		clustered := make(chan struct{})
+		go func() { defer close(clustered); a.Cluster.Run(cctx) }()
+		defer func() { stopCluster(); <-clustered }()
+		lost := make(chan struct{})
+		leaderLost = lost
+		jctx, stopLeading := context.WithCancel(ctx)
+		led := make(chan struct{})
+		go func() { defer close(led); a.runJobsWhenLeader(jctx, lost) }()
+		defer func() { stopLeading(); <-led }()
 	}
 	if err := a.Tasks.Start(ctx); err != nil {
 		a.Provision.Close()
 		return err
 	}
-	a.Reconciler.Start()
-	defer a.Reconciler.Close()
-	a.Rollouts.Start()
-	defer a.Rollouts.Close()
-	a.Integrations.StartChecks()
-	defer a.Integrations.CloseChecks()
-	a.Alerts.Start()
-	defer a.Alerts.Close()
-	// Webhook deliveries: an attempt cut short by shutdown is not recorded;
-	// its lease lets this control plane (or another) make it again.
-	wctx, stopWebhooks := context.WithCancel(ctx)
-	webhooksDone := make(chan struct{})
-	go func() { defer close(webhooksDone); _ = a.Webhooks.Run(wctx) }()
-	defer func() { stopWebhooks(); <-webhooksDone }()
 	errc := make(chan error, 2)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	if a.agentLn != nil {
@@ -671,12 +712,6 @@ func (a *App) Serve(ctx context.Context) error {
 		renewed := make(chan struct{})
 		go func() { defer close(renewed); a.renewTLS(rctx) }()
 		defer func() { stopRenew(); <-renewed }()
-	}
-	{
-		pctx, stopPrune := context.WithCancel(ctx)
-		pruned := make(chan struct{})
-		go func() { defer close(pruned); a.pruneEvents(pctx) }()
-		defer func() { stopPrune(); <-pruned }()
 	}
 	if a.acme != nil {
 		wctx, stopWarm := context.WithCancel(ctx)
@@ -698,11 +733,11 @@ func (a *App) Serve(ctx context.Context) error {
 		a.Provision.Close()
 		return err
 	case <-ctx.Done():
-	case <-a.Leader.Lost():
-		// A standby may be active already: stop at once (agents redial
-		// and find it), and exit with an error so a supervisor restarts
-		// this process, which then waits as a standby itself.
-		lost = a.Leader.Err()
+	case <-leaderLost:
+		// A standby (or, in active mode, another job runner) may be
+		// active already: stop at once (agents redial and find it), and
+		// exit with an error so a supervisor restarts this process.
+		lost = a.leaderErr()
 		a.log.Error("stopping: this control plane is no longer the active one", zap.Error(lost))
 	}
 	a.log.Info("shutting down")
@@ -734,8 +769,119 @@ func (a *App) Serve(ctx context.Context) error {
 // an App that never served).
 func (a *App) Close() error {
 	a.Hub.Close()
-	a.Leader.Release()
+	a.releaseLeader()
 	return a.Store.Close()
+}
+
+// startJobs starts the background work one control plane of the database
+// does: provisioning and lifecycle jobs, liveness reconciliation, agent
+// rollouts, integration checks, alerts, webhook deliveries, pruning. The
+// returned func stops it.
+func (a *App) startJobs(ctx context.Context) (func(), error) {
+	if err := a.Provision.Start(ctx); err != nil {
+		return nil, err
+	}
+	a.Reconciler.Start()
+	a.Rollouts.Start()
+	a.Integrations.StartChecks()
+	a.Alerts.Start()
+	// Webhook deliveries: an attempt cut short by shutdown is not recorded;
+	// its lease lets this control plane (or another) make it again.
+	wctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = a.Webhooks.Run(wctx) }()
+	go func() { defer wg.Done(); a.pruneEvents(wctx) }()
+	return func() {
+		stop()
+		wg.Wait()
+		a.Alerts.Close()
+		a.Integrations.CloseChecks()
+		a.Rollouts.Close()
+		a.Reconciler.Close()
+		a.Provision.Close()
+	}, nil
+}
+
+// runJobsWhenLeader is active mode's job runner: it waits for the leader
+// lock (one control plane of the database runs the jobs; the others serve
+// the API and agents meanwhile), runs them while it holds it, and closes
+// lost if the lock's session dies.
+func (a *App) runJobsWhenLeader(ctx context.Context, lost chan<- struct{}) {
+	l, err := a.Store.Lead(ctx, store.LeadOptions{Poll: a.cfg.LeaderPoll, Standby: func() {
+		a.log.Info("another control plane runs the jobs; this one takes over if it stops")
+	}})
+	if err != nil {
+		return // ctx ended
+	}
+	a.lmu.Lock()
+	a.Leader = l
+	a.lmu.Unlock()
+	a.ops.setJobs(true)
+	a.log.Info("this control plane runs the jobs (provisioning, lifecycle actions, rollouts, webhooks, reconciliation)")
+	stop, err := a.startJobs(ctx)
+	if err != nil {
+		a.log.Error("start the jobs", zap.Error(err))
+		close(lost)
+		return
+	}
+	defer stop()
+	select {
+	case <-ctx.Done():
+	case <-l.Lost():
+		close(lost)
+	}
+}
+
+func (a *App) releaseLeader() {
+	a.lmu.Lock()
+	l := a.Leader
+	a.lmu.Unlock()
+	if l != nil {
+		l.Release()
+	}
+}
+
+func (a *App) leaderErr() error {
+	a.lmu.Lock()
+	l := a.Leader
+	a.lmu.Unlock()
+	if l == nil {
+		return errors.New("stopping: could not start the jobs")
+	}
+	return l.Err()
+}
+
+// agentStatus, sendAgent and disconnectAgent reach a server's agent on
+// this control plane's hub or, in active mode, wherever its session is
+// held (controlplane/cluster).
+func (a *App) agentStatus(id string) (hub.Status, bool) {
+	if a.Cluster != nil {
+		return a.Cluster.Status(id)
+	}
+	return a.Hub.Status(id)
+}
+
+func (a *App) sendAgent(ctx context.Context, id, typ string, payload any) error {
+	if a.Cluster != nil {
+		return a.Cluster.Send(ctx, id, typ, payload)
+	}
+	return a.Hub.Send(ctx, id, typ, payload)
+}
+
+func (a *App) disconnectAgent(id, code string) {
+	if a.Cluster != nil {
+		a.Cluster.Disconnect(id, code)
+		return
+	}
+	a.Hub.Disconnect(id, code)
+}
+
+// agentSender is tasks' Sender: App.sendAgent.
+type agentSender struct{ a *App }
+
+func (s agentSender) Send(ctx context.Context, id, typ string, payload any) error {
+	return s.a.sendAgent(ctx, id, typ, payload)
 }
 
 // Run is `devpilot serve`: New, Listen, Serve, Close.

@@ -22,6 +22,7 @@ import (
 type opsMetrics struct {
 	a        *App
 	role     *prometheus.GaugeVec
+	jobs     prometheus.Gauge
 	renewals *prometheus.CounterVec
 	// agentRefused counts connections the agent listener closed at once
 	// (more open than the hub may hold plus fdlimit.Slack).
@@ -47,6 +48,10 @@ func newOpsMetrics(a *App, reg prometheus.Registerer) *opsMetrics {
 			Name: "devpilot_control_plane_role",
 			Help: "1 for this process's role: active (holds the database and serves) or standby (waits for the lock).",
 		}, []string{"role"}),
+		jobs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "devpilot_control_plane_jobs",
+			Help: "1 if this process runs the database's jobs (provisioning, lifecycle actions, rollouts, webhooks, reconciliation): always when active in standby mode, one of them in active mode.",
+		}),
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "devpilot_tls_renewal_checks_total",
 			Help: "Checks of the --tls auto server certificate while serving, by result (unchanged, reissued, error).",
@@ -71,11 +76,19 @@ func newOpsMetrics(a *App, reg prometheus.Registerer) *opsMetrics {
 	m.renewals.WithLabelValues("unchanged")
 	m.renewals.WithLabelValues("reissued")
 	m.renewals.WithLabelValues("error")
-	reg.MustRegister(m.role, m.renewals, m.agentRefused, m)
+	reg.MustRegister(m.role, m.jobs, m.renewals, m.agentRefused, m)
 	return m
 }
 
 func (m *opsMetrics) agentConnRefused() { m.agentRefused.Inc() }
+
+func (m *opsMetrics) setJobs(on bool) {
+	v := 0.0
+	if on {
+		v = 1
+	}
+	m.jobs.Set(v)
+}
 
 func (m *opsMetrics) setRole(role string) {
 	for _, r := range []string{"active", "standby"} {

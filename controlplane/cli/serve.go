@@ -19,6 +19,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/httpguard"
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/provision"
+	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -71,6 +72,7 @@ func serveCmd(env Env) *cobra.Command {
 	fs.StringVar(&cfg.ACMEDirectory, "acme-directory", app.LetsEncrypt, "--tls acme: the ACME directory URL")
 	fs.StringVar(&cfg.ACMECAFile, "acme-ca-file", "", "--tls acme: roots of a private ACME CA's API certificate (default: the system's)")
 	fs.StringVar(&cfg.Database, "database", "", "empty for SQLite in the data dir, or postgres://user@host/db (password in DEVPILOT_DATABASE, PGPASSWORD or ~/.pgpass, never here)")
+	fs.StringVar(&cfg.Mode, "mode", app.ModeStandby, "with --database postgres://…: standby (one control plane is active, the others wait to take over) or active (every one serves the API and agents; jobs run on one of them)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "master keyring file (default: DATA_DIR/keyring.json)")
 	fs.StringVar(&cfg.DigitalOceanAPIURL, "digitalocean-api-url", "", "DigitalOcean API base URL (default: the real API)")
 	fs.StringVar(&cfg.VultrAPIURL, "vultr-api-url", "", "Vultr API base URL (default: the real API)")
@@ -137,6 +139,12 @@ func serve(ctx context.Context, env Env, fs *pflag.FlagSet, cfg app.Config, acme
 	}
 	if cfg.BootstrapTTL <= 0 || cfg.BootstrapTTL > time.Hour {
 		return usagef("--bootstrap-ttl must be between 1s and 1h")
+	}
+	if cfg.Mode != app.ModeStandby && cfg.Mode != app.ModeActive {
+		return usagef("--mode %q: use standby or active", cfg.Mode)
+	}
+	if cfg.Mode == app.ModeActive && !store.IsPostgresURL(cfg.Database) {
+		return usagef("--mode active needs --database postgres://…: several control planes share one PostgreSQL database (SQLite serves one)")
 	}
 	if err := passwordInArgs(fs, "database"); err != nil {
 		return err

@@ -114,8 +114,11 @@ type Options struct {
 	Keys         *secrets.Keyring
 	Integrations *integrations.Service
 	UserData     UserDataFunc
-	Live         LiveFunc                    // nil: no live view
-	Disconnect   func(serverID, code string) // ends an agent session, telling it why (protocol.Err*)
+	Live         LiveFunc // nil: no live view
+	// SessionsElsewhere: other active control planes hold agent sessions
+	// of this database (active mode), so Start leaves online servers be.
+	SessionsElsewhere bool
+	Disconnect        func(serverID, code string) // ends an agent session, telling it why (protocol.Err*)
 	// AskReboot sends the server's agent a reboot request (protocol 1.1)
 	// named id; nil: reboots always use the cloud's.
 	AskReboot func(ctx context.Context, serverID, id string) error
@@ -255,10 +258,14 @@ func New(o Options) *Service {
 }
 
 // Start marks servers that were online offline (no agent is connected to
-// a process that just started), then resumes every unfinished job and
+// a process that just started; not with Options.SessionsElsewhere), then resumes every unfinished job and
 // keeps picking up new ones until Close.
 func (s *Service) Start(ctx context.Context) error {
-	if err := s.store.Q().MarkAllOffline(ctx, s.now()); err != nil {
+	if s.o.SessionsElsewhere {
+		// Active mode: other control planes hold sessions; each ends its
+		// own at its start, and a dead one's when its beat stops
+		// (controlplane/cluster).
+	} else if err := s.store.Q().MarkAllOffline(ctx, s.now()); err != nil {
 		return fmt.Errorf("mark servers offline: %w", err)
 	}
 	s.wg.Add(1)

@@ -194,3 +194,28 @@ func (q *Queries) DeadHolders(ctx context.Context, cutoff time.Time) ([]string, 
 	}
 	return out, rows.Err()
 }
+
+// HeldTask is a queued task of a server whose session a control plane holds.
+type HeldTask struct{ ID, ServerID string }
+
+// QueuedTasksHeld lists the tasks still queued, created before before, of
+// the servers whose sessions holder holds, oldest first (at most limit):
+// what a lost notification left undelivered.
+func (q *Queries) QueuedTasksHeld(ctx context.Context, holder string, before time.Time, limit int) ([]HeldTask, error) {
+	rows, err := q.x.QueryContext(ctx, `SELECT t.id, t.server_id FROM tasks t JOIN servers s ON s.id = t.server_id
+		WHERE s.session_holder = ? AND t.state = 'queued' AND t.created_at < ? ORDER BY t.created_at LIMIT ?`,
+		holder, before.UTC(), lim(limit))
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = rows.Close() }()
+	var out []HeldTask
+	for rows.Next() {
+		var t HeldTask
+		if err := rows.Scan(&t.ID, &t.ServerID); err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}

@@ -431,10 +431,16 @@ func (q *Queries) DeploymentTargets(ctx context.Context, deploymentID string) ([
 	return out, rows.Err()
 }
 
-// SetTargetTask records the task started for a target.
+// SetTargetTask records the task started for a target in its phase;
+// ErrConflict if the phase has one already (another control plane started
+// the batch: the caller's transaction must roll back).
 func (q *Queries) SetTargetTask(ctx context.Context, deploymentID string, position int, taskID string) error {
-	return affected(q.x.ExecContext(ctx, `UPDATE deployment_targets SET task_id = ? WHERE deployment_id = ? AND position = ?`,
+	n, err := rowsAffected(q.x.ExecContext(ctx, `UPDATE deployment_targets SET task_id = ? WHERE deployment_id = ? AND position = ? AND task_id = ''`,
 		taskID, deploymentID, position))
+	if err == nil && n == 0 {
+		return ErrConflict
+	}
+	return err
 }
 
 // SetTargetPhase moves a target from phase `from` to phase `to`, with its

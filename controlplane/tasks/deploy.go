@@ -517,8 +517,9 @@ func (s *Service) ActionDone(actionID string) {
 
 // startBatch creates the deploy tasks of a batch and queues their delivery.
 func (s *Service) startBatch(ctx context.Context, d store.Deployment, phases []Phase, targets []store.DeploymentTarget, now time.Time) error {
-	created := make([]store.Task, 0, len(targets))
+	var created []store.Task
 	err := s.store.InTx(ctx, func(q *store.Queries) error {
+		created = make([]store.Task, 0, len(targets))
 		for _, t := range targets {
 			if t.Phase >= len(phases) || phases[t.Phase].Deploy == nil {
 				return fmt.Errorf("target %d of deployment %s is not in a deploy phase", t.Position, d.ID)
@@ -533,6 +534,9 @@ func (s *Service) startBatch(ctx context.Context, d store.Deployment, phases []P
 				return err
 			}
 			if err := q.SetTargetTask(ctx, d.ID, t.Position, task.ID); err != nil {
+				if errors.Is(err, store.ErrConflict) {
+					return fmt.Errorf("target %d of deployment %s was started meanwhile (by another control plane)", t.Position, d.ID)
+				}
 				return err
 			}
 			created = append(created, task)

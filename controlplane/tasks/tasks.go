@@ -58,8 +58,11 @@ type Options struct {
 	// lifecycle action (provision.Service); nil: plans with firewall steps
 	// are refused.
 	Actions Actions
-	Logger  *zap.Logger
-	Now     func() time.Time
+	// OnChange is told of every change of a task here (output, state), so
+	// other control planes' followers can wake (controlplane/cluster).
+	OnChange func(taskID string)
+	Logger   *zap.Logger
+	Now      func() time.Time
 	// SweepInterval is how often overdue tasks are looked for.
 	SweepInterval time.Duration
 	// DeadlineGrace is how long after its deadline an unfinished task is
@@ -555,7 +558,28 @@ func (s *Service) Changed(taskID string) <-chan struct{} {
 	return ch
 }
 
+// Dispatch sends a queued task to its server's agent if this control
+// plane holds the session (and records it sent): a task created on
+// another control plane of the database (controlplane/cluster).
+func (s *Service) Dispatch(serverID, taskID string) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.o.SendTimeout)
+	defer cancel()
+	s.dispatch(ctx, serverID, taskID, time.Time{})
+}
+
+// Wake wakes this control plane's followers of a task another one
+// changed (controlplane/cluster).
+func (s *Service) Wake(taskID string) { s.wake(taskID) }
+
+// notify wakes the task's followers here and tells Options.OnChange.
 func (s *Service) notify(taskID string) {
+	s.wake(taskID)
+	if s.o.OnChange != nil {
+		s.o.OnChange(taskID)
+	}
+}
+
+func (s *Service) wake(taskID string) {
 	s.nmu.Lock()
 	ch := s.waiters[taskID]
 	delete(s.waiters, taskID)

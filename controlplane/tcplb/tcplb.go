@@ -1,0 +1,128 @@
+// Package tcplb is a small round-robin TCP load balancer on loopback, for
+// the tests and the scale benchmark of several active control planes
+// (README "Several active control planes" documents HAProxy and nginx
+// for production). A connection goes to the next backend that accepts it;
+// one that refuses is skipped, as a balancer's health check would.
+package tcplb
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Balancer forwards the connections it accepts to its backends.
+type Balancer struct {
+	ln       net.Listener
+	backends []string
+	next     atomic.Uint64
+	wg       sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	done  bool
+}
+
+// Listen starts a balancer on addr (e.g. "127.0.0.1:0") in front of
+// backends (host:port each).
+func Listen(addr string, backends []string) (*Balancer, error) {
+	if len(backends) == 0 {
+		return nil, errors.New("tcplb: no backends")
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	b := &Balancer{ln: ln, backends: backends, conns: map[net.Conn]struct{}{}}
+	b.wg.Add(1)
+	go b.serve()
+	return b, nil
+}
+
+// Addr is where the balancer listens.
+func (b *Balancer) Addr() string { return b.ln.Addr().String() }
+
+func (b *Balancer) serve() {
+	defer b.wg.Done()
+	for {
+		c, err := b.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return // closed (or out of files: the backends' problem too)
+		}
+		b.wg.Add(1)
+		go b.forward(c)
+	}
+}
+
+func (b *Balancer) track(c net.Conn, on bool) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if on {
+		if b.done {
+			return false
+		}
+		b.conns[c] = struct{}{}
+	} else {
+		delete(b.conns, c)
+	}
+	return true
+}
+
+func (b *Balancer) forward(c net.Conn) {
+	defer b.wg.Done()
+	defer func() { _ = c.Close() }()
+	if !b.track(c, true) {
+		return
+	}
+	defer b.track(c, false)
+	start := b.next.Add(1)
+	var up net.Conn
+	for i := range len(b.backends) {
+		addr := b.backends[(int(start)+i)%len(b.backends)]
+		var err error
+		if up, err = net.DialTimeout("tcp", addr, 5*time.Second); err == nil {
+			break
+		}
+	}
+	if up == nil {
+		return // every backend refused
+	}
+	defer func() { _ = up.Close() }()
+	if !b.track(up, true) {
+		return
+	}
+	defer b.track(up, false)
+	done := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(up, c)
+		if tc, ok := up.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		close(done)
+	}()
+	_, _ = io.Copy(c, up)
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+	<-done
+}
+
+// Close stops accepting and ends every forwarded connection.
+func (b *Balancer) Close() error {
+	err := b.ln.Close()
+	b.mu.Lock()
+	b.done = true
+	for c := range b.conns {
+		_ = c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+	return err
+}
