@@ -249,9 +249,37 @@ func (c *Cluster) listen(ctx context.Context) {
 	}
 }
 
-func (c *Cluster) handle(ctx context.Context, payload string) {
+// parse reads a notification's payload: anyone who may connect to the
+// database can send one, so it is checked like any input.
+func parse(payload string) (message, error) {
 	var m message
 	if err := json.Unmarshal([]byte(payload), &m); err != nil {
+		return m, err
+	}
+	switch m.Kind {
+	case kindChanged:
+		return m, nil
+	case kindTask:
+		if m.Task == "" {
+			return m, errors.New("a task message names no task")
+		}
+	case kindSend:
+		if m.Type == "" || m.Type == protocol.TypeTask || len(m.Payload) == 0 {
+			return m, fmt.Errorf("a %q message with no payload, or a task's (tasks go by id)", m.Type)
+		}
+	case kindDisconnect:
+	default:
+		return m, fmt.Errorf("unknown message kind %q", m.Kind)
+	}
+	if m.Server == "" {
+		return m, fmt.Errorf("a %s message names no server", m.Kind)
+	}
+	return m, nil
+}
+
+func (c *Cluster) handle(ctx context.Context, payload string) {
+	m, err := parse(payload)
+	if err != nil {
 		c.log.Warn("unreadable message from another control plane", zap.Error(err))
 		return
 	}

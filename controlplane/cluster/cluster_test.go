@@ -1,0 +1,206 @@
+package cluster_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/devpilot/devpilot/controlplane/cluster"
+	"github.com/devpilot/devpilot/controlplane/hub"
+	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
+	"github.com/devpilot/devpilot/shared/protocol"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// emptyHub is a local hub that holds no session: every agent is elsewhere.
+type emptyHub struct {
+	mu   sync.Mutex
+	sent []string // types Send was asked for
+}
+
+func (h *emptyHub) Send(_ context.Context, _, typ string, _ any) error {
+	h.mu.Lock()
+	h.sent = append(h.sent, typ)
+	h.mu.Unlock()
+	return hub.ErrNotConnected
+}
+func (h *emptyHub) Status(string) (hub.Status, bool) { return hub.Status{}, false }
+func (h *emptyHub) Disconnect(string, string)        {}
+
+// twoPlanes opens the store of control plane cp_a and, on the same
+// database, cp_b's, which holds srv_00000's session.
+func twoPlanes(t *testing.T) (a, b *store.Store) {
+	t.Helper()
+	ctx := context.Background()
+	dsn := storetest.PostgresURL(t)
+	for _, p := range []struct {
+		st   **store.Store
+		self string
+	}{{&a, "cp_a"}, {&b, "cp_b"}} {
+		st, err := store.Open(ctx, dsn, filepath.Join(t.TempDir(), "unused.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		st.SetSelf(p.self)
+		*p.st = st
+	}
+	if err := a.Q().CreateWorkspace(ctx, store.Workspace{ID: "ws_1", Slug: "default", Name: "Default", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	if err := a.Q().CreateServer(ctx, store.Server{ID: "srv_00000", WorkspaceID: "ws_1", Provider: "digitalocean", Name: "web-0",
+		Region: "nyc3", Size: "s-1vcpu-1gb", Image: "debian-12", PortsJSON: "[]", State: "online", AgentTimeoutS: 900,
+		CreatedAt: now, UpdatedAt: now}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*store.Store{a, b} {
+		if err := st.Q().BeatControlPlane(ctx, st.Self(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, err := b.StartAgentSessionBatched(ctx, store.SessionStart{ID: "srv_00000", Version: "1.4.0",
+		FactsJSON: `{"boot_id":"boot-1"}`, Capabilities: "reboot update", At: time.Now()}); err != nil || !ok {
+		t.Fatalf("cp_b starts the session: %v, %v", ok, err)
+	}
+	return a, b
+}
+
+// listen collects what arrives on channel until the test ends.
+func listen(t *testing.T, st *store.Store, channel string) <-chan string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan string, 16)
+	ready := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = st.ListenMany(ctx, []string{channel}, func() { close(ready) }, func(p string) { got <- p })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-ready:
+	case <-time.After(30 * time.Second):
+		t.Fatal("LISTEN did not start")
+	}
+	return got
+}
+
+func next(t *testing.T, ch <-chan string) string {
+	t.Helper()
+	select {
+	case p := <-ch:
+		return p
+	case <-time.After(30 * time.Second):
+		t.Fatal("no notification")
+		return ""
+	}
+}
+
+// A task for an agent held by another control plane is handed over by id
+// alone: its spec, which may hold secrets, never goes into a notification
+// (PostgreSQL may spill its notification queue to disk). Other messages
+// go with their payload; the holder's status is read from the database.
+func TestMessagesGoToTheHolderAndTasksOnlyByID(t *testing.T) {
+	ctx := context.Background()
+	a, b := twoPlanes(t)
+	toB := listen(t, b, cluster.Channel("cp_b"))
+	local := &emptyHub{}
+	c := cluster.New(cluster.Options{Store: a, Hub: local, Dispatch: func(string, string) {}})
+
+	const canary = "canary-secret-4b1d"
+	task := protocol.Task{ID: "task_1", Kind: protocol.KindExec, Deadline: time.Now().Add(time.Hour),
+		Exec: &protocol.ExecSpec{Argv: []string{"deploy"}, Env: map[string]string{"TOKEN": canary}}}
+	if err := c.Send(ctx, "srv_00000", protocol.TypeTask, task); !errors.Is(err, cluster.ErrRouted) || !errors.Is(err, hub.ErrNotConnected) {
+		t.Fatalf("Send(task) = %v; want ErrRouted (an ErrNotConnected: not sent from here)", err)
+	}
+	p := next(t, toB)
+	if strings.Contains(p, canary) || strings.Contains(p, "deploy") {
+		t.Fatalf("the notification carries the task's spec: %s", p)
+	}
+	if !strings.Contains(p, `"task":"task_1"`) || !strings.Contains(p, `"server":"srv_00000"`) {
+		t.Fatalf("the notification %s does not name the task and server", p)
+	}
+	if err := c.Send(ctx, "srv_00000", protocol.TypeReboot, protocol.Reboot{ID: "act_1"}); err != nil {
+		t.Fatalf("Send(reboot) = %v; want nil (handed to cp_b)", err)
+	}
+	if p := next(t, toB); !strings.Contains(p, `"type":"reboot"`) || !strings.Contains(p, "act_1") {
+		t.Fatalf("reboot notification %s", p)
+	}
+	st, ok := c.Status("srv_00000")
+	if !ok || !st.Connected || st.AgentVersion != "1.4.0" || st.BootID != "boot-1" || strings.Join(st.Capabilities, " ") != "reboot update" {
+		t.Fatalf("Status of a session held by cp_b = %+v, %v; want connected with the hello's version, boot and capabilities", st, ok)
+	}
+
+	// cp_b stops beating: its session no longer counts.
+	if err := b.Q().BeatControlPlane(ctx, "cp_b", time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if st, ok := c.Status("srv_00000"); ok || st.Connected {
+		t.Errorf("Status with its holder dead = %+v, %v; want not connected", st, ok)
+	}
+	if err := c.Send(ctx, "srv_00000", protocol.TypeReboot, protocol.Reboot{ID: "act_2"}); !errors.Is(err, hub.ErrNotConnected) || errors.Is(err, cluster.ErrRouted) {
+		t.Errorf("Send with the holder dead = %v; want ErrNotConnected", err)
+	}
+}
+
+// Run hands the tasks other control planes route here to Dispatch, and
+// its sweep finds a queued task of a session held here even with no
+// notification at all (a lost one delays work, never loses it).
+func TestRunDispatchesRoutedAndSweptTasks(t *testing.T) {
+	ctx := context.Background()
+	a, b := twoPlanes(t) // srv_00000's session is b's
+	dispatched := make(chan string, 8)
+	c := cluster.New(cluster.Options{Store: b, Hub: &emptyHub{}, Beat: 100 * time.Millisecond,
+		Dispatch: func(server, task string) { dispatched <- server + "/" + task }})
+	rctx, stop := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { defer close(ran); c.Run(rctx) }()
+	defer func() { stop(); <-ran }()
+
+	// From cp_a, as its Send would.
+	fromA := cluster.New(cluster.Options{Store: a, Hub: &emptyHub{}, Dispatch: func(string, string) {}})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := fromA.Send(ctx, "srv_00000", protocol.TypeTask, protocol.Task{ID: "task_routed"})
+		if !errors.Is(err, cluster.ErrRouted) {
+			t.Fatalf("Send = %v; want ErrRouted", err)
+		}
+		select {
+		case d := <-dispatched:
+			if d != "srv_00000/task_routed" {
+				t.Fatalf("dispatched %s; want srv_00000/task_routed", d)
+			}
+		case <-time.After(time.Second):
+			if time.Now().After(deadline) {
+				t.Fatal("cp_b never dispatched the task cp_a handed it")
+			}
+			continue // cp_b's LISTEN may not have started: send again
+		}
+		break
+	}
+
+	now := time.Now().UTC()
+	if err := a.Q().CreateTask(ctx, store.Task{ID: "task_queued", WorkspaceID: "ws_1", ServerID: "srv_00000", Kind: protocol.KindExec,
+		SpecJSON: "{}", State: protocol.TaskQueued, CreatedBy: "test", CreatedAt: now, Deadline: now.Add(time.Hour), UpdatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case d := <-dispatched:
+			if d == "srv_00000/task_queued" {
+				return
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the sweep never sent the queued task")
+		}
+	}
+}

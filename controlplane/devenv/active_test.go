@@ -1,0 +1,197 @@
+package devenv_test
+
+import (
+	"io"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/devpilot/devpilot/bootstrap/sandbox"
+	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
+	"github.com/devpilot/devpilot/controlplane/store/storetest"
+	"github.com/devpilot/devpilot/controlplane/tcplb"
+	"github.com/devpilot/devpilot/shared/protocol"
+)
+
+// TestPostgresActiveControlPlanes runs two `devpilot serve --mode active`
+// processes on one PostgreSQL database behind a TCP balancer, as README's
+// "Several active control planes" describes. Both answer the API: each
+// shows every agent connected, wherever its session is held, and a task
+// created on either runs on its agent (one of the two hands it to the
+// other). Then the one running the jobs is SIGKILLed mid-provisioning and
+// mid-task: the other takes the jobs over and finishes both (one droplet
+// per server, the task's whole output), and the killed one's agents come
+// back through the balancer.
+func TestPostgresActiveControlPlanes(t *testing.T) {
+	dsn := storetest.PostgresURL(t)
+	machines := sandbox.New(sandbox.Options{Dir: filepath.Join(t.TempDir(), "machines"), Logger: zap.NewNop()})
+	t.Cleanup(func() { _ = machines.Close() })
+	do := dosim.New(dosim.Options{Runtime: machines, BootDelay: 1500 * time.Millisecond})
+	t.Cleanup(do.Close)
+	sim := httptest.NewServer(do.Handler())
+	t.Cleanup(sim.Close)
+	token := "dop_v1_" + strings.Repeat("8", 64)
+	do.AddToken(token, true)
+
+	addrs := []string{freeAddr(t), freeAddr(t)}
+	lb, err := tcplb.Listen("127.0.0.1:0", addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lb.Close() })
+	node := func(name, addr string) *serveProc {
+		dir := t.TempDir()
+		logf, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = logf.Close() })
+		p := &serveProc{t: t, dataDir: dir, url: "https://" + addr, log: logf,
+			env: []string{"DEVPILOT_DATABASE=" + dsn},
+			args: []string{"serve", "--mode", "active", "--data-dir", dir, "--listen", addr, "--public-url", "https://" + lb.Addr(),
+				"--digitalocean-api-url", sim.URL, "--agent-dir", agentDir, "--log-level", "debug"}}
+		t.Cleanup(p.kill)
+		return p
+	}
+	a, b := node("a", addrs[0]), node("b", addrs[1])
+	a.start()
+	// b shares a's keyring and TLS files (agents pin the CA), as every
+	// control plane of the database must.
+	for _, f := range []string{"keyring.json", "tls/ca.crt", "tls/ca.key", "tls/server.crt", "tls/server.key"} {
+		copyFile(t, filepath.Join(a.dataDir, f), filepath.Join(b.dataDir, f))
+	}
+	b.token = a.token
+	b.start()
+	onA, onB := caller(a.do), caller(b.do)
+
+	var in integration
+	if c := a.do("POST", base, map[string]string{"provider": "digitalocean", "access_key": "do", "secret_key": token}, &in); c != 201 {
+		t.Fatalf("connect: %d", c)
+	}
+	create := func(p *serveProc, name string) server {
+		var s server
+		if c := p.do("POST", servers, map[string]any{"integration_id": in.ID, "name": name, "region": "nyc3",
+			"size": "s-1vcpu-1gb", "image": "debian-12"}, &s); c != 202 {
+			t.Fatalf("create %s: %d", name, c)
+		}
+		return s
+	}
+	wait := func(p *serveProc, id, what string, limit time.Duration, cond func(server) bool) server {
+		deadline := time.Now().Add(limit)
+		for {
+			var s server
+			p.do("GET", servers+"/"+id, nil, &s)
+			if cond(s) {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("server %s not %s on %s after %v: %+v", id, what, p.url, limit, s)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	connected := func(s server) bool { return s.State == "online" && s.Agent.Connected }
+	first := create(b, "active-1") // created on b, provisioned by a (the jobs' runner)
+	for _, p := range []*serveProc{a, b} {
+		wait(p, first.ID, "online with its agent connected", 90*time.Second, connected)
+	}
+	// A task through each control plane: the agent's session is held by
+	// one of them, so one task goes there by way of the other.
+	for _, call := range []caller{onA, onB} {
+		v := waitTask(t, call, runTask(t, call, first.ID, map[string]any{"kind": "exec", "argv": []string{"echo", "routed"}}).ID,
+			30*time.Second, "final", final)
+		if out := logText(t, call, v.ID); v.State != protocol.TaskSucceeded || out != "routed\n" {
+			t.Fatalf("a task through one control plane: %+v, output %q", v, out)
+		}
+	}
+
+	if routed, received := metricSum(t, "devpilot_cluster_routed_total", a, b), metricSum(t, "devpilot_cluster_received_total", a, b); routed < 1 || received < 1 {
+		t.Errorf("tasks handed between the control planes: %v sent, %v received; want at least one", routed, received)
+	}
+
+	// Work in flight when the jobs' runner dies.
+	task := runTask(t, onB, first.ID, map[string]any{"kind": "exec", "argv": []string{"sh", "-c", "echo before; sleep 3; echo after"}})
+	waitTask(t, onB, task.ID, 15*time.Second, "running", func(v e2eTask) bool { return v.State == protocol.TaskRunning })
+	second := create(b, "active-2")
+	wait(b, second.ID, "waiting for its droplet", 30*time.Second, func(s server) bool {
+		for _, st := range s.Steps {
+			if st.Name == "wait_active" && st.State == "running" {
+				return true
+			}
+		}
+		return false
+	})
+	a.kill()
+	killedAt := time.Now()
+	during := runTask(t, onB, first.ID, map[string]any{"kind": "exec", "argv": []string{"echo", "during"}})
+
+	for _, id := range []string{first.ID, second.ID} {
+		wait(b, id, "online on the survivor", 120*time.Second, connected)
+	}
+	back := time.Since(killedAt)
+	v := waitTask(t, onB, task.ID, 60*time.Second, "final", final)
+	if out := logText(t, onB, task.ID); v.State != protocol.TaskSucceeded || out != "before\nafter\n" {
+		t.Errorf("the task running at the kill: %+v, output %q", v, out)
+	}
+	v = waitTask(t, onB, during.ID, 60*time.Second, "final", final)
+	if out := logText(t, onB, during.ID); v.State != protocol.TaskSucceeded || out != "during\n" {
+		t.Errorf("the task created just after the kill: %+v, output %q", v, out)
+	}
+	v = waitTask(t, onB, runTask(t, onB, second.ID, map[string]any{"kind": "exec", "argv": []string{"echo", "survivor"}}).ID,
+		30*time.Second, "final", final)
+	if out := logText(t, onB, v.ID); v.State != protocol.TaskSucceeded || out != "survivor\n" {
+		t.Errorf("a task on the server the survivor finished: %+v, %q", v, out)
+	}
+	for _, s := range []server{first, second} {
+		var n int
+		for _, d := range do.State().Droplets {
+			if slices.Contains(d.Tags, "devpilot-srv-"+s.ID) {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("server %s has %d droplets, want 1", s.Name, n)
+		}
+	}
+	if !strings.Contains(readFile(t, b.log.Name()), "this control plane runs the jobs") {
+		t.Errorf("the survivor never took the jobs over; its log:\n%s", readFile(t, b.log.Name()))
+	}
+	t.Logf("both servers online on the survivor %v after the kill", back.Round(10*time.Millisecond))
+}
+
+// metricSum adds a counter's samples (every label set) on the given
+// control planes' /metrics.
+func metricSum(t *testing.T, name string, ps ...*serveProc) float64 {
+	t.Helper()
+	var sum float64
+	for _, p := range ps {
+		resp, err := p.client.Get(p.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(l, name+"{") && !strings.HasPrefix(l, name+" ") {
+				continue
+			}
+			f := strings.Fields(l)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				t.Fatalf("%s: %q", name, l)
+			}
+			sum += v
+		}
+	}
+	return sum
+}
