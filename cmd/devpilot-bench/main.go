@@ -1,7 +1,9 @@
 // Command devpilot-bench is the scale benchmark (make bench-scale): see
 // controlplane/benchscale. `devpilot-bench run` seeds a database, runs
 // bin/devpilot serve and the load generators, and prints the report;
-// `devpilot-bench loadgen` is one load-generator process (run starts them).
+// `devpilot-bench loadgen` is one load-generator process and `devpilot-bench
+// lb` one loopback TCP balancer in front of several control planes (run
+// starts them).
 package main
 
 import (
@@ -11,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -19,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: devpilot-bench run [flags] | devpilot-bench loadgen [flags]")
+		fmt.Fprintln(os.Stderr, "usage: devpilot-bench run [flags] | devpilot-bench loadgen [flags] | devpilot-bench lb [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -30,8 +33,14 @@ func main() {
 		err = run(ctx, os.Args[2:])
 	case "loadgen":
 		err = loadgen(ctx, os.Args[2:])
+	case "lb":
+		fs := flag.NewFlagSet("lb", flag.ExitOnError)
+		listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
+		backends := fs.String("backends", "", "comma-separated host:port of the control planes' agent listeners")
+		_ = fs.Parse(os.Args[2:])
+		err = benchscale.RunLB(ctx, *listen, strings.Split(*backends, ","), os.Stdout)
 	default:
-		err = fmt.Errorf("unknown command %q: run or loadgen", os.Args[1])
+		err = fmt.Errorf("unknown command %q: run, loadgen or lb", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "devpilot-bench:", err)
@@ -55,7 +64,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&c.StormTasks, "storm-tasks", 200, "tasks submitted right after the restart")
 	fs.DurationVar(&c.Timeout, "timeout", 5*time.Minute, "the longest any phase may wait")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 15*time.Second, "the hub's heartbeat interval (serve --heartbeat-interval; 3s gives 6.5k/s at 19,500 agents)")
-	fs.IntVar(&c.Replicas, "replicas", 1, "control planes (only 1 so far)")
+	fs.IntVar(&c.Replicas, "replicas", 1, "control planes; more than 1: serve --mode active on --database postgres://… behind loopback balancers, and the storm kills one of them")
 	_ = fs.Parse(args)
 	self, err := os.Executable()
 	if err != nil {

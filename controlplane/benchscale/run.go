@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,8 +47,12 @@ type Config struct {
 	StormTasks int           // tasks submitted right after the restart (default 200)
 	Heartbeat  time.Duration // the hub's heartbeat interval (default 15 s, the product's)
 	Timeout    time.Duration // the longest any wait may take (default 5 min)
-	// Replicas control planes (only 1 so far: issue 17 adds more on one
-	// PostgreSQL, the agents spread over them).
+	// Replicas control planes (default 1). More than one: `serve --mode
+	// active` on one PostgreSQL, the agents dialing through loopback TCP
+	// balancers (one `devpilot-bench lb` process per load generator, each
+	// under the open-file limit) that spread them over every replica; the
+	// storm SIGKILLs the one running the jobs and measures its agents'
+	// move to the others (see replicas.go).
 	Replicas int
 	Out      io.Writer // the report (text)
 	Log      io.Writer // progress lines
@@ -106,6 +111,9 @@ type StormReport struct {
 	AfterAgentMaxS                        float64 // task delivered − max(accepted, its agent's welcome), worst case
 	Delivered                             int     // tasks delivered
 	DeliveredTwice                        int
+	// Replicas > 1: the killed replica's agents, which moved (there is no
+	// restart: ReadyAfterS is 0, Back99S and Back100S count from the kill).
+	Moved int
 }
 
 func (c *Config) defaults() {
@@ -155,9 +163,10 @@ func (c *Config) defaults() {
 type run struct {
 	c        Config
 	dir      string
-	apiPort  int
-	agPort   int
-	cp       *proc // the control plane (one replica for now)
+	cps      []*replica    // the control planes; cps[0] serves from dir
+	rr       atomic.Uint64 // round robin over the live replicas (api)
+	lbs      []*proc       // replicas > 1: the balancers, one per load generator
+	lbPorts  []int
 	client   *http.Client
 	token    string
 	pin, pem string
@@ -176,12 +185,21 @@ type proc struct {
 	done chan struct{}
 }
 
+// replica is one control plane.
+type replica struct {
+	k               int
+	dir             string
+	apiPort, agPort int
+	p               *proc
+	dead            bool // SIGKILLed by the storm, not restarted (replicas > 1)
+}
+
 // Run runs the benchmark and writes its report; it stops everything it
 // started before returning.
 func Run(ctx context.Context, c Config) (Report, error) {
 	c.defaults()
-	if c.Replicas != 1 {
-		return Report{}, errors.New("bench: --replicas > 1 is not built yet (issue 17)")
+	if c.Replicas > 1 && c.Database == "" {
+		return Report{}, errors.New("bench: --replicas > 1 needs --database postgres://… (serve --mode active)")
 	}
 	r := &run{c: c, fails: map[string]int{}, ups: map[int][]int64{}, tasks: map[string][]int64{}, waitT: map[string]chan struct{}{},
 		genErr: make(chan error, 64)}
@@ -204,13 +222,20 @@ func Run(ctx context.Context, c Config) (Report, error) {
 	}
 	r.logf("seeded in %s", time.Since(t0).Round(time.Millisecond))
 	var err error
-	if r.apiPort, err = freePort(); err != nil {
-		return rep, err
+	for k := range c.Replicas {
+		rp := &replica{k: k, dir: r.dir}
+		if k > 0 {
+			rp.dir = filepath.Join(r.dir, fmt.Sprintf("cp%d", k))
+		}
+		if rp.apiPort, err = freePort(); err != nil {
+			return rep, err
+		}
+		if rp.agPort, err = freePort(); err != nil {
+			return rep, err
+		}
+		r.cps = append(r.cps, rp)
 	}
-	if r.agPort, err = freePort(); err != nil {
-		return rep, err
-	}
-	if err := r.startCP(ctx); err != nil {
+	if err := r.startReplicas(ctx); err != nil {
 		return rep, err
 	}
 	if err := r.prepareClient(); err != nil {
@@ -277,8 +302,13 @@ func Run(ctx context.Context, c Config) (Report, error) {
 	rep.Dispatch8 = r.dispatch(ctx, 8, c.Tasks)
 
 	// Storm.
-	r.logf("storm: SIGKILL the control plane and restart it")
-	rep.Storm, err = r.storm(ctx)
+	if c.Replicas > 1 {
+		r.logf("storm: SIGKILL the control plane running the jobs; its agents move to the others")
+		rep.Storm, err = r.stormReplicas(ctx)
+	} else {
+		r.logf("storm: SIGKILL the control plane and restart it")
+		rep.Storm, err = r.storm(ctx)
+	}
 	if err != nil {
 		return rep, err
 	}
@@ -310,16 +340,23 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// startCP starts `devpilot serve` and waits for /readyz.
-func (r *run) startCP(ctx context.Context) error {
-	log, err := os.OpenFile(filepath.Join(r.dir, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+// startReplica starts replica rp's `devpilot serve` and waits for /readyz.
+func (r *run) startReplica(ctx context.Context, rp *replica) error {
+	log, err := os.OpenFile(filepath.Join(rp.dir, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	args := []string{"serve", "--data-dir", r.dir, "--listen", fmt.Sprintf("127.0.0.1:%d", r.apiPort),
-		"--agent-listen", fmt.Sprintf("127.0.0.1:%d", r.agPort),
-		"--public-url", fmt.Sprintf("https://127.0.0.1:%d", r.agPort), "--log-level", "warn",
+	public := rp.agPort
+	if len(r.cps) > 1 {
+		public = r.lbPorts[0] // the balancers: any of them names the same replicas
+	}
+	args := []string{"serve", "--data-dir", rp.dir, "--listen", fmt.Sprintf("127.0.0.1:%d", rp.apiPort),
+		"--agent-listen", fmt.Sprintf("127.0.0.1:%d", rp.agPort),
+		"--public-url", fmt.Sprintf("https://127.0.0.1:%d", public), "--log-level", "warn",
 		"--heartbeat-interval", r.c.Heartbeat.String()}
+	if len(r.cps) > 1 {
+		args = append(args, "--mode", "active")
+	}
 	cmd := exec.Command(r.c.Bin, args...)
 	if r.c.Database != "" {
 		// Not --database: serve refuses a URL with a password in its argv,
@@ -333,16 +370,16 @@ func (r *run) startCP(ctx context.Context) error {
 	}
 	p := &proc{cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); _ = log.Close(); close(p.done) }()
-	r.cp = p
-	return r.waitReady(ctx, p)
+	rp.p = p
+	return r.waitReady(ctx, rp)
 }
 
-func (r *run) waitReady(ctx context.Context, p *proc) error {
+func (r *run) waitReady(ctx context.Context, rp *replica) error {
 	deadline := time.Now().Add(r.c.Timeout)
 	for time.Now().Before(deadline) {
 		select {
-		case <-p.done:
-			return fmt.Errorf("devpilot serve exited: see %s", filepath.Join(r.dir, "serve.log"))
+		case <-rp.p.done:
+			return fmt.Errorf("devpilot serve exited: see %s", filepath.Join(rp.dir, "serve.log"))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
@@ -352,7 +389,7 @@ func (r *run) waitReady(ctx context.Context, p *proc) error {
 				continue
 			}
 		}
-		resp, err := r.client.Get(r.api("/readyz"))
+		resp, err := r.client.Get(r.apiOf(rp, "/readyz"))
 		if err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -365,11 +402,11 @@ func (r *run) waitReady(ctx context.Context, p *proc) error {
 
 // prepareClient reads the CA and the owner token from the data dir.
 func (r *run) prepareClient() error {
-	caPEM, err := os.ReadFile(filepath.Join(r.dir, "tls", tlsauto.CACertFile))
+	caPEM, err := os.ReadFile(filepath.Join(r.cps[0].dir, "tls", tlsauto.CACertFile))
 	if err != nil {
 		return err
 	}
-	tok, err := os.ReadFile(filepath.Join(r.dir, "owner.token"))
+	tok, err := os.ReadFile(filepath.Join(r.cps[0].dir, "owner.token"))
 	if err != nil {
 		return err
 	}
@@ -392,14 +429,38 @@ func (r *run) prepareClient() error {
 	return nil
 }
 
-func (r *run) api(path string) string { return fmt.Sprintf("https://127.0.0.1:%d%s", r.apiPort, path) }
+// api is path on the next live replica (round robin, as a balancer in
+// front of their APIs would spread requests).
+func (r *run) api(path string) string {
+	live := r.live()
+	return r.apiOf(live[int(r.rr.Add(1))%len(live)], path)
+}
+
+func (r *run) apiOf(rp *replica, path string) string {
+	return fmt.Sprintf("https://127.0.0.1:%d%s", rp.apiPort, path)
+}
+
+// live is the replicas the storm did not kill.
+func (r *run) live() []*replica {
+	var out []*replica
+	for _, rp := range r.cps {
+		if !rp.dead {
+			out = append(out, rp)
+		}
+	}
+	return out
+}
 
 // startLoad starts the load-generator processes and reads their events.
 func (r *run) startLoad(ctx context.Context, n int) error {
 	for k := range n {
 		from := k * r.c.PerProcess
 		to := min(from+r.c.PerProcess, r.c.Agents)
-		cmd := exec.Command(r.c.Self, "loadgen", "--url", fmt.Sprintf("https://127.0.0.1:%d", r.agPort),
+		port := r.cps[0].agPort
+		if len(r.cps) > 1 {
+			port = r.lbPorts[k]
+		}
+		cmd := exec.Command(r.c.Self, "loadgen", "--url", fmt.Sprintf("https://127.0.0.1:%d", port),
 			"--from", strconv.Itoa(from), "--to", strconv.Itoa(to), "--source", fmt.Sprintf("127.0.0.%d", 2+k),
 			"--ramp", r.c.Ramp.String())
 		cmd.Env = append(os.Environ(), "DEVPILOT_BENCH_CA_PIN="+r.pin, "DEVPILOT_BENCH_CA_PEM="+r.pem)
@@ -483,14 +544,26 @@ func (r *run) stopAll() {
 			<-done
 		}
 	}
-	if r.cp != nil {
-		_ = r.cp.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-r.cp.done:
-		case <-time.After(60 * time.Second):
-			_ = r.cp.cmd.Process.Kill()
-			<-r.cp.done
+	for _, rp := range r.cps {
+		if rp.p == nil {
+			continue
 		}
+		_ = rp.p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	for _, rp := range r.cps {
+		if rp.p == nil {
+			continue
+		}
+		select {
+		case <-rp.p.done:
+		case <-time.After(60 * time.Second):
+			_ = rp.p.cmd.Process.Kill()
+			<-rp.p.done
+		}
+	}
+	for _, lb := range r.lbs {
+		_ = lb.cmd.Process.Kill()
+		<-lb.done
 	}
 }
 
@@ -508,9 +581,13 @@ type sample struct {
 
 func (r *run) sample() (sample, error) {
 	s := sample{at: time.Now(), refusals: map[string]float64{}}
-	var err error
-	if s.cpu, s.rss, err = procStat(r.cp.cmd.Process.Pid); err != nil {
-		return s, err
+	for _, rp := range r.live() {
+		cpu, rss, err := procStat(rp.p.cmd.Process.Pid)
+		if err != nil {
+			return s, err
+		}
+		s.cpu += cpu
+		s.rss += rss
 	}
 	s.loadCPU = r.loadCPU()
 	m, err := r.metrics()
@@ -541,9 +618,25 @@ func label(k string) string {
 	return k[i+1 : j]
 }
 
-// metrics scrapes /metrics into name{labels} → value.
+// metrics scrapes every live replica's /metrics into name{labels} →
+// value, summed over them.
 func (r *run) metrics() (map[string]float64, error) {
-	resp, err := r.client.Get(r.api("/metrics"))
+	m := map[string]float64{}
+	for _, rp := range r.live() {
+		one, err := r.metricsOf(rp)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range one {
+			m[k] += v
+		}
+	}
+	return m, nil
+}
+
+// metricsOf scrapes one replica's /metrics.
+func (r *run) metricsOf(rp *replica) (map[string]float64, error) {
+	resp, err := r.client.Get(r.apiOf(rp, "/metrics"))
 	if err != nil {
 		return nil, err
 	}
@@ -724,79 +817,26 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 	var s StormReport
 	r.takeFailures() // the idle and dispatch phases'
 	killed := time.Now()
-	_ = r.cp.cmd.Process.Signal(syscall.SIGKILL)
-	<-r.cp.done
+	cp := r.cps[0]
+	_ = cp.p.cmd.Process.Signal(syscall.SIGKILL)
+	<-cp.p.done
 	// /healthz is polled from the restart on, every 250 ms.
 	hctx, stopHealthz := context.WithCancel(ctx)
 	hdone := make(chan struct{})
-	if err := r.startCP(ctx); err != nil {
+	if err := r.startReplica(ctx, cp); err != nil {
 		stopHealthz()
 		return s, err
 	}
 	ready := time.Now()
 	s.ReadyAfterS = ready.Sub(killed).Seconds()
-	go func() {
-		defer close(hdone)
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-hctx.Done():
-				return
-			case <-t.C:
-			}
-			t0 := time.Now()
-			resp, err := r.client.Get(r.api("/healthz"))
-			d := time.Since(t0)
-			if err == nil {
-				_ = resp.Body.Close()
-			}
-			s.HealthzPolls++
-			s.HealthzMaxMS = max(s.HealthzMaxMS, float64(d.Microseconds())/1000)
-			if err != nil || resp.StatusCode != http.StatusOK || d > time.Second {
-				s.HealthzFailures++
-			}
-		}
-	}()
+	go func() { defer close(hdone); r.pollHealthz(hctx, &s) }()
 
 	// Tasks for servers whose agents are (mostly) not back yet.
-	type sub struct {
-		id  string
-		idx int
-		at  time.Time
-		out time.Time
-		err error
-	}
-	// All submitted at once (8 clients), each then followed on its own,
-	// so every task is accepted while the storm is on.
-	subs := make([]*sub, r.c.StormTasks)
+	subs := make([]*stormTask, r.c.StormTasks)
 	for k := range subs {
-		subs[k] = &sub{idx: rand.IntN(r.c.Agents)}
+		subs[k] = &stormTask{idx: rand.IntN(r.c.Agents)}
 	}
-	var wg sync.WaitGroup
-	work := make(chan *sub)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for t := range work {
-				t.id, t.at, t.err = r.submit(t.idx)
-				if t.err == nil {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						t.out, t.err = r.firstOutput(ctx, t.id, r.c.Timeout)
-					}()
-				}
-			}
-		}()
-	}
-	go func() {
-		for _, t := range subs {
-			work <- t
-		}
-		close(work)
-	}()
+	wg := r.submitStorm(ctx, subs)
 
 	s.Back99S, s.Back100S = -1, -1
 	deadline := ready.Add(r.c.Timeout)
@@ -837,6 +877,78 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 		s.Refusals = end.refusals
 	}
 	s.AgentFailures = r.takeFailures()
+	r.tallyStorm(&s, subs, killed)
+	return s, nil
+}
+
+// pollHealthz polls /healthz (of the live replicas in turn) every 250 ms
+// until ctx ends, counting into s.
+func (r *run) pollHealthz(ctx context.Context, s *StormReport) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		t0 := time.Now()
+		resp, err := r.client.Get(r.api("/healthz"))
+		d := time.Since(t0)
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		s.HealthzPolls++
+		s.HealthzMaxMS = max(s.HealthzMaxMS, float64(d.Microseconds())/1000)
+		if err != nil || resp.StatusCode != http.StatusOK || d > time.Second {
+			s.HealthzFailures++
+		}
+	}
+}
+
+// stormTask is one task submitted during a storm.
+type stormTask struct {
+	id  string
+	idx int
+	at  time.Time
+	out time.Time
+	err error
+}
+
+// submitStorm submits the tasks at once (8 clients), each then followed
+// on its own, so every task is accepted while the storm is on; the
+// returned group ends when every task has output or gave up.
+func (r *run) submitStorm(ctx context.Context, subs []*stormTask) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	work := make(chan *stormTask)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for t := range work {
+				t.id, t.at, t.err = r.submit(t.idx)
+				if t.err == nil {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						t.out, t.err = r.firstOutput(ctx, t.id, r.c.Timeout)
+					}()
+				}
+			}
+		}()
+	}
+	go func() {
+		for _, t := range subs {
+			work <- t
+		}
+		close(work)
+	}()
+	return &wg
+}
+
+// tallyStorm counts the storm's tasks: output latency, deliveries (once,
+// twice) and the delay after their agent's return.
+func (r *run) tallyStorm(s *StormReport, subs []*stormTask, killed time.Time) {
 	var ms []float64
 	lost := 0
 	r.mu.Lock()
@@ -868,14 +980,13 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 		}
 	}
 	s.Tasks = latency(ms, lost)
-	return s, nil
 }
 
 // Write prints the report for people.
 func (rep Report) Write(w io.Writer, c Config) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
-	p("devpilot bench-scale: %d servers seeded, %d agents in %d load-generator processes, heartbeat %s, 1 replica (%s)",
-		rep.Servers, rep.Agents, rep.Processes, c.Heartbeat, dbName(c.Database))
+	p("devpilot bench-scale: %d servers seeded, %d agents in %d load-generator processes, heartbeat %s, %d replica(s) (%s)",
+		rep.Servers, rep.Agents, rep.Processes, c.Heartbeat, c.Replicas, dbName(c.Database))
 	p("  agents connected at once        %d", rep.Connected)
 	p("  serve RSS                       %.0f MB, %.1f KB per agent (above the RSS before agents)", rep.RSSMB, rep.RSSPerAgentKB)
 	p("    of which Go heap, stacks      %.1f KB, %.1f KB per agent (in use; the rest: GC headroom, freed pages)", rep.HeapPerAgentKB, rep.StackPerAgentKB)
@@ -886,9 +997,15 @@ func (rep Report) Write(w io.Writer, c Config) {
 	p("  dispatch, 1 client              p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d tasks, %d without output)", rep.Dispatch1.P50, rep.Dispatch1.P99, rep.Dispatch1.Max, rep.Dispatch1.N, rep.Dispatch1.Lost)
 	p("  dispatch, 8 clients             p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d tasks, %d without output)", rep.Dispatch8.P50, rep.Dispatch8.P99, rep.Dispatch8.Max, rep.Dispatch8.N, rep.Dispatch8.Lost)
 	s := rep.Storm
-	p("  storm: SIGKILL → ready          %.1f s", s.ReadyAfterS)
-	p("  storm: ready → 99%% back         %.1f s", s.Back99S)
-	p("  storm: ready → 100%% back        %.1f s (%d of %d back)", s.Back100S, s.Back, rep.Agents)
+	if c.Replicas > 1 {
+		p("  storm: SIGKILL one replica      (the one running the jobs, not restarted) holding %d agents", s.Moved)
+		p("  storm: kill → 99%% back          %.1f s (on the other %d replicas)", s.Back99S, c.Replicas-1)
+		p("  storm: kill → 100%% back         %.1f s (%d of %d back)", s.Back100S, s.Back, rep.Agents)
+	} else {
+		p("  storm: SIGKILL → ready          %.1f s", s.ReadyAfterS)
+		p("  storm: ready → 99%% back         %.1f s", s.Back99S)
+		p("  storm: ready → 100%% back        %.1f s (%d of %d back)", s.Back100S, s.Back, rep.Agents)
+	}
 	p("  storm: until back               %.0f handshakes/s; serve %.2f cores, the load generators %.2f", s.HandshakesPerS, s.ServeCores, s.LoadCores)
 	keys := make([]string, 0, len(s.Refusals))
 	for k := range s.Refusals {

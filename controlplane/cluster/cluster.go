@@ -138,8 +138,12 @@ func New(o Options) *Cluster {
 		Help: "Agent sessions of dead control planes this one ended (their servers offline until the agents return)."})
 	c.alive = prometheus.NewGauge(prometheus.GaugeOpts{Name: "devpilot_cluster_control_planes",
 		Help: "Control planes alive on the database, this one included, at the last beat."})
+	self := prometheus.NewGauge(prometheus.GaugeOpts{Name: "devpilot_cluster_self",
+		Help: "1, labelled with this control plane's name in servers.session_holder and control_planes.",
+		ConstLabels: prometheus.Labels{"id": c.self}})
+	self.Set(1)
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(c.routed, c.received, c.ended, c.alive)
+		o.Registerer.MustRegister(c.routed, c.received, c.ended, c.alive, self)
 	}
 	return c
 }
@@ -425,8 +429,8 @@ func (c *Cluster) Status(serverID string) (hub.Status, bool) {
 }
 
 // TaskChanged tells the other control planes that a task changed here, so
-// their followers of it wake; changes are sent together, every 50 ms at
-// most.
+// their followers of it wake; changes that come while one notification is
+// sent go together in the next, at most every broadcastEvery.
 func (c *Cluster) TaskChanged(taskID string) {
 	c.cmu.Lock()
 	c.changes[taskID] = true
@@ -463,7 +467,11 @@ func (c *Cluster) broadcast(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(broadcastEvery):
 		}
 	}
 }
+
+// broadcastEvery spaces the task-change notifications: a follower on
+// another control plane waits up to this long more for a chunk of output.
+const broadcastEvery = 5 * time.Millisecond
