@@ -114,11 +114,14 @@ e2e: e2e-rootfs
 ## bench-scale: the scale benchmark (controlplane/benchscale): seeds
 ## BENCH_SERVERS enrolled servers, runs bin/devpilot serve over TLS and
 ## BENCH_AGENTS agents in load-generator processes, prints the report
-## (README "Scale"). BENCH_DATABASE=postgres://… runs it on PostgreSQL.
-BENCH_SERVERS ?= 100000
-BENCH_AGENTS  ?= 19500
-BENCH_FLAGS   ?=
+## (README "Scale"). BENCH_DATABASE=postgres://… runs it on PostgreSQL;
+## with it, BENCH_REPLICAS=N runs N control planes (serve --mode active)
+## behind loopback balancers and SIGKILLs one of them.
+BENCH_SERVERS  ?= 100000
+BENCH_AGENTS   ?= 19500
+BENCH_REPLICAS ?= 1
+BENCH_FLAGS    ?=
 bench-scale: build
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/devpilot-bench ./cmd/devpilot-bench
 	DEVPILOT_BENCH_DATABASE=$(BENCH_DATABASE) ./bin/devpilot-bench run --bin bin/devpilot \
-		--servers $(BENCH_SERVERS) --agents $(BENCH_AGENTS) $(BENCH_FLAGS)
+		--servers $(BENCH_SERVERS) --agents $(BENCH_AGENTS) --replicas $(BENCH_REPLICAS) $(BENCH_FLAGS)
