@@ -53,7 +53,9 @@ func (r *run) startReplicas(ctx context.Context) error {
 			return err
 		}
 	}
-	r.logf("%d control planes ready (serve --mode active), agents through %d balancers", len(r.cps), len(r.lbs))
+	if len(r.cps) > 1 {
+		r.logf("%d control planes ready (serve --mode active), agents through %d balancers", len(r.cps), len(r.lbs))
+	}
 	return nil
 }
 
