@@ -776,7 +776,7 @@ func (a *App) Close() error {
 // startJobs starts the background work one control plane of the database
 // does: provisioning and lifecycle jobs, liveness reconciliation, agent
 // rollouts, integration checks, alerts, webhook deliveries, pruning. The
-// returned func stops it.
+// returned func stops it (once; later calls do nothing).
 func (a *App) startJobs(ctx context.Context) (func(), error) {
 	if err := a.Provision.Start(ctx); err != nil {
 		return nil, err
@@ -792,21 +792,29 @@ func (a *App) startJobs(ctx context.Context) (func(), error) {
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = a.Webhooks.Run(wctx) }()
 	go func() { defer wg.Done(); a.pruneEvents(wctx) }()
+	var once sync.Once
 	return func() {
-		stop()
-		wg.Wait()
-		a.Alerts.Close()
-		a.Integrations.CloseChecks()
-		a.Rollouts.Close()
-		a.Reconciler.Close()
-		a.Provision.Close()
+		once.Do(func() {
+			stop()
+			wg.Wait()
+			a.Alerts.Close()
+			a.Integrations.CloseChecks()
+			a.Rollouts.Close()
+			a.Reconciler.Close()
+			a.Provision.Close()
+		})
 	}, nil
 }
 
 // runJobsWhenLeader is active mode's job runner: it waits for the leader
 // lock (one control plane of the database runs the jobs; the others serve
-// the API and agents meanwhile), runs them while it holds it, and closes
-// lost if the lock's session dies.
+// the API and agents meanwhile) and runs them while it holds it. If the
+// lock's session dies, another control plane may take the jobs over at
+// once: this one stops them for good (the job services do not restart)
+// and goes on serving the API and its agents, rather than exiting and
+// sending thousands of agents to reconnect elsewhere at once. Restart it
+// to have it compete for the jobs again. lost closes only if the jobs
+// cannot start.
 func (a *App) runJobsWhenLeader(ctx context.Context, lost chan<- struct{}) {
 	l, err := a.Store.Lead(ctx, store.LeadOptions{Poll: a.cfg.LeaderPoll, Standby: func() {
 		a.log.Info("another control plane runs the jobs; this one takes over if it stops")
@@ -828,9 +836,14 @@ func (a *App) runJobsWhenLeader(ctx context.Context, lost chan<- struct{}) {
 	defer stop()
 	select {
 	case <-ctx.Done():
+		return
 	case <-l.Lost():
-		close(lost)
 	}
+	a.log.Error("stopped the jobs: the leader lock's database session died, so another control plane may run them now; "+
+		"this one goes on serving the API and its agents (restart it to have it run jobs again)", zap.Error(l.Err()))
+	stop()
+	a.ops.setJobs(false)
+	<-ctx.Done()
 }
 
 func (a *App) releaseLeader() {
