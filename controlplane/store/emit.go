@@ -20,7 +20,9 @@ func (q *Queries) atomically(ctx context.Context, fn func(q *Queries) error) err
 	if q.appended != nil || q.st == nil {
 		return fn(q)
 	}
-	return q.st.InTx(ctx, fn)
+	// Each fn here is a conditional write (or a read locked with
+	// forUpdate) and the events of what it wrote: row locks suffice.
+	return q.st.InTxRows(ctx, fn)
 }
 
 // serverEventTypes maps the server states that are events to their type;

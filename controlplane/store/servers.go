@@ -227,6 +227,7 @@ func (q *Queries) DetachIntegration(ctx context.Context, integrationID string) e
 func (q *Queries) SetServerState(ctx context.Context, id, to string, at time.Time, from ...string) (bool, error) {
 	n := int64(0)
 	err := q.moveServer(ctx, id, func(q *Queries) error {
+		n = 0 // afresh if the transaction runs again (InTxRows)
 		for _, f := range from {
 			res, err := q.x.ExecContext(ctx, `UPDATE servers SET state = ?, updated_at = ? WHERE id = ? AND state = ?`, to, at.UTC(), id, f)
 			if err != nil {
