@@ -139,7 +139,7 @@ func New(o Options) *Cluster {
 	c.alive = prometheus.NewGauge(prometheus.GaugeOpts{Name: "devpilot_cluster_control_planes",
 		Help: "Control planes alive on the database, this one included, at the last beat."})
 	self := prometheus.NewGauge(prometheus.GaugeOpts{Name: "devpilot_cluster_self",
-		Help: "1, labelled with this control plane's name in servers.session_holder and control_planes.",
+		Help:        "1, labelled with this control plane's name in servers.session_holder and control_planes.",
 		ConstLabels: prometheus.Labels{"id": c.self}})
 	self.Set(1)
 	if o.Registerer != nil {
