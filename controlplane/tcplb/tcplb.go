@@ -2,7 +2,8 @@
 // the tests and the scale benchmark of several active control planes
 // (README "Several active control planes" documents HAProxy and nginx
 // for production). A connection goes to the next backend that accepts it;
-// one that refuses is skipped, as a balancer's health check would.
+// one that refuses is skipped, as a balancer's health check would. When
+// either end of a forwarded connection closes, both are closed.
 package tcplb
 
 import (
@@ -47,15 +48,20 @@ func (b *Balancer) Addr() string { return b.ln.Addr().String() }
 
 func (b *Balancer) serve() {
 	defer b.wg.Done()
+	wait := 5 * time.Millisecond
 	for {
 		c, err := b.ln.Accept()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return // closed (or out of files: the backends' problem too)
+		if errors.Is(err, net.ErrClosed) {
+			return
 		}
+		if err != nil {
+			// Out of files (EMFILE) or another passing error: wait and
+			// accept again, as net/http's server does.
+			time.Sleep(wait)
+			wait = min(2*wait, time.Second)
+			continue
+		}
+		wait = 5 * time.Millisecond
 		b.wg.Add(1)
 		go b.forward(c)
 	}
@@ -99,18 +105,19 @@ func (b *Balancer) forward(c net.Conn) {
 		return
 	}
 	defer b.track(up, false)
+	// Either side's end ends both (no half-close: TLS and WebSocket do
+	// not use it), so a client that gave up frees its backend connection
+	// at once, even one the backend has not accepted yet.
 	done := make(chan struct{})
 	go func() {
 		_, _ = io.Copy(up, c)
-		if tc, ok := up.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
+		_ = up.Close()
+		_ = c.Close()
 		close(done)
 	}()
 	_, _ = io.Copy(c, up)
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.CloseWrite()
-	}
+	_ = c.Close()
+	_ = up.Close()
 	<-done
 }
 
