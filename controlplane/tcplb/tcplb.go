@@ -110,15 +110,25 @@ func (b *Balancer) forward(c net.Conn) {
 	// at once, even one the backend has not accepted yet.
 	done := make(chan struct{})
 	go func() {
-		_, _ = io.Copy(up, c)
+		copyConn(up, c)
 		_ = up.Close()
 		_ = c.Close()
 		close(done)
 	}()
-	_, _ = io.Copy(c, up)
+	copyConn(c, up)
 	_ = c.Close()
 	_ = up.Close()
 	<-done
+}
+
+// copyConn copies src to dst through a small buffer of its own. Not
+// io.Copy: between two TCP connections it splices through a kernel pipe,
+// two more open files per direction for as long as the connection lives,
+// which would put a balancer of 5,000 agents at 30,000 files (measured:
+// 6 files per agent, the process stuck at its 20,000-file limit).
+func copyConn(dst, src net.Conn) {
+	buf := make([]byte, 4<<10)
+	_, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, buf)
 }
 
 // Close stops accepting and ends every forwarded connection.

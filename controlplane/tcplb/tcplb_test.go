@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -99,5 +100,49 @@ func TestRoundRobinSkipsADeadBackend(t *testing.T) {
 	}
 	if _, err := r.ReadString('\n'); err == nil {
 		t.Fatal("a connection outlived the balancer's Close")
+	}
+}
+
+func openFiles(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds)
+}
+
+// A forwarded connection costs the balancer its two sockets, no more: at
+// 5,000 agents a balancer process stays well under the 20,000-file limit.
+func TestForwardedConnectionsCostTwoFiles(t *testing.T) {
+	a := echo(t, "a")
+	defer func() { _ = a.Close() }()
+	lb, err := tcplb.Listen("127.0.0.1:0", []string{a.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lb.Close() }()
+	before := openFiles(t)
+	const n = 50
+	var conns []net.Conn
+	for range n {
+		c, err := net.Dial("tcp", lb.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if _, err := io.WriteString(c, "hi\n"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each: the client's socket, the balancer's two, the echo server's one.
+	if got := openFiles(t) - before; got > 4*n {
+		t.Errorf("%d connections through the balancer hold %d more open files, want at most %d (4 each)", n, got, 4*n)
+	}
+	for _, c := range conns {
+		_ = c.Close()
 	}
 }
