@@ -100,8 +100,11 @@ func (r *run) startBalancers(ctx context.Context) error {
 		r.lbs = append(r.lbs, p)
 		r.lbPorts = append(r.lbPorts, port)
 		line, err := bufio.NewReader(out).ReadString('\n')
-		if err != nil || strings.TrimSpace(line) != "ready" {
-			return fmt.Errorf("bench: balancer on port %d did not start (%q, %v)", port, line, err)
+		if err == nil && strings.TrimSpace(line) != "ready" {
+			err = fmt.Errorf("it said %q, not ready", line)
+		}
+		if err != nil {
+			return fmt.Errorf("bench: balancer on port %d did not start: %w", port, err)
 		}
 		go func() { _, _ = io.Copy(io.Discard, out) }()
 	}
