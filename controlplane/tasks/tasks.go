@@ -468,6 +468,13 @@ func (s *Service) stripe(serverID string) *sync.Mutex {
 // deliverable, or was already written on the session that started at
 // `since` (zero: send regardless).
 func (s *Service) dispatch(ctx context.Context, serverID, taskID string, since time.Time) {
+	s.dispatchIf(ctx, serverID, taskID, since, false)
+}
+
+// dispatchIf is dispatch; queuedOnly sends the task only if it was never
+// sent (a task another control plane handed over, or the sweep found
+// queued, may have been sent by this session's resend meanwhile).
+func (s *Service) dispatchIf(ctx context.Context, serverID, taskID string, since time.Time, queuedOnly bool) {
 	mu := s.stripe(serverID)
 	mu.Lock()
 	defer mu.Unlock()
@@ -477,6 +484,9 @@ func (s *Service) dispatch(ctx context.Context, serverID, taskID string, since t
 		return
 	}
 	if (t.State != protocol.TaskQueued && t.State != protocol.TaskSent) || t.CancelRequestedAt != nil || !s.now().Before(t.Deadline) {
+		return
+	}
+	if queuedOnly && (t.State != protocol.TaskQueued || t.LastSentAt != nil) {
 		return
 	}
 	if !since.IsZero() && t.LastSentAt != nil && !t.LastSentAt.Before(since) {
@@ -560,11 +570,12 @@ func (s *Service) Changed(taskID string) <-chan struct{} {
 
 // Dispatch sends a queued task to its server's agent if this control
 // plane holds the session (and records it sent): a task created on
-// another control plane of the database (controlplane/cluster).
+// another control plane of the database (controlplane/cluster). A task
+// sent already (by the new session's resend) is left to that.
 func (s *Service) Dispatch(serverID, taskID string) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.o.SendTimeout)
 	defer cancel()
-	s.dispatch(ctx, serverID, taskID, time.Time{})
+	s.dispatchIf(ctx, serverID, taskID, time.Time{}, true)
 }
 
 // Wake wakes this control plane's followers of a task another one
