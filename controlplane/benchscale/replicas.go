@@ -199,25 +199,7 @@ func (r *run) stormReplicas(ctx context.Context) (StormReport, error) {
 	}
 	wg := r.submitStorm(ctx, subs)
 
-	s.Back99S, s.Back100S = -1, -1
-	deadline := killed.Add(r.c.Timeout)
-	for time.Now().Before(deadline) {
-		m, err := r.metrics()
-		if err == nil {
-			n := int(m["devpilot_hub_agents_connected"])
-			s.Back = n
-			if s.Back99S < 0 && n*100 >= r.c.Agents*99 {
-				s.Back99S = time.Since(killed).Seconds()
-			}
-			if n >= r.c.Agents {
-				s.Back100S = time.Since(killed).Seconds()
-				break
-			}
-		}
-		if err := sleep(ctx, scrapeEvery); err != nil {
-			break
-		}
-	}
+	r.waitBack(ctx, killed, &s)
 	if back, err := r.sample(); err == nil {
 		w := back.at.Sub(killed).Seconds()
 		s.HandshakesPerS = (back.handshakes - atKill.handshakes) / w

@@ -838,30 +838,12 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 	}
 	wg := r.submitStorm(ctx, subs)
 
-	s.Back99S, s.Back100S = -1, -1
-	deadline := ready.Add(r.c.Timeout)
 	atReady, err := r.sample()
 	if err != nil {
 		stopHealthz()
 		return s, err
 	}
-	for time.Now().Before(deadline) {
-		m, err := r.metrics()
-		if err == nil {
-			n := int(m["devpilot_hub_agents_connected"])
-			s.Back = n
-			if s.Back99S < 0 && n*100 >= r.c.Agents*99 {
-				s.Back99S = time.Since(ready).Seconds()
-			}
-			if n >= r.c.Agents {
-				s.Back100S = time.Since(ready).Seconds()
-				break
-			}
-		}
-		if err := sleep(ctx, scrapeEvery); err != nil {
-			break
-		}
-	}
+	r.waitBack(ctx, ready, &s)
 	if back, err := r.sample(); err == nil {
 		w := back.at.Sub(atReady.at).Seconds()
 		s.HandshakesPerS = (back.handshakes - atReady.handshakes) / w
@@ -879,6 +861,30 @@ func (r *run) storm(ctx context.Context) (StormReport, error) {
 	s.AgentFailures = r.takeFailures()
 	r.tallyStorm(&s, subs, killed)
 	return s, nil
+}
+
+// waitBack samples until every agent is connected (or the timeout from
+// from passed), recording in s when 99% and all were, in seconds from from.
+func (r *run) waitBack(ctx context.Context, from time.Time, s *StormReport) {
+	s.Back99S, s.Back100S = -1, -1
+	deadline := from.Add(r.c.Timeout)
+	for time.Now().Before(deadline) {
+		m, err := r.metrics()
+		if err == nil {
+			n := int(m["devpilot_hub_agents_connected"])
+			s.Back = n
+			if s.Back99S < 0 && n*100 >= r.c.Agents*99 {
+				s.Back99S = time.Since(from).Seconds()
+			}
+			if n >= r.c.Agents {
+				s.Back100S = time.Since(from).Seconds()
+				return
+			}
+		}
+		if err := sleep(ctx, scrapeEvery); err != nil {
+			return
+		}
+	}
 }
 
 // pollHealthz polls /healthz (of the live replicas in turn) every 250 ms

@@ -75,29 +75,8 @@ func TestPostgresActiveControlPlanes(t *testing.T) {
 	if c := a.do("POST", base, map[string]string{"provider": "digitalocean", "access_key": "do", "secret_key": token}, &in); c != 201 {
 		t.Fatalf("connect: %d", c)
 	}
-	create := func(p *serveProc, name string) server {
-		var s server
-		if c := p.do("POST", servers, map[string]any{"integration_id": in.ID, "name": name, "region": "nyc3",
-			"size": "s-1vcpu-1gb", "image": "debian-12"}, &s); c != 202 {
-			t.Fatalf("create %s: %d", name, c)
-		}
-		return s
-	}
-	wait := func(p *serveProc, id, what string, limit time.Duration, cond func(server) bool) server {
-		deadline := time.Now().Add(limit)
-		for {
-			var s server
-			p.do("GET", servers+"/"+id, nil, &s)
-			if cond(s) {
-				return s
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("server %s not %s on %s after %v: %+v", id, what, p.url, limit, s)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	connected := func(s server) bool { return s.State == "online" && s.Agent.Connected }
+	create := func(p *serveProc, name string) server { return createOn(p, in.ID, name) }
+	wait := waitOn
 	first := create(b, "active-1") // created on b, provisioned by a (the jobs' runner)
 	for _, p := range []*serveProc{a, b} {
 		wait(p, first.ID, "online with its agent connected", 90*time.Second, connected)

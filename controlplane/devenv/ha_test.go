@@ -74,29 +74,8 @@ func TestPostgresStandbyTakesOver(t *testing.T) {
 	if c := active.do("POST", base, map[string]string{"provider": "digitalocean", "access_key": "do", "secret_key": token}, &in); c != 201 {
 		t.Fatalf("connect: %d", c)
 	}
-	create := func(p *serveProc, name string) server {
-		var s server
-		if c := p.do("POST", servers, map[string]any{"integration_id": in.ID, "name": name, "region": "nyc3",
-			"size": "s-1vcpu-1gb", "image": "debian-12"}, &s); c != 202 {
-			t.Fatalf("create %s: %d", name, c)
-		}
-		return s
-	}
-	wait := func(p *serveProc, id, what string, limit time.Duration, cond func(server) bool) server {
-		deadline := time.Now().Add(limit)
-		for {
-			var s server
-			p.do("GET", servers+"/"+id, nil, &s)
-			if cond(s) {
-				return s
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("server %s not %s after %v: %+v", id, what, limit, s)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	connected := func(s server) bool { return s.State == "online" && s.Agent.Connected }
+	create := func(p *serveProc, name string) server { return createOn(p, in.ID, name) }
+	wait := waitOn
 	first := create(active, "ha-1")
 	wait(active, first.ID, "online", 60*time.Second, connected)
 
@@ -165,6 +144,37 @@ func TestPostgresStandbyTakesOver(t *testing.T) {
 	}
 	t.Logf("standby ready %v after the active control plane was killed", took.Round(10*time.Millisecond))
 }
+
+// createOn creates a DigitalOcean server on p with integration in.
+func createOn(p *serveProc, in, name string) server {
+	p.t.Helper()
+	var s server
+	if c := p.do("POST", servers, map[string]any{"integration_id": in, "name": name, "region": "nyc3",
+		"size": "s-1vcpu-1gb", "image": "debian-12"}, &s); c != 202 {
+		p.t.Fatalf("create %s: %d", name, c)
+	}
+	return s
+}
+
+// waitOn polls server id on p until cond holds (failing after limit).
+func waitOn(p *serveProc, id, what string, limit time.Duration, cond func(server) bool) server {
+	p.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		var s server
+		p.do("GET", servers+"/"+id, nil, &s)
+		if cond(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("server %s not %s on %s after %v: %+v", id, what, p.url, limit, s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// connected: online, with its agent's session up.
+func connected(s server) bool { return s.State == "online" && s.Agent.Connected }
 
 func readFile(t *testing.T, path string) string {
 	t.Helper()
