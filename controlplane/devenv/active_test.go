@@ -5,7 +5,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -129,13 +128,7 @@ func TestPostgresActiveControlPlanes(t *testing.T) {
 		t.Errorf("a task on the server the survivor finished: %+v, %q", v, out)
 	}
 	for _, s := range []server{first, second} {
-		var n int
-		for _, d := range do.State().Droplets {
-			if slices.Contains(d.Tags, "devpilot-srv-"+s.ID) {
-				n++
-			}
-		}
-		if n != 1 {
+		if n := dropletsOf(do, s.ID); n != 1 {
 			t.Errorf("server %s has %d droplets, want 1", s.Name, n)
 		}
 	}

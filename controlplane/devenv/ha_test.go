@@ -129,13 +129,7 @@ func TestPostgresStandbyTakesOver(t *testing.T) {
 		t.Errorf("a new task on the standby: %+v, %q", v, out)
 	}
 	for _, s := range []server{first, second} {
-		var n int
-		for _, d := range do.State().Droplets {
-			if slices.Contains(d.Tags, "devpilot-srv-"+s.ID) {
-				n++
-			}
-		}
-		if n != 1 {
+		if n := dropletsOf(do, s.ID); n != 1 {
 			t.Errorf("server %s has %d droplets, want 1", s.Name, n)
 		}
 	}
@@ -171,6 +165,17 @@ func waitOn(p *serveProc, id, what string, limit time.Duration, cond func(server
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// dropletsOf counts the simulator's droplets tagged for server id.
+func dropletsOf(do *dosim.Sim, id string) int {
+	n := 0
+	for _, d := range do.State().Droplets {
+		if slices.Contains(d.Tags, "devpilot-srv-"+id) {
+			n++
+		}
+	}
+	return n
 }
 
 // connected: online, with its agent's session up.

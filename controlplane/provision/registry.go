@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -228,9 +227,7 @@ func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthS
 		prev, ok := written[id]
 		rows = append(rows, store.HealthRow{ServerID: id, HealthJSON: string(b), Point: p, SameBucket: ok && prev == bucket})
 	}
-	// In id order: concurrent flushes (several control planes) touch rows
-	// in the same order.
-	slices.SortFunc(rows, func(a, b store.HealthRow) int { return strings.Compare(a.ServerID, b.ServerID) })
+	// SaveHealthBatch writes them in id order (row locks taken in one order).
 	if err := r.s.store.SaveHealthBatch(ctx, rows, res, 0); err != nil {
 		return err // some batches may be saved: the next flush writes their buckets again
 	}
