@@ -27,7 +27,7 @@ func changeTopic(query string) string {
 		}
 	}
 	switch strings.ToLower(strings.Trim(table, `"(`)) {
-	case "servers", "server_steps", "server_health", "server_actions", "server_action_steps":
+	case "servers", "server_steps", "server_health", "server_health_latest", "server_actions", "server_action_steps":
 		// server_actions: issue 11's lifecycle actions (its migration
 		// 00011); a later table of actions must be named here too.
 		return TopicServers

@@ -77,16 +77,18 @@ type Session struct {
 // whether it beat after alive (ErrNotFound if there is no such server).
 func (q *Queries) SessionOf(ctx context.Context, id string, alive time.Time) (Session, error) {
 	var s Session
-	var since, last, beat sql.NullTime
+	var since, last, healthAt, beat sql.NullTime
 	var caps string
+	var health sql.NullString
 	err := q.x.QueryRowContext(ctx, `SELECT s.session_holder, s.session_started_at, s.last_seen_at, s.agent_version,
-		s.agent_capabilities, s.facts_json, s.health_json, c.beat_at FROM servers s
+		s.agent_capabilities, s.facts_json, h.health_json, h.at, c.beat_at FROM servers s
+		LEFT JOIN server_health_latest h ON h.server_id = s.id
 		LEFT JOIN control_planes c ON c.id = s.session_holder WHERE s.id = ?`, id).
-		Scan(&s.Holder, &since, &last, &s.AgentVersion, &caps, &s.FactsJSON, &s.HealthJSON, &beat)
+		Scan(&s.Holder, &since, &last, &s.AgentVersion, &caps, &s.FactsJSON, &health, &healthAt, &beat)
 	if err != nil {
 		return Session{}, one(err)
 	}
-	s.Since, s.LastSeen = timePtr(since), timePtr(last)
+	s.Since, s.LastSeen, s.HealthJSON = timePtr(since), laterOf(last, healthAt), health.String
 	s.Capabilities = strings.Fields(caps)
 	s.Alive = s.Holder != "" && beat.Valid && beat.Time.After(alive)
 	return s, nil

@@ -31,14 +31,18 @@ type Server struct {
 	AgentPublicKey []byte
 	AgentVersion   string
 	FactsJSON      string
-	HealthJSON     string
-	HealthAt       *time.Time
-	LastSeenAt     *time.Time
-	InstalledAt    *time.Time
-	ErrorJSON      string
-	AgentTimeoutS  int
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
+	// HealthJSON and HealthAt are the latest health flushed (table
+	// server_health_latest, written by SaveHealthBatch; CreateServer
+	// ignores them). LastSeenAt is the later of the session's last start
+	// or end and HealthAt.
+	HealthJSON    string
+	HealthAt      *time.Time
+	LastSeenAt    *time.Time
+	InstalledAt   *time.Time
+	ErrorJSON     string
+	AgentTimeoutS int
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
 	// QuarantinedAt is set while two agents use the server's identity
 	// key; QuarantineReason says what was seen. RevokedAgentKey is the key
 	// the last rekey retired.
@@ -74,24 +78,41 @@ type SSHKey struct {
 	CreatedAt         time.Time
 }
 
+// serverCols are the servers table's columns as createServer writes them;
+// selectServers reads them and the latest health (its own table: the
+// hub's flushes rewrite it every 30 s, migration 00026). Filters after it
+// name servers' columns unqualified.
 const serverCols = `id, workspace_id, integration_id, provider, name, region, size, image, image_id, ports_json, state, destroy,
-	instance_id, public_ipv4, firewall_id, ssh_key_id, agent_public_key, agent_version, facts_json, health_json, health_at,
+	instance_id, public_ipv4, firewall_id, ssh_key_id, agent_public_key, agent_version, facts_json,
 	last_seen_at, installed_at, error_json, agent_timeout_s, created_at, updated_at, quarantined_at, quarantine_reason,
 	revoked_agent_key, agent_last_update, agent_last_update_at`
 
+const selectServers = `SELECT ` + serverCols + `, h.health_json, h.at
+	FROM servers LEFT JOIN server_health_latest h ON h.server_id = servers.id `
+
 func scanServer(sc interface{ Scan(...any) error }) (Server, error) {
 	var s Server
-	var integ sql.NullString
-	var health, seen, installed, quarantined, lastUpdate sql.NullTime
+	var integ, health sql.NullString
+	var healthAt, seen, installed, quarantined, lastUpdate sql.NullTime
 	err := sc.Scan(&s.ID, &s.WorkspaceID, &integ, &s.Provider, &s.Name, &s.Region, &s.Size, &s.Image, &s.ImageID,
 		&s.PortsJSON, &s.State, &s.Destroy, &s.InstanceID, &s.PublicIPv4, &s.FirewallID, &s.SSHKeyID, &s.AgentPublicKey,
-		&s.AgentVersion, &s.FactsJSON, &s.HealthJSON, &health, &seen, &installed, &s.ErrorJSON, &s.AgentTimeoutS,
+		&s.AgentVersion, &s.FactsJSON, &seen, &installed, &s.ErrorJSON, &s.AgentTimeoutS,
 		&s.CreatedAt, &s.UpdatedAt, &quarantined, &s.QuarantineReason, &s.RevokedAgentKey,
-		&s.AgentLastUpdate, &lastUpdate)
-	s.IntegrationID = integ.String
-	s.HealthAt, s.LastSeenAt, s.InstalledAt = timePtr(health), timePtr(seen), timePtr(installed)
+		&s.AgentLastUpdate, &lastUpdate, &health, &healthAt)
+	s.IntegrationID, s.HealthJSON = integ.String, health.String
+	s.HealthAt, s.LastSeenAt, s.InstalledAt = timePtr(healthAt), laterOf(seen, healthAt), timePtr(installed)
 	s.QuarantinedAt, s.AgentLastUpdateAt = timePtr(quarantined), timePtr(lastUpdate)
 	return s, err
+}
+
+// laterOf is the later of two optional times: a server was last seen at
+// its session's start or end (servers.last_seen_at) or at its latest
+// health sample, whichever came last.
+func laterOf(a, b sql.NullTime) *time.Time {
+	if b.Valid && (!a.Valid || b.Time.After(a.Time)) {
+		return &b.Time
+	}
+	return timePtr(a)
 }
 
 func timePtr(t sql.NullTime) *time.Time {
@@ -109,10 +130,10 @@ func (q *Queries) CreateServer(ctx context.Context, s Server, steps []string) er
 }
 
 func (q *Queries) createServer(ctx context.Context, s Server, steps []string) error {
-	_, err := q.x.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := q.x.ExecContext(ctx, `INSERT INTO servers (`+serverCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.WorkspaceID, nullString(s.IntegrationID), s.Provider, s.Name, s.Region, s.Size, s.Image, s.ImageID,
 		s.PortsJSON, s.State, s.Destroy, s.InstanceID, s.PublicIPv4, s.FirewallID, s.SSHKeyID, s.AgentPublicKey,
-		s.AgentVersion, s.FactsJSON, s.HealthJSON, nullTime(s.HealthAt), nullTime(s.LastSeenAt), nullTime(s.InstalledAt),
+		s.AgentVersion, s.FactsJSON, nullTime(s.LastSeenAt), nullTime(s.InstalledAt),
 		s.ErrorJSON, s.AgentTimeoutS, s.CreatedAt.UTC(), s.UpdatedAt.UTC(), nullTime(s.QuarantinedAt), s.QuarantineReason,
 		s.RevokedAgentKey, s.AgentLastUpdate, nullTime(s.AgentLastUpdateAt))
 	if isUnique(err) {
@@ -134,7 +155,7 @@ func (q *Queries) createServer(ctx context.Context, s Server, steps []string) er
 
 // GetServer finds a server by id (workspaceID "" matches any workspace).
 func (q *Queries) GetServer(ctx context.Context, workspaceID, id string) (Server, error) {
-	s, err := scanServer(q.x.QueryRowContext(ctx, `SELECT `+serverCols+` FROM servers WHERE id = ? AND (? = '' OR workspace_id = ?)`,
+	s, err := scanServer(q.x.QueryRowContext(ctx, selectServers+`WHERE id = ? AND (? = '' OR workspace_id = ?)`,
 		id, workspaceID, workspaceID))
 	return s, one(err)
 }
@@ -200,7 +221,7 @@ func (q *Queries) serversInStates(ctx context.Context, and string, states []stri
 }
 
 func (q *Queries) servers(ctx context.Context, where string, args ...any) ([]Server, error) {
-	rows, err := q.x.QueryContext(ctx, `SELECT `+serverCols+` FROM servers `+where, args...)
+	rows, err := q.x.QueryContext(ctx, selectServers+where, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -269,13 +290,6 @@ func (q *Queries) MarkAllOffline(ctx context.Context, at time.Time) error {
 		slices.SortFunc(evs, func(a, b NewEvent) int { return strings.Compare(a.Subject, b.Subject) })
 		return q.AppendEvents(ctx, evs)
 	})
-}
-
-// SaveHealth stores a server's latest health.
-func (q *Queries) SaveHealth(ctx context.Context, id, healthJSON string, at time.Time) error {
-	_, err := q.x.ExecContext(ctx, `UPDATE servers SET health_json = ?, health_at = ?, last_seen_at = ? WHERE id = ?`,
-		healthJSON, at.UTC(), at.UTC(), id)
-	return err
 }
 
 // --- steps
