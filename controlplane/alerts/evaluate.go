@@ -35,8 +35,8 @@ type Service struct {
 	firing *prometheus.GaugeVec
 
 	kick   chan struct{}
-	ctx    context.Context
-	cancel context.CancelFunc
+	runMu  sync.Mutex         // guards cancel: a Start after a Close replaces it
+	cancel context.CancelFunc // ends the evaluations of the current Start
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	shown  map[string]bool // rule ids the gauge has a series for
@@ -62,23 +62,26 @@ func New(o Options) *Service {
 	if o.Registerer != nil {
 		o.Registerer.MustRegister(s.firing)
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
 
 // Start evaluates every interval (and soon after a rule changes) until Close.
 func (s *Service) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.runMu.Lock()
+	s.cancel = cancel
+	s.runMu.Unlock()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		t := time.NewTicker(s.o.Interval)
 		defer t.Stop()
 		for {
-			if err := s.Evaluate(s.ctx); err != nil && s.ctx.Err() == nil {
+			if err := s.Evaluate(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("alert evaluation failed", zap.Error(err))
 			}
 			select {
-			case <-s.ctx.Done():
+			case <-ctx.Done():
 				return
 			case <-t.C:
 			case <-s.kick:
@@ -89,7 +92,11 @@ func (s *Service) Start() {
 
 // Close stops the evaluator and waits for it.
 func (s *Service) Close() {
-	s.cancel()
+	s.runMu.Lock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.runMu.Unlock()
 	s.wg.Wait()
 }
 

@@ -810,40 +810,54 @@ func (a *App) startJobs(ctx context.Context) (func(), error) {
 // lock (one control plane of the database runs the jobs; the others serve
 // the API and agents meanwhile) and runs them while it holds it. If the
 // lock's session dies, another control plane may take the jobs over at
-// once: this one stops them for good (the job services do not restart)
-// and goes on serving the API and its agents, rather than exiting and
-// sending thousands of agents to reconnect elsewhere at once. Restart it
-// to have it compete for the jobs again. lost closes only if the jobs
-// cannot start.
+// once: this one stops them and goes on serving the API and its agents,
+// rather than exiting and sending thousands of agents to reconnect
+// elsewhere at once, and competes for the lock again (after a database
+// restart every control plane loses it, and one of them must run the
+// jobs again). lost closes only if the jobs cannot start.
 func (a *App) runJobsWhenLeader(ctx context.Context, lost chan<- struct{}) {
-	l, err := a.Store.Lead(ctx, store.LeadOptions{Poll: a.cfg.LeaderPoll, Standby: func() {
-		a.log.Info("another control plane runs the jobs; this one takes over if it stops")
-	}})
-	if err != nil {
-		return // ctx ended
+	retry := a.cfg.LeaderPoll
+	if retry <= 0 {
+		retry = 2 * time.Second
 	}
-	a.lmu.Lock()
-	a.Leader = l
-	a.lmu.Unlock()
-	a.ops.setJobs(true)
-	a.log.Info("this control plane runs the jobs (provisioning, lifecycle actions, rollouts, webhooks, reconciliation)")
-	stop, err := a.startJobs(ctx)
-	if err != nil {
-		a.log.Error("start the jobs", zap.Error(err))
-		close(lost)
-		return
+	for ctx.Err() == nil {
+		l, err := a.Store.Lead(ctx, store.LeadOptions{Poll: a.cfg.LeaderPoll, Standby: func() {
+			a.log.Info("another control plane runs the jobs; this one takes over if it stops")
+		}})
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("could not ask the database for the jobs lock; asking again", zap.Error(err),
+					zap.Duration("in", retry))
+				select {
+				case <-ctx.Done():
+				case <-time.After(retry):
+				}
+			}
+			continue
+		}
+		a.lmu.Lock()
+		a.Leader = l
+		a.lmu.Unlock()
+		a.ops.setJobs(true)
+		a.log.Info("this control plane runs the jobs (provisioning, lifecycle actions, rollouts, webhooks, reconciliation)")
+		stop, err := a.startJobs(ctx)
+		if err != nil {
+			a.log.Error("start the jobs", zap.Error(err))
+			close(lost)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			stop()
+			return
+		case <-l.Lost():
+		}
+		a.log.Error("stopped the jobs: the leader lock's database session died, so another control plane may run them now; "+
+			"this one goes on serving the API and its agents and asks for the lock again", zap.Error(l.Err()))
+		stop()
+		a.ops.setJobs(false)
+		l.Release()
 	}
-	defer stop()
-	select {
-	case <-ctx.Done():
-		return
-	case <-l.Lost():
-	}
-	a.log.Error("stopped the jobs: the leader lock's database session died, so another control plane may run them now; "+
-		"this one goes on serving the API and its agents (restart it to have it run jobs again)", zap.Error(l.Err()))
-	stop()
-	a.ops.setJobs(false)
-	<-ctx.Done()
 }
 
 func (a *App) releaseLeader() {

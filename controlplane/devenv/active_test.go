@@ -1,6 +1,8 @@
 package devenv_test
 
 import (
+	"database/sql"
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -46,18 +48,7 @@ func TestPostgresActiveControlPlanes(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = lb.Close() })
 	node := func(name, addr string) *serveProc {
-		dir := t.TempDir()
-		logf, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = logf.Close() })
-		p := &serveProc{t: t, dataDir: dir, url: "https://" + addr, log: logf,
-			env: []string{"DEVPILOT_DATABASE=" + dsn},
-			args: []string{"serve", "--mode", "active", "--data-dir", dir, "--listen", addr, "--public-url", "https://" + lb.Addr(),
-				"--digitalocean-api-url", sim.URL, "--agent-dir", agentDir, "--log-level", "debug"}}
-		t.Cleanup(p.kill)
-		return p
+		return activeNode(t, name, dsn, addr, "https://"+lb.Addr(), sim.URL)
 	}
 	a, b := node("a", addrs[0]), node("b", addrs[1])
 	a.start()
@@ -136,6 +127,85 @@ func TestPostgresActiveControlPlanes(t *testing.T) {
 		t.Errorf("the survivor never took the jobs over; its log:\n%s", readFile(t, b.log.Name()))
 	}
 	t.Logf("both servers online on the survivor %v after the kill", back.Round(10*time.Millisecond))
+}
+
+// activeNode is a `devpilot serve --mode active` of database dsn on addr
+// (not started), reached by agents at publicURL, its cloud at simURL.
+func activeNode(t *testing.T, name, dsn, addr, publicURL, simURL string) *serveProc {
+	dir := t.TempDir()
+	logf, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = logf.Close() })
+	p := &serveProc{t: t, dataDir: dir, url: "https://" + addr, log: logf,
+		env: []string{"DEVPILOT_DATABASE=" + dsn},
+		args: []string{"serve", "--mode", "active", "--data-dir", dir, "--listen", addr, "--public-url", publicURL,
+			"--digitalocean-api-url", simURL, "--agent-dir", agentDir, "--log-level", "debug"}}
+	t.Cleanup(p.kill)
+	return p
+}
+
+// TestPostgresActiveJobsComeBackAfterTheLockIsLost: an active control
+// plane whose jobs lock's database session dies (a database restart or a
+// cut connection does that to every control plane at once) stops its
+// jobs, keeps serving, and asks for the lock again: with no other control
+// plane to take it, it runs the jobs again, twice over, and a server
+// created afterwards is provisioned.
+func TestPostgresActiveJobsComeBackAfterTheLockIsLost(t *testing.T) {
+	dsn := storetest.PostgresURL(t)
+	machines := sandbox.New(sandbox.Options{Dir: filepath.Join(t.TempDir(), "machines"), Logger: zap.NewNop()})
+	t.Cleanup(func() { _ = machines.Close() })
+	do := dosim.New(dosim.Options{Runtime: machines, BootDelay: 10 * time.Millisecond})
+	t.Cleanup(do.Close)
+	sim := httptest.NewServer(do.Handler())
+	t.Cleanup(sim.Close)
+	token := "dop_v1_" + strings.Repeat("9", 64)
+	do.AddToken(token, true)
+	addr := freeAddr(t)
+	p := activeNode(t, "solo", dsn, addr, "https://"+addr, sim.URL)
+	p.start()
+	// logged waits until the log has said what n times.
+	logged := func(what string, n int, why string) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for strings.Count(readFile(t, p.log.Name()), what) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the log does not say %q %d times after 60 s:\n%s", why, what, n, readFile(t, p.log.Name()))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	const runs, lostLock = "this control plane runs the jobs", "asks for the lock again"
+	logged(runs, 1, "at its start")
+	admin, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = admin.Close() }()
+	for round := 1; round <= 2; round++ {
+		// The session holding the jobs lock (store.leaderLock, "dp-leadr":
+		// classid and objid are its high and low 32 bits).
+		var killed bool
+		if err := admin.QueryRow(`SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted
+			AND classid = x'64702d6c'::int8 AND objid = x'65616472'::int8`).Scan(&killed); err != nil || !killed {
+			t.Fatalf("round %d: end the jobs lock's session: %v, %v", round, killed, err)
+		}
+		logged(lostLock, round, fmt.Sprintf("round %d: the lost lock noticed", round))
+		logged(runs, round+1, fmt.Sprintf("round %d: the lock won back", round))
+	}
+	if v := metricSum(t, "devpilot_control_plane_jobs", p); v != 1 {
+		t.Errorf("devpilot_control_plane_jobs = %v after the lock was won back, want 1", v)
+	}
+	var in integration
+	if c := p.do("POST", base, map[string]string{"provider": "digitalocean", "access_key": "do", "secret_key": token}, &in); c != 201 {
+		t.Fatalf("connect: %d", c)
+	}
+	s := createOn(p, in.ID, "after-the-lock")
+	waitOn(p, s.ID, "online: its provisioning ran on the jobs won back", 90*time.Second, connected)
+	if n := strings.Count(readFile(t, p.log.Name()), runs); n != 3 {
+		t.Errorf("the jobs were started %d times, want 3 (at the start, after each lost lock)", n)
+	}
 }
 
 // metricSum adds a counter's samples (every label set) on the given

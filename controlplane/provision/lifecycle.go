@@ -386,11 +386,11 @@ func (s *Service) ListActions(ctx context.Context, workspaceID, serverID, cursor
 // --- the job
 
 // scheduleActions leases and runs every open action no job of this
-// process runs yet.
-func (s *Service) scheduleActions() {
-	open, err := s.store.Q().OpenActions(s.ctx)
+// process runs yet; the jobs end with jobs.
+func (s *Service) scheduleActions(jobs context.Context) {
+	open, err := s.store.Q().OpenActions(jobs)
 	if err != nil {
-		if s.ctx.Err() == nil {
+		if jobs.Err() == nil {
 			s.log.Error("list open actions", zap.Error(err))
 		}
 		return
@@ -404,11 +404,11 @@ func (s *Service) scheduleActions() {
 			continue
 		}
 		now := s.now()
-		ok, err := s.store.Q().LeaseAction(s.ctx, a.ID, s.owner, now, now.Add(ActionLease))
+		ok, err := s.store.Q().LeaseAction(jobs, a.ID, s.owner, now, now.Add(ActionLease))
 		if err != nil || !ok {
 			continue // another control plane works on it
 		}
-		ctx, cancel := context.WithCancel(s.ctx)
+		ctx, cancel := context.WithCancel(jobs)
 		s.mu.Lock()
 		s.jobs[key] = cancel
 		s.mu.Unlock()

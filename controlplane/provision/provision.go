@@ -193,6 +193,8 @@ type Service struct {
 	started      time.Time           // when New ran (agents reconnect after a restart)
 	m            *metrics
 
+	// ctx ends the jobs of the current Start (cancel, by Close); both
+	// are guarded by mu, since a Start after a Close replaces them.
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -259,7 +261,8 @@ func New(o Options) *Service {
 
 // Start marks servers that were online offline (no agent is connected to
 // a process that just started; not with Options.SessionsElsewhere), then resumes every unfinished job and
-// keeps picking up new ones until Close.
+// keeps picking up new ones until Close. It may start again after Close
+// (active mode: a control plane that lost the jobs and won them back).
 func (s *Service) Start(ctx context.Context) error {
 	if s.o.SessionsElsewhere {
 		// Active mode: other control planes hold sessions; each ends its
@@ -268,14 +271,21 @@ func (s *Service) Start(ctx context.Context) error {
 	} else if err := s.store.Q().MarkAllOffline(ctx, s.now()); err != nil {
 		return fmt.Errorf("mark servers offline: %w", err)
 	}
+	s.mu.Lock()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	jobs := s.ctx
+	s.mu.Unlock()
 	s.wg.Add(1)
-	go s.loop()
+	go s.loop(jobs)
 	return nil
 }
 
 // Close stops every job (they resume at their step on the next Start).
 func (s *Service) Close() {
-	s.cancel()
+	s.mu.Lock()
+	cancel := s.cancel
+	s.mu.Unlock()
+	cancel()
 	s.wg.Wait()
 }
 
@@ -286,15 +296,15 @@ func (s *Service) poke() {
 	}
 }
 
-func (s *Service) loop() {
+func (s *Service) loop(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
-		s.schedule()
-		s.scheduleActions()
+		s.schedule(ctx)
+		s.scheduleActions(ctx)
 		select {
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-s.kick:
 		case <-t.C:
@@ -302,11 +312,12 @@ func (s *Service) loop() {
 	}
 }
 
-// schedule starts a job for every server that needs one and has none.
-func (s *Service) schedule() {
-	servers, err := s.store.Q().ServersInStates(s.ctx, StateProvisioning, StateInstalling, StateDeleting)
+// schedule starts a job for every server that needs one and has none;
+// the jobs end with jobs.
+func (s *Service) schedule(jobs context.Context) {
+	servers, err := s.store.Q().ServersInStates(jobs, StateProvisioning, StateInstalling, StateDeleting)
 	if err != nil {
-		if s.ctx.Err() == nil {
+		if jobs.Err() == nil {
 			s.log.Error("list servers to work on", zap.Error(err))
 		}
 		return
@@ -318,7 +329,7 @@ func (s *Service) schedule() {
 			s.mu.Unlock()
 			continue
 		}
-		ctx, cancel := context.WithCancel(s.ctx)
+		ctx, cancel := context.WithCancel(jobs)
 		s.jobs[srv.ID] = cancel
 		s.mu.Unlock()
 		s.wg.Add(1)
@@ -344,6 +355,7 @@ func (s *Service) stopJob(id string) {
 	for {
 		s.mu.Lock()
 		cancel, ok := s.jobs[id]
+		stopped := s.ctx.Done()
 		s.mu.Unlock()
 		if !ok {
 			return
@@ -351,7 +363,7 @@ func (s *Service) stopJob(id string) {
 		cancel()
 		select {
 		case <-time.After(20 * time.Millisecond):
-		case <-s.ctx.Done():
+		case <-stopped:
 			return
 		}
 	}

@@ -75,8 +75,8 @@ type Reconciler struct {
 	seen   map[string]observation // server id → last pass's observation
 	passes int
 
-	ctx    context.Context
-	cancel context.CancelFunc
+	runMu  sync.Mutex         // guards cancel: a Start after a Close replaces it
+	cancel context.CancelFunc // ends the passes of the current Start
 	wg     sync.WaitGroup
 }
 
@@ -100,12 +100,16 @@ func New(o Options) *Reconciler {
 		o.FirewallEvery = 10
 	}
 	r := &Reconciler{o: o, log: o.Logger.Named("reconcile"), seen: map[string]observation{}}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
 	return r
 }
 
-// Start runs a pass every interval in the background.
+// Start runs a pass every interval in the background, until Close (and
+// again after a later Start).
 func (r *Reconciler) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.runMu.Lock()
+	r.cancel = cancel
+	r.runMu.Unlock()
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -113,18 +117,22 @@ func (r *Reconciler) Start() {
 		defer t.Stop()
 		for {
 			select {
-			case <-r.ctx.Done():
+			case <-ctx.Done():
 				return
 			case <-t.C:
 			}
-			r.Pass(r.ctx)
+			r.Pass(ctx)
 		}
 	}()
 }
 
 // Close stops the passes and waits for the one running.
 func (r *Reconciler) Close() {
-	r.cancel()
+	r.runMu.Lock()
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.runMu.Unlock()
 	r.wg.Wait()
 }
 

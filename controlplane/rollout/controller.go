@@ -20,14 +20,14 @@ import (
 // errLeaseLost stops a step whose rollout another control plane took over.
 var errLeaseLost = errors.New("rollout lease lost to another control plane")
 
-func (s *Service) loop() {
+func (s *Service) loop(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTicker(s.o.Tick)
 	defer t.Stop()
 	for {
-		s.pass(s.ctx)
+		s.pass(ctx)
 		select {
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-s.kick:

@@ -98,8 +98,8 @@ type Service struct {
 	now       func() time.Time
 	rollbacks prometheus.Counter
 
-	ctx    context.Context
-	cancel context.CancelFunc
+	runMu  sync.Mutex         // guards cancel: a Start after a Close replaces it
+	cancel context.CancelFunc // ends the controller of the current Start
 	wg     sync.WaitGroup
 	kick   chan struct{}
 
@@ -133,20 +133,27 @@ func New(o Options) *Service {
 	if o.Registerer != nil {
 		o.Registerer.MustRegister(s.rollbacks, &stateCollector{s: s})
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
 
-// Start runs the controller until Close.
+// Start runs the controller until Close (and again after a later Start).
 func (s *Service) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.runMu.Lock()
+	s.cancel = cancel
+	s.runMu.Unlock()
 	s.wg.Add(1)
-	go s.loop()
+	go s.loop(ctx)
 }
 
 // Close stops the controller; rollouts go on at the next Start (here or
 // on another control plane once the lease expires).
 func (s *Service) Close() {
-	s.cancel()
+	s.runMu.Lock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.runMu.Unlock()
 	s.wg.Wait()
 }
 
