@@ -314,10 +314,12 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		AgentTimeout: cfg.AgentTimeout, AgentRebootTimeout: cfg.AgentRebootTimeout, TokenTTL: cfg.BootstrapTTL, PollInterval: cfg.PollInterval, Registerer: reg,
 		Owner: leaseOwner(cfg.DataDir), SessionsElsewhere: active,
 		HealthRetention: cfg.HealthHistoryRetention, HealthResolution: cfg.HealthHistoryResolution,
-		Live: func(id string) (provision.Live, bool) {
-			st, ok := a.agentStatus(id)
-			return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health,
-				Capabilities: st.Capabilities, BootID: st.BootID, AgentVersion: st.AgentVersion}, ok
+		Live: func(id string) (provision.Live, bool) { return liveOf(a.agentStatus(id)) },
+		LiveOf: func(srv store.Server) (provision.Live, bool) {
+			if a.Cluster != nil {
+				return liveOf(a.Cluster.StatusOf(srv))
+			}
+			return liveOf(a.Hub.Status(srv.ID))
 		},
 		AskReboot: func(ctx context.Context, id, actionID string) error {
 			return a.sendAgent(ctx, id, protocol.TypeReboot, protocol.Reboot{ID: actionID})
@@ -877,6 +879,12 @@ func (a *App) leaderErr() error {
 		return errors.New("stopping: could not start the jobs")
 	}
 	return l.Err()
+}
+
+// liveOf is provision's view of an agent session.
+func liveOf(st hub.Status, ok bool) (provision.Live, bool) {
+	return provision.Live{Connected: st.Connected, Since: st.Since, LastSeen: st.LastSeen, Health: st.Health,
+		Capabilities: st.Capabilities, BootID: st.BootID, AgentVersion: st.AgentVersion}, ok
 }
 
 // agentStatus, sendAgent and disconnectAgent reach a server's agent on

@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,6 +87,9 @@ type Cluster struct {
 	cmu     sync.Mutex
 	changes map[string]bool // task ids changed here, not yet broadcast
 	kick    chan struct{}
+
+	bmu   sync.Mutex
+	beats map[string]time.Time // the control planes' beats as the last beat read them
 }
 
 // Broadcast is the channel every control plane listens on (task changes);
@@ -202,6 +206,13 @@ func (c *Cluster) beat(ctx context.Context) {
 	}
 	if cps, err := q.ControlPlanes(ctx, now.Add(-c.o.DeadAfter)); err == nil {
 		c.alive.Set(float64(len(cps)))
+		beats := make(map[string]time.Time, len(cps))
+		for _, cp := range cps {
+			beats[cp.ID] = cp.BeatAt
+		}
+		c.bmu.Lock()
+		c.beats = beats
+		c.bmu.Unlock()
 	}
 	dead, err := q.DeadHolders(ctx, now.Add(-c.o.DeadAfter))
 	if err == nil && len(dead) > 0 {
@@ -408,6 +419,35 @@ func (c *Cluster) Status(serverID string) (hub.Status, bool) {
 	if err != nil || to == "" {
 		return hub.Status{}, false
 	}
+	return remoteStatus(s), true
+}
+
+// StatusOf is Status for a server whose row was just read (a page of the
+// server list): a session held elsewhere is told from the row (its
+// holder, start, hello and latest health) and the holders' beats as this
+// control plane's last beat read them, without a database read. A
+// holder's beat is up to one beat older here than in the database, so a
+// control plane that just died may show its sessions for a beat longer.
+func (c *Cluster) StatusOf(srv store.Server) (hub.Status, bool) {
+	if st, ok := c.o.Hub.Status(srv.ID); ok {
+		return st, ok
+	}
+	if srv.SessionHolder == "" || srv.SessionHolder == c.self {
+		return hub.Status{}, false
+	}
+	c.bmu.Lock()
+	beat, ok := c.beats[srv.SessionHolder]
+	c.bmu.Unlock()
+	if !ok || !beat.After(c.o.Now().Add(-c.o.DeadAfter)) {
+		return hub.Status{}, false
+	}
+	return remoteStatus(store.Session{Holder: srv.SessionHolder, Since: srv.SessionStartedAt, LastSeen: srv.LastSeenAt,
+		AgentVersion: srv.AgentVersion, Capabilities: strings.Fields(srv.AgentCapabilities), FactsJSON: srv.FactsJSON,
+		HealthJSON: srv.HealthJSON, Alive: true}), true
+}
+
+// remoteStatus is the hub.Status of a session another control plane holds.
+func remoteStatus(s store.Session) hub.Status {
 	st := hub.Status{Connected: true, AgentVersion: s.AgentVersion, Capabilities: s.Capabilities}
 	if s.Since != nil {
 		st.Since = *s.Since
@@ -425,7 +465,7 @@ func (c *Cluster) Status(serverID string) (hub.Status, bool) {
 			st.Health = &h
 		}
 	}
-	return st, true
+	return st
 }
 
 // TaskChanged tells the other control planes that a task changed here, so

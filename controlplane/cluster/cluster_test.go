@@ -204,3 +204,55 @@ func TestRunDispatchesRoutedAndSweptTasks(t *testing.T) {
 		}
 	}
 }
+
+// StatusOf tells a session held elsewhere from a server row just read and
+// the beats this control plane last read, as Status does from the
+// database: connected with the hello's version, boot and capabilities and
+// the latest health while the holder beats; not connected once the
+// holder's beat is stale.
+func TestStatusOfARowMatchesStatus(t *testing.T) {
+	ctx := context.Background()
+	a, b := twoPlanes(t)
+	if err := a.SaveHealthBatch(ctx, []store.HealthRow{{ServerID: "srv_00000", HealthJSON: `{"cpu_percent":42}`,
+		Point: store.HealthPoint{At: time.Now()}}}, time.Minute, 0); err != nil {
+		t.Fatal(err)
+	}
+	c := cluster.New(cluster.Options{Store: a, Hub: &emptyHub{}, Dispatch: func(string, string) {}, Beat: 50 * time.Millisecond})
+	rctx, cancel := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { defer close(ran); c.Run(rctx) }()
+	defer func() { cancel(); <-ran }()
+	statusOf := func() (hub.Status, bool) {
+		t.Helper()
+		srv, err := a.Q().GetServer(ctx, "ws_1", "srv_00000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.StatusOf(srv)
+	}
+	waitFor := func(what string, cond func(hub.Status, bool) bool) (hub.Status, bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st, ok := statusOf()
+			if cond(st, ok) {
+				return st, ok
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("StatusOf is not %s after 30 s: %+v, %v", what, st, ok)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	got, _ := waitFor("connected", func(st hub.Status, ok bool) bool { return ok && st.Connected })
+	want, ok := c.Status("srv_00000")
+	if !ok || got.AgentVersion != "1.4.0" || got.BootID != "boot-1" || strings.Join(got.Capabilities, " ") != "reboot update" ||
+		got.Health == nil || got.Health.CPUPercent != 42 || !got.Since.Equal(want.Since) || !got.LastSeen.Equal(want.LastSeen) ||
+		got.AgentVersion != want.AgentVersion || got.BootID != want.BootID || got.Health.CPUPercent != want.Health.CPUPercent {
+		t.Fatalf("StatusOf = %+v; Status = %+v, %v; want the same session, with the hello's version, boot, capabilities and cpu 42", got, want, ok)
+	}
+	if err := b.Q().BeatControlPlane(ctx, "cp_b", time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("not connected with its holder dead", func(st hub.Status, ok bool) bool { return !ok && !st.Connected })
+}

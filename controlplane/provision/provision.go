@@ -115,6 +115,10 @@ type Options struct {
 	Integrations *integrations.Service
 	UserData     UserDataFunc
 	Live         LiveFunc // nil: no live view
+	// LiveOf is Live for a server whose row was just read, for the views
+	// of Get and List (active mode answers it from the row, not with a
+	// read per server); nil: Live.
+	LiveOf func(srv store.Server) (Live, bool)
 	// SessionsElsewhere: other active control planes hold agent sessions
 	// of this database (active mode), so Start leaves online servers be.
 	SessionsElsewhere bool
@@ -638,8 +642,12 @@ func (s *Service) view(ctx context.Context, srv store.Server) (*Server, error) {
 		v.Agent.Facts = &protocol.Facts{}
 		_ = json.Unmarshal([]byte(srv.FactsJSON), v.Agent.Facts)
 	}
-	if s.live != nil && srv.State != StateDeleted {
-		if l, ok := s.live(srv.ID); ok {
+	liveOf := s.o.LiveOf
+	if liveOf == nil && s.live != nil {
+		liveOf = func(srv store.Server) (Live, bool) { return s.live(srv.ID) }
+	}
+	if liveOf != nil && srv.State != StateDeleted {
+		if l, ok := liveOf(srv); ok {
 			v.Agent.Connected = l.Connected
 			if l.Health != nil && (v.HealthAt == nil || l.LastSeen.After(*v.HealthAt)) {
 				v.Health, v.HealthAt = l.Health, &l.LastSeen

@@ -54,6 +54,13 @@ type Server struct {
 	// when it was first recorded (SetAgentLastUpdate).
 	AgentLastUpdate   string
 	AgentLastUpdateAt *time.Time
+	// SessionHolder is the control plane holding the agent's session (""
+	// none; active mode), SessionStartedAt when it started and
+	// AgentCapabilities its hello's (space-separated). Read-only here:
+	// written by the session's start and end (StartAgentSession…).
+	SessionHolder     string
+	SessionStartedAt  *time.Time
+	AgentCapabilities string
 }
 
 // Step is one recorded provisioning step.
@@ -87,21 +94,21 @@ const serverCols = `id, workspace_id, integration_id, provider, name, region, si
 	last_seen_at, installed_at, error_json, agent_timeout_s, created_at, updated_at, quarantined_at, quarantine_reason,
 	revoked_agent_key, agent_last_update, agent_last_update_at`
 
-const selectServers = `SELECT ` + serverCols + `, h.health_json, h.at
+const selectServers = `SELECT ` + serverCols + `, h.health_json, h.at, session_holder, session_started_at, agent_capabilities
 	FROM servers LEFT JOIN server_health_latest h ON h.server_id = servers.id `
 
 func scanServer(sc interface{ Scan(...any) error }) (Server, error) {
 	var s Server
 	var integ, health sql.NullString
-	var healthAt, seen, installed, quarantined, lastUpdate sql.NullTime
+	var healthAt, seen, installed, quarantined, lastUpdate, sessionAt sql.NullTime
 	err := sc.Scan(&s.ID, &s.WorkspaceID, &integ, &s.Provider, &s.Name, &s.Region, &s.Size, &s.Image, &s.ImageID,
 		&s.PortsJSON, &s.State, &s.Destroy, &s.InstanceID, &s.PublicIPv4, &s.FirewallID, &s.SSHKeyID, &s.AgentPublicKey,
 		&s.AgentVersion, &s.FactsJSON, &seen, &installed, &s.ErrorJSON, &s.AgentTimeoutS,
 		&s.CreatedAt, &s.UpdatedAt, &quarantined, &s.QuarantineReason, &s.RevokedAgentKey,
-		&s.AgentLastUpdate, &lastUpdate, &health, &healthAt)
+		&s.AgentLastUpdate, &lastUpdate, &health, &healthAt, &s.SessionHolder, &sessionAt, &s.AgentCapabilities)
 	s.IntegrationID, s.HealthJSON = integ.String, health.String
 	s.HealthAt, s.LastSeenAt, s.InstalledAt = timePtr(healthAt), laterOf(seen, healthAt), timePtr(installed)
-	s.QuarantinedAt, s.AgentLastUpdateAt = timePtr(quarantined), timePtr(lastUpdate)
+	s.QuarantinedAt, s.AgentLastUpdateAt, s.SessionStartedAt = timePtr(quarantined), timePtr(lastUpdate), timePtr(sessionAt)
 	return s, err
 }
 
