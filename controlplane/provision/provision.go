@@ -28,6 +28,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/devpilot/devpilot/controlplane/cloud"
+	"github.com/devpilot/devpilot/controlplane/hub"
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/integrations"
 	"github.com/devpilot/devpilot/controlplane/problem"
@@ -170,6 +171,11 @@ type Options struct {
 	// HealthResolution is kept (default DefaultHealthResolution).
 	HealthRetention  time.Duration
 	HealthResolution time.Duration
+	// HealthFlushInterval is how often the hub flushes health
+	// (hub.Options.FlushInterval; default hub.DefaultFlushInterval). With
+	// two or more flushes per history bucket, the history writes are
+	// spread over them (Registry.SaveHealth).
+	HealthFlushInterval time.Duration
 }
 
 // DiagnoseTarget is what Diagnose needs to reach a server.
@@ -230,6 +236,9 @@ func New(o Options) *Service {
 	}
 	if o.HealthResolution <= 0 {
 		o.HealthResolution = DefaultHealthResolution
+	}
+	if o.HealthFlushInterval <= 0 {
+		o.HealthFlushInterval = hub.DefaultFlushInterval
 	}
 	if o.TokenTTL == 0 {
 		o.TokenTTL = 60 * time.Minute

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strings"
 	"time"
 
@@ -197,14 +198,23 @@ func (r *Registry) AgentError(ctx context.Context, serverID, reason string, _ ti
 	return r.s.store.Q().SetAgentLastError(ctx, serverID, reason)
 }
 
-// SaveHealth implements hub.Registry: each server's latest health on its
-// row, and a point in its history bucket, in batched transactions
+// SaveHealth implements hub.Registry: each server's latest health, and a
+// point in its history bucket, in batched transactions
 // (store.SaveHealthBatch); then history older than the retention is pruned.
 // A server whose previous flush already wrote its current bucket only
 // gets its latest health written (at 30 s flushes and 1 min buckets that
-// halves the history writes: the bucket keeps its first sample).
+// halves the history writes: the bucket keeps one sample).
+//
+// With two or more flushes per bucket, half of the servers (laterHalf)
+// take their bucket's point from a sample in the bucket's second half, so
+// each flush of a bucket writes half of the history instead of the first
+// writing all of it and the next none (at 100,000 servers on PostgreSQL
+// that flush was 1.2 s, the others 0.5–0.6 s). A server of that half
+// whose agent falls silent in the first half of a bucket has no point in
+// it (its latest health still has the last sample).
 func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthSample) error {
 	res := r.s.o.HealthResolution
+	spread := r.s.o.HealthFlushInterval <= res/2
 	r.s.hmu.Lock()
 	written := r.s.healthBuckets
 	r.s.hmu.Unlock()
@@ -222,10 +232,20 @@ func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthS
 				p.DiskUsedMB, p.DiskTotalMB = d.UsedMB, d.TotalMB
 			}
 		}
-		bucket := h.At.UTC().Truncate(res).UnixNano()
-		buckets[id] = bucket
+		start := h.At.UTC().Truncate(res)
+		bucket := start.UnixNano()
 		prev, ok := written[id]
-		rows = append(rows, store.HealthRow{ServerID: id, HealthJSON: string(b), Point: p, SameBucket: ok && prev == bucket})
+		same := ok && prev == bucket
+		if !same && spread && h.At.Sub(start) < res/2 && laterHalf(id) {
+			// This bucket's point comes from a later flush.
+			same = true
+			if ok {
+				buckets[id] = prev
+			}
+		} else {
+			buckets[id] = bucket
+		}
+		rows = append(rows, store.HealthRow{ServerID: id, HealthJSON: string(b), Point: p, SameBucket: same})
 	}
 	// SaveHealthBatch writes them in id order (row locks taken in one order).
 	if err := r.s.store.SaveHealthBatch(ctx, rows, res, 0); err != nil {
@@ -236,6 +256,14 @@ func (r *Registry) SaveHealth(ctx context.Context, latest map[string]hub.HealthS
 	r.s.healthBuckets = buckets
 	r.s.hmu.Unlock()
 	return r.s.store.Q().PruneHealth(ctx, r.s.now().Add(-r.s.o.HealthRetention))
+}
+
+// laterHalf says whether server id is of the half whose history points
+// come from the second half of their bucket (an FNV-1a hash of the id).
+func laterHalf(id string) bool {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return h.Sum32()&1 == 1
 }
 
 // Health history defaults (Options.HealthRetention, HealthResolution).

@@ -1,11 +1,14 @@
 package provision
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -281,4 +284,74 @@ func TestRekeyDeliversOverSSHOrPrints(t *testing.T) {
 	if rk.BootstrapToken == "" || len(delivered) != 1 {
 		t.Errorf("--print rekey = %+v, SSH deliveries %d", rk, len(delivered))
 	}
+}
+
+// With two health flushes per history bucket (30 s and 1 min, the
+// defaults), half of the servers take their point from the bucket's first
+// flush and half from its second, so no flush writes every server's
+// history; still each bucket gets exactly one point per server. With one
+// flush per bucket, every server's point is written at once.
+func TestHealthHistoryWritesSpreadOverTheBucketsFlushes(t *testing.T) {
+	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	s, r := fixture(t, &now)
+	ctx := context.Background()
+	var early, late string // one server of each half
+	for i := 0; early == "" || late == ""; i++ {
+		id := fmt.Sprintf("srv_h%d", i)
+		if err := s.store.Q().CreateServer(ctx, store.Server{ID: id, WorkspaceID: "ws_1", Provider: "digitalocean", Name: fmt.Sprintf("h%d", i),
+			Region: "nyc3", Size: "s", Image: "debian-12", PortsJSON: "[22]", State: StateOnline, AgentTimeoutS: 60,
+			CreatedAt: now, UpdatedAt: now}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if laterHalf(id) {
+			late = cmp.Or(late, id)
+		} else {
+			early = cmp.Or(early, id)
+		}
+	}
+	flush := func(at time.Time, cpu float64) {
+		t.Helper()
+		batch := map[string]hub.HealthSample{}
+		for _, id := range []string{early, late} {
+			batch[id] = hub.HealthSample{At: at, Health: protocol.Health{CPUPercent: cpu}}
+		}
+		if err := r.SaveHealth(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	points := func(id string) []float64 {
+		t.Helper()
+		pts, err := s.store.Q().HealthSince(ctx, id, now.Add(-time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cpus []float64
+		for _, p := range pts {
+			cpus = append(cpus, p.CPUPercent)
+		}
+		return cpus
+	}
+	check := func(when string, wantEarly, wantLate []float64) {
+		t.Helper()
+		if got := points(early); !slices.Equal(got, wantEarly) {
+			t.Errorf("%s: %s's history (cpu by bucket) = %v, want %v", when, early, got, wantEarly)
+		}
+		if got := points(late); !slices.Equal(got, wantLate) {
+			t.Errorf("%s: %s's history (cpu by bucket) = %v, want %v", when, late, got, wantLate)
+		}
+	}
+	minute := now
+	flush(minute.Add(10*time.Second), 1)
+	check("first flush of the first bucket", []float64{1}, nil)
+	flush(minute.Add(40*time.Second), 2)
+	check("second flush of the first bucket", []float64{1}, []float64{2})
+	flush(minute.Add(70*time.Second), 3)
+	check("first flush of the second bucket", []float64{1, 3}, []float64{2})
+	flush(minute.Add(100*time.Second), 4)
+	check("second flush of the second bucket", []float64{1, 3}, []float64{2, 4})
+
+	// One flush per bucket: nothing waits for a later flush.
+	s.o.HealthFlushInterval = time.Minute
+	flush(minute.Add(130*time.Second), 5)
+	check("a flush per bucket", []float64{1, 3, 5}, []float64{2, 4, 5})
 }
