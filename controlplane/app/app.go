@@ -328,7 +328,12 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		SendUpdate: func(ctx context.Context, id string, u protocol.Update) error {
 			return a.sendAgent(ctx, id, protocol.TypeUpdate, u)
 		},
-		Disconnect:       func(id, code string) { a.disconnectAgent(id, code) },
+		Disconnect: func(id, code string) { a.disconnectAgent(id, code) },
+		SessionTakenFrom: func(id, holder, remote string, at time.Time) {
+			if a.Cluster != nil {
+				a.Cluster.Replaced(id, holder, remote, at)
+			}
+		},
 		Diagnose:         a.diagnoser(),
 		EnrollOverSSH:    a.enrollOverSSH(),
 		OnAgentConnected: func(id string) { a.Tasks.AgentConnected(id) },

@@ -36,6 +36,9 @@ type Hub interface {
 	Send(ctx context.Context, serverID, typ string, payload any) error
 	Status(serverID string) (hub.Status, bool)
 	Disconnect(serverID, code string)
+	// TakenOver ends the local session of a server that a session on
+	// another control plane replaced, counting the takeover.
+	TakenOver(serverID, remote string, at time.Time)
 }
 
 // Defaults of Options.
@@ -88,8 +91,9 @@ type Cluster struct {
 	changes map[string]bool // task ids changed here, not yet broadcast
 	kick    chan struct{}
 
-	bmu   sync.Mutex
-	beats map[string]time.Time // the control planes' beats as the last beat read them
+	bmu     sync.Mutex
+	beats   map[string]time.Time // the control planes' beats as the last beat read them
+	stopped bool                 // Run has returned: no more background notifications
 }
 
 // Broadcast is the channel every control plane listens on (task changes);
@@ -102,13 +106,15 @@ func Channel(id string) string { return "devpilot_" + id }
 // message is a notification's payload.
 type message struct {
 	From    string          `json:"from"`
-	Kind    string          `json:"kind"` // kindTask, kindSend, kindDisconnect, kindChanged
+	Kind    string          `json:"kind"` // kindTask, kindSend, kindDisconnect, kindChanged, kindReplaced
 	Server  string          `json:"server,omitempty"`
 	Task    string          `json:"task,omitempty"`
 	Tasks   []string        `json:"tasks,omitempty"`
 	Type    string          `json:"type,omitempty"`    // kindSend: the protocol message type
 	Payload json.RawMessage `json:"payload,omitempty"` // kindSend: its payload (never a task)
 	Code    string          `json:"code,omitempty"`    // kindDisconnect: the close reason
+	Remote  string          `json:"remote,omitempty"`  // kindReplaced: the new session's remote address
+	At      time.Time       `json:"at,omitzero"`       // kindReplaced: when the new session started
 }
 
 const (
@@ -116,6 +122,7 @@ const (
 	kindSend       = "send"
 	kindDisconnect = "disconnect"
 	kindChanged    = "changed"
+	kindReplaced   = "replaced"
 )
 
 // New builds a Cluster; Run makes it work.
@@ -180,6 +187,9 @@ func (c *Cluster) Run(ctx context.Context) {
 		c.beat(ctx)
 		select {
 		case <-ctx.Done():
+			c.bmu.Lock()
+			c.stopped = true
+			c.bmu.Unlock()
 			c.wg.Wait()
 			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -282,7 +292,7 @@ func parse(payload string) (message, error) {
 		if m.Type == "" || m.Type == protocol.TypeTask || len(m.Payload) == 0 {
 			return m, fmt.Errorf("a %q message with no payload, or a task's (tasks go by id)", m.Type)
 		}
-	case kindDisconnect:
+	case kindDisconnect, kindReplaced:
 	default:
 		return m, fmt.Errorf("unknown message kind %q", m.Kind)
 	}
@@ -331,6 +341,8 @@ func (c *Cluster) handle(ctx context.Context, payload string) {
 			}
 		case kindDisconnect:
 			c.o.Hub.Disconnect(m.Server, m.Code)
+		case kindReplaced:
+			c.o.Hub.TakenOver(m.Server, m.Remote, m.At)
 		}
 	}()
 }
@@ -390,6 +402,36 @@ func (c *Cluster) Send(ctx context.Context, serverID, typ string, payload any) e
 		return err
 	}
 	return c.notify(ctx, to, message{Kind: kindSend, Server: serverID, Type: typ, Payload: raw})
+}
+
+// Replaced tells holder, which held serverID's agent session until a
+// session from remote started here at at, to end its session and count
+// the takeover (Hub.TakenOver): two agents with one identity key that
+// keep replacing each other on different control planes are quarantined
+// as on one. A holder that is this control plane (its hub replaced its
+// own session) or not alive by the last beats read is not told. The
+// notification goes in the background: the handshake does not wait.
+func (c *Cluster) Replaced(serverID, holder, remote string, at time.Time) {
+	if holder == "" || holder == c.self {
+		return
+	}
+	c.bmu.Lock()
+	beat, ok := c.beats[holder]
+	if !ok || !beat.After(c.o.Now().Add(-c.o.DeadAfter)) || c.stopped {
+		c.bmu.Unlock()
+		return
+	}
+	c.wg.Add(1)
+	c.bmu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.notify(ctx, holder, message{Kind: kindReplaced, Server: serverID, Remote: remote, At: at}); err != nil {
+			c.log.Warn("tell the previous holder of a session it was replaced", zap.String("server", serverID),
+				zap.String("holder", holder), zap.Error(err))
+		}
+	}()
 }
 
 // Disconnect ends serverID's agent session, here or on its holder.

@@ -32,8 +32,9 @@ func (h *emptyHub) Send(_ context.Context, _, typ string, _ any) error {
 	h.mu.Unlock()
 	return hub.ErrNotConnected
 }
-func (h *emptyHub) Status(string) (hub.Status, bool) { return hub.Status{}, false }
-func (h *emptyHub) Disconnect(string, string)        {}
+func (h *emptyHub) Status(string) (hub.Status, bool)    { return hub.Status{}, false }
+func (h *emptyHub) Disconnect(string, string)           {}
+func (h *emptyHub) TakenOver(string, string, time.Time) {}
 
 // twoPlanes opens the store of control plane cp_a and, on the same
 // database, cp_b's, which holds srv_00000's session.
@@ -255,4 +256,53 @@ func TestStatusOfARowMatchesStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor("not connected with its holder dead", func(st hub.Status, ok bool) bool { return !ok && !st.Connected })
+}
+
+// takeoverHub records the takeovers another control plane reports.
+type takeoverHub struct {
+	emptyHub
+	got chan string
+}
+
+func (h *takeoverHub) TakenOver(server, remote string, at time.Time) {
+	select {
+	case h.got <- server + " from " + remote + " at " + at.UTC().Format(time.RFC3339):
+	default: // the test has what it needs
+	}
+}
+
+// A session started on cp_a that took the server's session from cp_b
+// (Replaced) reaches cp_b's hub as a takeover with the new session's
+// remote address and time, so cp_b ends its session and counts it.
+func TestReplacedTellsThePreviousHolder(t *testing.T) {
+	ctx := context.Background()
+	a, b := twoPlanes(t) // srv_00000's session is b's
+	onB := &takeoverHub{got: make(chan string, 8)}
+	cb := cluster.New(cluster.Options{Store: b, Hub: onB, Beat: 100 * time.Millisecond, Dispatch: func(string, string) {}})
+	ca := cluster.New(cluster.Options{Store: a, Hub: &emptyHub{}, Beat: 100 * time.Millisecond, Dispatch: func(string, string) {}})
+	for _, c := range []*cluster.Cluster{cb, ca} {
+		rctx, stop := context.WithCancel(ctx)
+		ran := make(chan struct{})
+		go func() { defer close(ran); c.Run(rctx) }()
+		defer func() { stop(); <-ran }()
+	}
+	at := time.Date(2026, 12, 4, 22, 0, 0, 0, time.UTC)
+	want := "srv_00000 from 198.51.100.7:40001 at 2026-12-04T22:00:00Z"
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		// Until cp_a's beat has read cp_b's and cp_b listens: again.
+		ca.Replaced("srv_00000", "cp_b", "198.51.100.7:40001", at)
+		ca.Replaced("srv_00000", "cp_a", "198.51.100.7:40001", at) // its own: nobody is told
+		select {
+		case got := <-onB.got:
+			if got != want {
+				t.Fatalf("cp_b's hub was told %q, want %q", got, want)
+			}
+			return
+		case <-time.After(200 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("cp_b was never told its session was replaced")
+			}
+		}
+	}
 }

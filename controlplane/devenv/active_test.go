@@ -2,6 +2,7 @@ package devenv_test
 
 import (
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/devpilot/devpilot/agent/layout"
 	"github.com/devpilot/devpilot/bootstrap/sandbox"
 	"github.com/devpilot/devpilot/controlplane/cloud/digitalocean/dosim"
 	"github.com/devpilot/devpilot/controlplane/store/storetest"
@@ -31,34 +33,8 @@ import (
 // per server, the task's whole output), and the killed one's agents come
 // back through the balancer.
 func TestPostgresActiveControlPlanes(t *testing.T) {
-	dsn := storetest.PostgresURL(t)
-	machines := sandbox.New(sandbox.Options{Dir: filepath.Join(t.TempDir(), "machines"), Logger: zap.NewNop()})
-	t.Cleanup(func() { _ = machines.Close() })
-	do := dosim.New(dosim.Options{Runtime: machines, BootDelay: 1500 * time.Millisecond})
-	t.Cleanup(do.Close)
-	sim := httptest.NewServer(do.Handler())
-	t.Cleanup(sim.Close)
-	token := "dop_v1_" + strings.Repeat("8", 64)
-	do.AddToken(token, true)
-
-	addrs := []string{freeAddr(t), freeAddr(t)}
-	lb, err := tcplb.Listen("127.0.0.1:0", addrs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lb.Close() })
-	node := func(name, addr string) *serveProc {
-		return activeNode(t, name, dsn, addr, "https://"+lb.Addr(), sim.URL)
-	}
-	a, b := node("a", addrs[0]), node("b", addrs[1])
-	a.start()
-	// b shares a's keyring and TLS files (agents pin the CA), as every
-	// control plane of the database must.
-	for _, f := range []string{"keyring.json", "tls/ca.crt", "tls/ca.key", "tls/server.crt", "tls/server.key"} {
-		copyFile(t, filepath.Join(a.dataDir, f), filepath.Join(b.dataDir, f))
-	}
-	b.token = a.token
-	b.start()
+	ap := startActivePair(t, 1500*time.Millisecond)
+	a, b, do, token := ap.a, ap.b, ap.do, ap.token
 	onA, onB := caller(a.do), caller(b.do)
 
 	var in integration
@@ -127,6 +103,117 @@ func TestPostgresActiveControlPlanes(t *testing.T) {
 		t.Errorf("the survivor never took the jobs over; its log:\n%s", readFile(t, b.log.Name()))
 	}
 	t.Logf("both servers online on the survivor %v after the kill", back.Round(10*time.Millisecond))
+}
+
+// activePair is two `devpilot serve --mode active` on one PostgreSQL
+// database behind a TCP balancer (their public URL), sharing the keyring
+// and TLS files as every control plane of a database must, with a
+// DigitalOcean simulator whose droplets boot in the sandbox.
+type activePair struct {
+	a, b         *serveProc
+	addrA, addrB string
+	do           *dosim.Sim
+	machines     *sandbox.Runtime // the droplets' machines
+	token        string           // the simulator's DigitalOcean token
+}
+
+func startActivePair(t *testing.T, bootDelay time.Duration) activePair {
+	t.Helper()
+	dsn := storetest.PostgresURL(t)
+	machines := sandbox.New(sandbox.Options{Dir: filepath.Join(t.TempDir(), "machines"), Logger: zap.NewNop()})
+	t.Cleanup(func() { _ = machines.Close() })
+	do := dosim.New(dosim.Options{Runtime: machines, BootDelay: bootDelay})
+	t.Cleanup(do.Close)
+	sim := httptest.NewServer(do.Handler())
+	t.Cleanup(sim.Close)
+	token := "dop_v1_" + strings.Repeat("8", 64)
+	do.AddToken(token, true)
+
+	addrs := []string{freeAddr(t), freeAddr(t)}
+	lb, err := tcplb.Listen("127.0.0.1:0", addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lb.Close() })
+	a := activeNode(t, "a", dsn, addrs[0], "https://"+lb.Addr(), sim.URL)
+	b := activeNode(t, "b", dsn, addrs[1], "https://"+lb.Addr(), sim.URL)
+	a.start()
+	for _, f := range []string{"keyring.json", "tls/ca.crt", "tls/ca.key", "tls/server.crt", "tls/server.key"} {
+		copyFile(t, filepath.Join(a.dataDir, f), filepath.Join(b.dataDir, f))
+	}
+	b.token = a.token
+	b.start()
+	return activePair{a: a, b: b, addrA: addrs[0], addrB: addrs[1], do: do, machines: machines, token: token}
+}
+
+// TestPostgresActiveIdentityConflictAcrossControlPlanes: a copy of a
+// server's identity key runs as a second agent dialling the control plane
+// that does not hold the real agent's session (the real one dials the
+// balancer). The two keep taking the session from each other across the
+// control planes (each new holder tells the previous one, which ends its
+// session and counts the takeover) until the server is quarantined, and
+// neither agent stays connected.
+func TestPostgresActiveIdentityConflictAcrossControlPlanes(t *testing.T) {
+	ap := startActivePair(t, 10*time.Millisecond)
+	var in integration
+	if c := ap.a.do("POST", base, map[string]string{"provider": "digitalocean", "access_key": "do", "secret_key": ap.token}, &in); c != 201 {
+		t.Fatalf("connect: %d", c)
+	}
+	s := createOn(ap.a, in.ID, "twin")
+	s = waitOn(ap.a, s.ID, "online with its agent connected", 90*time.Second, connected)
+	info, ok := ap.machines.Machine(s.InstanceID)
+	if !ok || info.AgentPID == 0 {
+		t.Fatalf("no agent process for %s: %+v", s.InstanceID, info)
+	}
+	// The control plane not holding the session: the one whose hub has no agent.
+	other := ap.addrA
+	if metricSum(t, "devpilot_hub_agents_connected", ap.a) == 1 {
+		other = ap.addrB
+	}
+	real := layout.New(info.Root)
+	imp := layout.New(filepath.Join(t.TempDir(), "impostor"))
+	b, err := os.ReadFile(real.ConfigFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["url"] = "https://" + other
+	b, _ = json.Marshal(cfg)
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{imp.ConfigFile(), b}, {imp.IdentityKey(), nil}} {
+		if f.data == nil {
+			if f.data, err = os.ReadFile(real.IdentityKey()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.MkdirAll(filepath.Dir(f.path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f.path, f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	began := time.Now()
+	startImpostor(t, imp)
+	waitOn(ap.b, s.ID, "quarantined", 90*time.Second, func(x server) bool { return x.State == "quarantined" })
+	t.Logf("quarantined %v after the impostor started on the other control plane", time.Since(began).Round(10*time.Millisecond))
+	if metricSum(t, "devpilot_hub_identity_conflicts_total", ap.a, ap.b) < 1 {
+		t.Errorf("no control plane counted the identity conflict")
+	}
+	// Neither agent keeps a session, on either control plane.
+	for _, p := range []*serveProc{ap.a, ap.b} {
+		waitOn(p, s.ID, "quarantined with no agent connected", 60*time.Second, func(x server) bool {
+			return x.State == "quarantined" && !x.Agent.Connected
+		})
+	}
+	if n := metricSum(t, "devpilot_hub_agents_connected", ap.a, ap.b); n != 0 {
+		t.Errorf("%v agents still connected after the quarantine", n)
+	}
 }
 
 // activeNode is a `devpilot serve --mode active` of database dsn on addr

@@ -1034,3 +1034,40 @@ func TestRekeyRevokesOldKey(t *testing.T) {
 		t.Errorf("the re-enrolled agent lost its session to the revoked key: %+v %v", st, ok)
 	}
 }
+
+// A session replaced by one on another control plane (TakenOver, as the
+// new holder reports it) ends here with session_replaced; such takeovers
+// count toward an identity conflict like local ones, and the
+// third within the window quarantines the server.
+func TestTakeoversFromAnotherControlPlaneQuarantine(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	real, _, priv := e.enroll(t, "srv-1")
+	eventually(t, "connected", func() bool { _, ok := e.hub.Status("srv-1"); return ok })
+	e.hub.TakenOver("srv-1", "198.51.100.7:40001", time.Now())
+	real.expectError(protocol.ErrSessionReplace)
+	if _, ok := e.hub.Status("srv-1"); ok {
+		t.Fatal("the replaced session is still this hub's")
+	}
+	e.hub.TakenOver("srv-9", "198.51.100.7:40001", time.Now()) // no session here: nothing happens
+	if n := len(e.reg.conflictsOf("srv-1")); n != 0 {
+		t.Fatalf("quarantined after one takeover (%d conflicts)", n)
+	}
+
+	again := e.auth(t, "srv-1", priv) // the agent comes back here
+	e.hub.TakenOver("srv-1", "198.51.100.7:40002", time.Now())
+	again.expectError(protocol.ErrSessionReplace)
+	third := e.auth(t, "srv-1", priv)
+	e.hub.TakenOver("srv-1", "198.51.100.7:40003", time.Now())
+	third.expectError(protocol.ErrQuarantined)
+
+	cs := e.reg.conflictsOf("srv-1")
+	if len(cs) != 1 || cs[0].Replacements != DefaultConflictReplacements {
+		t.Fatalf("conflicts recorded = %+v, want one of %d takeovers", cs, DefaultConflictReplacements)
+	}
+	for _, r := range []string{"198.51.100.7:40001", "198.51.100.7:40003", third.conn.LocalAddr().String()} {
+		if !slices.Contains(cs[0].Remotes, r) {
+			t.Errorf("conflict remotes %v lack %s", cs[0].Remotes, r)
+		}
+	}
+}

@@ -386,7 +386,7 @@ func (h *Hub) register(s *session, hello protocol.Hello) *refusal {
 		old.closeWith(protocol.ErrSessionReplace, messageFor(protocol.ErrSessionReplace),
 			websocket.ClosePolicyViolation, protocol.ErrSessionReplace, "replaced by a new session from "+s.remote)
 	}
-	ctx, cancel := context.WithTimeout(h.ctx, registryWait)
+	ctx, cancel := context.WithTimeout(context.WithValue(h.ctx, remoteKey{}, s.remote), registryWait)
 	err := h.reg.Connected(ctx, id, hello, s.since)
 	cancel()
 	if err != nil {
@@ -447,6 +447,45 @@ func ackOf(lu *protocol.LastUpdate) string {
 		return ""
 	}
 	return lu.ID
+}
+
+type remoteKey struct{}
+
+// RemoteOf is the new session's remote address in the context of a
+// Registry.Connected call ("" in any other context).
+func RemoteOf(ctx context.Context) string {
+	r, _ := ctx.Value(remoteKey{}).(string)
+	return r
+}
+
+// TakenOver ends this hub's session of server id, which a session from
+// remote on another control plane replaced at at (active mode: the new
+// holder says so, controlplane/cluster). It counts as a takeover here:
+// sessions of one identity key that keep replacing each other across
+// control planes quarantine the server as they do on one. The reported
+// takeover is counted on the control plane whose session it replaced,
+// so with several control planes a conflict may take a few more
+// takeovers to be seen.
+func (h *Hub) TakenOver(id, remote string, at time.Time) {
+	defer h.lifecycle.lock(id)()
+	h.mu.Lock()
+	old := h.sessions[id]
+	if old == nil {
+		h.mu.Unlock()
+		return
+	}
+	// No longer this server's session: its end records nothing (the
+	// store's holder is the other control plane).
+	delete(h.sessions, id)
+	h.m.connected.Set(float64(len(h.sessions)))
+	conflict := h.takenOver(id, takeover{at: at, from: old.remote, to: remote})
+	h.mu.Unlock()
+	if conflict != nil {
+		_ = h.quarantine(id, old, conflict)
+		return
+	}
+	old.closeWith(protocol.ErrSessionReplace, messageFor(protocol.ErrSessionReplace),
+		websocket.ClosePolicyViolation, protocol.ErrSessionReplace, "replaced by a new session from "+remote+" on another control plane")
 }
 
 // takeover is one replacement of a server's live session.

@@ -151,6 +151,10 @@ type Options struct {
 	// OnAgentConnected is called after every agent session start (the
 	// task service resends what the agent has not acknowledged).
 	OnAgentConnected func(serverID string)
+	// SessionTakenFrom is called when an agent session starting here
+	// took the server's session from holder, another control plane of
+	// the database (active mode; remote is the new session's address).
+	SessionTakenFrom func(serverID, holder, remote string, at time.Time)
 	// OnActionDone is called when a lifecycle action this control plane
 	// ran succeeded or failed (a deployment's firewall step waits on it).
 	OnActionDone func(actionID string)

@@ -143,6 +143,9 @@ func (r *Registry) IdentityConflict(ctx context.Context, serverID string, c hub.
 		return err
 	}
 	r.s.log.Warn("server quarantined: identity conflict", zap.String("server", serverID), zap.Strings("remotes", c.Remotes))
+	// Wherever the other session is held (in active mode, perhaps on
+	// another control plane), it ends too.
+	r.s.disconnect(serverID, protocol.ErrQuarantined)
 	return nil
 }
 
@@ -155,10 +158,13 @@ func (r *Registry) Connected(ctx context.Context, serverID string, hello protoco
 	facts, _ := json.Marshal(hello.Facts)
 	// An installing server turns online when its job records wait_agent
 	// done; an offline one right here.
-	ok, err := r.s.store.StartAgentSessionBatched(ctx, store.SessionStart{ID: serverID, Version: hello.AgentVersion, FactsJSON: string(facts),
+	ok, was, err := r.s.store.StartAgentSessionFrom(ctx, store.SessionStart{ID: serverID, Version: hello.AgentVersion, FactsJSON: string(facts),
 		Capabilities: strings.Join(hello.Capabilities, " "), At: at})
 	if err != nil {
 		return err
+	}
+	if ok && was != "" && was != r.s.store.Self() && r.s.o.SessionTakenFrom != nil {
+		r.s.o.SessionTakenFrom(serverID, was, hub.RemoteOf(ctx), at)
 	}
 	if !ok {
 		if _, err := r.live(ctx, serverID); err != nil {

@@ -56,16 +56,17 @@ func testSessionsEndOnlyWhereHeld(t *testing.T, d store.Dialect) {
 			t.Fatal(err)
 		}
 	}
-	start := func(st *store.Store, id string) {
+	start := func(st *store.Store, id, wantWas string) {
 		t.Helper()
-		if ok, err := st.StartAgentSessionBatched(ctx, store.SessionStart{ID: id, Version: "1", FactsJSON: `{"boot_id":"b1"}`,
-			Capabilities: "reboot update", At: time.Now()}); err != nil || !ok {
-			t.Fatalf("%s starts %s: %v, %v", st.Self(), id, ok, err)
+		ok, was, err := st.StartAgentSessionFrom(ctx, store.SessionStart{ID: id, Version: "1", FactsJSON: `{"boot_id":"b1"}`,
+			Capabilities: "reboot update", At: time.Now()})
+		if err != nil || !ok || was != wantWas {
+			t.Fatalf("%s starts %s: %v, taken from %q, %v; want it started, taken from %q", st.Self(), id, ok, was, err, wantWas)
 		}
 	}
-	start(a, "srv_00000")
-	start(b, "srv_00000") // the agent moved to b before a saw it go
-	start(a, "srv_00001")
+	start(a, "srv_00000", "")
+	start(b, "srv_00000", "cp_a") // the agent moved to b before a saw it go: b learns a held it
+	start(a, "srv_00001", "")
 	if _, err := a.Q().StartAgentSession(ctx, "srv_00002", "1", "{}", time.Now()); err != nil {
 		t.Fatal(err)
 	}

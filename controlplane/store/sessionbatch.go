@@ -39,6 +39,7 @@ type sessionBatcher struct {
 type sessionReq struct {
 	SessionStart
 	ok   bool
+	was  string // the session's holder before this start ("" none)
 	err  error
 	done chan struct{}
 }
@@ -47,6 +48,18 @@ type sessionReq struct {
 // the other session starts in flight (see sessionBatcher). A start whose
 // batch fails is retried on its own, so one bad start fails only itself.
 func (s *Store) StartAgentSessionBatched(ctx context.Context, st SessionStart) (bool, error) {
+	ok, _, err := s.StartAgentSessionFrom(ctx, st)
+	return ok, err
+}
+
+// StartAgentSessionFrom is StartAgentSessionBatched that also says which
+// control plane held the server's session before this start took it (""
+// none; this one's own id when its hub replaced its own session). Active
+// control planes tell a previous holder elsewhere that its session was
+// replaced (controlplane/cluster). A start that runs on its own after
+// its batch failed reads the holder before its write, not atomically
+// with it: a takeover racing it may be reported as none.
+func (s *Store) StartAgentSessionFrom(ctx context.Context, st SessionStart) (ok bool, was string, err error) {
 	r := &sessionReq{SessionStart: st, done: make(chan struct{})}
 	b := &s.sessionBatch
 	b.mu.Lock()
@@ -71,9 +84,9 @@ func (s *Store) StartAgentSessionBatched(ctx context.Context, st SessionStart) (
 	}
 	select {
 	case <-r.done:
-		return r.ok, r.err
+		return r.ok, r.was, r.err
 	case <-ctx.Done():
-		return false, ctx.Err()
+		return false, "", ctx.Err()
 	}
 }
 
@@ -85,20 +98,23 @@ func (s *Store) runSessionBatch(batch []*sessionReq) {
 		starts[i] = r.SessionStart
 	}
 	var oks []bool
+	var was []string
 	err := s.InTxRows(ctx, func(q *Queries) error {
 		var err error
-		oks, err = q.StartAgentSessions(ctx, starts)
+		oks, was, err = q.startAgentSessions(ctx, starts)
 		return err
 	})
 	if err == nil {
 		for i, r := range batch {
-			r.ok = oks[i]
+			r.ok, r.was = oks[i], was[i]
 			close(r.done)
 		}
 		return
 	}
 	for _, r := range batch {
-		r.ok, r.err = s.Q().startAgentSession(ctx, r.SessionStart)
+		q := s.Q()
+		_ = q.x.QueryRowContext(ctx, `SELECT session_holder FROM servers WHERE id = ?`, r.ID).Scan(&r.was)
+		r.ok, r.err = q.startAgentSession(ctx, r.SessionStart)
 		close(r.done)
 	}
 }
@@ -112,19 +128,26 @@ func (s *Store) runSessionBatch(batch []*sessionReq) {
 // and is neither deleted nor being deleted). The ids must be distinct: the hub
 // starts one session per server at a time; a repeated one is refused.
 func (q *Queries) StartAgentSessions(ctx context.Context, starts []SessionStart) ([]bool, error) {
+	oks, _, err := q.startAgentSessions(ctx, starts)
+	return oks, err
+}
+
+// startAgentSessions is StartAgentSessions that also returns each
+// server's session holder before the start (was[i], "" none).
+func (q *Queries) startAgentSessions(ctx context.Context, starts []SessionStart) (oks []bool, was []string, err error) {
 	if q.appended == nil {
-		return nil, ErrNotInTx
+		return nil, nil, ErrNotInTx
 	}
-	oks := make([]bool, len(starts))
+	oks, was = make([]bool, len(starts)), make([]string, len(starts))
 	if len(starts) == 0 {
-		return oks, nil
+		return oks, was, nil
 	}
 	pg := q.st != nil && q.st.dialect == Postgres
 	ids := make([]any, len(starts))
 	seen := make(map[string]bool, len(starts))
 	for i, st := range starts {
 		if seen[st.ID] {
-			return nil, fmt.Errorf("start agent sessions: server %s twice in one batch", st.ID)
+			return nil, nil, fmt.Errorf("start agent sessions: server %s twice in one batch", st.ID)
 		}
 		seen[st.ID] = true
 		ids[i] = st.ID
@@ -132,23 +155,24 @@ func (q *Queries) StartAgentSessions(ctx context.Context, starts []SessionStart)
 	marks := strings.TrimSuffix(strings.Repeat("?, ", len(starts)), ", ")
 	// Locked in id order, as every multi-row writer of servers does, so
 	// two of them never wait for each other (see InTxRows).
-	sel := `SELECT id, state FROM servers WHERE id IN (` + marks + `) ORDER BY id` + q.forUpdate()
+	sel := `SELECT id, state, session_holder FROM servers WHERE id IN (` + marks + `) ORDER BY id` + q.forUpdate()
 	prev := make(map[string]string, len(starts))
+	holders := make(map[string]string, len(starts))
 	rows, err := q.x.QueryContext(ctx, sel, ids...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for rows.Next() {
-		var id, state string
-		if err := rows.Scan(&id, &state); err != nil {
+		var id, state, holder string
+		if err := rows.Scan(&id, &state, &holder); err != nil {
 			_ = rows.Close()
-			return nil, err
+			return nil, nil, err
 		}
-		prev[id] = state
+		prev[id], holders[id] = state, holder
 	}
 	_ = rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	tuple := "(?, ?, ?, ?, ?)"
@@ -175,20 +199,20 @@ func (q *Queries) StartAgentSessions(ctx context.Context, starts []SessionStart)
 	now := make(map[string]moved, len(starts))
 	rows, err = q.x.QueryContext(ctx, b.String(), args...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for rows.Next() {
 		var id string
 		var m moved
 		if err := rows.Scan(&id, &m.ws, &m.name, &m.state, &m.reason); err != nil {
 			_ = rows.Close()
-			return nil, err
+			return nil, nil, err
 		}
 		now[id] = m
 	}
 	_ = rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	var evs []NewEvent
@@ -197,13 +221,14 @@ func (q *Queries) StartAgentSessions(ctx context.Context, starts []SessionStart)
 		if !ok {
 			continue // deleted, being deleted, or no such server
 		}
-		was := prev[st.ID]
+		was[i] = holders[st.ID]
+		before := prev[st.ID]
 		oks[i] = true
 		typ, isEvent := serverEventTypes[m.state]
-		if isEvent && m.state != was {
+		if isEvent && m.state != before {
 			evs = append(evs, NewEvent{Workspace: m.ws, Type: typ, Subject: st.ID,
-				Data: ServerEvent{Name: m.name, State: m.state, PreviousState: was, StateReason: m.reason}})
+				Data: ServerEvent{Name: m.name, State: m.state, PreviousState: before, StateReason: m.reason}})
 		}
 	}
-	return oks, q.AppendEvents(ctx, evs)
+	return oks, was, q.AppendEvents(ctx, evs)
 }
