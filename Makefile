@@ -8,7 +8,7 @@ LDFLAGS  := -s -w -X github.com/devpilot/devpilot/shared/version.Version=$(VERSI
 DEMO_DIR ?= .demo
 DEMO_LISTEN ?= 127.0.0.1:8443
 
-.PHONY: build test test-sqlite test-postgres test-fast test-stress lint demo clean fuzz bench-scale
+.PHONY: build test test-sqlite test-postgres test-postgres-active test-fast test-stress lint demo clean fuzz bench-scale
 
 ## build: static binaries in bin/
 build:
@@ -25,6 +25,12 @@ lint:
 # The control-plane suites that run a second time, on PostgreSQL.
 PG_SUITES ?= ./controlplane/store/... ./controlplane/api/ ./controlplane/provision/ ./controlplane/tasks/ ./controlplane/devenv/ ./controlplane/web/
 
+# The suites whose harness runs N active control planes on one PostgreSQL
+# database behind a TCP balancer when DEVPILOT_TEST_REPLICAS=N (issue 17;
+# the others still run one control plane).
+ACTIVE_SUITES   ?= ./controlplane/tasks/
+ACTIVE_REPLICAS ?= 3
+
 # Go tests run under gotestsum (tools/go.mod): one line per package, the
 # failing tests' output, and at the end every failing test listed by name.
 # TEST_LOGS, when set, keeps each run's `go test -json` stream there.
@@ -36,7 +42,7 @@ GOTESTSUM  = $(TOOLS) gotestsum --format pkgname-and-test-fails --format-hide-em
 ## control-plane suites again on PostgreSQL; scripts/with-postgres.sh starts
 ## a throwaway PostgreSQL server for both (or uses DEVPILOT_TEST_POSTGRES)
 test: lint
-	./scripts/with-postgres.sh $(MAKE) --no-print-directory test-sqlite test-postgres
+	./scripts/with-postgres.sh $(MAKE) --no-print-directory test-sqlite test-postgres test-postgres-active
 
 test-sqlite:
 	@$(if $(TEST_LOGS),mkdir -p $(TEST_LOGS),true)
@@ -47,6 +53,12 @@ test-sqlite:
 test-postgres:
 	@$(if $(TEST_LOGS),mkdir -p $(TEST_LOGS),true)
 	DEVPILOT_TEST_DATABASE=postgres $(call GOTESTSUM,postgres) -- -race -count=1 -timeout 20m -skip '^TestPostgres' $(PG_SUITES)
+
+## test-postgres-active: ACTIVE_SUITES again, each test's control plane
+## ACTIVE_REPLICAS `serve --mode active` on one PostgreSQL database
+test-postgres-active:
+	@$(if $(TEST_LOGS),mkdir -p $(TEST_LOGS),true)
+	DEVPILOT_TEST_DATABASE=postgres DEVPILOT_TEST_REPLICAS=$(ACTIVE_REPLICAS) $(call GOTESTSUM,postgres-active) -- -race -count=1 -timeout 20m -skip '^TestPostgres' $(ACTIVE_SUITES)
 
 ## test-fast: every package under -short, without the race detector: the
 ## whole-system suites (devenv, browser, ACME, SIGKILL) skip, saying so.

@@ -683,6 +683,9 @@ func (a *App) Serve(ctx context.Context) error {
 		// Before the hub accepts an agent: the others see this one
 		// alive, and the sessions it held before a restart are over.
 		if err := a.Cluster.Join(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // told to stop before it began serving
+			}
 			return err
 		}
 		cctx, stopCluster := context.WithCancel(ctx)

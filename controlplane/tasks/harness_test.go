@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,7 @@ import (
 	"github.com/devpilot/devpilot/controlplane/ids"
 	"github.com/devpilot/devpilot/controlplane/store"
 	"github.com/devpilot/devpilot/controlplane/store/storetest"
+	"github.com/devpilot/devpilot/controlplane/tcplb"
 	"github.com/devpilot/devpilot/shared/protocol"
 )
 
@@ -40,14 +42,32 @@ func TestMain(m *testing.M) {
 // cp is a control plane (app.App on a temp dir, plain HTTP on loopback)
 // with an API client.
 type cp struct {
-	t      testing.TB
-	app    *app.App
-	token  string
-	wsID   string
-	client *http.Client
+	t        testing.TB
+	app      *app.App // the first control plane (with replicas, one of them)
+	url      string   // where the API and the agents reach it (with replicas, the balancer)
+	replicas int
+	token    string
+	wsID     string
+	client   *http.Client
 }
 
 func startCP(t testing.TB) *cp { return startCPWith(t, nil) }
+
+// testReplicas is DEVPILOT_TEST_REPLICAS: with N > 1 (on PostgreSQL) the
+// control plane under test is N `serve --mode active` on one database
+// behind a TCP balancer, which API calls and agents reach round robin
+// (make test-postgres-active).
+func testReplicas(t testing.TB) int {
+	v := os.Getenv("DEVPILOT_TEST_REPLICAS")
+	if v == "" {
+		return 1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("DEVPILOT_TEST_REPLICAS=%q: want a number of control planes, 1 or more", v)
+	}
+	return n
+}
 
 // startCPWith is startCP with the configuration changed by tweak.
 func startCPWith(t testing.TB, tweak func(*app.Config)) *cp {
@@ -60,29 +80,79 @@ func startCPWith(t testing.TB, tweak func(*app.Config)) *cp {
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	a, err := app.New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
+	n := testReplicas(t)
+	if n > 1 {
+		if !store.IsPostgresURL(cfg.Database) {
+			t.Fatalf("DEVPILOT_TEST_REPLICAS=%d needs PostgreSQL (DEVPILOT_TEST_DATABASE=postgres)", n)
+		}
+		cfg.Mode = app.ModeActive
 	}
-	if err := a.Listen(); err != nil {
-		t.Fatal(err)
+	var apps []*app.App
+	var backends []string
+	for i := range n {
+		ci := cfg
+		if i > 0 {
+			// Every control plane of a database shares its keyring and
+			// its TLS certificate (agents pin the CA).
+			ci.DataDir = t.TempDir()
+			files := []string{"keyring.json"}
+			if cfg.TLS != app.TLSOff {
+				files = append(files, "tls/ca.crt", "tls/ca.key", "tls/server.crt", "tls/server.key")
+			}
+			for _, f := range files {
+				b, err := os.ReadFile(filepath.Join(dir, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.MkdirAll(filepath.Dir(filepath.Join(ci.DataDir, f)), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(ci.DataDir, f), b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		a, err := app.New(ctx, ci)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		apps = append(apps, a)
+		backends = append(backends, strings.TrimPrefix(strings.TrimPrefix(a.URL, "http://"), "https://"))
 	}
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx) }()
+	a := apps[0]
+	url := a.URL
+	if n > 1 {
+		lb, err := tcplb.Listen("127.0.0.1:0", backends)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = lb.Close() })
+		url = strings.SplitN(a.URL, "://", 2)[0] + "://" + lb.Addr()
+	}
+	dones := make([]chan error, n)
+	for i, ai := range apps {
+		dones[i] = make(chan error, 1)
+		go func() { dones[i] <- ai.Serve(ctx) }()
+	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 64}
 	if cfg.TLS != app.TLSOff {
 		pool := x509.NewCertPool()
 		pool.AppendCertsFromPEM(a.CACertPEM)
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
 	}
-	c := &cp{t: t, app: a, client: &http.Client{Transport: tr}}
+	c := &cp{t: t, app: a, url: url, replicas: n, client: &http.Client{Transport: tr}}
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+		for i, ai := range apps {
+			if err := <-dones[i]; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+			_ = ai.Close()
 		}
 		c.client.CloseIdleConnections()
-		_ = a.Close()
 	})
 	b, err := os.ReadFile(filepath.Join(dir, app.OwnerTokenFile))
 	if err != nil {
@@ -107,7 +177,7 @@ func (c *cp) call(token, method, path string, body, out any) int {
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, c.app.URL+path, rd)
+	req, err := http.NewRequest(method, c.url+path, rd)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -148,7 +218,7 @@ func (c *cp) server(name string) *fakeAgent {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	return &fakeAgent{t: c.t, id: id, priv: priv, url: "ws" + strings.TrimPrefix(c.app.URL, "http") + protocol.Path}
+	return &fakeAgent{t: c.t, id: id, priv: priv, url: "ws" + strings.TrimPrefix(c.url, "http") + protocol.Path}
 }
 
 type taskView struct {

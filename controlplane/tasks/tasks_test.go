@@ -29,6 +29,11 @@ func TestDispatchLogsAndResults(t *testing.T) {
 	defer a.disconnect()
 
 	v := c.createTask(a.id, map[string]any{"kind": "exec", "argv": []string{"echo", "hi"}, "env": map[string]string{"TOKEN": "s3cret"}})
+	if c.replicas > 1 && v.State == protocol.TaskQueued {
+		// Created on a control plane that does not hold the agent's
+		// session: handed to the one that does, which sends it.
+		v = c.waitTask(v.ID, "sent by the session's holder", func(v taskView) bool { return v.State != protocol.TaskQueued })
+	}
 	if v.State != protocol.TaskSent || v.Attempts != 1 || v.SentAt == nil {
 		t.Fatalf("created task: %+v", v)
 	}
@@ -99,7 +104,7 @@ type sseEvent struct {
 // lastID (if not "") is sent as Last-Event-ID.
 func follow(t *testing.T, c *cp, taskID, lastID string, n int) []sseEvent {
 	t.Helper()
-	req, _ := http.NewRequest("GET", c.app.URL+wsBase+"/tasks/"+taskID+"/logs?follow=1", nil)
+	req, _ := http.NewRequest("GET", c.url+wsBase+"/tasks/"+taskID+"/logs?follow=1", nil)
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	if lastID != "" {
 		req.Header.Set("Last-Event-ID", lastID)
