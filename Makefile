@@ -28,7 +28,7 @@ PG_SUITES ?= ./controlplane/store/... ./controlplane/api/ ./controlplane/provisi
 # The suites whose harness runs N active control planes on one PostgreSQL
 # database behind a TCP balancer when DEVPILOT_TEST_REPLICAS=N (issue 17;
 # the others still run one control plane).
-ACTIVE_SUITES   ?= ./controlplane/tasks/
+ACTIVE_SUITES   ?= ./controlplane/tasks/ ./controlplane/api/
 ACTIVE_REPLICAS ?= 3
 
 # Go tests run under gotestsum (tools/go.mod): one line per package, the

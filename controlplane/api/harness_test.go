@@ -232,7 +232,7 @@ func startWith(t *testing.T, agentDir string) *harness {
 	env, err := devenv.Start(context.Background(), devenv.Config{
 		DataDir: dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", Out: io.Discard,
 		BootDelay: 10 * time.Millisecond, PollInterval: 50 * time.Millisecond, AgentDir: agentDir,
-		HeartbeatInterval: time.Second,
+		HeartbeatInterval: time.Second, Replicas: storetest.Replicas(t),
 	})
 	if err != nil {
 		t.Fatalf("start control plane: %v", err)

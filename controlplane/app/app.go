@@ -701,6 +701,9 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	if err := a.Tasks.Start(ctx); err != nil {
 		a.Provision.Close()
+		if ctx.Err() != nil {
+			return nil // told to stop before it began serving
+		}
 		return err
 	}
 	errc := make(chan error, 2)

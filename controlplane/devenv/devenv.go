@@ -29,6 +29,8 @@ import (
 	"github.com/devpilot/devpilot/controlplane/cloud/simrun"
 	"github.com/devpilot/devpilot/controlplane/cloud/vultr/vultrsim"
 	"github.com/devpilot/devpilot/controlplane/ids"
+	"github.com/devpilot/devpilot/controlplane/store"
+	"github.com/devpilot/devpilot/controlplane/tcplb"
 	"github.com/devpilot/devpilot/shared/atomicfile"
 	"github.com/devpilot/devpilot/shared/release"
 )
@@ -73,6 +75,13 @@ type Config struct {
 	SSHAddr func(publicIPv4 string) string
 	// WebhooksPoll is passed to the control plane (app.Config.WebhooksPoll).
 	WebhooksPoll time.Duration
+	// Replicas > 1 (with a postgres:// Database): the control plane is
+	// that many `serve --mode active` on the database behind a loopback
+	// TCP balancer (controlplane/tcplb), sharing the keyring and TLS
+	// files; the API and the agents reach them round robin through its
+	// address, App.URL. App is the first of them. Not with
+	// RestartControlPlane.
+	Replicas int
 }
 
 // Env is a running dev environment.
@@ -93,6 +102,12 @@ type Env struct {
 	servers []*http.Server
 	appCfg  app.Config
 	stopped bool
+
+	// With Config.Replicas: the other control planes, their ends, and
+	// the balancer in front of all of them.
+	others     []*app.App
+	othersDone []chan error
+	lb         *tcplb.Balancer
 }
 
 // Credentials of the simulated accounts. They are kept in the data
@@ -194,6 +209,26 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		// Receivers in a dev environment run on this machine.
 		WebhooksAllowLoopback: true, WebhooksPoll: cfg.WebhooksPoll,
 	}
+	var addrs []string
+	if cfg.Replicas > 1 {
+		if !store.IsPostgresURL(cfg.Database) {
+			e.closeSims()
+			return nil, fmt.Errorf("%d replicas need a postgres:// database", cfg.Replicas)
+		}
+		for range cfg.Replicas {
+			addr, err := freeLoopbackAddr()
+			if err != nil {
+				e.closeSims()
+				return nil, err
+			}
+			addrs = append(addrs, addr)
+		}
+		if e.lb, err = tcplb.Listen("127.0.0.1:0", addrs); err != nil {
+			e.closeSims()
+			return nil, err
+		}
+		e.appCfg.Mode, e.appCfg.Listen, e.appCfg.PublicURL = app.ModeActive, addrs[0], "https://"+e.lb.Addr()
+	}
 	e.App, err = app.New(ctx, e.appCfg)
 	if err != nil {
 		e.closeSims()
@@ -206,6 +241,14 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		_ = e.App.Close()
 		e.closeSims()
 		return nil, err
+	}
+	for i := 1; i < cfg.Replicas; i++ {
+		a, err := e.startReplica(ctx, filepath.Join(cfg.DataDir, fmt.Sprintf("replica-%d", i)), addrs[i])
+		if err != nil {
+			_ = e.Close()
+			return nil, fmt.Errorf("control plane %d: %w", i+1, err)
+		}
+		e.others = append(e.others, a)
 	}
 	token, err := os.ReadFile(filepath.Join(cfg.DataDir, app.OwnerTokenFile))
 	if err != nil {
@@ -234,7 +277,52 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	sctx, cancel := context.WithCancel(ctx)
 	e.cancel = cancel
 	go func() { e.done <- e.App.Serve(sctx) }()
+	for _, a := range e.others {
+		done := make(chan error, 1)
+		e.othersDone = append(e.othersDone, done)
+		go func() { done <- a.Serve(sctx) }()
+	}
 	return e, nil
+}
+
+// startReplica makes another control plane of the database in dir,
+// listening on addr, with the first one's keyring and TLS files (agents
+// pin its CA).
+func (e *Env) startReplica(ctx context.Context, dir, addr string) (*app.App, error) {
+	for _, f := range []string{"keyring.json", "tls/ca.crt", "tls/ca.key", "tls/server.crt", "tls/server.key"} {
+		b, err := os.ReadFile(filepath.Join(e.appCfg.DataDir, f))
+		if err != nil {
+			return nil, err
+		}
+		to := filepath.Join(dir, f)
+		if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(to, b, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	c := e.appCfg
+	c.DataDir, c.Listen, c.Out = dir, addr, io.Discard
+	a, err := app.New(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.Listen(); err != nil {
+		_ = a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// freeLoopbackAddr is a loopback address no one listens on now.
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
 }
 
 // The dev release signing key's files in the data dir.
@@ -376,10 +464,39 @@ func (e *Env) stopApp() error {
 		return nil
 	}
 	e.stopped = true
-	e.cancel()
-	err := <-e.done
+	if e.cancel != nil {
+		e.cancel()
+		if err := <-e.done; err != nil {
+			e.closeOthers()
+			_ = e.App.Close()
+			return err
+		}
+	}
+	err := e.closeOthers()
 	if cerr := e.App.Close(); err == nil {
 		err = cerr
+	}
+	return err
+}
+
+// closeOthers stops the other control planes (Config.Replicas) and the
+// balancer; Serve's context ended already (or never started them).
+func (e *Env) closeOthers() error {
+	var err error
+	for i, a := range e.others {
+		if i < len(e.othersDone) {
+			if serr := <-e.othersDone[i]; err == nil {
+				err = serr
+			}
+		}
+		if cerr := a.Close(); err == nil {
+			err = cerr
+		}
+	}
+	e.others, e.othersDone = nil, nil
+	if e.lb != nil {
+		_ = e.lb.Close()
+		e.lb = nil
 	}
 	return err
 }
@@ -389,6 +506,9 @@ func (e *Env) stopApp() error {
 // address and settings, so the simulated servers' agents, which keep
 // running, reconnect to it. dev.env is not rewritten.
 func (e *Env) RestartControlPlane(ctx context.Context, dataDir string) error {
+	if e.lb != nil {
+		return errors.New("RestartControlPlane: not with several control planes (Config.Replicas)")
+	}
 	addr := strings.TrimPrefix(strings.TrimPrefix(e.App.URL, "https://"), "http://")
 	if err := e.stopApp(); err != nil {
 		return err

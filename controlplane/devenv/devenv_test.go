@@ -109,6 +109,7 @@ func startWith(t *testing.T, tweak func(*devenv.Config)) *harness {
 	cfg := devenv.Config{
 		DataDir: h.dir, Database: storetest.Database(t), Listen: "127.0.0.1:0", Logger: log, Out: h.out, BootDelay: 10 * time.Millisecond,
 		AgentDir: agentDir, HeartbeatInterval: time.Second, PollInterval: 50 * time.Millisecond,
+		Replicas: storetest.Replicas(t),
 	}
 	if tweak != nil {
 		tweak(&cfg)

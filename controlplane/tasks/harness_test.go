@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -53,22 +52,6 @@ type cp struct {
 
 func startCP(t testing.TB) *cp { return startCPWith(t, nil) }
 
-// testReplicas is DEVPILOT_TEST_REPLICAS: with N > 1 (on PostgreSQL) the
-// control plane under test is N `serve --mode active` on one database
-// behind a TCP balancer, which API calls and agents reach round robin
-// (make test-postgres-active).
-func testReplicas(t testing.TB) int {
-	v := os.Getenv("DEVPILOT_TEST_REPLICAS")
-	if v == "" {
-		return 1
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		t.Fatalf("DEVPILOT_TEST_REPLICAS=%q: want a number of control planes, 1 or more", v)
-	}
-	return n
-}
-
 // startCPWith is startCP with the configuration changed by tweak.
 func startCPWith(t testing.TB, tweak func(*app.Config)) *cp {
 	t.Helper()
@@ -80,11 +63,8 @@ func startCPWith(t testing.TB, tweak func(*app.Config)) *cp {
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	n := testReplicas(t)
+	n := storetest.Replicas(t) // make test-postgres-active
 	if n > 1 {
-		if !store.IsPostgresURL(cfg.Database) {
-			t.Fatalf("DEVPILOT_TEST_REPLICAS=%d needs PostgreSQL (DEVPILOT_TEST_DATABASE=postgres)", n)
-		}
 		cfg.Mode = app.ModeActive
 	}
 	var apps []*app.App

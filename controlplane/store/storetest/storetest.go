@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +83,29 @@ func Database(t testing.TB) string {
 		t.Fatalf("%s=%q: want sqlite or postgres", DatabaseEnvVar, v)
 		return ""
 	}
+}
+
+// ReplicasEnvVar runs each test's control plane as that many `serve
+// --mode active` on one PostgreSQL database behind a TCP balancer, in the
+// suites whose harness can (make test-postgres-active).
+const ReplicasEnvVar = "DEVPILOT_TEST_REPLICAS"
+
+// Replicas is ReplicasEnvVar's number of control planes (1 when unset);
+// more than one needs DatabaseEnvVar=postgres.
+func Replicas(t testing.TB) int {
+	t.Helper()
+	v := os.Getenv(ReplicasEnvVar)
+	if v == "" {
+		return 1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a number of control planes, 1 or more", ReplicasEnvVar, v)
+	}
+	if n > 1 && os.Getenv(DatabaseEnvVar) != "postgres" {
+		t.Fatalf("%s=%d needs %s=postgres: several active control planes share a PostgreSQL database", ReplicasEnvVar, n, DatabaseEnvVar)
+	}
+	return n
 }
 
 // Contents returns everything st holds, for tests that prove a secret is
