@@ -467,7 +467,7 @@ func (e *Env) stopApp() error {
 	if e.cancel != nil {
 		e.cancel()
 		if err := <-e.done; err != nil {
-			e.closeOthers()
+			_ = e.closeOthers() // the first error is the one returned
 			_ = e.App.Close()
 			return err
 		}
