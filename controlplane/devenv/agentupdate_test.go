@@ -41,11 +41,14 @@ func (h *harness) actEnd(srv server, body map[string]any, limit time.Duration) a
 }
 
 func (h *harness) agentVersion(id string) string {
-	st, ok := h.env.App.Hub.Status(id)
-	if !ok {
+	// From the API, not one hub: with several control planes the session
+	// may be held by any of them.
+	var srv apitypes.Server
+	h.call("", "GET", servers+"/"+id, nil, &srv)
+	if !srv.Agent.Connected {
 		return ""
 	}
-	v, _, _ := strings.Cut(st.AgentVersion, " ")
+	v, _, _ := strings.Cut(srv.Agent.Version, " ")
 	return v
 }
 
