@@ -3,9 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"io/fs"
-
-	"github.com/pressly/goose/v3"
 )
 
 // SeedServers inserts n servers srv_00000…, with the ids, keys' fingerprint
@@ -78,15 +75,7 @@ func SetReason(ctx context.Context, q *Queries, id, reason string) error {
 
 // MigrateTo moves s's schema up or down to version (goose's).
 func MigrateTo(ctx context.Context, s *Store, version int64) error {
-	sub, err := fs.Sub(migrations, "migrations/"+string(s.dialect))
-	if err != nil {
-		return err
-	}
-	gd := goose.DialectSQLite3
-	if s.dialect == Postgres {
-		gd = goose.DialectPostgres
-	}
-	p, err := goose.NewProvider(gd, s.db, sub)
+	p, err := s.goose()
 	if err != nil {
 		return err
 	}
