@@ -54,11 +54,12 @@ func TestInTxRowsRunsAgainAfterADeadlock(t *testing.T) {
 			t.Fatalf("a deadlocked transaction reached its caller: %v", err)
 		}
 	}
-	if n := attempts.Load(); n != 3 {
-		t.Errorf("fn ran %d times, want 3 (one of the two again)", n)
-	}
-	if n := testutil.ToFloat64(st.TxMetrics()); n != 1 {
-		t.Errorf("devpilot_store_tx_retries_total = %v, want 1", n)
+	// Usually one retry; on a loaded machine PostgreSQL has once ended a
+	// second attempt too (CI, 2026-12-04): every run beyond the first two
+	// is a counted retry.
+	retries := testutil.ToFloat64(st.TxMetrics())
+	if n := attempts.Load(); n < 3 || float64(n) != 2+retries {
+		t.Errorf("fn ran %d times with devpilot_store_tx_retries_total = %v; want 3 or more, two plus the retries", n, retries)
 	}
 	a, err := st.Q().ServerStateReason(ctx, "srv_00000")
 	if err != nil {
