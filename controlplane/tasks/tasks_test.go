@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -419,6 +420,92 @@ func TestDeploymentByTagStopsAfterFailedBatch(t *testing.T) {
 	code = c.call("", "POST", wsBase+"/deployments", map[string]any{"tag": "nope", "plan": plan}, &e)
 	if code != http.StatusBadRequest || e.Error.Hint == "" {
 		t.Fatalf("unknown tag: %d %+v", code, e)
+	}
+}
+
+// Every batch's tasks finish at one instant, so with several control
+// planes (make test-postgres-active: the agents spread over three) each
+// holder sees its batch done at once and they race to start the next:
+// still one task per server, batches in order, one finish.
+func TestDeploymentAdvancedFromEveryControlPlaneAtOnce(t *testing.T) {
+	t.Parallel()
+	c := startCP(t)
+	const servers, parallel = 12, 4
+	var (
+		mu      sync.Mutex
+		arrived []string        // server ids in the order their tasks arrived
+		release []chan struct{} // closed when a batch's last task arrived
+		wg      sync.WaitGroup
+	)
+	for range servers / parallel {
+		release = append(release, make(chan struct{}))
+	}
+	var agents []*fakeAgent
+	var ids []string
+	for i := range servers {
+		a := c.server(fmt.Sprintf("app-%02d", i))
+		a.onTask = func(a *fakeAgent, task protocol.Task) {
+			mu.Lock()
+			arrived = append(arrived, a.id)
+			b := (len(arrived) - 1) / parallel
+			if len(arrived)%parallel == 0 && b < len(release) {
+				close(release[b])
+			}
+			mu.Unlock()
+			if b >= len(release) {
+				t.Errorf("task %s for %s: more tasks than servers", task.ID, a.id)
+				return
+			}
+			wg.Add(1)
+			go func() { // answer beside the reader, once the whole batch is in
+				defer wg.Done()
+				select {
+				case <-release[b]:
+					runs(nil)(a, task)
+				case <-time.After(time.Minute):
+					t.Errorf("batch %d: its tasks did not all arrive", b+1)
+				}
+			}()
+		}
+		a.connect()
+		defer a.disconnect()
+		agents = append(agents, a)
+		ids = append(ids, a.id)
+	}
+	plan := map[string]any{"steps": []map[string]any{{"name": "restart", "kind": "systemd", "unit": "app.service", "action": "restart"}}}
+	var d deploymentView
+	if code := c.call("", "POST", wsBase+"/deployments", map[string]any{"servers": ids, "max_parallel": parallel, "plan": plan}, &d); code != http.StatusAccepted {
+		t.Fatalf("deploy: %d %+v", code, d)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for d.State == "running" && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		c.call("", "GET", wsBase+"/deployments/"+d.ID, nil, &d)
+	}
+	wg.Wait()
+	if d.State != "succeeded" || d.Counts["succeeded"] != servers {
+		t.Fatalf("deployment after %d control plane(s) advanced it: %+v", c.replicas, d)
+	}
+	for _, a := range agents {
+		if got := a.received(); len(got) != 1 {
+			t.Errorf("server %s got %d tasks, want 1", a.id, len(got))
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	batchOf := map[string]int{}
+	for _, tg := range d.Targets {
+		batchOf[tg.ServerID] = tg.Batch
+	}
+	for i, id := range arrived {
+		if want := i/parallel + 1; batchOf[id] != want {
+			t.Fatalf("task %d went to %s of batch %d while batch %d ran: %v", i+1, id, batchOf[id], want, arrived)
+		}
+	}
+	var list struct{ Tasks []taskView }
+	c.call("", "GET", wsBase+"/tasks?deployment="+d.ID, nil, &list)
+	if len(list.Tasks) != servers {
+		t.Fatalf("deployment tasks: %d, want %d", len(list.Tasks), servers)
 	}
 }
 
