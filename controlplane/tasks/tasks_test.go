@@ -426,7 +426,7 @@ func TestDeploymentByTagStopsAfterFailedBatch(t *testing.T) {
 // Every batch's tasks finish at one instant, so with several control
 // planes (make test-postgres-active: the agents spread over three) each
 // holder sees its batch done at once and they race to start the next:
-// still one task per server, batches in order, one finish.
+// still one task per server, batches in order, and it succeeds.
 func TestDeploymentAdvancedFromEveryControlPlaneAtOnce(t *testing.T) {
 	t.Parallel()
 	c := startCP(t)
